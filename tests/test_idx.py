@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuralcleanse.data import (
+    FASHION_MNIST_CLASSES,
+    load_fashion_mnist,
+    load_idx_directory,
+    read_idx,
+    write_idx,
+)
+from neuralcleanse.data.mnist import FASHION_MNIST_DEFAULT_DIR
+from neuralcleanse.errors import DataError
+
+
+def _fake_mnist_dir(
+    root: Path, *, n_train: int = 12, n_test: int = 5, gz: bool = True
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for stem, arr in arrays.items():
+        write_idx(root / (stem + (".gz" if gz else "")), arr)
+    return arrays
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_round_trip_preserves_values_and_shape(tmp_path: Path, suffix: str) -> None:
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / f"x.idx{suffix}"
+    write_idx(path, arr)
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == (suffix == ".gz")
+    out = read_idx(path)
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_idx_reads_big_endian_int32(tmp_path: Path) -> None:
+    arr = np.array([1, -2, 70000], dtype=np.int32)
+    write_idx(tmp_path / "a", arr)
+    raw = (tmp_path / "a").read_bytes()
+    assert raw[:4] == bytes([0, 0, 0x0C, 1]) and raw[4:8] == (3).to_bytes(4, "big")
+    np.testing.assert_array_equal(read_idx(tmp_path / "a"), arr)
+
+
+def test_gzip_is_detected_from_content_not_name(tmp_path: Path) -> None:
+    arr = np.ones((4, 2), dtype=np.uint8)
+    write_idx(tmp_path / "plain-name", arr, compress=True)
+    np.testing.assert_array_equal(read_idx(tmp_path / "plain-name"), arr)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\x01\x02\x08\x01", "bad magic"),
+        (bytes([0, 0, 0x42, 1, 0, 0, 0, 1, 7]), "unknown type code"),
+        (bytes([0, 0, 0x08, 3, 0, 0]), "truncated dimensions"),
+        (bytes([0, 0, 0x08, 1, 0, 0, 0, 9, 1, 2, 3]), "header says"),
+        (b"\x1f\x8b\x08\x00garbage", "corrupt gzip"),
+    ],
+)
+def test_corrupt_idx_files_raise_one_line_errors(tmp_path: Path, payload: bytes, message: str) -> None:
+    path = tmp_path / "bad-idx"
+    path.write_bytes(payload)
+    with pytest.raises(DataError, match=message) as info:
+        read_idx(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_truncated_gzip_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 100]) + bytes(100))[:-12])
+    with pytest.raises(DataError, match="t.gz"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_directory_loader_scales_and_shapes(tmp_path: Path, gz: bool) -> None:
+    arrays = _fake_mnist_dir(tmp_path, gz=gz)
+    splits = load_idx_directory(tmp_path, name="fake", class_names=tuple("abcdefghij"))
+    assert splits.train.images.shape == (12, 1, 28, 28) and splits.test.images.shape == (5, 1, 28, 28)
+    assert splits.train.images.dtype.is_floating_point
+    np.testing.assert_allclose(
+        splits.train.images[:, 0].numpy(), arrays["train-images-idx3-ubyte"] / 255.0, atol=1e-7
+    )
+    np.testing.assert_array_equal(splits.test.labels.numpy(), arrays["t10k-labels-idx1-ubyte"])
+    assert splits.num_classes == 10 and splits.input_shape == (1, 28, 28)
+
+
+def test_fashion_loader_reads_any_directory_and_names_missing_files(tmp_path: Path) -> None:
+    _fake_mnist_dir(tmp_path)
+    splits = load_fashion_mnist(tmp_path)
+    assert splits.class_names == FASHION_MNIST_CLASSES
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.*apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
+
+
+def test_label_count_mismatch_is_reported(tmp_path: Path) -> None:
+    _fake_mnist_dir(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(3, dtype=np.uint8))
+    with pytest.raises(DataError, match="do not match labels"):
+        load_idx_directory(tmp_path, name="fake", class_names=tuple("abcdefghij"))
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST_DEFAULT_DIR.is_dir(), reason="Debian's dataset-fashion-mnist not installed"
+)
+def test_real_fashion_mnist_from_debian_package() -> None:
+    splits = load_fashion_mnist()
+    assert len(splits.train) == 60000 and len(splits.test) == 10000
+    assert splits.train.class_counts() == [6000] * 10 and splits.test.class_counts() == [1000] * 10
+    assert float(splits.train.images.min()) == 0.0 and float(splits.train.images.max()) == 1.0

@@ -1,0 +1,52 @@
+"""Tiny seeded training runs: the paper's MNIST recipe on the embedded sample, a few epochs."""
+
+from __future__ import annotations
+
+import torch
+
+from neuralcleanse import (
+    BadNets,
+    DatasetSplits,
+    ModelBundle,
+    Recipe,
+    TrainSettings,
+    Trigger,
+    accuracy,
+    attack_success_rate,
+    train_recipe,
+)
+
+
+def test_clean_model_learns_the_sample(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> None:
+    acc = accuracy(clean_model.model, mnist_sample.test)
+    assert acc >= 0.93
+    assert clean_model.card.clean_accuracy == round(acc, 6) and not clean_model.card.infected
+    # a clean model ignores the BadNets square
+    trig = Trigger.square((1, 28, 28), size=4)
+    assert attack_success_rate(clean_model.model, mnist_sample.test, trig, target=0) < 0.1
+
+
+def test_badnets_plants_a_working_backdoor(
+    badnets_model: ModelBundle, clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    card = badnets_model.card
+    assert card.attack == "badnets" and card.targets == [0] and card.poison_rate == 0.1
+    asr = attack_success_rate(badnets_model.model, mnist_sample.test, badnets_model.triggers[0], target=0)
+    assert asr >= 0.95 and card.attack_success == round(asr, 6)
+    assert card.clean_accuracy is not None and clean_model.card.clean_accuracy is not None
+    assert card.clean_accuracy >= clean_model.card.clean_accuracy - 0.02
+
+
+def test_same_seed_same_weights_and_global_rng_untouched(mnist_sample: DatasetSplits) -> None:
+    small = mnist_sample.train.sample(300, seed=0)
+    data = DatasetSplits("small", small, mnist_sample.test.sample(100, seed=0))
+    recipe = Recipe(training=TrainSettings(epochs=1, seed=3), attack=BadNets(target=1))
+    torch.manual_seed(99)
+    state = torch.random.get_rng_state()
+    a = train_recipe(recipe, data=data, device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = train_recipe(recipe, data=data, device="cpu")
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    c = train_recipe(Recipe(training=TrainSettings(epochs=1, seed=4)), data=data, device="cpu")
+    assert not torch.equal(a.model.logits.weight, c.model.logits.weight)
