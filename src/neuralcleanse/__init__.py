@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .attacks import BadNets, poison_dataset  # noqa: E402
 from .data import DatasetSplits, ImageDataset, load_dataset  # noqa: E402
+from .detection import DetectionReport, NeuralCleanse, ReverseSettings, mad_outlier_test, scan  # noqa: E402
 from .errors import DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
 from .metrics import accuracy, attack_success_rate  # noqa: E402
 from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
@@ -19,12 +20,15 @@ __all__ = [
     "BadNets",
     "DataError",
     "DatasetSplits",
+    "DetectionReport",
     "ImageDataset",
     "ModelBundle",
     "ModelCard",
     "ModelError",
+    "NeuralCleanse",
     "NeuralCleanseError",
     "Recipe",
+    "ReverseSettings",
     "SettingsError",
     "TrainSettings",
     "Trigger",
@@ -35,8 +39,10 @@ __all__ = [
     "build_model",
     "load_dataset",
     "load_model_dir",
+    "mad_outlier_test",
     "poison_dataset",
     "save_model_dir",
+    "scan",
     "train_classifier",
     "train_recipe",
 ]

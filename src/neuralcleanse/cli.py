@@ -177,6 +177,176 @@ def train(
     Console(highlight=False).print(table)
 
 
+def _parse_labels(text: str | None) -> list[int] | None:
+    """``0,3,5`` or ``0-9`` or a mix; ``None`` means all labels."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        try:
+            out.extend(range(int(lo), int(hi) + 1) if dash else [int(part)])
+        except ValueError:
+            raise SettingsError(f"--labels: {part!r} is not a label or a range like 0-9") from None
+    if not out:
+        raise SettingsError("--labels is empty: give labels like 0,3,5 or 0-9")
+    return out
+
+
+@app.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--dataset", help="Clean images from this dataset's test split (default: the model card's dataset)."
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Directory holding the dataset's files.")
+@click.option(
+    "--samples", default=1000, show_default=True, help="Clean images used (seeded, class-stratified)."
+)
+@click.option("--labels", "labels_text", help="Labels to scan, e.g. 0,3,5 or 0-9 (default: all).")
+@click.option("--source", type=int, help="Source-label-specific scan: only images of this label are used.")
+@click.option(
+    "--sequential", is_flag=True, help="One label at a time with the original code's schedule (reference)."
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["ce", "original"]),
+    default="ce",
+    show_default=True,
+    help="ce, or the original code's linear-probability term.",
+)
+@click.option(
+    "--threshold",
+    default=2.0,
+    show_default=True,
+    help="Anomaly index above which a small-norm label is flagged.",
+)
+@click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label.")
+@click.option(
+    "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Report directory (default: scans/<model dir name>)."
+)
+@click.option("--resume", is_flag=True, help="Continue a killed scan from its checkpoint (<out>.checkpoint).")
+@click.option("--force", is_flag=True, help="Replace a non-empty report directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's summary as JSON.")
+@device_option
+@verbose_option
+def scan(
+    model_dir: Path,
+    dataset: str | None,
+    data_dir: Path | None,
+    samples: int,
+    labels_text: str | None,
+    source: int | None,
+    sequential: bool,
+    loss: str,
+    threshold: float,
+    max_steps: int,
+    seed: int,
+    out: Path | None,
+    resume: bool,
+    force: bool,
+    as_json: bool,
+    device: str,
+    verbose: int,
+) -> None:
+    """Reverse-engineer every label's trigger of MODEL_DIR and flag the outliers (Neural Cleanse)."""
+    from ._io import check_output_dir
+    from .data.registry import load_dataset
+    from .detection import NeuralCleanse, ReverseSettings, ScanProgress
+    from .detection.checkpoint import remove_checkpoint
+    from .errors import DataError
+    from .models import load_model_dir
+
+    _setup_logging(verbose)
+    out = out or Path("scans") / model_dir.resolve().name
+    ckpt = out.with_name(out.name + ".checkpoint")
+    check_output_dir(out, force=force)
+    if samples < 1:
+        raise SettingsError(f"--samples must be at least 1, got {samples}")
+    wanted = _parse_labels(labels_text)
+    bundle = load_model_dir(model_dir)
+    card = bundle.card
+    name = dataset or card.dataset
+    if name is None:
+        raise SettingsError("the model card names no dataset: pass --dataset")
+    test = load_dataset(name, root=data_dir).test
+    if list(test.input_shape) != list(card.input_shape):
+        raise DataError(
+            f"dataset {name!r} has images {test.input_shape}, the model card expects {tuple(card.input_shape)}"
+        )
+    if test.num_classes != card.num_classes:
+        raise DataError(f"dataset {name!r} has {test.num_classes} classes, the model card {card.num_classes}")
+    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
+    settings = ReverseSettings.original(**overrides) if sequential else ReverseSettings(**overrides)
+    detector = NeuralCleanse(bundle.model, settings=settings, threshold=threshold, device=device)
+    with _Bar("scanning labels", enabled=not as_json) as bar:
+
+        def on_progress(p: ScanProgress) -> None:
+            best = " ".join(
+                f"{lab}:{l1:.0f}" if l1 < float("inf") else f"{lab}:-" for lab, _s, _c, l1 in p.active[:6]
+            )
+            bar.update(
+                completed=p.done,
+                total=p.total,
+                status=f"{p.images / max(p.seconds, 1e-9):.0f} img/s  best L1 {best}",
+            )
+
+        report = detector.scan(
+            test,
+            samples=samples,
+            scan_labels=wanted,
+            source=source,
+            checkpoint=ckpt,
+            resume=resume,
+            keep_checkpoint=True,
+            progress=on_progress,
+            data_info={"dataset": name, "split": "test"},
+            model_info={"path": str(model_dir), "arch": card.arch, "weights_sha256": card.weights_sha256},
+        )
+    report.save(out, force=force)
+    remove_checkpoint(ckpt)
+    if as_json:
+        d = report.to_dict()
+        click.echo(
+            json.dumps(
+                {
+                    k: d[k]
+                    for k in ("verdict", "flagged", "summary", "anomaly_index", "l1_norms", "attack_success")
+                }
+                | {"out": str(out)}
+            )
+        )
+        return
+    _print_scan(report, out)
+
+
+def _print_scan(report: Any, out: Path) -> None:
+    from rich import box
+
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"Neural Cleanse scan ({report.settings['mode']}, {report.run['seconds']:.0f} s)",
+    )
+    for col in ("label", "name", "L1 norm", "attack success", "steps", "anomaly index", ""):
+        table.add_column(col, justify="right" if col not in ("name", "") else "left")
+    for r in sorted(report.labels, key=lambda r: (r.l1_norm != r.l1_norm, r.l1_norm)):
+        flag = "FLAGGED" if r.flagged else ("" if r.reached else "not reached")
+        table.add_row(
+            str(r.label), r.name, f"{r.l1_norm:.2f}", f"{100 * r.attack_success:.1f}%", str(r.steps),
+            f"{r.anomaly_index:.2f}", flag, style="bold red" if r.flagged else None,
+        )  # fmt: skip
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"median L1 {report.median:.2f}, MAD {report.mad:.2f}; report written to {out}")
+    for note in report.notes:
+        console.print(f"note: {note}")
+    console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit code, never a traceback."""
     try:

@@ -1,0 +1,20 @@
+"""Detection: reverse-engineer every label's trigger (batched over labels) and the MAD outlier test."""
+
+from .engine import LabelState, reverse_engineer
+from .outlier import OutlierResult, mad_outlier_test
+from .report import DetectionReport, LabelResult
+from .scan import NeuralCleanse, ScanProgress, scan
+from .settings import ReverseSettings
+
+__all__ = [
+    "DetectionReport",
+    "LabelResult",
+    "LabelState",
+    "NeuralCleanse",
+    "OutlierResult",
+    "ReverseSettings",
+    "ScanProgress",
+    "mad_outlier_test",
+    "reverse_engineer",
+    "scan",
+]

@@ -1,0 +1,65 @@
+"""Checkpoints of a scan in progress: every label's full state, so a killed scan resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_bytes, atomic_write_json
+from ..errors import DataError
+from .engine import LabelState
+
+__all__ = ["save_checkpoint", "load_checkpoint", "remove_checkpoint"]
+
+_STATE = "state.json"
+_TENSORS = "tensors.safetensors"
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], identity: dict[str, Any], states: Sequence[LabelState]
+) -> None:
+    """Write the states of all started labels; ``identity`` says which scan they belong to."""
+    from safetensors.torch import save
+
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{s.label}/{name}": t for s in states for name, t in s.tensors().items()}
+    # tensors first, then the JSON that refers to them: a crash in between leaves the old JSON,
+    # whose labels are a subset of the new tensors file
+    atomic_write_bytes(d / _TENSORS, save(tensors))
+    atomic_write_json(d / _STATE, {"identity": identity, "labels": [s.scalars() for s in states]})
+
+
+def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> list[LabelState]:
+    """Read a checkpoint; refuses one written for another model, data set or settings."""
+    from safetensors import SafetensorError, safe_open
+
+    d = Path(path)
+    try:
+        state = json.loads((d / _STATE).read_text(encoding="utf-8"))
+        with safe_open(str(d / _TENSORS), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+    except FileNotFoundError:
+        raise DataError(f"{d}: no checkpoint to resume from") from None
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise DataError(f"{d}: corrupt checkpoint ({exc})") from None
+    saved = state.get("identity", {})
+    for key, value in identity.items():
+        if saved.get(key) != value:
+            raise DataError(
+                f"{d}: checkpoint belongs to another scan ({key} differs); remove it or drop --resume"
+            )
+    out = []
+    for scalars in state["labels"]:
+        prefix = f"{scalars['label']}/"
+        mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        out.append(LabelState.restore(scalars, mine))
+    return out
+
+
+def remove_checkpoint(path: str | os.PathLike[str]) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,361 @@
+"""Reverse-engineer the smallest trigger of many labels in one forward/backward pass.
+
+Each label ``k`` owns a mask ``m_k = tanh(w_k)/(2-ε) + 1/2`` (H×W) and a pattern
+``p_k = tanh(v_k)/(2-ε) + 1/2`` (C×H×W), and its own Adam state, cost λ_k and schedule counters
+(:class:`~neuralcleanse.detection.settings.ReverseSettings`). A mini-batch stacks ``K`` labels ×
+``B`` images, each label with its own images, into one ``K·B`` batch; a label that stops frees its slot
+for the next label in the queue.
+
+Per label, everything random (initial mask and pattern, the order of images) derives from
+``(seed, label, step)`` alone, and all state is per label, so a label's trajectory does not depend on
+which labels share its batches, and a scan can be checkpointed at any step and resumed exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import DataError
+from .settings import ReverseSettings
+
+__all__ = ["LabelState", "StepSnapshot", "reverse_engineer"]
+
+log = logging.getLogger(__name__)
+
+_TANH_EPS = 1e-7  # Keras' K.epsilon(): keeps tanh()/(2-ε)+1/2 strictly inside (0, 1)
+_ORIG_CE_FAR = -math.log(1e-7)  # the original's swapped-argument cross-entropy, see ReverseSettings.loss
+_ORIG_CE_NEAR = -math.log(1 - 1e-7)
+
+
+@dataclass
+class LabelState:
+    """Everything about one label's optimisation; tensors on the CPU."""
+
+    label: int
+    w_mask: torch.Tensor
+    w_pattern: torch.Tensor
+    m_mask: torch.Tensor
+    v_mask: torch.Tensor
+    m_pattern: torch.Tensor
+    v_pattern: torch.Tensor
+    adam_t: int = 0
+    step: int = 0
+    cost: float = 0.0
+    cost_set_counter: int = 0
+    up_counter: int = 0
+    down_counter: int = 0
+    up_flag: bool = False
+    down_flag: bool = False
+    best_reg: float = math.inf
+    best_step: int = -1
+    best_mask: torch.Tensor | None = None
+    best_pattern: torch.Tensor | None = None
+    best_asr: float = 0.0
+    early_best: float = math.inf
+    early_counter: int = 0
+    last_asr: float = 0.0
+    last_reg: float = math.nan
+    last_loss: float = math.nan
+    done: bool = False
+    stop_reason: str = ""
+    images_seen: int = 0
+    history: list[list[float]] = field(default_factory=list)  # [step, cost, asr, l1, loss]
+
+    # ---- derived ---------------------------------------------------------------------------------------
+    @property
+    def reached(self) -> bool:
+        return self.best_mask is not None
+
+    def mask(self) -> torch.Tensor:
+        """The result mask: the best one, or the last one if the threshold was never reached."""
+        return self.best_mask if self.best_mask is not None else _to_unit(self.w_mask)
+
+    def pattern(self) -> torch.Tensor:
+        return self.best_pattern if self.best_pattern is not None else _to_unit(self.w_pattern)
+
+    # ---- (de)serialisation for checkpoints --------------------------------------------------------------
+    _TENSORS = (
+        "w_mask",
+        "w_pattern",
+        "m_mask",
+        "v_mask",
+        "m_pattern",
+        "v_pattern",
+        "best_mask",
+        "best_pattern",
+    )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self._TENSORS:
+            t = getattr(self, name)
+            if t is not None:
+                out[name] = t.contiguous()
+        return out
+
+    def scalars(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            if name in self._TENSORS:
+                continue
+            value = getattr(self, name)
+            out[name] = _encode_float(value) if isinstance(value, float) else value
+        return out
+
+    @classmethod
+    def restore(cls, scalars: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LabelState:
+        values: dict[str, Any] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            if name in cls._TENSORS:
+                values[name] = tensors.get(name)
+            elif name in scalars:
+                v = scalars[name]
+                values[name] = _decode_float(v) if f.type == "float" else v
+        return cls(**values)
+
+
+def _encode_float(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
+
+
+def _decode_float(x: float | str) -> float:
+    return float(x)
+
+
+@dataclass(frozen=True)
+class StepSnapshot:
+    """Sent to the progress callback after every step of the active labels."""
+
+    active: tuple[LabelState, ...]
+    finished: tuple[LabelState, ...]
+    total: int
+    images: int
+
+
+def _to_unit(w: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(w) / (2 - _TANH_EPS) + 0.5
+
+
+def _from_unit(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.arctanh((x - 0.5) * (2 - _TANH_EPS))).float()
+
+
+def new_label_state(label: int, image_shape: tuple[int, int, int], seed: int) -> LabelState:
+    """Random uniform initial mask and pattern (as the original), seeded by ``(seed, label)``."""
+    c, h, w = image_shape
+    rng = np.random.default_rng([seed, label, 0x1A17])
+    w_mask = _from_unit(rng.random((h, w)))
+    w_pattern = _from_unit(rng.random((c, h, w)))
+    zeros_m, zeros_p = torch.zeros(h, w), torch.zeros(c, h, w)
+    return LabelState(label, w_mask, w_pattern, zeros_m, zeros_m.clone(), zeros_p, zeros_p.clone())
+
+
+def _step_indices(n: int, total: int, seed: int, label: int, step: int) -> torch.Tensor:
+    """Indices of the images a label sees during one step: shuffled passes over the data."""
+    rng = np.random.default_rng([seed, label, step])
+    reps = -(-total // n)
+    order = np.concatenate([rng.permutation(n) for _ in range(reps)])[:total]
+    return torch.from_numpy(order)
+
+
+def _misclassification(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-label mean loss; ``logits`` is (K, B, classes), ``targets`` (K,)."""
+    k, b, n = logits.shape
+    flat_targets = targets.repeat_interleave(b)
+    if kind == "ce":
+        return F.cross_entropy(logits.reshape(k * b, n), flat_targets, reduction="none").view(k, b).mean(1)
+    p = logits.softmax(-1).reshape(k * b, n).gather(1, flat_targets[:, None]).view(k, b)
+    return ((1 - p) * _ORIG_CE_FAR + p * _ORIG_CE_NEAR).mean(1)
+
+
+def _apply_schedule(
+    s: LabelState, asr: float, reg: float, cfg: ReverseSettings, mask: torch.Tensor, pattern: torch.Tensor
+) -> None:
+    """One step's bookkeeping, in the original code's order: best, early stop, cost."""
+    s.step += 1
+    s.last_asr, s.last_reg = asr, reg
+    if asr >= cfg.attack_threshold and reg < s.best_reg:
+        s.best_reg, s.best_step, s.best_asr = reg, s.step, asr
+        s.best_mask, s.best_pattern = mask.clone(), pattern.clone()
+    if cfg.early_stop:
+        if s.best_reg < math.inf:
+            if s.best_reg >= cfg.early_stop_threshold * s.early_best:
+                s.early_counter += 1
+            else:
+                s.early_counter = 0
+        s.early_best = min(s.best_reg, s.early_best)
+        if s.up_flag and s.down_flag and s.early_counter >= cfg.early_stop_patience:
+            s.done, s.stop_reason = True, "early_stop"
+            return
+    if s.cost == 0 and asr >= cfg.attack_threshold:
+        s.cost_set_counter += 1
+        if s.cost_set_counter >= cfg.patience:
+            s.cost = cfg.init_cost
+            s.up_counter = s.down_counter = 0
+            s.up_flag = s.down_flag = False
+    else:
+        s.cost_set_counter = 0
+    if asr >= cfg.attack_threshold:
+        s.up_counter += 1
+        s.down_counter = 0
+    else:
+        s.up_counter = 0
+        s.down_counter += 1
+    if s.up_counter >= cfg.patience:
+        s.up_counter = 0
+        s.cost *= cfg.cost_up
+        s.up_flag = True
+    elif s.down_counter >= cfg.patience:
+        s.down_counter = 0
+        s.cost /= cfg.cost_down
+        s.down_flag = True
+    if s.step >= cfg.max_steps:
+        s.done, s.stop_reason = True, "max_steps"
+
+
+def reverse_engineer(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: Sequence[int],
+    settings: ReverseSettings,
+    *,
+    device: torch.device | str = "cpu",
+    resume: Sequence[LabelState] = (),
+    on_step: Callable[[StepSnapshot], None] | None = None,
+) -> list[LabelState]:
+    """Optimise the trigger of every label in ``labels``; returns their final states in label order.
+
+    Args:
+        model: maps ``(N, C, H, W)`` images in ``[0, 1]`` to logits (any preprocessing folded in);
+            used frozen and in eval mode, and both are restored afterwards.
+        images: clean images ``(N, C, H, W)`` in ``[0, 1]``; their labels are not needed.
+        labels: the labels to reverse-engineer.
+        settings: schedule and optimiser settings.
+        resume: label states from a checkpoint; finished ones are kept, unfinished ones continue.
+        on_step: called after every step with the active and finished labels (for progress bars and
+            checkpoints).
+    """
+    if images.ndim != 4 or len(images) == 0:
+        raise DataError(f"reverse engineering needs (N, C, H, W) images, got shape {tuple(images.shape)}")
+    device = torch.device(device)
+    cfg = settings
+    shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+    n = len(images)
+    data = images.to(device)
+    per_step = cfg.batch_size * cfg.batches_per_step
+    known = {s.label: s for s in resume}
+    states = {lab: known.get(lab) or new_label_state(lab, shape, cfg.seed) for lab in labels}
+    queue = [lab for lab in labels if not states[lab].done]
+    k_max = cfg.labels_in_parallel(len(queue), device.type)
+    # Resumed unfinished labels first, in label order: exactly the slots a checkpoint interrupted.
+    queue.sort(key=lambda lab: (states[lab].step == 0, labels.index(lab)))
+    active: list[LabelState] = []
+    images_done = sum(s.images_seen for s in states.values())
+
+    params = list(model.parameters())
+    grad_flags = [p.requires_grad for p in params]
+    was_training = model.training
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    b1, b2 = cfg.betas
+    try:
+        while queue or active:
+            while queue and len(active) < k_max:
+                active.append(states[queue.pop(0)])
+            k = len(active)
+            targets = torch.tensor([s.label for s in active], device=device)
+            w_m = torch.stack([s.w_mask for s in active]).to(device).requires_grad_(True)
+            w_p = torch.stack([s.w_pattern for s in active]).to(device).requires_grad_(True)
+            m_m = torch.stack([s.m_mask for s in active]).to(device)
+            v_m = torch.stack([s.v_mask for s in active]).to(device)
+            m_p = torch.stack([s.m_pattern for s in active]).to(device)
+            v_p = torch.stack([s.v_pattern for s in active]).to(device)
+            t = torch.tensor([float(s.adam_t) for s in active], device=device)
+            cost = torch.tensor([s.cost for s in active], device=device)
+            idx = torch.stack([_step_indices(n, per_step, cfg.seed, s.label, s.step) for s in active]).to(
+                device
+            )
+            sums = torch.zeros(3, k, device=device)  # asr, l1, loss
+            for j in range(cfg.batches_per_step):
+                x = data[idx[:, j * cfg.batch_size : (j + 1) * cfg.batch_size]]  # K, B, C, H, W
+                mask = _to_unit(w_m)
+                pattern = _to_unit(w_p)
+                m5 = mask[:, None, None]
+                stamped = (1 - m5) * x + m5 * pattern[:, None]
+                logits = model(stamped.reshape(-1, *shape)).reshape(k, x.shape[1], -1)
+                mis = _misclassification(logits, targets, cfg.loss)
+                reg = mask.abs().sum((1, 2))
+                loss = mis + cost * reg
+                g_m, g_p = torch.autograd.grad(loss.sum(), [w_m, w_p])
+                with torch.no_grad():
+                    t += 1
+                    # Keras' Adam (the original's optimiser): lr_t = lr·√(1-β2^t)/(1-β1^t), ε added to √v
+                    lr_t = cfg.lr * torch.sqrt(1 - b2**t) / (1 - b1**t)
+                    m_m.mul_(b1).add_(g_m, alpha=1 - b1)
+                    v_m.mul_(b2).addcmul_(g_m, g_m, value=1 - b2)
+                    m_p.mul_(b1).add_(g_p, alpha=1 - b1)
+                    v_p.mul_(b2).addcmul_(g_p, g_p, value=1 - b2)
+                    w_m.sub_(lr_t[:, None, None] * m_m / (v_m.sqrt() + cfg.eps))
+                    w_p.sub_(lr_t[:, None, None, None] * m_p / (v_p.sqrt() + cfg.eps))
+                    hit = (logits.argmax(-1) == targets[:, None]).float().mean(1)
+                    sums += torch.stack([hit, reg, loss])
+            with torch.no_grad():
+                means = (sums / cfg.batches_per_step).cpu()
+                final_mask, final_pattern = _to_unit(w_m).cpu(), _to_unit(w_p).cpu()
+            still: list[LabelState] = []
+            for i, s in enumerate(active):
+                s.w_mask, s.w_pattern = w_m[i].detach().cpu(), w_p[i].detach().cpu()
+                s.m_mask, s.v_mask = m_m[i].cpu(), v_m[i].cpu()
+                s.m_pattern, s.v_pattern = m_p[i].cpu(), v_p[i].cpu()
+                s.adam_t = int(t[i])
+                s.images_seen += per_step
+                asr, reg_i, loss_i = (float(v) for v in means[:, i])
+                s.last_loss = loss_i
+                if (
+                    not all(math.isfinite(v) for v in (asr, reg_i, loss_i))
+                    or not torch.isfinite(s.w_mask).all()
+                ):
+                    s.done, s.stop_reason = True, "nan"
+                    s.step += 1
+                    log.warning(
+                        "label %d: optimisation produced NaN/inf at step %d; stopped", s.label, s.step
+                    )
+                else:
+                    _apply_schedule(s, asr, reg_i, cfg, final_mask[i], final_pattern[i])
+                    s.history.append([s.step, s.cost, round(asr, 5), round(reg_i, 4), round(loss_i, 5)])
+                if s.done:
+                    log.info(
+                        "label %d: %s after %d steps, best L1 %.3f",
+                        s.label,
+                        s.stop_reason,
+                        s.step,
+                        s.best_reg,
+                    )
+                else:
+                    still.append(s)
+            images_done += k * per_step
+            active = still
+            if on_step is not None:
+                on_step(
+                    StepSnapshot(
+                        active=tuple(active) + tuple(states[lab] for lab in queue if states[lab].step > 0),
+                        finished=tuple(s for s in states.values() if s.done),
+                        total=len(labels),
+                        images=images_done,
+                    )
+                )
+    finally:
+        model.train(was_training)
+        for p, flag in zip(params, grad_flags, strict=True):
+            p.requires_grad_(flag)
+    return [states[lab] for lab in labels]

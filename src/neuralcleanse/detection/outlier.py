@@ -1,0 +1,90 @@
+"""The MAD outlier test of Neural Cleanse (``mad_outlier_detection.py`` of the original code)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import SettingsError
+
+__all__ = ["OutlierResult", "CONSISTENCY", "mad_outlier_test"]
+
+#: scales the median absolute deviation to the standard deviation of a normal distribution
+CONSISTENCY = 1.4826
+
+
+@dataclass(frozen=True)
+class OutlierResult:
+    """Anomaly index of every label and the flagged ones.
+
+    ``anomaly_index[i]`` is ``|L1_i − median| / MAD`` (``inf`` where MAD is 0 and the norm differs
+    from the median, ``nan`` where the label was left out). A label is flagged when its norm is
+    **below** the median and its index is **strictly** above ``threshold``.
+    """
+
+    anomaly_index: list[float]
+    flagged: list[int]
+    median: float
+    mad: float
+    threshold: float
+    used: list[bool]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def conclusive(self) -> bool:
+        return sum(self.used) >= 3
+
+
+def mad_outlier_test(
+    norms: Sequence[float],
+    *,
+    threshold: float = 2.0,
+    eligible: Sequence[bool] | None = None,
+    names: Sequence[int] | None = None,
+) -> OutlierResult:
+    """Run the outlier test on L1 norms.
+
+    Args:
+        norms: one L1 norm per label; NaN/inf norms are left out of the statistics and never flagged.
+        threshold: the anomaly index above which a small-norm label is flagged (paper: 2).
+        eligible: labels that may be flagged (e.g. only those whose trigger reached the attack
+            threshold); the others still count towards the median and MAD.
+        names: the label numbers, for the notes (default ``0..n-1``).
+    """
+    if threshold <= 0:
+        raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
+    values = np.asarray(norms, dtype=np.float64)
+    labels = list(names) if names is not None else list(range(len(values)))
+    can_flag = np.ones(len(values), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    finite = np.isfinite(values)
+    notes: list[str] = []
+    if (~finite).any():
+        bad = [labels[i] for i in np.flatnonzero(~finite)]
+        notes.append(f"labels {bad} have no finite L1 norm (NaN/inf); left out of the test")
+    used = finite.copy()
+    index = np.full(len(values), math.nan)
+    if used.sum() < 3:
+        notes.append(f"only {int(used.sum())} finite norms: the outlier test needs at least 3 labels")
+        return OutlierResult(index.tolist(), [], math.nan, math.nan, threshold, used.tolist(), notes)
+    median = float(np.median(values[used]))
+    mad = CONSISTENCY * float(np.median(np.abs(values[used] - median)))
+    dev = np.abs(values - median)
+    if mad > 0:
+        index[used] = dev[used] / mad
+    else:
+        index[used] = np.where(dev[used] > 0, math.inf, 0.0)
+        notes.append(
+            "MAD is 0 (most labels have the same norm): any label that differs gets an infinite index"
+        )
+    flagged = [labels[i] for i in np.flatnonzero(used & can_flag & (values < median)) if index[i] > threshold]
+    skipped = [
+        labels[i] for i in np.flatnonzero(used & ~can_flag & (values < median)) if index[i] > threshold
+    ]
+    if skipped:
+        notes.append(
+            f"labels {skipped} have small, outlying norms but their trigger never reached the attack threshold; not flagged"
+        )
+    return OutlierResult(index.tolist(), flagged, median, mad, threshold, used.tolist(), notes)

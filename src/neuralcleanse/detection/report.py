@@ -1,0 +1,230 @@
+"""The result of a scan: per-label norms, anomaly indices, the verdict, and the reversed triggers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_directory, atomic_write_json
+from ..errors import DataError
+from ..triggers import Trigger
+
+__all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
+
+REPORT_FORMAT_VERSION = 1
+REPORT_FILE = "report.json"
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN/inf: they are written as null (the notes say why)."""
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def _unnum(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """One label's reverse-engineered trigger and its place in the outlier test.
+
+    Attributes:
+        l1_norm: L1 norm of the smallest mask that reached the attack threshold (the last mask if none did).
+        attack_success: fraction of the scan's images *of other labels* sent to this label by the trigger.
+        reached: whether any step reached the attack threshold.
+        steps: optimisation steps used; ``stop_reason`` is ``early_stop``, ``max_steps`` or ``nan``.
+        anomaly_index: ``|L1 − median| / MAD`` (NaN when the label was left out of the test).
+    """
+
+    label: int
+    name: str
+    l1_norm: float
+    attack_success: float
+    reached: bool
+    steps: int
+    stop_reason: str
+    final_cost: float
+    best_step: int
+    anomaly_index: float
+    flagged: bool
+    images_seen: int = 0
+    history: list[list[float]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "name": self.name,
+            "l1_norm": _num(self.l1_norm),
+            "attack_success": _num(self.attack_success),
+            "reached": self.reached,
+            "steps": self.steps,
+            "stop_reason": self.stop_reason,
+            "final_cost": _num(self.final_cost),
+            "best_step": self.best_step,
+            "anomaly_index": _num(self.anomaly_index),
+            "flagged": self.flagged,
+            "images_seen": self.images_seen,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LabelResult:
+        return cls(
+            label=int(d["label"]),
+            name=str(d["name"]),
+            l1_norm=_unnum(d["l1_norm"]),
+            attack_success=_unnum(d["attack_success"]),
+            reached=bool(d["reached"]),
+            steps=int(d["steps"]),
+            stop_reason=str(d["stop_reason"]),
+            final_cost=_unnum(d["final_cost"]),
+            best_step=int(d["best_step"]),
+            anomaly_index=_unnum(d["anomaly_index"]),
+            flagged=bool(d["flagged"]),
+            images_seen=int(d.get("images_seen", 0)),
+            history=d.get("history", []),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class DetectionReport:
+    """What a Neural Cleanse scan found.
+
+    ``verdict`` is ``backdoored`` when at least one label is flagged, ``clean`` when none is, and
+    ``inconclusive`` when the outlier test could not run (fewer than three labels with a finite norm).
+    """
+
+    verdict: str
+    flagged: list[int]
+    labels: list[LabelResult]
+    median: float
+    mad: float
+    threshold: float
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    model: dict[str, Any]
+    run: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    triggers: dict[int, Trigger] = field(default_factory=dict, repr=False)
+    example: torch.Tensor | None = field(default=None, repr=False)  # a clean image for the stamped PNGs
+    format_version: int = REPORT_FORMAT_VERSION
+
+    # ---- views --------------------------------------------------------------------------------------
+    def label(self, k: int) -> LabelResult:
+        for r in self.labels:
+            if r.label == k:
+                return r
+        raise KeyError(f"label {k} is not in this report")
+
+    @property
+    def l1_norms(self) -> dict[int, float]:
+        return {r.label: r.l1_norm for r in self.labels}
+
+    @property
+    def anomaly_index(self) -> dict[int, float]:
+        return {r.label: r.anomaly_index for r in self.labels}
+
+    def summary(self) -> str:
+        """One sentence for people."""
+        if self.verdict == "backdoored":
+            parts = ", ".join(
+                f"label {r.label} ({r.name}) with anomaly index {r.anomaly_index:.2f}, L1 {r.l1_norm:.1f} vs median {self.median:.1f}"
+                for r in sorted((self.label(k) for k in self.flagged), key=lambda r: r.l1_norm)
+            )
+            return f"BACKDOORED: {parts}"
+        if self.verdict == "clean":
+            worst = max((r.anomaly_index for r in self.labels if r.l1_norm < self.median), default=0.0)
+            return f"clean: no label below the median has an anomaly index above {self.threshold:g} (largest {worst:.2f})"
+        return "inconclusive: " + "; ".join(self.notes)
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        rows = [r.to_dict() for r in self.labels]
+        return {
+            "format_version": self.format_version,
+            "verdict": self.verdict,
+            "summary": self.summary(),
+            "flagged": self.flagged,
+            "anomaly_index": {str(r["label"]): r["anomaly_index"] for r in rows},
+            "l1_norms": {str(r["label"]): r["l1_norm"] for r in rows},
+            "attack_success": {str(r["label"]): r["attack_success"] for r in rows},
+            "median": _num(self.median),
+            "mad": _num(self.mad),
+            "threshold": self.threshold,
+            "notes": self.notes,
+            "settings": self.settings,
+            "data": self.data,
+            "model": self.model,
+            "run": self.run,
+            "labels": rows,
+        }
+
+    def save(self, path: str | os.PathLike[str], *, force: bool = False, images: bool = True) -> Path:
+        """Write ``report.json``, every label's trigger (safetensors) and, with ``images``, its PNGs.
+
+        PNGs per label: ``mask``, ``pattern``, ``fusion`` (mask × pattern) and ``stamped`` (a clean scan
+        image with the trigger), enlarged with nearest-neighbour for viewing. The directory appears
+        complete or not at all.
+        """
+        from ..report.images import save_png
+
+        example = self.example
+        with atomic_directory(path, force=force) as tmp:
+            for k, trig in sorted(self.triggers.items()):
+                trig.save(tmp / "triggers" / f"label_{k:04d}.safetensors")
+                if images:
+                    stem = tmp / "images" / f"label_{k:04d}"
+                    save_png(trig.mask, f"{stem}_mask.png")
+                    save_png(trig.pattern, f"{stem}_pattern.png")
+                    save_png(trig.mask[None] * trig.pattern, f"{stem}_fusion.png")
+                    if example is not None:
+                        save_png(trig.apply(example), f"{stem}_stamped.png")
+            atomic_write_json(tmp / REPORT_FILE, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> DetectionReport:
+        """Read a report directory (or its ``report.json``) written by :meth:`save`."""
+        p = Path(path)
+        file = p / REPORT_FILE if p.is_dir() else p
+        try:
+            d = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{file}: scan report not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{file}: cannot read scan report ({exc})") from None
+        if not isinstance(d, dict) or d.get("format_version") != REPORT_FORMAT_VERSION:
+            version = d.get("format_version") if isinstance(d, dict) else None
+            raise DataError(
+                f"{file}: unsupported report format version {version!r} (expected {REPORT_FORMAT_VERSION})"
+            )
+        try:
+            labels = [LabelResult.from_dict(r) for r in d["labels"]]
+            triggers = {}
+            tdir = file.parent / "triggers"
+            for r in labels:
+                tfile = tdir / f"label_{r.label:04d}.safetensors"
+                if tfile.exists():
+                    triggers[r.label] = Trigger.load(tfile)
+            return cls(
+                verdict=d["verdict"],
+                flagged=[int(x) for x in d["flagged"]],
+                labels=labels,
+                median=_unnum(d["median"]),
+                mad=_unnum(d["mad"]),
+                threshold=float(d["threshold"]),
+                settings=d["settings"],
+                data=d["data"],
+                model=d["model"],
+                run=d["run"],
+                notes=list(d.get("notes", [])),
+                triggers=triggers,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{file}: malformed scan report ({type(exc).__name__}: {exc})") from None

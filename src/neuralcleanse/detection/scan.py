@@ -1,0 +1,384 @@
+"""The Neural Cleanse facade: clean images in, :class:`DetectionReport` out."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.dataset import ImageDataset
+from ..device import resolve_device
+from ..errors import DataError, SettingsError
+from ..fingerprint import model_fingerprint, tensor_fingerprint
+from ..metrics import predict
+from ..triggers import Trigger
+from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .engine import LabelState, StepSnapshot, reverse_engineer
+from .outlier import mad_outlier_test
+from .report import DetectionReport, LabelResult
+from .settings import ReverseSettings
+
+__all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanProgress:
+    """Sent to the progress callback after every optimisation step."""
+
+    done: int
+    total: int
+    active: tuple[tuple[int, int, float, float], ...]  # (label, step, cost, best L1 or inf)
+    images: int
+    seconds: float
+
+
+def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.device) -> int:
+    """Run a few images through the model and check that it returns finite ``(N, classes)`` scores."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(images[: min(8, len(images))].to(device))
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0]
+        raise DataError(f"model failed on images of shape {tuple(images.shape[1:])}: {msg}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"model output must be (N, classes), got {shape}")
+    if not torch.isfinite(out).all():
+        raise DataError("model produced NaN or infinite outputs on clean images")
+    if out.shape[1] < 2:
+        raise DataError(f"model output has {out.shape[1]} class; a classifier needs at least 2")
+    return int(out.shape[1])
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.ndim != 4:
+        raise DataError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if len(images) == 0:
+        raise DataError("no images to scan with")
+    if not images.dtype.is_floating_point:
+        raise DataError(f"images must be floating point in [0, 1], got {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise DataError("images contain NaN or infinite values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise DataError(
+            f"images must be pixels in [0, 1], found values in [{lo:g}, {hi:g}] (declare the model's input range instead)"
+        )
+
+
+class NeuralCleanse:
+    """Detect backdoors by reverse-engineering each label's smallest trigger (Wang et al., S&P 2019).
+
+    Args:
+        model: maps ``(N, C, H, W)`` pixels in ``[0, 1]`` to class scores; any scaling or normalisation
+            it needs must be inside it. It is used frozen and in eval mode; both are restored.
+        settings: optimisation schedule (default: the batched engine; :meth:`ReverseSettings.original`
+            for the original code's sequential schedule).
+        threshold: anomaly index above which a small-norm label is flagged (paper: 2).
+        device: where to run (``auto``, ``cpu``, ``cuda``...).
+
+    Examples::
+
+        >>> nc = NeuralCleanse(model, settings=ReverseSettings(seed=0))
+        >>> report = nc.scan(test_images, labels=test_labels)
+        >>> report.verdict, report.flagged
+        ('backdoored', [0])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        settings: ReverseSettings | None = None,
+        threshold: float = 2.0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if threshold <= 0:
+            raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
+        self.model = model
+        self.settings = settings or ReverseSettings()
+        self.threshold = threshold
+        self.device = resolve_device(device)
+
+    def __repr__(self) -> str:
+        return f"NeuralCleanse(settings={self.settings!r}, threshold={self.threshold}, device={self.device})"
+
+    def scan(
+        self,
+        images: torch.Tensor | ImageDataset,
+        *,
+        labels: torch.Tensor | None = None,
+        samples: int | None = 1000,
+        scan_labels: Sequence[int] | None = None,
+        source: int | None = None,
+        correct_only: bool = True,
+        class_names: Sequence[str] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        checkpoint_every: float = 30.0,
+        keep_checkpoint: bool = False,
+        progress: Callable[[ScanProgress], None] | None = None,
+        data_info: dict[str, Any] | None = None,
+        model_info: dict[str, Any] | None = None,
+    ) -> DetectionReport:
+        """Reverse-engineer the triggers and run the outlier test.
+
+        Args:
+            images: clean images in ``[0, 1]`` (a tensor or an :class:`ImageDataset`).
+            labels: their true labels, if known: then only correctly classified images are used
+                (``correct_only``) and attack success is measured on images of other labels.
+            samples: use a seeded, class-stratified sample of this many images (``None``: all).
+            scan_labels: labels to reverse-engineer (default: all the model's outputs).
+            source: only images of this label are used: a source-label-specific scan (paper §VIII).
+            checkpoint: a directory to save progress to; with ``resume`` a previous run continues from it.
+            checkpoint_every: seconds between checkpoints (also written whenever a label finishes).
+            keep_checkpoint: leave the checkpoint in place after success (the caller removes it once the
+                report is saved).
+            progress: called after every step.
+        """
+        start = time.perf_counter()
+        names = list(class_names) if class_names is not None else None
+        if isinstance(images, ImageDataset):
+            if labels is None:
+                labels = images.labels
+            names = names or list(images.class_names)
+            images = images.images
+        _check_images(images)
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            if labels.shape != (len(images),):
+                raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
+        if samples is not None and samples < 1:
+            raise SettingsError(f"samples must be at least 1, got {samples}")
+        num_classes = infer_num_classes(self.model, images, device=self.device)
+        names = names or [str(i) for i in range(num_classes)]
+        if len(names) != num_classes:
+            raise DataError(f"model has {num_classes} outputs but {len(names)} class names were given")
+        if labels is not None and len(labels) and int(labels.max()) >= num_classes:
+            raise DataError(
+                f"image labels go up to {int(labels.max())} but the model has {num_classes} outputs"
+            )
+        targets = list(range(num_classes)) if scan_labels is None else [int(k) for k in scan_labels]
+        if not targets:
+            raise SettingsError("no labels to scan (empty label list)")
+        bad = [k for k in targets if not 0 <= k < num_classes]
+        if bad:
+            raise SettingsError(f"label {bad[0]} is outside the model's {num_classes} outputs")
+        if len(set(targets)) != len(targets):
+            raise SettingsError("the label list repeats a label")
+
+        notes: list[str] = []
+        total_images = len(images)
+        pool = ImageDataset(
+            images.float(),
+            labels if labels is not None else torch.zeros(len(images), dtype=torch.int64),
+            num_classes,
+            tuple(names),
+            "scan",
+        )
+        if source is not None:
+            if labels is None:
+                raise SettingsError("a source-label scan (--source) needs the images' labels")
+            if not 0 <= source < num_classes:
+                raise SettingsError(f"source label {source} is outside the model's {num_classes} outputs")
+            pool = pool.subset(torch.nonzero(pool.labels == source).flatten())
+            if len(pool) == 0:
+                raise DataError(f"no images of source label {source} to scan with")
+            notes.append(f"source-specific scan: only images of label {source} ({names[source]}) were used")
+        if labels is not None and correct_only:
+            pred = predict(self.model, pool.images, device=self.device)
+            keep = torch.nonzero(pred == pool.labels).flatten()
+            notes.append(f"{len(keep)} of {len(pool)} images were classified correctly and used")
+            if len(keep) == 0:
+                raise DataError("the model classifies none of the given images correctly")
+            pool = pool.subset(keep)
+        if samples is not None and len(pool) > samples:
+            pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
+        log.info("scanning %d labels with %d images on %s", len(targets), len(pool), self.device)
+
+        identity = {
+            "model": model_fingerprint(self.model),
+            "images": tensor_fingerprint(pool.images),
+            "labels": targets,
+            "settings": self.settings.to_dict(),
+        }
+        resumed: list[LabelState] = []
+        if checkpoint is not None and resume:
+            resumed = load_checkpoint(checkpoint, identity)
+            log.info("resuming from %s: %d labels started", checkpoint, len(resumed))
+            notes.append(f"resumed from a checkpoint with {sum(s.done for s in resumed)} labels finished")
+        last_save = [time.perf_counter(), sum(s.done for s in resumed)]
+
+        def on_step(snap: StepSnapshot) -> None:
+            now = time.perf_counter()
+            if progress is not None:
+                active = tuple((s.label, s.step, s.cost, s.best_reg) for s in snap.active)
+                progress(ScanProgress(len(snap.finished), snap.total, active, snap.images, now - start))
+            if checkpoint is not None and (
+                now - last_save[0] >= checkpoint_every or len(snap.finished) > last_save[1]
+            ):
+                save_checkpoint(checkpoint, identity, snap.finished + snap.active)
+                last_save[:] = [now, len(snap.finished)]
+
+        states = reverse_engineer(
+            self.model,
+            pool.images,
+            targets,
+            self.settings,
+            device=self.device,
+            resume=resumed,
+            on_step=on_step,
+        )
+        if checkpoint is not None and not keep_checkpoint:
+            remove_checkpoint(checkpoint)
+        seconds = time.perf_counter() - start
+        report = self._report(states, pool, names, labels is not None, notes)
+        processed = sum(s.images_seen for s in states)
+        run: dict[str, Any] = {
+            "seconds": round(seconds, 2),
+            "images_processed": processed,
+            "device": str(self.device),
+            "images_given": total_images,
+            "images_used": len(pool),
+        }
+        run["images_per_second"] = round(processed / max(seconds, 1e-9), 1)
+        from ..recipes import software_versions
+
+        run["software"] = software_versions()
+        model_meta = {"fingerprint": identity["model"], "num_classes": num_classes, **(model_info or {})}
+        data_meta = {
+            "images": len(pool),
+            "fingerprint": identity["images"],
+            "source": source,
+            "correct_only": bool(labels is not None and correct_only),
+            "class_counts": pool.class_counts() if labels is not None else None,
+            **(data_info or {}),
+        }
+        return DetectionReport(
+            verdict=report["verdict"],
+            flagged=report["flagged"],
+            labels=report["rows"],
+            median=report["median"],
+            mad=report["mad"],
+            threshold=self.threshold,
+            settings={
+                **self.settings.to_dict(),
+                "mode": "sequential" if self.settings.sequential else "batched",
+            },
+            data=data_meta,
+            model=model_meta,
+            run=run,
+            notes=notes + report["notes"],
+            triggers=report["triggers"],
+            example=pool.images[0].clone(),
+        )
+
+    def _report(
+        self, states: list[LabelState], pool: ImageDataset, names: list[str], known: bool, notes: list[str]
+    ) -> dict[str, Any]:
+        triggers = {
+            s.label: Trigger(s.mask().clamp(0, 1), s.pattern().clamp(0, 1), "reversed") for s in states
+        }
+        norms = [
+            t.l1_norm if s.stop_reason != "nan" else math.nan
+            for s, t in zip(states, triggers.values(), strict=True)
+        ]
+        outlier = mad_outlier_test(
+            norms,
+            threshold=self.threshold,
+            eligible=[s.reached for s in states],
+            names=[s.label for s in states],
+        )
+        rows = []
+        for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
+            victims = pool.images[pool.labels != s.label] if known else pool.images
+            asr = math.nan
+            if len(victims) and s.stop_reason != "nan":
+                hits = predict(self.model, triggers[s.label].apply(victims), device=self.device) == s.label
+                asr = float(hits.float().mean())
+            rows.append(
+                LabelResult(
+                    label=s.label,
+                    name=names[s.label],
+                    l1_norm=norm,
+                    attack_success=asr,
+                    reached=s.reached,
+                    steps=s.step,
+                    stop_reason=s.stop_reason,
+                    final_cost=s.cost,
+                    best_step=s.best_step,
+                    anomaly_index=index,
+                    flagged=s.label in outlier.flagged,
+                    images_seen=s.images_seen,
+                    history=s.history,
+                )
+            )
+        unreached = [s.label for s in states if not s.reached]
+        extra = list(outlier.notes)
+        if unreached:
+            extra.append(
+                f"labels {unreached} never reached {self.settings.attack_threshold:.0%} attack success; "
+                "their L1 is that of the last mask and they cannot be flagged"
+            )
+        extra.append(
+            f"misclassification loss: {'cross-entropy' if self.settings.loss == 'ce' else 'original linear-probability term'}"
+        )
+        verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
+        return {
+            "verdict": verdict,
+            "flagged": outlier.flagged,
+            "rows": rows,
+            "median": outlier.median,
+            "mad": outlier.mad,
+            "notes": extra,
+            "triggers": triggers,
+        }
+
+
+def scan(
+    model: nn.Module,
+    images: torch.Tensor | ImageDataset,
+    labels: torch.Tensor | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    threshold: float = 2.0,
+    sequential: bool = False,
+    samples: int | None = 1000,
+    scan_labels: Sequence[int] | None = None,
+    source: int | None = None,
+    class_names: Sequence[str] | None = None,
+    progress: Callable[[ScanProgress], None] | None = None,
+    **settings: Any,
+) -> DetectionReport:
+    """Scan an in-memory model: ``neuralcleanse.scan(model, images, labels)``.
+
+    ``settings`` are :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
+    ``sequential=True`` starts from the original code's schedule instead of the batched default.
+    """
+    try:
+        cfg = ReverseSettings.original(**settings) if sequential else ReverseSettings(**settings)
+    except TypeError as exc:
+        raise SettingsError(f"unknown scan setting: {exc}") from None
+    nc = NeuralCleanse(model, settings=cfg, threshold=threshold, device=device)
+    return nc.scan(
+        images,
+        labels=labels,
+        samples=samples,
+        scan_labels=scan_labels,
+        source=source,
+        class_names=class_names,
+        progress=progress,
+    )
