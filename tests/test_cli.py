@@ -99,3 +99,86 @@ def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_help_documents_the_trigger_spec(capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = run(capsys, "train", "--help")
     assert code == 0 and "bottom-right" in stdout and "checkerboard" in stdout and "blend:" in stdout
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory: pytest.TempPathFactory, badnets_model, clean_model) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("models")
+    return {"bad": badnets_model.save(root / "bad").path, "clean": clean_model.save(root / "clean").path}  # type: ignore[dict-item]
+
+
+def test_scan_cli_flags_the_planted_label_and_matches_the_api(
+    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_sample
+) -> None:  # type: ignore[no-untyped-def]
+    import neuralcleanse as nc
+
+    out = tmp_path / "scan"
+    code, stdout, _ = run(
+        capsys,
+        "scan",
+        str(saved_models["bad"]),
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert code == 0
+    d = json.loads(stdout)
+    assert d["verdict"] == "backdoored" and d["flagged"] == [0] and d["anomaly_index"]["0"] > 2
+    assert (out / "report.json").exists() and not (tmp_path / "scan.checkpoint").exists()
+    # the Python API on the same model, data and seed gives the same report
+    api = nc.scan(nc.load_model_dir(saved_models["bad"]).model, mnist_sample.test, seed=0)
+    assert api.flagged == d["flagged"]
+    assert {str(k): round(v, 6) for k, v in api.l1_norms.items()} == d["l1_norms"]
+
+
+def test_scan_cli_table_for_a_clean_model(
+    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, _ = run(
+        capsys,
+        "scan",
+        str(saved_models["clean"]),
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path / "s"),
+        "--device",
+        "cpu",
+    )
+    assert code == 0 and "anomaly index" in stdout and "clean:" in stdout and "FLAGGED" not in stdout
+
+
+SCAN_BAD = [
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--labels", ""], "--labels is empty"),
+    (["--labels", "3,x"], "'x' is not a label"),
+    (["--labels", "12"], "outside the model's 10 outputs"),
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--source", "11"], "source label 11 is outside"),
+    (["--resume"], "no checkpoint to resume from"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), SCAN_BAD)
+def test_scan_bad_input(
+    saved_models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "s"
+    code, _, stderr = run(
+        capsys, "scan", str(saved_models["bad"]), "--out", str(out), "--max-steps", "2", *args
+    )
+    assert code != 0 and stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_scan_missing_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, stderr = run(capsys, "scan", str(tmp_path / "none"), "--out", str(tmp_path / "s"))
+    assert code == 1 and "not a model directory" in stderr

@@ -1,0 +1,121 @@
+"""Neural Cleanse on the embedded MNIST sample: the planted label is flagged, the clean model is not."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import neuralcleanse as nc
+from neuralcleanse import DataError, DatasetSplits, DetectionReport, ModelBundle, SettingsError
+
+
+@pytest.fixture(scope="module")
+def badnets_report(badnets_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    return nc.scan(badnets_model.model, mnist_sample.test, seed=0)
+
+
+@pytest.fixture(scope="module")
+def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    return nc.scan(clean_model.model, mnist_sample.test, seed=0)
+
+
+def test_badnets_target_is_flagged(badnets_report: DetectionReport, badnets_model: ModelBundle) -> None:
+    r = badnets_report
+    assert r.verdict == "backdoored" and r.flagged == [0]
+    zero = r.label(0)
+    assert zero.anomaly_index > 2 and zero.reached and zero.flagged
+    # the reversed trigger is small (the real one has L1 16), far below the others, and it works
+    assert zero.l1_norm < 25 and zero.l1_norm == min(r.l1_norms.values())
+    assert zero.attack_success > 0.9
+    # it sits where the real trigger is: most of its mass in the bottom-right corner
+    mask = r.triggers[0].mask
+    assert float(mask[20:, 20:].sum()) / float(mask.sum()) > 0.5
+    real = badnets_model.triggers[0].region
+    assert not real[:20].any() and not real[:, :20].any()  # ... which is where the planted square lies
+
+
+def test_clean_model_is_not_flagged(clean_report: DetectionReport) -> None:
+    r = clean_report
+    assert r.verdict == "clean" and r.flagged == []
+    below = [x.anomaly_index for x in r.labels if x.l1_norm < r.median]
+    assert max(below) <= 2
+    assert all(x.reached for x in r.labels)
+
+
+def test_report_records_settings_and_statistics(badnets_report: DetectionReport) -> None:
+    r = badnets_report
+    norms = torch.tensor(list(r.l1_norms.values()), dtype=torch.float64)
+    med = float(norms.median()) if len(norms) % 2 else float(norms.sort().values[4:6].mean())
+    assert r.median == pytest.approx(med)
+    assert r.mad == pytest.approx(1.4826 * float((norms - med).abs().sort().values[4:6].mean()))
+    assert r.settings["loss"] == "ce" and r.settings["mode"] == "batched" and r.settings["seed"] == 0
+    assert any("cross-entropy" in n for n in r.notes)
+    assert r.data["images"] <= 1000 and r.run["images_processed"] > 0
+    assert all(x.steps > 0 and x.stop_reason in ("early_stop", "max_steps") for x in r.labels)
+
+
+def test_report_save_and_load(badnets_report: DetectionReport, tmp_path: Path) -> None:
+    out = badnets_report.save(tmp_path / "scan")
+    d = json.loads((out / "report.json").read_text())
+    for key in ("verdict", "flagged", "anomaly_index", "l1_norms", "attack_success"):
+        assert key in d
+    assert (
+        d["verdict"] == "backdoored"
+        and d["flagged"] == [0]
+        and set(d["l1_norms"]) == {str(i) for i in range(10)}
+    )
+    for kind in ("mask", "pattern", "fusion", "stamped"):
+        assert (out / "images" / f"label_0000_{kind}.png").stat().st_size > 100
+    back = DetectionReport.load(out)
+    assert back.flagged == [0] and back.l1_norms == pytest.approx(badnets_report.l1_norms)
+    assert torch.allclose(back.triggers[0].mask, badnets_report.triggers[0].mask)
+    (out / "report.json").write_text(json.dumps({**d, "format_version": 0}))
+    with pytest.raises(DataError, match="format version 0"):
+        DetectionReport.load(out)
+
+
+def test_source_specific_scan_uses_only_that_label(
+    badnets_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    r = nc.scan(badnets_model.model, mnist_sample.test, scan_labels=[0, 1, 2], source=3, seed=0, max_steps=8)
+    assert r.data["class_counts"][3] == r.data["images"] and sum(r.data["class_counts"]) == r.data["images"]
+    assert any("source-specific" in n for n in r.notes) and [x.label for x in r.labels] == [0, 1, 2]
+
+
+class _NaNModel(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 10), math.nan)
+
+
+class _FlatModel(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10].unsqueeze(1)
+
+
+def test_bad_inputs(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> None:
+    m, test = clean_model.model, mnist_sample.test
+    with pytest.raises(DataError, match="NaN or infinite outputs"):
+        nc.scan(_NaNModel(), test)
+    with pytest.raises(DataError, match=r"must be \(N, classes\)"):
+        nc.scan(_FlatModel(), test)
+    with pytest.raises(DataError, match="model failed on images of shape"):
+        nc.scan(m, torch.rand(10, 3, 32, 32))
+    with pytest.raises(DataError, match=r"pixels in \[0, 1\]"):
+        nc.scan(m, test.images * 255)
+    with pytest.raises(DataError, match="10 outputs but 3 class names"):
+        nc.scan(m, test.images, class_names=["a", "b", "c"])
+    with pytest.raises(SettingsError, match="empty label list"):
+        nc.scan(m, test, scan_labels=[])
+    with pytest.raises(SettingsError, match="outside the model's 10 outputs"):
+        nc.scan(m, test, scan_labels=[3, 10])
+    with pytest.raises(SettingsError, match="samples must be at least 1"):
+        nc.scan(m, test, samples=0)
+    with pytest.raises(SettingsError, match="unknown scan setting"):
+        nc.scan(m, test, colour="red")
+    with pytest.raises(SettingsError, match="needs the images' labels"):
+        nc.scan(m, test.images, source=2)

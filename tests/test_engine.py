@@ -1,0 +1,165 @@
+"""The reverse-engineering engine on a tiny model: schedule rules, batching independence, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from neuralcleanse import NeuralCleanse, ReverseSettings
+from neuralcleanse.detection.engine import (
+    LabelState,
+    _apply_schedule,
+    _misclassification,
+    new_label_state,
+    reverse_engineer,
+)
+
+
+def tiny_model(seed: int = 0, classes: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, classes)
+    )
+
+
+def tiny_images(n: int = 64) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _state() -> LabelState:
+    return new_label_state(0, (1, 4, 4), seed=0)
+
+
+def _drive(
+    s: LabelState, asrs: list[float], cfg: ReverseSettings, regs: list[float] | None = None
+) -> list[float]:
+    costs = []
+    for i, asr in enumerate(asrs):
+        reg = regs[i] if regs else 10.0
+        _apply_schedule(s, asr, reg, cfg, torch.full((4, 4), reg / 16), torch.zeros(1, 4, 4))
+        costs.append(s.cost)
+    return costs
+
+
+def test_cost_starts_at_zero_and_is_set_after_patience_steps() -> None:
+    cfg = ReverseSettings(init_cost=1e-3, patience=5)
+    s = _state()
+    costs = _drive(s, [0.5] * 7 + [1.0] * 5, cfg)
+    assert costs[:11] == [0.0] * 11 and costs[11] == 1e-3
+
+
+def test_cost_goes_up_and_down() -> None:
+    cfg = ReverseSettings(init_cost=1e-3, patience=5)
+    s = _state()
+    costs = _drive(s, [1.0] * 5 + [1.0] * 5 + [0.0] * 5, cfg)
+    assert costs[4] == 1e-3  # set
+    assert costs[9] == pytest.approx(2e-3) and s.up_flag  # 5 more steps above: ×2
+    assert costs[14] == pytest.approx(2e-3 / 2**1.5) and s.down_flag  # 5 below: ÷2^1.5
+
+
+def test_best_only_counts_steps_at_the_threshold() -> None:
+    cfg = ReverseSettings()
+    s = _state()
+    _drive(s, [0.98, 0.995, 0.5, 1.0], cfg, regs=[1.0, 8.0, 2.0, 9.0])
+    assert s.best_reg == 8.0 and s.best_step == 2 and s.reached
+    assert float(s.mask().sum()) == pytest.approx(8.0)
+
+
+def test_early_stop_needs_both_directions_and_no_improvement() -> None:
+    cfg = ReverseSettings(patience=1, early_stop_patience=3)
+    s = _state()
+    _drive(s, [1.0], cfg, regs=[5.0])  # cost set (patience 1)
+    _drive(s, [1.0] * 5, cfg, regs=[5.0] * 5)  # goes up every step, no improvement; down never happened
+    assert not s.done and s.up_flag and not s.down_flag
+    _drive(s, [0.0], cfg, regs=[5.0])  # down
+    assert s.down_flag
+    _drive(s, [1.0], cfg, regs=[5.0])
+    assert s.done and s.stop_reason == "early_stop"
+
+
+def test_max_steps_stops() -> None:
+    s = _state()
+    _drive(s, [0.0] * 3, ReverseSettings(max_steps=3))
+    assert s.done and s.stop_reason == "max_steps" and not s.reached
+
+
+def test_original_loss_is_linear_in_probability() -> None:
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]])  # K=1, B=2
+    p = logits.softmax(-1)[0, :, 1]
+    expected = ((1 - p) * -math.log(1e-7) + p * -math.log(1 - 1e-7)).mean()
+    got = _misclassification(logits, torch.tensor([1]), "original")
+    assert got.item() == pytest.approx(expected.item()) and got.item() == pytest.approx(
+        16.118 * (1 - p).mean().item(), rel=1e-3
+    )
+    ce = _misclassification(logits, torch.tensor([1]), "ce")
+    assert ce.item() == pytest.approx(nn.functional.cross_entropy(logits[0], torch.tensor([1, 1])).item())
+
+
+def test_results_do_not_depend_on_how_many_labels_share_a_batch() -> None:
+    model, images = tiny_model(), tiny_images()
+    cfg = ReverseSettings(
+        batch_size=8, batches_per_step=2, max_steps=12, patience=2, early_stop_patience=3, seed=5
+    )
+    one = reverse_engineer(model, images, [0, 1, 2, 3], cfg.replace(parallel_labels=1))
+    three = reverse_engineer(model, images, [0, 1, 2, 3], cfg.replace(parallel_labels=3))
+    for a, b in zip(one, three, strict=True):
+        assert a.step == b.step and a.stop_reason == b.stop_reason
+        assert torch.allclose(a.mask(), b.mask(), atol=1e-5) and a.best_reg == pytest.approx(
+            b.best_reg, rel=1e-5
+        )
+
+
+def test_model_is_left_as_it_was() -> None:
+    model = tiny_model()
+    model.train()
+    model[0].weight.requires_grad_(True)
+    model[3].weight.requires_grad_(False)
+    reverse_engineer(
+        model, tiny_images(), [1], ReverseSettings(batch_size=8, batches_per_step=1, max_steps=2)
+    )
+    assert model.training and model[0].weight.requires_grad and not model[3].weight.requires_grad
+    assert model[0].weight.grad is None
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
+    model, images = tiny_model(3), tiny_images(96)
+    cfg = ReverseSettings(
+        batch_size=8, batches_per_step=2, max_steps=25, patience=2, early_stop_patience=4, seed=9
+    )
+    nc = NeuralCleanse(model, settings=cfg.replace(parallel_labels=2))
+    reference = nc.scan(images, samples=None)
+    steps = [0]
+
+    def kill(_p: object) -> None:
+        steps[0] += 1
+        if steps[0] == 9:
+            raise _Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Stop):
+        nc.scan(images, samples=None, checkpoint=ckpt, checkpoint_every=0.0, progress=kill)
+    assert (ckpt / "state.json").exists()
+    resumed = nc.scan(images, samples=None, checkpoint=ckpt, resume=True)
+    assert not ckpt.exists()  # removed after success
+    assert resumed.flagged == reference.flagged
+    for a, b in zip(resumed.labels, reference.labels, strict=True):
+        assert a.steps == b.steps and a.l1_norm == pytest.approx(b.l1_norm, rel=1e-6)
+    assert any("resumed" in n for n in resumed.notes)
+    # a checkpoint of another scan is refused
+    steps[0] = 0
+    with pytest.raises(_Stop):
+        nc.scan(images, samples=None, checkpoint=ckpt, checkpoint_every=0.0, progress=kill)
+    other = NeuralCleanse(model, settings=cfg.replace(seed=10, parallel_labels=2))
+    from neuralcleanse import DataError
+
+    with pytest.raises(DataError, match="another scan"):
+        other.scan(images, samples=None, checkpoint=ckpt, resume=True)
