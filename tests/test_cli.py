@@ -181,4 +181,4 @@ def test_scan_bad_input(
 
 def test_scan_missing_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, stderr = run(capsys, "scan", str(tmp_path / "none"), "--out", str(tmp_path / "s"))
-    assert code == 1 and "not a model directory" in stderr
+    assert code == 1 and "model file not found" in stderr

@@ -131,6 +131,7 @@ class NeuralCleanse:
         checkpoint_every: float = 30.0,
         keep_checkpoint: bool = False,
         progress: Callable[[ScanProgress], None] | None = None,
+        extra_notes: Sequence[str] = (),
         data_info: dict[str, Any] | None = None,
         model_info: dict[str, Any] | None = None,
     ) -> DetectionReport:
@@ -148,13 +149,15 @@ class NeuralCleanse:
             keep_checkpoint: leave the checkpoint in place after success (the caller removes it once the
                 report is saved).
             progress: called after every step.
+            extra_notes: notes to carry into the report (e.g. how the model was loaded).
         """
         start = time.perf_counter()
         names = list(class_names) if class_names is not None else None
+        data_names: list[str] | None = None
         if isinstance(images, ImageDataset):
             if labels is None:
                 labels = images.labels
-            names = names or list(images.class_names)
+            data_names = list(images.class_names)
             images = images.images
         _check_images(images)
         if labels is not None:
@@ -164,6 +167,8 @@ class NeuralCleanse:
         if samples is not None and samples < 1:
             raise SettingsError(f"samples must be at least 1, got {samples}")
         num_classes = infer_num_classes(self.model, images, device=self.device)
+        if names is None and data_names is not None and len(data_names) == num_classes:
+            names = data_names
         names = names or [str(i) for i in range(num_classes)]
         if len(names) != num_classes:
             raise DataError(f"model has {num_classes} outputs but {len(names)} class names were given")
@@ -180,7 +185,7 @@ class NeuralCleanse:
         if len(set(targets)) != len(targets):
             raise SettingsError("the label list repeats a label")
 
-        notes: list[str] = []
+        notes: list[str] = list(extra_notes)
         total_images = len(images)
         pool = ImageDataset(
             images.float(),

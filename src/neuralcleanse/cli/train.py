@@ -1,0 +1,124 @@
+"""``neuralcleanse train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import SettingsError
+from . import app
+from .common import TRIGGER_HELP, ProgressBar, device_option, setup_logging, verbose_option
+
+
+@app.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
+@click.option(
+    "--dataset", default="mnist-sample", show_default=True, help="mnist-sample, fashion-mnist or mnist."
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Directory holding the dataset's files.")
+@click.option(
+    "--arch", default="mnist", show_default=True, help="mnist (2 conv + 2 dense) or gtsrb (6 conv + 2 dense)."
+)
+@click.option("--attack", default="none", show_default=True, help="none or badnets.")
+@click.option("--target", type=int, help="Target label of the attack.")
+@click.option("--trigger", default="square:size=4,at=bottom-right,margin=1,pattern=white", help=TRIGGER_HELP)
+@click.option(
+    "--poison-rate",
+    default=0.1,
+    show_default=True,
+    help="Fraction of training images stamped and relabelled.",
+)
+@click.option("--epochs", default=10, show_default=True, help="Training epochs.")
+@click.option("--batch-size", default=64, show_default=True, help="Mini-batch size.")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed for initialisation, shuffling and poisoning."
+)
+@device_option
+@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@verbose_option
+def train(
+    out: Path,
+    dataset: str,
+    data_dir: Path | None,
+    arch: str,
+    attack: str,
+    target: int | None,
+    trigger: str,
+    poison_rate: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str,
+    force: bool,
+    as_json: bool,
+    verbose: int,
+) -> None:
+    """Train a clean or a backdoored model and save it as a model directory (safetensors + card.json)."""
+    from .._io import check_output_dir
+    from ..attacks import BadNets
+    from ..recipes import Recipe
+    from ..training import TrainSettings
+
+    setup_logging(verbose)
+    check_output_dir(out, force=force)  # fail before training, not after
+    if attack not in ("none", "badnets"):
+        raise SettingsError(f"unknown attack {attack!r}; known: none, badnets")
+    bad = None
+    if attack == "badnets":
+        if target is None:
+            raise SettingsError("--attack badnets needs --target LABEL")
+        bad = BadNets(target=target, trigger=trigger, poison_rate=poison_rate)
+    elif target is not None:
+        raise SettingsError("--target given without --attack")
+    recipe = Recipe(
+        dataset=dataset,
+        arch=arch,
+        data_dir=str(data_dir) if data_dir else None,
+        training=TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+        attack=bad,
+    )
+    bundle = train_and_save(recipe, out, device=device, force=force, bar=not as_json)
+    card = bundle.card
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "dataset": card.dataset,
+        "arch": card.arch,
+        "attack": card.attack or "none",
+        "target": card.targets,
+        "clean_accuracy": card.clean_accuracy,
+        "attack_success": card.attack_success,
+        "seconds": card.training.get("seconds"),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in summary.items():
+        if isinstance(value, float) and key != "seconds":
+            value = f"{100 * value:.2f}%"
+        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    Console(highlight=False).print(table)
+
+
+def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: bool) -> Any:
+    """Train a recipe with a progress bar and save it as a model directory."""
+    from ..recipes import train_recipe
+    from ..training import TrainProgress
+
+    with ProgressBar(f"training {out.name}", enabled=bar) as progress_bar:
+
+        def on_batch(p: TrainProgress) -> None:
+            done = (p.epoch - 1) * p.batches + p.batch
+            status = f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f}"
+            progress_bar.update(total=p.epochs * p.batches, completed=done, status=status)
+
+        bundle = train_recipe(recipe, device=device, progress=on_batch)
+    return bundle.save(out, force=force)

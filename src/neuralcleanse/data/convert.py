@@ -1,0 +1,122 @@
+"""Bring images from any source to the model's declared input: channels, size, ``[0, 1]`` floats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.nn import functional as F
+
+from ..errors import DataError
+from .dataset import ImageDataset
+
+__all__ = ["arrays_to_dataset", "read_image", "read_class_names", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
+)
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+def read_image(
+    path: Path,
+    *,
+    channels: int | None,
+    size: tuple[int, int] | None,
+    box: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """One image file → ``uint8`` array ``(H, W, C)``, converted to ``channels`` and resized to ``size``."""
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            img: Image.Image = opened
+            if box is not None:
+                img = img.crop(box)
+            mode = (
+                "L"
+                if channels == 1
+                else "RGB"
+                if channels == 3
+                else ("L" if img.mode in ("L", "1", "I;16", "I") else "RGB")
+            )
+            img = img.convert(mode)
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """A names file: one class name per line, in label order (blank lines ignored)."""
+    p = Path(path)
+    try:
+        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: cannot read class names ({exc})") from None
+    if not names:
+        raise DataError(f"{p}: no class names in file")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{p}: class name {dup!r} appears twice")
+    return names
+
+
+def arrays_to_dataset(
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    class_names: Sequence[str],
+    name: str,
+    input_shape: tuple[int, int, int] | None = None,
+    layout: str = "NHWC",
+) -> ImageDataset:
+    """``uint8`` (0–255) or float (0–1) images in ``layout`` → an :class:`ImageDataset` shaped ``input_shape``."""
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if x.ndim == 3:
+        x = x.unsqueeze(-1 if layout == "NHWC" else 1)
+    if x.ndim != 4:
+        raise DataError(f"{name}: images must be (N, H, W[, C]), got shape {tuple(x.shape)}")
+    if layout == "NHWC":
+        x = x.permute(0, 3, 1, 2)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    elif x.dtype.is_floating_point:
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise DataError(f"{name}: images contain NaN or infinite values")
+        lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 1.0)
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"{name}: float images must be in [0, 1], found [{lo:g}, {hi:g}] (store uint8 0-255 instead)"
+            )
+    else:
+        raise DataError(f"{name}: images must be uint8 (0-255) or float (0-1), got {x.dtype}")
+    x = x.contiguous()
+    if input_shape is not None:
+        x = conform(x, input_shape, name=name)
+    y = torch.as_tensor(np.asarray(labels)).to(torch.int64).flatten()
+    if len(y) != len(x):
+        raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
+    return ImageDataset(
+        images=x, labels=y, num_classes=len(class_names), class_names=tuple(class_names), name=name
+    )
+
+
+def conform(x: torch.Tensor, input_shape: tuple[int, int, int], *, name: str) -> torch.Tensor:
+    """Convert ``(N, C, H, W)`` floats to ``input_shape``: grey↔RGB, then an antialiased resize."""
+    c, h, w = input_shape
+    if x.shape[1] != c:
+        if x.shape[1] == 1 and c == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and c == 1:
+            x = (x * _LUMA).sum(1, keepdim=True)
+        else:
+            raise DataError(f"{name}: images have {x.shape[1]} channels, the model takes {c}")
+    if tuple(x.shape[2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+    return x.contiguous()

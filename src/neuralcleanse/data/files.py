@@ -1,0 +1,75 @@
+"""``--data PATH``: recognise an image folder, a GTSRB directory, CIFAR binary batches, an ``.npz`` file or
+MNIST-style IDX files, and read it shaped for the model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import DataError
+from .cifar import cifar_kind, load_cifar
+from .dataset import ImageDataset
+from .folder import load_image_folder
+from .gtsrb import is_gtsrb, load_gtsrb
+from .mnist import _IDX_STEMS, _find, load_idx_directory
+from .npz import load_npz
+
+__all__ = ["load_images", "detect_data_format", "DATA_FORMATS"]
+
+DATA_FORMATS = ("folder", "gtsrb", "cifar", "npz", "idx")
+
+
+def detect_data_format(path: Path) -> str:
+    """Which of :data:`DATA_FORMATS` ``path`` holds; a one-line :class:`DataError` if none."""
+    if not path.exists():
+        raise DataError(f"{path}: data path not found")
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return "npz"
+        if path.suffix.lower() == ".bin":
+            return "cifar"
+        raise DataError(
+            f"{path}: unknown data file (expected a directory, an .npz file or a CIFAR .bin batch)"
+        )
+    if is_gtsrb(path):
+        return "gtsrb"
+    if cifar_kind(path) is not None:
+        return "cifar"
+    if _find(path, _IDX_STEMS["test_images"]) or _find(path, _IDX_STEMS["train_images"]):
+        return "idx"
+    if any(p.is_dir() for p in path.iterdir()):
+        return "folder"
+    raise DataError(f"{path}: empty or unrecognised data directory (expected {path}/<class>/<images>)")
+
+
+def load_images(
+    path: str | os.PathLike[str],
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    split: str = "test",
+) -> ImageDataset:
+    """Clean labelled images from ``path`` in any of :data:`DATA_FORMATS`, converted to ``input_shape``.
+
+    ``split`` picks ``train`` or ``test`` where the format has both (GTSRB, CIFAR, IDX).
+    """
+    p = Path(path)
+    fmt = detect_data_format(p)
+    if fmt == "folder":
+        return load_image_folder(p, class_names=class_names, input_shape=input_shape)
+    if fmt == "gtsrb":
+        return load_gtsrb(p, split=split, input_shape=input_shape or (3, 32, 32), class_names=class_names)
+    if fmt == "cifar":
+        return load_cifar(p, split=split, input_shape=input_shape, class_names=class_names)
+    if fmt == "npz":
+        return load_npz(p, class_names=class_names, num_classes=num_classes, input_shape=input_shape)
+    names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes or 10))
+    splits = load_idx_directory(p, name=p.name, class_names=names)
+    data = splits.test if split == "test" else splits.train
+    if input_shape is not None and data.input_shape != tuple(input_shape):
+        from .convert import conform
+
+        data = data.replace(images=conform(data.images, input_shape, name=str(p)))
+    return data

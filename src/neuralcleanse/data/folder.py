@@ -1,0 +1,76 @@
+"""Image folders: ``root/<class>/*.png|jpg|...``, the usual class-subfolder convention."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .convert import IMAGE_SUFFIXES, arrays_to_dataset, read_image
+from .dataset import ImageDataset
+
+__all__ = ["load_image_folder", "folder_classes"]
+
+
+def folder_classes(root: Path) -> list[str]:
+    """Class folders in label order: numerically when every name is an integer (``0..42``, ``00012``),
+    else sorted by name."""
+    dirs = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if all(d.isdigit() for d in dirs):
+        return sorted(dirs, key=int)
+    return sorted(dirs)
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    max_per_class: int | None = None,
+) -> ImageDataset:
+    """Read every image under ``root/<class>/``.
+
+    Labels follow ``class_names`` (a names file's order; every folder must be one of them) or, without
+    it, the folder order of :func:`folder_classes`; numeric folder names (``0``, ``7``, ``00042``) are
+    their label. Images are converted to ``input_shape`` (grey/RGB, resized) when it is given, else to the
+    first image's size and mode.
+    """
+    r = Path(root)
+    if not r.is_dir():
+        raise DataError(f"{r}: image folder not found")
+    folders = folder_classes(r)
+    if not folders:
+        raise DataError(f"{r}: no class folders (expected {r}/<class>/<image files>)")
+    if class_names is not None:
+        names = list(class_names)
+        unknown = [f for f in folders if f not in names]
+        if unknown:
+            raise DataError(f"{r / unknown[0]}: folder {unknown[0]!r} is not in the class names file")
+        label_of = {f: names.index(f) for f in folders}
+    elif all(f.isdigit() for f in folders):
+        top = max(int(f) for f in folders)
+        label_of = {f: int(f) for f in folders}
+        names = [next((f for f in folders if int(f) == i), str(i)) for i in range(top + 1)]
+    else:
+        names = folders
+        label_of = {f: i for i, f in enumerate(folders)}
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    channels = input_shape[0] if input_shape else None
+    size = (input_shape[1], input_shape[2]) if input_shape else None
+    for folder in folders:
+        files = sorted(
+            p for p in (r / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not files:
+            raise DataError(f"{r / folder}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for f in files[:max_per_class]:
+            arr = read_image(f, channels=channels, size=size)
+            if channels is None:  # the first image fixes mode and size for the rest
+                channels, size = arr.shape[2], (arr.shape[0], arr.shape[1])
+            images.append(arr)
+            labels.append(label_of[folder])
+    return arrays_to_dataset(np.stack(images), np.asarray(labels), class_names=names, name=str(r))

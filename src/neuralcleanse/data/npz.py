@@ -1,0 +1,67 @@
+"""``.npz`` arrays of images and labels, read with ``allow_pickle=False``."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .convert import arrays_to_dataset
+from .dataset import ImageDataset
+
+__all__ = ["load_npz", "IMAGE_KEYS", "LABEL_KEYS"]
+
+IMAGE_KEYS = ("images", "x", "X", "x_test", "X_test", "data")
+LABEL_KEYS = ("labels", "y", "Y", "y_test", "Y_test", "targets")
+
+
+def load_npz(
+    path: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+) -> ImageDataset:
+    """Images under one of :data:`IMAGE_KEYS` (``uint8`` 0–255 or float 0–1; ``(N,H,W)``, ``(N,H,W,C)`` or
+    ``(N,C,H,W)``) and integer labels under one of :data:`LABEL_KEYS`. Never unpickles."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = list(z.keys())
+            ik = next((k for k in IMAGE_KEYS if k in keys), None)
+            lk = next((k for k in LABEL_KEYS if k in keys), None)
+            if ik is None or lk is None:
+                raise DataError(
+                    f"{p}: needs an image array ({'/'.join(IMAGE_KEYS)}) and a label array "
+                    f"({'/'.join(LABEL_KEYS)}); found {', '.join(keys) or 'nothing'}"
+                )
+            x, y = z[ik], z[lk]
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(
+                f"{p}: refused: the arrays need pickle to load (object arrays); store numbers"
+            ) from None
+        raise DataError(f"{p}: cannot read .npz ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{p}: cannot read .npz ({exc})") from None
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise DataError(f"{p}: labels {lk!r} must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
+        layout = "NCHW"
+    elif x.ndim in (3, 4):
+        layout = "NHWC"
+    else:
+        raise DataError(f"{p}: images {ik!r} must be (N,H,W), (N,H,W,C) or (N,C,H,W), got {x.shape}")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{p}: negative labels in {lk!r}")
+    n = num_classes or (len(class_names) if class_names else int(y.max()) + 1 if len(y) else 0)
+    names = list(class_names) if class_names else [str(i) for i in range(n)]
+    if len(y) and int(y.max()) >= len(names):
+        raise DataError(f"{p}: label {int(y.max())} but only {len(names)} classes")
+    return arrays_to_dataset(x, y, class_names=names, name=str(p), input_shape=input_shape, layout=layout)

@@ -1,0 +1,308 @@
+"""Load ``torch.export`` programs (``.pt2``) without letting the file run code.
+
+``torch.export.load`` is not safe on untrusted files as it stands: it unpickles tensor payloads with
+``weights_only=False`` (and falls back to it when a safe load fails), unpickles "opaque" constants with
+plain :mod:`pickle`, parses symbolic shape expressions with ``sympy.sympify`` (which evaluates Python),
+``exec``-utes the program's guard code, and resolves operator names to any attribute of ``torch``. We run
+it with every one of those doors shut:
+
+* every pickled payload is read with ``torch.load(weights_only=True)`` (tensors only, no fallback);
+  opaque and script-object constants are refused;
+* the program's JSON is checked before it is parsed: operators must be ``torch.ops.aten``/``prims``
+  overloads or plain arithmetic, names must be identifiers, shape expressions must be sympy ``srepr``
+  text built from a short list of constructors, guard code must be simple size comparisons, and node
+  metadata (stack traces, module paths) is dropped;
+* after loading, every graph node is checked again.
+
+Anything outside that is refused with a one-line :class:`~neuralcleanse.errors.ModelError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import operator
+import pickle
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+__all__ = ["ExportInfo", "load_exported_program"]
+
+_LOCK = threading.Lock()
+
+_OP_NAMESPACES = ("aten", "prims")
+_OPERATORS = frozenset(
+    f"_operator.{n}"
+    for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne",
+              "lt", "le", "gt", "ge", "and_", "or_", "not_", "abs")
+) | frozenset(f"math.{n}" for n in ("ceil", "floor", "trunc", "sqrt"))  # fmt: skip
+_SAFE_CALLABLES = frozenset(
+    [operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+     operator.mod, operator.neg, operator.pow, operator.eq, operator.ne, operator.lt, operator.le,
+     operator.gt, operator.ge, operator.and_, operator.or_, operator.not_, operator.abs,
+     math.ceil, math.floor, math.trunc, math.sqrt]
+)  # fmt: skip
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+\Z")
+# sympy srepr text: constructors from this list, quoted symbol names, numbers, keyword flags
+_SYMPY_NAMES = frozenset(
+    [
+        "Symbol",
+        "Integer",
+        "Rational",
+        "Float",
+        "Add",
+        "Mul",
+        "Pow",
+        "Mod",
+        "Max",
+        "Min",
+        "Abs",
+        "FloorDiv",
+        "CleanDiv",
+        "CeilDiv",
+        "ModularIndexing",
+        "PythonMod",
+        "IntTrueDiv",
+        "FloatTrueDiv",
+        "FloorToInt",
+        "CeilToInt",
+        "TruncToInt",
+        "TruncToFloat",
+        "RoundToInt",
+        "ToFloat",
+        "PowByNatural",
+        "FloatPow",
+        "Identity",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "StrictLessThan",
+        "StrictGreaterThan",
+        "LessThan",
+        "GreaterThan",
+        "Equality",
+        "Unequality",
+        "And",
+        "Or",
+        "Not",
+        "true",
+        "false",
+        "oo",
+        "zoo",
+        "NegativeOne",
+        "One",
+        "Zero",
+        "Half",
+        "Infinity",
+        "NegativeInfinity",
+        "BooleanTrue",
+        "BooleanFalse",
+        "True",
+        "False",
+        "positive",
+        "integer",
+        "real",
+        "nonnegative",
+        "finite",
+        "Where",
+        "floor",
+        "ceiling",
+        "sqrt",
+        "Piecewise",
+        "ExprCondPair",
+    ]
+)
+_SYMPY_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<str>'[A-Za-z_][A-Za-z0-9_]*')|"
+                          r"(?P<num>-?\d+(?:\.\d+)?(?:e-?\d+)?)|(?P<punct>[(),=+\-*/]))")  # fmt: skip
+_GUARD = re.compile(
+    r"\s*L\['[A-Za-z_][A-Za-z0-9_]*'\](?:\[\d+\])*(?:\.size\(\)\[\d+\]|\.stride\(\)\[\d+\])?"
+    r"\s*(?:==|!=|<=|>=|<|>)\s*-?\d+\s*\Z"
+)
+_DROPPED_METADATA = ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn", "custom")
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What the exported program says about its input: shape of the first input, fixed batch size."""
+
+    input_shape: tuple[int, int, int] | None
+    static_batch: int | None
+
+
+def _check_sympy(text: str, source: str) -> None:
+    pos = 0
+    while pos < len(text):
+        m = _SYMPY_TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            if text[pos:].strip() == "":
+                return
+            raise ModelError(
+                f"{source}: refused: unexpected text in a shape expression: {text[pos : pos + 30]!r}"
+            )
+        name = m.group("name")
+        if name is not None and name not in _SYMPY_NAMES:
+            raise ModelError(f"{source}: refused: unknown name {name!r} in a shape expression")
+        pos = m.end()
+
+
+def _sanitize(node: Any, source: str) -> Any:
+    """Validate the program JSON (see module docstring) and drop node metadata; returns the cleaned tree."""
+    if isinstance(node, list):
+        return [_sanitize(v, source) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "metadata" and isinstance(value, dict):
+            out[key] = {k: v for k, v in value.items() if k not in _DROPPED_METADATA}
+            continue
+        if key == "target" and isinstance(value, str) and "inputs" in node:
+            if not (_TARGET.match(value) or value in _OPERATORS):
+                raise ModelError(f"{source}: refused: operator {value!r} is not an aten/prims operator")
+        elif key == "expr_str" and isinstance(value, str):
+            _check_sympy(value, source)
+        elif key == "guards_code":
+            for guard in value or []:
+                if not (isinstance(guard, str) and all(_GUARD.match(p) for p in guard.split(" and "))):
+                    raise ModelError(f"{source}: refused: unsupported guard code {str(guard)[:60]!r}")
+        elif key == "name" and isinstance(value, str) and value and not _IDENT.match(value):
+            raise ModelError(f"{source}: refused: {value[:40]!r} is not a valid node name")
+        out[key] = _sanitize(value, source)
+    return out
+
+
+def _refuse(what: str) -> Any:
+    def fail(*_a: Any, **_k: Any) -> Any:
+        raise ModelError(f"refused: the program contains {what}, which would run code on load")
+
+    return fail
+
+
+def _tensor_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+    kwargs["weights_only"] = True
+    kwargs["map_location"] = "cpu"
+    return torch.load(f, *args, **kwargs)
+
+
+class _Proxy:
+    """A stand-in for a module: the given attributes replaced, everything else looked up on the module."""
+
+    def __init__(self, module: Any, **overrides: Any) -> None:
+        self._module, self._overrides = module, overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._module, name)
+
+
+@contextlib.contextmanager
+def _restricted(source: str) -> Iterator[None]:
+    """Shut the pickle, sympify and JSON doors of ``torch.export.load`` (see the module docstring)."""
+    from torch._export.serde import serialize
+    from torch.export.pt2_archive import _package
+
+    original_bytes_to_dataclass = serialize._bytes_to_dataclass
+
+    def checked_bytes_to_dataclass(cls: Any, artifact: bytes) -> Any:
+        try:
+            tree = json.loads(artifact.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{source}: corrupt exported program ({exc})") from None
+        clean = json.dumps(_sanitize(tree, source)).encode("utf-8")
+        return original_bytes_to_dataclass(cls, clean)
+
+    safe_c = _Proxy(torch._C, _pickle_load_obj=_refuse("a script object"))
+    safe_torch = _Proxy(torch, load=_tensor_only_load, _C=safe_c)
+    safe_pickle = _Proxy(pickle, loads=_refuse("a pickled Python object"), load=_refuse("a pickle"))
+    with (
+        _LOCK,
+        mock.patch.object(serialize, "_bytes_to_dataclass", checked_bytes_to_dataclass),
+        mock.patch.object(serialize, "torch", safe_torch),
+        mock.patch.object(_package, "torch", safe_torch),
+        mock.patch.object(_package, "pickle", safe_pickle),
+    ):
+        yield
+
+
+def _check_graph(module: nn.Module, source: str) -> None:
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        raise ModelError(f"{source}: the exported program has no graph")
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if node.op == "call_module" and node.target == "_guards_fn":  # built from the checked guard code
+            continue
+        if node.op != "call_function":
+            raise ModelError(f"{source}: refused: graph node {node.name!r} is a {node.op}")
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload) and target.namespace in _OP_NAMESPACES:
+            continue
+        if target in _SAFE_CALLABLES:
+            continue
+        raise ModelError(f"{source}: refused: graph node {node.name!r} calls {target!r}")
+
+
+def load_exported_program(path: Path, data: bytes) -> tuple[nn.Module, ExportInfo]:
+    """Load the program in ``data`` (the bytes of ``path``) safely; returns its module and input facts."""
+    source = str(path)
+    import logging
+
+    export_log = logging.getLogger("torch.export.pt2_archive._package")
+    previous = export_log.level
+    export_log.setLevel(logging.CRITICAL)  # its own "ran into an error" traceback would duplicate ours
+    try:
+        with _restricted(source):
+            program = torch.export.load(io.BytesIO(data))
+            module = program.module()
+    except ModelError as exc:
+        msg = str(exc)
+        raise ModelError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+    except Exception as exc:  # torch raises many kinds on corrupt archives
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{source}: cannot load exported program ({first[:200]})") from None
+    finally:
+        export_log.setLevel(previous)
+    _check_graph(module, source)
+    info = _input_info(program)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module, info
+
+
+def _input_info(program: Any) -> ExportInfo:
+    user_inputs = list(program.graph_signature.user_inputs)
+    if len(user_inputs) != 1:
+        raise ModelError(
+            f"the exported program takes {len(user_inputs)} inputs; a classifier takes one image batch"
+        )
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name == user_inputs[0]:
+            val = node.meta.get("val")
+            shape = tuple(val.shape) if val is not None else ()
+            break
+    else:
+        return ExportInfo(None, None)
+    if len(shape) != 4:
+        raise ModelError(f"the exported program's input has shape {shape}; expected (N, C, H, W)")
+    static = shape[0] if isinstance(shape[0], int) else None
+    chw = shape[1:]
+    fixed = tuple(int(d) for d in chw) if all(isinstance(d, int) for d in chw) else None
+    return ExportInfo(fixed, static)  # type: ignore[arg-type]

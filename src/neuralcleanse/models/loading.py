@@ -1,0 +1,385 @@
+"""Load a model the way the user received it: an exported program, a state dict + architecture,
+a TorchScript archive or a neuralcleanse model directory — never by unpickling arbitrary objects.
+
+The format is read from the file's content, not its name:
+
+==================  =========================================================================
+``export``          ``torch.export.save`` archive (``.pt2``), loaded by :mod:`.export` with the
+                    unsafe parts of ``torch.export.load`` shut off
+``safetensors``     weights only; needs ``arch`` (a built-in name or ``package.module:Class``)
+``state-dict``      ``torch.save`` of a state dict, read with ``torch.load(weights_only=True)``;
+                    needs ``arch``
+``torchscript``     ``torch.jit.save`` archive: runs code embedded in the file, so a warning is
+                    logged; only for files you trust
+``model-dir``       a directory written by neuralcleanse (``card.json`` + ``model.safetensors``)
+==================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import io
+import logging
+import math
+import os
+import pickle
+import struct
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..device import resolve_device
+from ..errors import ModelError, SettingsError
+from .architectures import ARCHITECTURES, build_model
+from .card import ModelCard
+from .preprocess import FixedBatchModel, Preprocessing
+from .store import CARD_FILE, load_model_dir, load_state_dict_strict
+
+__all__ = ["LoadedModel", "load_model", "sniff_format", "FORMATS"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("export", "safetensors", "state-dict", "torchscript", "model-dir")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready to scan: ``model`` maps pixels in ``[0, 1]`` to class scores.
+
+    Attributes:
+        model: the declared preprocessing and (for static-batch exports) batch chunking wrapped around
+            the loaded network; in eval mode, parameters frozen, gradients flow to the input.
+        network: the network as loaded (expects preprocessed input).
+        format: one of :data:`FORMATS`.
+        input_shape: ``(C, H, W)`` the network takes, when the file says (exports, cards) or it was given.
+        static_batch: the fixed batch size of an exported program (inputs are chunked and padded to it).
+        card: the model card of a neuralcleanse model directory.
+    """
+
+    model: nn.Module
+    network: nn.Module
+    format: str
+    path: Path
+    sha256: str
+    preprocessing: Preprocessing
+    input_shape: tuple[int, int, int] | None = None
+    static_batch: int | None = None
+    class_names: list[str] | None = None
+    card: ModelCard | None = None
+    arch: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """What was loaded, for reports."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "sha256": self.sha256,
+            "arch": self.arch,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "static_batch": self.static_batch,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+
+class _EvalOnly(nn.Module):
+    """Holds a module that is used as it was loaded, in inference mode: an exported program's module
+    (which refuses ``.eval()``) or a TorchScript module (which refuses ``requires_grad_``);
+    ``train()``/``eval()`` on the wrapper leave it alone."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> _EvalOnly:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.module(x)
+        return out
+
+
+def sniff_format(path: Path, data: bytes | None = None) -> str:
+    """Which of :data:`FORMATS` the file is, from its bytes; a one-line :class:`ModelError` otherwise."""
+    if path.is_dir():
+        if (path / CARD_FILE).exists():
+            return "model-dir"
+        raise ModelError(f"{path}: a directory without {CARD_FILE} is not a model directory")
+    if data is None:
+        data = _read(path)
+    if len(data) == 0:
+        raise ModelError(f"{path}: empty file")
+    if data[:4] == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ModelError(f"{path}: truncated or corrupt archive ({exc})") from None
+        if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+            return "export"
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "state-dict"
+        raise ModelError(f"{path}: a zip archive that is neither torch.export, TorchScript nor torch.save")
+    if len(data) >= 10:
+        (n,) = struct.unpack("<Q", data[:8])
+        if 0 < n <= len(data) - 8 and data[8:9] == b"{":
+            return "safetensors"
+    if data[:1] == b"\x80":  # a pickle stream (legacy torch.save)
+        return "state-dict"
+    raise ModelError(
+        f"{path}: not a model file neuralcleanse reads (torch.export .pt2, safetensors, torch.save state dict, "
+        "TorchScript, or a model directory)"
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
+
+
+def _state_from_bytes(path: Path, data: bytes, fmt: str) -> dict[str, torch.Tensor]:
+    if fmt == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            return dict(load(data))
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: refused: the file holds more than tensors and would run code if unpickled ({first})"
+        ) from None
+    except Exception as exc:  # truncated zip, bad magic number, ...
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot read state dict ({first})") from None
+    return _unwrap_state(path, obj)
+
+
+def _unwrap_state(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    """A state dict, possibly inside ``{"state_dict": ...}``/``{"model": ...}``, possibly ``module.``-prefixed."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise ModelError(f"{path}: does not hold a state dict (a mapping of names to tensors)")
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _import_class(spec: str) -> type[nn.Module]:
+    """``package.module:Class`` or ``path/to/file.py:Class`` → the class (importing the user's code)."""
+    mod_name, sep, cls_name = spec.rpartition(":")
+    if not sep or not mod_name or not cls_name:
+        raise SettingsError(
+            f"architecture {spec!r}: use a built-in name ({', '.join(ARCHITECTURES)}) or package.module:Class"
+        )
+    log.warning("importing %s to build the architecture: this runs that code (your choice)", mod_name)
+    try:
+        if mod_name.endswith(".py"):
+            file = Path(mod_name)
+            if not file.is_file():
+                raise SettingsError(f"architecture {spec!r}: {file} not found")
+            unit = importlib.util.spec_from_file_location(f"_nc_user_arch_{file.stem}", file)
+            if unit is None or unit.loader is None:
+                raise SettingsError(f"architecture {spec!r}: cannot import {file}")
+            module = importlib.util.module_from_spec(unit)
+            unit.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.append(os.getcwd())  # like `python -m`: the working directory's packages
+            module = importlib.import_module(mod_name)
+    except SettingsError:
+        raise
+    except Exception as exc:
+        raise SettingsError(f"architecture {spec!r}: import failed ({type(exc).__name__}: {exc})") from None
+    cls = getattr(module, cls_name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise SettingsError(f"architecture {spec!r}: {cls_name} is not an nn.Module class in {mod_name}")
+    return cls
+
+
+def _builtin_shape(arch: str, state: dict[str, torch.Tensor], path: Path) -> tuple[tuple[int, int, int], int]:
+    """Input shape and class count of a built-in architecture, read off its weights."""
+    try:
+        conv, fc, logits = state["features.0.weight"], state["fc.1.weight"], state["logits.weight"]
+    except KeyError as exc:
+        raise ModelError(
+            f"{path}: weights do not fit the architecture {arch!r}: missing key {exc.args[0]!r}"
+        ) from None
+    plan = ARCHITECTURES[arch].plan  # type: ignore[attr-defined]
+    pools = sum(1 for p in plan if p == "pool")
+    channels = [p for p in plan if isinstance(p, int)][-1]
+    side = math.isqrt(max(int(fc.shape[1]) // channels, 1))
+    return (int(conv.shape[1]), side << pools, side << pools), int(logits.shape[0])
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    preprocessing: Preprocessing | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load a model file or directory for scanning.
+
+    Args:
+        path: a ``.pt2`` export, a safetensors or ``torch.save`` state dict, a TorchScript archive, or a
+            neuralcleanse model directory. The format is detected from the content.
+        arch: for state dicts: a built-in architecture (``mnist``, ``gtsrb``) or ``package.module:Class``
+            / ``path/to/file.py:Class`` — importing that code is the caller's explicit choice.
+        arch_kwargs: keyword arguments for the architecture class.
+        input_shape: ``(C, H, W)`` the network takes, if the file does not say.
+        preprocessing: what the network expects (range, mean/std, channel order); for model directories
+            the card's declaration is used unless this is given.
+        device: where the model runs.
+    """
+    p = Path(path)
+    dev = resolve_device(device)
+    if p.is_dir():
+        fmt = sniff_format(p)
+        return _from_model_dir(p, preprocessing, dev)
+    data = _read(p)
+    fmt = sniff_format(p, data)
+    sha = hashlib.sha256(data).hexdigest()
+    pre = preprocessing or Preprocessing()
+    notes: list[str] = []
+    static = None
+    shape = input_shape
+    if arch is not None and fmt in ("export", "torchscript"):
+        raise SettingsError(
+            f"{p}: --arch is for state dicts; this file is a {fmt} program that carries its own"
+        )
+    if fmt == "export":
+        from .export import load_exported_program
+
+        module, info = load_exported_program(p, data)
+        network: nn.Module = _EvalOnly(module)
+        if info.input_shape is not None:
+            if shape is not None and tuple(shape) != info.input_shape:
+                raise SettingsError(
+                    f"{p}: the program takes {info.input_shape}, not the given {tuple(shape)}"
+                )
+            shape = info.input_shape
+        static = info.static_batch
+        if static is not None:
+            notes.append(
+                f"the exported program has a fixed batch size of {static}: inputs are run in chunks of it"
+            )
+        network = network.to(dev)
+    elif fmt == "torchscript":
+        log.warning(
+            "%s is TorchScript: a deprecated format whose archives run embedded code; load only files you trust",
+            p,
+        )
+        notes.append("TorchScript archive: runs code embedded in the file (trusted files only)")
+        try:
+            script = torch.jit.load(io.BytesIO(data), map_location=dev)  # type: ignore[no-untyped-call]
+            script.eval()
+            network = _EvalOnly(script)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{p}: cannot load TorchScript archive ({first})") from None
+    else:
+        if arch is None:
+            raise SettingsError(
+                f"{p} holds only weights ({fmt}): name the architecture with --arch "
+                f"({', '.join(ARCHITECTURES)} or package.module:Class)"
+            )
+        state = _state_from_bytes(p, data, fmt)
+        if arch in ARCHITECTURES:
+            own_shape, classes = _builtin_shape(arch, state, p)
+            shape = shape or own_shape
+            network = build_model(arch, input_shape=shape, num_classes=classes, seed=0)
+        else:
+            cls = _import_class(arch)
+            try:
+                network = cls(**(arch_kwargs or {}))
+            except Exception as exc:
+                raise SettingsError(
+                    f"architecture {arch!r}: cannot build it ({type(exc).__name__}: {exc})"
+                ) from None
+        load_state_dict_strict(network, state, source=str(p))
+        network = network.to(dev)
+    network.eval().requires_grad_(False)
+    model: nn.Module = FixedBatchModel(network, static) if static else network
+    if shape is not None:
+        model = pre.wrap(model, channels=shape[0])
+    elif not pre.is_identity:
+        model = _LazyPixelModel(model, pre)
+    model.eval().requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        network=network,
+        format=fmt,
+        path=p,
+        sha256=sha,
+        preprocessing=pre,
+        input_shape=shape,
+        static_batch=static,
+        arch=arch,
+        notes=notes,
+    )
+
+
+class _LazyPixelModel(nn.Module):
+    """Preprocessing for a network whose channel count is only known from the first input."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing) -> None:
+        super().__init__()
+        self.model, self.pre = model, pre
+        self._wrapped: dict[int, nn.Module] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = int(x.shape[1])
+        if c not in self._wrapped:
+            self._wrapped[c] = self.pre.wrap(self.model, channels=c).to(x.device)
+        out: torch.Tensor = self._wrapped[c](x)
+        return out
+
+
+def _from_model_dir(p: Path, pre: Preprocessing | None, dev: torch.device) -> LoadedModel:
+    bundle = load_model_dir(p, device=dev)
+    card = bundle.card
+    pre = pre or Preprocessing.from_card(card.input_range, card.mean, card.std)
+    c, h, w = card.input_shape
+    model = pre.wrap(bundle.model, channels=c)
+    model.eval().requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        network=bundle.model,
+        format="model-dir",
+        path=p,
+        sha256=card.weights_sha256 or "",
+        preprocessing=pre,
+        input_shape=(c, h, w),
+        class_names=list(card.class_names),
+        card=card,
+        arch=card.arch,
+    )

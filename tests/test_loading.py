@@ -1,0 +1,309 @@
+"""Loading models as users receive them: every format round-trips, gradients reach the input, and no file
+gets to run code on load."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import neuralcleanse as nc
+from neuralcleanse.errors import ModelError, SettingsError
+from neuralcleanse.models.loading import load_model, sniff_format
+from neuralcleanse.models.preprocess import FixedBatchModel, Preprocessing
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 5)).eval()
+
+
+X = torch.rand(7, 1, 12, 12)
+
+
+def _export(
+    model: nn.Module, path: Path, *, static: bool, batch: int = 4, shape: tuple[int, ...] = (1, 12, 12)
+) -> Path:
+    example = (torch.rand(batch, *shape),)
+    dyn = None if static else ({0: torch.export.Dim("batch")},)
+    torch.export.save(torch.export.export(model, example, dynamic_shapes=dyn), path)
+    return path
+
+
+def _grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    model(x)[:, 1].sum().backward()
+    assert x.grad is not None
+    return x.grad
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("formats")
+    m = _tiny()
+    torch.jit.save(torch.jit.trace(m, X), root / "m.ts")
+    torch.save(m.state_dict(), root / "m.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in m.state_dict().items()}}, root / "wrapped.pth")
+    save_file(m.state_dict(), root / "m.safetensors")
+    (root / "arch.py").write_text(
+        "from torch import nn\n"
+        "class Tiny(nn.Sequential):\n"
+        "    def __init__(self, classes=5):\n"
+        "        super().__init__(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(400, classes))\n"
+    )
+    return {
+        "dynamic": _export(m, root / "dyn.pt2", static=False),
+        "static": _export(m, root / "static.pt2", static=True, batch=4),
+        "torchscript": root / "m.ts",
+        "state": root / "m.pth",
+        "wrapped": root / "wrapped.pth",
+        "safetensors": root / "m.safetensors",
+        "arch": root / "arch.py",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "fmt", "arch"),
+    [
+        ("dynamic", "export", None),
+        ("static", "export", None),
+        ("torchscript", "torchscript", None),
+        ("state", "state-dict", "ARCH"),
+        ("wrapped", "state-dict", "ARCH"),
+        ("safetensors", "safetensors", "ARCH"),
+    ],
+)
+def test_every_format_round_trips_with_input_gradients(
+    files: dict[str, Path], key: str, fmt: str, arch: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref = _tiny()
+    spec = f"{files['arch']}:Tiny" if arch else None
+    loaded = load_model(files[key], arch=spec)
+    assert loaded.format == fmt == sniff_format(files[key])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(X), ref(X), atol=1e-5)  # 7 images: chunked for the static export
+    assert torch.allclose(_grad(loaded.model, X), _grad(ref, X), atol=1e-5)
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    loaded.model.eval()  # must not raise, even around an exported program
+    if key == "static":
+        assert loaded.static_batch == 4 and isinstance(loaded.model, FixedBatchModel)
+    if key in ("dynamic", "static"):
+        assert loaded.input_shape == (1, 12, 12)
+    if fmt == "torchscript":
+        assert "TorchScript" in caplog.text and "trust" in caplog.text
+
+
+def test_module_path_architecture(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(files["arch"].parent)
+    loaded = load_model(files["safetensors"], arch="arch:Tiny", arch_kwargs={"classes": 5})
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(X), _tiny()(X), atol=1e-5)
+
+
+def test_builtin_architecture_from_weights(badnets_model: nc.ModelBundle, tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file(badnets_model.model.state_dict(), path)
+    loaded = load_model(path, arch="mnist")
+    assert loaded.input_shape == (1, 28, 28)
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), badnets_model.model(x))
+
+
+def test_model_directory_keeps_its_card(badnets_model: nc.ModelBundle, tmp_path: Path) -> None:
+    badnets_model.save(tmp_path / "dir")
+    loaded = load_model(tmp_path / "dir")
+    assert (
+        loaded.format == "model-dir"
+        and loaded.card is not None
+        and loaded.class_names == [str(i) for i in range(10)]
+    )
+
+
+class _Normalised(nn.Module):
+    """A network that expects BGR, 0-255, mean/std-normalised input; built around a pixel-space model."""
+
+    def __init__(self, inner: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("m", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("s", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = (x * self.s + self.m).flip(1) / 255.0
+        return self.inner(rgb)
+
+
+def test_declared_preprocessing_reaches_the_network(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    inner = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    mean, std = [120.0, 110.0, 100.0], [60.0, 55.0, 50.0]
+    net = _Normalised(inner, mean, std).eval()
+    path = _export(net, tmp_path / "n.pt2", static=False, shape=(3, 8, 8))
+    pre = Preprocessing(scale=255.0, mean=tuple(mean), std=tuple(std), channel_order="bgr")
+    loaded = load_model(path, preprocessing=pre)
+    x = torch.rand(5, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), inner(x), atol=1e-4)
+    undeclared = load_model(path)
+    with torch.no_grad():
+        assert not torch.allclose(undeclared.model(x), inner(x), atol=1e-2)
+
+
+def test_static_batch_export_is_scanned_like_the_original(
+    badnets_model: nc.ModelBundle, tmp_path: Path, mnist_sample: nc.DatasetSplits
+) -> None:
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(badnets_model.model, (torch.rand(6, 1, 28, 28),)), path)
+    loaded = load_model(path)
+    assert loaded.static_batch == 6
+    settings = {"seed": 5, "max_steps": 12}
+    a = nc.scan(loaded.model, mnist_sample.test, samples=200, scan_labels=[0, 3], **settings)
+    b = nc.scan(badnets_model.model, mnist_sample.test, samples=200, scan_labels=[0, 3], **settings)
+    for k in (0, 3):
+        assert a.label(k).l1_norm == pytest.approx(b.label(k).l1_norm, rel=1e-4)
+        assert a.label(k).steps == b.label(k).steps
+
+
+# ---- bad and hostile files ------------------------------------------------------------------------------
+class _Payload:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.target), "w"))
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, how: str) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    if how == "pickle":
+        path.write_bytes(pickle.dumps({"weight": _Payload(marker)}))
+    else:
+        torch.save({"weight": _Payload(marker)}, path)
+    assert not marker.exists()
+    with pytest.raises(ModelError, match="refused") as err:
+        load_model(path, arch="mnist")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def _rewrite_program(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    """Copy an export archive, passing its program JSON (or, with ``edit`` taking names, any member) through ``edit``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            data = edit(info.filename, data)
+            zout.writestr(info, data)
+    return dst
+
+
+def _edit_json(fn):  # type: ignore[no-untyped-def]
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("models/model.json"):
+            tree = json.loads(data)
+            fn(tree)
+            return json.dumps(tree).encode()
+        return data
+
+    return edit
+
+
+def _set_target(tree: dict) -> None:  # type: ignore[type-arg]
+    tree["graph_module"]["graph"]["nodes"][0]["target"] = "torch.load"
+
+
+def _set_expr(tree: dict) -> None:  # type: ignore[type-arg]
+    sizes = tree["graph_module"]["graph"]["tensor_values"]
+    first = next(iter(sizes.values()))
+    first["sizes"][0] = {"as_expr": {"expr_str": "__import__('os').system('touch pwned')", "hint": None}}
+
+
+def _set_guard(tree: dict) -> None:  # type: ignore[type-arg]
+    tree["guards_code"] = ["__import__('os').system('touch pwned')"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set_target, "not an aten/prims operator"),
+        (_set_expr, "shape expression"),
+        (_set_guard, "guard code"),
+    ],
+)
+def test_hostile_exported_programs_are_refused(
+    files: dict[str, Path], tmp_path: Path, edit, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    bad = _rewrite_program(files["dynamic"], tmp_path / "bad.pt2", _edit_json(edit))
+    with pytest.raises(ModelError, match=message) as err:
+        load_model(bad)
+    assert str(bad) in str(err.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_pickled_payload_inside_an_export_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = io.BytesIO()
+    torch.save(_Payload(marker), evil)
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("model_weights_config.json"):
+            cfg = json.loads(data)
+            first = next(iter(cfg["config"].values()))
+            first["use_pickle"] = True
+            return json.dumps(cfg).encode()
+        if name.endswith("weights/weight_0"):
+            return evil.getvalue()
+        return data
+
+    bad = _rewrite_program(files["dynamic"], tmp_path / "bad.pt2", edit)
+    with pytest.raises(ModelError):
+        load_model(bad)
+    assert not marker.exists()
+
+
+def test_truncated_empty_and_unknown_files(files: dict[str, Path], tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pt2"
+    cut.write_bytes(files["dynamic"].read_bytes()[:3000])
+    empty = tmp_path / "empty.pt2"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"hello world, not a model")
+    half_st = tmp_path / "half.safetensors"
+    half_st.write_bytes(files["safetensors"].read_bytes()[:200])
+    for path, message in [
+        (cut, "corrupt"),
+        (empty, "empty file"),
+        (junk, "not a model file"),
+        (half_st, "safetensors"),
+        (tmp_path / "missing.pt2", "not found"),
+    ]:
+        with pytest.raises(ModelError, match=message) as err:
+            load_model(path, arch="mnist")
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_state_dict_that_does_not_fit_names_the_first_key(files: dict[str, Path]) -> None:
+    with pytest.raises(ModelError, match="features.0.weight"):
+        load_model(files["safetensors"], arch="mnist")
+    with pytest.raises(SettingsError, match="name the architecture"):
+        load_model(files["safetensors"])
+    with pytest.raises(SettingsError, match="import failed|not found"):
+        load_model(files["safetensors"], arch="no_such_module_xyz:Net")
+
+
+def test_model_whose_output_is_not_class_scores(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3)).eval()  # (N, 2, 10, 10), not (N, classes)
+    path = _export(net, tmp_path / "conv.pt2", static=False)
+    loaded = load_model(path)
+    with pytest.raises(nc.DataError, match=r"must be \(N, classes\)"):
+        nc.scan(loaded.model, X, samples=None)
