@@ -8,10 +8,13 @@ __version__ = "0.1.0"
 
 from .attacks import BadNets, poison_dataset  # noqa: E402
 from .data import DatasetSplits, ImageDataset, load_dataset  # noqa: E402
+from .data.files import load_images  # noqa: E402
 from .detection import DetectionReport, NeuralCleanse, ReverseSettings, mad_outlier_test, scan  # noqa: E402
 from .errors import DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
 from .metrics import accuracy, attack_success_rate  # noqa: E402
 from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
+from .models.loading import LoadedModel, load_model  # noqa: E402
+from .models.preprocess import Preprocessing  # noqa: E402
 from .recipes import Recipe, train_recipe  # noqa: E402
 from .training import TrainSettings, train_classifier  # noqa: E402
 from .triggers import Trigger  # noqa: E402
@@ -22,11 +25,13 @@ __all__ = [
     "DatasetSplits",
     "DetectionReport",
     "ImageDataset",
+    "LoadedModel",
     "ModelBundle",
     "ModelCard",
     "ModelError",
     "NeuralCleanse",
     "NeuralCleanseError",
+    "Preprocessing",
     "Recipe",
     "ReverseSettings",
     "SettingsError",
@@ -38,6 +43,8 @@ __all__ = [
     "attack_success_rate",
     "build_model",
     "load_dataset",
+    "load_images",
+    "load_model",
     "load_model_dir",
     "mad_outlier_test",
     "poison_dataset",

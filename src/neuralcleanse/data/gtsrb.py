@@ -62,7 +62,7 @@ def _rows(root: Path, split: str) -> list[tuple[Path, dict[str, str]]]:
             raise DataError(
                 f"{root}: test labels GT-final_test.csv not found (in Final_Test/Images or the root)"
             )
-        out = [(base / r["Filename"], r) for r in _read_csv(gt)]
+        out = [(base / r["Filename"], r) for r in _read_csv(found)]
     if not out:
         raise DataError(f"{root}: no {split} images listed")
     return out

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,8 +354,8 @@ class NeuralCleanse:
 
 
 def scan(
-    model: nn.Module,
-    images: torch.Tensor | ImageDataset,
+    model: nn.Module | Any,
+    images: torch.Tensor | ImageDataset | Iterable[Any],
     labels: torch.Tensor | None = None,
     *,
     device: str | torch.device = "cpu",
@@ -365,25 +365,55 @@ def scan(
     scan_labels: Sequence[int] | None = None,
     source: int | None = None,
     class_names: Sequence[str] | None = None,
+    correct_only: bool = True,
     progress: Callable[[ScanProgress], None] | None = None,
     **settings: Any,
 ) -> DetectionReport:
     """Scan an in-memory model: ``neuralcleanse.scan(model, images, labels)``.
 
-    ``settings`` are :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
-    ``sequential=True`` starts from the original code's schedule instead of the batched default.
+    Args:
+        model: an ``nn.Module`` taking pixels in ``[0, 1]`` (any normalisation inside it), or a
+            :class:`~neuralcleanse.models.loading.LoadedModel` from :func:`neuralcleanse.load_model`.
+        images: a ``(N, C, H, W)`` tensor in ``[0, 1]``, an :class:`ImageDataset`, or a DataLoader /
+            iterable of ``(images, labels)`` batches.
+        labels: the images' labels (for a tensor), if known.
+        settings: :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
+            ``sequential=True`` starts from the original code's schedule instead of the batched default.
     """
     try:
         cfg = ReverseSettings.original(**settings) if sequential else ReverseSettings(**settings)
     except TypeError as exc:
         raise SettingsError(f"unknown scan setting: {exc}") from None
-    nc = NeuralCleanse(model, settings=cfg, threshold=threshold, device=device)
+    net = getattr(model, "model", model) if not isinstance(model, nn.Module) else model
+    notes = list(getattr(model, "notes", []))
+    if not isinstance(images, (torch.Tensor, ImageDataset)):
+        images, labels = _collect_batches(images)
+    nc = NeuralCleanse(net, settings=cfg, threshold=threshold, device=device)
     return nc.scan(
         images,
         labels=labels,
         samples=samples,
         scan_labels=scan_labels,
         source=source,
+        correct_only=correct_only,
         class_names=class_names,
         progress=progress,
+        extra_notes=notes,
     )
+
+
+def _collect_batches(batches: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(images, labels)`` batches (a DataLoader) or bare image batches → one tensor each."""
+    xs, ys = [], []
+    for batch in batches:
+        if isinstance(batch, (tuple, list)):
+            xs.append(torch.as_tensor(batch[0]))
+            if len(batch) > 1:
+                ys.append(torch.as_tensor(batch[1]))
+        else:
+            xs.append(torch.as_tensor(batch))
+    if not xs:
+        raise DataError("the data loader yielded no batches")
+    if ys and len(ys) != len(xs):
+        raise DataError("some batches have labels and some do not")
+    return torch.cat(xs), (torch.cat(ys) if ys else None)

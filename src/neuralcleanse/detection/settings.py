@@ -44,7 +44,7 @@ class ReverseSettings:
     """
 
     batch_size: int = 32
-    batches_per_step: int = 4
+    batches_per_step: int = 8
     max_steps: int = 1000
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.9)

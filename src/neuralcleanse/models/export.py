@@ -27,6 +27,7 @@ import operator
 import pickle
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +198,9 @@ def _refuse(what: str) -> Any:
 def _tensor_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
     kwargs["weights_only"] = True
     kwargs["map_location"] = "cpu"
-    return torch.load(f, *args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(f, *args, **kwargs)
 
 
 class _Proxy:

@@ -28,6 +28,7 @@ import os
 import pickle
 import struct
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,9 @@ def _state_from_bytes(path: Path, data: bytes, fmt: str) -> dict[str, torch.Tens
         except (SafetensorError, ValueError, OSError) as exc:
             raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the refused pickle before raising
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ModelError(
