@@ -168,7 +168,8 @@ def test_static_batch_export_is_scanned_like_the_original(
     a = nc.scan(loaded.model, mnist_sample.test, samples=200, scan_labels=[0, 3], **settings)
     b = nc.scan(badnets_model.model, mnist_sample.test, samples=200, scan_labels=[0, 3], **settings)
     for k in (0, 3):
-        assert a.label(k).l1_norm == pytest.approx(b.label(k).l1_norm, rel=2e-3)  # float summation order differs by batch
+        # chunking changes the float summation order, so a few steps drift by ~1e-4
+        assert a.label(k).l1_norm == pytest.approx(b.label(k).l1_norm, rel=2e-3)
         assert a.label(k).steps == b.label(k).steps
 
 
