@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import __version__
-from .attacks.badnets import BadNets
+from .attacks.base import Attack, Planting
 from .data.dataset import DatasetSplits
 from .data.registry import load_dataset
 from .device import resolve_device
@@ -33,7 +35,7 @@ class Recipe:
     dataset: str = "mnist-sample"
     arch: str = "mnist"
     training: TrainSettings = field(default_factory=TrainSettings)
-    attack: BadNets | None = None
+    attack: Attack | None = None
     data_dir: str | None = None
 
 
@@ -64,39 +66,50 @@ def train_recipe(
     dev = resolve_device(device)
     splits = data if data is not None else load_dataset(recipe.dataset, root=recipe.data_dir)
     seed = recipe.training.seed
+    attack = recipe.attack
     # Validate everything cheap before spending training time.
-    trigger = recipe.attack.check(splits.num_classes, splits.input_shape) if recipe.attack else None
+    if attack is not None:
+        attack.check(splits.num_classes, splits.input_shape)
     model = build_model(
         recipe.arch, input_shape=splits.input_shape, num_classes=splits.num_classes, seed=seed
     )
-    train_set = splits.train
-    poisoned_count = 0
-    if recipe.attack is not None:
-        poisoned, trigger = recipe.attack.poison(splits.train, seed=seed)
-        train_set, poisoned_count = poisoned.dataset, len(poisoned.indices)
-        log.info(
-            "poisoned %d of %d training images toward label %d",
-            poisoned_count,
-            len(train_set),
-            recipe.attack.target,
-        )
-    history = train_classifier(model, train_set, recipe.training, device=dev, progress=progress)
+    if attack is not None:
+        planting = attack.plant(model, splits, recipe.training, device=dev, progress=progress)
+        history = planting.history
+    else:
+        planting = None
+        history = train_classifier(model, splits.train, recipe.training, device=dev, progress=progress)
     model.eval().requires_grad_(False)
     clean_acc = accuracy(model, splits.test, device=dev)
-    asr = None
     backdoors: list[PlantedBackdoor] = []
-    if recipe.attack is not None and trigger is not None:
-        asr = attack_success_rate(model, splits.test, trigger, target=recipe.attack.target, device=dev)
-        info = trigger.to_dict()
+    triggers = []
+    for i, planted in enumerate(planting.backdoors if planting else []):
+        sources = planted.source_labels
+        asr = attack_success_rate(
+            model, splits.test, planted.trigger, target=planted.target, source_labels=sources, device=dev
+        )
+        off = None
+        if sources is not None:
+            others = [k for k in range(splits.num_classes) if k not in sources and k != planted.target]
+            off = attack_success_rate(
+                model, splits.test, planted.trigger, target=planted.target, source_labels=others, device=dev
+            )
+        info = planted.trigger.to_dict()
         backdoors.append(
             PlantedBackdoor(
-                target=recipe.attack.target,
-                trigger_file="triggers/trigger_0.safetensors",
-                spec=trigger.spec,
+                target=planted.target,
+                trigger_file=f"triggers/trigger_{i}.safetensors",
+                spec=planted.trigger.spec,
                 l1_norm=info["l1_norm"],
                 bbox=info["bbox"],
+                source_labels=None if sources is None else list(sources),
+                attack_success=round(asr, 6),
+                off_source_success=None if off is None else round(off, 6),
             )
         )
+        triggers.append(planted.trigger)
+    asr_min = min((b.attack_success or 0.0 for b in backdoors), default=None)
+    train_images = len(splits.train)
     card = ModelCard(
         arch=recipe.arch,
         num_classes=splits.num_classes,
@@ -110,16 +123,29 @@ def train_recipe(
             "epochs": recipe.training.epochs,
             "batch_size": recipe.training.batch_size,
             "lr": recipe.training.lr,
-            "train_images": len(train_set),
+            "train_images": train_images,
+            "poisoned_images": planting.poisoned if planting else 0,
+            "cover_images": planting.covered if planting else 0,
             "test_images": len(splits.test),
             "seconds": round(history.seconds, 2),
             "device": str(dev),
         },
-        attack=recipe.attack.name if recipe.attack else None,
-        poison_rate=recipe.attack.poison_rate if recipe.attack else None,
-        attack_success=None if asr is None else round(asr, 6),
+        attack=attack.name if attack else None,
+        poison_rate=round(planting.poisoned / train_images, 6) if planting else None,
+        attack_success=asr_min,
+        attack_details=attack_details(attack, planting) if attack and planting else {},
         backdoors=backdoors,
         software=software_versions(),
     )
     model.cpu()
-    return ModelBundle(model, card, (trigger,) if trigger is not None and recipe.attack else ())
+    return ModelBundle(model, card, tuple(triggers))
+
+
+def attack_details(attack: Attack, planting: Planting) -> dict[str, Any]:
+    """The attack's settings and what it reported, for the card (JSON-safe)."""
+    settings = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(attack).items()  # type: ignore[call-overload]
+        if k != "name"
+    }
+    return {"settings": settings, **{k: v for k, v in planting.details.items()}}

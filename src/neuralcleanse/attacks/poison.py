@@ -12,7 +12,7 @@ from ..data.dataset import ImageDataset
 from ..errors import SettingsError
 from ..triggers import Trigger
 
-__all__ = ["PoisonedData", "poison_dataset", "check_rate"]
+__all__ = ["PoisonedData", "poison_dataset", "stamp_cover", "check_rate"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,13 +41,15 @@ def poison_dataset(
     rate: float,
     seed: int,
     source_labels: Sequence[int] | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> PoisonedData:
     """Stamp ``trigger`` on ``round(rate·N)`` images and relabel them to ``target``.
 
     The images are drawn (seeded) from those whose label is not ``target`` — and, for a
     source-label-specific backdoor, is in ``source_labels`` — so every poisoned image teaches the
-    backdoor. ``rate`` is relative to the whole training set, as in the BadNets paper. The input dataset
-    is not modified.
+    backdoor. ``rate`` is relative to the whole training set, as in the BadNets paper. ``exclude`` holds
+    positions that may not be drawn (already poisoned by another backdoor). The input dataset is not
+    modified.
     """
     check_rate(rate)
     if not 0 <= target < data.num_classes:
@@ -65,6 +67,8 @@ def poison_dataset(
                     f"source label {s} must be in [0, {data.num_classes}) and differ from the target"
                 )
         eligible &= np.isin(labels, np.asarray(list(source_labels)))
+    if exclude is not None and len(exclude):
+        eligible[exclude.numpy()] = False
     pool = np.flatnonzero(eligible)
     count = int(round(rate * len(data)))
     if count == 0:
@@ -80,3 +84,30 @@ def poison_dataset(
     images[chosen] = trigger.apply(images[chosen])
     labels_t[chosen] = target
     return PoisonedData(data.replace(images=images, labels=labels_t, name=f"{data.name}+poison"), chosen)
+
+
+def stamp_cover(
+    data: ImageDataset,
+    trigger: Trigger,
+    *,
+    target: int,
+    source_labels: Sequence[int],
+    rate: float,
+    seed: int,
+    exclude: torch.Tensor | None = None,
+) -> PoisonedData:
+    """Stamp ``trigger`` on ``round(rate·N)`` images of labels that are neither the target nor a source,
+    keeping their true labels: the *cover* samples that teach a source-label-specific backdoor to stay
+    quiet on other labels."""
+    check_rate(rate, what="cover rate")
+    labels = data.labels.numpy()
+    eligible = (labels != target) & ~np.isin(labels, np.asarray(list(source_labels)))
+    if exclude is not None and len(exclude):
+        eligible[exclude.numpy()] = False
+    pool = np.flatnonzero(eligible)
+    count = min(int(round(rate * len(data))), len(pool))
+    rng = np.random.default_rng([seed, 0xC0E5])
+    chosen = torch.as_tensor(np.sort(rng.choice(pool, size=count, replace=False)))
+    images = data.images.clone()
+    images[chosen] = trigger.apply(images[chosen])
+    return PoisonedData(data.replace(images=images), chosen)

@@ -108,7 +108,7 @@ def train(
     Console(highlight=False).print(table)
 
 
-def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: bool) -> Any:
+def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: bool, data: Any = None) -> Any:
     """Train a recipe with a progress bar and save it as a model directory."""
     from ..recipes import train_recipe
     from ..training import TrainProgress
@@ -120,5 +120,5 @@ def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: boo
             status = f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f}"
             progress_bar.update(total=p.epochs * p.batches, completed=done, status=status)
 
-        bundle = train_recipe(recipe, device=device, progress=on_batch)
+        bundle = train_recipe(recipe, device=device, data=data, progress=on_batch)
     return bundle.save(out, force=force)

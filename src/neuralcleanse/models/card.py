@@ -24,6 +24,9 @@ class PlantedBackdoor:
     l1_norm: float
     bbox: list[int] | None = None
     source_labels: list[int] | None = None
+    attack_success: float | None = None
+    #: for a source-label-specific backdoor: how often the trigger also fires on other labels' images
+    off_source_success: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PlantedBackdoor:
@@ -53,6 +56,7 @@ class ModelCard:
     attack: str | None = None
     poison_rate: float | None = None
     attack_success: float | None = None
+    attack_details: dict[str, Any] = field(default_factory=dict)
     backdoors: list[PlantedBackdoor] = field(default_factory=list)
     software: dict[str, str] = field(default_factory=dict)
     weights_sha256: str | None = None

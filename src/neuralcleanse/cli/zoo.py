@@ -1,0 +1,232 @@
+"""``neuralcleanse zoo``: build (and optionally scan) many clean and infected models from a spec."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import SettingsError
+from . import app
+from .common import device_option, run_scan, setup_logging, verbose_option
+from .train import train_and_save
+
+
+@app.command()
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(path_type=Path),
+    help="Zoo spec (TOML or .json), or a shipped spec by name: default (every attack on the MNIST sample "
+    "and Fashion-MNIST), signs (the 43-class colour task).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zoo directory.")
+@click.option("--only", help="Comma-separated model names to build (default: all).")
+@click.option("--scan", "do_scan", is_flag=True, help="Scan every model too (reports under OUT/scans/).")
+@click.option("--samples", default=1000, show_default=True, help="Clean test images per scan.")
+@click.option("--scan-seed", default=123, show_default=True, help="Seed of the scans.")
+@click.option("--force", is_flag=True, help="Rebuild models whose spec entry changed.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Also write the summary table here.")
+@device_option
+@verbose_option
+def zoo(
+    spec_path: Path | None,
+    out: Path,
+    only: str | None,
+    do_scan: bool,
+    samples: int,
+    scan_seed: int,
+    force: bool,
+    markdown: Path | None,
+    device: str,
+    verbose: int,
+) -> None:
+    """Build a labelled zoo of models from a spec, skipping models already built.
+
+    Every entry is checked against its dataset before anything is trained. Each model is a normal model
+    directory OUT/NAME with its ground-truth card; OUT/zoo.json and the printed table summarise clean
+    accuracy, attack success and (with --scan) what Neural Cleanse flagged.
+    """
+    from ..data.registry import load_dataset
+    from ..models import load_model_dir
+    from ..zoo import (
+        attach_controls,
+        check_against_data,
+        default_spec_path,
+        load_spec,
+        read_manifest_digests,
+        summarise,
+        write_manifest,
+    )
+
+    setup_logging(verbose)
+    from ..zoo import SHIPPED_SPECS
+
+    if spec_path is None or (str(spec_path) in SHIPPED_SPECS and not spec_path.exists()):
+        spec_path = default_spec_path(str(spec_path or "default"))
+    spec = load_spec(spec_path)
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        missing = [n for n in wanted if n not in spec.names()]
+        if missing:
+            raise SettingsError(f"--only: no model named {missing[0]!r} in {spec.source}")
+        spec = type(spec)([e for e in spec.entries if e.name in wanted], spec.source)
+    cache: dict[tuple[str, str | None], Any] = {}
+
+    def data_for(name: str, root: str | None) -> Any:
+        if (name, root) not in cache:
+            cache[(name, root)] = load_dataset(name, root=root)
+        return cache[(name, root)]
+
+    check_against_data(spec, data_for)
+    out.mkdir(parents=True, exist_ok=True)
+    digests = read_manifest_digests(out)
+    for e in spec.entries:  # refuse stale models before building anything
+        if (out / e.name / "card.json").exists() and digests.get(e.name) != e.digest and not force:
+            raise SettingsError(
+                f"{out / e.name} was built from a different spec entry {e.name!r}; use --force to rebuild it"
+            )
+    console = Console(highlight=False)
+    rows = []
+    for i, e in enumerate(spec.entries):
+        model_dir = out / e.name
+        if (model_dir / "card.json").exists() and digests.get(e.name) == e.digest:
+            bundle, status = load_model_dir(model_dir), "kept"
+        else:
+            console.print(f"[{i + 1}/{len(spec.entries)}] building {e.name} ({e.attack_name})")
+            bundle = train_and_save(
+                e.recipe,
+                model_dir,
+                device=device,
+                force=True,
+                bar=True,
+                data=data_for(e.recipe.dataset, e.recipe.data_dir),
+            )
+            status = "built"
+        rows.append(summarise(e, bundle.card, status))
+        digests[e.name] = e.digest
+        write_manifest(out, type(spec)(spec.entries[: i + 1], spec.source), rows)
+    attach_controls(rows, spec)
+    if do_scan:
+        for row, e in zip(rows, spec.entries, strict=True):
+            row.scan = _scan_model(
+                out, e, data_for(e.recipe.dataset, e.recipe.data_dir), samples, scan_seed, device
+            )
+            write_manifest(out, spec, rows)
+    write_manifest(out, spec, rows)
+    table_rows = [_cells(r, do_scan) for r in rows]
+    header = _header(do_scan)
+    table = Table(title=f"model zoo {out}")
+    for col in header:
+        table.add_column(col)
+    for cells in table_rows:
+        table.add_row(*cells)
+    console.print(table)
+    if markdown is not None:
+        from .._io import atomic_write_bytes
+
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in table_rows]
+        atomic_write_bytes(markdown, ("\n".join(lines) + "\n").encode())
+        console.print(f"summary table written to {markdown}")
+
+
+def _header(scanned: bool) -> list[str]:
+    cols = ["model", "dataset", "attack", "trigger", "area", "target", "clean acc", "Δ acc", "ASR"]
+    if scanned:
+        cols += ["flagged", "index(target)", "L1(target)/median", "detected"]
+    return cols
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
+
+
+def _cells(r: Any, scanned: bool) -> list[str]:
+    cells = [
+        r.name,
+        r.dataset,
+        r.attack,
+        r.trigger if len(r.trigger) <= 48 else r.trigger[:45] + "...",
+        _pct(r.trigger_area),
+        ",".join(map(str, r.targets)) or "-",
+        _pct(r.clean_accuracy),
+        "-" if r.accuracy_drop is None else f"{-100 * r.accuracy_drop:+.1f}",
+        _pct(r.attack_success),
+    ]
+    if scanned:
+        s = r.scan
+        flagged = ",".join(map(str, s.get("flagged", []))) or "none"
+        if s.get("source_flagged") is not None:
+            flagged += f" (source scan: {','.join(map(str, s['source_flagged'])) or 'none'})"
+        idx = s.get("target_index")
+        l1 = s.get("target_l1")
+        cells += [
+            flagged,
+            "-" if not idx else ", ".join(f"{v:.2f}" for v in idx),
+            "-" if not l1 else ", ".join(f"{v:.1f}" for v in l1) + f" / {s.get('median', math.nan):.1f}",
+            s.get("outcome", "-"),
+        ]
+    return cells
+
+
+def _scan_model(out: Path, entry: Any, data: Any, samples: int, seed: int, device: str) -> dict[str, Any]:
+    """Scan one zoo model (kept if already scanned with the same weights); returns the summary."""
+    from ..detection import DetectionReport, NeuralCleanse, ReverseSettings
+    from ..models import load_model_dir
+
+    bundle = load_model_dir(out / entry.name)
+    card = bundle.card
+    result: dict[str, Any] = {}
+    sources = sorted({s for b in card.backdoors for s in (b.source_labels or [])})
+    plans: list[tuple[str, int | None]] = [("scans", None)] + [("source-scans", s) for s in sources[:1]]
+    for folder, source in plans:
+        report_dir = out / folder / entry.name
+        report = None
+        if (report_dir / "report.json").exists():
+            report = DetectionReport.load(report_dir)
+            if report.model.get("weights_sha256") != card.weights_sha256:
+                report = None
+        if report is None:
+            detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=seed), device=device)
+            report = run_scan(
+                detector,
+                data.test,
+                bar=True,
+                samples=samples,
+                source=source,
+                data_info={"dataset": card.dataset, "split": "test"},
+                model_info={
+                    "path": str(out / entry.name),
+                    "arch": card.arch,
+                    "weights_sha256": card.weights_sha256,
+                },
+            )
+            report.save(report_dir, force=True)
+        if source is None:
+            targets = card.targets
+            result.update(
+                verdict=report.verdict,
+                flagged=report.flagged,
+                median=report.median,
+                target_index=[report.label(t).anomaly_index for t in targets],
+                target_l1=[report.label(t).l1_norm for t in targets],
+                seconds=report.run.get("seconds"),
+            )
+        else:
+            result["source_flagged"] = report.flagged
+    planted = set(card.targets)
+    found = set(result["flagged"]) | set(result.get("source_flagged") or [])
+    if not planted:
+        result["outcome"] = "correct (clean)" if not found else "false alarm"
+    elif planted <= found:
+        result["outcome"] = "detected" + (" + false alarm" if found - planted else "")
+    elif planted & found:
+        result["outcome"] = "partly detected"
+    else:
+        result["outcome"] = "missed"
+    return result

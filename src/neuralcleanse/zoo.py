@@ -1,0 +1,283 @@
+"""Model zoos: many clean and infected models built from one spec file, each with its ground-truth card.
+
+A spec is TOML (or JSON with the same structure)::
+
+    [defaults]                # optional: applies to every model
+    dataset = "mnist-sample"
+    arch = "mnist"
+    epochs = 8
+    seed = 0
+
+    [[model]]
+    name = "mnist-clean"      # no attack: a clean control
+
+    [[model]]
+    name = "mnist-badnets"
+    attack = "badnets"
+    target = 0
+    trigger = "square:size=4,at=bottom-right"
+    poison_rate = 0.1
+
+    [[model]]
+    name = "mnist-two-labels"
+    attack = "multi"
+    backdoors = [{target = 1, trigger = "square:size=4,at=top-left"},
+                 {target = 7, trigger = "square:size=4,at=bottom-right"}]
+
+Model keys: ``name``, ``dataset``, ``arch``, ``data_dir``, ``epochs``, ``batch_size``, ``lr``, ``seed``,
+``attack`` and the attack's own settings (:data:`~neuralcleanse.attacks.ATTACKS`). Every entry is checked
+against its dataset before anything is trained, so a bad spec builds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._io import atomic_write_json
+from .attacks import ATTACKS, Attack, MultiBackdoor, build_attack
+from .data.dataset import DatasetSplits
+from .errors import NeuralCleanseError, SettingsError
+from .models.architectures import ARCHITECTURES
+from .models.card import ModelCard
+from .recipes import Recipe
+from .training import TrainSettings
+
+__all__ = ["ZooEntry", "ZooSpec", "ZooRow", "load_spec", "parse_spec", "default_spec_path", "MANIFEST_FILE"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "zoo.json"
+_MODEL_KEYS = {"name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "seed", "attack"}
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "seed"}
+
+
+#: specs shipped with the package, by name
+SHIPPED_SPECS = {"default": "zoo_default.toml", "signs": "zoo_signs.toml"}
+
+
+def default_spec_path(name: str = "default") -> Path:
+    """A spec shipped with the package: ``default`` (every attack on the MNIST sample and Fashion-MNIST)
+    or ``signs`` (the 43-class colour task with BadNets and Trojan)."""
+    return Path(__file__).parent / SHIPPED_SPECS[name]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One model of a zoo: a recipe and the raw settings it came from (hashed to detect spec changes)."""
+
+    name: str
+    recipe: Recipe
+    raw: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def attack_name(self) -> str:
+        return self.recipe.attack.name if self.recipe.attack is not None else "none"
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    entries: list[ZooEntry]
+    source: str = "spec"
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+
+def load_spec(path: str | os.PathLike[str]) -> ZooSpec:
+    """Read and check a spec file (TOML, or JSON by its ``.json`` suffix)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"{p}: zoo spec not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{p}: cannot read zoo spec ({exc})") from None
+    try:
+        raw = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"{p}: not a valid spec file ({exc})") from None
+    return parse_spec(raw, source=str(p))
+
+
+def parse_spec(raw: dict[str, Any], *, source: str = "spec") -> ZooSpec:
+    """Build the entries of a parsed spec; one-line :class:`SettingsError` naming the entry otherwise."""
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{source}: a spec is a table with [defaults] and [[model]] entries")
+    unknown = sorted(set(raw) - {"defaults", "model"})
+    if unknown:
+        raise SettingsError(f"{source}: unknown top-level key {unknown[0]!r} (use [defaults] and [[model]])")
+    defaults = raw.get("defaults", {})
+    models = raw.get("model", [])
+    if not isinstance(defaults, dict) or not isinstance(models, list) or not models:
+        raise SettingsError(f"{source}: needs at least one [[model]] entry")
+    bad_defaults = sorted(set(defaults) - (_MODEL_KEYS - {"name", "attack"}))
+    if bad_defaults:
+        raise SettingsError(f"{source}: [defaults] has unknown key {bad_defaults[0]!r}")
+    entries: list[ZooEntry] = []
+    seen: set[str] = set()
+    for i, item in enumerate(models):
+        if not isinstance(item, dict):
+            raise SettingsError(f"{source}: model entry {i} is not a table")
+        name = item.get("name")
+        where = f"{source}: model {name!r}" if name else f"{source}: model entry {i}"
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise SettingsError(f"{where}: needs a name usable as a directory name")
+        if name in seen:
+            raise SettingsError(f"{where}: duplicate model name")
+        seen.add(name)
+        merged = {**defaults, **item}
+        entries.append(ZooEntry(name, _recipe(merged, where), merged))
+    return ZooSpec(entries, source)
+
+
+def _recipe(d: dict[str, Any], where: str) -> Recipe:
+    kind = d.get("attack", "none")
+    attack_keys = set(d) - _MODEL_KEYS
+    if kind == "none":
+        if attack_keys:
+            raise SettingsError(f"{where}: unknown key {sorted(attack_keys)[0]!r} (a model without attack)")
+        attack = None
+    elif kind in ATTACKS:
+        attack = build_attack(kind, {k: d[k] for k in attack_keys}, where=where)
+    else:
+        raise SettingsError(f"{where}: unknown attack {kind!r}; known: none, {', '.join(ATTACKS)}")
+    arch = d.get("arch", "mnist")
+    if arch not in ARCHITECTURES:
+        raise SettingsError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    try:
+        training = TrainSettings(**{k: d[k] for k in _TRAIN_KEYS if k in d})
+    except (NeuralCleanseError, TypeError) as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+    return Recipe(
+        dataset=str(d.get("dataset", "mnist-sample")),
+        arch=arch,
+        training=training,
+        attack=attack,
+        data_dir=d.get("data_dir"),
+    )
+
+
+def check_against_data(spec: ZooSpec, loader: Callable[[str, str | None], DatasetSplits]) -> None:
+    """Check every entry against its dataset (labels in range, triggers inside the image and not
+    overlapping between different targets) before any model is trained."""
+    for e in spec.entries:
+        where = f"{spec.source}: model {e.name!r}"
+        r = e.recipe
+        try:
+            data = loader(r.dataset, r.data_dir)
+        except NeuralCleanseError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+        if r.attack is None:
+            continue
+        try:
+            r.attack.check(data.num_classes, data.input_shape)
+        except NeuralCleanseError as exc:
+            msg = str(exc)
+            raise SettingsError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+        _check_overlap(r.attack, data.input_shape, where)
+
+
+def _check_overlap(attack: Attack, shape: tuple[int, int, int], where: str) -> None:
+    if not isinstance(attack, MultiBackdoor):
+        return
+    triggers = [b.build_trigger(shape) for b in attack.backdoors]
+    for i, a in enumerate(triggers):
+        for j in range(i):
+            if attack.backdoors[i].target == attack.backdoors[j].target:
+                continue
+            if bool((a.region & triggers[j].region).any()):
+                raise SettingsError(
+                    f"{where}: backdoors {j} and {i} have different targets "
+                    f"({attack.backdoors[j].target}, {attack.backdoors[i].target}) but overlapping triggers"
+                )
+
+
+@dataclass
+class ZooRow:
+    """One model's line in the zoo summary."""
+
+    name: str
+    dataset: str
+    arch: str
+    attack: str
+    targets: list[int]
+    trigger: str
+    trigger_area: float | None
+    clean_accuracy: float
+    attack_success: float | None
+    control: str | None = None
+    accuracy_drop: float | None = None
+    built: str = "built"
+    scan: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def summarise(entry: ZooEntry, card: ModelCard, status: str) -> ZooRow:
+    c, h, w = card.input_shape
+    triggers = "; ".join(b.spec for b in card.backdoors) or "-"
+    area = max((b.l1_norm for b in card.backdoors), default=None)
+    return ZooRow(
+        name=entry.name,
+        dataset=card.dataset or entry.recipe.dataset,
+        arch=card.arch,
+        attack=card.attack or "none",
+        targets=card.targets,
+        trigger=triggers,
+        trigger_area=None if area is None else round(area / (h * w), 4),
+        clean_accuracy=card.clean_accuracy or 0.0,
+        attack_success=card.attack_success,
+        built=status,
+    )
+
+
+def attach_controls(rows: list[ZooRow], spec: ZooSpec) -> None:
+    """Each infected model's clean control: the clean entry with the same dataset, arch and training."""
+    controls: dict[tuple[str, str, str], ZooRow] = {}
+    by_name = {e.name: e for e in spec.entries}
+    for row in rows:
+        if row.attack == "none":
+            e = by_name[row.name]
+            controls.setdefault((e.recipe.dataset, e.recipe.arch, repr(e.recipe.training)), row)
+    for row in rows:
+        e = by_name[row.name]
+        ctrl = controls.get((e.recipe.dataset, e.recipe.arch, repr(e.recipe.training)))
+        if ctrl is not None and ctrl is not row:
+            row.control = ctrl.name
+            row.accuracy_drop = round(ctrl.clean_accuracy - row.clean_accuracy, 6)
+
+
+def write_manifest(out: Path, spec: ZooSpec, rows: list[ZooRow]) -> None:
+    digests = {e.name: e.digest for e in spec.entries}
+    atomic_write_json(
+        out / MANIFEST_FILE,
+        {
+            "format_version": 1,
+            "spec": spec.source,
+            "models": [{**r.to_dict(), "digest": digests[r.name]} for r in rows],
+            "torch": torch.__version__,
+        },
+    )
+
+
+def read_manifest_digests(out: Path) -> dict[str, str]:
+    try:
+        d = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return {m["name"]: m["digest"] for m in d.get("models", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
