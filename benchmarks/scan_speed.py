@@ -44,7 +44,9 @@ def get_model(data: nc.DatasetSplits, args: argparse.Namespace, attack: nc.BadNe
     path = args.cache / name
     if path.exists():
         return nc.load_model_dir(path)
-    recipe = nc.Recipe(dataset=data.name, training=nc.TrainSettings(epochs=args.epochs, seed=args.seed), attack=attack)
+    recipe = nc.Recipe(
+        dataset=data.name, training=nc.TrainSettings(epochs=args.epochs, seed=args.seed), attack=attack
+    )
     bundle = nc.train_recipe(recipe, data=data, device="cpu")
     return bundle.save(path)
 
@@ -62,16 +64,23 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     data = nc.load_dataset(args.dataset, root=args.data_dir)
-    print(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, torch threads {torch.get_num_threads()}")
+    print(
+        f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, torch threads {torch.get_num_threads()}"
+    )
 
-    models = {"badnets(target 0)": get_model(data, args, nc.BadNets(target=0)), "clean": get_model(data, args, None)}
+    models = {
+        "badnets(target 0)": get_model(data, args, nc.BadNets(target=0)),
+        "clean": get_model(data, args, None),
+    }
     for label, b in models.items():
         print(f"  {label:18s} clean acc {b.card.clean_accuracy:.4f}  ASR {b.card.attack_success}")
     rates = throughput(models["clean"].model, data.input_shape, data.num_classes)
     peak_bs = max(rates, key=rates.__getitem__)
     peak = rates[peak_bs]
-    print("forward+backward (input gradient) images/s by batch size: "
-          + ", ".join(f"{bs}: {r:.0f}" for bs, r in rates.items()))
+    print(
+        "forward+backward (input gradient) images/s by batch size: "
+        + ", ".join(f"{bs}: {r:.0f}" for bs, r in rates.items())
+    )
     print(f"peak {peak:.0f} images/s at batch {peak_bs}\n")
 
     modes = {"batched": ReverseSettings(seed=args.scan_seed)}
@@ -83,7 +92,9 @@ def main() -> None:
     results: dict[tuple[str, str], nc.DetectionReport] = {}
     for label, bundle in models.items():
         for mode, settings in modes.items():
-            report = NeuralCleanse(bundle.model, settings=settings, device="cpu").scan(data.test, samples=args.samples)
+            report = NeuralCleanse(bundle.model, settings=settings, device="cpu").scan(
+                data.test, samples=args.samples
+            )
             results[(label, mode)] = report
             run = report.run
             print(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+import neuralcleanse as nc
 from neuralcleanse import (
     BadNets,
     DatasetSplits,
+    DetectionReport,
     ModelBundle,
     Recipe,
     TrainSettings,
@@ -32,3 +34,8 @@ def clean_model(mnist_sample: DatasetSplits) -> ModelBundle:
 def badnets_model(mnist_sample: DatasetSplits) -> ModelBundle:
     recipe = Recipe(training=FAST, attack=BadNets(target=0, poison_rate=0.1))
     return train_recipe(recipe, data=mnist_sample, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def badnets_report(badnets_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    return nc.scan(badnets_model.model, mnist_sample.test, seed=0)

@@ -15,11 +15,6 @@ from neuralcleanse import DataError, DatasetSplits, DetectionReport, ModelBundle
 
 
 @pytest.fixture(scope="module")
-def badnets_report(badnets_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
-    return nc.scan(badnets_model.model, mnist_sample.test, seed=0)
-
-
-@pytest.fixture(scope="module")
 def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
     return nc.scan(clean_model.model, mnist_sample.test, seed=0)
 

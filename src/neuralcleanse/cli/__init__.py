@@ -18,6 +18,7 @@ def app() -> None:
 
 
 from . import demo as _demo  # noqa: E402,F401  (registers the command)
+from . import mitigate as _mitigate  # noqa: E402,F401
 from . import scan as _scan  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import zoo as _zoo  # noqa: E402,F401

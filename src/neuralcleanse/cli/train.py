@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import SettingsError
 from . import app
-from .common import TRIGGER_HELP, ProgressBar, device_option, setup_logging, verbose_option
+from .common import TRIGGER_HELP, ProgressBar, device_option, parse_labels, setup_logging, verbose_option
 
 
 @app.command()
@@ -24,7 +24,12 @@ from .common import TRIGGER_HELP, ProgressBar, device_option, setup_logging, ver
 @click.option(
     "--arch", default="mnist", show_default=True, help="mnist (2 conv + 2 dense) or gtsrb (6 conv + 2 dense)."
 )
-@click.option("--attack", default="none", show_default=True, help="none or badnets.")
+@click.option(
+    "--attack",
+    default="none",
+    show_default=True,
+    help="none, badnets or trojan (several backdoors per model: use `neuralcleanse zoo`).",
+)
 @click.option("--target", type=int, help="Target label of the attack.")
 @click.option("--trigger", default="square:size=4,at=bottom-right,margin=1,pattern=white", help=TRIGGER_HELP)
 @click.option(
@@ -32,6 +37,16 @@ from .common import TRIGGER_HELP, ProgressBar, device_option, setup_logging, ver
     default=0.1,
     show_default=True,
     help="Fraction of training images stamped and relabelled.",
+)
+@click.option(
+    "--source-labels", help="BadNets: only images of these labels (e.g. 7 or 3,5) carry the backdoor."
+)
+@click.option(
+    "--trojan-mask",
+    type=click.Choice(["square", "watermark"]),
+    default="square",
+    show_default=True,
+    help="Trojan: the trigger's mask (about 7%% of the image).",
 )
 @click.option("--epochs", default=10, show_default=True, help="Training epochs.")
 @click.option("--batch-size", default=64, show_default=True, help="Mini-batch size.")
@@ -52,6 +67,8 @@ def train(
     target: int | None,
     trigger: str,
     poison_rate: float,
+    source_labels: str | None,
+    trojan_mask: str,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -63,19 +80,24 @@ def train(
 ) -> None:
     """Train a clean or a backdoored model and save it as a model directory (safetensors + card.json)."""
     from .._io import check_output_dir
-    from ..attacks import BadNets
+    from ..attacks import build_attack
     from ..recipes import Recipe
     from ..training import TrainSettings
 
     setup_logging(verbose)
     check_output_dir(out, force=force)  # fail before training, not after
-    if attack not in ("none", "badnets"):
-        raise SettingsError(f"unknown attack {attack!r}; known: none, badnets")
     bad = None
-    if attack == "badnets":
+    if attack != "none":
         if target is None:
-            raise SettingsError("--attack badnets needs --target LABEL")
-        bad = BadNets(target=target, trigger=trigger, poison_rate=poison_rate)
+            raise SettingsError(f"--attack {attack} needs --target LABEL")
+        params: dict[str, Any] = {"target": target, "poison_rate": poison_rate}
+        if attack == "badnets":
+            params["trigger"] = trigger
+            if source_labels:
+                params["source_labels"] = parse_labels(source_labels)
+        elif attack == "trojan":
+            params["mask"] = trojan_mask
+        bad = build_attack(attack, params, where="--attack")
     elif target is not None:
         raise SettingsError("--target given without --attack")
     recipe = Recipe(

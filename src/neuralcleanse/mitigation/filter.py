@@ -1,0 +1,135 @@
+"""Input filter (paper §VI-B): reject inputs that excite the backdoor's neurons.
+
+The score of an input is the mean activation of the top 1% second-to-last-layer neurons that the reversed
+trigger raises most. The threshold is the clean score quantile that gives the chosen false-positive rate
+on calibration images; it is then checked on held-out clean images (the false-positive rate actually
+reached) and on held-out stamped images (the false-negative rate).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.dataset import ImageDataset
+from ..errors import DataError
+from ..features import FeatureLayer, feature_activations, find_feature_layer
+from ..metrics import attack_victims, predict
+from ..triggers import Trigger
+from ..validation import top_neurons
+from .result import Measure, MitigationResult, check_fraction, measure
+
+__all__ = ["InputFilter", "filter_inputs"]
+
+
+class InputFilter(nn.Module):
+    """A model wrapper that scores inputs by the backdoor neurons' activation and rejects high scores.
+
+    ``forward`` returns the model's logits unchanged; :meth:`predict` returns labels with ``-1`` for
+    rejected inputs; :meth:`flags` tells which inputs would be rejected.
+
+    Examples::
+
+        >>> guarded = InputFilter(model, layer, neurons=[3, 17], threshold=4.2)
+        >>> labels = guarded.predict(images)   # -1 where an input was rejected
+    """
+
+    neurons: torch.Tensor
+
+    def __init__(self, model: nn.Module, layer: FeatureLayer, neurons: list[int], threshold: float) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.register_buffer("neurons", torch.as_tensor(neurons, dtype=torch.int64))
+        self.threshold = float(threshold)
+
+    def __repr__(self) -> str:
+        return f"InputFilter(layer={self.layer.name!r}, neurons={len(self.neurons)}, threshold={self.threshold:.4g})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out
+
+    def scores(self, images: torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
+        feats = feature_activations(self.model, self.layer, images, device=device)
+        return feats[:, self.neurons.cpu()].mean(1)
+
+    def flags(self, images: torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.scores(images, device=device) > self.threshold
+
+    def predict(self, images: torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
+        labels = predict(self.model, images, device=device)
+        labels[self.flags(images, device=device)] = -1
+        return labels
+
+
+def filter_inputs(
+    model: nn.Module,
+    data: ImageDataset,
+    reversed_trigger: Trigger,
+    *,
+    label: int,
+    real_trigger: Trigger | None = None,
+    source_labels: list[int] | None = None,
+    fpr: float = 0.05,
+    top_fraction: float = 0.01,
+    layer: str | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[InputFilter, MitigationResult]:
+    """Build the filter on half of ``data`` and measure it on the other half.
+
+    Returns the filter (wrapping ``model``, which is not changed) and the result: threshold, the target
+    and measured false-positive rates, the false-negative rates on inputs stamped with the real trigger
+    (where known) and the reversed one; "after" counts a rejected clean input as an error and a rejected
+    stamped input as a failed attack.
+    """
+    check_fraction(fpr, "false-positive rate")
+    check_fraction(top_fraction, "neuron fraction")
+    feat = find_feature_layer(model, layer)
+    if len(data) < 20:
+        raise DataError(f"{data.name}: at least 20 images are needed to calibrate and test a filter")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    calib, held = data.subset(order[: len(data) // 2]), data.subset(order[len(data) // 2 :])
+    clean_feats = feature_activations(model, feat, calib.images, device=device)
+    stamped_feats = feature_activations(model, feat, reversed_trigger.apply(calib.images), device=device)
+    neurons = top_neurons(clean_feats, stamped_feats, top_fraction)
+    clean_scores = clean_feats[:, neurons].mean(1)
+    threshold = float(torch.quantile(clean_scores, 1 - fpr))
+    guard = InputFilter(model, feat, [int(i) for i in neurons], threshold)
+
+    held_flags = guard.flags(held.images, device=device)
+    victims = attack_victims(held, target=label, source_labels=source_labels).images
+    fnr = {"reversed": 1 - float(guard.flags(reversed_trigger.apply(victims), device=device).float().mean())}
+    if real_trigger is not None:
+        fnr["real"] = 1 - float(guard.flags(real_trigger.apply(victims), device=device).float().mean())
+
+    before = measure(
+        model, held, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
+        source_labels=source_labels, device=device,
+    )  # fmt: skip
+
+    def passed_success(trig: Trigger) -> float:
+        stamped = trig.apply(victims)
+        return float((guard.predict(stamped, device=device) == label).float().mean())
+
+    kept_correct = (guard.predict(held.images, device=device) == held.labels).float().mean()
+    after = Measure(
+        clean_accuracy=float(kept_correct),
+        attack_success=passed_success(reversed_trigger),
+        real_attack_success=None if real_trigger is None else passed_success(real_trigger),
+    )
+    details = {
+        "layer": feat.name,
+        "neurons": guard.neurons.tolist(),
+        "threshold": round(threshold, 6),
+        "fpr_target": fpr,
+        "fpr_measured": round(float(held_flags.float().mean()), 6),
+        "fnr": {k: round(v, 6) for k, v in fnr.items()},
+        "calibration_images": len(calib),
+        "held_out_images": len(held),
+    }
+    notes = [
+        f"threshold set on {len(calib)} clean images at {fpr:.0%} false positives; rates measured on {len(held)} others"
+    ]
+    return guard, MitigationResult("filter", label, before, after, details, notes)

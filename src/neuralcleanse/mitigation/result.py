@@ -1,0 +1,133 @@
+"""What every mitigation reports: clean accuracy and attack success before and after, and its details."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._io import atomic_write_json
+from ..data.dataset import ImageDataset
+from ..errors import DataError, SettingsError
+from ..metrics import accuracy, attack_victims, predict
+from ..triggers import Trigger
+
+__all__ = ["Measure", "MitigationResult", "measure", "check_fraction", "RESULT_FILE"]
+
+RESULT_FILE = "mitigation.json"
+RESULT_FORMAT_VERSION = 1
+
+
+def check_fraction(value: float, what: str) -> float:
+    if not (isinstance(value, (int, float)) and 0 < value <= 1 and math.isfinite(value)):
+        raise SettingsError(f"{what} must be in (0, 1], got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Clean accuracy and attack success of the reversed (and, if known, the real) trigger."""
+
+    clean_accuracy: float
+    attack_success: float
+    real_attack_success: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {k: None if v is None else round(v, 6) for k, v in self.__dict__.items()}
+
+
+def _asr(
+    model: nn.Module, trig: Trigger, victims: torch.Tensor, label: int, device: torch.device | str
+) -> float:
+    return float((predict(model, trig.apply(victims), device=device) == label).float().mean())
+
+
+def measure(
+    model: nn.Module,
+    data: ImageDataset,
+    *,
+    label: int,
+    reversed_trigger: Trigger,
+    real_trigger: Trigger | None = None,
+    source_labels: list[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> Measure:
+    """Clean accuracy on ``data``; attack success on its images of other labels (of the sources, if any)."""
+    victims = attack_victims(data, target=label, source_labels=source_labels).images
+    if len(victims) == 0:
+        raise DataError(f"no images outside label {label} to measure attack success on")
+    return Measure(
+        clean_accuracy=accuracy(model, data, device=device),
+        attack_success=_asr(model, reversed_trigger, victims, label, device),
+        real_attack_success=None
+        if real_trigger is None
+        else _asr(model, real_trigger, victims, label, device),
+    )
+
+
+@dataclass(frozen=True)
+class MitigationResult:
+    """One mitigation's outcome. ``details`` are method-specific (thresholds, the pruning curve, baselines)."""
+
+    method: str
+    label: int
+    before: Measure
+    after: Measure
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        b, a = self.before, self.after
+        real = ""
+        if b.real_attack_success is not None and a.real_attack_success is not None:
+            real = f", real trigger {100 * b.real_attack_success:.1f}% -> {100 * a.real_attack_success:.1f}%"
+        return (
+            f"{self.method}: clean accuracy {100 * b.clean_accuracy:.2f}% -> {100 * a.clean_accuracy:.2f}%, "
+            f"attack success of the reversed trigger {100 * b.attack_success:.1f}% -> {100 * a.attack_success:.1f}%{real}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": RESULT_FORMAT_VERSION,
+            "method": self.method,
+            "label": self.label,
+            "summary": self.summary(),
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "details": self.details,
+            "notes": self.notes,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON result (a directory gets ``mitigation.json``); atomic."""
+        p = Path(path)
+        file = p / RESULT_FILE if p.suffix != ".json" else p
+        atomic_write_json(file, self.to_dict())
+        return file
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> MitigationResult:
+        p = Path(path)
+        file = p / RESULT_FILE if p.is_dir() else p
+        try:
+            d = json.loads(file.read_text(encoding="utf-8"))
+            if d.get("format_version") != RESULT_FORMAT_VERSION:
+                raise DataError(f"{file}: unsupported mitigation result version {d.get('format_version')!r}")
+            return cls(
+                method=d["method"],
+                label=int(d["label"]),
+                before=Measure(**d["before"]),
+                after=Measure(**d["after"]),
+                details=d.get("details", {}),
+                notes=d.get("notes", []),
+            )
+        except FileNotFoundError:
+            raise DataError(f"{file}: mitigation result not found") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{file}: cannot read mitigation result ({exc})") from None

@@ -1,0 +1,221 @@
+"""Is the reversed trigger the real backdoor? (Wang et al. 2019, §VI-A)
+
+For a flagged label this compares the reverse-engineered trigger with the real one, when the model card
+knows it:
+
+* attack success of each on clean images of other labels, and their L1 norms;
+* where they sit: intersection over union of the reversed mask's support (its largest values, as many
+  pixels as the real trigger has) with the real trigger's region, and the share of the reversed mask's
+  mass inside the real region;
+* what they do inside the network: the top 1% neurons of the second-to-last layer, ranked by how much the
+  reversed trigger raises them over clean inputs; their mean activation on clean, real-trigger and
+  reversed-trigger inputs; and the attack success when only those neurons are kept (the others are held
+  at their clean mean), which shows that they carry the backdoor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import atomic_directory
+from .data.dataset import ImageDataset
+from .errors import DataError, SettingsError
+from .features import FeatureLayer, feature_activations, find_feature_layer
+from .metrics import attack_victims, predict
+from .triggers import Trigger
+
+__all__ = ["ValidationResult", "validate_trigger", "top_neurons", "VALIDATION_FILE"]
+
+VALIDATION_FILE = "validation.json"
+
+
+def top_neurons(clean: torch.Tensor, stamped: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the ``fraction`` (at least one) of neurons whose mean activation rises most from
+    ``clean`` to ``stamped`` inputs, largest gap first."""
+    if not 0 < fraction <= 1:
+        raise SettingsError(f"neuron fraction must be in (0, 1], got {fraction}")
+    k = max(1, round(fraction * clean.shape[1]))
+    gap = stamped.mean(0) - clean.mean(0)
+    return torch.argsort(gap, descending=True)[:k]
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Reversed vs real trigger for one label (``real_*`` fields are ``None`` without a real trigger)."""
+
+    label: int
+    layer: str
+    neurons: list[int]
+    reversed_l1: float
+    reversed_attack_success: float
+    clean_activation: float
+    reversed_activation: float
+    reversed_success_top_only: float
+    real_l1: float | None = None
+    real_attack_success: float | None = None
+    real_activation: float | None = None
+    real_success_top_only: float | None = None
+    mask_iou: float | None = None
+    mass_inside_real: float | None = None
+    shared_top_neurons: float | None = None
+    images: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        reversed_trigger: Trigger | None = None,
+        real_trigger: Trigger | None = None,
+        example: torch.Tensor | None = None,
+        force: bool = False,
+    ) -> Path:
+        """Write ``validation.json`` and, given the triggers, ``comparison.png`` (side by side)."""
+        from .report.images import save_png
+
+        with atomic_directory(path, force=force) as tmp:
+            (tmp / VALIDATION_FILE).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+            if reversed_trigger is not None:
+                panels = [reversed_trigger.mask[None].expand_as(reversed_trigger.pattern),
+                          reversed_trigger.mask[None] * reversed_trigger.pattern]  # fmt: skip
+                if example is not None:
+                    panels.append(reversed_trigger.apply(example))
+                if real_trigger is not None:
+                    panels = [real_trigger.mask[None].expand_as(real_trigger.pattern),
+                              real_trigger.mask[None] * real_trigger.pattern] + (
+                        [real_trigger.apply(example)] if example is not None else []
+                    ) + panels  # fmt: skip
+                gap = torch.ones(panels[0].shape[0], panels[0].shape[1], 1) * 0.5
+                row = torch.cat([t for p in panels for t in (p, gap)][:-1], dim=2)
+                save_png(row, tmp / "comparison.png")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ValidationResult:
+        p = Path(path)
+        file = p / VALIDATION_FILE if p.is_dir() else p
+        try:
+            return cls(**json.loads(file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise DataError(f"{file}: validation result not found") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{file}: cannot read validation result ({exc})") from None
+
+
+def _success(
+    model: nn.Module, trig: Trigger, victims: torch.Tensor, label: int, device: torch.device | str
+) -> float:
+    return float((predict(model, trig.apply(victims), device=device) == label).float().mean())
+
+
+def _success_top_only(
+    model: nn.Module,
+    layer: FeatureLayer,
+    keep: torch.Tensor,
+    clean_mean: torch.Tensor,
+    stamped: torch.Tensor,
+    label: int,
+    device: torch.device | str,
+) -> float:
+    """Attack success when every feature neuron outside ``keep`` is held at its clean mean."""
+    mask = torch.zeros(layer.width)
+    mask[keep] = 1.0
+
+    def pre(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0].flatten(1)
+        m = mask.to(x.device, x.dtype)
+        return ((x * m + clean_mean.to(x.device, x.dtype) * (1 - m)).view(args[0].shape), *args[1:])
+
+    handle = layer.consumer.register_forward_pre_hook(pre)
+    try:
+        return float((predict(model, stamped, device=device) == label).float().mean())
+    finally:
+        handle.remove()
+
+
+def _iou(reversed_mask: torch.Tensor, real_region: torch.Tensor) -> tuple[float, float]:
+    k = int(real_region.sum())
+    if k == 0:
+        return math.nan, math.nan
+    support = torch.zeros_like(real_region)
+    support.view(-1)[torch.argsort(reversed_mask.flatten(), descending=True)[:k]] = True
+    inter = float((support & real_region).sum())
+    union = float((support | real_region).sum())
+    mass = float(reversed_mask[real_region].sum() / reversed_mask.sum().clamp_min(1e-12))
+    return inter / union, mass
+
+
+def validate_trigger(
+    model: nn.Module,
+    reversed_trigger: Trigger,
+    data: ImageDataset,
+    *,
+    label: int,
+    real_trigger: Trigger | None = None,
+    source_labels: list[int] | None = None,
+    layer: str | None = None,
+    top_fraction: float = 0.01,
+    samples: int | None = 1000,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ValidationResult:
+    """Compare a reversed trigger with the real one (if known) on clean images of other labels."""
+    feat = find_feature_layer(model, layer)
+    victims_ds = attack_victims(data, target=label, source_labels=source_labels)
+    if len(victims_ds) == 0:
+        raise DataError(f"no images outside label {label} to validate on")
+    if samples is not None and len(victims_ds) > samples:
+        victims_ds = victims_ds.sample(samples, seed=seed)
+    x = victims_ds.images
+    clean = feature_activations(model, feat, x, device=device)
+    stamped_rev = reversed_trigger.apply(x)
+    rev = feature_activations(model, feat, stamped_rev, device=device)
+    top = top_neurons(clean, rev, top_fraction)
+    clean_mean = clean.mean(0)
+    result: dict[str, Any] = {
+        "label": label,
+        "layer": feat.name,
+        "neurons": [int(i) for i in top],
+        "reversed_l1": reversed_trigger.l1_norm,
+        "reversed_attack_success": _success(model, reversed_trigger, x, label, device),
+        "clean_activation": float(clean[:, top].mean()),
+        "reversed_activation": float(rev[:, top].mean()),
+        "reversed_success_top_only": _success_top_only(
+            model, feat, top, clean_mean, stamped_rev, label, device
+        ),
+        "images": len(x),
+    }
+    notes = [f"top {len(top)} of {feat.width} neurons ({top_fraction:.0%}) of layer {feat.name!r}"]
+    if real_trigger is not None:
+        stamped_real = real_trigger.apply(x)
+        real = feature_activations(model, feat, stamped_real, device=device)
+        real_top = top_neurons(clean, real, top_fraction)
+        iou, mass = _iou(reversed_trigger.mask, real_trigger.region)
+        result.update(
+            real_l1=real_trigger.l1_norm,
+            real_attack_success=_success(model, real_trigger, x, label, device),
+            real_activation=float(real[:, top].mean()),
+            real_success_top_only=_success_top_only(
+                model, feat, top, clean_mean, stamped_real, label, device
+            ),
+            mask_iou=iou,
+            mass_inside_real=mass,
+            shared_top_neurons=len(set(top.tolist()) & set(real_top.tolist())) / len(top),
+        )
+    else:
+        notes.append("no real trigger known: only the reversed trigger is measured")
+    return ValidationResult(**result, notes=notes)

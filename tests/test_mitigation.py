@@ -1,0 +1,227 @@
+"""Trigger validation and the three mitigations on the tiny BadNets model: direction and size of each effect,
+the input model left alone, no hooks left behind (also after an error), and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import neuralcleanse as nc
+from neuralcleanse.cli import main
+from neuralcleanse.mitigation import MitigationResult, filter_inputs, prune_neurons, unlearn
+from neuralcleanse.validation import ValidationResult, validate_trigger
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def case(
+    badnets_model: nc.ModelBundle, badnets_report: nc.DetectionReport
+) -> tuple[nn.Module, nc.Trigger, nc.Trigger]:
+    assert badnets_report.flagged == [0]
+    return badnets_model.model, badnets_report.triggers[0], badnets_model.triggers[0]
+
+
+def test_reversed_trigger_matches_the_real_one(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits, tmp_path: Path
+) -> None:
+    model, rev, real = case
+    before = _state(model)
+    v = validate_trigger(model, rev, mnist_sample.test, label=0, real_trigger=real)
+    assert v.layer == "fc" and len(v.neurons) == 5  # 1% of 512
+    assert (
+        v.reversed_attack_success > 0.9 and v.real_attack_success is not None and v.real_attack_success > 0.9
+    )
+    assert (
+        v.mask_iou is not None
+        and v.mask_iou > 0.4
+        and v.mass_inside_real is not None
+        and v.mass_inside_real > 0.6
+    )
+    # both triggers raise the same top neurons far above their clean level
+    assert v.shared_top_neurons is not None and v.shared_top_neurons >= 0.6
+    assert v.reversed_activation > 2 * v.clean_activation and v.real_activation is not None
+    assert v.real_activation > 2 * v.clean_activation
+    assert _hooks(model) == 0 and _same(model, before) and not model.training
+    v.save(tmp_path / "v", reversed_trigger=rev, real_trigger=real, example=mnist_sample.test.images[0])
+    assert (
+        ValidationResult.load(tmp_path / "v").to_dict() == v.to_dict()
+        and (tmp_path / "v" / "comparison.png").stat().st_size > 0
+    )
+
+
+def test_filter_rejects_stamped_inputs_at_the_chosen_false_positive_rate(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
+) -> None:
+    model, rev, real = case
+    before = _state(model)
+    guard, r = filter_inputs(model, mnist_sample.test, rev, label=0, real_trigger=real, fpr=0.05)
+    assert r.details["fnr"]["real"] <= 0.05 and r.details["fnr"]["reversed"] <= 0.05
+    assert r.details["fpr_measured"] <= 0.1
+    assert r.before.attack_success > 0.9 and r.after.attack_success < 0.05
+    assert r.after.clean_accuracy > r.before.clean_accuracy - 0.1
+    stamped = real.apply(mnist_sample.test.images[mnist_sample.test.labels != 0][:50])
+    assert (guard.predict(stamped) == -1).float().mean() > 0.9  # the wrapper rejects at inference time
+    assert _hooks(model) == 0 and _same(model, before)
+
+
+def test_pruning_stops_the_backdoor_and_leaves_the_input_alone(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
+) -> None:
+    model, rev, real = case
+    before = _state(model)
+    pruned, r = prune_neurons(model, mnist_sample.test, rev, label=0, real_trigger=real, max_fraction=0.5)
+    curve = r.details["curve"]
+    assert curve[0]["fraction"] == 0 and curve[0]["attack_success"] == pytest.approx(
+        r.before.attack_success, abs=1e-6
+    )
+    assert r.after.attack_success < 0.05 and r.before.attack_success > 0.9
+    assert r.after.real_attack_success is not None and r.after.real_attack_success < 0.2
+    assert 0 < r.details["fraction_pruned"] <= 0.5 and r.after.clean_accuracy > 0.6
+    assert pruned is not model and _same(model, before) and _hooks(model) == 0 and _hooks(pruned) == 0
+    # the pruned neurons are zero columns of the logits layer, so the model saves as an ordinary one
+    cols = r.details["pruned"]
+    assert torch.all(pruned.logits.weight[:, cols] == 0)  # type: ignore[index]
+
+
+def test_unlearning_removes_the_backdoor_and_keeps_accuracy(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits, tmp_path: Path
+) -> None:
+    model, rev, real = case
+    before = _state(model)
+    repaired, r = unlearn(model, mnist_sample.train, mnist_sample.test, rev, label=0, real_trigger=real)
+    assert r.before.real_attack_success is not None and r.before.real_attack_success > 0.9
+    assert r.after.real_attack_success is not None and r.after.real_attack_success < 0.05
+    assert r.after.clean_accuracy > r.before.clean_accuracy - 0.02
+    baseline = r.details["baselines"]["clean fine-tuning"]
+    assert baseline["real_attack_success"] > 0.5  # fine-tuning on clean data alone does not remove it
+    assert r.details["train_images"] == 400 and r.details["stamped_images"] == 80
+    assert (
+        repaired is not model
+        and _same(model, before)
+        and not any(p.requires_grad for p in repaired.parameters())
+    )
+    r.save(tmp_path)
+    assert MitigationResult.load(tmp_path).to_dict() == r.to_dict()
+
+
+def test_hooks_are_removed_after_an_error(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
+) -> None:
+    model, rev, _ = case
+    wrong = nc.Trigger.square((3, 28, 28), size=4)
+    with pytest.raises(nc.TriggerError):
+        filter_inputs(model, mnist_sample.test, wrong, label=0)
+    with pytest.raises(nc.TriggerError):
+        prune_neurons(model, mnist_sample.test, wrong, label=0)
+    assert _hooks(model) == 0
+    with pytest.raises(nc.SettingsError, match="layer 'nope' does not exist"):
+        validate_trigger(model, rev, mnist_sample.test, label=0, layer="nope")
+    for bad in (0.0, 1.5):
+        with pytest.raises(nc.SettingsError, match=r"must be in \(0, 1\]"):
+            filter_inputs(model, mnist_sample.test, rev, label=0, fpr=bad)
+        with pytest.raises(nc.SettingsError, match=r"must be in \(0, 1\]"):
+            unlearn(model, mnist_sample.train, mnist_sample.test, rev, label=0, fraction=bad)
+
+
+@pytest.fixture(scope="module")
+def model_dir(
+    badnets_model: nc.ModelBundle,
+    badnets_report: nc.DetectionReport,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("mit")
+    badnets_model.save(root / "model")
+    badnets_report.save(root / "scan")
+    return root / "model", root / "scan"
+
+
+def test_mitigate_cli_writes_a_repaired_model_directory(
+    model_dir: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, scan = model_dir
+    out = tmp_path / "unlearned"
+    assert (
+        main(["mitigate", str(model), "--report", str(scan), "--method", "unlearn", "--out", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "clean accuracy" in text and "attack success (real trigger)" in text
+    result = MitigationResult.load(out)
+    assert result.after.real_attack_success is not None and result.after.real_attack_success < 0.05
+    repaired = nc.load_model_dir(out / "model")
+    assert repaired.card.attack_details["mitigated"]["method"] == "unlearn"
+    assert (
+        nc.attack_success_rate(
+            repaired.model, nc.load_dataset("mnist-sample").test, repaired.triggers[0], target=0
+        )
+        < 0.05
+    )
+    assert main(["validate", str(model), "--report", str(scan), "--out", str(tmp_path / "val")]) == 0
+    assert (tmp_path / "val" / "validation.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--label", "42"], "label 42 is not in the report"),
+        (["--layer", "fc.9"], "layer 'fc.9' does not exist"),
+        (["--fpr", "1.5"], "--fpr must be in (0, 1]"),
+        (["--method", "prune", "--max-prune", "0"], "--max-prune must be in (0, 1]"),
+    ],
+)
+def test_mitigate_cli_bad_input(
+    model_dir: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    model, scan = model_dir
+    args = ["mitigate", str(model), "--report", str(scan), "--out", str(tmp_path / "o")]
+    if "--method" not in extra:
+        args += ["--method", "filter"]
+    assert main(args + extra) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_mitigate_cli_refuses_a_report_of_another_model(
+    model_dir: tuple[Path, Path],
+    clean_model: nc.ModelBundle,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, scan = model_dir
+    other = clean_model.save(tmp_path / "clean").path
+    assert other is not None
+    assert (
+        main(
+            [
+                "mitigate",
+                str(other),
+                "--report",
+                str(scan),
+                "--method",
+                "filter",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        != 0
+    )
+    err = capsys.readouterr().err
+    assert "belongs to another model" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
