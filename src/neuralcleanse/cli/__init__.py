@@ -19,6 +19,7 @@ def app() -> None:
 
 from . import demo as _demo  # noqa: E402,F401  (registers the command)
 from . import mitigate as _mitigate  # noqa: E402,F401
+from . import report as _report  # noqa: E402,F401
 from . import scan as _scan  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import zoo as _zoo  # noqa: E402,F401

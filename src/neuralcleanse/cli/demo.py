@@ -36,6 +36,7 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
     from ..detection import NeuralCleanse, ReverseSettings
     from ..models import load_model_dir
     from ..recipes import Recipe
+    from ..report import write_html_report
     from ..training import TrainSettings
 
     setup_logging(verbose)
@@ -69,6 +70,7 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
             model_info={"path": str(model_dir), "arch": card.arch, "weights_sha256": card.weights_sha256},
         )
         report.save(scan_dir, force=True)
+        write_html_report(scan_dir)
         print_scan(report, scan_dir)
         outcome.append((name, planted, report))
     console.rule("[bold]result")
@@ -79,3 +81,6 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
             + ("[green]correct" if ok else "[red]wrong")
         )
     console.print(f"trigger images: {out}/badnets-scan/images/ (label_0000_mask.png is the reversed trigger)")
+    console.print(
+        f"reports to open in a browser: {out}/badnets-scan/report.html, {out}/clean-scan/report.html"
+    )

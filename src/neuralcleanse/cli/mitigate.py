@@ -164,6 +164,9 @@ def validate(
 @click.option(
     "--method", type=click.Choice(["filter", "prune", "unlearn"]), required=True, help="Mitigation."
 )
+@click.option(
+    "--html", "as_html", is_flag=True, help="Also write an HTML report of the scan and this result."
+)
 @click.option("--fpr", default=0.05, show_default=True, help="filter: false-positive rate of the threshold.")
 @click.option(
     "--max-prune", default=0.3, show_default=True, help="prune: largest fraction of neurons pruned."
@@ -179,7 +182,7 @@ def validate(
 @verbose_option
 def mitigate(
     model: Path, report_path: Path, label: int | None, layer: str | None, dataset: str | None,
-    data_dir: Path | None, out: Path | None, force: bool, method: str, fpr: float, max_prune: float,
+    data_dir: Path | None, out: Path | None, force: bool, method: str, as_html: bool, fpr: float, max_prune: float,
     fraction: float, stamp_fraction: float, epochs: int | None, device: str, verbose: int,
 ) -> None:  # fmt: skip
     """Filter inputs, prune neurons or unlearn the backdoor; print a before/after table.
@@ -235,6 +238,10 @@ def mitigate(
             )  # fmt: skip
             bundle_triggers = tuple(Trigger.load(model / b.trigger_file) for b in card.backdoors)
             save_model_dir(tmp / "model", network, card, bundle_triggers)
+        if as_html:
+            from ..report import write_html_report
+
+            write_html_report(report_path, tmp / "report.html", mitigations=[result])
     _print(result, out, repaired is not None)
 
 

@@ -111,6 +111,9 @@ def build_preprocessing(
 @click.option("--resume", is_flag=True, help="Continue a killed scan from its checkpoint (<out>.checkpoint).")
 @click.option("--force", is_flag=True, help="Replace a non-empty report directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's summary as JSON.")
+@click.option(
+    "--html", "as_html", is_flag=True, help="Also write a self-contained HTML report (OUT/report.html)."
+)
 @device_option
 @verbose_option
 def scan(
@@ -140,6 +143,7 @@ def scan(
     resume: bool,
     force: bool,
     as_json: bool,
+    as_html: bool,
     device: str,
     verbose: int,
 ) -> None:
@@ -202,6 +206,10 @@ def scan(
     )
     report.save(out, force=force)
     remove_checkpoint(ckpt)
+    if as_html:
+        from ..report import write_html_report
+
+        write_html_report(out)
     if as_json:
         d = report.to_dict()
         keys = ("verdict", "flagged", "summary", "anomaly_index", "l1_norms", "attack_success")

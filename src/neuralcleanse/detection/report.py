@@ -185,6 +185,8 @@ class DetectionReport:
                     save_png(trig.mask[None] * trig.pattern, f"{stem}_fusion.png")
                     if example is not None:
                         save_png(trig.apply(example), f"{stem}_stamped.png")
+            if images and example is not None:
+                save_png(example, tmp / "images" / "example.png")
             atomic_write_json(tmp / REPORT_FILE, self.to_dict())
         return Path(path)
 

@@ -1,0 +1,45 @@
+"""``neuralcleanse report RESULT_DIR``: one self-contained HTML page for a scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import app
+from .common import setup_logging, verbose_option
+
+
+@app.command()
+@click.argument("result_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="HTML file to write (default: RESULT_DIR/report.html)."
+)
+@click.option(
+    "--validation", "validation_dir", type=click.Path(path_type=Path), help="A `validate` result to include."
+)
+@click.option(
+    "--mitigation",
+    "mitigation_dirs",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="`mitigate` results to include (repeatable).",
+)
+@verbose_option
+def report(
+    result_dir: Path,
+    out: Path | None,
+    validation_dir: Path | None,
+    mitigation_dirs: tuple[Path, ...],
+    verbose: int,
+) -> None:
+    """Write a self-contained HTML report (figures inline, no network) for a scan's result directory."""
+    from ..mitigation import MitigationResult
+    from ..report import write_html_report
+    from ..validation import ValidationResult
+
+    setup_logging(verbose)
+    validation = ValidationResult.load(validation_dir) if validation_dir else None
+    mitigations = [MitigationResult.load(d) for d in mitigation_dirs]
+    path = write_html_report(result_dir, out, validation=validation, mitigations=mitigations)
+    click.echo(f"report written to {path}")

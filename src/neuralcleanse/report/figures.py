@@ -1,0 +1,140 @@
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed), returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["norm_chart", "pruning_curve", "MANY_LABELS"]
+
+#: above this many labels the L1 chart shows distributions with the flagged labels annotated
+MANY_LABELS = 60
+
+_RED, _GREY, _BLUE = "#c62828", "#9e9e9e", "#1565c0"
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def norm_chart(
+    labels: Sequence[int],
+    names: Sequence[str],
+    l1: Sequence[float],
+    index: Sequence[float],
+    flagged: Sequence[int],
+    *,
+    median: float,
+    mad: float,
+    threshold: float,
+) -> bytes:
+    """Two panels: every label's reversed-trigger L1 norm (sorted) with the median, the MAD band and the
+    flag line, flagged labels in red; and the anomaly index with the threshold. With more than
+    :data:`MANY_LABELS` labels the panels become distributions with the flagged labels annotated."""
+    plt = _plt()
+    rows = [
+        (lab, name, n, a)
+        for lab, name, n, a in zip(labels, names, l1, index, strict=True)
+        if math.isfinite(n)
+    ]
+    rows.sort(key=lambda r: r[2])
+    flag = set(flagged)
+    many = len(rows) > MANY_LABELS
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    cut = median - threshold * mad if math.isfinite(mad) else math.nan
+    if not many:
+        xs = range(len(rows))
+        ax1.bar(xs, [r[2] for r in rows], color=[_RED if r[0] in flag else _GREY for r in rows])
+        ax1.set_xticks(list(xs), [str(r[0]) for r in rows], rotation=90 if len(rows) > 20 else 0, fontsize=8)
+        ax1.set_xlabel("label (sorted by L1 norm)")
+    else:
+        ax1.hist([r[2] for r in rows], bins=40, color=_GREY)
+        for r in rows:
+            if r[0] in flag:
+                ax1.axvline(r[2], color=_RED, lw=1.2)
+                ax1.text(r[2], ax1.get_ylim()[1] * 0.5, f" label {r[0]}", color=_RED, fontsize=8, rotation=90)
+        ax1.set_xlabel("L1 norm of the reversed trigger")
+        ax1.set_ylabel("labels")
+    line = ax1.axhline if not many else ax1.axvline
+    if math.isfinite(median):
+        line(median, color=_BLUE, lw=1.5, label=f"median {median:.1f}")
+        if math.isfinite(mad) and mad > 0:
+            lo, hi = median - mad, median + mad
+            (ax1.axhspan if not many else ax1.axvspan)(
+                lo, hi, color=_BLUE, alpha=0.12, label=f"median ± MAD ({mad:.1f})"
+            )
+            line(cut, color=_RED, lw=1, ls="--", label=f"flag below {cut:.1f} (index {threshold:g})")
+    ax1.set_title("L1 norm of each label's smallest trigger")
+    if not many:
+        ax1.set_ylabel("L1 norm")
+    ax1.legend(fontsize=8, loc="upper center" if many else "upper left")
+    below = [r for r in rows if r[2] < median]
+    if not many:
+        xs = range(len(rows))
+        ax2.bar(xs, [r[3] if math.isfinite(r[3]) else 0 for r in rows],
+                color=[_RED if r[0] in flag else (_BLUE if r in below else _GREY) for r in rows])  # fmt: skip
+        ax2.set_xticks(list(xs), [str(r[0]) for r in rows], rotation=90 if len(rows) > 20 else 0, fontsize=8)
+        ax2.set_xlabel("label (same order)")
+    else:
+        ax2.hist(
+            [r[3] for r in below if math.isfinite(r[3])],
+            bins=30,
+            color=_BLUE,
+            alpha=0.7,
+            label="below the median",
+        )
+        for r in rows:
+            if r[0] in flag:
+                ax2.axvline(r[3], color=_RED, lw=1.2)
+                ax2.text(r[3], ax2.get_ylim()[1] * 0.5, f" label {r[0]}", color=_RED, fontsize=8, rotation=90)
+        ax2.set_xlabel("anomaly index")
+    (ax2.axhline if not many else ax2.axvline)(
+        threshold, color=_RED, lw=1, ls="--", label=f"threshold {threshold:g}"
+    )
+    ax2.set_title("anomaly index |L1 − median| / MAD (blue: below the median)")
+    ax2.legend(fontsize=8, loc="upper center" if many else "upper right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def pruning_curve(curve: Sequence[dict[str, Any]]) -> bytes:
+    """Fraction of neurons pruned → clean accuracy and attack success."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    xs = [100 * p["fraction"] for p in curve]
+    ax.plot(xs, [100 * p["clean_accuracy"] for p in curve], "o-", color=_BLUE, label="clean accuracy")
+    ax.plot(
+        xs, [100 * p["attack_success"] for p in curve], "s-", color=_RED, label="attack success (reversed)"
+    )
+    if all(p.get("real_attack_success") is not None for p in curve):
+        ax.plot(
+            xs,
+            [100 * p["real_attack_success"] for p in curve],
+            "^--",
+            color="#ef6c00",
+            label="attack success (real)",
+        )
+    ax.set_xlabel("neurons pruned (%)")
+    ax.set_ylabel("%")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("neuron pruning")
+    fig.tight_layout()
+    return _png(fig)

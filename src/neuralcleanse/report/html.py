@@ -1,0 +1,340 @@
+"""One self-contained HTML page for a scan (and the validation and mitigations that followed it).
+
+Everything is inline — figures and trigger images as ``data:`` PNGs, the stylesheet, a few lines of
+optional JavaScript that make the table sortable — so the file can be mailed, archived or opened
+offline; nothing is fetched from the network. The figures are also written beside it as PNG files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_bytes
+from ..detection.report import REPORT_FILE, DetectionReport
+from ..errors import DataError
+from ..triggers import Trigger
+from .figures import norm_chart, pruning_curve
+from .images import png_bytes
+
+__all__ = ["render_html", "write_html_report", "GALLERY_OTHERS"]
+
+#: besides the flagged labels, the gallery shows this many of the lowest-norm other labels
+GALLERY_OTHERS = 3
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1180px;color:#212121;padding:0 1rem}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+.verdict{font-size:1.15rem;padding:.8rem 1rem;border-radius:6px;margin:1rem 0}
+.bad{background:#ffebee;border-left:6px solid #c62828}.ok{background:#e8f5e9;border-left:6px solid #2e7d32}
+.unk{background:#fff8e1;border-left:6px solid #f9a825}.muted{color:#666;font-size:.9rem}
+table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0}th,td{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:right}
+th{background:#fafafa;cursor:pointer;position:sticky;top:0}td.l,th.l{text-align:left}tr.flag td{color:#c62828;font-weight:600}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:1rem}
+.card{border:1px solid #e0e0e0;border-radius:6px;padding:.6rem}.card.flag{border-color:#c62828}
+.strip{display:flex;gap:.4rem;flex-wrap:wrap}.strip figure{margin:0;text-align:center;font-size:.75rem;color:#555}
+.strip img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #ddd}img.fig{max-width:100%}
+.scroll{max-height:28rem;overflow:auto}code{background:#f5f5f5;padding:0 .2rem}
+"""
+
+_SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function(th, i){th.addEventListener('click', function(){
+ var tb=th.closest('table').tBodies[0], rows=Array.from(tb.rows), asc=th.dataset.asc!=='1'; th.dataset.asc=asc?'1':'0';
+ rows.sort(function(a,b){var x=a.cells[i].dataset.v||a.cells[i].textContent, y=b.cells[i].dataset.v||b.cells[i].textContent;
+  var p=parseFloat(x), q=parseFloat(y); var c=(!isNaN(p)&&!isNaN(q))?p-q:x.localeCompare(y); return asc?c:-c;});
+ rows.forEach(function(r){tb.appendChild(r);});});});
+"""
+
+
+def _img(data: bytes, alt: str, cls: str = "") -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return (
+        f'<img{f" class={cls!r}" if cls else ""} alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+    )
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else html.escape(str(x))
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def _verdict(report: DetectionReport) -> tuple[str, str]:
+    if report.verdict == "backdoored":
+        parts = []
+        for k in sorted(report.flagged, key=lambda k: report.label(k).l1_norm):
+            r = report.label(k)
+            parts.append(
+                f"label <b>{k}</b> ({html.escape(r.name)}): anomaly index <b>{r.anomaly_index:.2f}</b>, "
+                f"its smallest trigger has L1 {r.l1_norm:.1f} against a median of {report.median:.1f}"
+            )
+        text = (
+            "<b>Backdoored.</b> "
+            + "; ".join(parts)
+            + f". An anomaly index above {report.threshold:g} means the "
+            "label can be reached with far less change to the input than any normal label needs — the signature of "
+            "a planted trigger."
+        )
+        return "bad", text
+    if report.verdict == "clean":
+        below = [
+            r.anomaly_index
+            for r in report.labels
+            if r.l1_norm < report.median and math.isfinite(r.anomaly_index)
+        ]
+        worst = max(below, default=0.0)
+        return "ok", (
+            f"<b>Clean.</b> No label can be reached with unusually little change: the largest anomaly index among "
+            f"labels below the median is {worst:.2f}, under the threshold of {report.threshold:g}."
+        )
+    return "unk", "<b>Inconclusive.</b> " + html.escape("; ".join(report.notes))
+
+
+def _real_triggers(report: DetectionReport) -> dict[int, Trigger]:
+    """The planted triggers, when the report's model is a model directory whose card knows them."""
+    from ..models.card import ModelCard
+
+    path = report.model.get("path")
+    if not path or not (Path(path) / "card.json").is_file():
+        return {}
+    try:
+        card = ModelCard.load(Path(path) / "card.json")
+        sha = {report.model.get("sha256"), report.model.get("weights_sha256")}
+        if card.weights_sha256 not in sha:
+            return {}
+        return {b.target: Trigger.load(Path(path) / b.trigger_file) for b in card.backdoors}
+    except Exception:  # the real trigger is a bonus: a changed or unreadable card just leaves it out
+        return {}
+
+
+def _strip(items: Sequence[tuple[str, bytes]]) -> str:
+    figs = "".join(
+        f"<figure>{_img(png, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, png in items
+    )
+    return f'<div class="strip">{figs}</div>'
+
+
+def _gallery(report: DetectionReport, root: Path, example: bytes | None) -> str:
+    others = [r.label for r in sorted(report.labels, key=lambda r: (not math.isfinite(r.l1_norm), r.l1_norm))
+              if r.label not in report.flagged][:GALLERY_OTHERS]  # fmt: skip
+    real = _real_triggers(report)
+    cards = []
+    for k in list(report.flagged) + others:
+        r = report.label(k)
+        trig = report.triggers[k]
+        stem = root / "images" / f"label_{k:04d}"
+
+        def png(kind: str, fallback: Any, *, _stem: Path = stem) -> bytes:
+            f = Path(f"{_stem}_{kind}.png")
+            return f.read_bytes() if f.is_file() else png_bytes(fallback)
+
+        items = [("mask", png("mask", trig.mask)), ("pattern", png("pattern", trig.pattern)),
+                 ("mask × pattern", png("fusion", trig.mask[None] * trig.pattern))]  # fmt: skip
+        if example is not None:
+            items.append(("clean image", example))
+        stamped = Path(f"{stem}_stamped.png")
+        if stamped.is_file():
+            items.append(("stamped", stamped.read_bytes()))
+        body = _strip(items)
+        if k in real:
+            t = real[k]
+            body += '<p class="muted">the real (planted) trigger, from the model card:</p>' + _strip(
+                [
+                    ("real mask", png_bytes(t.mask)),
+                    ("real mask × pattern", png_bytes(t.mask[None] * t.pattern)),
+                ]
+            )
+        flag = " flag" if r.flagged else ""
+        cards.append(
+            f'<div class="card{flag}"><b>label {k} ({html.escape(r.name)})</b> — L1 {_fmt(r.l1_norm, 1)}, '
+            f"attack success {_pct(r.attack_success)}, anomaly index {_fmt(r.anomaly_index)}"
+            f"{' — FLAGGED' if r.flagged else ''}{body}</div>"
+        )
+    return f'<div class="gallery">{"".join(cards)}</div>'
+
+
+def _label_table(report: DetectionReport) -> str:
+    head = "".join(f"<th{' class=l' if c == 'name' else ''}>{c}</th>" for c in
+                   ("label", "name", "L1 norm", "attack success", "steps", "stop", "anomaly index", "flagged"))  # fmt: skip
+    rows = []
+    for r in sorted(report.labels, key=lambda r: (not math.isfinite(r.l1_norm), r.l1_norm)):
+        cls = ' class="flag"' if r.flagged else ""
+        rows.append(
+            f"<tr{cls}><td>{r.label}</td><td class=l>{html.escape(r.name)}</td><td>{_fmt(r.l1_norm)}</td>"
+            f"<td data-v='{r.attack_success}'>{_pct(r.attack_success)}</td><td>{r.steps}</td>"
+            f"<td class=l>{html.escape(r.stop_reason)}{'' if r.reached else ' (not reached)'}</td>"
+            f"<td>{_fmt(r.anomaly_index)}</td><td class=l>{'yes' if r.flagged else ''}</td></tr>"
+        )
+    return f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _kv(rows: Sequence[tuple[str, Any]]) -> str:
+    body = "".join(
+        f"<tr><td class=l>{html.escape(k)}</td><td class=l>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def _validation_html(v: Any) -> str:
+    rows = [
+        ("L1 norm", _fmt(v.reversed_l1, 1), _fmt(v.real_l1, 1)),
+        ("attack success", _pct(v.reversed_attack_success), _pct(v.real_attack_success)),
+        (f"mean activation of the top {len(v.neurons)} neurons (clean: {v.clean_activation:.2f})",
+         _fmt(v.reversed_activation), _fmt(v.real_activation)),
+        ("attack success with only those neurons", _pct(v.reversed_success_top_only), _pct(v.real_success_top_only)),
+    ]  # fmt: skip
+    body = "".join(f"<tr><td class=l>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
+    extra = ""
+    if v.mask_iou is not None:
+        extra = (
+            f"<p>Mask IoU with the real trigger {v.mask_iou:.2f}; {_pct(v.mass_inside_real)} of the reversed mask lies "
+            f"inside it; {_pct(v.shared_top_neurons)} of the top neurons are the same for both triggers.</p>"
+        )
+    return (
+        f"<h2>Is the reversed trigger the real one? (label {v.label}, layer <code>{html.escape(v.layer)}</code>)</h2>"
+        f"<table><thead><tr><th class=l></th><th>reversed</th><th>real</th></tr></thead><tbody>{body}</tbody></table>{extra}"
+    )
+
+
+def _mitigation_html(m: Any, figures: dict[str, bytes]) -> str:
+    b, a = m.before, m.after
+    rows = [
+        ("clean accuracy", b.clean_accuracy, a.clean_accuracy),
+        ("attack success (reversed trigger)", b.attack_success, a.attack_success),
+    ]
+    if b.real_attack_success is not None:
+        rows.append(("attack success (real trigger)", b.real_attack_success, a.real_attack_success))
+    body = "".join(f"<tr><td class=l>{k}</td><td>{_pct(x)}</td><td>{_pct(y)}</td></tr>" for k, x, y in rows)
+    d = m.details
+    extra = ""
+    if m.method == "filter":
+        fnr = ", ".join(f"{k} trigger {_pct(v)}" for k, v in d.get("fnr", {}).items())
+        extra = f"<p>False positives on held-out clean images {_pct(d.get('fpr_measured'))} (target {_pct(d.get('fpr_target'))}); false negatives: {html.escape(fnr)}.</p>"
+    elif m.method == "prune" and d.get("curve"):
+        png = pruning_curve(d["curve"])
+        figures[f"pruning_label_{m.label}.png"] = png
+        extra = f"<p>Pruned {_pct(d.get('fraction_pruned'))} of {d.get('width')} neurons ({html.escape(str(d.get('stopped')))}).</p>{_img(png, 'pruning curve', 'fig')}"
+    elif m.method == "unlearn":
+        base = "".join(
+            f"<tr><td class=l>{html.escape(n)}</td><td>{_pct(v.get('clean_accuracy'))}</td><td>{_pct(v.get('attack_success'))}</td><td>{_pct(v.get('real_attack_success'))}</td></tr>"
+            for n, v in d.get("baselines", {}).items()
+        )
+        if base:
+            extra = f"<p>Baselines from the same model and data:</p><table><thead><tr><th class=l></th><th>clean acc</th><th>ASR reversed</th><th>ASR real</th></tr></thead><tbody>{base}</tbody></table>"
+    return (
+        f"<h2>Mitigation: {html.escape(m.method)} (label {m.label})</h2><table><thead><tr><th class=l></th><th>before</th>"
+        f"<th>after</th></tr></thead><tbody>{body}</tbody></table>{extra}"
+    )
+
+
+def render_html(
+    report: DetectionReport, root: Path, *, validation: Any = None, mitigations: Sequence[Any] = ()
+) -> tuple[str, dict[str, bytes]]:
+    """The page and its figures (name → PNG bytes) for the report stored in ``root``."""
+    names = [r.name for r in report.labels]
+    figures = {
+        "l1_norms.png": norm_chart(
+            [r.label for r in report.labels],
+            names,
+            [r.l1_norm for r in report.labels],
+            [r.anomaly_index for r in report.labels],
+            report.flagged,
+            median=report.median,
+            mad=report.mad,
+            threshold=report.threshold,
+        )  # fmt: skip
+    }
+    example_file = root / "images" / "example.png"
+    example = example_file.read_bytes() if example_file.is_file() else None
+    cls, verdict = _verdict(report)
+    model = report.model
+    run = report.run
+    facts = [
+        ("model", model.get("path", "in-memory model")),
+        ("model format", model.get("format", model.get("arch", "–"))),
+        ("weights sha256", model.get("sha256") or model.get("weights_sha256") or "–"),
+        ("state fingerprint (sha256)", model.get("fingerprint", "–")),
+        (
+            "data",
+            ", ".join(
+                f"{k}={v}"
+                for k, v in report.data.items()
+                if k in ("dataset", "path", "format", "split", "source")
+            ),
+        ),
+        ("clean images used", report.data.get("images")),
+        ("loss / mode", f"{report.settings.get('loss')} / {report.settings.get('mode')}"),
+        ("seed", report.settings.get("seed")),
+        (
+            "wall time",
+            f"{run.get('seconds', '–')} s on {run.get('device', '–')} ({run.get('images_per_second', '–')} images/s)",
+        ),
+        ("software", ", ".join(f"{k} {v}" for k, v in run.get("software", {}).items())),
+    ]
+    settings = [(k, v) for k, v in report.settings.items()]
+    parts = [
+        f"<h1>Neural Cleanse scan — {html.escape(str(model.get('path', 'model')))}</h1>",
+        f'<div class="verdict {cls}">{verdict}</div>',
+        "<h2>How far is each label from the others?</h2>",
+        _img(figures["l1_norms.png"], "L1 norms and anomaly indices", "fig"),
+        f'<p class="muted">Median L1 {_fmt(report.median, 1)}, MAD {_fmt(report.mad, 1)} (1.4826 × median absolute deviation). '
+        f"Only labels below the median can be flagged, when their anomaly index exceeds {report.threshold:g}.</p>",
+        "<h2>Reversed triggers</h2>",
+        _gallery(report, root, example),
+    ]
+    if validation is not None:
+        parts.append(_validation_html(validation))
+    for m in mitigations:
+        parts.append(_mitigation_html(m, figures))
+    parts += [
+        f"<h2>Every label ({len(report.labels)}; click a column to sort)</h2>",
+        _label_table(report),
+        "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>",
+        "<h2>Run facts</h2>",
+        _kv(facts),
+        "<details><summary>all settings</summary>" + _kv(settings) + "</details>",
+    ]
+    title = f"Neural Cleanse: {report.verdict}"
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
+        + "\n".join(parts)
+        + f"<script>{_SORT_JS}</script></body></html>"
+    )
+    return page, figures
+
+
+def write_html_report(
+    result_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    validation: Any = None,
+    mitigations: Sequence[Any] = (),
+) -> Path:
+    """Write ``report.html`` (default: in ``result_dir``) and the figures as PNGs in ``figures/`` beside it.
+
+    One-line :class:`DataError` when the directory lacks the report or a flagged label's trigger; the HTML
+    file appears complete or not at all.
+    """
+    root = Path(result_dir)
+    if not (root / REPORT_FILE).is_file():
+        raise DataError(f"{root}: no {REPORT_FILE} here (is it a scan's result directory?)")
+    report = DetectionReport.load(root)
+    missing = [r.label for r in report.labels if r.label not in report.triggers]
+    if missing:
+        raise DataError(f"{root}: trigger file triggers/label_{missing[0]:04d}.safetensors is missing")
+    page, figures = render_html(report, root, validation=validation, mitigations=mitigations)
+    target = Path(out) if out is not None else root / "report.html"
+    for name, png in figures.items():
+        atomic_write_bytes(target.parent / "figures" / name, png)
+    atomic_write_bytes(target, page.encode("utf-8"))
+    return target

@@ -1,0 +1,113 @@
+"""The HTML report: produced for 10 and for hundreds of labels, every flagged label in it, nothing external,
+every image inline, one-line errors for broken result directories and no half-written file."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import neuralcleanse as nc
+from neuralcleanse.cli import main
+from neuralcleanse.detection import DetectionReport, mad_outlier_test
+from neuralcleanse.detection.report import LabelResult
+from neuralcleanse.mitigation import Measure, MitigationResult
+from neuralcleanse.report import write_html_report
+
+
+def _report(n: int, flagged_norms: dict[int, float], seed: int = 0) -> DetectionReport:
+    """A report as a scan would write it, with made-up norms (the renderer is what is under test)."""
+    gen = torch.Generator().manual_seed(seed)
+    norms = (55 + 10 * torch.rand(n, generator=gen)).tolist()  # no natural outliers
+    for k, v in flagged_norms.items():
+        norms[k] = v
+    out = mad_outlier_test(norms, threshold=2.0)
+    rows = [
+        LabelResult(
+            label=k,
+            name=f"class {k}",
+            l1_norm=norms[k],
+            attack_success=0.99,
+            reached=True,
+            steps=50,
+            stop_reason="early_stop",
+            final_cost=1e-3,
+            best_step=40,
+            anomaly_index=out.anomaly_index[k],
+            flagged=k in out.flagged,
+        )  # fmt: skip
+        for k in range(n)
+    ]
+    triggers = {
+        k: nc.Trigger(torch.rand(8, 8, generator=gen), torch.rand(3, 8, 8, generator=gen), "reversed")
+        for k in range(n)
+    }
+    return DetectionReport(
+        verdict="backdoored" if out.flagged else "clean", flagged=out.flagged, labels=rows, median=out.median,
+        mad=out.mad, threshold=2.0, settings={"loss": "ce", "mode": "batched", "seed": 1}, data={"images": 100},
+        model={"fingerprint": "ab" * 32}, run={"seconds": 1.0}, triggers=triggers, example=torch.rand(3, 8, 8),
+    )  # fmt: skip
+
+
+def _check_self_contained(page: str) -> None:
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "external reference"
+    assert "http://" not in page and "https://" not in page
+    srcs = re.findall(r"""<img[^>]*\ssrc="([^"]*)\"""", page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<link" not in page and "<script src" not in page
+
+
+@pytest.mark.parametrize(("labels", "flags"), [(10, {3: 5.0}), (300, {7: 4.0, 123: 6.0, 250: 3.0})])
+def test_report_for_few_and_many_labels(tmp_path: Path, labels: int, flags: dict[int, float]) -> None:
+    report = _report(labels, flags)
+    assert sorted(report.flagged) == sorted(flags)
+    report.save(tmp_path / "scan")
+    path = write_html_report(tmp_path / "scan")
+    page = path.read_text(encoding="utf-8")
+    _check_self_contained(page)
+    assert "Backdoored." in page
+    for k in flags:
+        assert f"label <b>{k}</b>" in page  # in the verdict sentence
+        assert f"<b>label {k} (class {k})</b>" in page  # in the gallery
+    assert page.count("<tr") >= labels  # every label in the table
+    assert (tmp_path / "scan" / "figures" / "l1_norms.png").stat().st_size > 1000
+
+
+def test_clean_report_and_mitigation_sections(tmp_path: Path) -> None:
+    report = _report(10, {})
+    assert report.verdict == "clean"
+    report.save(tmp_path / "scan")
+    curve = [{"fraction": f / 10, "neurons": f, "clean_accuracy": 0.97 - f / 100, "attack_success": 1 - f / 5,
+              "real_attack_success": 1 - f / 5} for f in range(5)]  # fmt: skip
+    prune = MitigationResult("prune", 3, Measure(0.97, 1.0, 1.0), Measure(0.93, 0.2, 0.2),
+                             {"curve": curve, "fraction_pruned": 0.4, "width": 10, "stopped": "x"})  # fmt: skip
+    path = write_html_report(tmp_path / "scan", tmp_path / "out.html", mitigations=[prune])
+    page = path.read_text(encoding="utf-8")
+    _check_self_contained(page)
+    assert "Clean." in page and "Mitigation: prune" in page
+    assert (tmp_path / "figures" / "pruning_label_3.png").is_file()
+
+
+def test_broken_result_directories_give_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _report(10, {3: 5.0})
+    report.save(tmp_path / "scan")
+    (tmp_path / "scan" / "triggers" / "label_0004.safetensors").unlink()
+    assert main(["report", str(tmp_path / "scan")]) != 0
+    err = capsys.readouterr().err
+    assert "label_0004.safetensors is missing" in err and err.count("\n") == 1
+    assert not (tmp_path / "scan" / "report.html").exists()
+
+    data = json.loads((tmp_path / "scan" / "report.json").read_text())
+    data["format_version"] = 0
+    (tmp_path / "scan" / "report.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path / "scan")]) != 0
+    assert "unsupported report format version 0" in capsys.readouterr().err
+
+    assert main(["report", str(tmp_path / "nothing")]) != 0
+    assert "no report.json here" in capsys.readouterr().err
+    assert not list(tmp_path.glob("**/report.html"))
