@@ -80,6 +80,10 @@ def test_source_specific_scan_uses_only_that_label(
     r = nc.scan(badnets_model.model, mnist_sample.test, scan_labels=[0, 1, 2], source=3, seed=0, max_steps=8)
     assert r.data["class_counts"][3] == r.data["images"] and sum(r.data["class_counts"]) == r.data["images"]
     assert any("source-specific" in n for n in r.notes) and [x.label for x in r.labels] == [0, 1, 2]
+    # without a label list every label but the source is scanned (the source needs no trigger)
+    r = nc.scan(badnets_model.model, mnist_sample.test, source=3, seed=0, max_steps=2)
+    assert [x.label for x in r.labels] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert any("label 3 itself was not scanned" in n for n in r.notes)
 
 
 class _NaNModel(nn.Module):

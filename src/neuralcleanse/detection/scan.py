@@ -177,6 +177,10 @@ class NeuralCleanse:
                 f"image labels go up to {int(labels.max())} but the model has {num_classes} outputs"
             )
         targets = list(range(num_classes)) if scan_labels is None else [int(k) for k in scan_labels]
+        skipped_source = source is not None and scan_labels is None and 0 <= source < num_classes
+        if skipped_source:
+            # every image already has the source label: its "trigger" is empty and λ would grow without end
+            targets = [k for k in targets if k != source]
         if not targets:
             raise SettingsError("no labels to scan (empty label list)")
         bad = [k for k in targets if not 0 <= k < num_classes]
@@ -203,6 +207,8 @@ class NeuralCleanse:
             if len(pool) == 0:
                 raise DataError(f"no images of source label {source} to scan with")
             notes.append(f"source-specific scan: only images of label {source} ({names[source]}) were used")
+            if skipped_source:
+                notes.append(f"label {source} itself was not scanned: its images need no trigger to reach it")
         if labels is not None and correct_only:
             pred = predict(self.model, pool.images, device=self.device)
             keep = torch.nonzero(pred == pool.labels).flatten()
