@@ -268,7 +268,7 @@ def render_html(
             ", ".join(
                 f"{k}={v}"
                 for k, v in report.data.items()
-                if k in ("dataset", "path", "format", "split", "source")
+                if k in ("dataset", "path", "format", "split", "source") and v is not None
             ),
         ),
         ("clean images used", report.data.get("images")),
