@@ -11,7 +11,7 @@ from .data.dataset import ImageDataset
 from .errors import DataError, SettingsError
 from .triggers import Trigger
 
-__all__ = ["predict", "accuracy", "attack_success_rate", "attack_victims"]
+__all__ = ["predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success"]
 
 
 @torch.no_grad()
@@ -71,3 +71,15 @@ def attack_success_rate(
         raise DataError(f"{data.name}: no images outside the target label to measure attack success on")
     pred = predict(model, trigger.apply(victims.images), batch_size=batch_size, device=device)
     return float((pred == target).float().mean())
+
+
+def stamped_success(
+    model: nn.Module,
+    trigger: Trigger,
+    images: torch.Tensor,
+    *,
+    target: int,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Fraction of ``images`` sent to ``target`` once stamped with ``trigger`` (the caller picks the victims)."""
+    return float((predict(model, trigger.apply(images), device=device) == target).float().mean())

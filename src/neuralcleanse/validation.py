@@ -29,7 +29,7 @@ from ._io import atomic_directory
 from .data.dataset import ImageDataset
 from .errors import DataError, SettingsError
 from .features import FeatureLayer, feature_activations, find_feature_layer
-from .metrics import attack_victims, predict
+from .metrics import attack_victims, predict, stamped_success
 from .triggers import Trigger
 
 __all__ = ["ValidationResult", "validate_trigger", "top_neurons", "VALIDATION_FILE"]
@@ -116,12 +116,6 @@ class ValidationResult:
             raise DataError(f"{file}: cannot read validation result ({exc})") from None
 
 
-def _success(
-    model: nn.Module, trig: Trigger, victims: torch.Tensor, label: int, device: torch.device | str
-) -> float:
-    return float((predict(model, trig.apply(victims), device=device) == label).float().mean())
-
-
 def _success_top_only(
     model: nn.Module,
     layer: FeatureLayer,
@@ -191,7 +185,7 @@ def validate_trigger(
         "layer": feat.name,
         "neurons": [int(i) for i in top],
         "reversed_l1": reversed_trigger.l1_norm,
-        "reversed_attack_success": _success(model, reversed_trigger, x, label, device),
+        "reversed_attack_success": stamped_success(model, reversed_trigger, x, target=label, device=device),
         "clean_activation": float(clean[:, top].mean()),
         "reversed_activation": float(rev[:, top].mean()),
         "reversed_success_top_only": _success_top_only(
@@ -207,7 +201,7 @@ def validate_trigger(
         iou, mass = _iou(reversed_trigger.mask, real_trigger.region)
         result.update(
             real_l1=real_trigger.l1_norm,
-            real_attack_success=_success(model, real_trigger, x, label, device),
+            real_attack_success=stamped_success(model, real_trigger, x, target=label, device=device),
             real_activation=float(real[:, top].mean()),
             real_success_top_only=_success_top_only(
                 model, feat, top, clean_mean, stamped_real, label, device

@@ -15,7 +15,7 @@ from torch import nn
 from .._io import atomic_write_json
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
-from ..metrics import accuracy, attack_victims, predict
+from ..metrics import accuracy, attack_victims, stamped_success
 from ..triggers import Trigger
 
 __all__ = ["Measure", "MitigationResult", "measure", "check_fraction", "RESULT_FILE"]
@@ -42,12 +42,6 @@ class Measure:
         return {k: None if v is None else round(v, 6) for k, v in self.__dict__.items()}
 
 
-def _asr(
-    model: nn.Module, trig: Trigger, victims: torch.Tensor, label: int, device: torch.device | str
-) -> float:
-    return float((predict(model, trig.apply(victims), device=device) == label).float().mean())
-
-
 def measure(
     model: nn.Module,
     data: ImageDataset,
@@ -64,10 +58,10 @@ def measure(
         raise DataError(f"no images outside label {label} to measure attack success on")
     return Measure(
         clean_accuracy=accuracy(model, data, device=device),
-        attack_success=_asr(model, reversed_trigger, victims, label, device),
+        attack_success=stamped_success(model, reversed_trigger, victims, target=label, device=device),
         real_attack_success=None
         if real_trigger is None
-        else _asr(model, real_trigger, victims, label, device),
+        else stamped_success(model, real_trigger, victims, target=label, device=device),
     )
 
 
