@@ -246,7 +246,12 @@ def test_zoo_builds_skips_and_summarises(tmp_path: Path, capsys: pytest.CaptureF
     before = (out / "b" / "model.safetensors").stat().st_mtime_ns
     assert main(["zoo", "--spec", str(spec), "--out", str(out)]) == 0
     assert (out / "b" / "model.safetensors").stat().st_mtime_ns == before
-    assert json.loads((out / "zoo.json").read_text())["models"][1]["built"] == "kept"
+    assert {m["name"]: m["built"] for m in json.loads((out / "zoo.json").read_text())["models"]}[
+        "b"
+    ] == "kept"
+    # building one model again keeps the others in the manifest
+    assert main(["zoo", "--spec", str(spec), "--out", str(out), "--only", "c"]) == 0
+    assert {m["name"] for m in json.loads((out / "zoo.json").read_text())["models"]} == {"b", "c"}
     # a changed entry is not silently reused
     spec.write_text(spec.read_text().replace("target = 0", "target = 1"))
     assert main(["zoo", "--spec", str(spec), "--out", str(out)]) != 0

@@ -263,15 +263,19 @@ def attach_controls(rows: list[ZooRow], spec: ZooSpec) -> None:
 
 
 def write_manifest(out: Path, spec: ZooSpec, rows: list[ZooRow]) -> None:
+    """Record the rows (with their entries' digests) in ``zoo.json``, keeping earlier rows of other models
+    (a run with ``--only`` must not forget the rest of the zoo)."""
     digests = {e.name: e.digest for e in spec.entries}
+    fresh = [{**r.to_dict(), "digest": digests[r.name]} for r in rows]
+    names = {r.name for r in rows}
+    try:
+        old = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8")).get("models", [])
+    except (OSError, ValueError, AttributeError):
+        old = []
+    kept = [m for m in old if isinstance(m, dict) and m.get("name") not in names]
     atomic_write_json(
         out / MANIFEST_FILE,
-        {
-            "format_version": 1,
-            "spec": spec.source,
-            "models": [{**r.to_dict(), "digest": digests[r.name]} for r in rows],
-            "torch": torch.__version__,
-        },
+        {"format_version": 1, "spec": spec.source, "models": kept + fresh, "torch": torch.__version__},
     )
 
 
