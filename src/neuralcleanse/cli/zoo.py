@@ -189,8 +189,8 @@ def _scan_model(out: Path, entry: Any, data: Any, samples: int, seed: int, devic
         report = None
         if (report_dir / "report.json").exists():
             report = DetectionReport.load(report_dir)
-            if report.model.get("weights_sha256") != card.weights_sha256:
-                report = None
+            if card.weights_sha256 not in (report.model.get("weights_sha256"), report.model.get("sha256")):
+                report = None  # made for other weights (a `scan` CLI report records "sha256")
         if report is None:
             detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=seed), device=device)
             report = run_scan(
