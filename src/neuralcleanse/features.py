@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import DataError, SettingsError
 
-__all__ = ["FeatureLayer", "find_feature_layer", "feature_activations", "neuron_mask"]
+__all__ = ["FeatureLayer", "find_feature_layer", "feature_activations", "neuron_mask", "tap"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ def find_feature_layer(model: nn.Module, name: str | None = None) -> FeatureLaye
 
 
 @contextmanager
-def _tap(layer: FeatureLayer, sink: list[torch.Tensor]) -> Iterator[None]:
+def tap(layer: FeatureLayer, sink: list[torch.Tensor]) -> Iterator[None]:
+    """Within the block, every forward pass appends the ``(N, width)`` features to ``sink`` (gradients flow)."""
     if layer.read_input_of_consumer:
         handle = layer.consumer.register_forward_pre_hook(lambda _m, args: sink.append(args[0].flatten(1)))
     else:
@@ -91,7 +92,7 @@ def feature_activations(
     was_training = model.training
     model.eval()
     try:
-        with _tap(layer, sink):
+        with tap(layer, sink):
             for start in range(0, len(images), batch_size):
                 model(images[start : start + batch_size].to(device))
     finally:
@@ -107,14 +108,18 @@ def feature_activations(
 
 
 @contextmanager
-def neuron_mask(layer: FeatureLayer, keep: torch.Tensor) -> Iterator[None]:
-    """Within the block, feature neurons where ``keep`` is 0 are switched off (their activation is
-    replaced by ``0``; weights untouched). ``keep`` is a float ``(width,)`` tensor."""
+def neuron_mask(layer: FeatureLayer, keep: torch.Tensor, fill: torch.Tensor | None = None) -> Iterator[None]:
+    """Within the block, feature neurons where ``keep`` is 0 are switched off: their activation is replaced
+    by ``fill`` (a ``(width,)`` tensor, e.g. their clean mean) or by ``0``; weights untouched. ``keep`` is a
+    float ``(width,)`` tensor."""
 
     def pre(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
-        shape = x.shape
-        return ((x.flatten(1) * keep.to(x.device, x.dtype)).view(shape), *args[1:])
+        k = keep.to(x.device, x.dtype)
+        out = x.flatten(1) * k
+        if fill is not None:
+            out = out + fill.to(x.device, x.dtype) * (1 - k)
+        return (out.view(x.shape), *args[1:])
 
     handle = layer.consumer.register_forward_pre_hook(pre)
     try:

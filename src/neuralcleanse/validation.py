@@ -28,7 +28,7 @@ from torch import nn
 from ._io import atomic_directory
 from .data.dataset import ImageDataset
 from .errors import DataError, SettingsError
-from .features import FeatureLayer, feature_activations, find_feature_layer
+from .features import FeatureLayer, feature_activations, find_feature_layer, neuron_mask
 from .metrics import attack_victims, predict, stamped_success
 from .triggers import Trigger
 
@@ -128,17 +128,8 @@ def _success_top_only(
     """Attack success when every feature neuron outside ``keep`` is held at its clean mean."""
     mask = torch.zeros(layer.width)
     mask[keep] = 1.0
-
-    def pre(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0].flatten(1)
-        m = mask.to(x.device, x.dtype)
-        return ((x * m + clean_mean.to(x.device, x.dtype) * (1 - m)).view(args[0].shape), *args[1:])
-
-    handle = layer.consumer.register_forward_pre_hook(pre)
-    try:
+    with neuron_mask(layer, mask, fill=clean_mean):
         return float((predict(model, stamped, device=device) == label).float().mean())
-    finally:
-        handle.remove()
 
 
 def _iou(reversed_mask: torch.Tensor, real_region: torch.Tensor) -> tuple[float, float]:

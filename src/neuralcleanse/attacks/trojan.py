@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.dataset import DatasetSplits
 from ..errors import SettingsError
+from ..features import FeatureLayer, find_feature_layer, tap
 from ..training import TrainProgress, TrainSettings, train_classifier
 from ..triggers import Trigger
 from .base import PlantedTrigger, Planting, PoisonSpec, poison_many
@@ -91,17 +92,10 @@ def watermark_mask(h: int, w: int, *, area: float) -> torch.Tensor:
     return best
 
 
-def select_neurons(model: nn.Module, layer: str, width: int, count: int) -> list[int]:
-    """The ``count`` neurons of ``layer`` (``width`` outputs) with the largest summed absolute weight into the
-    next linear layer (Liu et al.'s connectivity criterion)."""
-    following = [
-        m
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and m.in_features == width and not name.startswith(layer + ".")
-    ]
-    if not following:
-        raise SettingsError(f"layer {layer!r}: no linear layer takes its {width} outputs; name another layer")
-    strength = following[-1].weight.detach().abs().sum(0)
+def select_neurons(layer: FeatureLayer, count: int) -> list[int]:
+    """The ``count`` neurons of ``layer`` with the largest summed absolute weight into the linear layer that
+    consumes them (Liu et al.'s connectivity criterion)."""
+    strength = layer.consumer.weight.detach().abs().sum(0)
     return [int(i) for i in torch.argsort(strength, descending=True)[:count]]
 
 
@@ -164,59 +158,53 @@ class Trojan:
         """Steps 2 and 3: choose the neurons and optimise the pattern inside the mask to excite them."""
         shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
         mask = self.build_mask(shape).to(device)
-        layer = self.layer or getattr(model, "penultimate", None)
-        if layer is None:
-            raise SettingsError("the model names no penultimate layer: give the Trojan attack a layer")
-        try:
-            module = model.get_submodule(layer)
-        except AttributeError:
-            raise SettingsError(f"layer {layer!r} does not exist in the model") from None
+        feat = find_feature_layer(model, self.layer)
+        layer = feat.name
         captured: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.flatten(1)))
         was_training = model.training
         flags = [p.requires_grad for p in model.parameters()]
         model.eval().requires_grad_(False)
         try:
-            x = images.to(device)
-            with torch.no_grad():
-                model(x)
-            clean = captured.pop()
-            # Liu et al.: strongly connected neurons that the trigger region can actually drive. Excite the
-            # most connected 5% together, then keep the ones that rose most, and optimise for those alone.
-            width = int(clean.shape[1])
-            candidates = select_neurons(model, layer, width, max(self.neurons, width // 20))
-            gen = torch.Generator().manual_seed(seed)
-            w0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
+            with tap(feat, captured):
+                x = images.to(device)
+                with torch.no_grad():
+                    model(x)
+                clean = captured.pop()
+                # Liu et al.: strongly connected neurons that the trigger region can actually drive. Excite the
+                # most connected 5% together, then keep the ones that rose most, and optimise for those alone.
+                width = int(clean.shape[1])
+                candidates = select_neurons(feat, max(self.neurons, width // 20))
+                gen = torch.Generator().manual_seed(seed)
+                w0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
 
-            def excite(neurons: list[int], steps: int) -> torch.Tensor:
-                goal = 10.0 * float(clean[:, neurons].max().clamp_min(1.0))
-                w = w0.clone().requires_grad_(True)
-                opt = torch.optim.Adam([w], lr=0.1)
-                for _ in range(steps):
-                    stamped = (1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5)
+                def excite(neurons: list[int], steps: int) -> torch.Tensor:
+                    goal = 10.0 * float(clean[:, neurons].max().clamp_min(1.0))
+                    w = w0.clone().requires_grad_(True)
+                    opt = torch.optim.Adam([w], lr=0.1)
+                    for _ in range(steps):
+                        stamped = (1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5)
+                        captured.clear()
+                        model(stamped)
+                        act = captured.pop()[:, neurons]
+                        loss = ((act - goal) ** 2).mean()
+                        opt.zero_grad()
+                        loss.backward()  # type: ignore[no-untyped-call]
+                        opt.step()
+                    return w.detach()
+
+                w = excite(candidates, max(1, self.steps // 3))
+                with torch.no_grad():
                     captured.clear()
-                    model(stamped)
-                    act = captured.pop()[:, neurons]
-                    loss = ((act - goal) ** 2).mean()
-                    opt.zero_grad()
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    opt.step()
-                return w.detach()
-
-            w = excite(candidates, max(1, self.steps // 3))
-            with torch.no_grad():
-                captured.clear()
-                model((1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5))
-                gain = captured.pop()[:, candidates].mean(0) - clean[:, candidates].mean(0)
-            chosen = [candidates[int(i)] for i in torch.argsort(gain, descending=True)[: self.neurons]]
-            w = excite(chosen, self.steps)
-            with torch.no_grad():
-                pattern = (torch.tanh(w) / 2 + 0.5) * mask
-                captured.clear()
-                model((1 - mask) * x + mask * pattern)
-                reached = float(captured.pop()[:, chosen].mean())
+                    model((1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5))
+                    gain = captured.pop()[:, candidates].mean(0) - clean[:, candidates].mean(0)
+                chosen = [candidates[int(i)] for i in torch.argsort(gain, descending=True)[: self.neurons]]
+                w = excite(chosen, self.steps)
+                with torch.no_grad():
+                    pattern = (torch.tanh(w) / 2 + 0.5) * mask
+                    captured.clear()
+                    model((1 - mask) * x + mask * pattern)
+                    reached = float(captured.pop()[:, chosen].mean())
         finally:
-            handle.remove()
             model.train(was_training)
             for p, f in zip(model.parameters(), flags, strict=True):
                 p.requires_grad_(f)

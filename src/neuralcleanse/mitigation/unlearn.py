@@ -23,7 +23,7 @@ from ..data.dataset import ImageDataset
 from ..errors import DataError
 from ..training import TrainSettings, train_classifier
 from ..triggers import Trigger
-from .result import MitigationResult, check_fraction, measure
+from .result import Measure, MitigationResult, check_fraction, measure
 
 __all__ = ["unlearn"]
 
@@ -83,16 +83,13 @@ def unlearn(
         images[stamped_idx] = trig.apply(images[stamped_idx])
         return subset.replace(images=images)  # labels stay the true ones
 
-    def evaluate(m: nn.Module) -> dict[str, float | None]:
+    def evaluate(m: nn.Module) -> Measure:
         return measure(
             m, test, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
             source_labels=source_labels, device=device,
-        ).to_dict()  # fmt: skip
+        )  # fmt: skip
 
-    before = measure(
-        model, test, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
-        source_labels=source_labels, device=device,
-    )  # fmt: skip
+    before = evaluate(model)
     others: dict[str, dict[str, float | None]] = {}
     if baselines:
         for name, trig in (("clean fine-tuning", None), ("real trigger", real_trigger)):
@@ -100,13 +97,10 @@ def unlearn(
                 continue
             m = copy.deepcopy(model)
             _fine_tune(m, with_trigger(trig), settings, device)
-            others[name] = evaluate(m)
+            others[name] = evaluate(m).to_dict()
     repaired = model if inplace else copy.deepcopy(model)
     _fine_tune(repaired, with_trigger(reversed_trigger), settings, device)
-    after = measure(
-        repaired, test, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
-        source_labels=source_labels, device=device,
-    )  # fmt: skip
+    after = evaluate(repaired)
     details = {
         "train_images": n,
         "stamped_images": len(stamped_idx),
