@@ -54,6 +54,33 @@ def test_report_records_settings_and_statistics(badnets_report: DetectionReport)
     assert all(x.steps > 0 and x.stop_reason in ("early_stop", "max_steps") for x in r.labels)
 
 
+def test_outlier_test_reruns_from_the_report_with_either_statistic(
+    badnets_report: DetectionReport, clean_report: DetectionReport
+) -> None:
+    same = badnets_report.outlier_test()
+    assert same.flagged == badnets_report.flagged
+    assert same.anomaly_index == pytest.approx([x.anomaly_index for x in badnets_report.labels])
+    assert badnets_report.ceiling == pytest.approx(badnets_report.median / badnets_report.mad)
+    log = badnets_report.outlier_test(statistic="log")
+    assert log.flagged == [0] and log.anomaly_index[0] > same.anomaly_index[0]
+    assert math.exp(log.median) == pytest.approx(badnets_report.median, rel=0.2)
+    assert clean_report.outlier_test(statistic="log").flagged == []
+    with pytest.raises(SettingsError, match="statistic"):
+        badnets_report.outlier_test(statistic="l2")
+
+
+def test_log_statistic_scan_reports_in_its_units(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    few = mnist_sample.test.sample(200, seed=0)
+    r = nc.scan(clean_model.model, few, statistic="log", scan_labels=[0, 1, 2, 3], max_steps=30, seed=0)
+    assert r.statistic == "log" and r.median_l1 == pytest.approx(math.exp(r.median))
+    assert r.median_l1 == pytest.approx(
+        float(torch.tensor(list(r.l1_norms.values())).log().median().exp()), rel=0.3
+    )
+    assert "log" in repr(nc.NeuralCleanse(clean_model.model, statistic="log"))
+
+
 def test_report_save_and_load(badnets_report: DetectionReport, tmp_path: Path) -> None:
     out = badnets_report.save(tmp_path / "scan")
     d = json.loads((out / "report.json").read_text())
@@ -68,6 +95,7 @@ def test_report_save_and_load(badnets_report: DetectionReport, tmp_path: Path) -
         assert (out / "images" / f"label_0000_{kind}.png").stat().st_size > 100
     back = DetectionReport.load(out)
     assert back.flagged == [0] and back.l1_norms == pytest.approx(badnets_report.l1_norms)
+    assert d["statistic"] == "l1" and back.statistic == "l1"
     assert torch.allclose(back.triggers[0].mask, badnets_report.triggers[0].mask)
     (out / "report.json").write_text(json.dumps({**d, "format_version": 0}))
     with pytest.raises(DataError, match="format version 0"):

@@ -50,3 +50,43 @@ def test_too_few_labels_is_inconclusive() -> None:
     assert not r.conclusive and r.flagged == [] and "at least 3" in r.notes[0]
     with pytest.raises(SettingsError):
         mad_outlier_test([1.0, 2.0, 3.0], threshold=0)
+
+
+# The L1 norms a scan found on the zoo's Fashion-MNIST model with two infected labels (2 and 9).
+TWO_LABELS_FMNIST = [47.04, 40.70, 5.60, 47.26, 67.66, 55.08, 35.65, 87.78, 19.26, 10.09]
+
+
+def test_wide_natural_spread_leaves_the_l1_test_powerless() -> None:
+    r = mad_outlier_test(TWO_LABELS_FMNIST)
+    assert r.ceiling == pytest.approx(r.median / r.mad) and r.ceiling < 2
+    # even the 5.6-pixel trigger, 8x smaller than the median, stays under the threshold
+    assert r.flagged == [] and r.powerless and not r.conclusive
+    assert any("no power" in n for n in r.notes)
+
+
+def test_log_statistic_measures_how_many_times_smaller() -> None:
+    r = mad_outlier_test(TWO_LABELS_FMNIST, statistic="log")
+    logs = np.log(TWO_LABELS_FMNIST)
+    med = float(np.median(logs))
+    mad = 1.4826 * float(np.median(np.abs(logs - med)))
+    assert r.median == pytest.approx(med) and r.mad == pytest.approx(mad)
+    assert r.anomaly_index[2] == pytest.approx((med - logs[2]) / mad)
+    assert r.flagged == [2, 9] and math.isinf(r.ceiling) and r.conclusive
+    # scale-free: multiplying every norm by a constant changes nothing
+    scaled = mad_outlier_test([10 * v for v in TWO_LABELS_FMNIST], statistic="log")
+    assert scaled.anomaly_index == pytest.approx(r.anomaly_index)
+    # a zero norm is floored, not -inf
+    zero = mad_outlier_test([0.0, *TWO_LABELS_FMNIST[1:]], statistic="log")
+    assert zero.flagged[0] == 0 and math.isfinite(zero.anomaly_index[0])
+
+
+def test_a_well_spread_clean_set_is_conclusive_with_either_statistic() -> None:
+    norms = [60.0, 70.0, 72.0, 75.0, 80.0, 66.0, 90.0, 85.0, 78.0, 69.0]
+    for stat in ("l1", "log"):
+        r = mad_outlier_test(norms, statistic=stat)  # type: ignore[arg-type]
+        assert r.flagged == [] and r.conclusive and not r.powerless
+
+
+def test_unknown_statistic() -> None:
+    with pytest.raises(SettingsError, match="statistic"):
+        mad_outlier_test([1.0, 2.0, 3.0], statistic="l2")  # type: ignore[arg-type]

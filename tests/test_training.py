@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from neuralcleanse import (
@@ -15,6 +16,8 @@ from neuralcleanse import (
     attack_success_rate,
     train_recipe,
 )
+from neuralcleanse.errors import SettingsError
+from neuralcleanse.training import random_shift
 
 
 def test_clean_model_learns_the_sample(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> None:
@@ -50,3 +53,35 @@ def test_same_seed_same_weights_and_global_rng_untouched(mnist_sample: DatasetSp
         assert torch.equal(x, y)
     c = train_recipe(Recipe(training=TrainSettings(epochs=1, seed=4)), data=data, device="cpu")
     assert not torch.equal(a.model.logits.weight, c.model.logits.weight)
+
+
+def test_random_shift_moves_each_image_within_the_limit_with_zero_fill() -> None:
+    images = torch.zeros(64, 2, 9, 9)
+    images[:, :, 4, 4] = torch.tensor([1.0, 0.5])  # one bright pixel per channel, in the centre
+    gen = torch.Generator().manual_seed(0)
+    moved = random_shift(images, 2, generator=gen)
+    assert moved.shape == images.shape
+    offsets = set()
+    for img in moved:
+        ((r, c),) = torch.nonzero(img[0]).tolist()  # exactly one pixel survives, both channels together
+        assert torch.equal(img[1], img[0] * 0.5)
+        assert abs(r - 4) <= 2 and abs(c - 4) <= 2
+        offsets.add((r - 4, c - 4))
+    assert len(offsets) > 10  # independent offsets per image, not one for the batch
+    again = random_shift(images, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)
+
+
+def test_shift_augmentation_is_seeded_and_recorded(mnist_sample: DatasetSplits) -> None:
+    data = DatasetSplits(
+        "small", mnist_sample.train.sample(300, seed=0), mnist_sample.test.sample(100, seed=0)
+    )
+    shifted = Recipe(training=TrainSettings(epochs=1, shift=2, seed=3))
+    a = train_recipe(shifted, data=data, device="cpu")
+    b = train_recipe(shifted, data=data, device="cpu")
+    plain = train_recipe(Recipe(training=TrainSettings(epochs=1, seed=3)), data=data, device="cpu")
+    assert torch.equal(a.model.logits.weight, b.model.logits.weight)
+    assert not torch.equal(a.model.logits.weight, plain.model.logits.weight)
+    assert a.card.training["shift"] == 2 and plain.card.training["shift"] == 0
+    with pytest.raises(SettingsError, match="shift"):
+        TrainSettings(shift=-1)

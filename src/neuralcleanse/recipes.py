@@ -123,6 +123,7 @@ def train_recipe(
             "epochs": recipe.training.epochs,
             "batch_size": recipe.training.batch_size,
             "lr": recipe.training.lr,
+            "shift": recipe.training.shift,
             "train_images": train_images,
             "poisoned_images": planting.poisoned if planting else 0,
             "cover_images": planting.covered if planting else 0,

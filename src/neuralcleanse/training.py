@@ -14,19 +14,24 @@ from torch.nn import functional as F
 from .data.dataset import ImageDataset
 from .errors import DataError, SettingsError
 
-__all__ = ["TrainSettings", "TrainProgress", "TrainHistory", "train_classifier"]
+__all__ = ["TrainSettings", "TrainProgress", "TrainHistory", "random_shift", "train_classifier"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings:
-    """Optimisation settings (Adam, cross-entropy, shuffled mini-batches)."""
+    """Optimisation settings (Adam, cross-entropy, shuffled mini-batches).
+
+    ``shift`` > 0 augments every mini-batch with a random translation of up to ``shift`` pixels in each
+    direction (zero fill), drawn from the seeded generator; poisoned images move with their trigger.
+    """
 
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    shift: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -36,6 +41,8 @@ class TrainSettings:
             raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise SettingsError(f"learning rate must be positive, got {self.lr}")
+        if self.shift < 0:
+            raise SettingsError(f"shift must be 0 or more pixels, got {self.shift}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,19 @@ class TrainHistory:
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def random_shift(images: torch.Tensor, shift: int, *, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image of ``(N, C, H, W)`` by its own random offset in ``[-shift, shift]`` (zero fill)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, chans, rows, cols]
 
 
 def train_classifier(
@@ -93,7 +113,10 @@ def train_classifier(
                 total_loss, correct = 0.0, 0
                 for b in range(batches):
                     idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-                    x, y = data.images[idx].to(device), data.labels[idx].to(device)
+                    x = data.images[idx]
+                    if settings.shift:
+                        x = random_shift(x, settings.shift, generator=gen)
+                    x, y = x.to(device), data.labels[idx].to(device)
                     logits = model(x)
                     loss = F.cross_entropy(logits, y)
                     if not torch.isfinite(loss):

@@ -57,8 +57,8 @@ __all__ = ["ZooEntry", "ZooSpec", "ZooRow", "load_spec", "parse_spec", "default_
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "zoo.json"
-_MODEL_KEYS = {"name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "seed", "attack"}
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "seed"}
+_MODEL_KEYS = {"name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "shift", "seed", "attack"}
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "shift", "seed"}
 
 
 #: specs shipped with the package, by name

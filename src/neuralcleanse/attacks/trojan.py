@@ -246,6 +246,7 @@ class Trojan:
             batch_size=training.batch_size,
             lr=self.retrain_lr,
             weight_decay=training.weight_decay,
+            shift=training.shift,
             seed=training.seed + 1,
         )
         second = train_classifier(model, poisoned, retrain, device=device, progress=progress)

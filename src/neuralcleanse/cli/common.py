@@ -104,7 +104,8 @@ def print_scan(report: Any, out: Path) -> None:
         )  # fmt: skip
     console = Console(highlight=False)
     console.print(table)
-    console.print(f"median L1 {report.median:.2f}, MAD {report.mad:.2f}; report written to {out}")
+    spread = f"MAD {report.mad:.2f}" if report.statistic == "l1" else f"MAD of log norms {report.mad:.3f}"
+    console.print(f"median L1 {report.median_l1:.2f}, {spread}; report written to {out}")
     for note in report.notes:
         console.print(f"note: {note}")
     console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())

@@ -101,6 +101,13 @@ def build_preprocessing(
     show_default=True,
     help="Anomaly index above which a small-norm label is flagged.",
 )
+@click.option(
+    "--statistic",
+    type=click.Choice(["l1", "log"]),
+    default="l1",
+    show_default=True,
+    help="Outlier test on the L1 norms (the paper) or on their logs (how many times smaller).",
+)
 @click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label.")
 @click.option(
     "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
@@ -137,6 +144,7 @@ def scan(
     sequential: bool,
     loss: str,
     threshold: float,
+    statistic: str,
     max_steps: int,
     seed: int,
     out: Path | None,
@@ -187,7 +195,13 @@ def scan(
     images, data_info = _load_data(loaded, data_path, dataset, data_dir, split, names)
     overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
     settings = ReverseSettings.original(**overrides) if sequential else ReverseSettings(**overrides)
-    detector = NeuralCleanse(loaded.model, settings=settings, threshold=threshold, device=device)
+    detector = NeuralCleanse(
+        loaded.model,
+        settings=settings,
+        threshold=threshold,
+        statistic="log" if statistic == "log" else "l1",
+        device=device,
+    )
     report = run_scan(
         detector,
         images,

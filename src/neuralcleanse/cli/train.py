@@ -52,6 +52,12 @@ from .common import TRIGGER_HELP, ProgressBar, device_option, parse_labels, setu
 @click.option("--batch-size", default=64, show_default=True, help="Mini-batch size.")
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option(
+    "--shift",
+    default=0,
+    show_default=True,
+    help="Augment: translate each training image by up to this many pixels (0: off).",
+)
+@click.option(
     "--seed", default=0, show_default=True, help="Seed for initialisation, shuffling and poisoning."
 )
 @device_option
@@ -72,6 +78,7 @@ def train(
     epochs: int,
     batch_size: int,
     lr: float,
+    shift: int,
     seed: int,
     device: str,
     force: bool,
@@ -104,7 +111,7 @@ def train(
         dataset=dataset,
         arch=arch,
         data_dir=str(data_dir) if data_dir else None,
-        training=TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+        training=TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, shift=shift, seed=seed),
         attack=bad,
     )
     bundle = train_and_save(recipe, out, device=device, force=force, bar=not as_json)

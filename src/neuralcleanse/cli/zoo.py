@@ -138,7 +138,14 @@ def zoo(
 def _header(scanned: bool) -> list[str]:
     cols = ["model", "dataset", "attack", "trigger", "area", "target", "clean acc", "Δ acc", "ASR"]
     if scanned:
-        cols += ["flagged", "index(target)", "L1(target)/median", "detected"]
+        cols += [
+            "flagged",
+            "index(target)",
+            "L1(target)/median",
+            "detected",
+            "log test: flagged",
+            "index(target)",
+        ]
     return cols
 
 
@@ -170,6 +177,8 @@ def _cells(r: Any, scanned: bool) -> list[str]:
             "-" if not idx else ", ".join(f"{v:.2f}" for v in idx),
             "-" if not l1 else ", ".join(f"{v:.1f}" for v in l1) + f" / {s.get('median', math.nan):.1f}",
             s.get("outcome", "-"),
+            ",".join(map(str, s.get("log_flagged", []))) or "none",
+            "-" if not s.get("log_target_index") else ", ".join(f"{v:.2f}" for v in s["log_target_index"]),
         ]
     return cells
 
@@ -209,6 +218,13 @@ def _scan_model(out: Path, entry: Any, data: Any, samples: int, seed: int, devic
             report.save(report_dir, force=True)
         if source is None:
             targets = card.targets
+            log_test = report.outlier_test(statistic="log")
+            result.update(
+                log_flagged=log_test.flagged,
+                log_target_index=[
+                    log_test.anomaly_index[report.labels.index(report.label(t))] for t in targets
+                ],
+            )
             result.update(
                 verdict=report.verdict,
                 flagged=report.flagged,

@@ -5,24 +5,38 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from ..errors import SettingsError
 
-__all__ = ["OutlierResult", "CONSISTENCY", "mad_outlier_test"]
+__all__ = ["OutlierResult", "CONSISTENCY", "STATISTICS", "Statistic", "mad_outlier_test"]
 
 #: scales the median absolute deviation to the standard deviation of a normal distribution
 CONSISTENCY = 1.4826
+
+Statistic = Literal["l1", "log"]
+#: what the test measures distances on: the L1 norms themselves (the paper) or their logarithms
+STATISTICS: tuple[Statistic, ...] = ("l1", "log")
+
+#: in the log statistic, norms below this (a trigger of a millionth of a pixel) count as this
+_LOG_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
 class OutlierResult:
     """Anomaly index of every label and the flagged ones.
 
-    ``anomaly_index[i]`` is ``|L1_i − median| / MAD`` (``inf`` where MAD is 0 and the norm differs
-    from the median, ``nan`` where the label was left out). A label is flagged when its norm is
-    **below** the median and its index is **strictly** above ``threshold``.
+    ``anomaly_index[i]`` is ``|s_i − median| / MAD`` of the statistic ``s`` (the L1 norm, or its log),
+    ``inf`` where MAD is 0 and the value differs from the median, ``nan`` where the label was left out.
+    A label is flagged when its norm is **below** the median and its index is **strictly** above
+    ``threshold``. ``median`` and ``mad`` are in the statistic's units.
+
+    ``ceiling`` is the index an empty trigger (L1 = 0) would get against this median and MAD. With the
+    L1 statistic it is ``median / MAD``: when the labels' natural norms spread widely it falls below the
+    threshold, and then **no** label can be flagged however small its trigger — a clean verdict would
+    mean nothing (``powerless``). With the log statistic it is infinite.
     """
 
     anomaly_index: list[float]
@@ -32,10 +46,17 @@ class OutlierResult:
     threshold: float
     used: list[bool]
     notes: list[str] = field(default_factory=list)
+    statistic: Statistic = "l1"
+    ceiling: float = math.inf
 
     @property
     def conclusive(self) -> bool:
-        return sum(self.used) >= 3
+        return sum(self.used) >= 3 and not self.powerless
+
+    @property
+    def powerless(self) -> bool:
+        """No label is flagged and none could be: even an empty trigger stays under the threshold."""
+        return not self.flagged and self.ceiling <= self.threshold
 
 
 def mad_outlier_test(
@@ -44,6 +65,7 @@ def mad_outlier_test(
     threshold: float = 2.0,
     eligible: Sequence[bool] | None = None,
     names: Sequence[int] | None = None,
+    statistic: Statistic = "l1",
 ) -> OutlierResult:
     """Run the outlier test on L1 norms.
 
@@ -53,10 +75,18 @@ def mad_outlier_test(
         eligible: labels that may be flagged (e.g. only those whose trigger reached the attack
             threshold); the others still count towards the median and MAD.
         names: the label numbers, for the notes (default ``0..n-1``).
+        statistic: ``"l1"``, the paper's test on the norms, or ``"log"``: the same test on their
+            logarithms, which measures how many *times* smaller a label's trigger is than the others'
+            (see ``docs/detection.md``; not in the paper).
     """
     if threshold <= 0:
         raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
+    if statistic not in STATISTICS:
+        raise SettingsError(f"unknown outlier statistic {statistic!r}; use l1 or log")
     values = np.asarray(norms, dtype=np.float64)
+    if statistic == "log":
+        with np.errstate(invalid="ignore"):
+            values = np.log(np.maximum(values, _LOG_FLOOR))
     labels = list(names) if names is not None else list(range(len(values)))
     can_flag = np.ones(len(values), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     finite = np.isfinite(values)
@@ -68,7 +98,9 @@ def mad_outlier_test(
     index = np.full(len(values), math.nan)
     if used.sum() < 3:
         notes.append(f"only {int(used.sum())} finite norms: the outlier test needs at least 3 labels")
-        return OutlierResult(index.tolist(), [], math.nan, math.nan, threshold, used.tolist(), notes)
+        return OutlierResult(
+            index.tolist(), [], math.nan, math.nan, threshold, used.tolist(), notes, statistic, math.nan
+        )
     median = float(np.median(values[used]))
     mad = CONSISTENCY * float(np.median(np.abs(values[used] - median)))
     dev = np.abs(values - median)
@@ -87,4 +119,13 @@ def mad_outlier_test(
         notes.append(
             f"labels {skipped} have small, outlying norms but their trigger never reached the attack threshold; not flagged"
         )
-    return OutlierResult(index.tolist(), flagged, median, mad, threshold, used.tolist(), notes)
+    ceiling = math.inf if statistic == "log" or mad == 0 else median / mad
+    if not flagged and ceiling <= threshold:
+        notes.append(
+            f"the test has no power here: the labels' L1 norms spread so widely (median {median:.1f}, "
+            f"MAD {mad:.1f}) that even an empty trigger would get index {ceiling:.2f} <= {threshold:g}; "
+            "the verdict is inconclusive, not clean (the log statistic has no such ceiling)"
+        )
+    return OutlierResult(
+        index.tolist(), flagged, median, mad, threshold, used.tolist(), notes, statistic, ceiling
+    )

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from .._io import atomic_directory, atomic_write_json
-from ..errors import DataError
+from ..errors import DataError, SettingsError
 from ..triggers import Trigger
+from .outlier import OutlierResult, mad_outlier_test
 
 __all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
 
@@ -97,7 +98,10 @@ class DetectionReport:
     """What a Neural Cleanse scan found.
 
     ``verdict`` is ``backdoored`` when at least one label is flagged, ``clean`` when none is, and
-    ``inconclusive`` when the outlier test could not run (fewer than three labels with a finite norm).
+    ``inconclusive`` when the outlier test could not run (fewer than three labels with a finite norm)
+    or had no power (with the L1 statistic, ``median / mad`` at or below the threshold: no label could
+    have been flagged). ``median`` and ``mad`` are in the units of ``statistic`` (``l1``: the norms;
+    ``log``: their natural logarithms); :attr:`median_l1` is always the median L1 norm.
     """
 
     verdict: str
@@ -113,6 +117,7 @@ class DetectionReport:
     notes: list[str] = field(default_factory=list)
     triggers: dict[int, Trigger] = field(default_factory=dict, repr=False)
     example: torch.Tensor | None = field(default=None, repr=False)  # a clean image for the stamped PNGs
+    statistic: str = "l1"
     format_version: int = REPORT_FORMAT_VERSION
 
     # ---- views --------------------------------------------------------------------------------------
@@ -121,6 +126,35 @@ class DetectionReport:
             if r.label == k:
                 return r
         raise KeyError(f"label {k} is not in this report")
+
+    @property
+    def median_l1(self) -> float:
+        """Median L1 norm of the labels in the test, whatever the statistic."""
+        if self.statistic == "log":
+            return math.exp(self.median)
+        return self.median
+
+    @property
+    def ceiling(self) -> float:
+        """The anomaly index an empty trigger would get (``inf`` for the log statistic)."""
+        if self.statistic == "log" or not self.mad > 0:
+            return math.inf
+        return self.median / self.mad
+
+    def outlier_test(self, *, statistic: str | None = None, threshold: float | None = None) -> OutlierResult:
+        """Re-run the outlier test on this report's norms, e.g. with the other statistic: no optimisation."""
+        from .outlier import STATISTICS
+
+        stat = statistic or self.statistic
+        if stat not in STATISTICS:
+            raise SettingsError(f"unknown outlier statistic {stat!r}; use l1 or log")
+        return mad_outlier_test(
+            [r.l1_norm for r in self.labels],
+            threshold=self.threshold if threshold is None else threshold,
+            eligible=[r.reached for r in self.labels],
+            names=[r.label for r in self.labels],
+            statistic="log" if stat == "log" else "l1",
+        )
 
     @property
     def l1_norms(self) -> dict[int, float]:
@@ -134,12 +168,12 @@ class DetectionReport:
         """One sentence for people."""
         if self.verdict == "backdoored":
             parts = ", ".join(
-                f"label {r.label} ({r.name}) with anomaly index {r.anomaly_index:.2f}, L1 {r.l1_norm:.1f} vs median {self.median:.1f}"
+                f"label {r.label} ({r.name}) with anomaly index {r.anomaly_index:.2f}, L1 {r.l1_norm:.1f} vs median {self.median_l1:.1f}"
                 for r in sorted((self.label(k) for k in self.flagged), key=lambda r: r.l1_norm)
             )
             return f"BACKDOORED: {parts}"
         if self.verdict == "clean":
-            worst = max((r.anomaly_index for r in self.labels if r.l1_norm < self.median), default=0.0)
+            worst = max((r.anomaly_index for r in self.labels if r.l1_norm < self.median_l1), default=0.0)
             return f"clean: no label below the median has an anomaly index above {self.threshold:g} (largest {worst:.2f})"
         return "inconclusive: " + "; ".join(self.notes)
 
@@ -157,6 +191,7 @@ class DetectionReport:
             "median": _num(self.median),
             "mad": _num(self.mad),
             "threshold": self.threshold,
+            "statistic": self.statistic,
             "notes": self.notes,
             "settings": self.settings,
             "data": self.data,
@@ -221,6 +256,7 @@ class DetectionReport:
                 median=_unnum(d["median"]),
                 mad=_unnum(d["mad"]),
                 threshold=float(d["threshold"]),
+                statistic=str(d.get("statistic", "l1")),
                 settings=d["settings"],
                 data=d["data"],
                 model=d["model"],

@@ -21,7 +21,7 @@ from ..metrics import predict
 from ..triggers import Trigger
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .engine import LabelState, StepSnapshot, reverse_engineer
-from .outlier import mad_outlier_test
+from .outlier import STATISTICS, Statistic, mad_outlier_test
 from .report import DetectionReport, LabelResult
 from .settings import ReverseSettings
 
@@ -88,6 +88,8 @@ class NeuralCleanse:
         settings: optimisation schedule (default: the batched engine; :meth:`ReverseSettings.original`
             for the original code's sequential schedule).
         threshold: anomaly index above which a small-norm label is flagged (paper: 2).
+        statistic: ``"l1"`` (the paper: the outlier test on the L1 norms) or ``"log"`` (on their
+            logarithms; see :func:`~neuralcleanse.detection.mad_outlier_test`).
         device: where to run (``auto``, ``cpu``, ``cuda``...).
 
     Examples::
@@ -104,17 +106,24 @@ class NeuralCleanse:
         *,
         settings: ReverseSettings | None = None,
         threshold: float = 2.0,
+        statistic: Statistic = "l1",
         device: str | torch.device = "cpu",
     ) -> None:
         if threshold <= 0:
             raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
+        if statistic not in STATISTICS:
+            raise SettingsError(f"unknown outlier statistic {statistic!r}; use l1 or log")
         self.model = model
         self.settings = settings or ReverseSettings()
         self.threshold = threshold
+        self.statistic: Statistic = statistic
         self.device = resolve_device(device)
 
     def __repr__(self) -> str:
-        return f"NeuralCleanse(settings={self.settings!r}, threshold={self.threshold}, device={self.device})"
+        return (
+            f"NeuralCleanse(settings={self.settings!r}, threshold={self.threshold}, "
+            f"statistic={self.statistic!r}, device={self.device})"
+        )
 
     def scan(
         self,
@@ -285,6 +294,7 @@ class NeuralCleanse:
             median=report["median"],
             mad=report["mad"],
             threshold=self.threshold,
+            statistic=self.statistic,
             settings={
                 **self.settings.to_dict(),
                 "mode": "sequential" if self.settings.sequential else "batched",
@@ -312,6 +322,7 @@ class NeuralCleanse:
             threshold=self.threshold,
             eligible=[s.reached for s in states],
             names=[s.label for s in states],
+            statistic=self.statistic,
         )
         rows = []
         for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
@@ -366,6 +377,7 @@ def scan(
     *,
     device: str | torch.device = "cpu",
     threshold: float = 2.0,
+    statistic: Statistic = "l1",
     sequential: bool = False,
     samples: int | None = 1000,
     scan_labels: Sequence[int] | None = None,
@@ -394,7 +406,7 @@ def scan(
     notes = list(getattr(model, "notes", []))
     if not isinstance(images, (torch.Tensor, ImageDataset)):
         images, labels = _collect_batches(images)
-    nc = NeuralCleanse(net, settings=cfg, threshold=threshold, device=device)
+    nc = NeuralCleanse(net, settings=cfg, threshold=threshold, statistic=statistic, device=device)
     return nc.scan(
         images,
         labels=labels,

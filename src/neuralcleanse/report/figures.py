@@ -43,10 +43,13 @@ def norm_chart(
     median: float,
     mad: float,
     threshold: float,
+    statistic: str = "l1",
 ) -> bytes:
     """Two panels: every label's reversed-trigger L1 norm (sorted) with the median, the MAD band and the
     flag line, flagged labels in red; and the anomaly index with the threshold. With more than
-    :data:`MANY_LABELS` labels the panels become distributions with the flagged labels annotated."""
+    :data:`MANY_LABELS` labels the panels become distributions with the flagged labels annotated.
+    ``median`` and ``mad`` are in the units of ``statistic`` (``log``: of the norms' logarithms); the
+    chart draws them back in L1 units."""
     plt = _plt()
     rows = [
         (lab, name, n, a)
@@ -58,6 +61,9 @@ def norm_chart(
     many = len(rows) > MANY_LABELS
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     cut = median - threshold * mad if math.isfinite(mad) else math.nan
+    lo, hi = median - mad, median + mad
+    if statistic == "log":  # back to L1 units: the band and the cut are ratios around the median
+        median, lo, hi, cut = (math.exp(v) if math.isfinite(v) else v for v in (median, lo, hi, cut))
     if not many:
         xs = range(len(rows))
         ax1.bar(xs, [r[2] for r in rows], color=[_RED if r[0] in flag else _GREY for r in rows])
@@ -75,10 +81,12 @@ def norm_chart(
     if math.isfinite(median):
         line(median, color=_BLUE, lw=1.5, label=f"median {median:.1f}")
         if math.isfinite(mad) and mad > 0:
-            lo, hi = median - mad, median + mad
-            (ax1.axhspan if not many else ax1.axvspan)(
-                lo, hi, color=_BLUE, alpha=0.12, label=f"median ± MAD ({mad:.1f})"
+            band = (
+                f"median ± MAD ({mad:.1f})"
+                if statistic != "log"
+                else f"median ×/÷ e^MAD ({math.exp(mad):.2f})"
             )
+            (ax1.axhspan if not many else ax1.axvspan)(lo, hi, color=_BLUE, alpha=0.12, label=band)
             line(cut, color=_RED, lw=1, ls="--", label=f"flag below {cut:.1f} (index {threshold:g})")
     ax1.set_title("L1 norm of each label's smallest trigger")
     if not many:

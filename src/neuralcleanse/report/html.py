@@ -75,7 +75,7 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
             r = report.label(k)
             parts.append(
                 f"label <b>{k}</b> ({html.escape(r.name)}): anomaly index <b>{r.anomaly_index:.2f}</b>, "
-                f"its smallest trigger has L1 {r.l1_norm:.1f} against a median of {report.median:.1f}"
+                f"its smallest trigger has L1 {r.l1_norm:.1f} against a median of {report.median_l1:.1f}"
             )
         text = (
             "<b>Backdoored.</b> "
@@ -89,7 +89,7 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
         below = [
             r.anomaly_index
             for r in report.labels
-            if r.l1_norm < report.median and math.isfinite(r.anomaly_index)
+            if r.l1_norm < report.median_l1 and math.isfinite(r.anomaly_index)
         ]
         worst = max(below, default=0.0)
         return "ok", (
@@ -236,6 +236,19 @@ def _mitigation_html(m: Any, figures: dict[str, bytes]) -> str:
     )
 
 
+def _statistic_html(report: DetectionReport) -> str:
+    if report.statistic == "log":
+        return (
+            f"Outlier test on log L1 norms: median L1 {_fmt(report.median_l1, 1)}, MAD of the logs "
+            f"{_fmt(report.mad, 2)} (1.4826 × median absolute deviation; a label's index counts how many "
+            "such factors its norm lies below the median)."
+        )
+    return (
+        f"Median L1 {_fmt(report.median, 1)}, MAD {_fmt(report.mad, 1)} (1.4826 × median absolute deviation); "
+        f"even an empty trigger could reach index {_fmt(report.ceiling, 2)} at most."
+    )
+
+
 def render_html(
     report: DetectionReport, root: Path, *, validation: Any = None, mitigations: Sequence[Any] = ()
 ) -> tuple[str, dict[str, bytes]]:
@@ -251,6 +264,7 @@ def render_html(
             median=report.median,
             mad=report.mad,
             threshold=report.threshold,
+            statistic=report.statistic,
         )  # fmt: skip
     }
     example_file = root / "images" / "example.png"
@@ -286,7 +300,7 @@ def render_html(
         f'<div class="verdict {cls}">{verdict}</div>',
         "<h2>How far is each label from the others?</h2>",
         _img(figures["l1_norms.png"], "L1 norms and anomaly indices", "fig"),
-        f'<p class="muted">Median L1 {_fmt(report.median, 1)}, MAD {_fmt(report.mad, 1)} (1.4826 × median absolute deviation). '
+        f'<p class="muted">{_statistic_html(report)} '
         f"Only labels below the median can be flagged, when their anomaly index exceeds {report.threshold:g}.</p>",
         "<h2>Reversed triggers</h2>",
         _gallery(report, root, example),
