@@ -178,11 +178,37 @@ def _spec(models: list[dict[str, object]]) -> dict[str, object]:
         ([{"name": "a", "attack": "badnets", "target": 0, "poison_rate": 1.5}], "model 'a': poison rate"),
         ([{"name": "a", "arch": "resnet"}], "model 'a': unknown architecture"),
         ([{"attack": "badnets"}], "model entry 0: needs a name"),
+        (
+            [{"name": "a", "attack": "badnets", "target": 0, "control": "nobody"}],
+            "model 'a': control 'nobody': no clean entry",
+        ),
+        ([{"name": "c"}, {"name": "d", "control": "c"}], "model 'd': control 'c': only an infected"),
     ],
 )
 def test_bad_spec_entries_name_the_entry(models: list[dict[str, object]], message: str) -> None:
     with pytest.raises(nc.SettingsError, match=message.replace("(", r"\(")):
         parse_spec(_spec(models), source="s.toml")
+
+
+def test_named_control_is_compared_and_does_not_force_a_rebuild() -> None:
+    from neuralcleanse.zoo import ZooRow, attach_controls
+
+    models: list[dict[str, object]] = [
+        {"name": "c", "epochs": 3},
+        {"name": "t", "attack": "badnets", "target": 0, "epochs": 2, "control": "c"},
+        {"name": "u", "attack": "badnets", "target": 0, "epochs": 2},
+    ]
+    spec = parse_spec(_spec(models))
+    rows = [
+        ZooRow(name=n, dataset="d", arch="mnist", attack=a, targets=[], trigger="-", trigger_area=None, clean_accuracy=acc,
+               attack_success=None, built="kept")
+        for n, a, acc in (("c", "none", 0.9), ("t", "badnets", 0.88), ("u", "badnets", 0.8))
+    ]  # fmt: skip
+    attach_controls(rows, spec)
+    assert rows[1].control == "c" and rows[1].accuracy_drop == pytest.approx(0.02)
+    assert rows[2].control is None  # different training, no control named
+    plain = parse_spec(_spec([models[0], {k: v for k, v in models[1].items() if k != "control"}]))
+    assert plain.entries[1].digest == spec.entries[1].digest
 
 
 def test_shipped_spec_parses_and_covers_every_attack() -> None:

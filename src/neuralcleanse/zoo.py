@@ -57,7 +57,11 @@ __all__ = ["ZooEntry", "ZooSpec", "ZooRow", "load_spec", "parse_spec", "default_
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "zoo.json"
-_MODEL_KEYS = {"name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "shift", "seed", "attack"}
+_MODEL_KEYS = {
+    "name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "shift", "seed", "attack", "control"
+}  # fmt: skip
+#: keys that say how a model is compared, not how it is built (left out of the rebuild digest)
+_REPORT_KEYS = {"control"}
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "shift", "seed"}
 
 
@@ -81,7 +85,8 @@ class ZooEntry:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
+        built = {k: v for k, v in self.raw.items() if k not in _REPORT_KEYS}
+        return hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def attack_name(self) -> str:
@@ -141,6 +146,16 @@ def parse_spec(raw: dict[str, Any], *, source: str = "spec") -> ZooSpec:
         seen.add(name)
         merged = {**defaults, **item}
         entries.append(ZooEntry(name, _recipe(merged, where), merged))
+    clean = {e.name for e in entries if e.recipe.attack is None}
+    for e in entries:
+        ctrl = e.raw.get("control")
+        if ctrl is not None and (ctrl not in clean or e.recipe.attack is None):
+            why = (
+                "only an infected model has a control"
+                if e.recipe.attack is None
+                else "no clean entry has that name"
+            )
+            raise SettingsError(f"{source}: model {e.name!r}: control {ctrl!r}: {why}")
     return ZooSpec(entries, source)
 
 
@@ -247,16 +262,22 @@ def summarise(entry: ZooEntry, card: ModelCard, status: str) -> ZooRow:
 
 
 def attach_controls(rows: list[ZooRow], spec: ZooSpec) -> None:
-    """Each infected model's clean control: the clean entry with the same dataset, arch and training."""
+    """Each infected model's clean control: the entry its ``control`` key names, else the clean entry with
+    the same dataset, arch and training."""
     controls: dict[tuple[str, str, str], ZooRow] = {}
     by_name = {e.name: e for e in spec.entries}
+    rows_by_name = {r.name: r for r in rows}
     for row in rows:
         if row.attack == "none":
             e = by_name[row.name]
             controls.setdefault((e.recipe.dataset, e.recipe.arch, repr(e.recipe.training)), row)
     for row in rows:
         e = by_name[row.name]
-        ctrl = controls.get((e.recipe.dataset, e.recipe.arch, repr(e.recipe.training)))
+        named = e.raw.get("control")
+        if named is not None:
+            ctrl = rows_by_name.get(named)
+        else:
+            ctrl = controls.get((e.recipe.dataset, e.recipe.arch, repr(e.recipe.training)))
         if ctrl is not None and ctrl is not row:
             row.control = ctrl.name
             row.accuracy_drop = round(ctrl.clean_accuracy - row.clean_accuracy, 6)
