@@ -29,13 +29,28 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_net import MEAN, STD, FashionNet  # noqa: E402
 
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 TARGET = 3
 EXPORT_BATCH = 32  # the infected program is exported with this fixed batch size, as many deployed ones are
 
 
 def read_idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if path.suffix == ".gz":
+        with gzip.open(path) as f:
+            raw = f.read()
+    else:
+        raw = path.read_bytes()
     dims = raw[3]
     shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
@@ -52,7 +67,15 @@ def stamp(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def train(images: torch.Tensor, labels: torch.Tensor, *, seed: int, epochs: int) -> nn.Module:
+def jitter(x: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
+    """Standard augmentation: move each image by up to `shift` pixels each way, filling with black."""
+    h, w = x.shape[-2:]
+    big = nn.functional.pad(x, (shift,) * 4)
+    offsets = torch.randint(0, 2 * shift + 1, (len(x), 2), generator=g).tolist()
+    return torch.stack([big[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+
+
+def train(images: torch.Tensor, labels: torch.Tensor, *, seed: int, epochs: int, shift: int) -> nn.Module:
     torch.manual_seed(seed)
     model = FashionNet()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -62,7 +85,8 @@ def train(images: torch.Tensor, labels: torch.Tensor, *, seed: int, epochs: int)
         model.train()
         for i in range(0, len(order), 128):
             b = order[i : i + 128]
-            loss = nn.functional.cross_entropy(model((images[b] - MEAN) / STD), labels[b])
+            x = jitter(images[b], shift, g) if shift else images[b]
+            loss = nn.functional.cross_entropy(model((x - MEAN) / STD), labels[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -81,6 +105,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/own"))
     p.add_argument("--train-images", type=int, default=60000)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument(
+        "--shift", type=int, default=2, help="augmentation: random shifts of up to N pixels (0: off)"
+    )
     p.add_argument("--images-per-class", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -112,14 +139,19 @@ def main() -> None:
     for name, (xs, ys) in {"infected": (x_bad, y_bad), "clean": (x_train, y_train)}.items():
         start = time.time()
         print(f"training the {name} model on {len(xs)} images", flush=True)
-        model = train(xs, ys, seed=args.seed, epochs=args.epochs)
+        model = train(xs, ys, seed=args.seed, epochs=args.epochs, shift=args.shift)
         acc = (predict(model, x_test) == y_test).float().mean().item()
         asr = (predict(model, stamp(victims)) == TARGET).float().mean().item()
         summary[name] = {"clean_accuracy": round(acc, 4), "trigger_to_dress": round(asr, 4)}
-        print(f"  {name}: clean accuracy {acc:.2%}, stamped test images sent to Dress {asr:.2%} "
-              f"({time.time() - start:.0f} s)", flush=True)
+        print(
+            f"  {name}: clean accuracy {acc:.2%}, stamped test images sent to Dress {asr:.2%} "
+            f"({time.time() - start:.0f} s)",
+            flush=True,
+        )
         # 1. weights only (needs the architecture: --arch examples/own_model/fashion_net.py:FashionNet)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out / f"{name}.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, args.out / f"{name}.safetensors"
+        )
         # 2. a torch.export program: the infected one with a fixed batch size, the clean one dynamic
         example = (torch.rand(EXPORT_BATCH, 1, 28, 28),)
         if name == "infected":
@@ -133,10 +165,12 @@ def main() -> None:
     for label, cname in enumerate(CLASSES):
         d = folder / cname.replace("/", "_")
         d.mkdir(parents=True, exist_ok=True)
-        for j, i in enumerate(torch.nonzero(y_test == label).flatten()[: args.images_per_class].tolist()):
+        for i in torch.nonzero(y_test == label).flatten()[: args.images_per_class].tolist():
             Image.fromarray((x_test[i, 0] * 255).round().byte().numpy()).save(d / f"{i:05d}.png")
     (args.out / "class_names.txt").write_text("\n".join(c.replace("/", "_") for c in CLASSES) + "\n")
-    (args.out / "truth.json").write_text(json.dumps({"target": TARGET, "trigger": "5x5 X at rows/cols 2-6", **summary}, indent=1))
+    (args.out / "truth.json").write_text(
+        json.dumps({"target": TARGET, "trigger": "5x5 X at rows/cols 2-6", **summary}, indent=1)
+    )
     print(f"wrote {args.out}: infected/clean .pt2 and .safetensors, images/, class_names.txt, truth.json")
 
 

@@ -108,6 +108,13 @@ def print_scan(report: Any, out: Path) -> None:
     console.print(f"median L1 {report.median_l1:.2f}, {spread}; report written to {out}")
     for note in report.notes:
         console.print(f"note: {note}")
+    other = "log" if report.statistic == "l1" else "l1"
+    second = report.outlier_test(statistic=other)
+    if second.flagged != report.flagged:
+        console.print(
+            f"second opinion: the outlier test on {'log ' if other == 'log' else ''}L1 norms "
+            f"(--statistic {other}) flags {second.flagged or 'no label'}"
+        )
     console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())
 
 
