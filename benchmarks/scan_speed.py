@@ -10,6 +10,10 @@ against the model's measured peak forward+backward throughput, flagged labels, t
 the target, and whether the two modes agree. "ceil" is the largest index the paper's L1 test could give
 any label (median / MAD; below 2 the test cannot flag anything), and the last columns re-run the outlier
 test on the same norms with the log statistic (``--statistic log``).
+
+It also trains clean models of the same recipe with other seeds (``--reference-seeds``, default 1,2),
+scans them, and re-runs the outlier test of every scan above against them (``--reference``: each
+label's L1 norm divided by its norm in those trusted models, ``statistic="relative"``).
 """
 
 from __future__ import annotations
@@ -41,16 +45,19 @@ def throughput(model: torch.nn.Module, shape: tuple[int, int, int], classes: int
     return rates
 
 
-def get_model(data: nc.DatasetSplits, args: argparse.Namespace, attack: nc.BadNets | None) -> nc.ModelBundle:
+def get_model(
+    data: nc.DatasetSplits, args: argparse.Namespace, attack: nc.BadNets | None, seed: int | None = None
+) -> nc.ModelBundle:
+    seed = args.seed if seed is None else seed
     shift = f"-shift{args.shift}" if args.shift else ""
-    name = f"{data.name}-{args.arch}-{'badnets' if attack else 'clean'}-e{args.epochs}{shift}-s{args.seed}"
+    name = f"{data.name}-{args.arch}-{'badnets' if attack else 'clean'}-e{args.epochs}{shift}-s{seed}"
     path = args.cache / name
     if path.exists():
         return nc.load_model_dir(path)
     recipe = nc.Recipe(
         dataset=data.name,
         arch=args.arch,
-        training=nc.TrainSettings(epochs=args.epochs, shift=args.shift, seed=args.seed),
+        training=nc.TrainSettings(epochs=args.epochs, shift=args.shift, seed=seed),
         attack=attack,
     )
     bundle = nc.train_recipe(recipe, data=data, device="cpu")
@@ -71,6 +78,11 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--cache", type=Path, default=Path("runs/bench-models"))
     p.add_argument("--skip-sequential", action="store_true")
+    p.add_argument(
+        "--reference-seeds",
+        default="1,2",
+        help="seeds of the clean reference models (comma-separated; empty: no reference test)",
+    )
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     data = nc.load_dataset(args.dataset, root=args.data_dir)
@@ -129,6 +141,36 @@ def main() -> None:
                 f"{label:18s} batched is {ratio:.1f}x faster than sequential "
                 f"({work:.1f}x fewer images, {b.run['images_per_second'] / s.run['images_per_second']:.2f}x the images/s); "
                 f"verdicts {agree}: {b.verdict} / {s.verdict}; log test {'agrees' if log_agree else 'DISAGREES'}"
+            )
+
+    seeds = [int(v) for v in args.reference_seeds.split(",") if v.strip()]
+    if seeds:
+        print(
+            f"\nreference: clean models of the same recipe, seeds {seeds}, scanned batched (seed {args.scan_seed})"
+        )
+        refs = []
+        for seed in seeds:
+            ref_model = get_model(data, args, None, seed=seed)
+            ref = NeuralCleanse(ref_model.model, settings=modes["batched"], device="cpu").scan(
+                data.test, samples=args.samples
+            )
+            refs.append(ref)
+            print(
+                f"  clean seed {seed}: clean acc {ref_model.card.clean_accuracy:.4f}; the paper's test on it flags "
+                f"{ref.flagged or 'nothing'}; L1 {[round(r.l1_norm, 1) for r in ref.labels]}"
+            )
+        reference = nc.Reference.from_reports(refs)
+        print(
+            f"{'model':18s} {'mode':10s} {'paper: flagged':14s} {'idx(0)':>6s} | {'relative: flagged':17s} {'idx(0)':>6s}  verdict"
+        )
+        for (label, mode), report in results.items():
+            rel = report.outlier_test(statistic="relative", reference=reference)
+            truth = [0] if label.startswith("badnets") else []
+            print(
+                f"{label:18s} {mode:10s} {str(report.flagged):14s} {report.label(0).anomaly_index:6.2f} |"
+                f" {str(rel.flagged):17s} {rel.anomaly_index[0]:6.2f}  "
+                f"{'correct' if rel.flagged == truth else 'WRONG'} (paper's test: "
+                f"{'correct' if report.flagged == truth else 'WRONG'})"
             )
 
 

@@ -90,3 +90,40 @@ def test_a_well_spread_clean_set_is_conclusive_with_either_statistic() -> None:
 def test_unknown_statistic() -> None:
     with pytest.raises(SettingsError, match="statistic"):
         mad_outlier_test([1.0, 2.0, 3.0], statistic="l2")  # type: ignore[arg-type]
+
+
+# L1 norms measured on full Fashion-MNIST (`docs/detection.md`): two clean models of the same recipe
+# (seeds 0 and 1) and a BadNets model (4x4 white square, target 0). Bag (8) is easy in every model.
+FMNIST_CLEAN_S0 = [59.09, 52.62, 69.75, 63.53, 70.23, 58.55, 53.19, 79.72, 26.21, 76.26]
+FMNIST_CLEAN_S1 = [38.27, 62.54, 59.6, 63.47, 56.34, 59.38, 43.85, 84.33, 33.37, 68.27]
+FMNIST_BADNETS = [12.56, 53.69, 53.09, 57.84, 61.6, 63.05, 37.72, 111.93, 27.92, 86.5]
+
+
+def test_relative_statistic_cancels_a_natural_shortcut() -> None:
+    # the paper's test calls the clean model's Bag label a backdoor ...
+    assert mad_outlier_test(FMNIST_CLEAN_S0).flagged == [8]
+    # ... measured against the same label in another clean model, it is ordinary
+    r = mad_outlier_test(FMNIST_CLEAN_S0, statistic="relative", reference=FMNIST_CLEAN_S1)
+    ratios = np.log(np.array(FMNIST_CLEAN_S0) / np.array(FMNIST_CLEAN_S1))
+    med = float(np.median(ratios))
+    assert r.median == pytest.approx(med)
+    assert r.mad == pytest.approx(1.4826 * float(np.median(np.abs(ratios - med))))
+    assert r.flagged == [] and r.conclusive and math.isinf(r.ceiling)
+    # while the planted label stands out far more than in the paper's test
+    bad = mad_outlier_test(FMNIST_BADNETS, statistic="relative", reference=FMNIST_CLEAN_S1)
+    assert bad.flagged == [0] and bad.anomaly_index[0] > 5 > 2.5 > mad_outlier_test(FMNIST_BADNETS).anomaly_index[0]
+    assert bad.below_median[0] and not bad.below_median[7]
+
+
+def test_relative_statistic_needs_matching_reference_norms() -> None:
+    with pytest.raises(SettingsError, match="reference"):
+        mad_outlier_test(FMNIST_CLEAN_S0, statistic="relative")
+    with pytest.raises(SettingsError, match="reference"):
+        mad_outlier_test(FMNIST_CLEAN_S0, reference=FMNIST_CLEAN_S1)
+    with pytest.raises(SettingsError, match="9 reference norms for 10 labels"):
+        mad_outlier_test(FMNIST_CLEAN_S0, statistic="relative", reference=FMNIST_CLEAN_S1[:9])
+    # a label without a usable reference norm is left out, and the notes say so
+    holes = [math.nan, *FMNIST_CLEAN_S1[1:-1], 0.0]
+    r = mad_outlier_test(FMNIST_BADNETS, statistic="relative", reference=holes)
+    assert r.used[0] is False and r.used[9] is False and math.isnan(r.anomaly_index[0])
+    assert any("reference norm" in n and "[0, 9]" in n for n in r.notes)

@@ -9,7 +9,14 @@ __version__ = "0.1.0"
 from .attacks import BadNets, poison_dataset  # noqa: E402
 from .data import DatasetSplits, ImageDataset, load_dataset  # noqa: E402
 from .data.files import load_images  # noqa: E402
-from .detection import DetectionReport, NeuralCleanse, ReverseSettings, mad_outlier_test, scan  # noqa: E402
+from .detection import (  # noqa: E402
+    DetectionReport,
+    NeuralCleanse,
+    Reference,
+    ReverseSettings,
+    mad_outlier_test,
+    scan,
+)
 from .errors import DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
 from .metrics import accuracy, attack_success_rate  # noqa: E402
 from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
@@ -33,6 +40,7 @@ __all__ = [
     "NeuralCleanseError",
     "Preprocessing",
     "Recipe",
+    "Reference",
     "ReverseSettings",
     "SettingsError",
     "TrainSettings",

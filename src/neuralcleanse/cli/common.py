@@ -94,26 +94,39 @@ def print_scan(report: Any, out: Path) -> None:
         box=box.SIMPLE_HEAD,
         title=f"Neural Cleanse scan ({report.settings['mode']}, {report.run['seconds']:.0f} s)",
     )
-    for col in ("label", "name", "L1 norm", "attack success", "steps", "anomaly index", ""):
+    ref = report.reference.l1_norms if report.reference is not None else None
+    cols = ["label", "name", "L1 norm", *(["reference L1"] if ref else []), "attack success", "steps"]
+    for col in [*cols, "anomaly index", ""]:
         table.add_column(col, justify="right" if col not in ("name", "") else "left")
     for r in sorted(report.labels, key=lambda r: (r.l1_norm != r.l1_norm, r.l1_norm)):
         flag = "FLAGGED" if r.flagged else ("" if r.reached else "not reached")
         table.add_row(
-            str(r.label), r.name, f"{r.l1_norm:.2f}", f"{100 * r.attack_success:.1f}%", str(r.steps),
-            f"{r.anomaly_index:.2f}", flag, style="bold red" if r.flagged else None,
+            str(r.label), r.name, f"{r.l1_norm:.2f}", *([f"{ref.get(r.label, float('nan')):.2f}"] if ref else []),
+            f"{100 * r.attack_success:.1f}%", str(r.steps), f"{r.anomaly_index:.2f}", flag,
+            style="bold red" if r.flagged else None,
         )  # fmt: skip
     console = Console(highlight=False)
     console.print(table)
-    spread = f"MAD {report.mad:.2f}" if report.statistic == "l1" else f"MAD of log norms {report.mad:.3f}"
+    spread = {
+        "l1": f"MAD {report.mad:.2f}",
+        "log": f"MAD of log norms {report.mad:.3f}",
+        "relative": f"MAD of log norm/reference ratios {report.mad:.3f}",
+    }.get(report.statistic, "")
     console.print(f"median L1 {report.median_l1:.2f}, {spread}; report written to {out}")
     for note in report.notes:
         console.print(f"note: {note}")
-    other = "log" if report.statistic == "l1" else "l1"
+    # a second opinion from the paper's test when another statistic decided, else from the log/relative one
+    other = "l1" if report.statistic != "l1" else ("relative" if report.reference is not None else "log")
     second = report.outlier_test(statistic=other)
     if second.flagged != report.flagged:
+        what = {
+            "l1": "L1 norms (the paper's test)",
+            "log": "log L1 norms",
+            "relative": "norms relative to the reference",
+        }
         console.print(
-            f"second opinion: the outlier test on {'log ' if other == 'log' else ''}L1 norms "
-            f"(--statistic {other}) flags {second.flagged or 'no label'}"
+            f"second opinion: the outlier test on {what[other]} (--statistic {other}) "
+            f"flags {second.flagged or 'no label'}"
         )
     console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())
 

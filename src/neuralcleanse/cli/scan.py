@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from ..errors import DataError, SettingsError
 from . import app
 from .common import device_option, parse_labels, print_scan, run_scan, setup_logging, verbose_option
+
+if TYPE_CHECKING:
+    from ..detection.outlier import Statistic
 
 
 def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
@@ -103,10 +106,17 @@ def build_preprocessing(
 )
 @click.option(
     "--statistic",
-    type=click.Choice(["l1", "log"]),
-    default="l1",
-    show_default=True,
-    help="Outlier test on the L1 norms (the paper) or on their logs (how many times smaller).",
+    type=click.Choice(["l1", "log", "relative"]),
+    help="Outlier test on the L1 norms (the paper; the default), on their logs (how many times smaller), "
+    "or on each norm over the same label's norm in --reference scans (the default with --reference).",
+)
+@click.option(
+    "--reference",
+    "references",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Scan report of a trusted model of the same task (repeatable): each label is compared with "
+    "itself there, which cancels the task's natural shortcuts.",
 )
 @click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label.")
 @click.option(
@@ -144,7 +154,8 @@ def scan(
     sequential: bool,
     loss: str,
     threshold: float,
-    statistic: str,
+    statistic: str | None,
+    references: tuple[Path, ...],
     max_steps: int,
     seed: int,
     out: Path | None,
@@ -163,7 +174,7 @@ def scan(
     """
     from .._io import check_output_dir
     from ..data.convert import read_class_names
-    from ..detection import NeuralCleanse, ReverseSettings
+    from ..detection import DetectionReport, NeuralCleanse, Reference, ReverseSettings
     from ..detection.checkpoint import remove_checkpoint
     from ..models.loading import load_model
 
@@ -177,6 +188,13 @@ def scan(
     if data_path is not None and dataset is not None:
         raise SettingsError("give either --data or --dataset, not both")
     wanted = parse_labels(labels_text)
+    reference = None
+    if references:
+        reference = Reference.from_reports(
+            [DetectionReport.load(p) for p in references], paths=[str(p) for p in references]
+        )
+    elif statistic == "relative":
+        raise SettingsError("--statistic relative needs --reference SCAN_DIR (a scan of a trusted model)")
     try:
         kwargs = json.loads(arch_kwargs) if arch_kwargs else None
     except json.JSONDecodeError as exc:
@@ -199,7 +217,8 @@ def scan(
         loaded.model,
         settings=settings,
         threshold=threshold,
-        statistic="log" if statistic == "log" else "l1",
+        statistic=cast("Statistic | None", statistic),  # click.Choice checked the name
+        reference=reference,
         device=device,
     )
     report = run_scan(

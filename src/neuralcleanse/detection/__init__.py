@@ -2,6 +2,7 @@
 
 from .engine import LabelState, reverse_engineer
 from .outlier import OutlierResult, mad_outlier_test
+from .reference import Reference
 from .report import DetectionReport, LabelResult
 from .scan import NeuralCleanse, ScanProgress, scan
 from .settings import ReverseSettings
@@ -12,6 +13,7 @@ __all__ = [
     "LabelState",
     "NeuralCleanse",
     "OutlierResult",
+    "Reference",
     "ReverseSettings",
     "ScanProgress",
     "mad_outlier_test",

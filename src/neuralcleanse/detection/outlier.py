@@ -16,9 +16,10 @@ __all__ = ["OutlierResult", "CONSISTENCY", "STATISTICS", "Statistic", "mad_outli
 #: scales the median absolute deviation to the standard deviation of a normal distribution
 CONSISTENCY = 1.4826
 
-Statistic = Literal["l1", "log"]
-#: what the test measures distances on: the L1 norms themselves (the paper) or their logarithms
-STATISTICS: tuple[Statistic, ...] = ("l1", "log")
+Statistic = Literal["l1", "log", "relative"]
+#: what the test measures distances on: the L1 norms themselves (the paper), their logarithms, or the
+#: logarithms of each norm divided by the same label's norm in trusted reference models of the task
+STATISTICS: tuple[Statistic, ...] = ("l1", "log", "relative")
 
 #: in the log statistic, norms below this (a trigger of a millionth of a pixel) count as this
 _LOG_FLOOR = 1e-6
@@ -28,12 +29,14 @@ _LOG_FLOOR = 1e-6
 class OutlierResult:
     """Anomaly index of every label and the flagged ones.
 
-    ``anomaly_index[i]`` is ``|s_i − median| / MAD`` of the statistic ``s`` (the L1 norm, or its log),
+    ``anomaly_index[i]`` is ``|s_i − median| / MAD`` of the statistic ``s`` (the L1 norm, its log, or
+    the log of its ratio to the label's reference norm),
     ``inf`` where MAD is 0 and the value differs from the median, ``nan`` where the label was left out.
     A label is flagged when its norm is **below** the median and its index is **strictly** above
     ``threshold``. ``median`` and ``mad`` are in the statistic's units.
 
-    ``ceiling`` is the index an empty trigger (L1 = 0) would get against this median and MAD. With the
+    ``below_median[i]`` says whether label ``i`` took part and lies below the median (only those can be
+    flagged). ``ceiling`` is the index an empty trigger (L1 = 0) would get against this median and MAD. With the
     L1 statistic it is ``median / MAD``: when the labels' natural norms spread widely it falls below the
     threshold, and then **no** label can be flagged however small its trigger — a clean verdict would
     mean nothing (``powerless``). With the log statistic it is infinite.
@@ -48,6 +51,7 @@ class OutlierResult:
     notes: list[str] = field(default_factory=list)
     statistic: Statistic = "l1"
     ceiling: float = math.inf
+    below_median: list[bool] = field(default_factory=list)
 
     @property
     def conclusive(self) -> bool:
@@ -66,6 +70,7 @@ def mad_outlier_test(
     eligible: Sequence[bool] | None = None,
     names: Sequence[int] | None = None,
     statistic: Statistic = "l1",
+    reference: Sequence[float] | None = None,
 ) -> OutlierResult:
     """Run the outlier test on L1 norms.
 
@@ -77,29 +82,49 @@ def mad_outlier_test(
         names: the label numbers, for the notes (default ``0..n-1``).
         statistic: ``"l1"``, the paper's test on the norms, or ``"log"``: the same test on their
             logarithms, which measures how many *times* smaller a label's trigger is than the others'
-            (see ``docs/detection.md``; not in the paper).
+            (see ``docs/detection.md``; not in the paper), or ``"relative"``: the same test on
+            ``log(L1 / reference)``, each label's norm measured against what the same label costs in
+            trusted models of the task, which cancels the task's natural shortcuts (not in the paper).
+        reference: with ``statistic="relative"``, one reference L1 norm per label (NaN: left out).
     """
     if threshold <= 0:
         raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
     if statistic not in STATISTICS:
         raise SettingsError(f"unknown outlier statistic {statistic!r}; use l1 or log")
     values = np.asarray(norms, dtype=np.float64)
-    if statistic == "log":
-        with np.errstate(invalid="ignore"):
+    if (statistic == "relative") != (reference is not None):
+        raise SettingsError("the relative statistic needs reference norms, and reference norms need it")
+    if statistic != "l1":
+        with np.errstate(invalid="ignore", divide="ignore"):
             values = np.log(np.maximum(values, _LOG_FLOOR))
+            if reference is not None:
+                ref = np.asarray(reference, dtype=np.float64)
+                if ref.shape != values.shape:
+                    raise SettingsError(f"{len(ref)} reference norms for {len(values)} labels")
+                values = values - np.log(np.where(ref > 0, ref, np.nan))
     labels = list(names) if names is not None else list(range(len(values)))
     can_flag = np.ones(len(values), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     finite = np.isfinite(values)
     notes: list[str] = []
     if (~finite).any():
         bad = [labels[i] for i in np.flatnonzero(~finite)]
-        notes.append(f"labels {bad} have no finite L1 norm (NaN/inf); left out of the test")
+        what = "no finite L1 norm or reference norm" if reference is not None else "no finite L1 norm"
+        notes.append(f"labels {bad} have {what} (NaN/inf); left out of the test")
     used = finite.copy()
     index = np.full(len(values), math.nan)
     if used.sum() < 3:
         notes.append(f"only {int(used.sum())} finite norms: the outlier test needs at least 3 labels")
         return OutlierResult(
-            index.tolist(), [], math.nan, math.nan, threshold, used.tolist(), notes, statistic, math.nan
+            index.tolist(),
+            [],
+            math.nan,
+            math.nan,
+            threshold,
+            used.tolist(),
+            notes,
+            statistic,
+            math.nan,
+            [False] * len(values),
         )
     median = float(np.median(values[used]))
     mad = CONSISTENCY * float(np.median(np.abs(values[used] - median)))
@@ -119,13 +144,14 @@ def mad_outlier_test(
         notes.append(
             f"labels {skipped} have small, outlying norms but their trigger never reached the attack threshold; not flagged"
         )
-    ceiling = math.inf if statistic == "log" or mad == 0 else median / mad
+    ceiling = math.inf if statistic != "l1" or mad == 0 else median / mad
     if not flagged and ceiling <= threshold:
         notes.append(
             f"the test has no power here: the labels' L1 norms spread so widely (median {median:.1f}, "
             f"MAD {mad:.1f}) that even an empty trigger would get index {ceiling:.2f} <= {threshold:g}; "
             "the verdict is inconclusive, not clean (the log statistic has no such ceiling)"
         )
+    below = (used & (values < median)).tolist()
     return OutlierResult(
-        index.tolist(), flagged, median, mad, threshold, used.tolist(), notes, statistic, ceiling
+        index.tolist(), flagged, median, mad, threshold, used.tolist(), notes, statistic, ceiling, below
     )

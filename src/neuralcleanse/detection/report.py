@@ -14,7 +14,8 @@ import torch
 from .._io import atomic_directory, atomic_write_json
 from ..errors import DataError, SettingsError
 from ..triggers import Trigger
-from .outlier import OutlierResult, mad_outlier_test
+from .outlier import STATISTICS, OutlierResult, Statistic, mad_outlier_test
+from .reference import Reference
 
 __all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
 
@@ -101,7 +102,8 @@ class DetectionReport:
     ``inconclusive`` when the outlier test could not run (fewer than three labels with a finite norm)
     or had no power (with the L1 statistic, ``median / mad`` at or below the threshold: no label could
     have been flagged). ``median`` and ``mad`` are in the units of ``statistic`` (``l1``: the norms;
-    ``log``: their natural logarithms); :attr:`median_l1` is always the median L1 norm.
+    ``log``: their natural logarithms; ``relative``: the logarithms of each norm over its ``reference``
+    norm); :attr:`median_l1` is always the median L1 norm.
     """
 
     verdict: str
@@ -118,6 +120,7 @@ class DetectionReport:
     triggers: dict[int, Trigger] = field(default_factory=dict, repr=False)
     example: torch.Tensor | None = field(default=None, repr=False)  # a clean image for the stamped PNGs
     statistic: str = "l1"
+    reference: Reference | None = None
     format_version: int = REPORT_FORMAT_VERSION
 
     # ---- views --------------------------------------------------------------------------------------
@@ -132,28 +135,45 @@ class DetectionReport:
         """Median L1 norm of the labels in the test, whatever the statistic."""
         if self.statistic == "log":
             return math.exp(self.median)
+        if self.statistic == "relative":
+            finite = sorted(r.l1_norm for r in self.labels if math.isfinite(r.l1_norm))
+            if not finite:
+                return math.nan
+            mid = len(finite) // 2
+            return finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
         return self.median
 
     @property
     def ceiling(self) -> float:
-        """The anomaly index an empty trigger would get (``inf`` for the log statistic)."""
-        if self.statistic == "log" or not self.mad > 0:
+        """The anomaly index an empty trigger would get (``inf`` for the log and relative statistics)."""
+        if self.statistic != "l1" or not self.mad > 0:
             return math.inf
         return self.median / self.mad
 
-    def outlier_test(self, *, statistic: str | None = None, threshold: float | None = None) -> OutlierResult:
-        """Re-run the outlier test on this report's norms, e.g. with the other statistic: no optimisation."""
-        from .outlier import STATISTICS
-
+    def outlier_test(
+        self,
+        *,
+        statistic: str | None = None,
+        threshold: float | None = None,
+        reference: Reference | None = None,
+    ) -> OutlierResult:
+        """Re-run the outlier test on this report's norms — with another statistic, threshold or
+        reference (default: the report's own) — without optimising anything again."""
         stat = statistic or self.statistic
         if stat not in STATISTICS:
-            raise SettingsError(f"unknown outlier statistic {stat!r}; use l1 or log")
+            raise SettingsError(f"unknown outlier statistic {stat!r}; use {', '.join(STATISTICS)}")
+        ref = reference or self.reference
+        if stat == "relative" and ref is None:
+            raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
+        labels = [r.label for r in self.labels]
+        chosen: Statistic = "log" if stat == "log" else "relative" if stat == "relative" else "l1"
         return mad_outlier_test(
             [r.l1_norm for r in self.labels],
             threshold=self.threshold if threshold is None else threshold,
             eligible=[r.reached for r in self.labels],
-            names=[r.label for r in self.labels],
-            statistic="log" if stat == "log" else "l1",
+            names=labels,
+            statistic=chosen,
+            reference=ref.norms_for(labels) if chosen == "relative" and ref is not None else None,
         )
 
     @property
@@ -164,16 +184,26 @@ class DetectionReport:
     def anomaly_index(self) -> dict[int, float]:
         return {r.label: r.anomaly_index for r in self.labels}
 
+    def _versus(self, r: LabelResult) -> str:
+        if self.statistic == "relative" and self.reference is not None:
+            return (
+                f"L1 {r.l1_norm:.1f} vs {self.reference.l1_norms.get(r.label, math.nan):.1f} in the reference"
+            )
+        return f"L1 {r.l1_norm:.1f} vs median {self.median_l1:.1f}"
+
     def summary(self) -> str:
         """One sentence for people."""
         if self.verdict == "backdoored":
             parts = ", ".join(
-                f"label {r.label} ({r.name}) with anomaly index {r.anomaly_index:.2f}, L1 {r.l1_norm:.1f} vs median {self.median_l1:.1f}"
+                f"label {r.label} ({r.name}) with anomaly index {r.anomaly_index:.2f}, {self._versus(r)}"
                 for r in sorted((self.label(k) for k in self.flagged), key=lambda r: r.l1_norm)
             )
             return f"BACKDOORED: {parts}"
         if self.verdict == "clean":
-            worst = max((r.anomaly_index for r in self.labels if r.l1_norm < self.median_l1), default=0.0)
+            test = self.outlier_test()
+            worst = max(
+                (i for i, low in zip(test.anomaly_index, test.below_median, strict=True) if low), default=0.0
+            )
             return f"clean: no label below the median has an anomaly index above {self.threshold:g} (largest {worst:.2f})"
         return "inconclusive: " + "; ".join(self.notes)
 
@@ -192,6 +222,7 @@ class DetectionReport:
             "mad": _num(self.mad),
             "threshold": self.threshold,
             "statistic": self.statistic,
+            "reference": self.reference.to_dict() if self.reference is not None else None,
             "notes": self.notes,
             "settings": self.settings,
             "data": self.data,
@@ -257,6 +288,7 @@ class DetectionReport:
                 mad=_unnum(d["mad"]),
                 threshold=float(d["threshold"]),
                 statistic=str(d.get("statistic", "l1")),
+                reference=Reference.from_dict(d["reference"]) if d.get("reference") else None,
                 settings=d["settings"],
                 data=d["data"],
                 model=d["model"],

@@ -22,6 +22,7 @@ from ..triggers import Trigger
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .engine import LabelState, StepSnapshot, reverse_engineer
 from .outlier import STATISTICS, Statistic, mad_outlier_test
+from .reference import Reference
 from .report import DetectionReport, LabelResult
 from .settings import ReverseSettings
 
@@ -88,8 +89,12 @@ class NeuralCleanse:
         settings: optimisation schedule (default: the batched engine; :meth:`ReverseSettings.original`
             for the original code's sequential schedule).
         threshold: anomaly index above which a small-norm label is flagged (paper: 2).
-        statistic: ``"l1"`` (the paper: the outlier test on the L1 norms) or ``"log"`` (on their
-            logarithms; see :func:`~neuralcleanse.detection.mad_outlier_test`).
+        statistic: ``"l1"`` (the paper: the outlier test on the L1 norms), ``"log"`` (on their
+            logarithms) or ``"relative"`` (on each norm over its ``reference`` norm); see
+            :func:`~neuralcleanse.detection.mad_outlier_test`. Default: ``relative`` when a reference
+            is given, else ``l1``.
+        reference: per-label norms of trusted models of the same task
+            (:meth:`Reference.from_reports`), recorded in the report.
         device: where to run (``auto``, ``cpu``, ``cuda``...).
 
     Examples::
@@ -106,17 +111,22 @@ class NeuralCleanse:
         *,
         settings: ReverseSettings | None = None,
         threshold: float = 2.0,
-        statistic: Statistic = "l1",
+        statistic: Statistic | None = None,
+        reference: Reference | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if threshold <= 0:
             raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
+        statistic = statistic or ("relative" if reference is not None else "l1")
         if statistic not in STATISTICS:
-            raise SettingsError(f"unknown outlier statistic {statistic!r}; use l1 or log")
+            raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
+        if statistic == "relative" and reference is None:
+            raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
         self.model = model
         self.settings = settings or ReverseSettings()
         self.threshold = threshold
         self.statistic: Statistic = statistic
+        self.reference = reference
         self.device = resolve_device(device)
 
     def __repr__(self) -> str:
@@ -197,6 +207,8 @@ class NeuralCleanse:
             raise SettingsError(f"label {bad[0]} is outside the model's {num_classes} outputs")
         if len(set(targets)) != len(targets):
             raise SettingsError("the label list repeats a label")
+        if self.reference is not None:
+            self.reference.norms_for(targets)  # fail before optimising, not after
 
         notes: list[str] = list(extra_notes)
         total_images = len(images)
@@ -295,6 +307,7 @@ class NeuralCleanse:
             mad=report["mad"],
             threshold=self.threshold,
             statistic=self.statistic,
+            reference=self.reference,
             settings={
                 **self.settings.to_dict(),
                 "mode": "sequential" if self.settings.sequential else "batched",
@@ -317,12 +330,16 @@ class NeuralCleanse:
             t.l1_norm if s.stop_reason != "nan" else math.nan
             for s, t in zip(states, triggers.values(), strict=True)
         ]
+        labels = [s.label for s in states]
         outlier = mad_outlier_test(
             norms,
             threshold=self.threshold,
             eligible=[s.reached for s in states],
-            names=[s.label for s in states],
+            names=labels,
             statistic=self.statistic,
+            reference=self.reference.norms_for(labels)
+            if self.statistic == "relative" and self.reference
+            else None,
         )
         rows = []
         for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
@@ -355,6 +372,15 @@ class NeuralCleanse:
                 f"labels {unreached} never reached {self.settings.attack_threshold:.0%} attack success; "
                 "their L1 is that of the last mask and they cannot be flagged"
             )
+        if self.statistic == "relative" and self.reference is not None:
+            refs = self.reference.sources
+            extra.append(
+                f"relative statistic: each label's L1 norm is divided by its norm in {len(refs)} reference "
+                "scan(s) of trusted models before the outlier test"
+            )
+            alarmed = [s.get("path", s.get("model")) for s in refs if s.get("flagged")]
+            if alarmed:
+                extra.append(f"the paper's test flags labels in reference scans {alarmed} (used as trusted)")
         extra.append(
             f"misclassification loss: {'cross-entropy' if self.settings.loss == 'ce' else 'original linear-probability term'}"
         )
@@ -377,7 +403,8 @@ def scan(
     *,
     device: str | torch.device = "cpu",
     threshold: float = 2.0,
-    statistic: Statistic = "l1",
+    statistic: Statistic | None = None,
+    reference: Reference | None = None,
     sequential: bool = False,
     samples: int | None = 1000,
     scan_labels: Sequence[int] | None = None,
@@ -395,6 +422,8 @@ def scan(
         images: a ``(N, C, H, W)`` tensor in ``[0, 1]``, an :class:`ImageDataset`, or a DataLoader /
             iterable of ``(images, labels)`` batches.
         labels: the images' labels (for a tensor), if known.
+        reference: scans of trusted models of the task (:meth:`Reference.from_reports`): the outlier
+            test then measures each label against itself in those models (``statistic="relative"``).
         settings: :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
             ``sequential=True`` starts from the original code's schedule instead of the batched default.
     """
@@ -406,7 +435,9 @@ def scan(
     notes = list(getattr(model, "notes", []))
     if not isinstance(images, (torch.Tensor, ImageDataset)):
         images, labels = _collect_batches(images)
-    nc = NeuralCleanse(net, settings=cfg, threshold=threshold, statistic=statistic, device=device)
+    nc = NeuralCleanse(
+        net, settings=cfg, threshold=threshold, statistic=statistic, reference=reference, device=device
+    )
     return nc.scan(
         images,
         labels=labels,

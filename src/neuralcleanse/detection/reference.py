@@ -1,0 +1,99 @@
+"""Reference norms: what each label's smallest trigger costs in trusted models of the same task.
+
+The paper's outlier test compares a label's trigger with the *other labels* of the same model. On tasks
+with natural shortcuts (on Fashion-MNIST a few strokes turn almost anything into a "bag" in every
+model) a clean model's easy labels look like backdoors. A reference compares each label with *itself*
+in models the user trusts — a model they trained on the public data, the previous release, a vendor's
+base model — so that what is easy in every model of the task cancels out and what was made easy in
+this model stands out (``statistic="relative"``: the MAD test on ``log(L1 / reference L1)``).
+
+A reference is built from the scan reports of those models (:meth:`Reference.from_reports`); with
+several, each label's reference norm is the geometric median of theirs (the exponential of the median
+log norm), so one unusual reference model moves it less.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SettingsError
+
+if TYPE_CHECKING:
+    from .report import DetectionReport
+
+__all__ = ["Reference"]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Per-label reference L1 norms and where they came from.
+
+    Attributes:
+        l1_norms: label → reference L1 norm (NaN where no reference scan has a finite norm for it).
+        sources: one entry per reference scan: its model fingerprint, verdict and, if known, path.
+    """
+
+    l1_norms: dict[int, float]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_reports(
+        cls, reports: Sequence[DetectionReport], *, paths: Sequence[str] | None = None
+    ) -> Reference:
+        """Combine the scans of trusted models (all over the same labels) into one reference.
+
+        A reference scan that the paper's test flags is still used — it is the user's statement that
+        the model is trusted — but its verdict is recorded in ``sources`` for the report to show.
+        """
+        if not reports:
+            raise SettingsError("a reference needs at least one scan report")
+        if paths is not None and len(paths) != len(reports):
+            raise SettingsError(f"{len(paths)} paths for {len(reports)} reference reports")
+        labels = sorted(r.label for r in reports[0].labels)
+        for i, rep in enumerate(reports[1:], start=1):
+            if sorted(r.label for r in rep.labels) != labels:
+                where = paths[i] if paths is not None else f"reference {i}"
+                raise SettingsError(f"{where}: its labels differ from the first reference scan's")
+        norms: dict[int, float] = {}
+        for k in labels:
+            logs = sorted(
+                math.log(max(n, 1e-6)) for rep in reports if math.isfinite(n := rep.label(k).l1_norm)
+            )
+            if not logs:
+                norms[k] = math.nan
+                continue
+            mid = len(logs) // 2
+            norms[k] = math.exp(logs[mid] if len(logs) % 2 else (logs[mid - 1] + logs[mid]) / 2)
+        sources = [
+            {
+                "model": rep.model.get("fingerprint"),
+                "verdict": rep.verdict,
+                "flagged": rep.flagged,
+                **({"path": paths[i]} if paths is not None else {}),
+            }
+            for i, rep in enumerate(reports)
+        ]
+        return cls(norms, sources)
+
+    def norms_for(self, labels: Sequence[int]) -> list[float]:
+        """The reference norm of each label, in order; a label the reference never scanned is an error."""
+        missing = [k for k in labels if k not in self.l1_norms]
+        if missing:
+            raise SettingsError(f"the reference scans have no label {missing[0]}: scan the same labels")
+        return [self.l1_norms[k] for k in labels]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "l1_norms": {
+                str(k): (round(v, 6) if math.isfinite(v) else None) for k, v in self.l1_norms.items()
+            },
+            "sources": self.sources,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reference:
+        norms = {int(k): (math.nan if v is None else float(v)) for k, v in d["l1_norms"].items()}
+        return cls(norms, list(d.get("sources", [])))

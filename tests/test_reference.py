@@ -1,0 +1,92 @@
+"""Reference norms from scans of trusted models, and scans measured against them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import neuralcleanse as nc
+from neuralcleanse import DatasetSplits, DetectionReport, ModelBundle, Reference, SettingsError
+from neuralcleanse.detection import LabelResult
+
+
+def _report(norms: list[float], *, flagged: list[int] | None = None) -> DetectionReport:
+    rows = [
+        LabelResult(k, str(k), n, 1.0, True, 10, "early_stop", 0.01, 5, 0.0, False)
+        for k, n in enumerate(norms)
+    ]
+    return DetectionReport("clean", flagged or [], rows, 0.0, 1.0, 2.0, {}, {}, {"fingerprint": "f"}, {})
+
+
+def test_one_reference_is_its_norms() -> None:
+    ref = Reference.from_reports([_report([10.0, 20.0, 40.0])], paths=["a"])
+    assert ref.l1_norms == pytest.approx({0: 10.0, 1: 20.0, 2: 40.0})
+    assert ref.sources == [{"model": "f", "verdict": "clean", "flagged": [], "path": "a"}]
+
+
+def test_several_references_combine_by_geometric_median() -> None:
+    ref = Reference.from_reports([_report([10.0, 20.0, 1.0]), _report([40.0, 20.0, 4.0])])
+    assert ref.l1_norms[0] == pytest.approx(20.0) and ref.l1_norms[2] == pytest.approx(2.0)
+    three = Reference.from_reports([_report([10.0, 5.0]), _report([1000.0, math.nan]), _report([30.0, 7.0])])
+    assert three.l1_norms[0] == pytest.approx(30.0)  # the median, not pulled by the 1000
+    assert three.l1_norms[1] == pytest.approx(math.sqrt(35.0))  # NaN norms are skipped
+    back = Reference.from_dict(json.loads(json.dumps(three.to_dict())))
+    assert back.l1_norms == pytest.approx(three.l1_norms)
+
+
+def test_reference_errors() -> None:
+    with pytest.raises(SettingsError, match="at least one"):
+        Reference.from_reports([])
+    with pytest.raises(SettingsError, match="b: its labels differ"):
+        Reference.from_reports([_report([1.0, 2.0, 3.0]), _report([1.0, 2.0])], paths=["a", "b"])
+    with pytest.raises(SettingsError, match="no label 5"):
+        Reference.from_reports([_report([1.0, 2.0, 3.0])]).norms_for([0, 5])
+
+
+@pytest.fixture(scope="module")
+def clean_reference(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    return nc.scan(clean_model.model, mnist_sample.test, seed=0)
+
+
+def test_scan_against_a_reference(
+    badnets_model: ModelBundle,
+    badnets_report: DetectionReport,
+    clean_reference: DetectionReport,
+    mnist_sample: DatasetSplits,
+    tmp_path: Path,
+) -> None:
+    ref = Reference.from_reports([clean_reference])
+    r = nc.scan(badnets_model.model, mnist_sample.test, seed=0, reference=ref)
+    # same optimisation as the plain scan (the reference only changes the test), a different statistic
+    assert r.l1_norms == pytest.approx(badnets_report.l1_norms)
+    assert r.statistic == "relative" and r.verdict == "backdoored" and r.flagged == [0]
+    assert r.label(0).anomaly_index > badnets_report.label(0).anomaly_index
+    assert any("reference" in n for n in r.notes) and "in the reference" in r.summary()
+    # the report keeps its reference: saved, loaded and re-tested without the reference scan
+    back = DetectionReport.load(r.save(tmp_path / "scan"))
+    assert back.reference is not None and back.reference.l1_norms == pytest.approx(ref.l1_norms)
+    assert back.outlier_test().flagged == [0]
+    assert back.outlier_test(statistic="l1").flagged == badnets_report.flagged
+    # the paper's statistic can still be chosen with a reference at hand
+    plain = nc.NeuralCleanse(badnets_model.model, reference=ref, statistic="l1")
+    assert plain.statistic == "l1"
+
+
+def test_relative_statistic_without_reference_is_refused(
+    badnets_model: ModelBundle, badnets_report: DetectionReport
+) -> None:
+    with pytest.raises(SettingsError, match="needs a reference"):
+        nc.NeuralCleanse(badnets_model.model, statistic="relative")
+    with pytest.raises(SettingsError, match="needs a reference"):
+        badnets_report.outlier_test(statistic="relative")
+
+
+def test_reference_without_a_scanned_label_fails_before_optimising(
+    badnets_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    ref = Reference({0: 10.0, 1: 20.0})
+    with pytest.raises(SettingsError, match="no label 2"):
+        nc.scan(badnets_model.model, mnist_sample.test, scan_labels=[0, 1, 2], reference=ref, max_steps=1)
