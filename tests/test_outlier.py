@@ -111,7 +111,10 @@ def test_relative_statistic_cancels_a_natural_shortcut() -> None:
     assert r.flagged == [] and r.conclusive and math.isinf(r.ceiling)
     # while the planted label stands out far more than in the paper's test
     bad = mad_outlier_test(FMNIST_BADNETS, statistic="relative", reference=FMNIST_CLEAN_S1)
-    assert bad.flagged == [0] and bad.anomaly_index[0] > 5 > 2.5 > mad_outlier_test(FMNIST_BADNETS).anomaly_index[0]
+    assert (
+        bad.flagged == [0]
+        and bad.anomaly_index[0] > 5 > 2.5 > mad_outlier_test(FMNIST_BADNETS).anomaly_index[0]
+    )
     assert bad.below_median[0] and not bad.below_median[7]
 
 
