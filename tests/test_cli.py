@@ -139,18 +139,23 @@ def test_scan_cli_flags_the_planted_label_and_matches_the_api(
 def test_scan_cli_table_for_a_clean_model(
     saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    out = tmp_path / "s"
     code, stdout, _ = run(
-        capsys,
-        "scan",
-        str(saved_models["clean"]),
-        "--seed",
-        "0",
-        "--out",
-        str(tmp_path / "s"),
-        "--device",
-        "cpu",
+        capsys, "scan", str(saved_models["clean"]), "--seed", "0", "--out", str(out), "--device", "cpu"
     )
     assert code == 0 and "anomaly index" in stdout and "clean:" in stdout and "FLAGGED" not in stdout
+    # the clean model's scan is the reference for the infected one: each label against itself
+    code, stdout, _ = run(
+        capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--reference", str(out),
+        "--out", str(tmp_path / "rel"), "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0 and "BACKDOORED" in stdout and "reference" in stdout.replace("\n", " ")
+    d = json.loads((tmp_path / "rel" / "report.json").read_text())
+    assert (
+        d["statistic"] == "relative"
+        and d["flagged"] == [0]
+        and d["reference"]["sources"][0]["path"] == str(out)
+    )
 
 
 SCAN_BAD = [
@@ -161,6 +166,8 @@ SCAN_BAD = [
     (["--dataset", "nope"], "unknown dataset"),
     (["--source", "11"], "source label 11 is outside"),
     (["--resume"], "no checkpoint to resume from"),
+    (["--statistic", "relative"], "--statistic relative needs --reference"),
+    (["--reference", "/nonexistent/scan"], "scan report not found"),
 ]
 
 
