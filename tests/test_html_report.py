@@ -111,3 +111,30 @@ def test_broken_result_directories_give_one_line_errors(
     assert main(["report", str(tmp_path / "nothing")]) != 0
     assert "no report.json here" in capsys.readouterr().err
     assert not list(tmp_path.glob("**/report.html"))
+
+
+def test_report_relative_to_a_reference(tmp_path: Path) -> None:
+    import dataclasses
+
+    from neuralcleanse.detection import Reference
+
+    base = _report(10, {3: 20.0})  # label 3 small in this model ...
+    spread = {k: 0.9 + 0.2 * ((7 * k) % 10) / 9 for k in range(10)}  # the trusted model's norms, within ±10%
+    ref = Reference(
+        {r.label: r.l1_norm * spread[r.label] for r in base.labels}, [{"model": "r", "verdict": "clean"}]
+    )
+    test = base.outlier_test(statistic="relative", reference=ref)  # ... and as small in the trusted one
+    rows = [
+        dataclasses.replace(r, anomaly_index=i, flagged=False)
+        for r, i in zip(base.labels, test.anomaly_index, strict=True)
+    ]
+    report = dataclasses.replace(
+        base, verdict="clean", flagged=[], labels=rows, median=test.median, mad=test.mad,
+        statistic="relative", reference=ref,
+    )  # fmt: skip
+    assert base.flagged == [3] and test.flagged == []
+    report.save(tmp_path / "scan")
+    page = write_html_report(tmp_path / "scan").read_text(encoding="utf-8")
+    _check_self_contained(page)
+    assert "Clean." in page and "relative to 1 reference scan of trusted models" in page
+    assert DetectionReport.load(tmp_path / "scan").reference.l1_norms == pytest.approx(ref.l1_norms)  # type: ignore[union-attr]

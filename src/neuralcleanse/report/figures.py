@@ -44,12 +44,14 @@ def norm_chart(
     mad: float,
     threshold: float,
     statistic: str = "l1",
+    quantity: str = "L1 norm",
 ) -> bytes:
     """Two panels: every label's reversed-trigger L1 norm (sorted) with the median, the MAD band and the
     flag line, flagged labels in red; and the anomaly index with the threshold. With more than
     :data:`MANY_LABELS` labels the panels become distributions with the flagged labels annotated.
     ``median`` and ``mad`` are in the units of ``statistic`` (``log``: of the norms' logarithms); the
-    chart draws them back in L1 units."""
+    chart draws them back in L1 units. ``quantity`` names what the values are (e.g. each norm over its
+    reference norm, drawn with ``statistic="log"``)."""
     plt = _plt()
     rows = [
         (lab, name, n, a)
@@ -68,18 +70,18 @@ def norm_chart(
         xs = range(len(rows))
         ax1.bar(xs, [r[2] for r in rows], color=[_RED if r[0] in flag else _GREY for r in rows])
         ax1.set_xticks(list(xs), [str(r[0]) for r in rows], rotation=90 if len(rows) > 20 else 0, fontsize=8)
-        ax1.set_xlabel("label (sorted by L1 norm)")
+        ax1.set_xlabel(f"label (sorted by {quantity})")
     else:
         ax1.hist([r[2] for r in rows], bins=40, color=_GREY)
         for r in rows:
             if r[0] in flag:
                 ax1.axvline(r[2], color=_RED, lw=1.2)
                 ax1.text(r[2], ax1.get_ylim()[1] * 0.5, f" label {r[0]}", color=_RED, fontsize=8, rotation=90)
-        ax1.set_xlabel("L1 norm of the reversed trigger")
+        ax1.set_xlabel(f"{quantity} of the reversed trigger")
         ax1.set_ylabel("labels")
     line = ax1.axhline if not many else ax1.axvline
     if math.isfinite(median):
-        line(median, color=_BLUE, lw=1.5, label=f"median {median:.1f}")
+        line(median, color=_BLUE, lw=1.5, label=f"median {median:.3g}")
         if math.isfinite(mad) and mad > 0:
             band = (
                 f"median ± MAD ({mad:.1f})"
@@ -87,10 +89,10 @@ def norm_chart(
                 else f"median ×/÷ e^MAD ({math.exp(mad):.2f})"
             )
             (ax1.axhspan if not many else ax1.axvspan)(lo, hi, color=_BLUE, alpha=0.12, label=band)
-            line(cut, color=_RED, lw=1, ls="--", label=f"flag below {cut:.1f} (index {threshold:g})")
-    ax1.set_title("L1 norm of each label's smallest trigger")
+            line(cut, color=_RED, lw=1, ls="--", label=f"flag below {cut:.3g} (index {threshold:g})")
+    ax1.set_title(f"{quantity} of each label's smallest trigger")
     if not many:
-        ax1.set_ylabel("L1 norm")
+        ax1.set_ylabel(quantity)
     ax1.legend(fontsize=8, loc="upper center" if many else "upper left")
     below = [r for r in rows if r[2] < median]
     if not many:
@@ -115,7 +117,8 @@ def norm_chart(
     (ax2.axhline if not many else ax2.axvline)(
         threshold, color=_RED, lw=1, ls="--", label=f"threshold {threshold:g}"
     )
-    ax2.set_title("anomaly index |L1 − median| / MAD (blue: below the median)")
+    what = "L1" if quantity == "L1 norm" else f"log({quantity})"
+    ax2.set_title(f"anomaly index |{what} − median| / MAD (blue: below the median)")
     ax2.legend(fontsize=8, loc="upper center" if many else "upper right")
     fig.tight_layout()
     return _png(fig)

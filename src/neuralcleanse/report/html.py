@@ -73,9 +73,14 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
         parts = []
         for k in sorted(report.flagged, key=lambda k: report.label(k).l1_norm):
             r = report.label(k)
+            versus = (
+                f"{report.reference.l1_norms.get(k, math.nan):.1f} for the same label in the trusted reference models"
+                if report.statistic == "relative" and report.reference is not None
+                else f"a median of {report.median_l1:.1f}"
+            )
             parts.append(
                 f"label <b>{k}</b> ({html.escape(r.name)}): anomaly index <b>{r.anomaly_index:.2f}</b>, "
-                f"its smallest trigger has L1 {r.l1_norm:.1f} against a median of {report.median_l1:.1f}"
+                f"its smallest trigger has L1 {r.l1_norm:.1f} against {versus}"
             )
         text = (
             "<b>Backdoored.</b> "
@@ -86,11 +91,8 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
         )
         return "bad", text
     if report.verdict == "clean":
-        below = [
-            r.anomaly_index
-            for r in report.labels
-            if r.l1_norm < report.median_l1 and math.isfinite(r.anomaly_index)
-        ]
+        test = report.outlier_test()
+        below = [i for i, low in zip(test.anomaly_index, test.below_median, strict=True) if low]
         worst = max(below, default=0.0)
         return "ok", (
             f"<b>Clean.</b> No label can be reached with unusually little change: the largest anomaly index among "
@@ -237,6 +239,14 @@ def _mitigation_html(m: Any, figures: dict[str, bytes]) -> str:
 
 
 def _statistic_html(report: DetectionReport) -> str:
+    if report.statistic == "relative" and report.reference is not None:
+        n = len(report.reference.sources)
+        return (
+            f"Outlier test relative to {n} reference scan{'s' if n != 1 else ''} of trusted models: each "
+            "label's L1 norm is divided by the same label's norm there, and the test runs on the logs of "
+            f"those ratios (median ratio {_fmt(math.exp(report.median), 2)}, MAD of the log ratios "
+            f"{_fmt(report.mad, 2)}). Labels that are easy in every model of the task cancel out."
+        )
     if report.statistic == "log":
         return (
             f"Outlier test on log L1 norms: median L1 {_fmt(report.median_l1, 1)}, MAD of the logs "
@@ -254,17 +264,24 @@ def render_html(
 ) -> tuple[str, dict[str, bytes]]:
     """The page and its figures (name → PNG bytes) for the report stored in ``root``."""
     names = [r.name for r in report.labels]
+    values = [r.l1_norm for r in report.labels]
+    quantity = "L1 norm"
+    if report.statistic == "relative" and report.reference is not None:
+        refs = report.reference.norms_for([r.label for r in report.labels])
+        values = [v / ref if ref > 0 else math.nan for v, ref in zip(values, refs, strict=True)]
+        quantity = "L1 / reference L1"
     figures = {
         "l1_norms.png": norm_chart(
             [r.label for r in report.labels],
             names,
-            [r.l1_norm for r in report.labels],
+            values,
             [r.anomaly_index for r in report.labels],
             report.flagged,
             median=report.median,
             mad=report.mad,
             threshold=report.threshold,
-            statistic=report.statistic,
+            statistic="log" if report.statistic == "relative" else report.statistic,
+            quantity=quantity,
         )  # fmt: skip
     }
     example_file = root / "images" / "example.png"
