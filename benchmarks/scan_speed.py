@@ -146,25 +146,27 @@ def main() -> None:
     seeds = [int(v) for v in args.reference_seeds.split(",") if v.strip()]
     if seeds:
         print(
-            f"\nreference: clean models of the same recipe, seeds {seeds}, scanned batched (seed {args.scan_seed})"
+            f"\nreference: clean models of the same recipe, seeds {seeds}, scanned in the same mode (seed {args.scan_seed})"
         )
-        refs = []
-        for seed in seeds:
-            ref_model = get_model(data, args, None, seed=seed)
-            ref = NeuralCleanse(ref_model.model, settings=modes["batched"], device="cpu").scan(
-                data.test, samples=args.samples
-            )
-            refs.append(ref)
-            print(
-                f"  clean seed {seed}: clean acc {ref_model.card.clean_accuracy:.4f}; the paper's test on it flags "
-                f"{ref.flagged or 'nothing'}; L1 {[round(r.l1_norm, 1) for r in ref.labels]}"
-            )
-        reference = nc.Reference.from_reports(refs)
+        references = {}
+        for mode, settings in modes.items():
+            refs = []
+            for seed in seeds:
+                ref_model = get_model(data, args, None, seed=seed)
+                ref = NeuralCleanse(ref_model.model, settings=settings, device="cpu").scan(
+                    data.test, samples=args.samples
+                )
+                refs.append(ref)
+                print(
+                    f"  clean seed {seed} ({mode}): clean acc {ref_model.card.clean_accuracy:.4f}; the paper's test "
+                    f"flags {ref.flagged or 'nothing'}; L1 {[round(r.l1_norm, 1) for r in ref.labels]}"
+                )
+            references[mode] = nc.Reference.from_reports(refs)
         print(
             f"{'model':18s} {'mode':10s} {'paper: flagged':14s} {'idx(0)':>6s} | {'relative: flagged':17s} {'idx(0)':>6s}  verdict"
         )
         for (label, mode), report in results.items():
-            rel = report.outlier_test(statistic="relative", reference=reference)
+            rel = report.outlier_test(statistic="relative", reference=references[mode])
             truth = [0] if label.startswith("badnets") else []
             print(
                 f"{label:18s} {mode:10s} {str(report.flagged):14s} {report.label(0).anomaly_index:6.2f} |"

@@ -24,7 +24,7 @@ def _report(norms: list[float], *, flagged: list[int] | None = None) -> Detectio
 def test_one_reference_is_its_norms() -> None:
     ref = Reference.from_reports([_report([10.0, 20.0, 40.0])], paths=["a"])
     assert ref.l1_norms == pytest.approx({0: 10.0, 1: 20.0, 2: 40.0})
-    assert ref.sources == [{"model": "f", "verdict": "clean", "flagged": [], "path": "a"}]
+    assert ref.sources == [{"model": "f", "verdict": "clean", "flagged": [], "settings": {}, "path": "a"}]
 
 
 def test_several_references_combine_by_geometric_median() -> None:
@@ -90,3 +90,13 @@ def test_reference_without_a_scanned_label_fails_before_optimising(
     ref = Reference({0: 10.0, 1: 20.0})
     with pytest.raises(SettingsError, match="no label 2"):
         nc.scan(badnets_model.model, mnist_sample.test, scan_labels=[0, 1, 2], reference=ref, max_steps=1)
+
+
+def test_reference_scanned_with_other_settings_is_named() -> None:
+    rep = _report([10.0, 20.0, 30.0])
+    rep.settings.update({"mode": "batched", "batches_per_step": 8, "loss": "ce", "seed": 1})
+    ref = Reference.from_reports([rep], paths=["refscan"])
+    # the seed and how many labels share a pass change nothing a reference compares
+    assert ref.mismatches({"mode": "sequential", "batches_per_step": 8, "loss": "ce", "seed": 2}) == []
+    diff = ref.mismatches({"mode": "sequential", "batches_per_step": 31, "loss": "original"})
+    assert diff == ["refscan: batches_per_step 8 vs 31, loss 'ce' vs 'original'"]

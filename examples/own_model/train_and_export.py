@@ -9,6 +9,10 @@ Nothing here imports neuralcleanse: this is the "model you received". Then scan 
 
 The backdoor: a 5x5 white "X" on black, 2 pixels from the top-left corner; 10% of the training images
 get it and the label "Dress" (3). The clean control is trained the same way without it.
+
+A third model, "reference", is the one you would train yourself on the public data to compare against
+(same recipe, another seed, no backdoor): `neuralcleanse scan ... --reference SCAN_OF_IT` measures every
+label of a received model against the same label there.
 """
 
 from __future__ import annotations
@@ -136,10 +140,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     victims = x_test[y_test != TARGET]
     summary = {}
-    for name, (xs, ys) in {"infected": (x_bad, y_bad), "clean": (x_train, y_train)}.items():
+    runs = {
+        "infected": (x_bad, y_bad, args.seed),
+        "clean": (x_train, y_train, args.seed),
+        "reference": (x_train, y_train, args.seed + 1),
+    }
+    for name, (xs, ys, seed) in runs.items():
         start = time.time()
-        print(f"training the {name} model on {len(xs)} images", flush=True)
-        model = train(xs, ys, seed=args.seed, epochs=args.epochs, shift=args.shift)
+        print(f"training the {name} model on {len(xs)} images (seed {seed})", flush=True)
+        model = train(xs, ys, seed=seed, epochs=args.epochs, shift=args.shift)
         acc = (predict(model, x_test) == y_test).float().mean().item()
         asr = (predict(model, stamp(victims)) == TARGET).float().mean().item()
         summary[name] = {"clean_accuracy": round(acc, 4), "trigger_to_dress": round(asr, 4)}
@@ -171,7 +180,9 @@ def main() -> None:
     (args.out / "truth.json").write_text(
         json.dumps({"target": TARGET, "trigger": "5x5 X at rows/cols 2-6", **summary}, indent=1)
     )
-    print(f"wrote {args.out}: infected/clean .pt2 and .safetensors, images/, class_names.txt, truth.json")
+    print(
+        f"wrote {args.out}: infected/clean/reference .pt2 and .safetensors, images/, class_names.txt, truth.json"
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Reference"]
 
+#: settings that change the speed or the random draw of a scan but not what its norms mean
+_SPEED_ONLY = frozenset({"seed", "parallel_labels", "max_batch", "mode"})
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -72,6 +75,7 @@ class Reference:
                 "model": rep.model.get("fingerprint"),
                 "verdict": rep.verdict,
                 "flagged": rep.flagged,
+                "settings": {k: v for k, v in rep.settings.items() if k != "seed"},
                 **({"path": paths[i]} if paths is not None else {}),
             }
             for i, rep in enumerate(reports)
@@ -84,6 +88,22 @@ class Reference:
         if missing:
             raise SettingsError(f"the reference scans have no label {missing[0]}: scan the same labels")
         return [self.l1_norms[k] for k in labels]
+
+    def mismatches(self, settings: dict[str, Any]) -> list[str]:
+        """How the reference scans' optimisation settings differ from ``settings`` (seed and speed
+        settings aside): norms found with another schedule, loss or step length are not comparable label
+        for label."""
+        out = []
+        for i, src in enumerate(self.sources):
+            theirs = src.get("settings") or {}
+            diff = [
+                f"{k} {theirs[k]!r} vs {settings.get(k)!r}"
+                for k in sorted(theirs)
+                if k not in _SPEED_ONLY and k in settings and theirs[k] != settings[k]
+            ]
+            if diff:
+                out.append(f"{src.get('path', f'reference {i}')}: {', '.join(diff)}")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {

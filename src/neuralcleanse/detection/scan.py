@@ -308,10 +308,7 @@ class NeuralCleanse:
             threshold=self.threshold,
             statistic=self.statistic,
             reference=self.reference,
-            settings={
-                **self.settings.to_dict(),
-                "mode": "sequential" if self.settings.sequential else "batched",
-            },
+            settings=self._settings_record(),
             data=data_meta,
             model=model_meta,
             run=run,
@@ -319,6 +316,10 @@ class NeuralCleanse:
             triggers=report["triggers"],
             example=pool.images[0].clone(),
         )
+
+    def _settings_record(self) -> dict[str, Any]:
+        """The settings as a report records them."""
+        return {**self.settings.to_dict(), "mode": "sequential" if self.settings.sequential else "batched"}
 
     def _report(
         self, states: list[LabelState], pool: ImageDataset, names: list[str], known: bool, notes: list[str]
@@ -378,6 +379,10 @@ class NeuralCleanse:
                 f"relative statistic: each label's L1 norm is divided by its norm in {len(refs)} reference "
                 "scan(s) of trusted models before the outlier test"
             )
+            for diff in self.reference.mismatches(self._settings_record()):
+                extra.append(
+                    f"reference scan with other settings ({diff}): rescan it with this scan's settings"
+                )
             alarmed = [s.get("path", s.get("model")) for s in refs if s.get("flagged")]
             if alarmed:
                 extra.append(f"the paper's test flags labels in reference scans {alarmed} (used as trusted)")
