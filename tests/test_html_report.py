@@ -137,4 +137,5 @@ def test_report_relative_to_a_reference(tmp_path: Path) -> None:
     page = write_html_report(tmp_path / "scan").read_text(encoding="utf-8")
     _check_self_contained(page)
     assert "Clean." in page and "relative to 1 reference scan of trusted models" in page
+    assert "reference L1</th>" in page
     assert DetectionReport.load(tmp_path / "scan").reference.l1_norms == pytest.approx(ref.l1_norms)  # type: ignore[union-attr]

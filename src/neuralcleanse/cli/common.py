@@ -120,13 +120,12 @@ def print_scan(report: Any, out: Path) -> None:
     second = report.outlier_test(statistic=other)
     if second.flagged != report.flagged:
         what = {
-            "l1": "L1 norms (the paper's test)",
-            "log": "log L1 norms",
-            "relative": "norms relative to the reference",
+            "l1": "the paper's test on the L1 norms",
+            "log": "the test on log L1 norms",
+            "relative": "the test relative to the reference",
         }
         console.print(
-            f"second opinion: the outlier test on {what[other]} (--statistic {other}) "
-            f"flags {second.flagged or 'no label'}"
+            f"second opinion: {what[other]} (--statistic {other}) flags {second.flagged or 'no label'}"
         )
     console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())
 

@@ -85,9 +85,13 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
         text = (
             "<b>Backdoored.</b> "
             + "; ".join(parts)
-            + f". An anomaly index above {report.threshold:g} means the "
-            "label can be reached with far less change to the input than any normal label needs — the signature of "
-            "a planted trigger."
+            + f". An anomaly index above {report.threshold:g} means the label can be reached with far less "
+            + (
+                "change to the input than the same label needs in the trusted models"
+                if report.statistic == "relative"
+                else "change to the input than any normal label needs"
+            )
+            + " — the signature of a planted trigger."
         )
         return "bad", text
     if report.verdict == "clean":
@@ -165,13 +169,16 @@ def _gallery(report: DetectionReport, root: Path, example: bytes | None) -> str:
 
 
 def _label_table(report: DetectionReport) -> str:
-    head = "".join(f"<th{' class=l' if c == 'name' else ''}>{c}</th>" for c in
-                   ("label", "name", "L1 norm", "attack success", "steps", "stop", "anomaly index", "flagged"))  # fmt: skip
+    ref = report.reference.l1_norms if report.reference is not None else None
+    cols = ("label", "name", "L1 norm", *(("reference L1",) if ref else ()), "attack success", "steps", "stop",
+            "anomaly index", "flagged")  # fmt: skip
+    head = "".join(f"<th{' class=l' if c == 'name' else ''}>{c}</th>" for c in cols)
     rows = []
     for r in sorted(report.labels, key=lambda r: (not math.isfinite(r.l1_norm), r.l1_norm)):
         cls = ' class="flag"' if r.flagged else ""
+        ref_cell = f"<td>{_fmt(ref.get(r.label, math.nan))}</td>" if ref else ""
         rows.append(
-            f"<tr{cls}><td>{r.label}</td><td class=l>{html.escape(r.name)}</td><td>{_fmt(r.l1_norm)}</td>"
+            f"<tr{cls}><td>{r.label}</td><td class=l>{html.escape(r.name)}</td><td>{_fmt(r.l1_norm)}</td>{ref_cell}"
             f"<td data-v='{r.attack_success}'>{_pct(r.attack_success)}</td><td>{r.steps}</td>"
             f"<td class=l>{html.escape(r.stop_reason)}{'' if r.reached else ' (not reached)'}</td>"
             f"<td>{_fmt(r.anomaly_index)}</td><td class=l>{'yes' if r.flagged else ''}</td></tr>"
