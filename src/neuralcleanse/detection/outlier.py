@@ -39,7 +39,7 @@ class OutlierResult:
     flagged). ``ceiling`` is the index an empty trigger (L1 = 0) would get against this median and MAD. With the
     L1 statistic it is ``median / MAD``: when the labels' natural norms spread widely it falls below the
     threshold, and then **no** label can be flagged however small its trigger — a clean verdict would
-    mean nothing (``powerless``). With the log statistic it is infinite.
+    mean nothing (``powerless``). With the log and relative statistics it is infinite.
     """
 
     anomaly_index: list[float]
@@ -90,7 +90,7 @@ def mad_outlier_test(
     if threshold <= 0:
         raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
     if statistic not in STATISTICS:
-        raise SettingsError(f"unknown outlier statistic {statistic!r}; use l1 or log")
+        raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
     values = np.asarray(norms, dtype=np.float64)
     if (statistic == "relative") != (reference is not None):
         raise SettingsError("the relative statistic needs reference norms, and reference norms need it")
