@@ -39,3 +39,8 @@ def badnets_model(mnist_sample: DatasetSplits) -> ModelBundle:
 @pytest.fixture(scope="session")
 def badnets_report(badnets_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
     return nc.scan(badnets_model.model, mnist_sample.test, seed=0)
+
+
+@pytest.fixture(scope="session")
+def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    return nc.scan(clean_model.model, mnist_sample.test, seed=0)

@@ -14,11 +14,6 @@ import neuralcleanse as nc
 from neuralcleanse import DataError, DatasetSplits, DetectionReport, ModelBundle, SettingsError
 
 
-@pytest.fixture(scope="module")
-def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
-    return nc.scan(clean_model.model, mnist_sample.test, seed=0)
-
-
 def test_badnets_target_is_flagged(badnets_report: DetectionReport, badnets_model: ModelBundle) -> None:
     r = badnets_report
     assert r.verdict == "backdoored" and r.flagged == [0]
