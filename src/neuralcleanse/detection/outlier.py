@@ -54,6 +54,13 @@ class OutlierResult:
     below_median: list[bool] = field(default_factory=list)
 
     @property
+    def largest_below_median(self) -> float:
+        """The largest anomaly index among the labels below the median (0 if there are none)."""
+        return max(
+            (i for i, low in zip(self.anomaly_index, self.below_median, strict=True) if low), default=0.0
+        )
+
+    @property
     def conclusive(self) -> bool:
         return sum(self.used) >= 3 and not self.powerless
 

@@ -15,6 +15,7 @@ log norm), so one unusual reference model moves it less.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,14 +63,8 @@ class Reference:
                 raise SettingsError(f"{where}: its labels differ from the first reference scan's")
         norms: dict[int, float] = {}
         for k in labels:
-            logs = sorted(
-                math.log(max(n, 1e-6)) for rep in reports if math.isfinite(n := rep.label(k).l1_norm)
-            )
-            if not logs:
-                norms[k] = math.nan
-                continue
-            mid = len(logs) // 2
-            norms[k] = math.exp(logs[mid] if len(logs) % 2 else (logs[mid - 1] + logs[mid]) / 2)
+            logs = [math.log(max(n, 1e-6)) for rep in reports if math.isfinite(n := rep.label(k).l1_norm)]
+            norms[k] = math.exp(statistics.median(logs)) if logs else math.nan
         sources = [
             {
                 "model": rep.model.get("fingerprint"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from .._io import atomic_directory, atomic_write_json
 from ..errors import DataError, SettingsError
 from ..triggers import Trigger
-from .outlier import STATISTICS, OutlierResult, Statistic, mad_outlier_test
+from .outlier import STATISTICS, OutlierResult, mad_outlier_test
 from .reference import Reference
 
 __all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
@@ -136,11 +137,8 @@ class DetectionReport:
         if self.statistic == "log":
             return math.exp(self.median)
         if self.statistic == "relative":
-            finite = sorted(r.l1_norm for r in self.labels if math.isfinite(r.l1_norm))
-            if not finite:
-                return math.nan
-            mid = len(finite) // 2
-            return finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
+            finite = [r.l1_norm for r in self.labels if math.isfinite(r.l1_norm)]
+            return statistics.median(finite) if finite else math.nan
         return self.median
 
     @property
@@ -166,14 +164,13 @@ class DetectionReport:
         if stat == "relative" and ref is None:
             raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
         labels = [r.label for r in self.labels]
-        chosen: Statistic = "log" if stat == "log" else "relative" if stat == "relative" else "l1"
         return mad_outlier_test(
             [r.l1_norm for r in self.labels],
             threshold=self.threshold if threshold is None else threshold,
             eligible=[r.reached for r in self.labels],
             names=labels,
-            statistic=chosen,
-            reference=ref.norms_for(labels) if chosen == "relative" and ref is not None else None,
+            statistic=stat,
+            reference=ref.norms_for(labels) if stat == "relative" and ref is not None else None,
         )
 
     @property
@@ -200,10 +197,7 @@ class DetectionReport:
             )
             return f"BACKDOORED: {parts}"
         if self.verdict == "clean":
-            test = self.outlier_test()
-            worst = max(
-                (i for i, low in zip(test.anomaly_index, test.below_median, strict=True) if low), default=0.0
-            )
+            worst = self.outlier_test().largest_below_median
             return f"clean: no label below the median has an anomaly index above {self.threshold:g} (largest {worst:.2f})"
         return "inconclusive: " + "; ".join(self.notes)
 

@@ -95,9 +95,7 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
         )
         return "bad", text
     if report.verdict == "clean":
-        test = report.outlier_test()
-        below = [i for i, low in zip(test.anomaly_index, test.below_median, strict=True) if low]
-        worst = max(below, default=0.0)
+        worst = report.outlier_test().largest_below_median
         return "ok", (
             f"<b>Clean.</b> No label can be reached with unusually little change: the largest anomaly index among "
             f"labels below the median is {worst:.2f}, under the threshold of {report.threshold:g}."
