@@ -285,3 +285,70 @@ def test_zoo_builds_skips_and_summarises(tmp_path: Path, capsys: pytest.CaptureF
     spec.write_text(spec.read_text().replace("target = 0", "target = 1"))
     assert main(["zoo", "--spec", str(spec), "--out", str(out)]) != 0
     assert "different spec entry 'b'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ([{"name": "r", "attack": "badnets", "target": 0, "reference": True}], "model 'r': only a clean"),
+        ([{"name": "r", "reference": "yes"}], "model 'r': reference must be true or false"),
+    ],
+)
+def test_bad_reference_entries_name_the_entry(models: list[dict[str, object]], message: str) -> None:
+    with pytest.raises(nc.SettingsError, match=message):
+        parse_spec(_spec(models), source="s.toml")
+
+
+def test_references_are_per_dataset_and_never_the_model_itself() -> None:
+    spec = parse_spec(
+        _spec([
+            {"name": "c"},
+            {"name": "r1", "seed": 1, "reference": True},
+            {"name": "r2", "seed": 2, "reference": True},
+            {"name": "f", "dataset": "fashion-mnist", "reference": True},
+        ])
+    )  # fmt: skip
+    by = {e.name: e for e in spec.entries}
+    assert spec.references_for(by["c"]) == ["r1", "r2"]
+    assert spec.references_for(by["r1"]) == ["r2"]  # a reference is tested against the others
+    assert spec.references_for(by["f"]) == []
+    # marking a model as reference does not rebuild it
+    assert by["r1"].digest == parse_spec(_spec([{"name": "r1", "seed": 1}])).entries[0].digest
+
+
+def test_zoo_scan_reuses_reports_and_tests_against_references(
+    tmp_path: Path, badnets_report: nc.DetectionReport, clean_report: nc.DetectionReport
+) -> None:
+    """The scan summary of a zoo: the paper's test, the log test and the relative test against the
+    zoo's reference models. The scans are the session's (of models of the same recipe), filed under the
+    zoo models' weights so that the zoo keeps them instead of optimising again."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[defaults]\nepochs = 1\n[[model]]\nname = "c"\n'
+        '[[model]]\nname = "b"\nattack = "badnets"\ntarget = 0\n'
+        '[[model]]\nname = "r"\nseed = 1\nreference = true\n'
+    )
+    out = tmp_path / "zoo"
+    assert main(["zoo", "--spec", str(spec), "--out", str(out)]) == 0
+    for name, report in (("c", clean_report), ("b", badnets_report), ("r", clean_report)):
+        copy = nc.DetectionReport.load(report.save(tmp_path / "tmp" / name))
+        copy.model["weights_sha256"] = nc.ModelCard.load(out / name / "card.json").weights_sha256
+        copy.save(out / "scans" / name)
+    md = tmp_path / "t.md"
+    assert main(["zoo", "--spec", str(spec), "--out", str(out), "--scan", "--markdown", str(md)]) == 0
+    rows = {m["name"]: m for m in json.loads((out / "zoo.json").read_text())["models"]}
+    b, c, r = rows["b"]["scan"], rows["c"]["scan"], rows["r"]["scan"]
+    assert b["flagged"] == badnets_report.flagged and b["target_index"] == pytest.approx(
+        [badnets_report.label(0).anomaly_index], abs=1e-5
+    )
+    assert b["references"] == ["r"] and b["relative_flagged"] == [0] and b["relative_outcome"] == "detected"
+    assert b["relative_target_index"][0] > 2
+    assert (
+        c["references"] == ["r"]
+        and c["relative_flagged"] == []
+        and c["relative_outcome"] == "correct (clean)"
+    )
+    assert "references" not in r and rows["r"]["reference"] is True  # no other reference to compare with
+    table = md.read_text()
+    assert "vs references: flagged" in table
+    assert "| b | mnist-sample | badnets |" in table and "| 0 | " in table.split("| b |")[1]

@@ -25,8 +25,10 @@ A spec is TOML (or JSON with the same structure)::
                  {target = 7, trigger = "square:size=4,at=bottom-right"}]
 
 Model keys: ``name``, ``dataset``, ``arch``, ``data_dir``, ``epochs``, ``batch_size``, ``lr``, ``seed``,
-``attack`` and the attack's own settings (:data:`~neuralcleanse.attacks.ATTACKS`). Every entry is checked
-against its dataset before anything is trained, so a bad spec builds nothing.
+``attack`` and the attack's own settings (:data:`~neuralcleanse.attacks.ATTACKS`); ``control`` (the clean
+entry an infected model's accuracy is compared with) and ``reference = true`` (a clean model the scans of
+the other models of its dataset and architecture are also tested against, with the relative statistic).
+Every entry is checked against its dataset before anything is trained, so a bad spec builds nothing.
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "zoo.json"
 _MODEL_KEYS = {
-    "name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "shift", "seed", "attack", "control"
+    "name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "shift", "seed", "attack", "control",
+    "reference",
 }  # fmt: skip
 #: keys that say how a model is compared, not how it is built (left out of the rebuild digest)
-_REPORT_KEYS = {"control"}
+_REPORT_KEYS = {"control", "reference"}
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "shift", "seed"}
 
 
@@ -92,6 +95,10 @@ class ZooEntry:
     def attack_name(self) -> str:
         return self.recipe.attack.name if self.recipe.attack is not None else "none"
 
+    @property
+    def is_reference(self) -> bool:
+        return bool(self.raw.get("reference", False))
+
 
 @dataclass(frozen=True)
 class ZooSpec:
@@ -100,6 +107,18 @@ class ZooSpec:
 
     def names(self) -> list[str]:
         return [e.name for e in self.entries]
+
+    def references_for(self, entry: ZooEntry) -> list[str]:
+        """The reference entries ``entry``'s scan is compared with: every other entry marked
+        ``reference`` of the same dataset (and data directory) and architecture."""
+        r = entry.recipe
+        return [
+            e.name
+            for e in self.entries
+            if e.is_reference
+            and e.name != entry.name
+            and (e.recipe.dataset, e.recipe.data_dir, e.recipe.arch) == (r.dataset, r.data_dir, r.arch)
+        ]
 
 
 def load_spec(path: str | os.PathLike[str]) -> ZooSpec:
@@ -148,6 +167,10 @@ def parse_spec(raw: dict[str, Any], *, source: str = "spec") -> ZooSpec:
         entries.append(ZooEntry(name, _recipe(merged, where), merged))
     clean = {e.name for e in entries if e.recipe.attack is None}
     for e in entries:
+        if not isinstance(e.raw.get("reference", False), bool):
+            raise SettingsError(f"{source}: model {e.name!r}: reference must be true or false")
+        if e.is_reference and e.recipe.attack is not None:
+            raise SettingsError(f"{source}: model {e.name!r}: only a clean model can be a reference")
         ctrl = e.raw.get("control")
         if ctrl is not None and (ctrl not in clean or e.recipe.attack is None):
             why = (
@@ -237,6 +260,7 @@ class ZooRow:
     control: str | None = None
     accuracy_drop: float | None = None
     built: str = "built"
+    reference: bool = False
     scan: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,16 +282,17 @@ def summarise(entry: ZooEntry, card: ModelCard, status: str) -> ZooRow:
         clean_accuracy=card.clean_accuracy or 0.0,
         attack_success=card.attack_success,
         built=status,
+        reference=entry.is_reference,
     )
 
 
 def attach_controls(rows: list[ZooRow], spec: ZooSpec) -> None:
-    """Each infected model's clean control: the entry its ``control`` key names, else the clean entry with
-    the same dataset, arch and training."""
+    """Each infected model's clean control: the entry its ``control`` key names, else the first clean
+    entry (not marked ``reference``, if there is one) with the same dataset, arch and training."""
     controls: dict[tuple[str, str, str], ZooRow] = {}
     by_name = {e.name: e for e in spec.entries}
     rows_by_name = {r.name: r for r in rows}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: r.reference):  # a reference is a control only if nothing else is
         if row.attack == "none":
             e = by_name[row.name]
             controls.setdefault((e.recipe.dataset, e.recipe.arch, repr(e.recipe.training)), row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from ..errors import SettingsError
 from . import app
 from .common import device_option, run_scan, setup_logging, verbose_option
 from .train import train_and_save
+
+log = logging.getLogger(__name__)
 
 
 @app.command()
@@ -68,7 +71,7 @@ def zoo(
 
     if spec_path is None or (str(spec_path) in SHIPPED_SPECS and not spec_path.exists()):
         spec_path = default_spec_path(str(spec_path or "default"))
-    spec = load_spec(spec_path)
+    spec = full_spec = load_spec(spec_path)
     if only:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         missing = [n for n in wanted if n not in spec.names()]
@@ -112,11 +115,15 @@ def zoo(
         write_manifest(out, type(spec)(spec.entries[: i + 1], spec.source), rows)
     attach_controls(rows, spec)
     if do_scan:
+        reports: dict[str, Any] = {}
         for row, e in zip(rows, spec.entries, strict=True):
-            row.scan = _scan_model(
+            row.scan, reports[e.name] = _scan_model(
                 out, e, data_for(e.recipe.dataset, e.recipe.data_dir), samples, scan_seed, device
             )
             write_manifest(out, spec, rows)
+        for row, e in zip(rows, spec.entries, strict=True):
+            refs = full_spec.references_for(e)
+            row.scan.update(_against_references(out, reports, e.name, refs, row.targets))
     write_manifest(out, spec, rows)
     table_rows = [_cells(r, do_scan) for r in rows]
     header = _header(do_scan)
@@ -145,6 +152,9 @@ def _header(scanned: bool) -> list[str]:
             "detected",
             "log test: flagged",
             "index(target)",
+            "vs references: flagged",
+            "index(target)",
+            "detected",
         ]
     return cols
 
@@ -174,23 +184,76 @@ def _cells(r: Any, scanned: bool) -> list[str]:
         l1 = s.get("target_l1")
         cells += [
             flagged,
-            "-" if not idx else ", ".join(f"{v:.2f}" for v in idx),
+            _indices(idx),
             "-" if not l1 else ", ".join(f"{v:.1f}" for v in l1) + f" / {s.get('median', math.nan):.1f}",
             s.get("outcome", "-"),
             ",".join(map(str, s.get("log_flagged", []))) or "none",
-            "-" if not s.get("log_target_index") else ", ".join(f"{v:.2f}" for v in s["log_target_index"]),
+            _indices(s.get("log_target_index")),
         ]
+        if "relative_flagged" in s:
+            cells += [
+                ",".join(map(str, s["relative_flagged"])) or "none",
+                _indices(s["relative_target_index"]),
+                s["relative_outcome"],
+            ]
+        else:
+            cells += ["-", "-", "-"]
     return cells
 
 
-def _scan_model(out: Path, entry: Any, data: Any, samples: int, seed: int, device: str) -> dict[str, Any]:
-    """Scan one zoo model (kept if already scanned with the same weights); returns the summary."""
+def _indices(values: list[float] | None) -> str:
+    return "-" if not values else ", ".join(f"{v:.2f}" for v in values)
+
+
+def _outcome(planted: list[int], found: set[int]) -> str:
+    if not planted:
+        return "correct (clean)" if not found else "false alarm"
+    if set(planted) <= found:
+        return "detected" + (" + false alarm" if found - set(planted) else "")
+    return "partly detected" if set(planted) & found else "missed"
+
+
+def _against_references(
+    out: Path, reports: dict[str, Any], name: str, refs: list[str], targets: list[int]
+) -> dict[str, Any]:
+    """The relative test of ``name``'s scan against the scans of its reference models (read from
+    OUT/scans when this run did not scan them); empty when there are none to compare with."""
+    from ..detection import DetectionReport, Reference
+
+    have = []
+    for ref in refs:
+        if ref not in reports and (out / "scans" / ref / "report.json").exists():
+            reports[ref] = DetectionReport.load(out / "scans" / ref)
+        if ref in reports:
+            have.append(ref)
+        else:
+            log.info("%s: reference %s has not been scanned; left out", name, ref)
+    if not have:
+        return {}
+    report = reports[name]
+    test = report.outlier_test(
+        statistic="relative", reference=Reference.from_reports([reports[r] for r in have], paths=have)
+    )
+    return {
+        "references": have,
+        "relative_flagged": test.flagged,
+        "relative_target_index": [test.anomaly_index[report.labels.index(report.label(t))] for t in targets],
+        "relative_outcome": _outcome(targets, set(test.flagged)),
+    }
+
+
+def _scan_model(
+    out: Path, entry: Any, data: Any, samples: int, seed: int, device: str
+) -> tuple[dict[str, Any], Any]:
+    """Scan one zoo model (kept if already scanned with the same weights); returns the summary and the
+    report of the normal (not source-label) scan."""
     from ..detection import DetectionReport, NeuralCleanse, ReverseSettings
     from ..models import load_model_dir
 
     bundle = load_model_dir(out / entry.name)
     card = bundle.card
     result: dict[str, Any] = {}
+    main_report: Any = None
     sources = sorted({s for b in card.backdoors for s in (b.source_labels or [])})
     plans: list[tuple[str, int | None]] = [("scans", None)] + [("source-scans", s) for s in sources[:1]]
     for folder, source in plans:
@@ -217,6 +280,7 @@ def _scan_model(out: Path, entry: Any, data: Any, samples: int, seed: int, devic
             )
             report.save(report_dir, force=True)
         if source is None:
+            main_report = report
             targets = card.targets
             log_test = report.outlier_test(statistic="log")
             result.update(
@@ -235,14 +299,7 @@ def _scan_model(out: Path, entry: Any, data: Any, samples: int, seed: int, devic
             )
         else:
             result["source_flagged"] = report.flagged
-    planted = set(card.targets)
-    found = set(result["flagged"]) | set(result.get("source_flagged") or [])
-    if not planted:
-        result["outcome"] = "correct (clean)" if not found else "false alarm"
-    elif planted <= found:
-        result["outcome"] = "detected" + (" + false alarm" if found - planted else "")
-    elif planted & found:
-        result["outcome"] = "partly detected"
-    else:
-        result["outcome"] = "missed"
-    return result
+    result["outcome"] = _outcome(
+        card.targets, set(result["flagged"]) | set(result.get("source_flagged") or [])
+    )
+    return result, main_report
