@@ -131,6 +131,8 @@ class _Stop(Exception):
 
 
 def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
+    from neuralcleanse.detection.checkpoint import has_checkpoint
+
     model, images = tiny_model(3), tiny_images(96)
     cfg = ReverseSettings(
         batch_size=8, batches_per_step=2, max_steps=25, patience=2, early_stop_patience=4, seed=9
@@ -147,7 +149,7 @@ def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     with pytest.raises(_Stop):
         nc.scan(images, samples=None, checkpoint=ckpt, checkpoint_every=0.0, progress=kill)
-    assert (ckpt / "state.json").exists()
+    assert has_checkpoint(ckpt) and not has_checkpoint(tmp_path / "elsewhere")
     resumed = nc.scan(images, samples=None, checkpoint=ckpt, resume=True)
     assert not ckpt.exists()  # removed after success
     assert resumed.flagged == reference.flagged
@@ -159,7 +161,8 @@ def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
     with pytest.raises(_Stop):
         nc.scan(images, samples=None, checkpoint=ckpt, checkpoint_every=0.0, progress=kill)
     other = NeuralCleanse(model, settings=cfg.replace(seed=10, parallel_labels=2))
-    from neuralcleanse import DataError
+    from neuralcleanse import CheckpointError, DataError
 
-    with pytest.raises(DataError, match="another scan"):
+    with pytest.raises(CheckpointError, match="another scan") as caught:
         other.scan(images, samples=None, checkpoint=ckpt, resume=True)
+    assert isinstance(caught.value, DataError)  # a data problem to callers that catch those

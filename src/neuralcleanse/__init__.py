@@ -17,7 +17,7 @@ from .detection import (  # noqa: E402
     mad_outlier_test,
     scan,
 )
-from .errors import DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
+from .errors import CheckpointError, DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
 from .metrics import accuracy, attack_success_rate  # noqa: E402
 from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
@@ -28,6 +28,7 @@ from .triggers import Trigger  # noqa: E402
 
 __all__ = [
     "BadNets",
+    "CheckpointError",
     "DataError",
     "DatasetSplits",
     "DetectionReport",

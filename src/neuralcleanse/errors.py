@@ -7,7 +7,14 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["NeuralCleanseError", "DataError", "ModelError", "SettingsError", "TriggerError"]
+__all__ = [
+    "NeuralCleanseError",
+    "DataError",
+    "CheckpointError",
+    "ModelError",
+    "SettingsError",
+    "TriggerError",
+]
 
 
 class NeuralCleanseError(Exception):
@@ -16,6 +23,10 @@ class NeuralCleanseError(Exception):
 
 class DataError(NeuralCleanseError):
     """A dataset is missing, corrupt, or does not match what the model expects."""
+
+
+class CheckpointError(DataError):
+    """A scan checkpoint is missing, corrupt, or was written by another scan (model, images, settings)."""
 
 
 class ModelError(NeuralCleanseError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import SettingsError
+from ..errors import CheckpointError, SettingsError
 from . import app
 from .common import device_option, run_scan, setup_logging, verbose_option
 from .train import train_and_save
@@ -248,6 +249,7 @@ def _scan_model(
     """Scan one zoo model (kept if already scanned with the same weights); returns the summary and the
     report of the normal (not source-label) scan."""
     from ..detection import DetectionReport, NeuralCleanse, ReverseSettings
+    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
     from ..models import load_model_dir
 
     bundle = load_model_dir(out / entry.name)
@@ -265,12 +267,16 @@ def _scan_model(
                 report = None  # made for other weights (a `scan` CLI report records "sha256")
         if report is None:
             detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=seed), device=device)
-            report = run_scan(
+            ckpt = report_dir.with_name(report_dir.name + ".checkpoint")
+            scan = partial(
+                run_scan,
                 detector,
                 data.test,
                 bar=True,
                 samples=samples,
                 source=source,
+                checkpoint=ckpt,
+                keep_checkpoint=True,
                 data_info={"dataset": card.dataset, "split": "test"},
                 model_info={
                     "path": str(out / entry.name),
@@ -278,7 +284,14 @@ def _scan_model(
                     "weights_sha256": card.weights_sha256,
                 },
             )
+            try:  # a scan killed part-way continues where it stopped
+                report = scan(resume=has_checkpoint(ckpt))
+            except CheckpointError as exc:
+                log.warning("%s; scanning %s from the start", exc, entry.name)
+                remove_checkpoint(ckpt)
+                report = scan(resume=False)
             report.save(report_dir, force=True)
+            remove_checkpoint(ckpt)
         if source is None:
             main_report = report
             targets = card.targets

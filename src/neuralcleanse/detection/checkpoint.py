@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes, atomic_write_json
-from ..errors import DataError
+from ..errors import CheckpointError
 from .engine import LabelState
 
-__all__ = ["save_checkpoint", "load_checkpoint", "remove_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "remove_checkpoint", "has_checkpoint"]
 
 _STATE = "state.json"
 _TENSORS = "tensors.safetensors"
@@ -44,13 +44,13 @@ def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> l
         with safe_open(str(d / _TENSORS), framework="pt") as fh:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
     except FileNotFoundError:
-        raise DataError(f"{d}: no checkpoint to resume from") from None
+        raise CheckpointError(f"{d}: no checkpoint to resume from") from None
     except (OSError, ValueError, SafetensorError) as exc:
-        raise DataError(f"{d}: corrupt checkpoint ({exc})") from None
+        raise CheckpointError(f"{d}: corrupt checkpoint ({exc})") from None
     saved = state.get("identity", {})
     for key, value in identity.items():
         if saved.get(key) != value:
-            raise DataError(
+            raise CheckpointError(
                 f"{d}: checkpoint belongs to another scan ({key} differs); remove it or drop --resume"
             )
     out = []
@@ -59,6 +59,11 @@ def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> l
         mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         out.append(LabelState.restore(scalars, mine))
     return out
+
+
+def has_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a checkpoint (which :func:`load_checkpoint` may still refuse)."""
+    return (Path(path) / _STATE).is_file()
 
 
 def remove_checkpoint(path: str | os.PathLike[str]) -> None:
