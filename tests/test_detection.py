@@ -46,6 +46,7 @@ def test_report_records_settings_and_statistics(badnets_report: DetectionReport)
     assert r.settings["loss"] == "ce" and r.settings["mode"] == "batched" and r.settings["seed"] == 0
     assert any("cross-entropy" in n for n in r.notes)
     assert r.data["images"] <= 1000 and r.run["images_processed"] > 0
+    assert r.run["threads"] == torch.get_num_threads()
     assert all(x.steps > 0 and x.stop_reason in ("early_stop", "max_steps") for x in r.labels)
 
 

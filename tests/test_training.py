@@ -83,5 +83,6 @@ def test_shift_augmentation_is_seeded_and_recorded(mnist_sample: DatasetSplits) 
     assert torch.equal(a.model.logits.weight, b.model.logits.weight)
     assert not torch.equal(a.model.logits.weight, plain.model.logits.weight)
     assert a.card.training["shift"] == 2 and plain.card.training["shift"] == 0
+    assert a.card.training["threads"] == torch.get_num_threads()  # bit-for-bit only with the same count
     with pytest.raises(SettingsError, match="shift"):
         TrainSettings(shift=-1)

@@ -130,6 +130,8 @@ def train_recipe(
             "test_images": len(splits.test),
             "seconds": round(history.seconds, 2),
             "device": str(dev),
+            # CPU results are bit-for-bit reproducible only with the same thread count (summation order)
+            "threads": torch.get_num_threads(),
         },
         attack=attack.name if attack else None,
         poison_rate=round(planting.poisoned / train_images, 6) if planting else None,

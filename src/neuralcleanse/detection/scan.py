@@ -283,6 +283,7 @@ class NeuralCleanse:
             "seconds": round(seconds, 2),
             "images_processed": processed,
             "device": str(self.device),
+            "threads": torch.get_num_threads(),  # CPU norms repeat bit for bit only with the same count
             "images_given": total_images,
             "images_used": len(pool),
         }
