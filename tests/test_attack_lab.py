@@ -343,6 +343,8 @@ def test_zoo_scan_reuses_reports_and_tests_against_references(
     )
     assert b["references"] == ["r"] and b["relative_flagged"] == [0] and b["relative_outcome"] == "detected"
     assert b["relative_target_index"][0] > 2
+    ratio = badnets_report.label(0).l1_norm / clean_report.label(0).l1_norm
+    assert b["relative_ratio"]["0"] == pytest.approx(ratio, rel=1e-3) and ratio < 0.5
     assert (
         c["references"] == ["r"]
         and c["relative_flagged"] == []
@@ -351,4 +353,5 @@ def test_zoo_scan_reuses_reports_and_tests_against_references(
     assert "references" not in r and rows["r"]["reference"] is True  # no other reference to compare with
     table = md.read_text()
     assert "vs references: flagged" in table
-    assert "| b | mnist-sample | badnets |" in table and "| 0 | " in table.split("| b |")[1]
+    b_line = table.split("| b |")[1].split("\n")[0]
+    assert "| 0 | " in b_line and f"| 0 (×{b['relative_ratio']['0']:.2f}) |" in b_line

@@ -153,7 +153,7 @@ def _header(scanned: bool) -> list[str]:
             "detected",
             "log test: flagged",
             "index(target)",
-            "vs references: flagged",
+            "vs references: flagged (L1 / reference L1)",
             "index(target)",
             "detected",
         ]
@@ -192,8 +192,9 @@ def _cells(r: Any, scanned: bool) -> list[str]:
             _indices(s.get("log_target_index")),
         ]
         if "relative_flagged" in s:
+            ratio = s.get("relative_ratio", {})
             cells += [
-                ",".join(map(str, s["relative_flagged"])) or "none",
+                ", ".join(f"{k} (×{ratio[str(k)]:.2f})" for k in s["relative_flagged"]) or "none",
                 _indices(s["relative_target_index"]),
                 s["relative_outcome"],
             ]
@@ -232,12 +233,16 @@ def _against_references(
     if not have:
         return {}
     report = reports[name]
-    test = report.outlier_test(
-        statistic="relative", reference=Reference.from_reports([reports[r] for r in have], paths=have)
-    )
+    reference = Reference.from_reports([reports[r] for r in have], paths=have)
+    test = report.outlier_test(statistic="relative", reference=reference)
     return {
         "references": have,
         "relative_flagged": test.flagged,
+        # how many times smaller than in the references each flagged label's and target's trigger is
+        "relative_ratio": {
+            str(k): round(report.label(k).l1_norm / reference.l1_norms[k], 4)
+            for k in sorted({*test.flagged, *targets})
+        },
         "relative_target_index": [test.anomaly_index[report.labels.index(report.label(t))] for t in targets],
         "relative_outcome": _outcome(targets, set(test.flagged)),
     }
