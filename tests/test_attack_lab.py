@@ -355,3 +355,10 @@ def test_zoo_scan_reuses_reports_and_tests_against_references(
     assert "vs references: flagged" in table
     b_line = table.split("| b |")[1].split("\n")[0]
     assert "| 0 | " in b_line and f"| 0 (×{b['relative_ratio']['0']:.2f}) |" in b_line
+    # a reference scan made for other weights (the reference was rebuilt) is not compared with
+    stale = nc.DetectionReport.load(out / "scans" / "r")
+    stale.model["weights_sha256"] = "0" * 64
+    stale.save(out / "scans" / "r", force=True)
+    assert main(["zoo", "--spec", str(spec), "--out", str(out), "--scan", "--only", "b"]) == 0
+    b = {m["name"]: m for m in json.loads((out / "zoo.json").read_text())["models"]}["b"]["scan"]
+    assert b["flagged"] == badnets_report.flagged and "references" not in b

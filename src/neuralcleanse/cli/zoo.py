@@ -220,12 +220,15 @@ def _against_references(
 ) -> dict[str, Any]:
     """The relative test of ``name``'s scan against the scans of its reference models (read from
     OUT/scans when this run did not scan them); empty when there are none to compare with."""
-    from ..detection import DetectionReport, Reference
+    from ..detection import Reference
+    from ..models.card import ModelCard
 
     have = []
     for ref in refs:
-        if ref not in reports and (out / "scans" / ref / "report.json").exists():
-            reports[ref] = DetectionReport.load(out / "scans" / ref)
+        if ref not in reports and (out / ref / "card.json").exists():
+            saved = _saved_report(out / "scans" / ref, ModelCard.load(out / ref / "card.json").weights_sha256)
+            if saved is not None:
+                reports[ref] = saved
         if ref in reports:
             have.append(ref)
         else:
@@ -248,12 +251,25 @@ def _against_references(
     }
 
 
+def _saved_report(report_dir: Path, weights_sha256: str | None) -> Any:
+    """The scan report saved in ``report_dir`` if it was made for these weights, else None."""
+    from ..detection import DetectionReport
+
+    if not (report_dir / "report.json").exists():
+        return None
+    report = DetectionReport.load(report_dir)
+    # a report made for other weights is stale (a `scan` CLI report records "sha256")
+    if weights_sha256 not in (report.model.get("weights_sha256"), report.model.get("sha256")):
+        return None
+    return report
+
+
 def _scan_model(
     out: Path, entry: Any, data: Any, samples: int, seed: int, device: str
 ) -> tuple[dict[str, Any], Any]:
     """Scan one zoo model (kept if already scanned with the same weights); returns the summary and the
     report of the normal (not source-label) scan."""
-    from ..detection import DetectionReport, NeuralCleanse, ReverseSettings
+    from ..detection import NeuralCleanse, ReverseSettings
     from ..detection.checkpoint import has_checkpoint, remove_checkpoint
     from ..models import load_model_dir
 
@@ -265,11 +281,7 @@ def _scan_model(
     plans: list[tuple[str, int | None]] = [("scans", None)] + [("source-scans", s) for s in sources[:1]]
     for folder, source in plans:
         report_dir = out / folder / entry.name
-        report = None
-        if (report_dir / "report.json").exists():
-            report = DetectionReport.load(report_dir)
-            if card.weights_sha256 not in (report.model.get("weights_sha256"), report.model.get("sha256")):
-                report = None  # made for other weights (a `scan` CLI report records "sha256")
+        report = _saved_report(report_dir, card.weights_sha256)
         if report is None:
             detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=seed), device=device)
             ckpt = report_dir.with_name(report_dir.name + ".checkpoint")
