@@ -207,6 +207,11 @@ def _indices(values: list[float] | None) -> str:
     return "-" if not values else ", ".join(f"{v:.2f}" for v in values)
 
 
+def _indices_of(report: Any, test: Any, labels: list[int]) -> list[float]:
+    """The anomaly indices of ``labels`` in ``test``, an outlier test re-run on ``report``'s norms."""
+    return [test.anomaly_index[report.labels.index(report.label(k))] for k in labels]
+
+
 def _outcome(planted: list[int], found: set[int]) -> str:
     if not planted:
         return "correct (clean)" if not found else "false alarm"
@@ -246,7 +251,7 @@ def _against_references(
             str(k): round(report.label(k).l1_norm / reference.l1_norms[k], 4)
             for k in sorted({*test.flagged, *targets})
         },
-        "relative_target_index": [test.anomaly_index[report.labels.index(report.label(t))] for t in targets],
+        "relative_target_index": _indices_of(report, test, targets),
         "relative_outcome": _outcome(targets, set(test.flagged)),
     }
 
@@ -315,9 +320,7 @@ def _scan_model(
             log_test = report.outlier_test(statistic="log")
             result.update(
                 log_flagged=log_test.flagged,
-                log_target_index=[
-                    log_test.anomaly_index[report.labels.index(report.label(t))] for t in targets
-                ],
+                log_target_index=_indices_of(report, log_test, targets),
             )
             result.update(
                 verdict=report.verdict,
