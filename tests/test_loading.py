@@ -85,7 +85,7 @@ def test_every_format_round_trips_with_input_gradients(
 ) -> None:
     ref = _tiny()
     spec = f"{files['arch']}:Tiny" if arch else None
-    loaded = load_model(files[key], arch=spec)
+    loaded = load_model(files[key], arch=spec, allow_torchscript=fmt == "torchscript")
     assert loaded.format == fmt == sniff_format(files[key])
     with torch.no_grad():
         assert torch.allclose(loaded.model(X), ref(X), atol=1e-5)  # 7 images: chunked for the static export
@@ -98,6 +98,14 @@ def test_every_format_round_trips_with_input_gradients(
         assert loaded.input_shape == (1, 12, 12)
     if fmt == "torchscript":
         assert "TorchScript" in caplog.text and "trust" in caplog.text
+
+
+def test_torchscript_needs_an_explicit_opt_in(files: dict[str, Path], tmp_path: Path) -> None:
+    renamed = tmp_path / "model.pt2"  # the format is read from the content, not the name
+    renamed.write_bytes(files["torchscript"].read_bytes())
+    for path in (files["torchscript"], renamed):
+        with pytest.raises(ModelError, match="refused: a TorchScript archive runs code.*--allow-torchscript"):
+            load_model(path)
 
 
 def test_module_path_architecture(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

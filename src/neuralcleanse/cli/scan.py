@@ -72,6 +72,11 @@ def build_preprocessing(
 @click.option(
     "--arch-kwargs", help="JSON keyword arguments for the architecture class, e.g. '{\"classes\": 10}'."
 )
+@click.option(
+    "--allow-torchscript",
+    is_flag=True,
+    help="Load a TorchScript archive: it runs code embedded in the file (only for files you trust).",
+)
 @click.option("--input-shape", help="CxHxW the network takes, if the file does not say (e.g. 3x32x32).")
 @click.option(
     "--input-range",
@@ -141,6 +146,7 @@ def scan(
     split: str,
     arch: str | None,
     arch_kwargs: str | None,
+    allow_torchscript: bool,
     input_shape: str | None,
     input_range: str | None,
     mean: str | None,
@@ -169,8 +175,8 @@ def scan(
     """Reverse-engineer every label's trigger of MODEL and flag the outliers (Neural Cleanse).
 
     MODEL is a torch.export program (.pt2), a safetensors or torch.save state dict (with --arch), a
-    TorchScript archive (trusted files only) or a neuralcleanse model directory. Nothing in it is
-    unpickled or executed, except TorchScript, which always runs embedded code.
+    TorchScript archive (only with --allow-torchscript: it runs code embedded in the file) or a
+    neuralcleanse model directory. Nothing in the file is unpickled or executed.
     """
     from .._io import check_output_dir
     from ..data.convert import read_class_names
@@ -208,6 +214,7 @@ def scan(
         input_shape=_parse_shape(input_shape),
         preprocessing=build_preprocessing(input_range, mean, std, channel_order),
         device=device,
+        allow_torchscript=allow_torchscript,
     )
     names = read_class_names(class_names) if class_names else loaded.class_names
     images, data_info = _load_data(loaded, data_path, dataset, data_dir, split, names)

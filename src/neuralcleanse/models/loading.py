@@ -9,8 +9,9 @@ The format is read from the file's content, not its name:
 ``safetensors``     weights only; needs ``arch`` (a built-in name or ``package.module:Class``)
 ``state-dict``      ``torch.save`` of a state dict, read with ``torch.load(weights_only=True)``;
                     needs ``arch``
-``torchscript``     ``torch.jit.save`` archive: runs code embedded in the file, so a warning is
-                    logged; only for files you trust
+``torchscript``     ``torch.jit.save`` archive: always runs code embedded in the file, so it is
+                    refused unless the caller opts in (``allow_torchscript=True``,
+                    ``--allow-torchscript``); only for files you trust
 ``model-dir``       a directory written by neuralcleanse (``card.json`` + ``model.safetensors``)
 ==================  =========================================================================
 """
@@ -249,6 +250,7 @@ def load_model(
     input_shape: tuple[int, int, int] | None = None,
     preprocessing: Preprocessing | None = None,
     device: str | torch.device = "cpu",
+    allow_torchscript: bool = False,
 ) -> LoadedModel:
     """Load a model file or directory for scanning.
 
@@ -262,6 +264,8 @@ def load_model(
         preprocessing: what the network expects (range, mean/std, channel order); for model directories
             the card's declaration is used unless this is given.
         device: where the model runs.
+        allow_torchscript: load a TorchScript archive (whatever its file name). TorchScript always runs
+            code embedded in the file, so it is refused unless you opt in for a file you trust.
     """
     p = Path(path)
     dev = resolve_device(device)
@@ -297,6 +301,11 @@ def load_model(
             )
         network = network.to(dev)
     elif fmt == "torchscript":
+        if not allow_torchscript:
+            raise ModelError(
+                f"{p}: refused: a TorchScript archive runs code embedded in the file; load it only if you "
+                "trust its origin (--allow-torchscript, or allow_torchscript=True in the API)"
+            )
         log.warning(
             "%s is TorchScript: a deprecated format whose archives run embedded code; load only files you trust",
             p,
