@@ -92,7 +92,7 @@ def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixtu
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     code, _, stderr = run(capsys, "train", "--out", str(out), "--epochs", "1", "--device", "cpu")
-    assert code == 1 and "--force" in stderr and (out / "notes.txt").read_text() == "keep me"
+    assert code == 2 and "--force" in stderr and (out / "notes.txt").read_text() == "keep me"
     code, _, _ = run(capsys, "train", "--out", str(out), "--epochs", "1", "--device", "cpu", "--force")
     assert code == 0 and not (out / "notes.txt").exists() and (out / "card.json").exists()
 

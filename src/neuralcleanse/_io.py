@@ -13,7 +13,14 @@ from typing import Any
 
 from .errors import SettingsError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "check_output_dir"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_directory",
+    "check_output_dir",
+    "check_output_file",
+    "check_writable_parent",
+]
 
 
 def _umask() -> int:
@@ -44,15 +51,55 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def check_output_dir(path: str | os.PathLike[str], *, force: bool) -> Path:
-    """Refuse an existing non-empty directory (or a file) at ``path`` unless ``force``."""
+def _where(out: Path, option: str | None) -> str:
+    return f"{option} {out}" if option else f"output path {out}"
+
+
+def check_writable_parent(path: str | os.PathLike[str], *, option: str | None = None) -> Path:
+    """Check that ``path`` can be created: its nearest existing ancestor is a directory in which a file
+    can be written (probed with a temporary file that is removed at once). One-line
+    :class:`SettingsError` naming ``option`` (or the path) otherwise."""
     out = Path(path)
-    if out.exists():
-        if not out.is_dir():
-            raise SettingsError(f"output path {out} exists and is not a directory")
-        if any(out.iterdir()) and not force:
-            raise SettingsError(f"output directory {out} exists and is not empty (use --force to replace it)")
+    where = _where(out, option)
+    ancestor = out.parent if str(out.parent) else Path(".")
+    while not ancestor.exists():
+        if ancestor.is_symlink():
+            raise SettingsError(f"{where}: {ancestor} is a dangling symbolic link")
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise SettingsError(f"{where}: {ancestor} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".neuralcleanse-write-test-", dir=ancestor)
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot write in {ancestor} ({exc.strerror or exc})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return out
+
+
+def check_output_dir(path: str | os.PathLike[str], *, force: bool, option: str | None = None) -> Path:
+    """Check, before any work, that a result directory can be written at ``path``: not a file, empty
+    (or ``force``: it will be replaced), and its parent writable. One-line :class:`SettingsError` naming
+    ``option`` (or the path) otherwise."""
+    out = Path(path)
+    where = _where(out, option)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise SettingsError(f"{where} exists and is not a directory")
+        if not force and any(out.iterdir()):
+            raise SettingsError(f"{where}: directory exists and is not empty (use --force to replace it)")
+    return check_writable_parent(out, option=option)
+
+
+def check_output_file(path: str | os.PathLike[str], *, option: str | None = None) -> Path:
+    """Check, before any work, that a file can be written at ``path`` (not a directory, parent writable)."""
+    out = Path(path)
+    if out.is_dir():
+        raise SettingsError(f"{_where(out, option)} is a directory; give a file name")
+    return check_writable_parent(out, option=option)
 
 
 @contextlib.contextmanager

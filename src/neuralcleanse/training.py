@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,18 @@ class TrainSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "shift", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise SettingsError(f"{name} must be an integer, got {value!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise SettingsError(f"{name} must be a finite number, got {value!r}")
+        if not 0 <= self.seed < 2**63:
+            raise SettingsError(f"seed must be from 0 to 2**63-1, got {self.seed}")
+        if self.weight_decay < 0:
+            raise SettingsError(f"weight decay must be 0 or more, got {self.weight_decay}")
         if self.epochs < 1:
             raise SettingsError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -182,7 +182,13 @@ def parse_spec(raw: dict[str, Any], *, source: str = "spec") -> ZooSpec:
     return ZooSpec(entries, source)
 
 
+_STRING_KEYS = ("dataset", "arch", "data_dir", "attack", "control")
+
+
 def _recipe(d: dict[str, Any], where: str) -> Recipe:
+    for key in _STRING_KEYS:
+        if key in d and not isinstance(d[key], str):
+            raise SettingsError(f"{where}: {key} must be a string, got {d[key]!r}")
     kind = d.get("attack", "none")
     attack_keys = set(d) - _MODEL_KEYS
     if kind == "none":

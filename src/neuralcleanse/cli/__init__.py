@@ -1,14 +1,42 @@
-"""The ``neuralcleanse`` command line. The only place that parses arguments; no library code imports it."""
+"""The ``neuralcleanse`` command line. The only place that parses arguments; no library code imports it.
+
+Exit codes (the same table is in ``docs/bad_inputs.md``):
+
+====  =====================================================================================================
+code  meaning
+====  =====================================================================================================
+0     success
+1     a problem with the input data, model or files (``DataError``, ``ModelError``, ``CheckpointError``,
+      a file that cannot be read or written)
+2     usage error: a bad option value or combination (click's usage errors, ``SettingsError``)
+3     internal error (a bug): one line on stderr names the exception and the log file holding the full
+      traceback (``-v`` also prints it)
+130   interrupted (Ctrl-C)
+====  =====================================================================================================
+
+Every error is one line on stderr, ``error: <message>``, naming the problem and the file or option.
+"""
 
 from __future__ import annotations
 
+import datetime
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import click
 
-from ..errors import NeuralCleanseError
+from ..errors import NeuralCleanseError, SettingsError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]
+
+EXIT_OK = 0
+EXIT_INPUT = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -25,28 +53,85 @@ from . import train as _train  # noqa: E402,F401
 from . import zoo as _zoo  # noqa: E402,F401
 
 
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _log_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "neuralcleanse"
+
+
+def _write_traceback(exc: BaseException) -> Path | None:
+    """Write the full traceback of ``exc`` to a new log file; its path, or None if none could be written."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"crash-{stamp}-{os.getpid()}.log"
+    for directory in (_log_dir(), Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / name
+            with path.open("x", encoding="utf-8") as fh:
+                fh.write(f"neuralcleanse {' '.join(sys.argv)}\n{text}")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _verbose(argv: list[str]) -> bool:
+    return any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one line on stderr and a non-zero exit code, never a traceback."""
+    """Entry point: every error is one line on stderr and a documented exit code, never a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app.main(args=argv, prog_name="neuralcleanse", standalone_mode=False)
+        app.main(args=args, prog_name="neuralcleanse", standalone_mode=False)
+    except SettingsError as exc:
+        print(f"error: {_first_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
     except NeuralCleanseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"error: {_first_line(str(exc))}", file=sys.stderr)
+        return EXIT_INPUT
     except click.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # click >= 8.2: bare command shows its help
             click.echo(exc.format_message(), err=True)
-            return 2
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        return 2
+            return EXIT_USAGE
+        print(f"error: {_first_line(exc.format_message())}", file=sys.stderr)
+        return EXIT_USAGE
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
         print("error: aborted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:  # e.g. a file click could not open
+        print(f"error: {_first_line(exc.format_message())}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:
+        if exc.filename is not None:  # the disk, not the code: a file that cannot be read or written
+            print(f"error: {exc.filename}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+            return EXIT_INPUT
+        return _internal(exc, args)
+    except Exception as exc:  # noqa: BLE001 (anything else is a bug: one line, the trace in a file)
+        return _internal(exc, args)
+    return EXIT_OK
+
+
+def _internal(exc: Exception, args: list[str]) -> int:
+    path = _write_traceback(exc)
+    where = f"full traceback in {path}" if path is not None else "the traceback could not be saved"
+    if _verbose(args):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    detail = _first_line(str(exc))
+    print(
+        f"error: internal error ({type(exc).__name__}{': ' + detail if detail else ''}); {where}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,34 @@ def print_scan(report: Any, out: Path) -> None:
             f"second opinion: {what[other]} (--statistic {other}) flags {second.flagged or 'no label'}"
         )
     console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())
+
+
+#: seeds feed numpy and torch generators, which take non-negative 64-bit integers
+MAX_SEED = 2**63 - 1
+
+
+def check_count(value: int, option: str, *, minimum: int = 1) -> None:
+    """An integer option that counts something (``--samples``, ``--max-steps``, ``--epochs``)."""
+    if value < minimum:
+        raise SettingsError(f"{option} must be at least {minimum}, got {value}")
+
+
+def check_seed(value: int, option: str) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise SettingsError(f"{option} must be a seed from 0 to 2**63-1, got {value}")
+
+
+def check_threshold(value: float, option: str) -> None:
+    """The anomaly-index threshold: a positive, finite number."""
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{option} must be a positive number, got {value:g}")
+
+
+def check_fraction_option(value: float, option: str, *, closed_low: bool = False) -> None:
+    """A fraction in (0, 1] (or [0, 1] with ``closed_low``)."""
+    ok = (0.0 <= value <= 1.0) if closed_low else (0.0 < value <= 1.0)
+    if not (math.isfinite(value) and ok):
+        raise SettingsError(f"{option} must be in {'[' if closed_low else '('}0, 1], got {value:g}")
 
 
 def parse_labels(text: str | None) -> list[int] | None:

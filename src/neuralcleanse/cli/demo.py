@@ -9,7 +9,15 @@ import click
 from rich.console import Console
 
 from . import app
-from .common import device_option, print_scan, run_scan, setup_logging, verbose_option
+from .common import (
+    check_count,
+    check_seed,
+    device_option,
+    print_scan,
+    run_scan,
+    setup_logging,
+    verbose_option,
+)
 from .train import train_and_save
 
 
@@ -31,6 +39,7 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
 
     Models already in OUT (from an earlier demo with the same settings) are reused; --force rebuilds.
     """
+    from .._io import check_output_dir
     from ..attacks import BadNets
     from ..data.registry import load_dataset
     from ..detection import NeuralCleanse, ReverseSettings
@@ -40,6 +49,12 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
     from ..training import TrainSettings
 
     setup_logging(verbose)
+    check_count(epochs, "--epochs")
+    check_seed(seed, "--seed")
+    # OUT is a work directory whose models are reused: it may hold files, but must be a writable directory
+    check_output_dir(out, force=True, option="--out")
+    for sub in ("badnets", "badnets-scan", "clean", "clean-scan"):
+        check_output_dir(out / sub, force=True, option="--out")
     data = load_dataset("mnist-sample")
     console = Console(highlight=False)
     training = TrainSettings(epochs=epochs, seed=seed)

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..device import resolve_device
-from ..errors import DataError, SettingsError
+from ..errors import DataError, ModelError, SettingsError
 from . import app
-from .common import device_option, setup_logging, verbose_option
+from .common import check_fraction_option, device_option, setup_logging, verbose_option
 
 
 @dataclasses.dataclass
@@ -39,9 +39,8 @@ def _open(
     from ..triggers import Trigger
 
     if not (model / "card.json").is_file():
-        raise SettingsError(
-            f"{model}: validate and mitigate work on a neuralcleanse model directory (card.json)"
-        )
+        what = "not found" if not model.exists() else "is not a neuralcleanse model directory (no card.json)"
+        raise ModelError(f"{model}: {what}; validate and mitigate work on a model directory")
     loaded = load_model(model, device=device)
     report = DetectionReport.load(report_path)
     recorded = {str(report.model.get(k)) for k in ("sha256", "weights_sha256") if report.model.get(k)}
@@ -57,10 +56,11 @@ def _open(
             raise SettingsError(f"{report_path}: the scan flagged no label; name one with --label")
         label = min(report.flagged, key=lambda k: report.label(k).l1_norm)
     if label not in report.triggers:
-        known = sorted(report.triggers)
-        raise SettingsError(
-            f"{report_path}: label {label} is not in the report (labels {known[0]}-{known[-1]})"
-        )
+        known = sorted(r.label for r in report.labels)
+        if label in known:
+            raise DataError(f"{report_path}: trigger file triggers/label_{label:04d}.safetensors is missing")
+        span = f"labels {known[0]}-{known[-1]}" if known else "no labels"
+        raise SettingsError(f"--label: label {label} is not in the report {report_path} ({span})")
     card = loaded.card
     assert card is not None  # a model directory always has its card
     real, sources = None, None
@@ -120,9 +120,10 @@ def validate(
     from ..validation import validate_trigger
 
     setup_logging(verbose)
+    check_fraction_option(top, "--top")
     device = str(resolve_device(device))
     out = out or Path("validations") / model.resolve().name
-    check_output_dir(out, force=force)
+    check_output_dir(out, force=force, option="--out")
     case = _open(model, report_path, label, dataset, data_dir, device)
     result = validate_trigger(
         case.loaded.model, case.reversed, case.data.test, label=case.label, real_trigger=case.real,
@@ -208,7 +209,7 @@ def mitigate(
     if epochs is not None and epochs < 1:
         raise SettingsError(f"--epochs must be at least 1, got {epochs}")
     out = out or Path("mitigations") / f"{model.resolve().name}-{method}"
-    check_output_dir(out, force=force)
+    check_output_dir(out, force=force, option="--out")
     case = _open(model, report_path, label, dataset, data_dir, device)
     kw: dict[str, Any] = {
         "label": case.label, "real_trigger": case.real, "source_labels": case.sources, "device": device,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import DataError
 from . import app
 from .common import setup_logging, verbose_option
 
@@ -34,11 +35,19 @@ def report(
     verbose: int,
 ) -> None:
     """Write a self-contained HTML report (figures inline, no network) for a scan's result directory."""
+    from .._io import check_output_file
+    from ..detection.report import REPORT_FILE
     from ..mitigation import MitigationResult
     from ..report import write_html_report
     from ..validation import ValidationResult
 
     setup_logging(verbose)
+    if not (result_dir / REPORT_FILE).is_file():
+        why = (
+            "the directory does not exist" if not result_dir.exists() else "is it a scan's result directory?"
+        )
+        raise DataError(f"{result_dir}: no {REPORT_FILE} here ({why})")
+    check_output_file(out if out is not None else result_dir / "report.html", option="--out")
     validation = ValidationResult.load(validation_dir) if validation_dir else None
     mitigations = [MitigationResult.load(d) for d in mitigation_dirs]
     path = write_html_report(result_dir, out, validation=validation, mitigations=mitigations)

@@ -8,9 +8,19 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from ..errors import DataError, SettingsError
+from ..errors import CheckpointError, DataError, SettingsError
 from . import app
-from .common import device_option, parse_labels, print_scan, run_scan, setup_logging, verbose_option
+from .common import (
+    check_count,
+    check_seed,
+    check_threshold,
+    device_option,
+    parse_labels,
+    print_scan,
+    run_scan,
+    setup_logging,
+    verbose_option,
+)
 
 if TYPE_CHECKING:
     from ..detection.outlier import Statistic
@@ -181,19 +191,28 @@ def scan(
     from .._io import check_output_dir
     from ..data.convert import read_class_names
     from ..detection import DetectionReport, NeuralCleanse, Reference, ReverseSettings
-    from ..detection.checkpoint import remove_checkpoint
+    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
     from ..models.loading import load_model
 
     setup_logging(verbose)
+    # everything knowable is checked before the model is loaded and long before any optimisation
+    check_count(samples, "--samples")
+    check_count(max_steps, "--max-steps")
+    check_seed(seed, "--seed")
+    check_threshold(threshold, "--threshold")
+    if data_path is not None and dataset is not None:
+        raise SettingsError("give either --data or --dataset, not both")
+    if source is not None and source < 0:
+        raise SettingsError(f"--source must be a label (0 or more), got {source}")
+    wanted = parse_labels(labels_text)
     stem = model.name.split(".")[0] if model.is_file() else model.resolve().name
     out = out or Path("scans") / stem
     ckpt = out.with_name(out.name + ".checkpoint")
-    check_output_dir(out, force=force)
-    if samples < 1:
-        raise SettingsError(f"--samples must be at least 1, got {samples}")
-    if data_path is not None and dataset is not None:
-        raise SettingsError("give either --data or --dataset, not both")
-    wanted = parse_labels(labels_text)
+    check_output_dir(out, force=force, option="--out")
+    if resume and not has_checkpoint(ckpt):
+        raise CheckpointError(f"{ckpt}: no checkpoint to resume from (--resume)")
+    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
+    settings = ReverseSettings.original(**overrides) if sequential else ReverseSettings(**overrides)
     reference = None
     if references:
         reference = Reference.from_reports(
@@ -218,8 +237,6 @@ def scan(
     )
     names = read_class_names(class_names) if class_names else loaded.class_names
     images, data_info = _load_data(loaded, data_path, dataset, data_dir, split, names)
-    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
-    settings = ReverseSettings.original(**overrides) if sequential else ReverseSettings(**overrides)
     detector = NeuralCleanse(
         loaded.model,
         settings=settings,
@@ -228,6 +245,7 @@ def scan(
         reference=reference,
         device=device,
     )
+    _check_task(detector, model, images, data_info, wanted, source, names)
     report = run_scan(
         detector,
         images,
@@ -282,3 +300,38 @@ def _load_data(
         raise DataError(f"images are {images.input_shape}, the model takes {tuple(shape)}")
     info["images_read"] = str(len(images))
     return images, info
+
+
+def _check_task(
+    detector: Any,
+    model: Path,
+    images: Any,
+    data_info: dict[str, Any],
+    wanted: list[int] | None,
+    source: int | None,
+    names: Any,
+) -> None:
+    """Before optimising: the model runs on the images and gives finite scores, and the data's labels,
+    ``--labels`` and ``--source`` fit its outputs."""
+    from ..detection.scan import infer_num_classes
+
+    where = data_info.get("path") or data_info.get("dataset") or "the images"
+    try:
+        classes = infer_num_classes(detector.model, images.images, device=detector.device)
+    except DataError as exc:
+        raise DataError(f"{model}: {exc}") from None
+    if images.num_classes > classes or (len(images) and int(images.labels.max()) >= classes):
+        raise DataError(
+            f"{where}: the images have {images.num_classes} classes, the model {model} has {classes} outputs"
+        )
+    if names is not None and len(names) != classes:
+        raise DataError(f"{model}: {len(names)} class names for a model with {classes} outputs")
+    bad = [k for k in wanted or [] if not 0 <= k < classes]
+    if bad:
+        raise SettingsError(
+            f"--labels: label {bad[0]} is outside the model's {classes} outputs (0-{classes - 1})"
+        )
+    if source is not None and source >= classes:
+        raise SettingsError(
+            f"--source: source label {source} is outside the model's {classes} outputs (0-{classes - 1})"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,16 @@ from rich.table import Table
 
 from ..errors import SettingsError
 from . import app
-from .common import TRIGGER_HELP, ProgressBar, device_option, parse_labels, setup_logging, verbose_option
+from .common import (
+    TRIGGER_HELP,
+    ProgressBar,
+    check_count,
+    check_seed,
+    device_option,
+    parse_labels,
+    setup_logging,
+    verbose_option,
+)
 
 
 @app.command()
@@ -92,7 +102,13 @@ def train(
     from ..training import TrainSettings
 
     setup_logging(verbose)
-    check_output_dir(out, force=force)  # fail before training, not after
+    check_count(epochs, "--epochs")
+    check_count(batch_size, "--batch-size")
+    check_count(shift, "--shift", minimum=0)
+    check_seed(seed, "--seed")
+    if not (math.isfinite(lr) and lr > 0):
+        raise SettingsError(f"--lr must be a positive number, got {lr:g}")
+    check_output_dir(out, force=force, option="--out")  # fail before training, not after
     bad = None
     if attack != "none":
         if target is None:

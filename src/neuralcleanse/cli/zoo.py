@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..errors import CheckpointError, SettingsError
 from . import app
-from .common import device_option, run_scan, setup_logging, verbose_option
+from .common import check_count, check_seed, device_option, run_scan, setup_logging, verbose_option
 from .train import train_and_save
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,11 @@ def zoo(
     directory OUT/NAME with its ground-truth card; OUT/zoo.json and the printed table summarise clean
     accuracy, attack success and (with --scan) what Neural Cleanse flagged.
     """
+    from .._io import check_output_dir, check_output_file
     from ..data.registry import load_dataset
     from ..models import load_model_dir
     from ..zoo import (
+        SHIPPED_SPECS,
         attach_controls,
         check_against_data,
         default_spec_path,
@@ -68,7 +70,11 @@ def zoo(
     )
 
     setup_logging(verbose)
-    from ..zoo import SHIPPED_SPECS
+    check_count(samples, "--samples")
+    check_seed(scan_seed, "--scan-seed")
+    check_output_dir(out, force=True, option="--out")  # a zoo directory is reused: only its place is checked
+    if markdown is not None:
+        check_output_file(markdown, option="--markdown")
 
     if spec_path is None or (str(spec_path) in SHIPPED_SPECS and not spec_path.exists()):
         spec_path = default_spec_path(str(spec_path or "default"))

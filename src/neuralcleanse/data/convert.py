@@ -10,15 +10,40 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
-from ..errors import DataError
+from ..errors import DataError, SettingsError
 from .dataset import ImageDataset
 
-__all__ = ["arrays_to_dataset", "read_image", "read_class_names", "IMAGE_SUFFIXES"]
+__all__ = [
+    "arrays_to_dataset",
+    "read_image",
+    "read_class_names",
+    "check_input_shape",
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+]
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 )
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+#: images declaring more pixels than this are refused before decoding (PIL's own limit is ~179M)
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """A model input ``(C, H, W)``: three positive integers, C 1 (grey) or 3 (RGB)."""
+    dims = tuple(input_shape)
+    if (
+        len(dims) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)
+        or dims[0] not in (1, 3)
+    ):
+        raise SettingsError(
+            f"input_shape must be (C, H, W) with C 1 (grey) or 3 (RGB) and positive sizes, got {dims}"
+        )
+    return int(dims[0]), int(dims[1]), int(dims[2])
 
 
 def read_image(
@@ -29,8 +54,16 @@ def read_image(
     box: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """One image file → ``uint8`` array ``(H, W, C)``, converted to ``channels`` and resized to ``size``."""
+    if channels not in (None, 1, 3):
+        raise SettingsError(f"images can be read with 1 (grey) or 3 (RGB) channels, not {channels}")
     try:
         with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: refused: the image declares {width}x{height} pixels "
+                    f"(more than {MAX_IMAGE_PIXELS} pixels; a decompression bomb?)"
+                )
             opened.load()
             img: Image.Image = opened
             if box is not None:
@@ -46,9 +79,16 @@ def read_image(
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: refused: a decompression bomb? ({_first_line(exc)})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read image ({_first_line(exc)})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -109,7 +149,7 @@ def arrays_to_dataset(
 
 def conform(x: torch.Tensor, input_shape: tuple[int, int, int], *, name: str) -> torch.Tensor:
     """Convert ``(N, C, H, W)`` floats to ``input_shape``: grey↔RGB, then an antialiased resize."""
-    c, h, w = input_shape
+    c, h, w = check_input_shape(input_shape)
     if x.shape[1] != c:
         if x.shape[1] == 1 and c == 3:
             x = x.expand(-1, 3, -1, -1)

@@ -7,8 +7,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, SettingsError
 from .cifar import cifar_kind, load_cifar
+from .convert import check_input_shape
 from .dataset import ImageDataset
 from .folder import load_image_folder
 from .gtsrb import is_gtsrb, load_gtsrb
@@ -56,6 +57,10 @@ def load_images(
     ``split`` picks ``train`` or ``test`` where the format has both (GTSRB, CIFAR, IDX).
     """
     p = Path(path)
+    if input_shape is not None:
+        input_shape = check_input_shape(input_shape)
+    if split not in ("train", "test"):
+        raise SettingsError(f"split must be train or test, got {split!r}")
     fmt = detect_data_format(p)
     if fmt == "folder":
         return load_image_folder(p, class_names=class_names, input_shape=input_shape)

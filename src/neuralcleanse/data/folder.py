@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .convert import IMAGE_SUFFIXES, arrays_to_dataset, read_image
+from .convert import IMAGE_SUFFIXES, arrays_to_dataset, check_input_shape, read_image
 from .dataset import ImageDataset
 
 __all__ = ["load_image_folder", "folder_classes"]
@@ -39,6 +39,8 @@ def load_image_folder(
     first image's size and mode.
     """
     r = Path(root)
+    if input_shape is not None:
+        input_shape = check_input_shape(input_shape)
     if not r.is_dir():
         raise DataError(f"{r}: image folder not found")
     folders = folder_classes(r)

@@ -10,13 +10,49 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .convert import arrays_to_dataset
+from .convert import arrays_to_dataset, check_input_shape
 from .dataset import ImageDataset
 
 __all__ = ["load_npz", "IMAGE_KEYS", "LABEL_KEYS"]
 
 IMAGE_KEYS = ("images", "x", "X", "x_test", "X_test", "data")
 LABEL_KEYS = ("labels", "y", "Y", "y_test", "Y_test", "targets")
+
+
+#: an .npz member's declared size above which it must not be much smaller compressed (a zip bomb)
+_MAX_MEMBER = 1 << 30
+_MAX_RATIO = 100
+
+
+def _check_archive(p: Path) -> None:
+    """An ``.npz`` is a zip of ``<name>.npy`` members: refuse anything else before numpy reads it."""
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(4)
+    except FileNotFoundError:
+        raise DataError(f"{p}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise DataError(f"{p}: empty file, not an .npz archive")
+    if head != b"PK\x03\x04":
+        raise DataError(f"{p}: not an .npz file (not a zip archive of .npy arrays)")
+    try:
+        with zipfile.ZipFile(p) as zf:
+            members = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{p}: corrupt .npz archive ({exc})") from None
+    for m in members:
+        name = m.filename
+        if name.startswith(("/", "\\")) or "\\" in name or ".." in Path(name).parts or ":" in name:
+            raise DataError(f"{p}: refused: archive member {name!r} has an absolute or '..' path")
+        if m.is_dir() or not name.endswith(".npy") or "/" in name:
+            raise DataError(f"{p}: refused: archive member {name!r} is not a top-level .npy array")
+        if m.file_size > _MAX_MEMBER and m.file_size > _MAX_RATIO * max(m.compress_size, 1):
+            raise DataError(
+                f"{p}: refused: archive member {name!r} expands {m.file_size // max(m.compress_size, 1)}x "
+                f"to {m.file_size} bytes (a zip bomb?)"
+            )
 
 
 def load_npz(
@@ -29,6 +65,9 @@ def load_npz(
     """Images under one of :data:`IMAGE_KEYS` (``uint8`` 0–255 or float 0–1; ``(N,H,W)``, ``(N,H,W,C)`` or
     ``(N,C,H,W)``) and integer labels under one of :data:`LABEL_KEYS`. Never unpickles."""
     p = Path(path)
+    if input_shape is not None:
+        check_input_shape(input_shape)
+    _check_archive(p)
     try:
         with np.load(p, allow_pickle=False) as z:
             keys = list(z.keys())

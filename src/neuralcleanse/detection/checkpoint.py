@@ -46,18 +46,31 @@ def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> l
     except FileNotFoundError:
         raise CheckpointError(f"{d}: no checkpoint to resume from") from None
     except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"{d}: corrupt checkpoint ({exc})") from None
-    saved = state.get("identity", {})
+        raise CheckpointError(
+            f"{d}: corrupt checkpoint ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("identity"), dict):
+        raise CheckpointError(f"{d}: corrupt checkpoint ({_STATE} is not a scan checkpoint)")
+    saved = state["identity"]
     for key, value in identity.items():
         if saved.get(key) != value:
             raise CheckpointError(
                 f"{d}: checkpoint belongs to another scan ({key} differs); remove it or drop --resume"
             )
     out = []
-    for scalars in state["labels"]:
-        prefix = f"{scalars['label']}/"
-        mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        out.append(LabelState.restore(scalars, mine))
+    try:
+        for scalars in state["labels"]:
+            prefix = f"{scalars['label']}/"
+            mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            lost = sorted(set(LabelState._TENSORS) - set(mine))
+            if lost or scalars["label"] not in identity.get("labels", [scalars["label"]]):
+                what = (
+                    f"tensor {prefix}{lost[0]} missing" if lost else f"label {scalars['label']} not scanned"
+                )
+                raise CheckpointError(f"{d}: corrupt checkpoint ({what})")
+            out.append(LabelState.restore(scalars, mine))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{d}: corrupt checkpoint ({type(exc).__name__}: {exc})") from None
     return out
 
 

@@ -94,8 +94,8 @@ def mad_outlier_test(
             trusted models of the task, which cancels the task's natural shortcuts (not in the paper).
         reference: with ``statistic="relative"``, one reference L1 norm per label (NaN: left out).
     """
-    if threshold <= 0:
-        raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
     if statistic not in STATISTICS:
         raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
     values = np.asarray(norms, dtype=np.float64)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SettingsError
+from ..errors import DataError, SettingsError
 
 if TYPE_CHECKING:
     from .report import DetectionReport
@@ -57,10 +57,19 @@ class Reference:
         if paths is not None and len(paths) != len(reports):
             raise SettingsError(f"{len(paths)} paths for {len(reports)} reference reports")
         labels = sorted(r.label for r in reports[0].labels)
-        for i, rep in enumerate(reports[1:], start=1):
+        for i, rep in enumerate(reports):
+            where = paths[i] if paths is not None else f"reference {i}"
             if sorted(r.label for r in rep.labels) != labels:
-                where = paths[i] if paths is not None else f"reference {i}"
-                raise SettingsError(f"{where}: its labels differ from the first reference scan's")
+                raise DataError(f"{where}: its labels differ from the first reference scan's")
+            for r in rep.labels:
+                if not math.isfinite(r.l1_norm) or r.l1_norm < 0:
+                    raise DataError(
+                        f"{where}: label {r.label} has L1 norm {r.l1_norm:g} (a reference needs a finite, "
+                        "non-negative norm for every label: rescan the trusted model)"
+                    )
+        classes = {int(n) for rep in reports if (n := rep.model.get("num_classes")) is not None}
+        if len(classes) > 1:
+            raise DataError(f"reference scans of models with different numbers of outputs {sorted(classes)}")
         norms: dict[int, float] = {}
         for k in labels:
             logs = [math.log(max(n, 1e-6)) for rep in reports if math.isfinite(n := rep.label(k).l1_norm)]
@@ -71,6 +80,8 @@ class Reference:
                 "verdict": rep.verdict,
                 "flagged": rep.flagged,
                 "settings": {k: v for k, v in rep.settings.items() if k != "seed"},
+                "num_classes": rep.model.get("num_classes"),
+                "images": rep.data.get("input_fingerprint"),
                 **({"path": paths[i]} if paths is not None else {}),
             }
             for i, rep in enumerate(reports)
@@ -83,6 +94,29 @@ class Reference:
         if missing:
             raise SettingsError(f"the reference scans have no label {missing[0]}: scan the same labels")
         return [self.l1_norms[k] for k in labels]
+
+    def check_task(self, *, num_classes: int, images: str | None = None) -> list[str]:
+        """Refuse reference scans of another task: a model with another number of outputs, or scanned on
+        other images (when both fingerprints are known). Returns notes for what could not be checked."""
+        notes = []
+        for i, src in enumerate(self.sources):
+            where = src.get("path", f"reference {i}")
+            theirs = src.get("num_classes")
+            if theirs is not None and theirs != num_classes:
+                raise DataError(
+                    f"{where}: the reference scan is of a model with {theirs} outputs, this one has "
+                    f"{num_classes}: a reference must be a trusted model of the same task"
+                )
+            if images is not None and src.get("images") is not None and src["images"] != images:
+                raise DataError(
+                    f"{where}: the reference was scanned on other images; scan the trusted model on the "
+                    "same images (its norms are not comparable label for label)"
+                )
+            if images is not None and src.get("images") is None:
+                notes.append(
+                    f"{where}: the reference scan does not record its images; they could not be compared"
+                )
+        return notes
 
     def mismatches(self, settings: dict[str, Any]) -> list[str]:
         """How the reference scans' optimisation settings differ from ``settings`` (seed and speed

@@ -115,8 +115,8 @@ class NeuralCleanse:
         reference: Reference | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        if threshold <= 0:
-            raise SettingsError(f"anomaly threshold must be positive, got {threshold}")
+        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+            raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
         statistic = statistic or ("relative" if reference is not None else "l1")
         if statistic not in STATISTICS:
             raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
@@ -173,10 +173,12 @@ class NeuralCleanse:
         start = time.perf_counter()
         names = list(class_names) if class_names is not None else None
         data_names: list[str] | None = None
+        where = "images"
         if isinstance(images, ImageDataset):
             if labels is None:
                 labels = images.labels
             data_names = list(images.class_names)
+            where = images.name
             images = images.images
         _check_images(images)
         if labels is not None:
@@ -185,6 +187,11 @@ class NeuralCleanse:
                 raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
         if samples is not None and samples < 1:
             raise SettingsError(f"samples must be at least 1, got {samples}")
+        if labels is not None and len(present := torch.unique(labels)) < 2:
+            raise DataError(
+                f"{where}: the images are all of one class ({int(present[0]) if len(present) else 'none'}); "
+                "a scan needs clean images of at least 2 classes"
+            )
         num_classes = infer_num_classes(self.model, images, device=self.device)
         if names is None and data_names is not None and len(data_names) == num_classes:
             names = data_names
@@ -193,7 +200,7 @@ class NeuralCleanse:
             raise DataError(f"model has {num_classes} outputs but {len(names)} class names were given")
         if labels is not None and len(labels) and int(labels.max()) >= num_classes:
             raise DataError(
-                f"image labels go up to {int(labels.max())} but the model has {num_classes} outputs"
+                f"{where}: image labels go up to {int(labels.max())} but the model has {num_classes} outputs"
             )
         targets = list(range(num_classes)) if scan_labels is None else [int(k) for k in scan_labels]
         skipped_source = source is not None and scan_labels is None and 0 <= source < num_classes
@@ -207,10 +214,11 @@ class NeuralCleanse:
             raise SettingsError(f"label {bad[0]} is outside the model's {num_classes} outputs")
         if len(set(targets)) != len(targets):
             raise SettingsError("the label list repeats a label")
-        if self.reference is not None:
-            self.reference.norms_for(targets)  # fail before optimising, not after
-
         notes: list[str] = list(extra_notes)
+        input_fingerprint = tensor_fingerprint(images.float())
+        if self.reference is not None:  # fail before optimising, not after
+            self.reference.norms_for(targets)
+            notes += self.reference.check_task(num_classes=num_classes, images=input_fingerprint)
         total_images = len(images)
         pool = ImageDataset(
             images.float(),
@@ -295,6 +303,7 @@ class NeuralCleanse:
         data_meta = {
             "images": len(pool),
             "fingerprint": identity["images"],
+            "input_fingerprint": input_fingerprint,
             "source": source,
             "correct_only": bool(labels is not None and correct_only),
             "class_counts": pool.class_counts() if labels is not None else None,

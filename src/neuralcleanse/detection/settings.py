@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,6 +64,19 @@ class ReverseSettings:
     seed: int = 123
 
     def __post_init__(self) -> None:
+        for name in (
+            "batch_size",
+            "batches_per_step",
+            "max_steps",
+            "patience",
+            "early_stop_patience",
+            "seed",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise SettingsError(f"{name} must be an integer, got {value!r}")
+        if not 0 <= self.seed < 2**63:
+            raise SettingsError(f"seed must be from 0 to 2**63-1, got {self.seed}")
         for name in ("batch_size", "batches_per_step", "max_steps", "patience", "early_stop_patience"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -72,6 +86,9 @@ class ReverseSettings:
             raise SettingsError(f"parallel_labels must be at least 1, got {self.parallel_labels}")
         if not 0.0 < self.attack_threshold <= 1.0:
             raise SettingsError(f"attack_threshold must be in (0, 1], got {self.attack_threshold}")
+        positive = (self.lr, self.init_cost, self.cost_up, self.cost_down, self.eps)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in positive):
+            raise SettingsError("lr, eps, init_cost, cost_up and cost_down must be finite numbers")
         if self.lr <= 0 or self.init_cost <= 0 or self.cost_up <= 1 or self.cost_down <= 1:
             raise SettingsError("lr and init_cost must be positive; cost_up and cost_down greater than 1")
         if self.loss not in ("ce", "original"):

@@ -1,0 +1,1411 @@
+"""The bad-input corpus: every command and the Python API, fed broken, hostile or impossible input.
+
+Each CLI case asserts: exactly one line on stderr, ``error: ...``, naming the problem and the file or
+option; the documented exit code (1 input data/model/files, 2 usage, 3 internal); no traceback; nothing
+written (no output directory, no ``.name.xxx.tmp`` leftovers, no checkpoint); and that neither training
+nor trigger optimisation started (everything knowable is checked before the work).
+
+With ``NC_BAD_INPUTS_TABLE=FILE`` every case appends what it printed to FILE as a JSON line;
+``scripts/bad_inputs_table.py`` turns that into ``docs/bad_inputs.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import neuralcleanse as nc
+from bad_input_files import (
+    Payload,
+    cifar_batch,
+    edit_report,
+    gtsrb_dir,
+    idx_dir,
+    image_folder,
+    npz,
+    npz_with_member,
+    pickled_object_npz,
+    png_declaring,
+    ppm,
+)
+from neuralcleanse.cli import main
+from neuralcleanse.data.convert import read_image
+from neuralcleanse.data.files import load_images
+from neuralcleanse.data.npz import load_npz
+from neuralcleanse.detection import mad_outlier_test
+from neuralcleanse.errors import DataError, NeuralCleanseError, SettingsError
+from neuralcleanse.zoo import parse_spec
+
+
+@dataclass(frozen=True)
+class Env:
+    """What a case builds its command line from."""
+
+    tmp: Path  # this case's own directory (inputs it creates and the --out it names)
+    model: Path  # a small trained model directory (10 classes, 1x28x28)
+    other: Path  # another model directory (other weights)
+    scan: Path  # a scan report of ``model``
+    weights: Path  # ``model``'s weights as a bare safetensors file (needs --arch mnist)
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+    @property
+    def marker(self) -> Path:
+        return self.tmp / "pwned"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    what: str  # the bad input, for the docs table
+    build: Callable[[Env], list[str]]  # the command line (creates the bad files in env.tmp)
+    message: str  # must appear in the error line
+    code: int
+    names: str  # the file or option the line must name ({tmp}, {model}, {scan} are filled in)
+
+
+def _scan(env: Env, *args: str, data: Path | None = None) -> list[str]:
+    base = ["scan", str(env.model), "--out", str(env.out), "--max-steps", "2", "--samples", "40"]
+    return base + (["--data", str(data)] if data is not None else []) + list(args)
+
+
+def _grey(n: int, size: int = 28) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def _valid_npz(env: Env) -> Path:
+    return npz(env.tmp / "ok.npz", images=_grey(20), labels=np.arange(20) % 10)
+
+
+def _truncated_npz(env: Env) -> Path:
+    raw = _valid_npz(env).read_bytes()
+    return _write(env.tmp / "cut.npz", raw[: len(raw) // 2])
+
+
+def _state_dict_bytes(env: Env) -> bytes:
+    return env.weights.read_bytes()
+
+
+def _foreign_checkpoint(env: Env) -> None:
+    from neuralcleanse.detection.checkpoint import save_checkpoint
+
+    save_checkpoint(env.tmp / "out.checkpoint", {"model": "another model", "labels": [0]}, [])
+
+
+def _nan_model(env: Env) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    state = {
+        k: torch.full_like(v, math.nan) if v.is_floating_point() else v
+        for k, v in load_file(env.weights).items()
+    }
+    save_file(state, str(env.tmp / "nan.safetensors"))
+    return env.tmp / "nan.safetensors"
+
+
+def _corrupt_gzip_idx(env: Env) -> Path:
+    d = idx_dir(env.tmp / "m")
+    (d / "t10k-labels-idx1-ubyte").unlink()
+    _write(d / "t10k-labels-idx1-ubyte.gz", b"\x1f\x8b\x08\x00junk")
+    return d
+
+
+def _scan_file(env: Env, model: Path, *, data: Path | None = None) -> list[str]:
+    """Scan a weights file (``--arch mnist``) on ``data`` (default: a valid .npz)."""
+    args = _scan(env, "--arch", "mnist", data=data or _valid_npz(env))
+    return [args[0], str(model), *args[2:]]
+
+
+def _spec(env: Env, text: str, name: str = "spec.toml") -> list[str]:
+    spec = _write(env.tmp / name, text)
+    return ["zoo", "--spec", str(spec), "--out", str(env.out)]
+
+
+def _ref(env: Env, edit: Callable[[dict[str, Any]], None]) -> list[str]:
+    ref = edit_report(env.scan, env.tmp / "ref", edit)
+    return _scan(env, "--reference", str(ref), data=_valid_npz(env))
+
+
+def _set_label0(key: str, value: object) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        d["labels"][0][key] = value
+
+    return edit
+
+
+def _checkpoint_with(env: Env, state: str) -> None:
+    from neuralcleanse.detection.checkpoint import save_checkpoint
+
+    save_checkpoint(env.tmp / "out.checkpoint", {"model": "x"}, [])
+    (env.tmp / "out.checkpoint" / "state.json").write_text(state)
+
+
+def _mitigate(env: Env, *args: str, model: Path | None = None, scan: Path | None = None) -> list[str]:
+    return [
+        "mitigate", str(model or env.model), "--report", str(scan or env.scan), "--method", "filter",
+        "--out", str(env.out), *args,
+    ]  # fmt: skip
+
+
+def _validate(env: Env, *args: str, model: Path | None = None, scan: Path | None = None) -> list[str]:
+    return [
+        "validate",
+        str(model or env.model),
+        "--report",
+        str(scan or env.scan),
+        "--out",
+        str(env.out),
+        *args,
+    ]
+
+
+def _no_card(env: Env) -> Path:
+    d = env.tmp / "nocard"
+    d.mkdir()
+    shutil.copy(env.weights, d / "model.safetensors")
+    return d
+
+
+def _scan_without_trigger(env: Env) -> Path:
+    d = edit_report(env.scan, env.tmp / "scan", lambda r: None)
+    (d / "triggers" / "label_0000.safetensors").unlink()
+    return d
+
+
+CASES: list[Case] = [
+    # ---- data: image folders -------------------------------------------------------------------------
+    Case(
+        "folder-empty",
+        "empty image folder",
+        lambda e: _scan(e, data=_write(e.tmp / "d" / ".keep", "").parent),
+        "empty or unrecognised data directory",
+        1,
+        "{tmp}/d",
+    ),
+    Case(
+        "folder-one-class",
+        "image folder with one class",
+        lambda e: _scan(e, data=image_folder(e.tmp / "d", {"3": 4})),
+        "all of one class",
+        1,
+        "{tmp}/d",
+    ),
+    Case(
+        "folder-corrupt-image",
+        "image folder with a corrupt PNG",
+        lambda e: _scan(
+            e,
+            data=_write(
+                image_folder(e.tmp / "d", {"0": 2, "1": 2}) / "1" / "bad.png", b"\x89PNG broken"
+            ).parent.parent,
+        ),
+        "cannot read image",
+        1,
+        "{tmp}/d/1/bad.png",
+    ),
+    Case(
+        "folder-class-without-images",
+        "class folder without images",
+        lambda e: _scan(
+            e, data=_write(image_folder(e.tmp / "d", {"0": 2}) / "1" / "notes.txt", "x").parent.parent
+        ),
+        "class folder has no images",
+        1,
+        "{tmp}/d/1",
+    ),
+    Case(
+        "folder-decompression-bomb",
+        "PNG declaring 20000x20000 pixels",
+        lambda e: _scan(
+            e,
+            data=png_declaring(
+                image_folder(e.tmp / "d", {"0": 2}) / "1" / "bomb.png", 20000, 20000
+            ).parent.parent,
+        ),
+        "Image size (400000000 pixels) exceeds limit",
+        1,
+        "{tmp}/d/1/bomb.png",
+    ),
+    Case(
+        "folder-more-classes-than-model",
+        "image folder of 12 classes for a model whose card names 10",
+        lambda e: _scan(e, data=image_folder(e.tmp / "d", {str(i): 1 for i in range(12)})),
+        "folder '10' is not in the class names file",
+        1,
+        "{tmp}/d/10",
+    ),
+    Case(
+        "folder-more-classes-than-weights",
+        "image folder of 12 classes for 10-output weights (no card)",
+        lambda e: _scan_file(e, e.weights, data=image_folder(e.tmp / "d", {str(i): 1 for i in range(12)})),
+        "the images have 12 classes",
+        1,
+        "{tmp}/d",
+    ),
+    Case(
+        "folder-unknown-class-name",
+        "folder not in --class-names",
+        lambda e: _scan(
+            e,
+            "--class-names",
+            str(_write(e.tmp / "names.txt", "\n".join("abcdefghij"))),
+            data=image_folder(e.tmp / "d", {"a": 1, "zzz": 1}),
+        ),
+        "is not in the class names file",
+        1,
+        "{tmp}/d/zzz",
+    ),
+    Case(
+        "data-missing",
+        "--data path that does not exist",
+        lambda e: _scan(e, data=e.tmp / "nowhere"),
+        "data path not found",
+        1,
+        "{tmp}/nowhere",
+    ),
+    Case(
+        "data-unknown-file",
+        "--data file of unknown kind",
+        lambda e: _scan(e, data=_write(e.tmp / "d.txt", "x")),
+        "unknown data file",
+        1,
+        "{tmp}/d.txt",
+    ),
+    # ---- data: GTSRB ---------------------------------------------------------------------------------
+    Case(
+        "gtsrb-no-labels",
+        "GTSRB directory without GT-final_test.csv",
+        lambda e: _scan(e, data=gtsrb_dir(e.tmp / "g", None)),
+        "GT-final_test.csv not found",
+        1,
+        "{tmp}/g",
+    ),
+    Case(
+        "gtsrb-not-csv",
+        "GTSRB annotation file without its columns",
+        lambda e: _scan(e, data=gtsrb_dir(e.tmp / "g", "hello\nworld\n")),
+        "not a GTSRB annotation file",
+        1,
+        "{tmp}/g/Final_Test/Images/GT-final_test.csv",
+    ),
+    Case(
+        "gtsrb-missing-image",
+        "GTSRB annotation naming a missing image",
+        lambda e: _scan(
+            e,
+            data=gtsrb_dir(
+                e.tmp / "g",
+                "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\na.ppm;8;8;0;0;7;7;1\n",
+            ),
+        ),
+        "image listed in the annotations is missing",
+        1,
+        "{tmp}/g/Final_Test/Images/a.ppm",
+    ),
+    Case(
+        "gtsrb-bad-row",
+        "GTSRB annotation row with a non-numeric class",
+        lambda e: _scan(
+            e,
+            data=gtsrb_dir(
+                e.tmp / "g",
+                "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\na.ppm;8;8;0;0;7;7;x\n",
+                images={"a.ppm": ppm()},
+            ),
+        ),
+        "malformed annotation row",
+        1,
+        "{tmp}/g/Final_Test/Images/a.ppm",
+    ),
+    Case(
+        "gtsrb-corrupt-image",
+        "GTSRB image that is not an image",
+        lambda e: _scan(
+            e,
+            data=gtsrb_dir(
+                e.tmp / "g",
+                "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\na.ppm;8;8;0;0;7;7;1\n",
+                images={"a.ppm": b"P6 garbage"},
+            ),
+        ),
+        "cannot read image",
+        1,
+        "{tmp}/g/Final_Test/Images/a.ppm",
+    ),
+    # ---- data: CIFAR binary --------------------------------------------------------------------------
+    Case(
+        "cifar-empty",
+        "empty CIFAR .bin batch",
+        lambda e: _scan(e, data=_write(e.tmp / "test_batch.bin", b"")),
+        "not a whole number",
+        1,
+        "{tmp}/test_batch.bin",
+    ),
+    Case(
+        "cifar-truncated",
+        "truncated CIFAR .bin batch",
+        lambda e: _scan(
+            e, data=_write(e.tmp / "c.bin", cifar_batch(e.tmp / "x.bin", [1, 2]).read_bytes()[:-5])
+        ),
+        "truncated",
+        1,
+        "{tmp}/c.bin",
+    ),
+    Case(
+        "cifar-pickled",
+        "CIFAR python (pickle) batch",
+        lambda e: _scan(e, data=_write(e.tmp / "c" / "test_batch", b"\x80\x04junk").parent),
+        "never unpickles",
+        1,
+        "{tmp}/c/test_batch",
+    ),
+    Case(
+        "cifar-label-out-of-range",
+        "CIFAR batch with label 50 (10 classes)",
+        lambda e: _scan(e, data=cifar_batch(e.tmp / "c.bin", [1, 50])),
+        "label 50 but only 10",
+        1,
+        "{tmp}/c.bin",
+    ),
+    # ---- data: .npz ----------------------------------------------------------------------------------
+    Case(
+        "npz-empty",
+        "empty .npz file",
+        lambda e: _scan(e, data=_write(e.tmp / "d.npz", b"")),
+        "empty file, not an .npz",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-text",
+        "text file named .npz",
+        lambda e: _scan(e, data=_write(e.tmp / "d.npz", "images,labels\n1,2\n")),
+        "not an .npz file (not a zip archive",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-truncated",
+        "truncated .npz",
+        lambda e: _scan(e, data=_truncated_npz(e)),
+        "corrupt .npz archive",
+        1,
+        "{tmp}/cut.npz",
+    ),
+    Case(
+        "npz-pickle",
+        ".npz whose object array would run code when unpickled",
+        lambda e: _scan(e, data=pickled_object_npz(e.tmp / "evil.npz", e.marker)),
+        "need pickle",
+        1,
+        "{tmp}/evil.npz",
+    ),
+    Case(
+        "npz-traversal",
+        ".npz zip member named ../evil.npy",
+        lambda e: _scan(e, data=npz_with_member(e.tmp / "d.npz", "../images.npy", _grey(4))),
+        "'..' path",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-absolute-member",
+        ".npz zip member with an absolute name",
+        lambda e: _scan(e, data=npz_with_member(e.tmp / "d.npz", "/tmp/images.npy", _grey(4))),
+        "absolute or '..' path",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-no-labels",
+        ".npz without a label array",
+        lambda e: _scan(e, data=npz(e.tmp / "d.npz", images=_grey(4))),
+        "needs an image array",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-nan-pixels",
+        ".npz with NaN pixels",
+        lambda e: _scan(
+            e, data=npz(e.tmp / "d.npz", images=np.full((4, 28, 28), np.nan, np.float32), labels=np.arange(4))
+        ),
+        "NaN or infinite",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-inf-pixels",
+        ".npz with infinite pixels",
+        lambda e: _scan(
+            e, data=npz(e.tmp / "d.npz", images=np.full((4, 28, 28), np.inf, np.float32), labels=np.arange(4))
+        ),
+        "NaN or infinite",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-out-of-range",
+        ".npz float pixels outside [0, 1]",
+        lambda e: _scan(
+            e, data=npz(e.tmp / "d.npz", images=np.full((4, 28, 28), 255.0, np.float32), labels=np.arange(4))
+        ),
+        "must be in [0, 1]",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-2d-images",
+        ".npz images of shape (N, 5)",
+        lambda e: _scan(e, data=npz(e.tmp / "d.npz", images=np.zeros((4, 5), np.uint8), labels=np.arange(4))),
+        "must be (N,H,W)",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-2-channels",
+        ".npz images with 2 channels for a grey model",
+        lambda e: _scan(
+            e, data=npz(e.tmp / "d.npz", images=np.zeros((4, 28, 28, 2), np.uint8), labels=np.arange(4))
+        ),
+        "2 channels, the model takes 1",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-label-count",
+        ".npz with 4 images and 3 labels",
+        lambda e: _scan(e, data=npz(e.tmp / "d.npz", images=_grey(4), labels=np.arange(3))),
+        "4 images but 3 labels",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-float-labels",
+        ".npz with float labels",
+        lambda e: _scan(e, data=npz(e.tmp / "d.npz", images=_grey(4), labels=np.arange(4.0))),
+        "1-D integer array",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-label-beyond-model",
+        ".npz label 11 for a 10-class model",
+        lambda e: _scan(e, data=npz(e.tmp / "d.npz", images=_grey(4), labels=np.array([0, 1, 2, 11]))),
+        "label 11 but only 10 classes",
+        1,
+        "{tmp}/d.npz",
+    ),
+    # ---- data: IDX -----------------------------------------------------------------------------------
+    Case(
+        "idx-empty",
+        "empty IDX file",
+        lambda e: _scan(e, data=_write(idx_dir(e.tmp / "m") / "t10k-images-idx3-ubyte", b"").parent),
+        "not an IDX file",
+        1,
+        "{tmp}/m/t10k-images-idx3-ubyte",
+    ),
+    Case(
+        "idx-truncated",
+        "truncated IDX file",
+        lambda e: _scan(
+            e,
+            data=_write(
+                (d := idx_dir(e.tmp / "m")) / "t10k-images-idx3-ubyte",
+                (d / "t10k-images-idx3-ubyte").read_bytes()[:-9],
+            ).parent,
+        ),
+        "corrupt IDX file",
+        1,
+        "{tmp}/m/t10k-images-idx3-ubyte",
+    ),
+    Case(
+        "idx-corrupt-gzip",
+        "IDX .gz that is not gzip data",
+        lambda e: _scan(e, data=_corrupt_gzip_idx(e)),
+        "corrupt gzip",
+        1,
+        "{tmp}/m/t10k-labels-idx1-ubyte.gz",
+    ),
+    Case(
+        "idx-count-mismatch",
+        "IDX with 20 test images and 7 labels",
+        lambda e: _scan(e, data=idx_dir(e.tmp / "m", n_labels=7)),
+        "do not match labels",
+        1,
+        "{tmp}/m/t10k-images-idx3-ubyte",
+    ),
+    # ---- models --------------------------------------------------------------------------------------
+    Case(
+        "model-missing",
+        "model path that does not exist",
+        lambda e: ["scan", str(e.tmp / "none.pt2"), "--out", str(e.out)],
+        "not found",
+        1,
+        "{tmp}/none.pt2",
+    ),
+    Case(
+        "model-pickle",
+        "state-dict .pth whose unpickling would run code",
+        lambda e: _scan_file(e, _write(e.tmp / "evil.pth", pickle.dumps({"w": Payload(e.marker)}))),
+        "refused",
+        1,
+        "{tmp}/evil.pth",
+    ),
+    Case(
+        "model-nan",
+        "model whose outputs are NaN",
+        lambda e: [
+            "scan",
+            str(_nan_model(e)),
+            "--arch",
+            "mnist",
+            "--data",
+            str(_valid_npz(e)),
+            "--out",
+            str(e.out),
+            "--max-steps",
+            "2",
+        ],
+        "NaN or infinite outputs",
+        1,
+        "{tmp}/nan.safetensors",
+    ),
+    Case(
+        "model-card-names-vs-file",
+        "--class-names file with 3 names for a 10-class model",
+        lambda e: _scan(
+            e, "--class-names", str(_write(e.tmp / "names.txt", "a\nb\nc\n")), data=_valid_npz(e)
+        ),
+        "3 class",
+        1,
+        "{tmp}/",
+    ),
+    # ---- scan options --------------------------------------------------------------------------------
+    Case(
+        "scan-threshold-nan",
+        "--threshold nan",
+        lambda e: _scan(e, "--threshold", "nan"),
+        "--threshold must be a positive number",
+        2,
+        "--threshold",
+    ),
+    Case(
+        "scan-threshold-negative",
+        "--threshold -1",
+        lambda e: _scan(e, "--threshold", "-1"),
+        "--threshold must be a positive number",
+        2,
+        "--threshold",
+    ),
+    Case(
+        "scan-threshold-inf",
+        "--threshold inf",
+        lambda e: _scan(e, "--threshold", "inf"),
+        "--threshold must be a positive number",
+        2,
+        "--threshold",
+    ),
+    Case(
+        "scan-seed-negative",
+        "--seed -1",
+        lambda e: _scan(e, "--seed", "-1"),
+        "--seed must be a seed",
+        2,
+        "--seed",
+    ),
+    Case(
+        "scan-samples-zero",
+        "--samples 0",
+        lambda e: _scan(e, "--samples", "0"),
+        "--samples must be at least 1",
+        2,
+        "--samples",
+    ),
+    Case(
+        "scan-max-steps-zero",
+        "--max-steps 0",
+        lambda e: _scan(e, "--max-steps", "0"),
+        "--max-steps must be at least 1",
+        2,
+        "--max-steps",
+    ),
+    Case(
+        "scan-labels-unknown",
+        "--labels 99 on a 10-class model",
+        lambda e: _scan(e, "--labels", "99", data=_valid_npz(e)),
+        "label 99 is outside the model's 10 outputs",
+        2,
+        "--labels",
+    ),
+    Case(
+        "scan-labels-garbage",
+        "--labels 3,x",
+        lambda e: _scan(e, "--labels", "3,x"),
+        "'x' is not a label",
+        2,
+        "--labels",
+    ),
+    Case(
+        "scan-source-unknown",
+        "--source 99 on a 10-class model",
+        lambda e: _scan(e, "--source", "99", data=_valid_npz(e)),
+        "source label 99 is outside",
+        2,
+        "--source",
+    ),
+    Case(
+        "scan-source-negative",
+        "--source -1",
+        lambda e: _scan(e, "--source", "-1"),
+        "--source must be a label",
+        2,
+        "--source",
+    ),
+    Case(
+        "scan-data-and-dataset",
+        "--data and --dataset together",
+        lambda e: _scan(e, "--dataset", "mnist-sample", data=_valid_npz(e)),
+        "either --data or --dataset",
+        2,
+        "--data",
+    ),
+    Case(
+        "scan-relative-without-reference",
+        "--statistic relative without --reference",
+        lambda e: _scan(e, "--statistic", "relative"),
+        "needs --reference",
+        2,
+        "--statistic",
+    ),
+    Case(
+        "scan-samples-not-int",
+        "--samples abc",
+        lambda e: _scan(e, "--samples", "abc"),
+        "not a valid integer",
+        2,
+        "--samples",
+    ),
+    Case(
+        "scan-arch-kwargs-json",
+        "--arch-kwargs that is not JSON",
+        lambda e: _scan(e, "--arch-kwargs", "{oops"),
+        "--arch-kwargs is not valid JSON",
+        2,
+        "--arch-kwargs",
+    ),
+    Case(
+        "scan-input-shape-2ch",
+        "--input-shape 2x28x28",
+        lambda e: _scan(e, "--input-shape", "2x28x28"),
+        "--input-shape must be CxHxW",
+        2,
+        "--input-shape",
+    ),
+    # ---- output paths --------------------------------------------------------------------------------
+    Case(
+        "scan-out-under-file",
+        "scan --out under an existing file",
+        lambda e: ["scan", str(e.model), "--out", str(_write(e.tmp / "f", "x") / "out")],
+        "is a file, not a directory",
+        2,
+        "--out {tmp}/f/out",
+    ),
+    Case(
+        "scan-out-proc",
+        "scan --out in /proc (unwritable)",
+        lambda e: ["scan", str(e.model), "--out", "/proc/nc-bad-input/out"],
+        "cannot write in /proc",
+        2,
+        "--out /proc/nc-bad-input/out",
+    ),
+    Case(
+        "scan-out-is-file",
+        "scan --out naming an existing file",
+        lambda e: ["scan", str(e.model), "--out", str(_write(e.out, "x"))],
+        "exists and is not a directory",
+        2,
+        "--out {tmp}/out",
+    ),
+    Case(
+        "scan-out-occupied",
+        "scan --out a non-empty directory without --force",
+        lambda e: ["scan", str(e.model), "--out", str(_write(e.out / "keep.txt", "x").parent)],
+        "use --force",
+        2,
+        "--out {tmp}/out",
+    ),
+    Case(
+        "train-out-under-file",
+        "train --out under an existing file",
+        lambda e: ["train", "--out", str(_write(e.tmp / "f", "x") / "m"), "--epochs", "1"],
+        "is a file, not a directory",
+        2,
+        "--out {tmp}/f/m",
+    ),
+    Case(
+        "train-out-proc",
+        "train --out in /proc",
+        lambda e: ["train", "--out", "/proc/nc-bad-input/m", "--epochs", "1"],
+        "cannot write in /proc",
+        2,
+        "--out /proc/nc-bad-input/m",
+    ),
+    Case(
+        "demo-out-file",
+        "demo --out an existing file",
+        lambda e: ["demo", "--out", str(_write(e.out, "x"))],
+        "exists and is not a directory",
+        2,
+        "--out {tmp}/out",
+    ),
+    Case(
+        "demo-out-proc",
+        "demo --out in /proc",
+        lambda e: ["demo", "--out", "/proc/nc-bad-input/demo"],
+        "cannot write in /proc",
+        2,
+        "--out /proc/nc-bad-input/demo",
+    ),
+    Case(
+        "report-out-dir",
+        "report --out an existing directory",
+        lambda e: ["report", str(e.scan), "--out", str(_write(e.out / "x", "x").parent)],
+        "is a directory; give a file name",
+        2,
+        "--out {tmp}/out",
+    ),
+    Case(
+        "report-out-under-file",
+        "report --out under an existing file",
+        lambda e: ["report", str(e.scan), "--out", str(_write(e.tmp / "f", "x") / "r.html")],
+        "is a file, not a directory",
+        2,
+        "--out {tmp}/f/r.html",
+    ),
+    Case(
+        "validate-out-under-file",
+        "validate --out under an existing file",
+        lambda e: [
+            "validate",
+            str(e.model),
+            "--report",
+            str(e.scan),
+            "--out",
+            str(_write(e.tmp / "f", "x") / "v"),
+        ],
+        "is a file, not a directory",
+        2,
+        "--out {tmp}/f/v",
+    ),
+    Case(
+        "mitigate-out-proc",
+        "mitigate --out in /proc",
+        lambda e: _mitigate(e)[:-2] + ["--out", "/proc/nc-bad-input/m"],
+        "cannot write in /proc",
+        2,
+        "--out /proc/nc-bad-input/m",
+    ),
+    Case(
+        "zoo-out-under-file",
+        "zoo --out under an existing file",
+        lambda e: ["zoo", "--out", str(_write(e.tmp / "f", "x") / "z")],
+        "is a file, not a directory",
+        2,
+        "--out {tmp}/f/z",
+    ),
+    Case(
+        "zoo-markdown-dir",
+        "zoo --markdown an existing directory",
+        lambda e: ["zoo", "--out", str(e.out), "--markdown", str(_write(e.tmp / "md" / "x", "x").parent)],
+        "is a directory; give a file name",
+        2,
+        "--markdown {tmp}/md",
+    ),
+    # ---- train / demo options -----------------------------------------------------------------------
+    Case(
+        "train-epochs-zero",
+        "train --epochs 0",
+        lambda e: ["train", "--out", str(e.out), "--epochs", "0"],
+        "--epochs must be at least 1",
+        2,
+        "--epochs",
+    ),
+    Case(
+        "train-seed-negative",
+        "train --seed -1",
+        lambda e: ["train", "--out", str(e.out), "--seed", "-1"],
+        "--seed must be a seed",
+        2,
+        "--seed",
+    ),
+    Case(
+        "train-lr-nan",
+        "train --lr nan",
+        lambda e: ["train", "--out", str(e.out), "--lr", "nan"],
+        "--lr must be a positive number",
+        2,
+        "--lr",
+    ),
+    Case(
+        "demo-epochs-zero",
+        "demo --epochs 0",
+        lambda e: ["demo", "--out", str(e.out), "--epochs", "0"],
+        "--epochs must be at least 1",
+        2,
+        "--epochs",
+    ),
+    # ---- resume ----------------------------------------------------------------------------------------
+    Case(
+        "resume-missing",
+        "scan --resume without a checkpoint",
+        lambda e: _scan(e, "--resume", data=_valid_npz(e)),
+        "no checkpoint to resume from",
+        1,
+        "{tmp}/out.checkpoint",
+    ),
+    Case(
+        "resume-garbage",
+        "scan --resume from a checkpoint whose state.json is garbage",
+        lambda e: _checkpoint_with(e, "{not json") or _scan(e, "--resume", data=_valid_npz(e)),
+        "corrupt checkpoint",
+        1,
+        "{tmp}/out.checkpoint",
+    ),
+    Case(
+        "resume-not-a-dict",
+        "scan --resume from a checkpoint whose state.json is a list",
+        lambda e: _checkpoint_with(e, "[1, 2]") or _scan(e, "--resume", data=_valid_npz(e)),
+        "corrupt checkpoint",
+        1,
+        "{tmp}/out.checkpoint",
+    ),
+    Case(
+        "resume-foreign",
+        "scan --resume from another model's checkpoint",
+        lambda e: _foreign_checkpoint(e) or _scan(e, "--resume", data=_valid_npz(e)),
+        "belongs to another scan",
+        1,
+        "{tmp}/out.checkpoint",
+    ),
+    # ---- references --------------------------------------------------------------------------------
+    Case(
+        "reference-other-task",
+        "--reference scan of a 43-class model",
+        lambda e: _ref(e, lambda d: d["model"].update(num_classes=43)),
+        "43 outputs",
+        1,
+        "{tmp}/ref",
+    ),
+    Case(
+        "reference-other-images",
+        "--reference scanned on other images",
+        lambda e: _ref(e, lambda d: d["data"].update(input_fingerprint="0" * 64)),
+        "scanned on other images",
+        1,
+        "{tmp}/ref",
+    ),
+    Case(
+        "reference-negative-norm",
+        "--reference with a negative L1 norm",
+        lambda e: _ref(e, _set_label0("l1_norm", -5.0)),
+        "L1 norm -5",
+        1,
+        "{tmp}/ref",
+    ),
+    Case(
+        "reference-nan-norm",
+        "--reference with a NaN (null) L1 norm",
+        lambda e: _ref(e, _set_label0("l1_norm", None)),
+        "L1 norm nan",
+        1,
+        "{tmp}/ref",
+    ),
+    Case(
+        "reference-missing",
+        "--reference path that does not exist",
+        lambda e: _scan(e, "--reference", str(e.tmp / "nope")),
+        "scan report not found",
+        1,
+        "{tmp}/nope",
+    ),
+    # ---- zoo specs -----------------------------------------------------------------------------------
+    Case(
+        "zoo-float-epochs",
+        "zoo spec with epochs = 2.5",
+        lambda e: _spec(e, '[[model]]\nname = "a"\nepochs = 2.5\n'),
+        "epochs must be an integer",
+        2,
+        "{tmp}/spec.toml",
+    ),
+    Case(
+        "zoo-int-data-dir",
+        "zoo spec with data_dir = 3",
+        lambda e: _spec(e, '[[model]]\nname = "a"\ndata_dir = 3\n'),
+        "data_dir must be a string",
+        2,
+        "{tmp}/spec.toml",
+    ),
+    Case(
+        "zoo-unknown-key",
+        "zoo spec with an unknown key",
+        lambda e: _spec(e, '[[model]]\nname = "a"\ncolour = "red"\n'),
+        "unknown key 'colour'",
+        2,
+        "{tmp}/spec.toml",
+    ),
+    Case(
+        "zoo-bool-seed",
+        "zoo spec with seed = true",
+        lambda e: _spec(e, '[defaults]\nseed = true\n[[model]]\nname = "a"\n'),
+        "seed must be an integer",
+        2,
+        "{tmp}/spec.toml",
+    ),
+    Case(
+        "zoo-string-lr",
+        'zoo spec with lr = "fast"',
+        lambda e: _spec(e, '[[model]]\nname = "a"\nlr = "fast"\n'),
+        "lr must be a finite number",
+        2,
+        "{tmp}/spec.toml",
+    ),
+    Case(
+        "zoo-not-toml",
+        "zoo spec that is not TOML",
+        lambda e: _spec(e, "[[model\nname="),
+        "not a valid spec file",
+        2,
+        "{tmp}/spec.toml",
+    ),
+    Case(
+        "zoo-json-list",
+        "zoo JSON spec that is a list",
+        lambda e: _spec(e, "[1, 2]", "spec.json"),
+        "a spec is a table",
+        2,
+        "{tmp}/spec.json",
+    ),
+    Case(
+        "zoo-spec-missing",
+        "zoo spec that does not exist",
+        lambda e: ["zoo", "--spec", str(e.tmp / "no.toml"), "--out", str(e.out)],
+        "zoo spec not found",
+        2,
+        "{tmp}/no.toml",
+    ),
+    Case(
+        "zoo-samples-zero",
+        "zoo --samples 0",
+        lambda e: ["zoo", "--out", str(e.out), "--samples", "0"],
+        "--samples must be at least 1",
+        2,
+        "--samples",
+    ),
+    # ---- report / validate / mitigate on broken result directories ------------------------------------
+    Case(
+        "report-no-report-json",
+        "report of a directory without report.json",
+        lambda e: ["report", str(_write(e.tmp / "r" / "x", "x").parent)],
+        "no report.json here (is it a scan",
+        1,
+        "{tmp}/r",
+    ),
+    Case(
+        "report-missing-dir",
+        "report of a directory that does not exist",
+        lambda e: ["report", str(e.tmp / "none")],
+        "does not exist",
+        1,
+        "{tmp}/none",
+    ),
+    Case(
+        "report-garbage-json",
+        "report of a directory whose report.json is garbage",
+        lambda e: ["report", str(_write(e.tmp / "r" / "report.json", "{oops").parent)],
+        "cannot read scan report",
+        1,
+        "{tmp}/r/report.json",
+    ),
+    Case(
+        "report-missing-trigger",
+        "report of a scan missing a trigger file",
+        lambda e: ["report", str(_scan_without_trigger(e))],
+        "label_0000.safetensors is missing",
+        1,
+        "{tmp}/scan",
+    ),
+    Case(
+        "validate-no-card",
+        "validate a model directory without card.json",
+        lambda e: _validate(e, model=_no_card(e)),
+        "no card.json",
+        1,
+        "{tmp}/nocard",
+    ),
+    Case(
+        "validate-broken-report",
+        "validate with a report.json missing its labels",
+        lambda e: _validate(e, scan=edit_report(e.scan, e.tmp / "s", lambda d: d.pop("labels"))),
+        "malformed scan report",
+        1,
+        "{tmp}/s/report.json",
+    ),
+    Case(
+        "validate-top-zero",
+        "validate --top 0",
+        lambda e: _validate(e, "--top", "0"),
+        "--top must be in (0, 1]",
+        2,
+        "--top",
+    ),
+    Case(
+        "validate-label-unknown",
+        "validate --label 99",
+        lambda e: _validate(e, "--label", "99"),
+        "label 99 is not in the report",
+        2,
+        "--label",
+    ),
+    Case(
+        "mitigate-no-card",
+        "mitigate a model directory without card.json",
+        lambda e: _mitigate(e, model=_no_card(e)),
+        "no card.json",
+        1,
+        "{tmp}/nocard",
+    ),
+    Case(
+        "mitigate-missing-model",
+        "mitigate a model directory that does not exist",
+        lambda e: _mitigate(e, model=e.tmp / "none"),
+        "not found",
+        1,
+        "{tmp}/none",
+    ),
+    Case(
+        "mitigate-foreign-report",
+        "mitigate with another model's scan report",
+        lambda e: _mitigate(e, "--label", "0", model=e.other),
+        "belongs to another model",
+        1,
+        "{scan}",
+    ),
+    Case(
+        "mitigate-missing-trigger",
+        "mitigate with a scan missing the label's trigger file",
+        lambda e: _mitigate(e, "--label", "0", scan=_scan_without_trigger(e)),
+        "label_0000.safetensors is missing",
+        1,
+        "{tmp}/scan",
+    ),
+    Case(
+        "mitigate-fpr",
+        "mitigate --fpr 1.5",
+        lambda e: _mitigate(e, "--fpr", "1.5"),
+        "--fpr must be in (0, 1]",
+        2,
+        "--fpr",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ApiCase:
+    id: str
+    what: str
+    call: Callable[[Env, Any], object]  # (env, clean model) -> raises
+    error: type[NeuralCleanseError]
+    message: str
+
+
+def _images(n: int = 8) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+class _NanNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), 10), math.nan)
+
+
+API_CASES: list[ApiCase] = [
+    ApiCase(
+        "api-threshold-nan",
+        "scan(threshold=nan)",
+        lambda e, m: nc.scan(m, _images(), threshold=math.nan),
+        SettingsError,
+        "threshold must be a positive, finite",
+    ),
+    ApiCase(
+        "api-threshold-zero",
+        "NeuralCleanse(threshold=0)",
+        lambda e, m: nc.NeuralCleanse(m, threshold=0),
+        SettingsError,
+        "threshold",
+    ),
+    ApiCase(
+        "api-seed-negative",
+        "ReverseSettings(seed=-1)",
+        lambda e, m: nc.ReverseSettings(seed=-1),
+        SettingsError,
+        "seed must be from 0",
+    ),
+    ApiCase(
+        "api-max-steps-float",
+        "ReverseSettings(max_steps=2.5)",
+        lambda e, m: nc.ReverseSettings(max_steps=2.5),
+        SettingsError,
+        "max_steps must be an integer",
+    ),  # type: ignore[arg-type]
+    ApiCase(
+        "api-samples-zero",
+        "scan(samples=0)",
+        lambda e, m: nc.scan(m, _images(), samples=0),
+        SettingsError,
+        "samples must be at least 1",
+    ),
+    ApiCase(
+        "api-nan-images",
+        "scan of NaN images",
+        lambda e, m: nc.scan(m, torch.full((4, 1, 28, 28), math.nan)),
+        DataError,
+        "NaN or infinite",
+    ),
+    ApiCase(
+        "api-nan-model",
+        "scan of a model whose outputs are NaN",
+        lambda e, m: nc.scan(_NanNet(), _images()),
+        DataError,
+        "NaN or infinite outputs",
+    ),
+    ApiCase(
+        "api-one-class",
+        "scan with images of one class",
+        lambda e, m: nc.scan(m, _images(), torch.full((8,), 3)),
+        DataError,
+        "all of one class",
+    ),
+    ApiCase(
+        "api-labels-beyond-model",
+        "scan with label 12 on a 10-class model",
+        lambda e, m: nc.scan(m, _images(2), torch.tensor([0, 12])),
+        DataError,
+        "labels go up to 12",
+    ),
+    ApiCase(
+        "api-load-images-2ch",
+        "load_images(input_shape=(2, 28, 28))",
+        lambda e, m: load_images(image_folder(e.tmp / "d", {"0": 1, "1": 1}), input_shape=(2, 28, 28)),
+        SettingsError,
+        "C 1 (grey) or 3 (RGB)",
+    ),
+    ApiCase(
+        "api-load-npz-text",
+        "load_npz of a text file",
+        lambda e, m: load_npz(_write(e.tmp / "x.npz", "hello")),
+        DataError,
+        "not an .npz file",
+    ),
+    ApiCase(
+        "api-load-npz-pickle",
+        "load_npz of an object array that would run code",
+        lambda e, m: load_npz(pickled_object_npz(e.tmp / "evil.npz", e.marker)),
+        DataError,
+        "need pickle",
+    ),
+    ApiCase(
+        "api-read-bomb",
+        "read_image of a PNG declaring 20000x20000 pixels",
+        lambda e, m: read_image(png_declaring(e.tmp / "b.png", 20000, 20000), channels=1, size=None),
+        DataError,
+        "400000000 pixels",
+    ),
+    ApiCase(
+        "api-outlier-threshold-nan",
+        "mad_outlier_test(threshold=nan)",
+        lambda e, m: mad_outlier_test([1.0, 2.0, 3.0], threshold=math.nan),
+        SettingsError,
+        "threshold",
+    ),
+    ApiCase(
+        "api-train-float-epochs",
+        "TrainSettings(epochs=2.5)",
+        lambda e, m: nc.TrainSettings(epochs=2.5),
+        SettingsError,
+        "epochs must be an integer",
+    ),  # type: ignore[arg-type]
+    ApiCase(
+        "api-reference-negative",
+        "Reference.from_reports with a negative norm",
+        lambda e, m: nc.Reference.from_reports(
+            [nc.DetectionReport.load(edit_report(e.scan, e.tmp / "r", _set_label0("l1_norm", -1.0)))]
+        ),
+        DataError,
+        "L1 norm -1",
+    ),
+    ApiCase(
+        "api-zoo-int-data-dir",
+        "parse_spec with data_dir = 3",
+        lambda e, m: parse_spec({"model": [{"name": "a", "data_dir": 3}]}),
+        SettingsError,
+        "data_dir must be a string",
+    ),
+]
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, mnist_sample: nc.DatasetSplits) -> dict[str, Any]:
+    """Two small models (10 classes, trained for a second) and a short scan of the first."""
+    from neuralcleanse import Recipe, TrainSettings, train_recipe
+    from neuralcleanse.data.dataset import DatasetSplits
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    tiny = DatasetSplits(
+        "mnist-sample", mnist_sample.train.subset(range(400)), mnist_sample.test.subset(range(200))
+    )
+    bundles = [
+        train_recipe(Recipe(training=TrainSettings(epochs=1, batch_size=64, seed=s)), data=tiny, device="cpu")
+        for s in (0, 1)
+    ]
+    model = bundles[0].save(root / "model").path
+    other = bundles[1].save(root / "other").path
+    assert model is not None and other is not None
+    report = nc.NeuralCleanse(bundles[0].model, settings=nc.ReverseSettings(max_steps=2, seed=0)).scan(
+        tiny.test, samples=40, model_info={"weights_sha256": bundles[0].card.weights_sha256}
+    )
+    scan = report.save(root / "scan")
+    weights = next(model.glob("*.safetensors"))
+    return {
+        "root": root,
+        "model": model,
+        "other": other,
+        "scan": scan,
+        "weights": weights,
+        "net": bundles[0].model,
+    }
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training and trigger optimisation fail the test if they start: bad input is refused before."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        pytest.fail("work started on bad input (training or optimisation ran)")
+
+    monkeypatch.setattr(sys.modules["neuralcleanse.detection.scan"], "reverse_engineer", forbidden)
+    monkeypatch.setattr(sys.modules["neuralcleanse.recipes"], "train_recipe", forbidden)
+
+
+def _tree(*roots: Path) -> set[str]:
+    return {str(p) for r in roots for p in r.rglob("*")}
+
+
+def _record(case_id: str, what: str, command: str, message: str, code: int, tmp: Path, env: Env) -> None:
+    table = os.environ.get("NC_BAD_INPUTS_TABLE")
+    if not table:
+        return
+    for path, name in ((tmp, "TMP"), (env.model, "MODEL"), (env.other, "OTHER"), (env.scan, "SCAN")):
+        message, command = message.replace(str(path), name), command.replace(str(path), name)
+    with open(table, "a", encoding="utf-8") as fh:
+        fh.write(
+            json.dumps({"id": case_id, "what": what, "command": command, "message": message, "code": code})
+            + "\n"
+        )
+
+
+def _env(world: dict[str, Any], tmp_path: Path) -> Env:
+    return Env(tmp_path, world["model"], world["other"], world["scan"], world["weights"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_cli_input(
+    case: Case, world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_work: None
+) -> None:
+    env = _env(world, tmp_path)
+    argv = case.build(env)
+    before = _tree(tmp_path, world["root"])
+    code = main(argv)
+    out, err = capsys.readouterr()
+    line = err.rstrip("\n")
+    assert "Traceback" not in out + err
+    assert err.count("\n") == 1 and line.startswith("error: "), err
+    assert case.message in line, line
+    names = case.names.format(tmp=tmp_path, model=env.model, scan=env.scan)
+    assert names in line, (names, line)
+    assert code == case.code, (code, line)
+    after = _tree(tmp_path, world["root"])
+    assert after == before, sorted(after ^ before)  # nothing written: no output, temp file or checkpoint
+    assert not env.marker.exists()
+    assert not re.search(r"/\.[^/]+\.tmp$", "\n".join(after))
+    _record(case.id, case.what, "neuralcleanse " + " ".join(argv), line, code, tmp_path, env)
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
+def test_bad_api_input(case: ApiCase, world: dict[str, Any], tmp_path: Path, no_work: None) -> None:
+    env = _env(world, tmp_path)
+    with pytest.raises(case.error) as info:
+        case.call(env, world["net"])
+    message = str(info.value)
+    assert case.message in message and "\n" not in message, message
+    assert not env.marker.exists()
+    code = 2 if isinstance(info.value, SettingsError) else 1
+    _record(case.id, case.what, "Python: " + case.what, message, code, tmp_path, env)
+
+
+def test_corpus_size() -> None:
+    assert len(CASES) + len(API_CASES) >= 50
+    commands = {c.id.split("-")[0] for c in CASES}
+    assert {"scan", "train", "zoo", "validate", "mitigate", "report", "demo"} <= commands
+
+
+def test_internal_error_is_one_line_and_logged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (any unexpected exception) prints one line naming the exception and the log file; -v also
+    prints the traceback."""
+    import neuralcleanse.cli.report as report_cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug\nsecond line")
+
+    monkeypatch.setattr(report_cli, "setup_logging", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    code = main(["report", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 3 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: internal error (ZeroDivisionError: a bug); full traceback in ")
+    log = Path(err.rstrip("\n").rsplit("full traceback in ", 1)[1])
+    assert log.parent == tmp_path / "cache" / "neuralcleanse" and "Traceback" in log.read_text()
+    assert "second line" in log.read_text()
+    code = main(["report", str(tmp_path), "-v"])
+    err = capsys.readouterr().err
+    assert (
+        code == 3
+        and "Traceback" in err
+        and err.rstrip("\n").splitlines()[-1].startswith("error: internal error")
+    )
