@@ -3,12 +3,16 @@
 Trigger validation, the input filter and neuron pruning all work on the activations that feed the final
 classifier (the paper's "second-to-last layer"). The layer is either named by the user (a
 ``get_submodule`` path, whose output is read) or found automatically: a model that declares
-``penultimate`` (the paper's architectures do) names it; otherwise the input of the model's last linear
-layer is used. Hooks are always removed, also after an error.
+``penultimate`` (the paper's architectures do) names it; otherwise the input of the linear layer that runs
+last is used. Hooks are always removed, also after an error.
+
+Exported programs and TorchScript modules compile their layers into one graph that hooks cannot reach:
+they are refused with one line that says to load the weights with their architecture instead.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,34 +21,111 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, SettingsError
+from .errors import DataError, ModelError, SettingsError
 
-__all__ = ["FeatureLayer", "find_feature_layer", "feature_activations", "neuron_mask", "tap"]
+__all__ = [
+    "FeatureLayer",
+    "find_feature_layer",
+    "feature_activations",
+    "neuron_mask",
+    "opaque_kind",
+    "refuse_opaque",
+    "tap",
+]
 
 
 @dataclass(frozen=True)
 class FeatureLayer:
-    """Where the features are read: the output of ``module`` (``name``), feeding the linear ``consumer``."""
+    """Where the features are read: the output of ``module`` (``name``), feeding the linear ``consumer``
+    (``consumer_name``, a ``get_submodule`` path, so the same layer can be found in a copy of the model)."""
 
     name: str
     module: nn.Module
     consumer: nn.Linear
     read_input_of_consumer: bool = False
+    consumer_name: str = ""
 
     @property
     def width(self) -> int:
         return int(self.consumer.in_features)
+
+    def in_copy(self, model: nn.Module) -> FeatureLayer:
+        """The same layer in ``model``, a copy (``copy.deepcopy``) of the model this layer was found in."""
+        consumer = model.get_submodule(self.consumer_name)
+        if not isinstance(consumer, nn.Linear):
+            raise SettingsError(f"layer {self.consumer_name!r} is not a linear layer in the copied model")
+        module = consumer if self.read_input_of_consumer else model.get_submodule(self.name)
+        return FeatureLayer(self.name, module, consumer, self.read_input_of_consumer, self.consumer_name)
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
-def find_feature_layer(model: nn.Module, name: str | None = None) -> FeatureLayer:
-    """The penultimate feature layer of ``model`` (see the module docstring); one-line errors."""
+def opaque_kind(model: nn.Module) -> str | None:
+    """``"an exported program (.pt2)"`` or ``"a TorchScript module"`` if ``model`` runs one, whose layers
+    are compiled into a graph: Python hooks never fire inside it and it cannot be trained as a module;
+    ``None`` for an ordinary module."""
+    for m in model.modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            return "a TorchScript module"
+        if isinstance(m, torch.fx.GraphModule):
+            called = {n.target for n in m.graph.nodes if n.op == "call_module"}
+            if not called - {"_guards_fn"}:  # every layer inlined as operators: torch.export's module()
+                return "an exported program (.pt2)"
+    return None
+
+
+def refuse_opaque(model: nn.Module, what: str) -> None:
+    """One-line :class:`ModelError` if ``model`` is an exported program or TorchScript (see
+    :func:`opaque_kind`); ``what`` starts the sentence ("unlearning fine-tunes the weights, and the model is")."""
+    kind = opaque_kind(model)
+    if kind is not None:
+        raise ModelError(
+            f"{what} {kind}: its layers are compiled into one graph that hooks cannot reach; load the "
+            "weights with their architecture instead (safetensors or a state dict + --arch / arch=)"
+        )
+
+
+def _call_order(model: nn.Module, example: torch.Tensor, watch: list[tuple[str, nn.Module]]) -> list[str]:
+    """Names in ``watch`` in the order their forward finishes on ``example`` (eval mode, no gradients)."""
+    order: list[str] = []
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is not None:
+        example = example.to(first.device)
+    handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n)) for n, m in watch]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:
+        line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"model failed on images of shape {tuple(example.shape[1:])}: {line}") from None
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return order
+
+
+def find_feature_layer(
+    model: nn.Module, name: str | None = None, *, example: torch.Tensor | None = None
+) -> FeatureLayer:
+    """The penultimate feature layer of ``model`` (see the module docstring); one-line errors.
+
+    With ``example`` images (a couple suffice) the layers are ordered by a forward pass rather than by the
+    order the model declares them: the consumer is then the linear layer that runs last (or, for a named
+    layer, the first linear layer that runs after it), which is right also for models that declare their
+    head before their body (a ViT's ``head`` before its ``encoder``).
+    """
+    refuse_opaque(model, "validation and mitigation read the layer before the classifier, and the model is")
+    if example is not None and len(example) == 0:
+        example = None
     linears = _linears(model)
     if not linears:
-        raise SettingsError("the model has no linear layer: name the feature layer to use (--layer)")
+        raise SettingsError("the model has no linear layer: name the feature layer to use (--layer / layer=)")
+    names = [n for n, _ in model.named_modules()]
     if name is None:
         for prefix, m in model.named_modules():
             declared = getattr(m, "penultimate", None)
@@ -52,17 +133,41 @@ def find_feature_layer(model: nn.Module, name: str | None = None) -> FeatureLaye
                 name = f"{prefix}.{declared}" if prefix else declared
                 break
     if name is None:
-        last_name, last = linears[-1]
-        return FeatureLayer(f"input of {last_name}", last, last, read_input_of_consumer=True)
+        if example is not None:
+            order = _call_order(model, example, list(linears))
+            if not order:
+                raise SettingsError(
+                    "no linear layer runs in the model's forward pass: name the feature layer (--layer / layer=)"
+                )
+            last_name = order[-1]
+        else:
+            last_name = linears[-1][0]
+        last = model.get_submodule(last_name)
+        assert isinstance(last, nn.Linear)
+        return FeatureLayer(
+            f"input of {last_name}", last, last, read_input_of_consumer=True, consumer_name=last_name
+        )
     try:
         module = model.get_submodule(name)
     except AttributeError:
         raise SettingsError(f"layer {name!r} does not exist in the model") from None
-    names = [n for n, _ in model.named_modules()]
-    after = [m for n, m in linears if names.index(n) > names.index(name) and not n.startswith(name + ".")]
+    inside = [n for n, _ in linears if n.startswith(name + ".") or n == name]
+    if example is not None:
+        order = _call_order(
+            model, example, [(name, module)] + [(n, m) for n, m in linears if n not in inside]
+        )
+        after = order[order.index(name) + 1 :] if name in order else []
+        if name not in order:
+            raise SettingsError(
+                f"layer {name!r} does not run in the model's forward pass; name another layer"
+            )
+    else:
+        after = [n for n, _ in linears if names.index(n) > names.index(name) and n not in inside]
     if not after:
         raise SettingsError(f"layer {name!r}: no linear layer follows it; name an earlier layer")
-    return FeatureLayer(name, module, after[0])
+    consumer = model.get_submodule(after[0])
+    assert isinstance(consumer, nn.Linear)
+    return FeatureLayer(name, module, consumer, consumer_name=after[0])
 
 
 @contextmanager

@@ -10,16 +10,35 @@ from torch import nn
 __all__ = ["model_fingerprint", "tensor_fingerprint"]
 
 
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """The tensor's elements as stored, in row-major order, whatever its dtype, shape or memory format.
+
+    Viewing as bytes needs at least one dimension (a 0-dim ``int64`` such as BatchNorm's
+    ``num_batches_tracked`` cannot be viewed as ``uint8`` in place), and a non-strided or quantised
+    tensor is hashed through its dense, dequantised form."""
+    x = t.detach().cpu()
+    if x.is_sparse or x.layout != torch.strided:
+        x = x.to_dense()
+    if x.is_quantized:
+        x = x.dequantize()
+    if x.numel() == 0:
+        return b""
+    x = x.contiguous().reshape(-1)
+    return x.view(torch.uint8).numpy().tobytes()
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 over the names, shapes, dtypes and bytes of the model's state dict."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
-        x = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(x.shape)}|{x.dtype}|".encode())
-        h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+        if not isinstance(t, torch.Tensor):  # extra state of a module (get_extra_state) is not hashed
+            h.update(f"{name}|extra|".encode())
+            continue
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(_raw_bytes(t))
     return h.hexdigest()
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
-    x = t.detach().cpu().contiguous()
-    return hashlib.sha256(x.view(torch.uint8).numpy().tobytes()).hexdigest()
+    """sha256 over the bytes of ``t`` (as :func:`model_fingerprint` reads them)."""
+    return hashlib.sha256(_raw_bytes(t)).hexdigest()

@@ -159,7 +159,7 @@ def validate_trigger(
     device: torch.device | str = "cpu",
 ) -> ValidationResult:
     """Compare a reversed trigger with the real one (if known) on clean images of other labels."""
-    feat = find_feature_layer(model, layer)
+    feat = find_feature_layer(model, layer, example=data.images[:2])
     victims_ds = attack_victims(data, target=label, source_labels=source_labels)
     if len(victims_ds) == 0:
         raise DataError(f"no images outside label {label} to validate on")

@@ -86,7 +86,7 @@ def filter_inputs(
     """
     check_fraction(fpr, "false-positive rate")
     check_fraction(top_fraction, "neuron fraction")
-    feat = find_feature_layer(model, layer)
+    feat = find_feature_layer(model, layer, example=data.images[:2])
     if len(data) < 20:
         raise DataError(f"{data.name}: at least 20 images are needed to calibrate and test a filter")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))

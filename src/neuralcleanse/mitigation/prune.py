@@ -50,7 +50,7 @@ def prune_neurons(
         raise SettingsError(f"{data.name}: too few images to rank and measure neurons")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     rank_set, eval_set = data.subset(order[: len(data) // 2]), data.subset(order[len(data) // 2 :])
-    feat = find_feature_layer(model, layer)
+    feat = find_feature_layer(model, layer, example=data.images[:2])
     clean = feature_activations(model, feat, rank_set.images, device=device)
     stamped = feature_activations(model, feat, reversed_trigger.apply(rank_set.images), device=device)
     ranking = torch.argsort(stamped.mean(0) - clean.mean(0), descending=True)
@@ -77,7 +77,7 @@ def prune_neurons(
             stopped = True
             break
     pruned = model if inplace else copy.deepcopy(model)
-    target_feat = find_feature_layer(pruned, layer)
+    target_feat = feat.in_copy(pruned)
     with torch.no_grad():
         target_feat.consumer.weight[:, ranking[:k].to(target_feat.consumer.weight.device)] = 0.0
     before = _from_point(curve[0])  # nothing masked: the model as given

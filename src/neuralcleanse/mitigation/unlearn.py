@@ -7,6 +7,14 @@ handful of steps, which on the 4,000-image MNIST sample knocks out the target cl
 fell to 38% in our runs) before the model settles. So by default as many epochs are run as give at least
 ``min_steps`` (100) optimiser steps — one epoch on paper-sized data — and the result records how many.
 
+BatchNorm: by default its running statistics are frozen while fine-tuning (``batchnorm="frozen"``: the
+normalisation layers run in inference mode, their scale and shift are still trained). The fine-tuning set
+is small and a fifth of it carries the trigger, so updating the statistics would move the whole network's
+normalisation to that set; ``batchnorm="update"`` updates them as ordinary training does. Either way the
+given model is not touched (a copy is fine-tuned unless ``inplace=True``).
+
+Exported programs and TorchScript modules cannot be fine-tuned as modules: they are refused in one line.
+
 The same run also measures two baselines from the same starting model and data: fine-tuning on the clean
 images only, and (when the model card knows it) unlearning with the real trigger.
 """
@@ -15,26 +23,59 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..data.dataset import ImageDataset
-from ..errors import DataError
+from ..errors import DataError, SettingsError
+from ..features import refuse_opaque
 from ..training import TrainSettings, train_classifier
 from ..triggers import Trigger
 from .result import Measure, MitigationResult, check_fraction, measure
 
-__all__ = ["unlearn"]
+__all__ = ["unlearn", "BatchNormMode"]
+
+BatchNormMode = Literal["frozen", "update"]
+
+
+class _FrozenStatistics(nn.Module):
+    """Trains ``model`` with every BatchNorm layer kept in inference mode (running statistics untouched)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> _FrozenStatistics:
+        super().train(mode)
+        for m in self.model.modules():
+            if isinstance(m, _BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def _fine_tune(
-    model: nn.Module, data: ImageDataset, settings: TrainSettings, device: torch.device | str
+    model: nn.Module,
+    data: ImageDataset,
+    settings: TrainSettings,
+    device: torch.device | str,
+    batchnorm: BatchNormMode,
 ) -> None:
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(True)
     try:
-        train_classifier(model, data, settings, device=device)
+        trained = _FrozenStatistics(model) if batchnorm == "frozen" else model
+        train_classifier(trained, data, settings, device=device)
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
@@ -58,14 +99,25 @@ def unlearn(
     batch_size: int = 32,
     seed: int = 0,
     baselines: bool = True,
+    batchnorm: BatchNormMode = "frozen",
     inplace: bool = False,
     device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, MitigationResult]:
-    """Fine-tune away the backdoor; returns the repaired model (a copy unless ``inplace``) and the result."""
+    """Fine-tune away the backdoor; returns the repaired model (a copy unless ``inplace``) and the result.
+
+    ``batchnorm``: ``"frozen"`` keeps BatchNorm running statistics as they are (see the module docstring),
+    ``"update"`` lets fine-tuning update them.
+    """
     check_fraction(fraction, "fraction of training data")
     check_fraction(stamp_fraction, "stamped fraction")
+    if batchnorm not in ("frozen", "update"):
+        raise SettingsError(f"batchnorm must be 'frozen' or 'update', got {batchnorm!r}")
+    refuse_opaque(model, "unlearning fine-tunes the weights, and the model is")
+    norms = _batchnorms(model)
     gen = torch.Generator().manual_seed(seed)
     n = max(1, round(fraction * len(train)))
+    if batchnorm == "update" and norms and n % batch_size == 1 and n > 1:
+        n -= 1  # a last mini-batch of one image cannot be batch-normalised in training mode
     subset = train.subset(torch.randperm(len(train), generator=gen)[:n])
     stamped_idx = torch.randperm(n, generator=gen)[: round(stamp_fraction * n)]
     if len(stamped_idx) == 0:
@@ -96,10 +148,10 @@ def unlearn(
             if name == "real trigger" and trig is None:
                 continue
             m = copy.deepcopy(model)
-            _fine_tune(m, with_trigger(trig), settings, device)
+            _fine_tune(m, with_trigger(trig), settings, device, batchnorm)
             others[name] = evaluate(m).to_dict()
     repaired = model if inplace else copy.deepcopy(model)
-    _fine_tune(repaired, with_trigger(reversed_trigger), settings, device)
+    _fine_tune(repaired, with_trigger(reversed_trigger), settings, device, batchnorm)
     after = evaluate(repaired)
     details = {
         "train_images": n,
@@ -109,6 +161,16 @@ def unlearn(
         "batch_size": batch_size,
         "seed": seed,
         "baselines": others,
+        "batchnorm": batchnorm if norms else None,
     }
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
+    if norms:
+        notes.append(
+            f"running statistics of {norms} BatchNorm layers "
+            + (
+                "kept as they were (batchnorm='frozen')"
+                if batchnorm == "frozen"
+                else "updated by fine-tuning"
+            )
+        )
     return repaired, MitigationResult("unlearn", label, before, after, details, notes)
