@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from neuralcleanse import ModelBundle, ModelError, SettingsError, build_model, load_model_dir, save_model_dir
 from neuralcleanse.models import GTSRBNet, MNISTNet
+from neuralcleanse.models.card import ModelCard
 
 
 @pytest.mark.parametrize(
@@ -115,7 +117,7 @@ def test_tampered_or_mismatched_weights(clean_model: ModelBundle, tmp_path: Path
     save_file(other.state_dict(), str(weights))
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     card["weights_sha256"] = None
-    (tmp_path / "m" / "card.json").write_text(json.dumps(card))
+    _write_sealed(tmp_path / "m" / "card.json", card)
     with pytest.raises(ModelError, match=r"'logits.weight' has shape \(5, 512\)"):
         load_model_dir(tmp_path / "m")
     weights.write_bytes(b"")
@@ -123,19 +125,36 @@ def test_tampered_or_mismatched_weights(clean_model: ModelBundle, tmp_path: Path
         load_model_dir(tmp_path / "m")
 
 
+def _write_sealed(path: Path, card: dict[str, Any]) -> None:
+    """Write an edited card with a matching digest (what a careful forger would do)."""
+    sealed = ModelCard.from_dict({**card, "format_version": 1}).sealed()
+    path.write_text(json.dumps(sealed.to_dict()))
+
+
 def test_card_errors(clean_model: ModelBundle, tmp_path: Path) -> None:
     clean_model.save(tmp_path / "m")
     path = tmp_path / "m" / "card.json"
     card = json.loads(path.read_text())
-    for mutate, message in [
-        (lambda c: c.pop("arch"), "missing card key 'arch'"),
-        (lambda c: c.update(format_version=99), "format version 99"),
-        (lambda c: c.update(colour="red"), "unknown card key 'colour'"),
-        (lambda c: c.update(arch="vgg"), "unknown architecture 'vgg'"),
+    assert card["format_version"] == 2 and card["card_sha256"] == ModelCard.from_dict(card).digest()
+    for mutate, message, seal in [
+        (lambda c: c.pop("arch"), "missing card key 'arch'", False),
+        (lambda c: c.update(format_version=99), "format version 99", False),
+        (lambda c: c.update(colour="red"), "unknown card key 'colour'", False),
+        (lambda c: c.update(arch="vgg"), "unknown architecture 'vgg'", True),
+        (lambda c: c.update(seed=7), "does not match its card_sha256", False),
+        (lambda c: c.update(num_classes="10"), "card field 'num_classes' has the wrong type", False),
+        (lambda c: c.update(input_shape=[1, 28.5, 28]), "card field 'input_shape' has the wrong type", False),
+        (lambda c: c.update(clean_accuracy=float("nan")), "card field 'clean_accuracy' has the wrong type", False),
+        (lambda c: c.update(training=[]), "card field 'training' has the wrong type", False),
+        (lambda c: c.update(backdoors={}), "'backdoors' must be a list", False),
+        (lambda c: c.update(input_shape=[1, 0, 28]), "input_shape must be", False),
     ]:
         broken = json.loads(json.dumps(card))
         mutate(broken)
-        path.write_text(json.dumps(broken))
+        if seal:
+            _write_sealed(path, broken)
+        else:
+            path.write_text(json.dumps(broken))
         with pytest.raises(ModelError, match=message):
             load_model_dir(tmp_path / "m")
     path.write_text("{not json")

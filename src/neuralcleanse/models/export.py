@@ -1,5 +1,9 @@
 """Load ``torch.export`` programs (``.pt2``) without letting the file run code.
 
+The archive has been inspected by :mod:`.archive` before anything here runs (no AOTInductor or other
+native code, safe member names, no zip bombs, only the members of a plain ``torch.export.save``); torch
+reads a re-packed copy of the accepted members.
+
 ``torch.export.load`` is not safe on untrusted files as it stands: it unpickles tensor payloads with
 ``weights_only=False`` (and falls back to it when a safe load fails), unpickles "opaque" constants with
 plain :mod:`pickle`, parses symbolic shape expressions with ``sympy.sympify`` (which evaluates Python),
@@ -38,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .archive import ZipArchive
 
 __all__ = ["ExportInfo", "load_exported_program"]
 
@@ -263,10 +268,51 @@ def _check_graph(module: nn.Module, source: str) -> None:
         raise ModelError(f"{source}: refused: graph node {node.name!r} calls {target!r}")
 
 
-def load_exported_program(path: Path, data: bytes) -> tuple[nn.Module, ExportInfo]:
-    """Load the program in ``data`` (the bytes of ``path``) safely; returns its module and input facts."""
+def _pickled_members(archive: ZipArchive) -> list[str]:
+    """The members torch would unpickle: sample inputs, and weights/constants marked ``use_pickle``."""
+    names = [n for n in archive.members if n.startswith("data/sample_inputs/")]
+    for config in (
+        n for n in archive.members if n.endswith(("_weights_config.json", "_constants_config.json"))
+    ):
+        folder = config.rpartition("/")[0]
+        try:
+            entries = json.loads(archive.read(config)).get("config", {})
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            raise ModelError(f"{archive.source}: corrupt member {archive.root}/{config} ({exc})") from None
+        for entry in entries.values() if isinstance(entries, dict) else []:
+            if isinstance(entry, dict) and entry.get("use_pickle"):
+                name = f"{folder}/{entry.get('path_name')}"
+                if name in archive.members:
+                    names.append(name)
+    return names
+
+
+def _check_pickled_members(archive: ZipArchive) -> None:
+    """Members torch would unpickle must hold tensors only: each is read tensor-only here first, so a
+    refusal names the member instead of ending in torch's advice to unpickle it."""
+    for name in _pickled_members(archive):
+        try:
+            _tensor_only_load(io.BytesIO(archive.read(name)))
+        except pickle.UnpicklingError:
+            raise ModelError(
+                f"{archive.source}: refused: member {archive.root}/{name} holds pickled Python objects, not "
+                "only tensors; they would run code if unpickled"
+            ) from None
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{archive.source}: corrupt member {archive.root}/{name} ({first})") from None
+
+
+def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, ExportInfo]:
+    """Load the program in ``archive`` (the checked archive of ``path``) safely; returns its module and
+    input facts. Only the allow-listed members of a plain ``torch.export.save`` program are accepted, and
+    torch reads a re-packed copy holding just those."""
     source = str(path)
     import logging
+
+    archive.check_members("export")
+    _check_pickled_members(archive)
+    data = archive.repack()
 
     export_log = logging.getLogger("torch.export.pt2_archive._package")
     previous = export_log.level

@@ -30,7 +30,6 @@ import pickle
 import struct
 import sys
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from torch import nn
 from ..device import resolve_device
 from ..errors import ModelError, SettingsError
 from .architectures import ARCHITECTURES, build_model
+from .archive import ZipArchive, archive_kind, open_archive
 from .card import ModelCard
 from .preprocess import FixedBatchModel, Preprocessing
 from .store import CARD_FILE, load_model_dir, load_state_dict_strict
@@ -111,33 +111,31 @@ class _EvalOnly(nn.Module):
 
 
 def sniff_format(path: Path, data: bytes | None = None) -> str:
-    """Which of :data:`FORMATS` the file is, from its bytes; a one-line :class:`ModelError` otherwise."""
+    """Which of :data:`FORMATS` the file is, from its bytes; a one-line :class:`ModelError` otherwise.
+
+    Zip-based files are inspected (:func:`~neuralcleanse.models.archive.open_archive`) on the way: an
+    archive with native code, unsafe member names or zip-bomb sizes is refused here.
+    """
     if path.is_dir():
         if (path / CARD_FILE).exists():
             return "model-dir"
         raise ModelError(f"{path}: a directory without {CARD_FILE} is not a model directory")
-    if data is None:
-        data = _read(path)
+    return _identify(path, _read(path) if data is None else data)[0]
+
+
+def _identify(path: Path, data: bytes) -> tuple[str, ZipArchive | None]:
+    """The file's format and, for zip-based formats, the checked archive."""
     if len(data) == 0:
         raise ModelError(f"{path}: empty file")
     if data[:4] == b"PK\x03\x04":
-        try:
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise ModelError(f"{path}: truncated or corrupt archive ({exc})") from None
-        if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
-            return "export"
-        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
-            return "torchscript"
-        if any(n.endswith("data.pkl") for n in names):
-            return "state-dict"
-        raise ModelError(f"{path}: a zip archive that is neither torch.export, TorchScript nor torch.save")
+        archive = open_archive(data, str(path))
+        return archive_kind(archive), archive
     if len(data) >= 10:
         (n,) = struct.unpack("<Q", data[:8])
         if 0 < n <= len(data) - 8 and data[8:9] == b"{":
-            return "safetensors"
+            return "safetensors", None
     if data[:1] == b"\x80":  # a pickle stream (legacy torch.save)
-        return "state-dict"
+        return "state-dict", None
     raise ModelError(
         f"{path}: not a model file neuralcleanse reads (torch.export .pt2, safetensors, torch.save state dict, "
         "TorchScript, or a model directory)"
@@ -155,7 +153,9 @@ def _read(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
 
 
-def _state_from_bytes(path: Path, data: bytes, fmt: str) -> dict[str, torch.Tensor]:
+def _state_from_bytes(
+    path: Path, data: bytes, fmt: str, archive: ZipArchive | None
+) -> dict[str, torch.Tensor]:
     if fmt == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load
@@ -164,6 +164,9 @@ def _state_from_bytes(path: Path, data: bytes, fmt: str) -> dict[str, torch.Tens
             return dict(load(data))
         except (SafetensorError, ValueError, OSError) as exc:
             raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+    if archive is not None:
+        archive.check_members("state-dict")
+        data = archive.repack()
     try:
         with warnings.catch_warnings():  # torch warns about the refused pickle before raising
             warnings.simplefilter("ignore")
@@ -273,7 +276,7 @@ def load_model(
         fmt = sniff_format(p)
         return _from_model_dir(p, preprocessing, dev)
     data = _read(p)
-    fmt = sniff_format(p, data)
+    fmt, archive = _identify(p, data)
     sha = hashlib.sha256(data).hexdigest()
     pre = preprocessing or Preprocessing()
     notes: list[str] = []
@@ -286,7 +289,8 @@ def load_model(
     if fmt == "export":
         from .export import load_exported_program
 
-        module, info = load_exported_program(p, data)
+        assert archive is not None  # an export is always a zip archive
+        module, info = load_exported_program(p, archive)
         network: nn.Module = _EvalOnly(module)
         if info.input_shape is not None:
             if shape is not None and tuple(shape) != info.input_shape:
@@ -311,8 +315,10 @@ def load_model(
             p,
         )
         notes.append("TorchScript archive: runs code embedded in the file (trusted files only)")
+        assert archive is not None
+        archive.check_members("torchscript")
         try:
-            script = torch.jit.load(io.BytesIO(data), map_location=dev)  # type: ignore[no-untyped-call]
+            script = torch.jit.load(io.BytesIO(archive.repack()), map_location=dev)  # type: ignore[no-untyped-call]
             script.eval()
             network = _EvalOnly(script)
         except Exception as exc:
@@ -324,7 +330,7 @@ def load_model(
                 f"{p} holds only weights ({fmt}): name the architecture with --arch "
                 f"({', '.join(ARCHITECTURES)} or package.module:Class)"
             )
-        state = _state_from_bytes(p, data, fmt)
+        state = _state_from_bytes(p, data, fmt, archive)
         if arch in ARCHITECTURES:
             own_shape, classes = _builtin_shape(arch, state, p)
             shape = shape or own_shape

@@ -1,6 +1,8 @@
 """Model directories: ``model.safetensors`` + ``card.json`` (+ ``triggers/*.safetensors`` ground truth).
 
 Loading never unpickles: weights are read with safetensors, the card is JSON and triggers are safetensors.
+The card is type-checked and covered by a digest; the weights and trigger files by the sha256s it holds;
+trigger paths stay inside the directory.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from .._io import atomic_directory, atomic_write_json
 from ..errors import ModelError
 from ..triggers import Trigger
 from .architectures import ARCHITECTURES, build_model
-from .card import ModelCard
+from .card import ModelCard, PlantedBackdoor, check_relative_path
 
-__all__ = ["ModelBundle", "save_model_dir", "load_model_dir", "WEIGHTS_FILE", "CARD_FILE"]
+__all__ = ["ModelBundle", "save_model_dir", "load_model_dir", "trigger_path", "WEIGHTS_FILE", "CARD_FILE"]
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -55,11 +57,17 @@ def save_model_dir(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = save(state, metadata={"arch": card.arch})
     card = dataclasses.replace(card, weights_sha256=hashlib.sha256(blob).hexdigest())
+    for info in card.backdoors:
+        check_relative_path(info.trigger_file, what="trigger_file", source="model card")
     with atomic_directory(path, force=force) as tmp:
         (tmp / WEIGHTS_FILE).write_bytes(blob)
+        backdoors = []
         for trig, info in zip(triggers, card.backdoors, strict=True):
             (tmp / info.trigger_file).parent.mkdir(parents=True, exist_ok=True)
             trig.save(tmp / info.trigger_file)
+            digest = hashlib.sha256((tmp / info.trigger_file).read_bytes()).hexdigest()
+            backdoors.append(dataclasses.replace(info, trigger_sha256=digest))
+        card = dataclasses.replace(card, backdoors=backdoors).sealed()
         atomic_write_json(tmp / CARD_FILE, card.to_dict())
     return ModelBundle(model, card, tuple(triggers), Path(path))
 
@@ -90,9 +98,33 @@ def load_model_dir(path: str | os.PathLike[str], *, device: str | torch.device =
     c, h, w = card.input_shape
     model = build_model(card.arch, input_shape=(c, h, w), num_classes=card.num_classes, seed=0)
     load_state_dict_strict(model, state, source=str(weights))
-    triggers = tuple(Trigger.load(root / b.trigger_file) for b in card.backdoors)
+    triggers = tuple(_load_trigger(root, b) for b in card.backdoors)
     model.to(device).eval().requires_grad_(False)
     return ModelBundle(model, card, triggers, root)
+
+
+def trigger_path(root: Path, backdoor: PlantedBackdoor) -> Path:
+    """Where a card's trigger file is: inside ``root`` after resolving symbolic links, or a ModelError."""
+    rel = check_relative_path(backdoor.trigger_file, what="trigger_file", source=str(root / CARD_FILE))
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ModelError(f"{root / rel}: the trigger file points outside the model directory")
+    return path
+
+
+def _load_trigger(root: Path, backdoor: PlantedBackdoor) -> Trigger:
+    path = trigger_path(root, backdoor)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(
+            f"{root / backdoor.trigger_file}: cannot read trigger file ({exc.strerror or exc})"
+        ) from None
+    if backdoor.trigger_sha256 and hashlib.sha256(blob).hexdigest() != backdoor.trigger_sha256:
+        raise ModelError(
+            f"{root / backdoor.trigger_file}: sha256 does not match the card (file changed or corrupt)"
+        )
+    return Trigger.load(path)
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
