@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DataError
+from .memory import plan_parallel_labels
 from .settings import ReverseSettings
 
 __all__ = ["LabelState", "StepSnapshot", "reverse_engineer"]
@@ -231,6 +232,8 @@ def reverse_engineer(
     device: torch.device | str = "cpu",
     resume: Sequence[LabelState] = (),
     on_step: Callable[[StepSnapshot], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    memory_limit: int | None = None,
 ) -> list[LabelState]:
     """Optimise the trigger of every label in ``labels``; returns their final states in label order.
 
@@ -243,6 +246,10 @@ def reverse_engineer(
         resume: label states from a checkpoint; finished ones are kept, unfinished ones continue.
         on_step: called after every step with the active and finished labels (for progress bars and
             checkpoints).
+        on_note: receives sentences for the report (e.g. that fewer labels run in parallel to fit memory).
+        memory_limit: bytes the forward/backward passes may use; default: half the memory available on
+            the device. The labels run in parallel are capped so that their images fit (see
+            :mod:`~neuralcleanse.detection.memory`); a model too large for it raises a one-line error.
     """
     if images.ndim != 4 or len(images) == 0:
         raise DataError(f"reverse engineering needs (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -255,7 +262,7 @@ def reverse_engineer(
     known = {s.label: s for s in resume}
     states = {lab: known.get(lab) or new_label_state(lab, shape, cfg.seed) for lab in labels}
     queue = [lab for lab in labels if not states[lab].done]
-    k_max = cfg.labels_in_parallel(len(queue), device.type)
+    requested = cfg.labels_in_parallel(len(queue), device.type)
     # Resumed unfinished labels first, in label order: exactly the slots a checkpoint interrupted.
     queue.sort(key=lambda lab: (states[lab].step == 0, labels.index(lab)))
     active: list[LabelState] = []
@@ -269,6 +276,17 @@ def reverse_engineer(
         p.requires_grad_(False)
     b1, b2 = cfg.betas
     try:
+        k_max = requested
+        if queue:
+            plan = plan_parallel_labels(
+                model, shape, requested=requested, batch_size=cfg.batch_size, n_images=n, device=device,
+                memory_limit=memory_limit,
+            )  # fmt: skip
+            k_max = plan.labels
+            if plan.note is not None:
+                log.info("%s", plan.note)
+                if on_note is not None:
+                    on_note(plan.note)
         while queue or active:
             while queue and len(active) < k_max:
                 active.append(states[queue.pop(0)])

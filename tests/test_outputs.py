@@ -1,0 +1,92 @@
+"""Probability outputs (a final softmax) detected or declared, and optimised on their logarithm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import neuralcleanse as nc
+from arch_corpus import BatchNormCNN, SoftmaxCNN
+from neuralcleanse.models.outputs import LogProbabilities, are_probabilities, as_logits
+
+X = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _models() -> tuple[nn.Module, nn.Module]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return SoftmaxCNN().eval(), BatchNormCNN().eval()
+
+
+def test_probabilities_are_detected_and_their_logarithm_is_a_valid_set_of_logits() -> None:
+    soft, _ = _models()
+    wrapped, note = as_logits(soft, X)
+    assert note == "outputs are probabilities (detected): optimising on their logarithm"
+    assert isinstance(wrapped, LogProbabilities) and wrapped.model is soft
+    with torch.no_grad():
+        assert torch.allclose(wrapped(X).softmax(1), soft(X), atol=1e-6)
+        assert torch.equal(wrapped(X).argmax(1), soft(X).argmax(1))
+
+
+def test_logits_are_left_alone() -> None:
+    _, plain = _models()
+    same, note = as_logits(plain, X)
+    assert same is plain and note == "outputs are logits (detected): optimising on them as they are"
+    assert as_logits(plain, outputs="logits") == (
+        plain,
+        "outputs are logits (declared): optimising on them as they are",
+    )
+
+
+def test_declared_probabilities_are_wrapped_and_checked_when_images_are_given() -> None:
+    soft, plain = _models()
+    wrapped, note = as_logits(soft, outputs="probabilities")
+    assert isinstance(wrapped, LogProbabilities) and note.endswith(
+        "(declared): optimising on their logarithm"
+    )
+    with pytest.raises(nc.SettingsError, match="declared probabilities, but on these images they are not"):
+        as_logits(plain, X, outputs="probabilities")
+    with pytest.raises(nc.SettingsError, match="needs a batch of images"):
+        as_logits(soft)
+    with pytest.raises(nc.SettingsError, match="one of logits, probabilities, auto"):
+        as_logits(soft, X, outputs="softmax")  # type: ignore[arg-type]
+
+
+def test_zero_probabilities_stay_finite_and_gradients_reach_the_input() -> None:
+    class Hard(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            p = torch.zeros(len(x), 3)
+            p[:, 0] = 1.0
+            return p + 0 * x.mean((1, 2, 3))[:, None]
+
+    out = LogProbabilities(Hard())(X)
+    assert torch.isfinite(out).all() and out[0, 0] == 0 and out[0, 1] < -80
+    soft, _ = _models()
+    x = X.clone().requires_grad_(True)
+    F.cross_entropy(LogProbabilities(soft)(x), torch.zeros(len(x), dtype=torch.int64)).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_the_detection_rule() -> None:
+    assert are_probabilities(torch.tensor([[0.2, 0.8], [1.0, 0.0]]))
+    assert not are_probabilities(torch.tensor([[0.2, 0.7]]))  # does not sum to 1
+    assert not are_probabilities(torch.tensor([[1.5, -0.5]]))  # sums to 1, but negative
+    assert not are_probabilities(torch.tensor([[float("nan"), 1.0]]))
+    with pytest.raises(nc.DataError):
+        are_probabilities(torch.zeros(3))
+
+
+def test_optimising_on_log_probabilities_gives_stronger_gradients() -> None:
+    """What the wrapper is for: cross-entropy on raw probabilities is nearly flat."""
+    soft, _ = _models()
+    target = torch.full((len(X),), 3)
+
+    def grad_norm(model: nn.Module) -> float:
+        x = X.clone().requires_grad_(True)
+        F.cross_entropy(model(x), target).backward()
+        assert x.grad is not None
+        return float(x.grad.norm())
+
+    assert grad_norm(LogProbabilities(soft)) > 3 * grad_norm(soft)
