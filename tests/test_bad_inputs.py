@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -577,6 +578,46 @@ CASES: list[Case] = [
         "{tmp}/evil.pth",
     ),
     Case(
+        "model-empty-safetensors",
+        "empty .safetensors file",
+        lambda e: _scan_file(e, _write(e.tmp / "m.safetensors", b"")),
+        "empty file",
+        1,
+        "{tmp}/m.safetensors",
+    ),
+    Case(
+        "model-truncated-safetensors",
+        "truncated .safetensors file",
+        lambda e: _scan_file(e, _write(e.tmp / "m.safetensors", e.weights.read_bytes()[:-100])),
+        "not a valid safetensors file",
+        1,
+        "{tmp}/m.safetensors",
+    ),
+    Case(
+        "model-huge-safetensors-header",
+        "safetensors header declaring 2**60 bytes",
+        lambda e: _scan_file(e, _write(e.tmp / "m.safetensors", struct.pack("<Q", 2**60) + b"{}")),
+        "not a model file",
+        1,
+        "{tmp}/m.safetensors",
+    ),
+    Case(
+        "model-text-pt2",
+        "text file named .pt2",
+        lambda e: _scan_file(e, _write(e.tmp / "m.pt2", "hello")),
+        "not a model file",
+        1,
+        "{tmp}/m.pt2",
+    ),
+    Case(
+        "model-empty-pth",
+        "empty .pth file",
+        lambda e: _scan_file(e, _write(e.tmp / "m.pth", b"")),
+        "empty file",
+        1,
+        "{tmp}/m.pth",
+    ),
+    Case(
         "model-nan",
         "model whose outputs are NaN",
         lambda e: [
@@ -941,7 +982,7 @@ CASES: list[Case] = [
         "reference-nan-norm",
         "--reference with a NaN (null) L1 norm",
         lambda e: _ref(e, _set_label0("l1_norm", None)),
-        "L1 norm nan",
+        "label 0 has no finite L1 norm",
         1,
         "{tmp}/ref",
     ),
@@ -1409,3 +1450,12 @@ def test_internal_error_is_one_line_and_logged(
         and "Traceback" in err
         and err.rstrip("\n").splitlines()[-1].startswith("error: internal error")
     )
+
+
+def test_a_source_scan_of_one_label_is_allowed(world: dict[str, Any]) -> None:
+    """Only the input set needs 2 classes: ``source`` may then restrict the scan to one label's images."""
+    images, labels = _images(40), torch.arange(40) % 4
+    report = nc.scan(
+        world["net"], images, labels, source=1, scan_labels=[0, 2, 3], max_steps=1, correct_only=False
+    )
+    assert report.data["source"] == 1 and len(report.labels) == 3

@@ -1,8 +1,11 @@
 """Exceptions that carry a one-line, user-facing message.
 
 Every problem a user can cause (a bad file, a wrong name, an impossible setting) raises a subclass of
-:class:`NeuralCleanseError`. The CLI prints ``error: <message>`` and exits non-zero for these; anything
-else is a bug and keeps its traceback.
+:class:`NeuralCleanseError` whose message is one line naming the problem and the file or option. The CLI
+prints ``error: <message>`` and exits with 1 for :class:`DataError`, :class:`ModelError` and
+:class:`CheckpointError` (the input data, model or files) and 2 for :class:`SettingsError` (a bad option
+value or combination). Anything else is a bug: the CLI prints one line naming the exception and the log
+file holding its traceback, and exits with 3 (see ``docs/bad_inputs.md``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import CheckpointError, SettingsError
+from ..errors import CheckpointError, NeuralCleanseError, SettingsError
 from . import app
 from .common import check_count, check_seed, device_option, run_scan, setup_logging, verbose_option
 from .train import train_and_save
@@ -247,8 +247,16 @@ def _against_references(
     if not have:
         return {}
     report = reports[name]
-    reference = Reference.from_reports([reports[r] for r in have], paths=have)
-    test = report.outlier_test(statistic="relative", reference=reference)
+    try:
+        reference = Reference.from_reports([reports[r] for r in have], paths=have)
+        reference.check_task(
+            num_classes=int(report.model.get("num_classes", len(report.labels))),
+            images=report.data.get("input_fingerprint"),
+        )
+        test = report.outlier_test(statistic="relative", reference=reference)
+    except NeuralCleanseError as exc:  # the zoo is built and scanned: report, do not fail at the end
+        log.warning("%s: no test against the references (%s)", name, exc)
+        return {}
     return {
         "references": have,
         "relative_flagged": test.flagged,

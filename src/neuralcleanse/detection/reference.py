@@ -36,7 +36,8 @@ class Reference:
     """Per-label reference L1 norms and where they came from.
 
     Attributes:
-        l1_norms: label → reference L1 norm (NaN where no reference scan has a finite norm for it).
+        l1_norms: label → reference L1 norm (the geometric median of the finite norms of the reference
+            scans; a label without any finite norm, or a negative norm, is refused).
         sources: one entry per reference scan: its model fingerprint, verdict and, if known, path.
     """
 
@@ -60,12 +61,12 @@ class Reference:
         for i, rep in enumerate(reports):
             where = paths[i] if paths is not None else f"reference {i}"
             if sorted(r.label for r in rep.labels) != labels:
-                raise DataError(f"{where}: its labels differ from the first reference scan's")
+                raise SettingsError(f"{where}: its labels differ from the first reference scan's")
             for r in rep.labels:
-                if not math.isfinite(r.l1_norm) or r.l1_norm < 0:
+                if r.l1_norm < 0:
                     raise DataError(
-                        f"{where}: label {r.label} has L1 norm {r.l1_norm:g} (a reference needs a finite, "
-                        "non-negative norm for every label: rescan the trusted model)"
+                        f"{where}: label {r.label} has L1 norm {r.l1_norm:g}; an L1 norm cannot be negative "
+                        "(a corrupt or edited scan report)"
                     )
         classes = {int(n) for rep in reports if (n := rep.model.get("num_classes")) is not None}
         if len(classes) > 1:
@@ -73,15 +74,21 @@ class Reference:
         norms: dict[int, float] = {}
         for k in labels:
             logs = [math.log(max(n, 1e-6)) for rep in reports if math.isfinite(n := rep.label(k).l1_norm)]
-            norms[k] = math.exp(statistics.median(logs)) if logs else math.nan
+            if not logs:
+                where = ", ".join(paths) if paths is not None else "the reference scans"
+                raise DataError(
+                    f"{where}: label {k} has no finite L1 norm (NaN/inf) in any reference scan; "
+                    "rescan the trusted model"
+                )
+            norms[k] = math.exp(statistics.median(logs))
         sources = [
             {
                 "model": rep.model.get("fingerprint"),
                 "verdict": rep.verdict,
                 "flagged": rep.flagged,
                 "settings": {k: v for k, v in rep.settings.items() if k != "seed"},
-                "num_classes": rep.model.get("num_classes"),
-                "images": rep.data.get("input_fingerprint"),
+                **({"num_classes": rep.model["num_classes"]} if "num_classes" in rep.model else {}),
+                **({"images": rep.data["input_fingerprint"]} if "input_fingerprint" in rep.data else {}),
                 **({"path": paths[i]} if paths is not None else {}),
             }
             for i, rep in enumerate(reports)

@@ -173,12 +173,12 @@ class NeuralCleanse:
         start = time.perf_counter()
         names = list(class_names) if class_names is not None else None
         data_names: list[str] | None = None
-        where = "images"
+        where = ""  # the data set's name, to prefix messages with
         if isinstance(images, ImageDataset):
             if labels is None:
                 labels = images.labels
             data_names = list(images.class_names)
-            where = images.name
+            where = f"{images.name}: "
             images = images.images
         _check_images(images)
         if labels is not None:
@@ -189,7 +189,7 @@ class NeuralCleanse:
             raise SettingsError(f"samples must be at least 1, got {samples}")
         if labels is not None and len(present := torch.unique(labels)) < 2:
             raise DataError(
-                f"{where}: the images are all of one class ({int(present[0]) if len(present) else 'none'}); "
+                f"{where}the images are all of one class ({int(present[0]) if len(present) else 'none'}); "
                 "a scan needs clean images of at least 2 classes"
             )
         num_classes = infer_num_classes(self.model, images, device=self.device)
@@ -200,7 +200,7 @@ class NeuralCleanse:
             raise DataError(f"model has {num_classes} outputs but {len(names)} class names were given")
         if labels is not None and len(labels) and int(labels.max()) >= num_classes:
             raise DataError(
-                f"{where}: image labels go up to {int(labels.max())} but the model has {num_classes} outputs"
+                f"{where}image labels go up to {int(labels.max())} but the model has {num_classes} outputs"
             )
         targets = list(range(num_classes)) if scan_labels is None else [int(k) for k in scan_labels]
         skipped_source = source is not None and scan_labels is None and 0 <= source < num_classes
