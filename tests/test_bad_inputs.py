@@ -642,9 +642,9 @@ CASES: list[Case] = [
         lambda e: _scan(
             e, "--class-names", str(_write(e.tmp / "names.txt", "a\nb\nc\n")), data=_valid_npz(e)
         ),
-        "3 class",
+        "3 class names for a model with 10 outputs",
         1,
-        "{tmp}/",
+        "--class-names {tmp}/names.txt",
     ),
     # ---- scan options --------------------------------------------------------------------------------
     Case(
@@ -1101,6 +1101,76 @@ CASES: list[Case] = [
         "{tmp}/scan",
     ),
     Case(
+        "report-validation-missing",
+        "report --validation naming a missing directory",
+        lambda e: ["report", str(e.scan), "--out", str(e.out), "--validation", str(e.tmp / "none")],
+        "validation result not found",
+        1,
+        "{tmp}/none",
+    ),
+    Case(
+        "report-validation-garbage",
+        "report --validation whose validation.json is garbage",
+        lambda e: [
+            "report",
+            str(e.scan),
+            "--out",
+            str(e.out),
+            "--validation",
+            str(_write(e.tmp / "v" / "validation.json", "{").parent),
+        ],
+        "cannot read validation result",
+        1,
+        "{tmp}/v/validation.json",
+    ),
+    Case(
+        "report-mitigation-garbage",
+        "report --mitigation whose mitigation.json is garbage",
+        lambda e: [
+            "report",
+            str(e.scan),
+            "--out",
+            str(e.out),
+            "--mitigation",
+            str(_write(e.tmp / "m" / "mitigation.json", "[").parent),
+        ],
+        "cannot read mitigation result",
+        1,
+        "{tmp}/m/mitigation.json",
+    ),
+    Case(
+        "validate-report-missing",
+        "validate --report naming a missing directory",
+        lambda e: _validate(e, scan=e.tmp / "none"),
+        "scan report not found",
+        1,
+        "{tmp}/none",
+    ),
+    Case(
+        "mitigate-unknown-method",
+        "mitigate --method bogus",
+        lambda e: _mitigate(e, "--method", "bogus"),
+        "Invalid value for '--method'",
+        2,
+        "--method",
+    ),
+    Case(
+        "train-out-occupied",
+        "train --out a non-empty directory without --force",
+        lambda e: ["train", "--out", str(_write(e.out / "notes.txt", "keep").parent), "--epochs", "1"],
+        "use --force",
+        2,
+        "--out {tmp}/out",
+    ),
+    Case(
+        "scan-unknown-option",
+        "scan --bogus",
+        lambda e: _scan(e, "--bogus"),
+        "No such option '--bogus'",
+        2,
+        "--bogus",
+    ),
+    Case(
         "validate-no-card",
         "validate a model directory without card.json",
         lambda e: _validate(e, model=_no_card(e)),
@@ -1459,3 +1529,22 @@ def test_a_source_scan_of_one_label_is_allowed(world: dict[str, Any]) -> None:
         world["net"], images, labels, source=1, scan_labels=[0, 2, 3], max_steps=1, correct_only=False
     )
     assert report.data["source"] == 1 and len(report.labels) == 3
+
+
+def test_the_checks_let_good_input_through(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same checks pass a good scan, a same-seed repeat (identical), a reference scanned on the same
+    images and a source-label scan; each leaves only its report (no checkpoint, no temporary files)."""
+    data = npz(tmp_path / "ok.npz", images=_grey(60), labels=np.arange(60) % 10)
+    args = ["scan", str(world["model"]), "--data", str(data), "--max-steps", "2", "--samples", "40"]
+    args += ["--labels", "0-2", "--all-images", "--json"]
+    for name in ("a", "b"):
+        assert main([*args, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+    first, second = (json.loads((tmp_path / n / "report.json").read_text()) for n in "ab")
+    assert first["l1_norms"] == second["l1_norms"] and first["data"]["input_fingerprint"]
+    ref = ["--reference", str(tmp_path / "a"), "--out", str(tmp_path / "rel")]
+    assert main([*args, *ref]) == 0, capsys.readouterr().err
+    assert main([*args, "--source", "4", "--out", str(tmp_path / "src")]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "ok.npz", "rel", "src"]

@@ -236,6 +236,12 @@ def scan(
         allow_torchscript=allow_torchscript,
     )
     names = read_class_names(class_names) if class_names else loaded.class_names
+    names_from = f"--class-names {class_names}" if class_names else f"{model} (its card)"
+    outputs = _probe_outputs(
+        loaded, device
+    )  # labels and names checked before the data is read, when possible
+    if outputs is not None:
+        _check_labels(outputs, model, wanted, source, names, names_from)
     images, data_info = _load_data(loaded, data_path, dataset, data_dir, split, names)
     detector = NeuralCleanse(
         loaded.model,
@@ -245,7 +251,7 @@ def scan(
         reference=reference,
         device=device,
     )
-    _check_task(detector, model, images, data_info, wanted, source, names)
+    _check_task(detector, model, images, data_info, wanted, source, names, names_from)
     report = run_scan(
         detector,
         images,
@@ -302,6 +308,40 @@ def _load_data(
     return images, info
 
 
+def _probe_outputs(loaded: Any, device: str) -> int | None:
+    """The model's number of outputs from a forward pass on blank images of its declared input shape;
+    None when the shape is unknown or the model fails on blank images (the real images decide later)."""
+    import torch
+
+    from ..detection.scan import infer_num_classes
+    from ..device import resolve_device
+
+    if loaded.input_shape is None:
+        return None
+    try:
+        blank = torch.full((2, *loaded.input_shape), 0.5)
+        return infer_num_classes(loaded.model, blank, device=resolve_device(device))
+    except (DataError, RuntimeError, ValueError, TypeError):
+        return None
+
+
+def _check_labels(
+    classes: int, model: Path, wanted: list[int] | None, source: int | None, names: Any, names_from: str
+) -> None:
+    """``--labels``, ``--source`` and the class names against the model's number of outputs."""
+    if names is not None and len(names) != classes:
+        raise DataError(f"{names_from}: {len(names)} class names for a model with {classes} outputs")
+    bad = [k for k in wanted or [] if not 0 <= k < classes]
+    if bad:
+        raise SettingsError(
+            f"--labels: label {bad[0]} is outside the model's {classes} outputs (0-{classes - 1})"
+        )
+    if source is not None and source >= classes:
+        raise SettingsError(
+            f"--source: source label {source} is outside the model's {classes} outputs (0-{classes - 1})"
+        )
+
+
 def _check_task(
     detector: Any,
     model: Path,
@@ -310,9 +350,10 @@ def _check_task(
     wanted: list[int] | None,
     source: int | None,
     names: Any,
+    names_from: str,
 ) -> None:
     """Before optimising: the model runs on the images and gives finite scores, and the data's labels,
-    ``--labels`` and ``--source`` fit its outputs."""
+    ``--labels``, ``--source`` and the class names fit its outputs."""
     from ..detection.scan import infer_num_classes
 
     where = data_info.get("path") or data_info.get("dataset") or "the images"
@@ -324,14 +365,4 @@ def _check_task(
         raise DataError(
             f"{where}: the images have {images.num_classes} classes, the model {model} has {classes} outputs"
         )
-    if names is not None and len(names) != classes:
-        raise DataError(f"{model}: {len(names)} class names for a model with {classes} outputs")
-    bad = [k for k in wanted or [] if not 0 <= k < classes]
-    if bad:
-        raise SettingsError(
-            f"--labels: label {bad[0]} is outside the model's {classes} outputs (0-{classes - 1})"
-        )
-    if source is not None and source >= classes:
-        raise SettingsError(
-            f"--source: source label {source} is outside the model's {classes} outputs (0-{classes - 1})"
-        )
+    _check_labels(classes, model, wanted, source, names, names_from)
