@@ -176,7 +176,7 @@ def open_archive(data: bytes, source: str, *, limits: ZipLimits | None = None) -
         total += info.file_size
         if total > lim.max_total_bytes:
             raise ModelError(
-                f"{source}: refused: members declare more than {lim.max_total_bytes >> 20} MiB uncompressed "
+                f"{source}: refused: members declare more than {lim.max_total_bytes:,} bytes uncompressed "
                 f"(at {name!r}): a zip bomb or not a model"
             )
         if info.file_size >= lim.ratio_from_bytes and info.file_size > lim.max_ratio * max(
