@@ -1397,7 +1397,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, mnist_sample: nc.DatasetSpli
 
     root = tmp_path_factory.mktemp("bad-inputs")
     tiny = DatasetSplits(
-        "mnist-sample", mnist_sample.train.subset(range(400)), mnist_sample.test.subset(range(200))
+        "mnist-sample", mnist_sample.train.subset(range(256)), mnist_sample.test.subset(range(100))
     )
     bundles = [
         train_recipe(Recipe(training=TrainSettings(epochs=1, batch_size=64, seed=s)), data=tiny, device="cpu")
@@ -1406,8 +1406,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, mnist_sample: nc.DatasetSpli
     model = bundles[0].save(root / "model").path
     other = bundles[1].save(root / "other").path
     assert model is not None and other is not None
-    report = nc.NeuralCleanse(bundles[0].model, settings=nc.ReverseSettings(max_steps=2, seed=0)).scan(
-        tiny.test, samples=40, model_info={"weights_sha256": bundles[0].card.weights_sha256}
+    settings = nc.ReverseSettings(max_steps=1, batches_per_step=1, batch_size=16, seed=0)
+    report = nc.NeuralCleanse(bundles[0].model, settings=settings).scan(
+        tiny.test,
+        samples=40,
+        correct_only=False,
+        model_info={"weights_sha256": bundles[0].card.weights_sha256},
     )
     scan = report.save(root / "scan")
     weights = next(model.glob("*.safetensors"))
@@ -1526,8 +1530,9 @@ def test_a_source_scan_of_one_label_is_allowed(world: dict[str, Any]) -> None:
     """Only the input set needs 2 classes: ``source`` may then restrict the scan to one label's images."""
     images, labels = _images(40), torch.arange(40) % 4
     report = nc.scan(
-        world["net"], images, labels, source=1, scan_labels=[0, 2, 3], max_steps=1, correct_only=False
-    )
+        world["net"], images, labels, source=1, scan_labels=[0, 2, 3], correct_only=False,
+        max_steps=1, batches_per_step=1, batch_size=8,
+    )  # fmt: skip
     assert report.data["source"] == 1 and len(report.labels) == 3
 
 
@@ -1537,7 +1542,7 @@ def test_the_checks_let_good_input_through(
     """The same checks pass a good scan, a same-seed repeat (identical), a reference scanned on the same
     images and a source-label scan; each leaves only its report (no checkpoint, no temporary files)."""
     data = npz(tmp_path / "ok.npz", images=_grey(60), labels=np.arange(60) % 10)
-    args = ["scan", str(world["model"]), "--data", str(data), "--max-steps", "2", "--samples", "40"]
+    args = ["scan", str(world["model"]), "--data", str(data), "--max-steps", "1", "--samples", "20"]
     args += ["--labels", "0-2", "--all-images", "--json"]
     for name in ("a", "b"):
         assert main([*args, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
