@@ -90,7 +90,9 @@ class ZipArchive:
         try:
             return self._zip.read(self.members[name])
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise ModelError(f"{self.source}: corrupt archive member {self.root}/{name} ({exc})") from None
+            raise ModelError(
+                f"{self.source}: corrupt archive member {self.full_name(name)} ({exc})"
+            ) from None
 
     def check_members(self, kind: str) -> None:
         """Refuse every member outside the allow-list of ``kind`` (see :func:`allowed_members`)."""
@@ -98,27 +100,39 @@ class ZipArchive:
         for name in self.members:
             if name.startswith(("data/constants/custom_obj_", "data/constants/opaque_obj_")):
                 raise ModelError(
-                    f"{self.source}: refused: member {self.root}/{name} is a pickled Python object, "
+                    f"{self.source}: refused: member {self.full_name(name)} is a pickled Python object, "
                     "which would run code if loaded"
                 )
             if not pattern.match(name):
                 raise ModelError(
-                    f"{self.source}: refused: member {self.root}/{name} is not part of a plain "
+                    f"{self.source}: refused: member {self.full_name(name)} is not part of a plain "
                     f"{_KIND_NAMES[kind]} archive"
                 )
+
+    def full_name(self, name: str) -> str:
+        return f"{self.root}/{name}" if self.root else name
 
     def repack(self) -> bytes:
         """A fresh, uncompressed archive with only this archive's (checked) members, same root name."""
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as out:
             for name in self.members:
-                info = zipfile.ZipInfo(f"{self.root}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+                info = zipfile.ZipInfo(self.full_name(name), date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = 0o644 << 16
                 out.writestr(info, self.read(name))
         return buf.getvalue()
 
 
-_KIND_NAMES = {"export": "torch.export program", "state-dict": "torch.save", "torchscript": "TorchScript"}
+_KIND_NAMES = {
+    "export": "torch.export program",
+    "state-dict": "torch.save",
+    "torchscript": "TorchScript",
+    "keras": "Keras (.keras)",
+}
+# a .keras file: the model's JSON config, metadata, weights (HDF5 or npz) and the layers' assets
+_KERAS_MEMBERS = re.compile(
+    rf"(config\.json|metadata\.json|model\.weights\.(h5|npz)|assets/(?:{_ID}/)*{_ID})\Z"
+)
 
 
 def allowed_members(kind: str) -> re.Pattern[str]:
@@ -127,6 +141,7 @@ def allowed_members(kind: str) -> re.Pattern[str]:
         "export": _EXPORT_MEMBERS,
         "state-dict": _STATE_DICT_MEMBERS,
         "torchscript": _TORCHSCRIPT_MEMBERS,
+        "keras": _KERAS_MEMBERS,
     }
     return patterns[kind]
 
@@ -147,7 +162,11 @@ def _check_name(name: str, source: str) -> None:
 
 
 def open_archive(data: bytes, source: str, *, limits: ZipLimits | None = None) -> ZipArchive:
-    """Open and check the zip archive in ``data`` (the bytes of ``source``); see the module docstring."""
+    """Open and check the zip archive in ``data`` (the bytes of ``source``); see the module docstring.
+
+    torch archives keep every member under one root folder (``ZipArchive.root``); a Keras ``.keras``
+    file (``config.json`` and ``metadata.json`` at the top) has none (``root == ""``).
+    """
     lim = limits or ZipLimits()
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
@@ -189,20 +208,27 @@ def open_archive(data: bytes, source: str, *, limits: ZipLimits | None = None) -
         if info.is_dir():
             continue
         root, _, rel = name.partition("/")
-        if not rel:
-            raise ModelError(f"{source}: refused: archive member {name!r} is not inside a root folder")
-        roots.add(root)
-        members[rel] = info
-    if len(roots) != 1:
-        raise ModelError(f"{source}: refused: archive members under {len(roots)} root folders, expected one")
-    archive = ZipArchive(source, roots.pop(), members, zf)
+        roots.add(root if rel else "")
+        members[name] = info
+    if {"config.json", "metadata.json"} <= set(members):  # a .keras file: no root folder
+        archive = ZipArchive(source, "", members, zf)
+    else:
+        if "" in roots:
+            top = next(n for n in members if "/" not in n)
+            raise ModelError(f"{source}: refused: archive member {top!r} is not inside a root folder")
+        if len(roots) != 1:
+            raise ModelError(
+                f"{source}: refused: archive members under {len(roots)} root folders, expected one"
+            )
+        root = roots.pop()
+        archive = ZipArchive(source, root, {n[len(root) + 1 :]: i for n, i in members.items()}, zf)
     _refuse_native_code(archive)
     return archive
 
 
 def _refuse_native_code(archive: ZipArchive) -> None:
     for name, info in archive.members.items():
-        full = f"{archive.root}/{name}"
+        full = archive.full_name(name)
         for folder, what in _FORBIDDEN_DIRS.items():
             if name.startswith(folder):
                 raise ModelError(f"{archive.source}: refused: member {full} belongs to {what}")
@@ -218,8 +244,10 @@ def _refuse_native_code(archive: ZipArchive) -> None:
 
 
 def archive_kind(archive: ZipArchive) -> str:
-    """``export``, ``torchscript`` or ``state-dict`` from the member names; a ModelError otherwise."""
+    """``export``, ``torchscript``, ``state-dict`` or ``keras`` from the member names; a ModelError otherwise."""
     names = archive.members
+    if not archive.root:
+        return "keras"
     if "archive_format" in names:
         return "export"
     if "constants.pkl" in names and any(n.startswith("code/") for n in names):

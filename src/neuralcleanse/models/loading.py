@@ -12,6 +12,8 @@ The format is read from the file's content, not its name:
 ``torchscript``     ``torch.jit.save`` archive: always runs code embedded in the file, so it is
                     refused unless the caller opts in (``allow_torchscript=True``,
                     ``--allow-torchscript``); only for files you trust
+``keras``           a Keras 3 ``.keras`` or legacy ``.h5`` model, loaded by :mod:`.keras` on Keras'
+                    PyTorch backend (optional extra ``neuralcleanse[keras]``), ``safe_mode`` on
 ``model-dir``       a directory written by neuralcleanse (``card.json`` + ``model.safetensors``)
 ==================  =========================================================================
 """
@@ -42,6 +44,7 @@ from ..errors import ModelError, SettingsError
 from .architectures import ARCHITECTURES, build_model
 from .archive import ZipArchive, archive_kind, open_archive
 from .card import ModelCard
+from .keras import HDF5_SIGNATURE, load_keras
 from .preprocess import FixedBatchModel, Preprocessing
 from .store import CARD_FILE, load_model_dir, load_state_dict_strict
 
@@ -49,7 +52,7 @@ __all__ = ["LoadedModel", "load_model", "sniff_format", "FORMATS"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("export", "safetensors", "state-dict", "torchscript", "model-dir")
+FORMATS = ("export", "safetensors", "state-dict", "torchscript", "keras", "model-dir")
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +133,8 @@ def _identify(path: Path, data: bytes) -> tuple[str, ZipArchive | None]:
     if data[:4] == b"PK\x03\x04":
         archive = open_archive(data, str(path))
         return archive_kind(archive), archive
+    if data.startswith(HDF5_SIGNATURE):
+        return "keras", None
     if len(data) >= 10:
         (n,) = struct.unpack("<Q", data[:8])
         if 0 < n <= len(data) - 8 and data[8:9] == b"{":
@@ -138,7 +143,7 @@ def _identify(path: Path, data: bytes) -> tuple[str, ZipArchive | None]:
         return "state-dict", None
     raise ModelError(
         f"{path}: not a model file neuralcleanse reads (torch.export .pt2, safetensors, torch.save state dict, "
-        "TorchScript, or a model directory)"
+        "TorchScript, Keras .keras/.h5, or a model directory)"
     )
 
 
@@ -282,7 +287,7 @@ def load_model(
     notes: list[str] = []
     static = None
     shape = input_shape
-    if arch is not None and fmt in ("export", "torchscript"):
+    if arch is not None and fmt in ("export", "torchscript", "keras"):
         raise SettingsError(
             f"{p}: --arch is for state dicts; this file is a {fmt} program that carries its own"
         )
@@ -303,6 +308,22 @@ def load_model(
             notes.append(
                 f"the exported program has a fixed batch size of {static}: inputs are run in chunks of it"
             )
+        network = network.to(dev)
+    elif fmt == "keras":
+        network, kinfo = load_keras(p, data, archive)
+        if shape is not None and kinfo.input_shape is not None and tuple(shape) != kinfo.input_shape:
+            raise SettingsError(
+                f"{p}: the Keras model takes {kinfo.input_shape}, not the given {tuple(shape)}"
+            )
+        shape = shape or kinfo.input_shape
+        layout = (
+            "channels-last input (permuted from N, C, H, W)"
+            if kinfo.channels_last
+            else "channels-first input"
+        )
+        notes.append(f"Keras model (Keras 3, PyTorch backend, safe mode): {layout}")
+        if kinfo.final_activation == "softmax":
+            notes.append("the Keras model's last layer is a softmax: it outputs probabilities")
         network = network.to(dev)
     elif fmt == "torchscript":
         if not allow_torchscript:
