@@ -498,6 +498,16 @@ CASES: list[Case] = [
         "{tmp}/d.npz",
     ),
     Case(
+        "npz-zero-images",
+        ".npz with zero images",
+        lambda e: _scan(
+            e, data=npz(e.tmp / "d.npz", images=np.zeros((0, 28, 28), np.uint8), labels=np.zeros(0, int))
+        ),
+        "no images in 'images'",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
         "npz-label-count",
         ".npz with 4 images and 3 labels",
         lambda e: _scan(e, data=npz(e.tmp / "d.npz", images=_grey(4), labels=np.arange(3))),
@@ -712,6 +722,30 @@ CASES: list[Case] = [
         "--labels",
     ),
     Case(
+        "scan-labels-empty-range",
+        "--labels 5-3",
+        lambda e: _scan(e, "--labels", "5-3"),
+        "'5-3' is an empty range",
+        2,
+        "--labels",
+    ),
+    Case(
+        "scan-labels-huge-range",
+        "--labels 0-100000000",
+        lambda e: _scan(e, "--labels", "0-100000000"),
+        "spans more than 100000 labels",
+        2,
+        "--labels",
+    ),
+    Case(
+        "scan-input-shape-huge",
+        "--input-shape 1x100000x100000",
+        lambda e: _scan(e, "--input-shape", "1x100000x100000"),
+        "sides up to 4096",
+        2,
+        "--input-shape",
+    ),
+    Case(
         "scan-source-unknown",
         "--source 99 on a 10-class model",
         lambda e: _scan(e, "--source", "99", data=_valid_npz(e)),
@@ -763,7 +797,7 @@ CASES: list[Case] = [
         "scan-input-shape-2ch",
         "--input-shape 2x28x28",
         lambda e: _scan(e, "--input-shape", "2x28x28"),
-        "--input-shape must be CxHxW",
+        "--input-shape must be CxHxW with C 1 or 3",
         2,
         "--input-shape",
     ),

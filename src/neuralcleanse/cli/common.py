@@ -131,6 +131,9 @@ def print_scan(report: Any, out: Path) -> None:
     console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())
 
 
+#: no classifier this tool scans has more outputs than this; a larger --labels range is a typo
+MAX_LABELS = 100_000
+
 #: seeds feed numpy and torch generators, which take non-negative 64-bit integers
 MAX_SEED = 2**63 - 1
 
@@ -169,9 +172,14 @@ def parse_labels(text: str | None) -> list[int] | None:
             continue
         lo, dash, hi = part.partition("-")
         try:
-            out.extend(range(int(lo), int(hi) + 1) if dash else [int(part)])
+            first, last = (int(lo), int(hi)) if dash else (int(part), int(part))
         except ValueError:
             raise SettingsError(f"--labels: {part!r} is not a label or a range like 0-9") from None
+        if last < first:
+            raise SettingsError(f"--labels: {part!r} is an empty range (write it low-high, e.g. 0-9)")
+        if last - first >= MAX_LABELS:
+            raise SettingsError(f"--labels: {part!r} spans more than {MAX_LABELS} labels")
+        out.extend(range(first, last + 1))
     if not out:
         raise SettingsError("--labels is empty: give labels like 0,3,5 or 0-9")
     return out

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from ..data.convert import MAX_SIDE
 from ..errors import CheckpointError, DataError, SettingsError
 from . import app
 from .common import (
@@ -33,8 +34,10 @@ def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
         dims = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
     except ValueError:
         dims = ()
-    if len(dims) != 3 or min(dims) < 1 or dims[0] not in (1, 3):
-        raise SettingsError(f"--input-shape must be CxHxW with C 1 or 3, e.g. 3x32x32; got {text!r}")
+    if len(dims) != 3 or min(dims) < 1 or dims[0] not in (1, 3) or max(dims[1:]) > MAX_SIDE:
+        raise SettingsError(
+            f"--input-shape must be CxHxW with C 1 or 3 and sides up to {MAX_SIDE}, e.g. 3x32x32; got {text!r}"
+        )
     return dims[0], dims[1], dims[2]
 
 

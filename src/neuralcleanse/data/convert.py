@@ -28,6 +28,8 @@ IMAGE_SUFFIXES = frozenset(
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
+#: the largest model input side (pixels) images are converted to
+MAX_SIDE = 4096
 #: images declaring more pixels than this are refused before decoding (PIL's own limit is ~179M)
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
@@ -43,6 +45,8 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
         raise SettingsError(
             f"input_shape must be (C, H, W) with C 1 (grey) or 3 (RGB) and positive sizes, got {dims}"
         )
+    if dims[1] > MAX_SIDE or dims[2] > MAX_SIDE:
+        raise SettingsError(f"input_shape {dims}: images larger than {MAX_SIDE}x{MAX_SIDE} are not supported")
     return int(dims[0]), int(dims[1]), int(dims[2])
 
 

@@ -62,6 +62,21 @@ def load_images(
     if split not in ("train", "test"):
         raise SettingsError(f"split must be train or test, got {split!r}")
     fmt = detect_data_format(p)
+    data = _load(p, fmt, input_shape, class_names, num_classes, split)
+    if len(data) == 0:
+        where = f" in the {split} split" if fmt in ("gtsrb", "cifar", "idx") else ""
+        raise DataError(f"{p}: no images{where}")
+    return data
+
+
+def _load(
+    p: Path,
+    fmt: str,
+    input_shape: tuple[int, int, int] | None,
+    class_names: Sequence[str] | None,
+    num_classes: int | None,
+    split: str,
+) -> ImageDataset:
     if fmt == "folder":
         return load_image_folder(p, class_names=class_names, input_shape=input_shape)
     if fmt == "gtsrb":
@@ -73,7 +88,7 @@ def load_images(
     names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes or 10))
     splits = load_idx_directory(p, name=p.name, class_names=names)
     data = splits.test if split == "test" else splits.train
-    if input_shape is not None and data.input_shape != tuple(input_shape):
+    if len(data) and input_shape is not None and data.input_shape != tuple(input_shape):
         from .convert import conform
 
         data = data.replace(images=conform(data.images, input_shape, name=str(p)))
