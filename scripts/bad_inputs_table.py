@@ -50,6 +50,7 @@ def collect() -> list[dict[str, object]]:
         table = Path(tmp) / "cases.jsonl"
         env = {**os.environ, "NC_BAD_INPUTS_TABLE": str(table)}
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_bad_inputs.py"]
+        cmd += ["-k", "not docs_table"]  # the check of this very table
         done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=False)
         if done.returncode != 0:
             sys.stderr.write(done.stdout)

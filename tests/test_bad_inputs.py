@@ -1587,3 +1587,27 @@ def test_the_checks_let_good_input_through(
     assert main([*args, "--source", "4", "--out", str(tmp_path / "src")]) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "ok.npz", "rel", "src"]
+
+
+def test_the_docs_table_lists_every_case() -> None:
+    """docs/bad_inputs.md is generated from this corpus (scripts/bad_inputs_table.py): same cases, same codes."""
+    doc = (Path(__file__).parent.parent / "docs" / "bad_inputs.md").read_text(encoding="utf-8")
+    rows = [line.split(" | ") for line in doc.splitlines() if line.startswith("| ") and line.endswith(" |")]
+    documented = [(r[0][2:].strip("`").replace("\\|", "|"), r[-1][:-2]) for r in rows if len(r) == 3]
+    expected = [(c.what, str(c.code)) for c in CASES]
+    expected += [(c.what, "2" if issubclass(c.error, SettingsError) else "1") for c in API_CASES]
+    assert [d for d in documented if d[1].isdigit()] == expected
+
+
+def test_the_installed_command_prints_one_line(tmp_path: Path) -> None:
+    """The console script itself (not only ``main()``): one line, exit code 1, nothing written."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("neuralcleanse")
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "neuralcleanse"])]
+    done = subprocess.run(
+        [*cmd, "scan", str(tmp_path / "none.pt2"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "none.pt2" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and list(tmp_path.iterdir()) == []
