@@ -240,11 +240,10 @@ def scan(
     )
     names = read_class_names(class_names) if class_names else loaded.class_names
     names_from = f"--class-names {class_names}" if class_names else f"{model} (its card)"
-    outputs = _probe_outputs(
-        loaded, device
-    )  # labels and names checked before the data is read, when possible
+    # labels and class names are checked before the data is read, when the input shape is known
+    outputs = _probe_outputs(loaded, device)
     if outputs is not None:
-        _check_labels(outputs, model, wanted, source, names, names_from)
+        _check_labels(outputs, wanted, source, names, names_from)
     images, data_info = _load_data(loaded, data_path, dataset, data_dir, split, names)
     detector = NeuralCleanse(
         loaded.model,
@@ -329,7 +328,7 @@ def _probe_outputs(loaded: Any, device: str) -> int | None:
 
 
 def _check_labels(
-    classes: int, model: Path, wanted: list[int] | None, source: int | None, names: Any, names_from: str
+    classes: int, wanted: list[int] | None, source: int | None, names: Any, names_from: str
 ) -> None:
     """``--labels``, ``--source`` and the class names against the model's number of outputs."""
     if names is not None and len(names) != classes:
@@ -368,4 +367,4 @@ def _check_task(
         raise DataError(
             f"{where}: the images have {images.num_classes} classes, the model {model} has {classes} outputs"
         )
-    _check_labels(classes, model, wanted, source, names, names_from)
+    _check_labels(classes, wanted, source, names, names_from)
