@@ -3,13 +3,15 @@
 Each model is saved as a ``torch.export`` program with a dynamic batch, one with a fixed batch, a
 safetensors state dict loaded with ``arch="tests/arch_corpus.py:Class"``, and a TorchScript archive; each
 file is loaded with :func:`neuralcleanse.load_model`, scanned briefly (two labels, two steps, 12 images),
-its report saved and read back; then validation and the three mitigations either run (finding the feature
-layer themselves) or refuse in one line. One BatchNorm model is trained with a planted BadNets trigger and
+its report saved and read back; then validation and the three mitigations run, finding the feature layer
+themselves (an exported program's final linear is lifted back into a module when it is loaded), or, for
+TorchScript, refuse in one line. One BatchNorm model is trained with a planted BadNets trigger and
 scanned properly: the planted label is flagged and validation and mitigation measurably work on it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,9 +173,7 @@ def test_scan_validate_mitigate(
     assert back.to_dict() == report.to_dict() and sorted(back.triggers) == [0, 1]
     trigger = back.triggers[0]
 
-    modular = fmt == "safetensors"
-    if not modular:
-        kind = "an exported program (.pt2)" if fmt.startswith("pt2") else "a TorchScript module"
+    if fmt == "torchscript":  # compiled code: hooks never fire inside it, so it is refused in one line
         for run in (
             lambda: validate_trigger(model, trigger, data, label=0, samples=16),
             lambda: filter_inputs(model, data, trigger, label=0),
@@ -183,11 +183,15 @@ def test_scan_validate_mitigate(
             with pytest.raises(nc.ModelError) as err:
                 run()
             message = str(err.value)
-            assert kind in message and "--arch" in message and "\n" not in message
+            assert "a TorchScript module" in message and "--arch" in message and "\n" not in message
         assert _same(model, before) and _hooks(model) == hooks
         return
 
     layer = FEATURE_LAYER[name].replace("of ", "of model.") if name == "pixels_255" else FEATURE_LAYER[name]
+    if fmt.startswith("pt2"):  # the program's final linear, lifted back into a module (models/export.py)
+        inner = re.sub(r"^input of (model\.)?", "", layer)
+        wrappers = ("model." if name == "pixels_255" else "") + ("model." if fmt == "pt2-static" else "")
+        layer = f"input of {wrappers}module.{inner}"
     v = validate_trigger(model, trigger, data, label=0, samples=16)  # pixels_255: inside the PixelModel
     assert v.layer == layer and v.images == 16 and len(v.neurons) >= 1
     _, filtered = filter_inputs(model, data, trigger, label=0)
@@ -199,13 +203,16 @@ def test_scan_validate_mitigate(
     )
     assert repaired is not model and not repaired.training
     # the user's model: weights, buffers (BatchNorm statistics), mode and hooks as they were
-    assert _same(model, before) and not model.training and _hooks(model) == 0 and _hooks(pruned) == 0
+    assert (
+        _same(model, before) and not model.training and _hooks(model) == hooks and _hooks(pruned) <= hooks
+    )  # a copy of a program drops its input-check hooks
     norms = [k for k in before if k.endswith("running_mean")]
     if norms:  # frozen by default: fine-tuning trained the weights but left the statistics alone
         after = repaired.state_dict()
         assert all(torch.equal(after[k], before[k]) for k in norms)
         assert any(not torch.equal(after[k], before[k]) for k in before if k.endswith("weight"))
-        assert u.details["batchnorm"] == "frozen" and any("BatchNorm" in n for n in u.notes)
+        if fmt == "safetensors":  # an exported program's batch norm is an inference-mode operator
+            assert u.details["batchnorm"] == "frozen" and any("BatchNorm" in n for n in u.notes)
 
 
 def test_unlearning_can_update_batchnorm_statistics_in_a_copy(

@@ -194,17 +194,22 @@ def feature_activations(
 ) -> torch.Tensor:
     """Activations ``(N, width)`` of the feature layer for ``images`` (model in eval mode, restored after)."""
     sink: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
     try:
         with tap(layer, sink):
             for start in range(0, len(images), batch_size):
-                model(images[start : start + batch_size].to(device))
+                batch = images[start : start + batch_size]
+                model(batch.to(device))
+                # a fixed-batch program runs padded chunks: keep the rows of the real images only
+                rows.append(torch.cat([s.cpu() for s in sink])[: len(batch)])
+                sink.clear()
     finally:
         model.train(was_training)
-    if not sink:
+    if not rows:
         raise DataError("no images to read activations from")
-    out = torch.cat([s.cpu() for s in sink])
+    out = torch.cat(rows)
     if out.shape[1] != layer.width:
         raise SettingsError(
             f"layer {layer.name!r} gives {out.shape[1]} features but its consumer takes {layer.width}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import operator
 import pickle
@@ -43,6 +44,8 @@ from torch import nn
 
 from ..errors import ModelError
 from .archive import ZipArchive
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ExportInfo", "load_exported_program"]
 
@@ -308,8 +311,6 @@ def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, E
     input facts. Only the allow-listed members of a plain ``torch.export.save`` program are accepted, and
     torch reads a re-packed copy holding just those."""
     source = str(path)
-    import logging
-
     archive.check_members("export")
     _check_pickled_members(archive)
     data = archive.repack()
@@ -330,10 +331,71 @@ def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, E
     finally:
         export_log.setLevel(previous)
     _check_graph(module, source)
+    lifted = _lift_linears(module)
+    if lifted:
+        log.debug("%s: linear layers %s lifted into modules", source, ", ".join(lifted))
     info = _input_info(program)
     for p in module.parameters():
         p.requires_grad_(False)
     return module, info
+
+
+def _lift_linears(gm: Any) -> list[str]:
+    """Turn the program's inlined ``aten.linear`` calls back into ``nn.Linear`` modules, in place.
+
+    ``torch.export`` inlines every layer into one graph of operators, which Python hooks cannot reach; the
+    validation and the mitigations read and mask the input of the final classifier. A call
+    ``aten.linear(x, P.weight, P.bias)`` whose parameters belong to the submodule ``P`` alone becomes a call
+    of ``P`` rebuilt as an ``nn.Linear`` holding the same parameters (same state-dict keys, same
+    arithmetic: ``nn.Linear`` calls that very operator). Returns the lifted names.
+    """
+    linear_op = torch.ops.aten.linear.default
+    lifted: list[str] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not linear_op or node.kwargs:
+            continue
+        x, weight, *rest = node.args
+        bias = rest[0] if rest else None
+        if not (weight.op == "get_attr" and weight.target.endswith(".weight")):
+            continue
+        owner = weight.target[: -len(".weight")]
+        if bias is not None and not (bias.op == "get_attr" and bias.target == f"{owner}.bias"):
+            continue
+        try:
+            sub = gm.get_submodule(owner)
+        except AttributeError:
+            continue
+        params = dict(sub.named_parameters(recurse=False))
+        if type(sub) is not nn.Module or set(params) != (
+            {"weight", "bias"} if bias is not None else {"weight"}
+        ):
+            continue  # the parameters live in a module that does more, or are shared
+        if next(sub.children(), None) is not None or next(sub.buffers(recurse=False), None) is not None:
+            continue
+        if len(weight.users) > 1:
+            continue
+        w = params["weight"]
+        if w.ndim != 2:
+            continue
+        linear = nn.Linear(int(w.shape[1]), int(w.shape[0]), bias=bias is not None, device="meta")
+        linear.weight = w
+        if bias is not None:
+            linear.bias = params["bias"]
+        parent, _, leaf = owner.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, linear)
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(owner, (x,))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+        for attr in (weight, bias):
+            if attr is not None and not attr.users:
+                gm.graph.erase_node(attr)
+        lifted.append(owner)
+    if lifted:
+        gm.graph.lint()
+        gm.recompile()
+    return lifted
 
 
 def _input_info(program: Any) -> ExportInfo:
