@@ -157,3 +157,22 @@ def test_keras_archive_members_and_foreign_modules(keras_files: dict[str, Path],
             zout.writestr(info, blob)
     with pytest.raises(ModelError, match="names module 'os', which Keras would import"):
         load_model(foreign)
+
+
+def test_validation_and_mitigation_refuse_a_keras_model_in_one_line(
+    keras_files: dict[str, Path], mnist_sample: DatasetSplits
+) -> None:
+    from neuralcleanse.mitigation import filter_inputs, prune_neurons, unlearn
+    from neuralcleanse.validation import validate_trigger
+
+    model = load_model(keras_files["keras"]).model
+    data, trigger = mnist_sample.test, Trigger.square((1, 28, 28), size=4)
+    for run in (
+        lambda: validate_trigger(model, trigger, data, label=TARGET, samples=16),
+        lambda: filter_inputs(model, data, trigger, label=TARGET),
+        lambda: prune_neurons(model, data, trigger, label=TARGET),
+        lambda: unlearn(model, data, data, trigger, label=TARGET, epochs=1, baselines=False),
+    ):
+        with pytest.raises(ModelError, match="a Keras model: Keras calls its layers itself") as err:
+            run()
+        assert "\n" not in str(err.value)

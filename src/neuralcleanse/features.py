@@ -63,10 +63,15 @@ def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 
 def opaque_kind(model: nn.Module) -> str | None:
-    """``"an exported program (.pt2)"`` or ``"a TorchScript module"`` if ``model`` runs one, whose layers
-    are compiled into a graph: Python hooks never fire inside it and it cannot be trained as a module;
-    ``None`` for an ordinary module."""
+    """``"an exported program (.pt2)"``, ``"a TorchScript module"`` or ``"a Keras model"`` if ``model``
+    runs one whose layers Python hooks cannot reach (compiled into a graph, or called by Keras) and that
+    cannot be trained as a module; ``None`` for an ordinary module. Exported programs whose final linear
+    layer was lifted back into a module on loading (:mod:`neuralcleanse.models.export`) are ordinary."""
+    from .models.keras import KerasClassifier
+
     for m in model.modules():
+        if isinstance(m, KerasClassifier):
+            return "a Keras model"
         if isinstance(m, torch.jit.ScriptModule):
             return "a TorchScript module"
         if isinstance(m, torch.fx.GraphModule):
@@ -77,9 +82,15 @@ def opaque_kind(model: nn.Module) -> str | None:
 
 
 def refuse_opaque(model: nn.Module, what: str) -> None:
-    """One-line :class:`ModelError` if ``model`` is an exported program or TorchScript (see
+    """One-line :class:`ModelError` if ``model`` is an exported program, TorchScript or Keras (see
     :func:`opaque_kind`); ``what`` starts the sentence ("unlearning fine-tunes the weights, and the model is")."""
     kind = opaque_kind(model)
+    if kind == "a Keras model":
+        raise ModelError(
+            f"{what} {kind}: Keras calls its layers itself, where PyTorch hooks and optimisers cannot reach "
+            "them; scanning works, validation and mitigation need a PyTorch model (export it with "
+            "torch.export, or its weights with the architecture in PyTorch + --arch)"
+        )
     if kind is not None:
         raise ModelError(
             f"{what} {kind}: its layers are compiled into one graph that hooks cannot reach; load the "
