@@ -168,6 +168,8 @@ def test_scan_validate_mitigate(
     report = nc.scan(case.loaded, data.images[:12], scan_labels=[0, 1], samples=None, seed=0, **QUICK)
     assert [r.label for r in report.labels] == [0, 1] and all(r.steps == 2 for r in report.labels)
     assert report.model["num_classes"] == CORPUS[name][2] and report.verdict in ("clean", "inconclusive")
+    softmax_note = "outputs are probabilities (detected): optimising on their logarithm"
+    assert (softmax_note in report.notes) == (name == "softmax"), report.notes
     report.save(tmp_path / "scan")
     back = DetectionReport.load(tmp_path / "scan")
     assert back.to_dict() == report.to_dict() and sorted(back.triggers) == [0, 1]

@@ -91,7 +91,7 @@ def test_keras_scan_end_to_end_flags_the_planted_label(
     assert code == 0, printed.err
     report = DetectionReport.load(out)
     assert report.flagged == [TARGET], report.summary
-    assert any("probabilities" in n for n in report.notes), report.notes
+    assert "outputs are probabilities (detected): optimising on their logarithm" in report.notes, report.notes
     assert json.loads(printed.out)["flagged"] == [TARGET]
 
 

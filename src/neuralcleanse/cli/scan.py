@@ -25,6 +25,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..detection.outlier import Statistic
+    from ..models.outputs import OutputKind
 
 
 def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
@@ -123,6 +124,14 @@ def build_preprocessing(
     help="Anomaly index above which a small-norm label is flagged.",
 )
 @click.option(
+    "--outputs",
+    type=click.Choice(["auto", "logits", "probabilities"]),
+    default="auto",
+    show_default=True,
+    help="What the model returns: probabilities (a final softmax) are optimised on their logarithm; "
+    "auto detects them on the clean images.",
+)
+@click.option(
     "--statistic",
     type=click.Choice(["l1", "log", "relative"]),
     help="Outlier test on the L1 norms (the paper; the default), on their logs (how many times smaller), "
@@ -173,6 +182,7 @@ def scan(
     sequential: bool,
     loss: str,
     threshold: float,
+    outputs: str,
     statistic: str | None,
     references: tuple[Path, ...],
     max_steps: int,
@@ -241,9 +251,9 @@ def scan(
     names = read_class_names(class_names) if class_names else loaded.class_names
     names_from = f"--class-names {class_names}" if class_names else f"{model} (its card)"
     # labels and class names are checked before the data is read, when the input shape is known
-    outputs = _probe_outputs(loaded, device)
-    if outputs is not None:
-        _check_labels(outputs, wanted, source, names, names_from)
+    n_outputs = _probe_outputs(loaded, device)
+    if n_outputs is not None:
+        _check_labels(n_outputs, wanted, source, names, names_from)
     images, data_info = _load_data(loaded, data_path, dataset, data_dir, split, names)
     detector = NeuralCleanse(
         loaded.model,
@@ -251,6 +261,7 @@ def scan(
         threshold=threshold,
         statistic=cast("Statistic | None", statistic),  # click.Choice checked the name
         reference=reference,
+        outputs=cast("OutputKind", outputs),
         device=device,
     )
     _check_task(detector, model, images, data_info, wanted, source, names, names_from)

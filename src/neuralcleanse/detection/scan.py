@@ -18,6 +18,7 @@ from ..device import resolve_device
 from ..errors import DataError, SettingsError
 from ..fingerprint import model_fingerprint, tensor_fingerprint
 from ..metrics import predict
+from ..models.outputs import OUTPUT_KINDS, OutputKind, as_logits
 from ..triggers import Trigger
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .engine import LabelState, StepSnapshot, reverse_engineer
@@ -113,8 +114,11 @@ class NeuralCleanse:
         threshold: float = 2.0,
         statistic: Statistic | None = None,
         reference: Reference | None = None,
+        outputs: OutputKind = "auto",
         device: str | torch.device = "cpu",
     ) -> None:
+        if outputs not in OUTPUT_KINDS:
+            raise SettingsError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
             raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
         statistic = statistic or ("relative" if reference is not None else "l1")
@@ -127,6 +131,7 @@ class NeuralCleanse:
         self.threshold = threshold
         self.statistic: Statistic = statistic
         self.reference = reference
+        self.outputs: OutputKind = outputs
         self.device = resolve_device(device)
 
     def __repr__(self) -> str:
@@ -248,6 +253,10 @@ class NeuralCleanse:
         if samples is not None and len(pool) > samples:
             pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
         log.info("scanning %d labels with %d images on %s", len(targets), len(pool), self.device)
+        # the loss needs logits: a model that returns probabilities (a final softmax) is optimised on their log
+        optimised, output_note = as_logits(self.model, pool.images[:64].to(self.device), outputs=self.outputs)
+        if optimised is not self.model or self.outputs != "auto":
+            notes.append(output_note)
 
         identity = {
             "model": model_fingerprint(self.model),
@@ -255,6 +264,8 @@ class NeuralCleanse:
             "labels": targets,
             "settings": self.settings.to_dict(),
         }
+        if optimised is not self.model:
+            identity["outputs"] = "probabilities"
         resumed: list[LabelState] = []
         if checkpoint is not None and resume:
             resumed = load_checkpoint(checkpoint, identity)
@@ -274,13 +285,14 @@ class NeuralCleanse:
                 last_save[:] = [now, len(snap.finished)]
 
         states = reverse_engineer(
-            self.model,
+            optimised,
             pool.images,
             targets,
             self.settings,
             device=self.device,
             resume=resumed,
             on_step=on_step,
+            on_note=notes.append,
         )
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
@@ -426,6 +438,7 @@ def scan(
     source: int | None = None,
     class_names: Sequence[str] | None = None,
     correct_only: bool = True,
+    outputs: OutputKind = "auto",
     progress: Callable[[ScanProgress], None] | None = None,
     **settings: Any,
 ) -> DetectionReport:
@@ -439,6 +452,8 @@ def scan(
         labels: the images' labels (for a tensor), if known.
         reference: scans of trusted models of the task (:meth:`Reference.from_reports`): the outlier
             test then measures each label against itself in those models (``statistic="relative"``).
+        outputs: ``"auto"`` (detect probabilities on the clean images), ``"logits"`` or
+            ``"probabilities"``: probabilities are optimised on their logarithm (the report says so).
         settings: :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
             ``sequential=True`` starts from the original code's schedule instead of the batched default.
     """
@@ -451,7 +466,13 @@ def scan(
     if not isinstance(images, (torch.Tensor, ImageDataset)):
         images, labels = _collect_batches(images)
     nc = NeuralCleanse(
-        net, settings=cfg, threshold=threshold, statistic=statistic, reference=reference, device=device
+        net,
+        settings=cfg,
+        threshold=threshold,
+        statistic=statistic,
+        reference=reference,
+        outputs=outputs,
+        device=device,
     )
     return nc.scan(
         images,

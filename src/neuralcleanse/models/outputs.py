@@ -114,5 +114,7 @@ def as_logits(
                 "(negative scores, or rows that do not sum to 1): declare logits or auto"
             )
     if probabilities:
-        return LogProbabilities(model), f"outputs are probabilities ({how}): optimising on their logarithm"
+        wrapped = LogProbabilities(model)
+        wrapped.training = model.training  # a new module starts in training mode: match the model's
+        return wrapped, f"outputs are probabilities ({how}): optimising on their logarithm"
     return model, f"outputs are logits ({how}): optimising on them as they are"
