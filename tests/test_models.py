@@ -144,7 +144,11 @@ def test_card_errors(clean_model: ModelBundle, tmp_path: Path) -> None:
         (lambda c: c.update(seed=7), "does not match its card_sha256", False),
         (lambda c: c.update(num_classes="10"), "card field 'num_classes' has the wrong type", False),
         (lambda c: c.update(input_shape=[1, 28.5, 28]), "card field 'input_shape' has the wrong type", False),
-        (lambda c: c.update(clean_accuracy=float("nan")), "card field 'clean_accuracy' has the wrong type", False),
+        (
+            lambda c: c.update(clean_accuracy=float("nan")),
+            "card field 'clean_accuracy' has the wrong type",
+            False,
+        ),
         (lambda c: c.update(training=[]), "card field 'training' has the wrong type", False),
         (lambda c: c.update(backdoors={}), "'backdoors' must be a list", False),
         (lambda c: c.update(input_shape=[1, 0, 28]), "input_shape must be", False),
