@@ -215,7 +215,11 @@ def open_archive(data: bytes, source: str, *, limits: ZipLimits | None = None) -
     else:
         if "" in roots:
             top = next(n for n in members if "/" not in n)
-            raise ModelError(f"{source}: refused: archive member {top!r} is not inside a root folder")
+            kind = " (an .npz array file?)" if top.endswith(".npy") else ""
+            raise ModelError(
+                f"{source}: a zip archive that is not a model file neuralcleanse reads{kind}: torch keeps "
+                f"every member under one root folder, and {top!r} is not"
+            )
         if len(roots) != 1:
             raise ModelError(
                 f"{source}: refused: archive members under {len(roots)} root folders, expected one"

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import struct
 import sys
 import warnings
@@ -135,10 +136,13 @@ def _identify(path: Path, data: bytes) -> tuple[str, ZipArchive | None]:
         return archive_kind(archive), archive
     if data.startswith(HDF5_SIGNATURE):
         return "keras", None
-    if len(data) >= 10:
+    if len(data) >= 10 and data[8:9] == b"{":
         (n,) = struct.unpack("<Q", data[:8])
-        if 0 < n <= len(data) - 8 and data[8:9] == b"{":
+        if 0 < n <= len(data) - 8:
             return "safetensors", None
+        raise ModelError(
+            f"{path}: a safetensors header that declares {n:,} bytes in a file of {len(data):,}: truncated or corrupt"
+        )
     if data[:1] == b"\x80":  # a pickle stream (legacy torch.save)
         return "state-dict", None
     raise ModelError(
@@ -177,9 +181,11 @@ def _state_from_bytes(
             warnings.simplefilter("ignore")
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it calls {found.group(1)})" if found else ""
         raise ModelError(
-            f"{path}: refused: the file holds more than tensors and would run code if unpickled ({first})"
+            f"{path}: refused: the file holds pickled Python objects, not only tensors, and would run code "
+            f"if unpickled{what}"
         ) from None
     except Exception as exc:  # truncated zip, bad magic number, ...
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
