@@ -9,6 +9,12 @@ for the next label in the queue.
 Per label, everything random (initial mask and pattern, the order of images) derives from
 ``(seed, label, step)`` alone, and all state is per label, so a label's trajectory does not depend on
 which labels share its batches, and a scan can be checkpointed at any step and resumed exactly.
+
+With ``settings.screening`` every label first runs ``screen_steps`` steps; then the rule of
+:mod:`~neuralcleanse.detection.schedule` stops the labels whose trigger is clearly large
+(``stop_reason="screened"``), the others run to the end, and the rule is checked again on their final
+norms (labels it no longer allows are resumed). Both decisions are functions of the label states only,
+so a resumed scan decides exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch.nn import functional as F
 
 from ..errors import DataError
 from .memory import plan_parallel_labels
+from .schedule import choose_screened, labels_to_resume
 from .settings import ReverseSettings
 
 __all__ = ["LabelState", "StepSnapshot", "reverse_engineer"]
@@ -68,6 +75,8 @@ class LabelState:
     last_loss: float = math.nan
     done: bool = False
     stop_reason: str = ""
+    screen_decided: bool = False  # the screening rule has looked at this label after its first pass
+    screened_bound: float = math.nan  # a screened label's lower bound on its norm (its norm is the upper)
     images_seen: int = 0
     history: list[list[float]] = field(default_factory=list)  # [step, cost, asr, l1, loss]
 
@@ -83,21 +92,19 @@ class LabelState:
     def pattern(self) -> torch.Tensor:
         return self.best_pattern if self.best_pattern is not None else _to_unit(self.w_pattern)
 
+    def l1_norm(self) -> float:
+        """The L1 norm of :meth:`mask` as the report measures it (NaN after a NaN stop)."""
+        if self.stop_reason == "nan":
+            return math.nan
+        return float(self.mask().clamp(0, 1).sum())
+
     # ---- (de)serialisation for checkpoints --------------------------------------------------------------
-    _TENSORS = (
-        "w_mask",
-        "w_pattern",
-        "m_mask",
-        "v_mask",
-        "m_pattern",
-        "v_pattern",
-        "best_mask",
-        "best_pattern",
-    )
+    _TENSORS = ("w_mask", "w_pattern", "m_mask", "v_mask", "m_pattern", "v_pattern")  # always present
+    _BEST = ("best_mask", "best_pattern")  # only once the threshold was reached
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
-        for name in self._TENSORS:
+        for name in self._TENSORS + self._BEST:
             t = getattr(self, name)
             if t is not None:
                 out[name] = t.contiguous()
@@ -106,7 +113,7 @@ class LabelState:
     def scalars(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
-            if name in self._TENSORS:
+            if name in self._TENSORS + self._BEST:
                 continue
             value = getattr(self, name)
             out[name] = _encode_float(value) if isinstance(value, float) else value
@@ -116,7 +123,7 @@ class LabelState:
     def restore(cls, scalars: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LabelState:
         values: dict[str, Any] = {}
         for name, f in cls.__dataclass_fields__.items():
-            if name in cls._TENSORS:
+            if name in cls._TENSORS + cls._BEST:
                 values[name] = tensors.get(name)
             elif name in scalars:
                 v = scalars[name]
@@ -261,12 +268,9 @@ def reverse_engineer(
     per_step = cfg.batch_size * cfg.batches_per_step
     known = {s.label: s for s in resume}
     states = {lab: known.get(lab) or new_label_state(lab, shape, cfg.seed) for lab in labels}
-    queue = [lab for lab in labels if not states[lab].done]
-    requested = cfg.labels_in_parallel(len(queue), device.type)
-    # Resumed unfinished labels first, in label order: exactly the slots a checkpoint interrupted.
-    queue.sort(key=lambda lab: (states[lab].step == 0, labels.index(lab)))
-    active: list[LabelState] = []
-    images_done = sum(s.images_seen for s in states.values())
+    pending = [lab for lab in labels if not states[lab].done]
+    requested = cfg.labels_in_parallel(len(pending), device.type)
+    images_done = [sum(s.images_seen for s in states.values())]
 
     params = list(model.parameters())
     grad_flags = [p.requires_grad for p in params]
@@ -275,9 +279,96 @@ def reverse_engineer(
     for p in params:
         p.requires_grad_(False)
     b1, b2 = cfg.betas
+
+    def snapshot() -> None:
+        if on_step is None:
+            return
+        started = [s for s in states.values() if not s.done and s.step > 0]
+        on_step(
+            StepSnapshot(
+                active=tuple(sorted(started, key=lambda s: labels.index(s.label))),
+                finished=tuple(s for s in states.values() if s.done),
+                total=len(labels),
+                images=images_done[0],
+            )
+        )
+
+    def run(todo: list[int], limit: int | None) -> None:
+        """Optimise the labels ``todo`` until they stop (or reach step ``limit``)."""
+        queue = [lab for lab in todo if not states[lab].done and (limit is None or states[lab].step < limit)]
+        # Started labels first, in label order: exactly the slots a checkpoint interrupted.
+        queue.sort(key=lambda lab: (states[lab].step == 0, labels.index(lab)))
+        active: list[LabelState] = []
+        while queue or active:
+            while queue and len(active) < k_max:
+                active.append(states[queue.pop(0)])
+            _one_step(active)
+            images_done[0] += len(active) * per_step
+            active = [s for s in active if not s.done and (limit is None or s.step < limit)]
+            snapshot()
+
+    def _one_step(active: list[LabelState]) -> None:
+        k = len(active)
+        targets = torch.tensor([s.label for s in active], device=device)
+        w_m = torch.stack([s.w_mask for s in active]).to(device).requires_grad_(True)
+        w_p = torch.stack([s.w_pattern for s in active]).to(device).requires_grad_(True)
+        m_m = torch.stack([s.m_mask for s in active]).to(device)
+        v_m = torch.stack([s.v_mask for s in active]).to(device)
+        m_p = torch.stack([s.m_pattern for s in active]).to(device)
+        v_p = torch.stack([s.v_pattern for s in active]).to(device)
+        t = torch.tensor([float(s.adam_t) for s in active], device=device)
+        cost = torch.tensor([s.cost for s in active], device=device)
+        idx = torch.stack([_step_indices(n, per_step, cfg.seed, s.label, s.step) for s in active]).to(device)
+        sums = torch.zeros(3, k, device=device)  # asr, l1, loss
+        for j in range(cfg.batches_per_step):
+            x = data[idx[:, j * cfg.batch_size : (j + 1) * cfg.batch_size]]  # K, B, C, H, W
+            mask = _to_unit(w_m)
+            pattern = _to_unit(w_p)
+            m5 = mask[:, None, None]
+            stamped = (1 - m5) * x + m5 * pattern[:, None]
+            logits = model(stamped.reshape(-1, *shape)).reshape(k, x.shape[1], -1)
+            mis = _misclassification(logits, targets, cfg.loss)
+            reg = mask.abs().sum((1, 2))
+            loss = mis + cost * reg
+            g_m, g_p = torch.autograd.grad(loss.sum(), [w_m, w_p])
+            with torch.no_grad():
+                t += 1
+                # Keras' Adam (the original's optimiser): lr_t = lr·√(1-β2^t)/(1-β1^t), ε added to √v
+                lr_t = cfg.lr * torch.sqrt(1 - b2**t) / (1 - b1**t)
+                m_m.mul_(b1).add_(g_m, alpha=1 - b1)
+                v_m.mul_(b2).addcmul_(g_m, g_m, value=1 - b2)
+                m_p.mul_(b1).add_(g_p, alpha=1 - b1)
+                v_p.mul_(b2).addcmul_(g_p, g_p, value=1 - b2)
+                w_m.sub_(lr_t[:, None, None] * m_m / (v_m.sqrt() + cfg.eps))
+                w_p.sub_(lr_t[:, None, None, None] * m_p / (v_p.sqrt() + cfg.eps))
+                hit = (logits.argmax(-1) == targets[:, None]).float().mean(1)
+                sums += torch.stack([hit, reg, loss])
+        with torch.no_grad():
+            means = (sums / cfg.batches_per_step).cpu()
+            final_mask, final_pattern = _to_unit(w_m).cpu(), _to_unit(w_p).cpu()
+        for i, s in enumerate(active):
+            s.w_mask, s.w_pattern = w_m[i].detach().cpu(), w_p[i].detach().cpu()
+            s.m_mask, s.v_mask = m_m[i].cpu(), v_m[i].cpu()
+            s.m_pattern, s.v_pattern = m_p[i].cpu(), v_p[i].cpu()
+            s.adam_t = int(t[i])
+            s.images_seen += per_step
+            asr, reg_i, loss_i = (float(v) for v in means[:, i])
+            s.last_loss = loss_i
+            if not all(math.isfinite(v) for v in (asr, reg_i, loss_i)) or not torch.isfinite(s.w_mask).all():
+                s.done, s.stop_reason = True, "nan"
+                s.step += 1
+                log.warning("label %d: optimisation produced NaN/inf at step %d; stopped", s.label, s.step)
+            else:
+                _apply_schedule(s, asr, reg_i, cfg, final_mask[i], final_pattern[i])
+                s.history.append([s.step, s.cost, round(asr, 5), round(reg_i, 4), round(loss_i, 5)])
+            if s.done:
+                log.info(
+                    "label %d: %s after %d steps, best L1 %.3f", s.label, s.stop_reason, s.step, s.best_reg
+                )
+
     try:
         k_max = requested
-        if queue:
+        if pending:
             plan = plan_parallel_labels(
                 model, shape, requested=requested, batch_size=cfg.batch_size, n_images=n, device=device,
                 memory_limit=memory_limit,
@@ -287,93 +378,57 @@ def reverse_engineer(
                 log.info("%s", plan.note)
                 if on_note is not None:
                     on_note(plan.note)
-        while queue or active:
-            while queue and len(active) < k_max:
-                active.append(states[queue.pop(0)])
-            k = len(active)
-            targets = torch.tensor([s.label for s in active], device=device)
-            w_m = torch.stack([s.w_mask for s in active]).to(device).requires_grad_(True)
-            w_p = torch.stack([s.w_pattern for s in active]).to(device).requires_grad_(True)
-            m_m = torch.stack([s.m_mask for s in active]).to(device)
-            v_m = torch.stack([s.v_mask for s in active]).to(device)
-            m_p = torch.stack([s.m_pattern for s in active]).to(device)
-            v_p = torch.stack([s.v_pattern for s in active]).to(device)
-            t = torch.tensor([float(s.adam_t) for s in active], device=device)
-            cost = torch.tensor([s.cost for s in active], device=device)
-            idx = torch.stack([_step_indices(n, per_step, cfg.seed, s.label, s.step) for s in active]).to(
-                device
-            )
-            sums = torch.zeros(3, k, device=device)  # asr, l1, loss
-            for j in range(cfg.batches_per_step):
-                x = data[idx[:, j * cfg.batch_size : (j + 1) * cfg.batch_size]]  # K, B, C, H, W
-                mask = _to_unit(w_m)
-                pattern = _to_unit(w_p)
-                m5 = mask[:, None, None]
-                stamped = (1 - m5) * x + m5 * pattern[:, None]
-                logits = model(stamped.reshape(-1, *shape)).reshape(k, x.shape[1], -1)
-                mis = _misclassification(logits, targets, cfg.loss)
-                reg = mask.abs().sum((1, 2))
-                loss = mis + cost * reg
-                g_m, g_p = torch.autograd.grad(loss.sum(), [w_m, w_p])
-                with torch.no_grad():
-                    t += 1
-                    # Keras' Adam (the original's optimiser): lr_t = lr·√(1-β2^t)/(1-β1^t), ε added to √v
-                    lr_t = cfg.lr * torch.sqrt(1 - b2**t) / (1 - b1**t)
-                    m_m.mul_(b1).add_(g_m, alpha=1 - b1)
-                    v_m.mul_(b2).addcmul_(g_m, g_m, value=1 - b2)
-                    m_p.mul_(b1).add_(g_p, alpha=1 - b1)
-                    v_p.mul_(b2).addcmul_(g_p, g_p, value=1 - b2)
-                    w_m.sub_(lr_t[:, None, None] * m_m / (v_m.sqrt() + cfg.eps))
-                    w_p.sub_(lr_t[:, None, None, None] * m_p / (v_p.sqrt() + cfg.eps))
-                    hit = (logits.argmax(-1) == targets[:, None]).float().mean(1)
-                    sums += torch.stack([hit, reg, loss])
-            with torch.no_grad():
-                means = (sums / cfg.batches_per_step).cpu()
-                final_mask, final_pattern = _to_unit(w_m).cpu(), _to_unit(w_p).cpu()
-            still: list[LabelState] = []
-            for i, s in enumerate(active):
-                s.w_mask, s.w_pattern = w_m[i].detach().cpu(), w_p[i].detach().cpu()
-                s.m_mask, s.v_mask = m_m[i].cpu(), v_m[i].cpu()
-                s.m_pattern, s.v_pattern = m_p[i].cpu(), v_p[i].cpu()
-                s.adam_t = int(t[i])
-                s.images_seen += per_step
-                asr, reg_i, loss_i = (float(v) for v in means[:, i])
-                s.last_loss = loss_i
-                if (
-                    not all(math.isfinite(v) for v in (asr, reg_i, loss_i))
-                    or not torch.isfinite(s.w_mask).all()
-                ):
-                    s.done, s.stop_reason = True, "nan"
-                    s.step += 1
-                    log.warning(
-                        "label %d: optimisation produced NaN/inf at step %d; stopped", s.label, s.step
-                    )
-                else:
-                    _apply_schedule(s, asr, reg_i, cfg, final_mask[i], final_pattern[i])
-                    s.history.append([s.step, s.cost, round(asr, 5), round(reg_i, 4), round(loss_i, 5)])
-                if s.done:
-                    log.info(
-                        "label %d: %s after %d steps, best L1 %.3f",
-                        s.label,
-                        s.stop_reason,
-                        s.step,
-                        s.best_reg,
-                    )
-                else:
-                    still.append(s)
-            images_done += k * per_step
-            active = still
-            if on_step is not None:
-                on_step(
-                    StepSnapshot(
-                        active=tuple(active) + tuple(states[lab] for lab in queue if states[lab].step > 0),
-                        finished=tuple(s for s in states.values() if s.done),
-                        total=len(labels),
-                        images=images_done,
-                    )
-                )
+        if not cfg.screening:
+            run(list(labels), None)
+        else:
+            _screened_schedule(states, list(labels), cfg, run, on_note)
     finally:
         model.train(was_training)
         for p, flag in zip(params, grad_flags, strict=True):
             p.requires_grad_(flag)
     return [states[lab] for lab in labels]
+
+
+def _screened_schedule(
+    states: dict[int, LabelState],
+    labels: list[int],
+    cfg: ReverseSettings,
+    run: Callable[[list[int], int | None], None],
+    on_note: Callable[[str], None] | None,
+) -> None:
+    """First pass, screening decision, the candidates to the end, then the check on final norms."""
+    rule = {"shrink": cfg.screen_shrink, "tolerance": cfg.screen_tolerance}
+    run(labels, cfg.screen_steps)
+    undecided = [k for k in labels if not states[k].done and not states[k].screen_decided]
+    if undecided:
+        values = {k: states[k].l1_norm() for k in labels}
+        eligible = [k for k in undecided if states[k].reached]
+        for k in choose_screened(values, eligible, **rule):
+            _screen(states[k], cfg.screen_shrink)
+        for k in undecided:
+            states[k].screen_decided = True
+    while True:
+        run(labels, None)
+        values = {k: states[k].l1_norm() for k in labels}
+        screened = [k for k in labels if states[k].stop_reason == "screened"]
+        again = labels_to_resume(values, screened, **rule)
+        if not again:
+            break
+        log.info("labels %s resumed: the screening rule no longer holds on the final norms", again)
+        for k in again:
+            s = states[k]
+            s.done, s.stop_reason, s.screened_bound = False, "", math.nan
+    screened = [k for k in labels if states[k].stop_reason == "screened"]
+    if screened and on_note is not None:
+        bounds = ", ".join(f"{k}: {states[k].screened_bound:.1f}-{states[k].l1_norm():.1f}" for k in screened)
+        on_note(
+            f"screening: labels {screened} stopped after {cfg.screen_steps} steps with norms known to lie "
+            f"in ({bounds}); median and MAD hold for any norms in those ranges (MAD to within "
+            f"{cfg.screen_tolerance:.0%}); their upper values are used in the test"
+        )
+
+
+def _screen(s: LabelState, shrink: float) -> None:
+    s.done, s.stop_reason = True, "screened"
+    s.screened_bound = shrink * s.l1_norm()
+    log.info("label %d: screened after %d steps, L1 %.3f", s.label, s.step, s.l1_norm())

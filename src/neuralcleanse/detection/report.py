@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +42,11 @@ class LabelResult:
         l1_norm: L1 norm of the smallest mask that reached the attack threshold (the last mask if none did).
         attack_success: fraction of the scan's images *of other labels* sent to this label by the trigger.
         reached: whether any step reached the attack threshold.
-        steps: optimisation steps used; ``stop_reason`` is ``early_stop``, ``max_steps`` or ``nan``.
+        steps: optimisation steps used; ``stop_reason`` is ``early_stop``, ``max_steps``, ``nan``, or
+            ``screened``: the label stopped after the first pass of a screening scan because its trigger
+            is clearly large (:mod:`~neuralcleanse.detection.schedule`). Its ``l1_norm`` is then an
+            upper value (a full run of the label ends at or below it) and ``screened_bound`` the lower
+            bound the screening rule assumed; the outlier test's median holds for any norm in between.
         anomaly_index: ``|L1 − median| / MAD`` (NaN when the label was left out of the test).
     """
 
@@ -58,6 +63,11 @@ class LabelResult:
     flagged: bool
     images_seen: int = 0
     history: list[list[float]] = field(default_factory=list, repr=False)
+    screened_bound: float = math.nan
+
+    @property
+    def screened(self) -> bool:
+        return self.stop_reason == "screened"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +83,7 @@ class LabelResult:
             "anomaly_index": _num(self.anomaly_index),
             "flagged": self.flagged,
             "images_seen": self.images_seen,
+            "screened_bound": _num(self.screened_bound),
             "history": self.history,
         }
 
@@ -92,6 +103,7 @@ class LabelResult:
             flagged=bool(d["flagged"]),
             images_seen=int(d.get("images_seen", 0)),
             history=d.get("history", []),
+            screened_bound=_unnum(d.get("screened_bound")),
         )
 
 
@@ -123,6 +135,20 @@ class DetectionReport:
     statistic: str = "l1"
     reference: Reference | None = None
     format_version: int = REPORT_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        # a screened label's lower bound follows from its norm and the settings' screen_shrink, for rows
+        # built without it
+        shrink = self.settings.get("screen_shrink") if isinstance(self.settings, dict) else None
+        if isinstance(shrink, (int, float)):
+            for i, r in enumerate(self.labels):
+                if r.screened and not math.isfinite(r.screened_bound) and math.isfinite(r.l1_norm):
+                    self.labels[i] = dataclasses.replace(r, screened_bound=shrink * r.l1_norm)
+
+    @property
+    def screened(self) -> dict[int, tuple[float, float]]:
+        """Screened labels and the range their norm is known to lie in: ``{label: (lower, upper)}``."""
+        return {r.label: (r.screened_bound, r.l1_norm) for r in self.labels if r.screened}
 
     # ---- views --------------------------------------------------------------------------------------
     def label(self, k: int) -> LabelResult:

@@ -42,6 +42,15 @@ class ReverseSettings:
             has its own data stream and state); only the speed does.
         seed: every label's initial mask/pattern and data order derive from ``(seed, label)``, so a label's
             result does not depend on which other labels run beside it.
+        screening: spend the steps where the outlier test needs them (:mod:`~neuralcleanse.detection.
+            schedule`): every label runs ``screen_steps`` steps first; labels whose trigger is clearly
+            large then stop with their norm recorded as a bound (``stop_reason="screened"``), the others
+            run the full schedule. ``False`` (the default) runs every label to the end.
+        screen_steps: length of the first pass, in steps.
+        screen_shrink: the assumed floor of a screened label's norm, as a fraction of its first-pass norm
+            (its lower bound); the rule only screens labels whose lower bound keeps the median exact.
+        screen_tolerance: largest relative uncertainty of the MAD (and so of every anomaly index) that
+            screening may leave.
     """
 
     batch_size: int = 32
@@ -62,6 +71,10 @@ class ReverseSettings:
     parallel_labels: int | None = None
     max_batch: int | None = None
     seed: int = 123
+    screening: bool = False
+    screen_steps: int = 20
+    screen_shrink: float = 0.7
+    screen_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         for name in (
@@ -71,6 +84,7 @@ class ReverseSettings:
             "patience",
             "early_stop_patience",
             "seed",
+            "screen_steps",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -91,6 +105,14 @@ class ReverseSettings:
             raise SettingsError("lr, eps, init_cost, cost_up and cost_down must be finite numbers")
         if self.lr <= 0 or self.init_cost <= 0 or self.cost_up <= 1 or self.cost_down <= 1:
             raise SettingsError("lr and init_cost must be positive; cost_up and cost_down greater than 1")
+        if not isinstance(self.screening, bool):
+            raise SettingsError(f"screening must be true or false, got {self.screening!r}")
+        if self.screen_steps < 1:
+            raise SettingsError(f"screen_steps must be at least 1, got {self.screen_steps}")
+        for name, lo, hi in (("screen_shrink", 0.0, 1.0), ("screen_tolerance", 0.0, math.inf)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lo < value <= hi):
+                raise SettingsError(f"{name} must be a number in ({lo:g}, {hi:g}], got {value!r}")
         if self.loss not in ("ce", "original"):
             raise SettingsError(f"unknown loss {self.loss!r}; use ce or original")
 
