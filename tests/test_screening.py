@@ -74,7 +74,7 @@ def test_screening_settings_are_checked() -> None:
         {"screen_tolerance": -1},
     ):
         with pytest.raises(SettingsError):
-            ReverseSettings(**bad)  # type: ignore[arg-type]
+            ReverseSettings(**bad)
     with pytest.raises(SettingsError):
         ReverseSettings(screening="yes")  # type: ignore[arg-type]
 
