@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import SettingsError
@@ -22,6 +24,7 @@ the square. blend:pattern=random|checkerboard|file:PATH,alpha=0.1,seed=0 mixes a
 
 
 def setup_logging(verbose: int) -> None:
+    progress_interval()  # a bad $NEURALCLEANSE_PROGRESS_INTERVAL fails before any work
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level,
@@ -30,30 +33,83 @@ def setup_logging(verbose: int) -> None:
     )
 
 
-class ProgressBar:
-    """A rich progress bar that appears on its first update (so early errors print alone)."""
+#: seconds between plain progress lines when stderr is not a terminal; the environment variable
+#: overrides it (tests set it to 0 to see every line)
+PROGRESS_INTERVAL = 30.0
+PROGRESS_INTERVAL_ENV = "NEURALCLEANSE_PROGRESS_INTERVAL"
 
-    def __init__(self, label: str, *, enabled: bool) -> None:
-        self._label, self._enabled = label, enabled
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines: ``$NEURALCLEANSE_PROGRESS_INTERVAL`` or 30."""
+    text = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    if not text:
+        return PROGRESS_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{PROGRESS_INTERVAL_ENV} must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise SettingsError(f"{PROGRESS_INTERVAL_ENV} must be 0 or more seconds, got {text!r}")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``4m05s``, ``2h03m``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class ProgressBar:
+    """Progress of a long task on stderr.
+
+    On a terminal: a rich bar (when ``enabled``) that appears on its first update, so early errors print
+    alone. Anywhere else (a CI log, ``nohup``, a pipe): a plain line at most every
+    :func:`progress_interval` seconds, the first one after that interval, so short runs stay quiet.
+    """
+
+    def __init__(self, label: str, *, enabled: bool, unit: str = "", approximate: bool = False) -> None:
+        self._label, self._unit, self._approximate = label, unit, approximate
+        self._console = Console(stderr=True)
+        terminal = self._console.is_terminal
+        self._bar = enabled and terminal
+        self._lines = not terminal
+        self._interval = progress_interval() if self._lines else 0.0
+        self._start = self._last = time.monotonic()
         self._progress: Progress | None = None
         self._task: Any = None
 
-    def update(self, *, completed: int, total: int, status: str) -> None:
-        if not self._enabled:
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    def update(self, *, completed: float, total: float, status: str, line: str | None = None) -> None:
+        """Move the bar; ``line`` (default ``status``) is what a plain progress line says."""
+        if self._lines:
+            now = time.monotonic()
+            if now - self._last >= self._interval:
+                self._last = now
+                click.echo(f"{self._label}: {line or status}", err=True)
+            return
+        if not self._bar:
             return
         if self._progress is None:
+            count = "{task.completed:.0f}/" + ("~" if self._approximate else "") + "{task.total:.0f}"
             self._progress = Progress(
                 TextColumn(f"[bold]{self._label}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TextColumn(count + (f" {self._unit}" if self._unit else "")),
                 TextColumn("{task.fields[status]}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                console=self._console,
                 transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task(self._label, total=total, status="")
-        self._progress.update(self._task, total=total, completed=completed, status=status)
+        self._progress.update(self._task, total=max(total, completed), completed=completed, status=status)
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -63,6 +119,56 @@ class ProgressBar:
             self._progress.stop()
 
 
+class ScanProgressText:
+    """Words for a scan's :class:`~neuralcleanse.detection.ScanProgress`: steps done over an estimated
+    total, labels done, speed and time left. The speed is measured from the first optimisation step (the
+    set-up before it is not optimisation), so the time left does not count it."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, int] | None = None  # (seconds, images) at the first step
+
+    def __call__(self, p: Any) -> tuple[float, float, str, str]:
+        """``(steps done, estimated total, bar status, plain line)``."""
+        if self._first is None:
+            self._first = (p.seconds, p.images)
+        seconds, images = p.seconds - self._first[0], p.images - self._first[1]
+        rate = images / seconds if seconds > 0 and images > 0 else None
+        per_second = rate / p.images_per_step if rate is not None and p.images_per_step else None
+        eta = p.eta(steps_per_second=per_second) if per_second is not None else None
+        done, estimate, bound = p.steps_done, p.estimated_steps(), p.max_total_steps()
+        speed = f"{rate:.0f} img/s" if rate is not None else "measuring speed"
+        stopped = sum(1 for _, _, reason in p.finished if reason != "nan")
+        if stopped:
+            steps = (
+                f"steps {done}/~{estimate:.0f} (estimate from {stopped} finished label{'s' * (stopped > 1)}"
+            )
+            steps += f"; at most {bound})" if bound is not None else ")"
+            if eta is None:
+                eta_text = "ETA not known yet"
+            else:
+                cap = (
+                    ""
+                    if eta[1] is None
+                    else f"; at most {format_duration(eta[1])} if every label runs to --max-steps"
+                )
+                eta_text = f"ETA ~{format_duration(eta[0])} (estimate{cap})"
+            short = "" if eta is None else f"ETA ~{format_duration(eta[0])} (estimate)"
+        else:  # nothing has stopped yet: only the cap is known, and labels usually stop well before it
+            steps = f"steps {done} of at most {estimate:.0f} (no label has stopped yet)"
+            if eta is None:
+                eta_text = "ETA not known yet"
+            else:
+                eta_text = f"ETA at most {format_duration(eta[1] if eta[1] is not None else eta[0])} (labels usually stop early; an estimate follows when one has)"
+            short = (
+                ""
+                if eta is None
+                else f"ETA at most {format_duration(eta[1] if eta[1] is not None else eta[0])}"
+            )
+        line = f"{p.done}/{p.total} labels done, {steps}, {speed}, elapsed {format_duration(p.seconds)}, {eta_text}"
+        status = f"labels {p.done}/{p.total}  {speed}  {short}"
+        return float(done), estimate, status, line
+
+
 verbose_option = click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging.")
 device_option = click.option(
     "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."
@@ -70,20 +176,16 @@ device_option = click.option(
 
 
 def run_scan(detector: Any, images: Any, *, bar: bool, **kwargs: Any) -> Any:
-    """``detector.scan`` with a progress bar showing labels done, speed and the current best norms."""
+    """``detector.scan`` with progress: optimisation steps done over an estimated total, labels done,
+    speed and an estimated time left (a bar on a terminal, plain lines otherwise)."""
     from ..detection import ScanProgress
 
-    with ProgressBar("scanning labels", enabled=bar) as progress_bar:
+    with ProgressBar("scanning", enabled=bar, unit="steps", approximate=True) as progress_bar:
+        text = ScanProgressText()
 
         def on_progress(p: ScanProgress) -> None:
-            best = " ".join(
-                f"{lab}:{l1:.0f}" if l1 < float("inf") else f"{lab}:-" for lab, _s, _c, l1 in p.active[:6]
-            )
-            progress_bar.update(
-                completed=p.done,
-                total=p.total,
-                status=f"{p.images / max(p.seconds, 1e-9):.0f} img/s  best L1 {best}",
-            )
+            done, estimate, status, line = text(p)
+            progress_bar.update(completed=done, total=estimate, status=status, line=line)
 
         return detector.scan(images, progress=on_progress, **kwargs)
 

@@ -19,6 +19,7 @@ from .common import (
     check_count,
     check_seed,
     device_option,
+    format_duration,
     parse_labels,
     setup_logging,
     verbose_option,
@@ -158,12 +159,20 @@ def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: boo
     from ..recipes import train_recipe
     from ..training import TrainProgress
 
-    with ProgressBar(f"training {out.name}", enabled=bar) as progress_bar:
+    batch_size = recipe.training.batch_size
+    with ProgressBar(f"training {out.name}", enabled=bar, unit="batches") as progress_bar:
 
         def on_batch(p: TrainProgress) -> None:
-            done = (p.epoch - 1) * p.batches + p.batch
-            status = f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f}"
-            progress_bar.update(total=p.epochs * p.batches, completed=done, status=status)
+            done, total = (p.epoch - 1) * p.batches + p.batch, p.epochs * p.batches
+            elapsed = progress_bar.elapsed
+            left = elapsed / max(done, 1) * (total - done)
+            status = f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f}  ETA {format_duration(left)}"
+            line = (
+                f"epoch {p.epoch}/{p.epochs}, batch {p.batch}/{p.batches} ({done}/{total} batches), "
+                f"loss {p.loss:.3f}, {done * batch_size / max(elapsed, 1e-9):.0f} img/s, "
+                f"elapsed {format_duration(elapsed)}, ETA {format_duration(left)}"
+            )
+            progress_bar.update(total=total, completed=done, status=status, line=line)
 
         bundle = train_recipe(recipe, device=device, data=data, progress=on_batch)
     return bundle.save(out, force=force)

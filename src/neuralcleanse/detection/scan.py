@@ -34,13 +34,73 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScanProgress:
-    """Sent to the progress callback after every optimisation step."""
+    """Sent to the progress callback after every optimisation step.
+
+    A label runs until it stops early (its best L1 no longer improves) or reaches ``max_steps``, so the
+    total number of steps is only known at the end: :meth:`estimated_steps` estimates it from the labels
+    that have finished, :meth:`max_total_steps` bounds it, and :meth:`eta` turns both into seconds at the
+    speed observed so far.
+    """
 
     done: int
     total: int
     active: tuple[tuple[int, int, float, float], ...]  # (label, step, cost, best L1 or inf)
-    images: int
+    images: int  # images through the model in this run (a resumed scan counts from the resume)
     seconds: float
+    finished: tuple[tuple[int, int, str], ...] = ()  # (label, steps, stop reason)
+    max_steps: int = 0  # the cap on steps per label (0: unknown)
+    images_per_step: int = 0  # images one label sees in one step (0: unknown)
+
+    @property
+    def steps_done(self) -> int:
+        """Optimisation steps taken so far, summed over labels (resumed steps included)."""
+        return sum(steps for _, steps, _ in self.finished) + sum(step for _, step, _, _ in self.active)
+
+    @property
+    def pending(self) -> int:
+        """Labels not started yet."""
+        return max(0, self.total - len(self.finished) - len(self.active))
+
+    def typical_steps(self) -> float:
+        """Steps a label is expected to take: the mean of the finished labels (early stopping observed),
+        or the cap while none has finished."""
+        runs = [steps for _, steps, reason in self.finished if reason != "nan"]
+        if runs:
+            return min(float(self.max_steps or max(runs)), sum(runs) / len(runs))
+        return float(self.max_steps or max([step for _, step, _, _ in self.active] or [1]))
+
+    def estimated_steps(self) -> float:
+        """Estimated total steps: finished labels as they ran, running labels at least one more step and
+        the typical count, pending labels the typical count (never more than the cap)."""
+        typical = self.typical_steps()
+        cap = float(self.max_steps) if self.max_steps else math.inf
+        running = sum(min(cap, max(step + 1.0, typical)) for _, step, _, _ in self.active)
+        return sum(steps for _, steps, _ in self.finished) + running + self.pending * typical
+
+    def max_total_steps(self) -> int | None:
+        """The most steps the scan can still take: every unfinished label at the cap (None if unknown)."""
+        if not self.max_steps:
+            return None
+        return sum(steps for _, steps, _ in self.finished) + self.max_steps * (
+            len(self.active) + self.pending
+        )
+
+    def steps_per_second(self) -> float | None:
+        """Label-steps per second in this run, or None before the first step."""
+        if not self.images_per_step or self.seconds <= 0 or self.images <= 0:
+            return None
+        return self.images / self.images_per_step / self.seconds
+
+    def eta(self, *, steps_per_second: float | None = None) -> tuple[float, float | None] | None:
+        """Seconds left as ``(estimate, upper bound)`` at ``steps_per_second`` (default: the mean speed
+        of this run, set-up included); the bound assumes every unfinished label runs to the cap. None
+        before the speed is known."""
+        rate = steps_per_second or self.steps_per_second()
+        if rate is None:
+            return None
+        left = max(0.0, self.estimated_steps() - self.steps_done) / rate
+        bound = self.max_total_steps()
+        return left, None if bound is None else max(left, (bound - self.steps_done) / rate)
 
 
 def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.device) -> int:
@@ -277,7 +337,19 @@ class NeuralCleanse:
             now = time.perf_counter()
             if progress is not None:
                 active = tuple((s.label, s.step, s.cost, s.best_reg) for s in snap.active)
-                progress(ScanProgress(len(snap.finished), snap.total, active, snap.images, now - start))
+                finished = tuple((s.label, s.step, s.stop_reason) for s in snap.finished)
+                progress(
+                    ScanProgress(
+                        len(snap.finished),
+                        snap.total,
+                        active,
+                        snap.images,
+                        now - start,
+                        finished,
+                        self.settings.max_steps,
+                        self.settings.batch_size * self.settings.batches_per_step,
+                    )  # fmt: skip
+                )
             if checkpoint is not None and (
                 now - last_save[0] >= checkpoint_every or len(snap.finished) > last_save[1]
             ):
