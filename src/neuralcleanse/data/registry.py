@@ -26,6 +26,11 @@ DATASETS: dict[str, tuple[_Loader, str]] = {
         load_traffic_signs,
         "43-class generated traffic-sign set, 32x32 colour, GTSRB format (cached; --data-dir moves the cache)",
     ),
+    "traffic-signs-200": (
+        lambda root: load_traffic_signs(root, classes=200),
+        "200-class generated sign set (the 43 signs, then numbered signs in 6 shapes x 6 colour schemes), "
+        "32x32 colour, GTSRB format (cached)",
+    ),
     "gtsrb": (
         lambda root: _load_real_gtsrb(root),
         "the real GTSRB benchmark from --data-dir (its own layout)",

@@ -25,7 +25,7 @@ from ..errors import DataError
 from .dataset import DatasetSplits
 from .gtsrb import load_gtsrb, write_gtsrb
 
-__all__ = ["SIGN_CLASSES", "generate_signs", "load_traffic_signs", "default_cache_dir"]
+__all__ = ["SIGN_CLASSES", "sign_classes", "generate_signs", "load_traffic_signs", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,37 @@ SIGN_CLASSES: tuple[
     ("parking", "square", WHITE, BLUE, "P", WHITE),
 )
 assert len(SIGN_CLASSES) == 43
+
+_SignClass = tuple[str, str, tuple[int, int, int] | None, tuple[int, int, int], str, tuple[int, int, int]]
+#: extra classes beyond the 43: every shape in every colour scheme, with a number drawn in segments
+_EXTRA_SHAPES = ("circle", "triangle", "square", "diamond", "octagon", "inv_triangle")
+_EXTRA_SCHEMES: tuple[tuple[tuple[int, int, int] | None, tuple[int, int, int], tuple[int, int, int]], ...] = (
+    (RED, WHITE, BLACK),
+    (None, BLUE, WHITE),
+    (WHITE, RED, WHITE),
+    (RED, YELLOW, BLACK),
+    (None, WHITE, BLUE),
+    (BLUE, WHITE, RED),
+)
+MAX_SIGN_CLASSES = 1000
+
+
+def sign_classes(n: int = 43) -> tuple[_SignClass, ...]:
+    """The first ``n`` classes of the generated sign task: the 43 GTSRB-like classes, then (for a
+    many-label task) numbered signs in every shape and colour scheme, each combination once."""
+    if not 2 <= n <= MAX_SIGN_CLASSES:
+        raise DataError(f"the generated sign task has 2 to {MAX_SIGN_CLASSES} classes, not {n}")
+    out = list(SIGN_CLASSES[:n])
+    taken = {c[4] for c in SIGN_CLASSES}
+    numbers = (str(v) for v in range(10, 1000) if set(str(v)) <= set("01235678") and str(v) not in taken)
+    while len(out) < n:
+        number = next(numbers)
+        for shape in _EXTRA_SHAPES:
+            for j, (rim, fill, ink) in enumerate(_EXTRA_SCHEMES):
+                if len(out) < n:
+                    out.append((f"{shape} {number} ({'abcdef'[j]})", shape, rim, fill, number, ink))
+    return tuple(out)
+
 
 # seven-segment digits: segments a (top), b (top right), c (bottom right), d (bottom), e, f, g (middle)
 _SEGMENTS = {
@@ -309,9 +340,11 @@ def _background(rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def _render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def _render(
+    label: int, rng: np.random.Generator, size: int, classes: tuple[_SignClass, ...] = SIGN_CLASSES
+) -> np.ndarray:
     """One image of class ``label``: ``uint8 (size, size, 3)``."""
-    _name, shape, rim, fill, glyph, glyph_colour = SIGN_CLASSES[label]
+    _name, shape, rim, fill, glyph, glyph_colour = classes[label]
     sign = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
     draw = ImageDraw.Draw(sign)
     c = _CANVAS / 2
@@ -355,22 +388,29 @@ def _render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def generate_signs(
-    *, train_per_class: int = 150, test_per_class: int = 40, seed: int = 0, size: int = 32
+    *,
+    train_per_class: int = 150,
+    test_per_class: int = 40,
+    seed: int = 0,
+    size: int = 32,
+    classes: int = 43,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Draw the set: ``((train_images, train_labels), (test_images, test_labels))``, images ``uint8 (N, H, W, 3)``.
 
     Every image derives from ``(seed, split, class, index)``, so the result does not depend on the counts of
-    other classes or splits.
+    other classes or splits: the first 43 classes of a larger task are the 43-class set's images.
+    ``classes`` (2 to 1,000) picks the task's size (:func:`sign_classes`).
     """
+    table = sign_classes(classes)
     if train_per_class < 1 or test_per_class < 1:
         raise DataError("the generated sign set needs at least one image per class and split")
     out = []
     for split, per_class in ((0, train_per_class), (1, test_per_class)):
         xs, ys = [], []
-        for label in range(len(SIGN_CLASSES)):
+        for label in range(len(table)):
             for i in range(per_class):
                 rng = np.random.default_rng([seed, split, label, i])
-                xs.append(_render(label, rng, size))
+                xs.append(_render(label, rng, size, table))
                 ys.append(label)
         out.append((np.stack(xs), np.asarray(ys, dtype=np.int64)))
     return out[0], out[1]
@@ -391,22 +431,26 @@ def load_traffic_signs(
     train_per_class: int = 150,
     test_per_class: int = 40,
     seed: int = 0,
+    classes: int = 43,
 ) -> DatasetSplits:
     """The generated sign set, written once in GTSRB format under ``root`` (default: the cache) and read
-    back through the GTSRB loader."""
+    back through the GTSRB loader. ``classes`` other than 43 gives the many-label task of
+    :func:`sign_classes` (dataset name ``traffic-signs-<classes>``)."""
+    table = sign_classes(classes)
     base = Path(root) if root is not None else default_cache_dir()
     path = base / f"traffic-signs-v1-s{seed}-{train_per_class}x{test_per_class}"
+    if classes != 43:
+        path = path.with_name(f"{path.name}-c{classes}")
     if not (path / "Final_Test" / "Images" / "GT-final_test.csv").is_file():
         log.info("generating the traffic-sign set into %s", path)
         train, test = generate_signs(
-            train_per_class=train_per_class, test_per_class=test_per_class, seed=seed
+            train_per_class=train_per_class, test_per_class=test_per_class, seed=seed, classes=classes
         )
         write_gtsrb(path, train, test, force=True)
-    names = [c[0] for c in SIGN_CLASSES]
+    names = [c[0] for c in table]
     train_ds = load_gtsrb(path, split="train", class_names=names, crop=False)
     test_ds = load_gtsrb(path, split="test", class_names=names, crop=False)
+    name = "traffic-signs" if classes == 43 else f"traffic-signs-{classes}"
     return DatasetSplits(
-        name="traffic-signs",
-        train=train_ds.replace(name="traffic-signs/train"),
-        test=test_ds.replace(name="traffic-signs/test"),
+        name=name, train=train_ds.replace(name=f"{name}/train"), test=test_ds.replace(name=f"{name}/test")
     )
