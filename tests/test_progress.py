@@ -33,14 +33,16 @@ def test_estimated_total_and_eta_are_exact() -> None:
     p = _progress(active=((2, 10, 0.1, 5.0), (3, 55, 0.1, 4.0)))
     assert p.steps_done == 40 + 60 + 10 + 55
     assert p.typical_steps() == 50.0  # mean of the finished labels
-    # label 2: the typical 50; label 3 past it: one more step (56); label 4 pending: 50
-    assert p.estimated_steps() == 40 + 60 + 50 + 56 + 50
+    # label 2: the typical 50; label 3 past it: as the finished label that ran longer (60); label 4: 50
+    assert p.estimated_steps() == 40 + 60 + 50 + 60 + 50
+    later = _progress(active=((2, 10, 0.1, 5.0), (3, 60, 0.1, 4.0)), max_steps=100)
+    assert later.estimated_steps() == 40 + 60 + 50 + 61 + 50  # past every finished label: one more step
     assert p.max_total_steps() == 40 + 60 + 3 * 60
     assert p.steps_per_second() == pytest.approx(2.0)  # 18 label-steps in 9 s
     left, bound = p.eta() or (0.0, None)
-    assert left == pytest.approx((256 - 165) / 2.0) and bound == pytest.approx((280 - 165) / 2.0)
+    assert left == pytest.approx((260 - 165) / 2.0) and bound == pytest.approx((280 - 165) / 2.0)
     fast = p.eta(steps_per_second=4.0)
-    assert fast is not None and list(fast) == [pytest.approx(91 / 4.0), pytest.approx(115 / 4.0)]
+    assert fast is not None and list(fast) == [pytest.approx(95 / 4.0), pytest.approx(115 / 4.0)]
 
 
 def test_before_any_label_stops_only_the_cap_is_known() -> None:
@@ -56,12 +58,12 @@ def test_line_says_estimate_and_bound() -> None:
     text = ScanProgressText()
     text(_progress(active=((2, 10, 0.1, 5.0), (3, 55, 0.1, 4.0)), images=10 * 256, seconds=5.0))
     _, _, status, line = text(_progress(active=((2, 10, 0.1, 5.0), (3, 55, 0.1, 4.0))))
-    assert line.startswith("2/5 labels done, steps 165/~256 (estimate from 2 finished labels; at most 280), ")
+    assert line.startswith("2/5 labels done, steps 165/~260 (estimate from 2 finished labels; at most 280), ")
     # 8 label-steps (2048 images) in the 4 s since the first step: 2 steps/s, 512 img/s
     assert (
-        "512 img/s, elapsed 9s, ETA ~46s (estimate; at most 58s if every label runs to --max-steps)" in line
+        "512 img/s, elapsed 9s, ETA ~48s (estimate; at most 58s if every label runs to --max-steps)" in line
     )
-    assert "ETA ~46s" in status
+    assert "ETA ~48s" in status
 
 
 def test_durations() -> None:

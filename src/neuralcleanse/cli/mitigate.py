@@ -14,6 +14,7 @@ from ..device import resolve_device
 from ..errors import DataError, ModelError, SettingsError
 from . import app
 from .common import check_fraction_option, device_option, setup_logging, verbose_option
+from .loading import ModelSource, default_out, model_options
 
 
 @dataclasses.dataclass
@@ -26,22 +27,21 @@ class _Case:
     reversed: Any
     real: Any
     sources: list[int] | None
-    data: Any
+    names: list[str] | None
 
 
-def _open(
-    model: Path, report_path: Path, label: int | None, dataset: str | None, data_dir: Path | None, device: str
-) -> _Case:
-    from ..data.registry import load_dataset
+def _open(source: ModelSource, report_path: Path, label: int | None, device: str) -> _Case:
+    """The model (any format ``load_model`` reads), its scan report (checked to be of this model), the
+    label, its reversed and (from a card) real trigger, and the clean images."""
     from ..detection import DetectionReport
     from ..fingerprint import model_fingerprint
-    from ..models.loading import load_model
+    from ..models.store import trigger_path
     from ..triggers import Trigger
 
-    if not (model / "card.json").is_file():
-        what = "not found" if not model.exists() else "is not a neuralcleanse model directory (no card.json)"
-        raise ModelError(f"{model}: {what}; validate and mitigate work on a model directory")
-    loaded = load_model(model, device=device)
+    model = source.model
+    if not model.exists():
+        raise ModelError(f"{model}: not found")
+    loaded = source.load(device)
     report = DetectionReport.load(report_path)
     recorded = {str(report.model.get(k)) for k in ("sha256", "weights_sha256") if report.model.get(k)}
     same = loaded.sha256 in recorded or report.model.get("fingerprint") == model_fingerprint(loaded.model)
@@ -61,23 +61,18 @@ def _open(
             raise DataError(f"{report_path}: trigger file triggers/label_{label:04d}.safetensors is missing")
         span = f"labels {known[0]}-{known[-1]}" if known else "no labels"
         raise SettingsError(f"--label: label {label} is not in the report {report_path} ({span})")
-    card = loaded.card
-    assert card is not None  # a model directory always has its card
     real, sources = None, None
-    for b in card.backdoors:
+    for b in loaded.card.backdoors if loaded.card is not None else ():
         if b.target == label:
-            real = Trigger.load(model / b.trigger_file)
+            real = Trigger.load(trigger_path(model, b))
             sources = b.source_labels
             break
-    name = dataset or card.dataset
-    if name is None:
-        raise SettingsError(f"{model}: the card names no dataset; pass --dataset")
-    data = load_dataset(name.split("/")[0], root=data_dir)
-    return _Case(loaded, report, label, report.triggers[label], real, sources, data)
+    names, _ = source.names(loaded)
+    return _Case(loaded, report, label, report.triggers[label], real, sources, names)
 
 
 _common = [
-    click.argument("model", type=click.Path(path_type=Path)),
+    model_options,
     click.option(
         "--report",
         "report_path",
@@ -89,8 +84,6 @@ _common = [
         "--label", type=int, help="Label to work on (default: the flagged label with the smallest L1)."
     ),
     click.option("--layer", help="Feature layer (a get_submodule path; default: the penultimate layer)."),
-    click.option("--dataset", help="Dataset for clean images (default: the model card's)."),
-    click.option("--data-dir", type=click.Path(path_type=Path), help="Where the dataset's files are."),
     click.option("--out", type=click.Path(path_type=Path), help="Result directory."),
     click.option("--force", is_flag=True, help="Replace a non-empty result directory."),
 ]
@@ -112,28 +105,34 @@ def _pct(x: float | None) -> str:
 @device_option
 @verbose_option
 def validate(
-    model: Path, report_path: Path, label: int | None, layer: str | None, dataset: str | None,
-    data_dir: Path | None, out: Path | None, force: bool, top: float, device: str, verbose: int,
+    source: ModelSource, report_path: Path, label: int | None, layer: str | None, out: Path | None,
+    force: bool, top: float, device: str, verbose: int,
 ) -> None:  # fmt: skip
-    """Compare the reversed trigger of a flagged label with the real one (when the card knows it)."""
+    """Compare the reversed trigger of a flagged label with the real one (when the card knows it).
+
+    MODEL is any model `scan` reads (a .pt2 program, weights with --arch, a model directory); the clean
+    images are --data (or --dataset, or the card's data set's test split), as for `scan`.
+    """
     from .._io import check_output_dir
     from ..validation import validate_trigger
 
     setup_logging(verbose)
     check_fraction_option(top, "--top")
+    source.check()
     device = str(resolve_device(device))
-    out = out or Path("validations") / model.resolve().name
+    out = out or default_out("validations", source.model)
     check_output_dir(out, force=force, option="--out")
-    case = _open(model, report_path, label, dataset, data_dir, device)
+    case = _open(source, report_path, label, device)
+    images, _ = source.images(case.loaded, case.names)
     result = validate_trigger(
-        case.loaded.model, case.reversed, case.data.test, label=case.label, real_trigger=case.real,
+        case.loaded.model, case.reversed, images, label=case.label, real_trigger=case.real,
         source_labels=case.sources, layer=layer, top_fraction=top, device=device,
     )  # fmt: skip
     result.save(
         out,
         reversed_trigger=case.reversed,
         real_trigger=case.real,
-        example=case.data.test.images[0],
+        example=images.images[0],
         force=force,
     )
     table = Table(
@@ -182,20 +181,21 @@ def validate(
 @device_option
 @verbose_option
 def mitigate(
-    model: Path, report_path: Path, label: int | None, layer: str | None, dataset: str | None,
-    data_dir: Path | None, out: Path | None, force: bool, method: str, as_html: bool, fpr: float, max_prune: float,
-    fraction: float, stamp_fraction: float, epochs: int | None, device: str, verbose: int,
+    source: ModelSource, report_path: Path, label: int | None, layer: str | None, out: Path | None,
+    force: bool, method: str, as_html: bool, fpr: float, max_prune: float, fraction: float,
+    stamp_fraction: float, epochs: int | None, device: str, verbose: int,
 ) -> None:  # fmt: skip
     """Filter inputs, prune neurons or unlearn the backdoor; print a before/after table.
 
-    prune and unlearn write the repaired model as a model directory (OUT/model) that `scan` can re-check.
+    MODEL is any model `scan` reads. prune and unlearn save the repaired model in OUT in the form it came
+    in: a model directory as OUT/model, a .pt2 program as OUT/model.pt2 (re-exported), weights as
+    OUT/model.safetensors (load them with the same --arch); `scan` can re-check it. Clean images: filter
+    and prune use --data (or the data set's test split); unlearn fine-tunes on a built-in data set's
+    training split, or on a seeded, class-stratified half of --data and measures on the other half.
     """
     from .._io import atomic_directory, check_output_dir
     from ..mitigation import filter_inputs, prune_neurons, unlearn
     from ..mitigation.result import check_fraction
-    from ..models.preprocess import PixelModel
-    from ..models.store import save_model_dir
-    from ..triggers import Trigger
 
     setup_logging(verbose)
     device = str(resolve_device(device))
@@ -208,45 +208,106 @@ def mitigate(
         check_fraction(value, what)
     if epochs is not None and epochs < 1:
         raise SettingsError(f"--epochs must be at least 1, got {epochs}")
-    out = out or Path("mitigations") / f"{model.resolve().name}-{method}"
+    source.check()
+    model = source.model
+    out = out or default_out("mitigations", model, f"-{method}")
     check_output_dir(out, force=force, option="--out")
-    case = _open(model, report_path, label, dataset, data_dir, device)
+    case = _open(source, report_path, label, device)
     kw: dict[str, Any] = {
         "label": case.label, "real_trigger": case.real, "source_labels": case.sources, "device": device,
     }  # fmt: skip
     repaired = None
-    if method == "filter":
-        _, result = filter_inputs(
-            case.loaded.model, case.data.test, case.reversed, fpr=fpr, layer=layer, **kw
-        )
-    elif method == "prune":
-        repaired, result = prune_neurons(
-            case.loaded.model, case.data.test, case.reversed, max_fraction=max_prune, layer=layer, **kw
-        )
-    else:
+    data_note = ""
+    if method == "unlearn":
+        train, test, data_note = source.splits(case.loaded, case.names)
         repaired, result = unlearn(
-            case.loaded.model, case.data.train, case.data.test, case.reversed, fraction=fraction,
+            case.loaded.model, train, test, case.reversed, fraction=fraction,
             stamp_fraction=stamp_fraction, epochs=epochs, **kw,
         )  # fmt: skip
+    else:
+        images, _ = source.images(case.loaded, case.names)
+        if method == "filter":
+            _, result = filter_inputs(case.loaded.model, images, case.reversed, fpr=fpr, layer=layer, **kw)
+        else:
+            repaired, result = prune_neurons(
+                case.loaded.model, images, case.reversed, max_fraction=max_prune, layer=layer, **kw
+            )
     with atomic_directory(out, force=force) as tmp:
         result.save(tmp)
+        saved = None
         if repaired is not None:
-            network = repaired.model if isinstance(repaired, PixelModel) else repaired
-            card = dataclasses.replace(
-                case.loaded.card,
-                clean_accuracy=round(result.after.clean_accuracy, 6),
-                attack_details={**case.loaded.card.attack_details, "mitigated": {"method": method, "label": case.label, "from": str(model), "summary": result.summary()}},
-            )  # fmt: skip
-            bundle_triggers = tuple(Trigger.load(model / b.trigger_file) for b in card.backdoors)
-            save_model_dir(tmp / "model", network, card, bundle_triggers)
+            saved = _save_repaired(tmp, repaired, case, method, result)
         if as_html:
             from ..report import write_html_report
 
             write_html_report(report_path, tmp / "report.html", mitigations=[result])
-    _print(result, out, repaired is not None)
+    _print(result, out, data_note)
+    if saved is not None:
+        click.echo(
+            f"repaired model saved to {out / saved[0]} ({saved[1]}); re-check it with `neuralcleanse scan`"
+        )
 
 
-def _print(result: Any, out: Path, saved: bool) -> None:
+def _network(repaired: Any) -> Any:
+    """The repaired network as the user's file held it: the declared preprocessing, fixed-batch chunking
+    and the exported module's holder taken off (the file took preprocessed input)."""
+    from ..models.preprocess import FixedBatchModel, PixelModel
+
+    net = repaired
+    while True:
+        if isinstance(net, (PixelModel, FixedBatchModel)):
+            net = net.model
+        elif type(net).__name__ == "_EvalOnly":  # models/loading.py: an exported program's module
+            net = net.module
+        else:
+            return net
+
+
+def _save_repaired(tmp: Path, repaired: Any, case: _Case, method: str, result: Any) -> tuple[str, str]:
+    """Save the repaired model in its input's format; ``(file name in OUT, what it is)``."""
+    from ..models.store import save_model_dir, trigger_path
+    from ..triggers import Trigger
+
+    loaded = case.loaded
+    network = _network(repaired)
+    if loaded.format == "model-dir":
+        card = dataclasses.replace(
+            loaded.card,
+            clean_accuracy=round(result.after.clean_accuracy, 6),
+            attack_details={**loaded.card.attack_details, "mitigated": {"method": method, "label": case.label, "from": str(loaded.path), "summary": result.summary()}},
+        )  # fmt: skip
+        triggers = tuple(Trigger.load(trigger_path(loaded.path, b)) for b in card.backdoors)
+        save_model_dir(tmp / "model", network, card, triggers)
+        return "model", "a model directory"
+    if loaded.format == "export":
+        import torch
+
+        shape = loaded.input_shape
+        if shape is None:
+            raise ModelError(f"{loaded.path}: the program does not say its input shape; cannot re-export it")
+        batch = loaded.static_batch or 2
+        example = torch.zeros(batch, *shape, device=next(network.parameters()).device)
+        dynamic = None if loaded.static_batch else ({0: torch.export.Dim("batch")},)
+        try:
+            program = torch.export.export(network, (example,), dynamic_shapes=dynamic)
+        except Exception as exc:  # noqa: BLE001 (torch raises many kinds; one line for the user)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelError(
+                f"the repaired model cannot be re-exported with torch.export ({first})"
+            ) from None
+        torch.export.save(program, tmp / "model.pt2")
+        what = "a torch.export program, " + (
+            f"fixed batch {batch}" if loaded.static_batch else "dynamic batch"
+        )
+        return "model.pt2", what
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(state, tmp / "model.safetensors")
+    return "model.safetensors", f"a safetensors state dict; load it with --arch {loaded.arch}"
+
+
+def _print(result: Any, out: Path, data_note: str) -> None:
     table = Table(title=f"{result.method} (label {result.label})")
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
@@ -277,7 +338,6 @@ def _print(result: Any, out: Path, saved: bool) -> None:
                           + (f", real {_pct(m['real_attack_success'])}" if m.get("real_attack_success") is not None else ""))  # fmt: skip
     for note in result.notes:
         console.print(f"note: {note}")
-    console.print(
-        f"result written to {out / 'mitigation.json'}"
-        + (f"; repaired model in {out / 'model'}" if saved else "")
-    )
+    if data_note:
+        console.print(f"clean images: {data_note}")
+    console.print(f"result written to {out / 'mitigation.json'}")

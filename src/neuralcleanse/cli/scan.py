@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from ..data.convert import MAX_SIDE
 from ..errors import CheckpointError, DataError, SettingsError
 from . import app
 from .common import (
@@ -22,55 +21,15 @@ from .common import (
     setup_logging,
     verbose_option,
 )
+from .loading import ModelSource, check_result_dir, default_out, model_options
 
 if TYPE_CHECKING:
     from ..detection.outlier import Statistic
     from ..models.outputs import OutputKind
 
 
-def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) < 1 or dims[0] not in (1, 3) or max(dims[1:]) > MAX_SIDE:
-        raise SettingsError(
-            f"--input-shape must be CxHxW with C 1 or 3 and sides up to {MAX_SIDE}, e.g. 3x32x32; got {text!r}"
-        )
-    return dims[0], dims[1], dims[2]
-
-
-def build_preprocessing(
-    input_range: str | None, mean: str | None, std: str | None, channel_order: str | None
-) -> Any:
-    """The declared preprocessing from CLI flags, or ``None`` when no flag was given (card/default applies)."""
-    from ..models.preprocess import Preprocessing, parse_floats, parse_input_range
-
-    if input_range is None and mean is None and std is None and channel_order is None:
-        return None
-    return Preprocessing(
-        scale=parse_input_range(input_range or "0-1"),
-        mean=parse_floats(mean, what="--mean") if mean else None,
-        std=parse_floats(std, what="--std") if std else None,
-        channel_order=channel_order or "rgb",
-    )
-
-
 @app.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    "data_path",
-    type=click.Path(path_type=Path),
-    help="Clean labelled images: an image folder (<class>/<images>), a GTSRB directory, CIFAR binary "
-    "batches, an .npz file or IDX files.",
-)
-@click.option(
-    "--dataset", help="A built-in dataset's test split instead of --data (default: the model card's)."
-)
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Where the built-in dataset's files are.")
+@model_options
 @click.option(
     "--split",
     type=click.Choice(["test", "train"]),
@@ -78,35 +37,17 @@ def build_preprocessing(
     show_default=True,
     help="Split of --data.",
 )
-@click.option(
-    "--arch",
-    help="For a weights-only file: mnist, gtsrb, or package.module:Class / file.py:Class "
-    "(imports that code: your choice).",
-)
-@click.option(
-    "--arch-kwargs", help="JSON keyword arguments for the architecture class, e.g. '{\"classes\": 10}'."
-)
-@click.option(
-    "--allow-torchscript",
-    is_flag=True,
-    help="Load a TorchScript archive: it runs code embedded in the file (only for files you trust).",
-)
-@click.option("--input-shape", help="CxHxW the network takes, if the file does not say (e.g. 3x32x32).")
-@click.option(
-    "--input-range",
-    type=click.Choice(["0-1", "0-255"]),
-    help="Pixel range the network expects (default 0-1).",
-)
-@click.option("--mean", help="Per-channel mean the network subtracts after scaling, e.g. 0.485,0.456,0.406.")
-@click.option("--std", help="Per-channel std the network divides by, e.g. 0.229,0.224,0.225.")
-@click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), help="Channel order the network expects.")
-@click.option("--class-names", type=click.Path(path_type=Path), help="File with one class name per line.")
 @click.option("--all-images", is_flag=True, help="Also use images the model misclassifies.")
 @click.option(
     "--samples", default=1000, show_default=True, help="Clean images used (seeded, class-stratified)."
 )
 @click.option("--labels", "labels_text", help="Labels to scan, e.g. 0,3,5 or 0-9 (default: all).")
-@click.option("--source", type=int, help="Source-label-specific scan: only images of this label are used.")
+@click.option(
+    "--source",
+    "source_label",
+    type=int,
+    help="Source-label-specific scan: only images of this label are used.",
+)
 @click.option(
     "--sequential", is_flag=True, help="One label at a time with the original code's schedule (reference)."
 )
@@ -150,7 +91,9 @@ def build_preprocessing(
     "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
 )
 @click.option(
-    "--out", type=click.Path(path_type=Path), help="Report directory (default: scans/<model name>)."
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Report directory (default: scans/<folder>-<model name>-<hash of its path>).",
 )
 @click.option("--resume", is_flag=True, help="Continue a killed scan from its checkpoint (<out>.checkpoint).")
 @click.option("--force", is_flag=True, help="Replace a non-empty report directory.")
@@ -161,24 +104,12 @@ def build_preprocessing(
 @device_option
 @verbose_option
 def scan(
-    model: Path,
-    data_path: Path | None,
-    dataset: str | None,
-    data_dir: Path | None,
+    source: ModelSource,
     split: str,
-    arch: str | None,
-    arch_kwargs: str | None,
-    allow_torchscript: bool,
-    input_shape: str | None,
-    input_range: str | None,
-    mean: str | None,
-    std: str | None,
-    channel_order: str | None,
-    class_names: Path | None,
     all_images: bool,
     samples: int,
     labels_text: str | None,
-    source: int | None,
+    source_label: int | None,
     sequential: bool,
     loss: str,
     threshold: float,
@@ -201,11 +132,8 @@ def scan(
     TorchScript archive (only with --allow-torchscript: it runs code embedded in the file) or a
     neuralcleanse model directory. Nothing in the file is unpickled or executed.
     """
-    from .._io import check_output_dir
-    from ..data.convert import read_class_names
     from ..detection import DetectionReport, NeuralCleanse, Reference, ReverseSettings
     from ..detection.checkpoint import has_checkpoint, remove_checkpoint
-    from ..models.loading import load_model
 
     setup_logging(verbose)
     # everything knowable is checked before the model is loaded and long before any optimisation
@@ -213,15 +141,15 @@ def scan(
     check_count(max_steps, "--max-steps")
     check_seed(seed, "--seed")
     check_threshold(threshold, "--threshold")
-    if data_path is not None and dataset is not None:
-        raise SettingsError("give either --data or --dataset, not both")
-    if source is not None and source < 0:
-        raise SettingsError(f"--source must be a label (0 or more), got {source}")
+    source.check()
+    if source_label is not None and source_label < 0:
+        raise SettingsError(f"--source must be a label (0 or more), got {source_label}")
     wanted = parse_labels(labels_text)
-    stem = model.name.split(".")[0] if model.is_file() else model.resolve().name
-    out = out or Path("scans") / stem
+    model = source.model
+    out_given = out is not None
+    out = out or default_out("scans", model)
     ckpt = out.with_name(out.name + ".checkpoint")
-    check_output_dir(out, force=force, option="--out")
+    check_result_dir(out, model, force=force, explicit=out_given)
     if resume and not has_checkpoint(ckpt):
         raise CheckpointError(f"{ckpt}: no checkpoint to resume from (--resume)")
     overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
@@ -233,28 +161,13 @@ def scan(
         )
     elif statistic == "relative":
         raise SettingsError("--statistic relative needs --reference SCAN_DIR (a scan of a trusted model)")
-    try:
-        kwargs = json.loads(arch_kwargs) if arch_kwargs else None
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"--arch-kwargs is not valid JSON ({exc})") from None
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise SettingsError("--arch-kwargs must be a JSON object")
-    loaded = load_model(
-        model,
-        arch=arch,
-        arch_kwargs=kwargs,
-        input_shape=_parse_shape(input_shape),
-        preprocessing=build_preprocessing(input_range, mean, std, channel_order),
-        device=device,
-        allow_torchscript=allow_torchscript,
-    )
-    names = read_class_names(class_names) if class_names else loaded.class_names
-    names_from = f"--class-names {class_names}" if class_names else f"{model} (its card)"
+    loaded = source.load(device)
+    names, names_from = source.names(loaded)
     # labels and class names are checked before the data is read, when the input shape is known
     n_outputs = _probe_outputs(loaded, device)
     if n_outputs is not None:
-        _check_labels(n_outputs, wanted, source, names, names_from)
-    images, data_info = _load_data(loaded, data_path, dataset, data_dir, split, names)
+        _check_labels(n_outputs, wanted, source_label, names, names_from)
+    images, data_info = source.images(loaded, names, split=split)
     detector = NeuralCleanse(
         loaded.model,
         settings=settings,
@@ -264,14 +177,14 @@ def scan(
         outputs=cast("OutputKind", outputs),
         device=device,
     )
-    _check_task(detector, model, images, data_info, wanted, source, names, names_from)
+    _check_task(detector, model, images, data_info, wanted, source_label, names, names_from)
     report = run_scan(
         detector,
         images,
         bar=not as_json,
         samples=samples,
         scan_labels=wanted,
-        source=source,
+        source=source_label,
         correct_only=not all_images,
         class_names=names,
         checkpoint=ckpt,
@@ -293,32 +206,6 @@ def scan(
         click.echo(json.dumps({k: d[k] for k in keys} | {"out": str(out)}))
         return
     print_scan(report, out)
-
-
-def _load_data(
-    loaded: Any, data_path: Path | None, dataset: str | None, data_dir: Path | None, split: str, names: Any
-) -> tuple[Any, dict[str, Any]]:
-    """The clean images for a scan, shaped for the model, and a description for the report."""
-    from ..data.convert import conform
-    from ..data.files import detect_data_format, load_images
-    from ..data.registry import load_dataset
-
-    shape = loaded.input_shape
-    if data_path is not None:
-        images = load_images(data_path, input_shape=shape, class_names=names, split=split)
-        info = {"path": str(data_path), "format": detect_data_format(data_path), "split": split}
-    else:
-        name = dataset or (loaded.card.dataset if loaded.card is not None else None)
-        if name is None:
-            raise SettingsError("no clean images: pass --data PATH (or --dataset NAME)")
-        images = load_dataset(name, root=data_dir).test
-        if shape is not None and images.input_shape != tuple(shape):
-            images = images.replace(images=conform(images.images, shape, name=name))
-        info = {"dataset": name, "split": "test"}
-    if shape is not None and images.input_shape != tuple(shape):
-        raise DataError(f"images are {images.input_shape}, the model takes {tuple(shape)}")
-    info["images_read"] = str(len(images))
-    return images, info
 
 
 def _probe_outputs(loaded: Any, device: str) -> int | None:

@@ -70,12 +70,21 @@ class ScanProgress:
         return float(self.max_steps or max([step for _, step, _, _ in self.active] or [1]))
 
     def estimated_steps(self) -> float:
-        """Estimated total steps: finished labels as they ran, running labels at least one more step and
-        the typical count, pending labels the typical count (never more than the cap)."""
+        """Estimated total steps: finished labels as they ran; a running label the typical count, or, once
+        past it, the mean of the finished labels that ran longer (at least one more step); pending labels
+        the typical count; never more than the cap."""
         typical = self.typical_steps()
         cap = float(self.max_steps) if self.max_steps else math.inf
-        running = sum(min(cap, max(step + 1.0, typical)) for _, step, _, _ in self.active)
-        return sum(steps for _, steps, _ in self.finished) + running + self.pending * typical
+        runs = [steps for _, steps, reason in self.finished if reason != "nan"]
+
+        def running(step: int) -> float:
+            if step < typical:
+                return typical
+            longer = [r for r in runs if r > step]
+            return min(cap, max(step + 1.0, sum(longer) / len(longer) if longer else 0.0))
+
+        total = sum(running(step) for _, step, _, _ in self.active)
+        return sum(steps for _, steps, _ in self.finished) + total + self.pending * typical
 
     def max_total_steps(self) -> int | None:
         """The most steps the scan can still take: every unfinished label at the cap (None if unknown)."""

@@ -106,6 +106,7 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
 def _real_triggers(report: DetectionReport) -> dict[int, Trigger]:
     """The planted triggers, when the report's model is a model directory whose card knows them."""
     from ..models.card import ModelCard
+    from ..models.store import trigger_path
 
     path = report.model.get("path")
     if not path or not (Path(path) / "card.json").is_file():
@@ -115,7 +116,7 @@ def _real_triggers(report: DetectionReport) -> dict[int, Trigger]:
         sha = {report.model.get("sha256"), report.model.get("weights_sha256")}
         if card.weights_sha256 not in sha:
             return {}
-        return {b.target: Trigger.load(Path(path) / b.trigger_file) for b in card.backdoors}
+        return {b.target: Trigger.load(trigger_path(Path(path), b)) for b in card.backdoors}
     except Exception:  # the real trigger is a bonus: a changed or unreadable card just leaves it out
         return {}
 
