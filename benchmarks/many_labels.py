@@ -31,16 +31,20 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=40)
     ap.add_argument("--samples", type=int, default=1000, help="clean images a scan uses")
     ap.add_argument("--max-steps", type=int, default=1000)
+    ap.add_argument("--batches-per-step", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="20 and 50 labels, 3 epochs, small sets, 60 steps")
+    ap.add_argument(
+        "--quick", action="store_true", help="20 and 50 labels, 3 epochs, small sets, 25 short steps"
+    )
     args = ap.parse_args()
     if args.quick:
         args.labels, args.epochs, args.train_per_class, args.test_per_class = [20, 50], 3, 60, 10
-        args.samples, args.max_steps = 300, 60
+        args.samples, args.max_steps, args.batches_per_step = 200, 25, 2
     print(
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
         f"CPUs allowed {len(os.sched_getaffinity(0))}; epochs {args.epochs}, {args.train_per_class}/"
-        f"{args.test_per_class} images per class, scan samples {args.samples}, max steps {args.max_steps}"
+        f"{args.test_per_class} images per class, scan samples {args.samples}, max steps {args.max_steps} of "
+        f"{args.batches_per_step} x 32 images"
     )
     header = f"{'labels':>6} {'schedule':9} {'seconds':>8} {'images':>9} {'x first':>8} {'screened':>8} {'flagged':20} planted"
     rows: list[str] = []
@@ -57,7 +61,12 @@ def main() -> None:
         )
         bundle = nc.train_recipe(recipe, data=data, device="cpu")
         for schedule in ("full", "screened"):
-            cfg = ReverseSettings(seed=args.seed, max_steps=args.max_steps, screening=schedule == "screened")
+            cfg = ReverseSettings(
+                seed=args.seed,
+                max_steps=args.max_steps,
+                batches_per_step=args.batches_per_step,
+                screening=schedule == "screened",
+            )
             start = time.perf_counter()
             rep = NeuralCleanse(bundle.model, settings=cfg).scan(data.test, samples=args.samples)
             secs = time.perf_counter() - start
