@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,14 +105,16 @@ def test_help_documents_the_trigger_spec(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.fixture(scope="module")
-def saved_models(tmp_path_factory: pytest.TempPathFactory, badnets_model, clean_model) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+def saved_models(
+    tmp_path_factory: pytest.TempPathFactory, badnets_model: Any, clean_model: Any
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"bad": badnets_model.save(root / "bad").path, "clean": clean_model.save(root / "clean").path}  # type: ignore[dict-item]
+    return {"bad": badnets_model.save(root / "bad").path, "clean": clean_model.save(root / "clean").path}
 
 
 def test_scan_cli_flags_the_planted_label_and_matches_the_api(
-    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_sample
-) -> None:  # type: ignore[no-untyped-def]
+    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_sample: Any
+) -> None:
     import neuralcleanse as nc
 
     out = tmp_path / "scan"
@@ -190,3 +194,52 @@ def test_scan_bad_input(
 def test_scan_missing_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, stderr = run(capsys, "scan", str(tmp_path / "none"), "--out", str(tmp_path / "s"))
     assert code == 1 and "model file not found" in stderr
+
+
+def test_default_output_folders_are_unique_per_model(tmp_path: Path) -> None:
+    from neuralcleanse.cli.loading import default_out
+
+    a, b = default_out("scans", tmp_path / "a" / "model"), default_out("scans", tmp_path / "b" / "model")
+    assert a != b and a.parent == Path("scans")
+    assert a.name.startswith("a-model-") and b.name.startswith("b-model-")
+    assert default_out("scans", tmp_path / "a" / "model") == a  # the same model, the same folder
+    assert default_out("mitigations", tmp_path / "net.pt2", "-prune").name.startswith(
+        f"{tmp_path.name}-net-prune-"
+    )
+
+
+def test_a_default_folder_holding_another_models_scan_is_never_offered_to_force(tmp_path: Path) -> None:
+    from neuralcleanse.cli.loading import check_result_dir
+    from neuralcleanse.errors import SettingsError
+
+    out = tmp_path / "scans" / "x"
+    out.mkdir(parents=True)
+    (out / "report.json").write_text(json.dumps({"model": {"path": str(tmp_path / "other" / "model")}}))
+    with pytest.raises(SettingsError, match="holds the scan of another model") as err:
+        check_result_dir(out, tmp_path / "mine" / "model", force=True, explicit=False)
+    assert "--force" not in str(err.value) and "--out" in str(err.value)
+    # the same model's earlier scan: --force may replace it
+    with pytest.raises(SettingsError, match="use --force"):
+        check_result_dir(out, tmp_path / "other" / "model", force=False, explicit=False)
+    check_result_dir(out, tmp_path / "other" / "model", force=True, explicit=False)
+
+
+def test_the_api_names_force_true_and_the_cli_force(tmp_path: Path) -> None:
+    from neuralcleanse._io import check_output_dir
+    from neuralcleanse.errors import SettingsError
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(SettingsError, match=r"pass force=True to replace it"):
+        check_output_dir(tmp_path / "full", force=False)
+    with pytest.raises(SettingsError, match=r"use --force to replace it"):
+        check_output_dir(tmp_path / "full", force=False, option="--out")
+
+
+def test_train_help_lists_every_dataset_and_plain_percent(capsys: pytest.CaptureFixture[str]) -> None:
+    from neuralcleanse.data.registry import DATASETS
+
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0 and "%%" not in out and "7%" in out
+    flat = re.sub(r"-\s+", "-", " ".join(out.split()))
+    assert all(name in flat for name in DATASETS)

@@ -102,10 +102,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"model": root / "m.pt2", "data": root / "d.npz", "root": root}
 
 
-def _scan(tiny: dict[str, Path], out: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+def _scan(
+    tiny: dict[str, Path], out: str, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str, str]:
     code = main([
         "scan", str(tiny["model"]), "--data", str(tiny["data"]), "--all-images", "--labels", "0-1",
-        "--max-steps", "2", "--out", str(tiny["root"] / out), "--device", "cpu",
+        "--max-steps", "2", "--out", str(tiny["root"] / out), "--device", "cpu", *extra,
     ])  # fmt: skip
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -127,8 +129,15 @@ def test_scan_writes_progress_lines_when_stderr_is_not_a_terminal(
 
 
 def test_a_short_scan_stays_quiet(tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _scan(tiny, "quiet", capsys)
+    code, out, err = _scan(tiny, "quiet", capsys, "--html")
     assert code == 0 and "scanning: " not in err
+    # labels stopped by the cap: the stop column says so and a warning names them
+    assert "stop" in out and "max steps" in out
+    assert (
+        "warning: labels [0, 1] hit the cap of 2 steps (--max-steps) before stopping early: their L1 norm is an upper bound"
+        in " ".join(out.split())
+    )
+    assert f"HTML report written to {tiny['root'] / 'quiet' / 'report.html'}" in out
 
 
 def test_a_bad_interval_is_one_line(

@@ -90,7 +90,8 @@ def check_output_dir(path: str | os.PathLike[str], *, force: bool, option: str |
         if not out.is_dir():
             raise SettingsError(f"{where} exists and is not a directory")
         if not force and any(out.iterdir()):
-            raise SettingsError(f"{where}: directory exists and is not empty (use --force to replace it)")
+            how = "use --force" if option else "pass force=True"
+            raise SettingsError(f"{where}: directory exists and is not empty ({how} to replace it)")
     return check_writable_parent(out, option=option)
 
 

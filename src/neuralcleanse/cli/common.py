@@ -198,14 +198,15 @@ def print_scan(report: Any, out: Path) -> None:
         title=f"Neural Cleanse scan ({report.settings['mode']}, {report.run['seconds']:.0f} s)",
     )
     ref = report.reference.l1_norms if report.reference is not None else None
-    cols = ["label", "name", "L1 norm", *(["reference L1"] if ref else []), "attack success", "steps"]
+    cols = ["label", "name", "L1 norm", *(["reference L1"] if ref else []), "attack success", "steps", "stop"]
     for col in [*cols, "anomaly index", ""]:
-        table.add_column(col, justify="right" if col not in ("name", "") else "left")
+        left = col in ("name", "stop", "")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col == "stop")
     for r in sorted(report.labels, key=lambda r: (r.l1_norm != r.l1_norm, r.l1_norm)):
         flag = "FLAGGED" if r.flagged else ("" if r.reached else "not reached")
         table.add_row(
             str(r.label), r.name, f"{r.l1_norm:.2f}", *([f"{ref.get(r.label, float('nan')):.2f}"] if ref else []),
-            f"{100 * r.attack_success:.1f}%", str(r.steps), f"{r.anomaly_index:.2f}", flag,
+            f"{100 * r.attack_success:.1f}%", str(r.steps), r.stop, f"{r.anomaly_index:.2f}", flag,
             style="bold red" if r.flagged else None,
         )  # fmt: skip
     console = Console(highlight=False)
@@ -218,6 +219,13 @@ def print_scan(report: Any, out: Path) -> None:
     console.print(f"median L1 {report.median_l1:.2f}, {spread}; report written to {out}")
     for note in report.notes:
         console.print(f"note: {note}")
+    capped = [r.label for r in report.labels if r.capped]
+    if capped:
+        cap = report.settings.get("max_steps", "--max-steps")
+        console.print(
+            f"warning: labels {capped} hit the cap of {cap} steps (--max-steps) before stopping early: their "
+            "L1 norm is an upper bound (rescan with a larger --max-steps for the smallest trigger)"
+        )
     # a second opinion from the paper's test when another statistic decided, else from the log/relative one
     other = "l1" if report.statistic != "l1" else ("relative" if report.reference is not None else "log")
     second = report.outlier_test(statistic=other)

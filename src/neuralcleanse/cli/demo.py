@@ -19,6 +19,7 @@ from .common import (
     verbose_option,
 )
 from .train import train_and_save
+from .zoo import _saved_report
 
 
 @app.command()
@@ -32,12 +33,15 @@ from .train import train_and_save
 @click.option("--epochs", default=8, show_default=True, help="Training epochs of the two models.")
 @click.option("--seed", default=0, show_default=True, help="Training seed (the scan seed is 123).")
 @device_option
-@click.option("--force", is_flag=True, help="Retrain and rescan even if the work directory has results.")
+@click.option(
+    "--force", is_flag=True, help="Retrain and rescan even if the work directory has matching results."
+)
 @verbose_option
 def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: int) -> None:
     """Train a BadNets model and a clean control on the embedded MNIST sample, scan both, compare.
 
-    Models already in OUT (from an earlier demo with the same settings) are reused; --force rebuilds.
+    Models and scans already in OUT (from an earlier demo with the same settings; a scan only for the same
+    weights, by sha256) are reused and the output says so; --force rebuilds both.
     """
     from .._io import check_output_dir
     from ..attacks import BadNets
@@ -68,6 +72,7 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
             bundle = load_model_dir(model_dir)
             if bundle.card.training.get("epochs") != epochs or bundle.card.seed != seed:
                 bundle = None
+        model_reused = bundle is not None
         if bundle is None:
             bundle = train_and_save(recipe, model_dir, device=device, force=True, bar=True)
         card = bundle.card
@@ -76,17 +81,33 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
         asr = "" if card.attack_success is None else f", attack success {100 * card.attack_success:.1f}%"
         what = f"BadNets, 4x4 white square bottom-right, target {planted}" if planted else "no backdoor"
         console.print(f"{model_dir}: {what}; clean accuracy {100 * (card.clean_accuracy or 0):.1f}%{asr}")
-        detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=123), device=device)
-        report = run_scan(
-            detector,
-            data.test,
-            bar=True,
-            data_info={"dataset": "mnist-sample", "split": "test"},
-            model_info={"path": str(model_dir), "arch": card.arch, "weights_sha256": card.weights_sha256},
-        )
-        report.save(scan_dir, force=True)
-        write_html_report(scan_dir)
+        settings = ReverseSettings(seed=123)
+        # a scan already made for these weights with these settings is reused (--force rescans)
+        report = None if force else _saved_report(scan_dir, card.weights_sha256)
+        if (
+            report is not None
+            and {k: report.settings.get(k) for k in settings.to_dict()} != settings.to_dict()
+        ):
+            report = None
+        scan_reused = report is not None
+        if report is None:
+            detector = NeuralCleanse(bundle.model, settings=settings, device=device)
+            report = run_scan(
+                detector,
+                data.test,
+                bar=True,
+                data_info={"dataset": "mnist-sample", "split": "test"},
+                model_info={"path": str(model_dir), "arch": card.arch, "weights_sha256": card.weights_sha256},
+            )
+            report.save(scan_dir, force=True)
+            write_html_report(scan_dir)
         print_scan(report, scan_dir)
+        reused = [w for w, r in (("model", model_reused), ("scan", scan_reused)) if r]
+        if reused:
+            console.print(
+                f"reused the {' and the '.join(reused)} already in {out} (same settings and weights sha256); "
+                "--force rebuilds"
+            )
         outcome.append((name, planted, report))
     console.rule("[bold]result")
     for name, planted, report in outcome:

@@ -153,8 +153,8 @@ def validate(
     console.print(table)
     if result.mask_iou is not None:
         console.print(
-            f"mask IoU with the real trigger {result.mask_iou:.2f}; {100 * (result.mass_inside_real or 0):.0f}% of the "
-            f"reversed mask inside it; {100 * (result.shared_top_neurons or 0):.0f}% of top neurons shared"
+            f"mask IoU with the real trigger {result.mask_iou:.2f}; {100 * (result.mass_inside_real or 0):.1f}% of the "
+            f"reversed mask inside it; {100 * (result.shared_top_neurons or 0):.1f}% of top neurons shared"
         )
     console.print(f"written to {out}")
 
@@ -218,8 +218,14 @@ def mitigate(
     }  # fmt: skip
     repaired = None
     data_note = ""
+    measured = ""
     if method == "unlearn":
         train, test, data_note = source.splits(case.loaded, case.names)
+        measured = (
+            f"{len(test)} images: the whole test split (filter and prune measure on a held-out half of it)"
+            if source.data is None
+            else f"{len(test)} images: the half of --data not fine-tuned on"
+        )
         repaired, result = unlearn(
             case.loaded.model, train, test, case.reversed, fraction=fraction,
             stamp_fraction=stamp_fraction, epochs=epochs, **kw,
@@ -241,7 +247,19 @@ def mitigate(
             from ..report import write_html_report
 
             write_html_report(report_path, tmp / "report.html", mitigations=[result])
-    _print(result, out, data_note)
+    if method == "filter":
+        measured = (
+            f"{result.details['held_out_images']} held-out images (the other "
+            f"{result.details['calibration_images']} set the threshold)"
+        )
+    elif method == "prune":
+        measured = (
+            f"{result.details['eval_images']} held-out images (the other "
+            f"{result.details['ranking_images']} rank the neurons)"
+        )
+    _print(result, out, data_note, measured)
+    if as_html:
+        click.echo(f"HTML report written to {out / 'report.html'}")
     if saved is not None:
         click.echo(
             f"repaired model saved to {out / saved[0]} ({saved[1]}); re-check it with `neuralcleanse scan`"
@@ -307,8 +325,8 @@ def _save_repaired(tmp: Path, repaired: Any, case: _Case, method: str, result: A
     return "model.safetensors", f"a safetensors state dict; load it with --arch {loaded.arch}"
 
 
-def _print(result: Any, out: Path, data_note: str) -> None:
-    table = Table(title=f"{result.method} (label {result.label})")
+def _print(result: Any, out: Path, data_note: str, measured: str) -> None:
+    table = Table(title=f"{result.method} (label {result.label})", caption=f"measured on {measured}")
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
     b, a = result.before, result.after

@@ -199,13 +199,16 @@ def scan(
     if as_html:
         from ..report import write_html_report
 
-        write_html_report(out)
+        page = write_html_report(out)
     if as_json:
         d = report.to_dict()
         keys = ("verdict", "flagged", "summary", "anomaly_index", "l1_norms", "attack_success")
-        click.echo(json.dumps({k: d[k] for k in keys} | {"out": str(out)}))
+        extra = {"out": str(out)} | ({"html": str(page)} if as_html else {})
+        click.echo(json.dumps({k: d[k] for k in keys} | extra))
         return
     print_scan(report, out)
+    if as_html:
+        click.echo(f"HTML report written to {page}")
 
 
 def _probe_outputs(loaded: Any, device: str) -> int | None:

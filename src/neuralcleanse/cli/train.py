@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..data.registry import DATASETS
 from ..errors import SettingsError
 from . import app
 from .common import (
@@ -29,7 +30,10 @@ from .common import (
 @app.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
 @click.option(
-    "--dataset", default="mnist-sample", show_default=True, help="mnist-sample, fashion-mnist or mnist."
+    "--dataset",
+    default="mnist-sample",
+    show_default=True,
+    help=f"Built-in dataset: {', '.join(DATASETS)}.",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Directory holding the dataset's files.")
 @click.option(
@@ -57,7 +61,7 @@ from .common import (
     type=click.Choice(["square", "watermark"]),
     default="square",
     show_default=True,
-    help="Trojan: the trigger's mask (about 7%% of the image).",
+    help="Trojan: the trigger's mask (about 7% of the image).",
 )
 @click.option("--epochs", default=10, show_default=True, help="Training epochs.")
 @click.option("--batch-size", default=64, show_default=True, help="Mini-batch size.")

@@ -34,6 +34,15 @@ def _unnum(x: float | None) -> float:
     return math.nan if x is None else float(x)
 
 
+#: how tables name each ``stop_reason``
+STOP_WORDS = {
+    "early_stop": "early stop",
+    "max_steps": "max steps",
+    "nan": "NaN/inf",
+    "screened": "screened",
+}
+
+
 @dataclass(frozen=True)
 class LabelResult:
     """One label's reverse-engineered trigger and its place in the outlier test.
@@ -68,6 +77,16 @@ class LabelResult:
     @property
     def screened(self) -> bool:
         return self.stop_reason == "screened"
+
+    @property
+    def stop(self) -> str:
+        """Why the label's optimisation stopped, in words for tables."""
+        return STOP_WORDS.get(self.stop_reason, self.stop_reason or "-")
+
+    @property
+    def capped(self) -> bool:
+        """The label ran out of steps (``max_steps``) before early stopping: its norm is an upper bound."""
+        return self.stop_reason == "max_steps"
 
     def to_dict(self) -> dict[str, Any]:
         return {
