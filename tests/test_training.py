@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -86,3 +88,20 @@ def test_shift_augmentation_is_seeded_and_recorded(mnist_sample: DatasetSplits) 
     assert a.card.training["threads"] == torch.get_num_threads()  # bit-for-bit only with the same count
     with pytest.raises(SettingsError, match="shift"):
         TrainSettings(shift=-1)
+
+
+def test_train_recipe_checks_its_output_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import neuralcleanse.recipes as recipes
+
+    occupied = tmp_path / "m"
+    occupied.mkdir()
+    (occupied / "card.json").write_text("{}")
+
+    def never(*_a: object, **_k: object) -> None:
+        raise AssertionError("training started before the output folder was checked")
+
+    monkeypatch.setattr(recipes, "train_classifier", never)
+    with pytest.raises(SettingsError, match=r"directory exists and is not empty \(pass force=True"):
+        recipes.train_recipe(recipes.Recipe(), out=occupied)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from ._io import check_output_dir
 from .attacks.base import Attack, Planting
 from .data.dataset import DatasetSplits
 from .data.registry import load_dataset
@@ -54,15 +56,22 @@ def train_recipe(
     device: str | torch.device = "auto",
     data: DatasetSplits | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> ModelBundle:
-    """Train the model a recipe describes and measure it; nothing is written to disk.
+    """Train the model a recipe describes and measure it.
 
     Args:
         recipe: what to build.
         device: ``auto``, ``cpu``, ``cuda``...
         data: the dataset, if already loaded (otherwise loaded by ``recipe.dataset``).
         progress: called after every mini-batch.
+        out: save the model directory there (checked before training: an occupied folder fails at once
+            unless ``force=True``); by default nothing is written to disk.
+        force: replace an existing model directory at ``out``.
     """
+    if out is not None:
+        check_output_dir(out, force=force)
     dev = resolve_device(device)
     splits = data if data is not None else load_dataset(recipe.dataset, root=recipe.data_dir)
     seed = recipe.training.seed
@@ -141,7 +150,8 @@ def train_recipe(
         software=software_versions(),
     )
     model.cpu()
-    return ModelBundle(model, card, tuple(triggers))
+    bundle = ModelBundle(model, card, tuple(triggers))
+    return bundle.save(out, force=force) if out is not None else bundle
 
 
 def attack_details(attack: Attack, planting: Planting) -> dict[str, Any]:

@@ -52,6 +52,12 @@ if TYPE_CHECKING:
     "--sequential", is_flag=True, help="One label at a time with the original code's schedule (reference)."
 )
 @click.option(
+    "--screening",
+    is_flag=True,
+    help="Screen out labels far above the median after a first pass (their norm is then an upper bound; "
+    "experimental, see docs/detection.md).",
+)
+@click.option(
     "--loss",
     type=click.Choice(["ce", "original"]),
     default="ce",
@@ -111,6 +117,7 @@ def scan(
     labels_text: str | None,
     source_label: int | None,
     sequential: bool,
+    screening: bool,
     loss: str,
     threshold: float,
     outputs: str,
@@ -152,7 +159,7 @@ def scan(
     check_result_dir(out, model, force=force, explicit=out_given)
     if resume and not has_checkpoint(ckpt):
         raise CheckpointError(f"{ckpt}: no checkpoint to resume from (--resume)")
-    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
+    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps, "screening": screening}
     settings = ReverseSettings.original(**overrides) if sequential else ReverseSettings(**overrides)
     reference = None
     if references:

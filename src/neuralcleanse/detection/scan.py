@@ -64,7 +64,7 @@ class ScanProgress:
     def typical_steps(self) -> float:
         """Steps a label is expected to take: the mean of the finished labels (early stopping observed),
         or the cap while none has finished."""
-        runs = [steps for _, steps, reason in self.finished if reason != "nan"]
+        runs = [steps for _, steps, reason in self.finished if reason not in ("nan", "screened")]
         if runs:
             return min(float(self.max_steps or max(runs)), sum(runs) / len(runs))
         return float(self.max_steps or max([step for _, step, _, _ in self.active] or [1]))
@@ -75,7 +75,7 @@ class ScanProgress:
         the typical count; never more than the cap."""
         typical = self.typical_steps()
         cap = float(self.max_steps) if self.max_steps else math.inf
-        runs = [steps for _, steps, reason in self.finished if reason != "nan"]
+        runs = [steps for _, steps, reason in self.finished if reason not in ("nan", "screened")]
 
         def running(step: int) -> float:
             if step < typical:
@@ -195,6 +195,9 @@ class NeuralCleanse:
             raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
         if statistic == "relative" and reference is None:
             raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
+        if statistic == "relative" and settings is not None and settings.screening:
+            # a label far above the median in L1 can still be small against its reference
+            raise SettingsError("screening is not safe with the relative statistic: scan without it")
         self.model = model
         self.settings = settings or ReverseSettings()
         self.threshold = threshold
@@ -315,12 +318,14 @@ class NeuralCleanse:
         if labels is not None and correct_only:
             pred = predict(self.model, pool.images, device=self.device)
             keep = torch.nonzero(pred == pool.labels).flatten()
-            notes.append(f"{len(keep)} of {len(pool)} images were classified correctly and used")
+            notes.append(f"{len(keep)} of the {len(pool)} images given were classified correctly")
             if len(keep) == 0:
                 raise DataError("the model classifies none of the given images correctly")
             pool = pool.subset(keep)
         if samples is not None and len(pool) > samples:
             pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
+            kind = "seeded, class-stratified" if labels is not None else "seeded"
+            notes.append(f"a {kind} sample of {samples} of them was used")
         log.info("scanning %d labels with %d images on %s", len(targets), len(pool), self.device)
         # the loss needs logits: a model that returns probabilities (a final softmax) is optimised on their log
         optimised, output_note = as_logits(self.model, pool.images[:64].to(self.device), outputs=self.outputs)
@@ -467,6 +472,7 @@ class NeuralCleanse:
                     flagged=s.label in outlier.flagged,
                     images_seen=s.images_seen,
                     history=s.history,
+                    screened_bound=s.screened_bound,
                 )
             )
         unreached = [s.label for s in states if not s.reached]
