@@ -81,7 +81,7 @@ def test_refuses_non_empty_directory_and_leaves_it_alone(clean_model: ModelBundl
     out = tmp_path / "m"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(SettingsError, match="--force"):
+    with pytest.raises(SettingsError, match="pass force=True"):
         clean_model.save(out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     clean_model.save(out, force=True)
