@@ -63,6 +63,24 @@ def test_reversed_trigger_matches_the_real_one(
     )
 
 
+def test_validation_result_with_nan_is_saved_as_valid_json(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+    import math
+
+    v = ValidationResult(label=0, layer="fc", neurons=[1], reversed_l1=3.0, reversed_attack_success=math.nan,
+                         clean_activation=0.0, reversed_activation=math.inf, reversed_success_top_only=0.5,
+                         mask_iou=math.nan)  # fmt: skip
+    v.save(tmp_path / "v")
+    saved = json.loads((tmp_path / "v" / "validation.json").read_text())  # strict JSON: no NaN tokens
+    assert saved["reversed_attack_success"] is None and saved["mask_iou"] is None
+    back = ValidationResult.load(tmp_path / "v")
+    assert math.isnan(back.reversed_attack_success) and math.isnan(back.reversed_activation)
+    assert back.mask_iou is None and dataclasses.replace(
+        back, reversed_attack_success=0.0, reversed_activation=0.0
+    ) == dataclasses.replace(v, reversed_attack_success=0.0, reversed_activation=0.0, mask_iou=None)
+
+
 def test_filter_rejects_stamped_inputs_at_the_chosen_false_positive_rate(
     case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
 ) -> None:

@@ -70,8 +70,9 @@ class ValidationResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields, floats rounded; NaN/inf (JSON has none) become ``null``."""
         return {
-            k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+            k: ((round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v)
             for k, v in asdict(self).items()
         }
 
@@ -88,7 +89,8 @@ class ValidationResult:
         from .report.images import save_png
 
         with atomic_directory(path, force=force) as tmp:
-            (tmp / VALIDATION_FILE).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+            text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+            (tmp / VALIDATION_FILE).write_text(text, encoding="utf-8")
             if reversed_trigger is not None:
                 panels = [reversed_trigger.mask[None].expand_as(reversed_trigger.pattern),
                           reversed_trigger.mask[None] * reversed_trigger.pattern]  # fmt: skip
@@ -108,8 +110,16 @@ class ValidationResult:
     def load(cls, path: str | os.PathLike[str]) -> ValidationResult:
         p = Path(path)
         file = p / VALIDATION_FILE if p.is_dir() else p
+        required_floats = {"reversed_l1", "reversed_attack_success", "clean_activation", "reversed_activation",
+                           "reversed_success_top_only"}  # fmt: skip
         try:
-            return cls(**json.loads(file.read_text(encoding="utf-8")))
+            d = json.loads(file.read_text(encoding="utf-8"))
+            if not isinstance(d, dict):
+                raise ValueError("expected a JSON object")
+            fields: dict[str, Any] = {
+                k: (math.nan if k in required_floats and v is None else v) for k, v in d.items()
+            }
+            return cls(**fields)
         except FileNotFoundError:
             raise DataError(f"{file}: validation result not found") from None
         except (OSError, ValueError, TypeError) as exc:
