@@ -52,9 +52,18 @@ class ScanProgress:
     images_per_step: int = 0  # images one label sees in one step (0: unknown)
 
     @property
+    def finished_steps(self) -> int:
+        """Steps the finished labels took, summed."""
+        return sum(steps for _, steps, _ in self.finished)
+
+    @property
     def steps_done(self) -> int:
         """Optimisation steps taken so far, summed over labels (resumed steps included)."""
-        return sum(steps for _, steps, _ in self.finished) + sum(step for _, step, _, _ in self.active)
+        return self.finished_steps + sum(step for _, step, _, _ in self.active)
+
+    def _observed_runs(self) -> list[int]:
+        """Steps of the labels that stopped by the schedule's own rules (not NaN, not screened)."""
+        return [steps for _, steps, reason in self.finished if reason not in ("nan", "screened")]
 
     @property
     def pending(self) -> int:
@@ -64,7 +73,7 @@ class ScanProgress:
     def typical_steps(self) -> float:
         """Steps a label is expected to take: the mean of the finished labels (early stopping observed),
         or the cap while none has finished."""
-        runs = [steps for _, steps, reason in self.finished if reason not in ("nan", "screened")]
+        runs = self._observed_runs()
         if runs:
             return min(float(self.max_steps or max(runs)), sum(runs) / len(runs))
         return float(self.max_steps or max([step for _, step, _, _ in self.active] or [1]))
@@ -75,7 +84,7 @@ class ScanProgress:
         the typical count; never more than the cap."""
         typical = self.typical_steps()
         cap = float(self.max_steps) if self.max_steps else math.inf
-        runs = [steps for _, steps, reason in self.finished if reason not in ("nan", "screened")]
+        runs = self._observed_runs()
 
         def running(step: int) -> float:
             if step < typical:
@@ -84,15 +93,13 @@ class ScanProgress:
             return min(cap, max(step + 1.0, sum(longer) / len(longer) if longer else 0.0))
 
         total = sum(running(step) for _, step, _, _ in self.active)
-        return sum(steps for _, steps, _ in self.finished) + total + self.pending * typical
+        return self.finished_steps + total + self.pending * typical
 
     def max_total_steps(self) -> int | None:
         """The most steps the scan can still take: every unfinished label at the cap (None if unknown)."""
         if not self.max_steps:
             return None
-        return sum(steps for _, steps, _ in self.finished) + self.max_steps * (
-            len(self.active) + self.pending
-        )
+        return self.finished_steps + self.max_steps * (len(self.active) + self.pending)
 
     def steps_per_second(self) -> float | None:
         """Label-steps per second in this run, or None before the first step."""
