@@ -19,7 +19,7 @@ from .loading import ModelSource, default_out, model_options
 
 @dataclasses.dataclass
 class _Case:
-    """A model directory, its scan report and the label to work on."""
+    """A loaded model (any format), its scan report and the label to work on."""
 
     loaded: Any
     report: Any

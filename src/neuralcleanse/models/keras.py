@@ -170,14 +170,21 @@ def _describe(model: Any, config: dict[str, Any], path: Path) -> KerasInfo:
     _, a, b, c = shape
     channels_last = c in (1, 3) or a not in (1, 3)
     chw = (c, a, b) if channels_last else (a, b, c)
-    layers = (config.get("config") or {}).get("layers") if isinstance(config.get("config"), dict) else None
-    activation = None
-    if isinstance(layers, list) and layers and isinstance(layers[-1], dict):
-        last = layers[-1].get("config")
-        activation = last.get("activation") if isinstance(last, dict) else None
-    if layers and isinstance(layers[-1], dict) and layers[-1].get("class_name") == "Softmax":
-        activation = "softmax"
-    return KerasInfo(chw, channels_last, activation if isinstance(activation, str) else None)
+    return KerasInfo(chw, channels_last, _final_activation(config))
+
+
+def _final_activation(config: dict[str, Any]) -> str | None:
+    """The last layer's activation (``"softmax"`` also for a final ``Softmax`` layer), if the config says."""
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    last = layers[-1] if isinstance(layers, list) and layers else None
+    if not isinstance(last, dict):
+        return None
+    if last.get("class_name") == "Softmax":
+        return "softmax"
+    settings = last.get("config")
+    activation = settings.get("activation") if isinstance(settings, dict) else None
+    return activation if isinstance(activation, str) else None
 
 
 def load_keras(path: Path, data: bytes, archive: ZipArchive | None) -> tuple[KerasClassifier, KerasInfo]:
