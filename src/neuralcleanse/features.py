@@ -6,8 +6,10 @@ classifier (the paper's "second-to-last layer"). The layer is either named by th
 ``penultimate`` (the paper's architectures do) names it; otherwise the input of the linear layer that runs
 last is used. Hooks are always removed, also after an error.
 
-Exported programs and TorchScript modules compile their layers into one graph that hooks cannot reach:
-they are refused with one line that says to load the weights with their architecture instead.
+Exported programs inline every layer into one graph; the loader lifts their linear layers back into
+modules (:mod:`neuralcleanse.models.export`), so they are handled like any module. TorchScript modules
+(compiled code) and Keras models (Keras calls its own layers) cannot be hooked: they are refused in one
+line that says what to load instead.
 """
 
 from __future__ import annotations
