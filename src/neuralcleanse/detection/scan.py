@@ -442,10 +442,7 @@ class NeuralCleanse:
         triggers = {
             s.label: Trigger(s.mask().clamp(0, 1), s.pattern().clamp(0, 1), "reversed") for s in states
         }
-        norms = [
-            t.l1_norm if s.stop_reason != "nan" else math.nan
-            for s, t in zip(states, triggers.values(), strict=True)
-        ]
+        norms = [s.l1_norm() for s in states]  # the clamped mask's sum, NaN after a NaN stop
         labels = [s.label for s in states]
         outlier = mad_outlier_test(
             norms,
