@@ -1,13 +1,15 @@
-"""Scan time against the number of labels: 20-, 50-, 100- and 200-label sign models, full vs screened.
+"""Scan time against the number of labels: 20-, 50-, 100- and 200-label sign models of one recipe.
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/many_labels.py            # the real run (hours)
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/many_labels.py --quick    # 20 and 50 labels, tiny
+    python benchmarks/many_labels.py                  # the default schedule (an hour or more on 2 cores)
+    python benchmarks/many_labels.py --exhaustive     # also the full schedule in fp32 (many hours)
+    python benchmarks/many_labels.py --quick          # 20 and 50 labels, tiny: a check that it runs
 
 For each label count N it builds the generated sign task with N classes (``traffic-signs-N``: the 43
 GTSRB-like signs, then numbered signs), trains the paper's GTSRB network with a BadNets backdoor
-(4×4 white square bottom-right, target 0, 10% poison), scans it with the full schedule and with
-screening (same seed), and prints seconds, images processed, the ratio to the smallest N, the flagged
-labels and the planted target.
+(4×4 white square bottom-right, target 0, 10% poison), scans it with the default schedule (and with
+``--exhaustive`` the full one, same seed), and prints seconds, images processed, the ratio to the
+smallest N, how many labels screening stopped early, the flagged labels and the planted target.
+Trained models are kept under ``--models`` and reused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,20 +34,20 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=40)
     ap.add_argument("--samples", type=int, default=1000, help="clean images a scan uses")
     ap.add_argument("--max-steps", type=int, default=1000)
-    ap.add_argument("--batches-per-step", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exhaustive", action="store_true", help="also scan with the full schedule in fp32")
+    ap.add_argument("--models", type=Path, default=Path("runs/bench-models"))
     ap.add_argument(
         "--quick", action="store_true", help="20 and 50 labels, 3 epochs, small sets, 25 short steps"
     )
     args = ap.parse_args()
     if args.quick:
         args.labels, args.epochs, args.train_per_class, args.test_per_class = [20, 50], 3, 60, 10
-        args.samples, args.max_steps, args.batches_per_step = 200, 25, 2
+        args.samples, args.max_steps = 200, 25
     print(
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
         f"CPUs allowed {len(os.sched_getaffinity(0))}; epochs {args.epochs}, {args.train_per_class}/"
-        f"{args.test_per_class} images per class, scan samples {args.samples}, max steps {args.max_steps} of "
-        f"{args.batches_per_step} x 32 images"
+        f"{args.test_per_class} images per class, scan samples {args.samples}, max steps {args.max_steps}"
     )
     header = f"{'labels':>6} {'schedule':9} {'seconds':>8} {'images':>9} {'x first':>8} {'screened':>8} {'flagged':20} planted"
     rows: list[str] = []
@@ -59,14 +62,15 @@ def main() -> None:
             training=nc.TrainSettings(epochs=args.epochs, seed=args.seed),
             attack=nc.BadNets(target=0, poison_rate=0.1),
         )
-        bundle = nc.train_recipe(recipe, data=data, device="cpu")
-        for schedule in ("full", "screened"):
-            cfg = ReverseSettings(
-                seed=args.seed,
-                max_steps=args.max_steps,
-                batches_per_step=args.batches_per_step,
-                screening=schedule == "screened",
-            )
+        path = args.models / f"{data.name}-gtsrb-badnets-e{args.epochs}-{args.train_per_class}pc-s{args.seed}"
+        if path.exists():
+            bundle = nc.load_model_dir(path)
+        else:
+            bundle = nc.train_recipe(recipe, data=data, device="cpu").save(path)
+        schedules = {"default": ReverseSettings(seed=args.seed, max_steps=args.max_steps)}
+        if args.exhaustive:
+            schedules["exhaustive"] = ReverseSettings.exhaustive(seed=args.seed, max_steps=args.max_steps)
+        for schedule, cfg in schedules.items():
             start = time.perf_counter()
             rep = NeuralCleanse(bundle.model, settings=cfg).scan(data.test, samples=args.samples)
             secs = time.perf_counter() - start

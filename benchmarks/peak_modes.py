@@ -71,6 +71,30 @@ def _step(model: nn.Module, shape: tuple[int, int, int], *, bf16: bool) -> Step:
     return run
 
 
+def step_rate(
+    model: nn.Module,
+    shape: tuple[int, int, int],
+    *,
+    batch: int,
+    bf16: bool,
+    channels_last: bool,
+    seconds: float,
+) -> float:
+    """Images/s of one optimisation step's work on ``model`` (left as it was) in one mode."""
+    x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(1))
+    model.eval().requires_grad_(False)
+    if not channels_last:
+        return _rate(_step(model, shape, bf16=bf16), x, seconds)
+    originals = [(t, t.data) for t in [*model.parameters(), *model.buffers()] if t.ndim == 4]
+    for t, data in originals:
+        t.data = data.contiguous(memory_format=torch.channels_last)
+    try:
+        return _rate(_step(model, shape, bf16=bf16), x.contiguous(memory_format=torch.channels_last), seconds)
+    finally:
+        for t, data in originals:
+            t.data = data
+
+
 def _rate(step: Step, x: torch.Tensor, seconds: float) -> float:
     for _ in range(3):  # warm-up (and compilation)
         step(x)

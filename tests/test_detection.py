@@ -47,7 +47,7 @@ def test_report_records_settings_and_statistics(badnets_report: DetectionReport)
     assert any("cross-entropy" in n for n in r.notes)
     assert r.data["images"] <= 1000 and r.run["images_processed"] > 0
     assert r.run["threads"] == torch.get_num_threads()
-    assert all(x.steps > 0 and x.stop_reason in ("early_stop", "max_steps") for x in r.labels)
+    assert all(x.steps > 0 and x.stop_reason in ("early_stop", "max_steps", "screened") for x in r.labels)
 
 
 def test_outlier_test_reruns_from_the_report_with_either_statistic(

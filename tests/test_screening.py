@@ -12,67 +12,76 @@ from torch import nn
 from neuralcleanse import NeuralCleanse, ReverseSettings, SettingsError
 from neuralcleanse.detection.engine import reverse_engineer
 from neuralcleanse.detection.outlier import mad_outlier_test
-from neuralcleanse.detection.schedule import choose_screened, labels_to_resume, screening_holds
+from neuralcleanse.detection.schedule import choose_screened, labels_to_resume, verdict_holds
 
-RULE = {"shrink": 0.8, "tolerance": 0.05}  # (the default shrink is 0.7)
-
-
-def test_a_far_label_is_screened_and_a_small_one_never() -> None:
-    values = {0: 10.0, 1: 60.0, 2: 62.0, 3: 65.0, 4: 70.0, 5: 72.0, 6: 300.0}
-    assert choose_screened(values, list(values), **RULE) == [6]
+RULE = {"shrink": 0.7, "threshold": 2.0}
+#: a clear backdoor at label 0 among 9 ordinary labels and two very hard ones
+CLEAR = {0: 10.0, 1: 60.0, 2: 62.0, 3: 65.0, 4: 68.0, 5: 70.0, 6: 72.0, 7: 75.0, 8: 250.0, 9: 300.0}
 
 
-def test_screening_leaves_median_and_mad_exact_inside_the_bounds() -> None:
-    values = {0: 10.0, 1: 60.0, 2: 62.0, 3: 65.0, 4: 70.0, 5: 72.0, 6: 300.0, 7: 250.0}
-    screened = choose_screened(values, list(values), **RULE)
-    assert screened == [6, 7]
-    full = mad_outlier_test([values[k] for k in sorted(values)])
-    for f in (0.8, 0.9, 1.0):  # any true norm between the lower bound and the recorded value
-        moved = [values[k] * (f if k in screened else 1.0) for k in sorted(values)]
-        r = mad_outlier_test(moved)
-        assert (
-            r.median == full.median and r.mad == pytest.approx(full.mad) and r.flagged == full.flagged == [0]
-        )
+def _tests_agree(values: dict[int, float], screened: list[int], factor: float) -> bool:
+    """Do the L1 and log tests flag the same labels, with the same verdict, when the screened labels'
+    true norms are ``factor`` times their recorded upper values?"""
+    labels = sorted(values)
+    moved = [values[k] * (factor if k in screened else 1.0) for k in labels]
+    same = True
+    for statistic in ("l1", "log"):
+        a = mad_outlier_test([values[k] for k in labels], statistic=statistic)  # type: ignore[arg-type]
+        b = mad_outlier_test(moved, statistic=statistic)  # type: ignore[arg-type]
+        same &= a.flagged == b.flagged and a.conclusive == b.conclusive
+    return same
 
 
-def test_a_label_whose_lower_bound_could_cross_the_median_stays() -> None:
-    # 80 could shrink to 64, below the median (66): the median would move
-    values = {0: 10.0, 1: 60.0, 2: 62.0, 3: 66.0, 4: 70.0, 5: 80.0}
-    assert not screening_holds(values, [5], **RULE)
-    assert choose_screened(values, list(values), **RULE) == []
+def test_far_labels_are_screened_and_the_flagged_one_never() -> None:
+    screened = choose_screened(CLEAR, list(CLEAR), **RULE)
+    assert screened == [8, 9]
+    assert mad_outlier_test(list(CLEAR.values())).flagged == [0]
 
 
-def test_a_label_that_would_move_the_mad_stays() -> None:
-    # 85 stays above the median (60) even at 68, but deviations 25 and 8 give MADs 10 and 8
-    values = {0: 40.0, 1: 50.0, 2: 60.0, 3: 62.0, 4: 85.0}
-    assert not screening_holds(values, [4], **RULE)
-    assert screening_holds(values, [4], shrink=0.8, tolerance=0.5)  # 1.25 (L1), 1.44 (log)
+def test_flags_are_the_same_for_any_norms_inside_the_bounds() -> None:
+    screened = choose_screened(CLEAR, list(CLEAR), **RULE)
+    for f in (0.7, 0.8, 0.9, 1.0):
+        assert _tests_agree(CLEAR, screened, f)
+
+
+def test_a_label_near_the_threshold_keeps_the_median_labels_running() -> None:
+    # label 0 at index 2.49: if 72 and 75 were really 50 and 52, label 0 would score 1.43, unflagged
+    near = {**CLEAR, 0: 45.0}
+    assert mad_outlier_test(list(near.values())).flagged == [0]
+    assert not _tests_agree(near, [6, 7, 8, 9], 0.7)  # the danger the rule avoids
+    assert not verdict_holds(near, [6, 7, 8, 9], **RULE)
+    assert set(choose_screened(near, list(near), **RULE)).isdisjoint({6, 7})
+
+
+def test_a_label_that_could_be_flagged_is_never_screened() -> None:
+    assert not verdict_holds(CLEAR, [0], **RULE)  # surely flagged, but its norm is the result
+    assert not verdict_holds(CLEAR, [0], shrink=1.0, threshold=2.0)
+
+
+def test_labels_that_cannot_be_flagged_still_count() -> None:
+    # label 0 never reached the attack threshold: it may not be flagged, and nothing has to be decided for it
+    assert verdict_holds(CLEAR, [8, 9], eligible=set(CLEAR) - {0}, **RULE)
 
 
 def test_few_or_nan_labels_are_never_screened() -> None:
-    assert not screening_holds({0: 1.0, 1: 500.0}, [1], **RULE)
-    assert not screening_holds({0: 1.0, 1: 2.0, 2: 3.0, 3: math.nan}, [3], **RULE)
+    assert not verdict_holds({0: 1.0, 1: 500.0}, [1], **RULE)
+    assert not verdict_holds({0: 1.0, 1: 2.0, 2: 3.0, 3: math.nan}, [3], **RULE)
     assert choose_screened({0: 1.0, 1: math.nan, 2: 2.0, 3: 900.0}, [1], **RULE) == []
-    assert screening_holds({0: 1.0}, [], **RULE)
+    assert verdict_holds({0: 1.0}, [], **RULE)
 
 
-def test_labels_are_resumed_when_the_median_moves_up() -> None:
-    first = {0: 10.0, 1: 60.0, 2: 62.0, 3: 65.0, 4: 70.0, 5: 72.0, 6: 300.0, 7: 150.0}
-    assert 7 in choose_screened(first, list(first), **RULE)
-    # the candidates converged to larger norms than they had: 150 may now be needed for the MAD
-    final = {**first, 1: 100.0, 2: 120.0, 3: 125.0, 4: 130.0, 5: 140.0}
-    assert labels_to_resume(final, [6, 7], **RULE) == [7]
-    assert labels_to_resume(first, [6], **RULE) == []
+def test_labels_are_resumed_when_the_final_norms_leave_the_verdict_open() -> None:
+    assert 8 in choose_screened(CLEAR, list(CLEAR), **RULE)
+    # the others converged to larger norms than they had: label 8's interval now straddles the median
+    final = {**CLEAR, 1: 170.0, 2: 180.0, 3: 190.0, 4: 200.0, 5: 205.0, 6: 210.0, 7: 215.0}
+    assert labels_to_resume(final, [8, 9], **RULE) == [8]
+    assert labels_to_resume(CLEAR, [8, 9], **RULE) == []
 
 
 def test_screening_settings_are_checked() -> None:
-    assert ReverseSettings().screening is False
-    for bad in (
-        {"screen_shrink": 0.0},
-        {"screen_shrink": 1.5},
-        {"screen_steps": 0},
-        {"screen_tolerance": -1},
-    ):
+    assert ReverseSettings().screening is True and ReverseSettings.exhaustive().screening is False
+    assert ReverseSettings.original().screening is False
+    for bad in ({"screen_shrink": 0.0}, {"screen_shrink": 1.5}, {"screen_steps": 0}):
         with pytest.raises(SettingsError):
             ReverseSettings(**bad)
     with pytest.raises(SettingsError):
@@ -97,7 +106,7 @@ def planted_model(classes: int = 8) -> nn.Module:
 
 
 IMAGES = torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-TINY = ReverseSettings(
+TINY = ReverseSettings.exhaustive(
     batch_size=8, batches_per_step=2, max_steps=60, patience=2, early_stop_patience=4, seed=9, screen_steps=25
 )
 

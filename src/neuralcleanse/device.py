@@ -6,7 +6,7 @@ import torch
 
 from .errors import SettingsError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "native_bf16"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -28,3 +28,15 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise SettingsError(f"device {name!r} requested but MPS is not available on this machine")
     return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (so bf16 autocast is faster than fp32, not slower):
+    a CPU with AVX512-BF16 or AMX tiles, a CUDA GPU that supports bf16."""
+    if device.type == "cpu":
+        # torch.cpu's private probes (present since torch 2.1); a torch without them gets fp32
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return False

@@ -52,10 +52,17 @@ if TYPE_CHECKING:
     "--sequential", is_flag=True, help="One label at a time with the original code's schedule (reference)."
 )
 @click.option(
-    "--screening",
+    "--exhaustive",
     is_flag=True,
-    help="Screen out labels far above the median after a first pass (their norm is then an upper bound; "
-    "experimental, see docs/detection.md).",
+    help="Run every label to the end of the full schedule in fp32 (no screening; the reference the fast "
+    "default is measured against, see docs/detection.md).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Arithmetic of the model's passes: auto is bf16 where the device computes it natively.",
 )
 @click.option(
     "--loss",
@@ -117,7 +124,8 @@ def scan(
     labels_text: str | None,
     source_label: int | None,
     sequential: bool,
-    screening: bool,
+    exhaustive: bool,
+    precision: str,
     loss: str,
     threshold: float,
     outputs: str,
@@ -159,8 +167,13 @@ def scan(
     check_result_dir(out, model, force=force, explicit=out_given)
     if resume and not has_checkpoint(ckpt):
         raise CheckpointError(f"{ckpt}: no checkpoint to resume from (--resume)")
-    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps, "screening": screening}
-    settings = ReverseSettings.original(**overrides) if sequential else ReverseSettings(**overrides)
+    if sequential and exhaustive:
+        raise SettingsError("--sequential and --exhaustive are two reference schedules: choose one")
+    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
+    if precision != "auto" or not (sequential or exhaustive):
+        overrides["precision"] = precision
+    preset = ReverseSettings.original if sequential else ReverseSettings.exhaustive if exhaustive else None
+    settings = preset(**overrides) if preset is not None else ReverseSettings(**overrides)
     reference = None
     if references:
         reference = Reference.from_reports(

@@ -12,16 +12,22 @@ which labels share its batches, and a scan can be checkpointed at any step and r
 
 With ``settings.screening`` every label first runs ``screen_steps`` steps; then the rule of
 :mod:`~neuralcleanse.detection.schedule` stops the labels whose trigger is clearly large
-(``stop_reason="screened"``), the others run to the end, and the rule is checked again on their final
-norms (labels it no longer allows are resumed). Both decisions are functions of the label states only,
-so a resumed scan decides exactly as an uninterrupted one.
+(``stop_reason="screened"``) as far as the outlier test's flags at ``threshold`` stay the same, the
+others run to the end, and the rule is checked again on their final norms (labels it no longer allows
+are resumed). Both decisions are functions of the label states only, so a resumed scan decides exactly
+as an uninterrupted one.
+
+With ``settings.precision == "bf16"`` the model runs under bf16 autocast (the trigger, the stamping, the
+loss and Adam stay fp32); with ``settings.channels_last`` the stamped images and the model's 4-D weights
+are in channels-last layout for the duration of the call.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,6 +247,7 @@ def reverse_engineer(
     on_step: Callable[[StepSnapshot], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     memory_limit: int | None = None,
+    threshold: float = 2.0,
 ) -> list[LabelState]:
     """Optimise the trigger of every label in ``labels``; returns their final states in label order.
 
@@ -261,7 +268,7 @@ def reverse_engineer(
     if images.ndim != 4 or len(images) == 0:
         raise DataError(f"reverse engineering needs (N, C, H, W) images, got shape {tuple(images.shape)}")
     device = torch.device(device)
-    cfg = settings
+    cfg = settings.for_device(device)
     shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
     n = len(images)
     data = images.to(device)
@@ -325,8 +332,12 @@ def reverse_engineer(
             mask = _to_unit(w_m)
             pattern = _to_unit(w_p)
             m5 = mask[:, None, None]
-            stamped = (1 - m5) * x + m5 * pattern[:, None]
-            logits = model(stamped.reshape(-1, *shape)).reshape(k, x.shape[1], -1)
+            stamped = ((1 - m5) * x + m5 * pattern[:, None]).reshape(-1, *shape)
+            if cfg.channels_last:
+                stamped = stamped.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(stamped)
+            logits = logits.float().reshape(k, x.shape[1], -1)
             mis = _misclassification(logits, targets, cfg.loss)
             reg = mask.abs().sum((1, 2))
             loss = mis + cost * reg
@@ -366,6 +377,11 @@ def reverse_engineer(
                     "label %d: %s after %d steps, best L1 %.3f", s.label, s.stop_reason, s.step, s.best_reg
                 )
 
+    def autocast() -> AbstractContextManager[object]:
+        if cfg.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
     try:
         k_max = requested
         if pending:
@@ -378,10 +394,11 @@ def reverse_engineer(
                 log.info("%s", plan.note)
                 if on_note is not None:
                     on_note(plan.note)
-        if not cfg.screening:
-            run(list(labels), None)
-        else:
-            _screened_schedule(states, list(labels), cfg, run, on_note)
+        with _memory_format(model, channels_last=cfg.channels_last and bool(pending)):
+            if not cfg.screening:
+                run(list(labels), None)
+            else:
+                _screened_schedule(states, list(labels), cfg, threshold, run, on_note)
     finally:
         model.train(was_training)
         for p, flag in zip(params, grad_flags, strict=True):
@@ -389,21 +406,39 @@ def reverse_engineer(
     return [states[lab] for lab in labels]
 
 
+@contextmanager
+def _memory_format(model: nn.Module, *, channels_last: bool) -> Iterator[None]:
+    """Hold the model's 4-D weights in channels-last layout for the duration (restored afterwards)."""
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if channels_last:
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.ndim == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                swapped.append((t, t.data))
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for t, original in swapped:
+            t.data = original
+
+
 def _screened_schedule(
     states: dict[int, LabelState],
     labels: list[int],
     cfg: ReverseSettings,
+    threshold: float,
     run: Callable[[list[int], int | None], None],
     on_note: Callable[[str], None] | None,
 ) -> None:
     """First pass, screening decision, the candidates to the end, then the check on final norms."""
-    rule = {"shrink": cfg.screen_shrink, "tolerance": cfg.screen_tolerance}
     run(labels, cfg.screen_steps)
+    reached = {k for k in labels if states[k].reached}
+    rule = {"shrink": cfg.screen_shrink, "threshold": threshold}
     undecided = [k for k in labels if not states[k].done and not states[k].screen_decided]
     if undecided:
         values = {k: states[k].l1_norm() for k in labels}
-        eligible = [k for k in undecided if states[k].reached]
-        for k in choose_screened(values, eligible, **rule):
+        candidates = [k for k in undecided if k in reached]
+        for k in choose_screened(values, candidates, eligible=reached, **rule):
             _screen(states[k], cfg.screen_shrink)
         for k in undecided:
             states[k].screen_decided = True
@@ -411,7 +446,8 @@ def _screened_schedule(
         run(labels, None)
         values = {k: states[k].l1_norm() for k in labels}
         screened = [k for k in labels if states[k].stop_reason == "screened"]
-        again = labels_to_resume(values, screened, **rule)
+        reached = {k for k in labels if states[k].reached}
+        again = labels_to_resume(values, screened, eligible=reached, **rule)
         if not again:
             break
         log.info("labels %s resumed: the screening rule no longer holds on the final norms", again)
@@ -422,9 +458,9 @@ def _screened_schedule(
     if screened and on_note is not None:
         bounds = ", ".join(f"{k}: {states[k].screened_bound:.1f}-{states[k].l1_norm():.1f}" for k in screened)
         on_note(
-            f"screening: labels {screened} stopped after {cfg.screen_steps} steps with norms known to lie "
-            f"in ({bounds}); median and MAD hold for any norms in those ranges (MAD to within "
-            f"{cfg.screen_tolerance:.0%}); their upper values are used in the test"
+            f"screening: labels {screened} stopped after {cfg.screen_steps} steps with norms assumed to lie "
+            f"in ({bounds}); the outlier test flags the same labels (threshold {threshold:g}, L1 and log "
+            "statistics) for any norms in those ranges; their upper values are used in the test"
         )
 
 

@@ -163,7 +163,9 @@ class NeuralCleanse:
     Args:
         model: maps ``(N, C, H, W)`` pixels in ``[0, 1]`` to class scores; any scaling or normalisation
             it needs must be inside it. It is used frozen and in eval mode; both are restored.
-        settings: optimisation schedule (default: the batched engine; :meth:`ReverseSettings.original`
+        settings: optimisation schedule (default: the fast schedule, with ``precision="auto"`` resolved
+            for ``device`` and screening turned off for the relative statistic;
+            :meth:`ReverseSettings.exhaustive` for the full schedule in fp32, :meth:`ReverseSettings.original`
             for the original code's sequential schedule).
         threshold: anomaly index above which a small-norm label is flagged (paper: 2).
         statistic: ``"l1"`` (the paper: the outlier test on the L1 norms), ``"log"`` (on their
@@ -202,16 +204,19 @@ class NeuralCleanse:
             raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
         if statistic == "relative" and reference is None:
             raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
-        if statistic == "relative" and settings is not None and settings.screening:
+        self.device = resolve_device(device)
+        settings = (settings or ReverseSettings()).for_device(self.device)
+        self._notes: list[str] = []
+        if statistic == "relative" and settings.screening:
             # a label far above the median in L1 can still be small against its reference
-            raise SettingsError("screening is not safe with the relative statistic: scan without it")
+            settings = settings.replace(screening=False)
+            self._notes.append("screening is off: it is only safe for the L1 and log statistics")
         self.model = model
-        self.settings = settings or ReverseSettings()
+        self.settings = settings
         self.threshold = threshold
         self.statistic: Statistic = statistic
         self.reference = reference
         self.outputs: OutputKind = outputs
-        self.device = resolve_device(device)
 
     def __repr__(self) -> str:
         return (
@@ -298,7 +303,7 @@ class NeuralCleanse:
             raise SettingsError(f"label {bad[0]} is outside the model's {num_classes} outputs")
         if len(set(targets)) != len(targets):
             raise SettingsError("the label list repeats a label")
-        notes: list[str] = list(extra_notes)
+        notes: list[str] = [*extra_notes, *self._notes]
         input_fingerprint = tensor_fingerprint(images.float())
         if self.reference is not None:  # fail before optimising, not after
             self.reference.norms_for(targets)
@@ -386,6 +391,7 @@ class NeuralCleanse:
             resume=resumed,
             on_step=on_step,
             on_note=notes.append,
+            threshold=self.threshold,
         )
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)

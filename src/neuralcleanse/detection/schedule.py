@@ -1,12 +1,10 @@
 """Screening: which labels need their trigger optimised to the end, and which only roughly.
 
-The MAD outlier test (:mod:`~neuralcleanse.detection.outlier`) reads the labels' norms only through
-their median and their median absolute deviation (MAD). Both are *order statistics*: a norm that lies
-above the median can grow without moving the median, and a deviation that lies above the median
-deviation can grow without moving the MAD. A label whose trigger is clearly large therefore needs only
-an interval for its norm, not its converged value. This is the idea behind the paper's screening for
-many labels (Wang et al., S&P 2019, §VI-B) and K-Arm's label scheduling (Shen et al., ICML 2021),
-made into a rule that can be checked.
+The outlier test (:mod:`~neuralcleanse.detection.outlier`) decides, for every label, whether its norm
+lies more than ``threshold`` MADs below the median. A label whose trigger is clearly large only has to
+be known well enough for those decisions to come out the same, not to its converged value. This is the
+idea behind the paper's screening for many labels (Wang et al., S&P 2019, §VI-B) and K-Arm's label
+scheduling (Shen et al., ICML 2021), made into a rule that can be checked.
 
 After a short first pass, every label ``k`` that reached the attack threshold has
 
@@ -16,20 +14,24 @@ After a short first pass, every label ``k`` that reached the attack threshold ha
 * a **lower bound** ``lo_k = shrink · hi_k``: an assumption that further optimisation does not shrink
   the trigger below this fraction (``ReverseSettings.screen_shrink``; measured in ``docs/detection.md``).
 
-A set ``S`` of labels may stop at their upper value ("screened") when, with every other label at its
-value,
+A set ``S`` of labels may stop at their upper value ("screened") when the test's decisions are the
+same for **every** choice of true norms inside the intervals ``[lo_k, hi_k]`` (k in S), the other labels
+at their values — on the L1 norms (the paper's test, including whether it has any power: its ceiling
+``median / MAD`` against the threshold) and on their logarithms (the log statistic). The median lies
+between the median of the lower ends and the median of the upper ends; every label's deviation from it
+between the nearest and the farthest distance of the two intervals, so the MAD lies between the median of
+the nearest and the median of the farthest distances. A label is *surely flagged* when even its
+largest norm is more than ``threshold`` of the largest MAD below the smallest median, and *surely not*
+when even its smallest norm is within ``threshold`` of the smallest MAD of the largest median. The rule
+holds when every label that may be flagged is one or the other, and every screened label is surely not
+flagged and lies above the median: the small triggers — the ones a user looks at, and the ones that
+shrink most under further optimisation — are always optimised to the end.
 
-1. each ``lo_k`` (k in S) lies strictly above the median computed with S at their lower bounds — then
-   the median is the same for **any** true norms inside the intervals; and
-2. the MAD computed with S at ``hi`` exceeds the MAD with S at ``lo`` by at most ``tolerance`` (relative),
-   on the L1 norms and on their logarithms. For norms above the median the MAD only grows with them,
-   so the true MAD lies in that range and every anomaly index is known to within ``tolerance``.
-
-Screened labels stay above the median, so they can never be flagged. The report uses their upper value
-in the test: the median is exact and the MAD is the largest possible, so the indices of the other labels
-are, if anything, slightly smaller than a full scan's (never a false alarm from screening). Screening
-is decided once after the first pass (on the other labels' values at that time) and checked again when
-all other labels have converged; labels that no longer satisfy the rule are resumed and run to the end.
+The bounds are conservative, so the rule screens labels only where the verdict is clear: many labels
+far above the median when one label is far below (a clear backdoor, or a clear clean model), few when a
+label sits near the threshold. Screening is decided once after the first pass (with the other labels at
+their values then) and checked again when all other labels have converged; labels it no longer allows
+are resumed and run to the end.
 """
 
 from __future__ import annotations
@@ -39,26 +41,56 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["screening_holds", "choose_screened", "labels_to_resume"]
+from .outlier import CONSISTENCY
+
+__all__ = ["verdict_holds", "choose_screened", "labels_to_resume"]
 
 _LOG_FLOOR = 1e-6
 
 
-def _median_mad(values: np.ndarray) -> tuple[float, float]:
-    median = float(np.median(values))
-    return median, float(np.median(np.abs(values - median)))
-
-
-def _scale(values: np.ndarray, on_log: bool) -> np.ndarray:
-    return np.log(np.maximum(values, _LOG_FLOOR)) if on_log else values
-
-
-def screening_holds(
-    values: Mapping[int, float], screened: Collection[int], *, shrink: float, tolerance: float
+def _decided(
+    lo: np.ndarray,
+    hi: np.ndarray,
+    may_flag: np.ndarray,
+    screened: np.ndarray,
+    threshold: float,
+    *,
+    ceiling: bool,
 ) -> bool:
-    """Whether the labels in ``screened`` may keep their upper values (module docstring, rules 1 and 2).
+    """Whether every label of ``may_flag`` is surely flagged or surely not for any values in [lo, hi],
+    every ``screened`` label surely not (and, with ``ceiling``, whether the test surely has power or
+    surely has none)."""
+    median_lo, median_hi = float(np.median(lo)), float(np.median(hi))
+    nearest = np.maximum.reduce([lo - median_hi, median_lo - hi, np.zeros_like(lo)])
+    farthest = np.maximum(np.abs(lo - median_lo), np.abs(hi - median_hi))
+    farthest = np.maximum.reduce([farthest, np.abs(lo - median_hi), np.abs(hi - median_lo)])
+    mad_lo = CONSISTENCY * float(np.median(nearest))
+    mad_hi = CONSISTENCY * float(np.median(farthest))
+    surely_flagged = (median_lo - hi) > threshold * mad_hi
+    surely_not = (lo >= median_hi) | ((median_hi - lo) <= threshold * mad_lo)
+    if not bool(np.all((surely_flagged | surely_not)[may_flag])) or not bool(np.all(surely_not[screened])):
+        return False
+    if not ceiling or bool(np.any(surely_flagged[may_flag])):
+        return True
+    # no flag: the verdict is "clean" if the test could have flagged an empty trigger, else "inconclusive"
+    least = median_lo / mad_hi if mad_hi > 0 else math.inf
+    most = median_hi / mad_lo if mad_lo > 0 else math.inf
+    return least > threshold or most <= threshold
 
-    ``values`` holds every label's current L1 norm (NaN/inf: left out, as the outlier test does).
+
+def verdict_holds(
+    values: Mapping[int, float],
+    screened: Collection[int],
+    *,
+    shrink: float,
+    threshold: float,
+    eligible: Collection[int] | None = None,
+) -> bool:
+    """Whether the labels in ``screened`` may keep their upper values (module docstring).
+
+    ``values`` holds every label's current L1 norm (NaN/inf: left out, as the outlier test does);
+    ``eligible`` the labels that may be flagged (default: all; a label whose trigger never reached the
+    attack threshold counts in the median and MAD but cannot be flagged).
     """
     if not screened:
         return True
@@ -67,39 +99,48 @@ def screening_holds(
         return False
     labels = sorted(finite)
     hi = np.array([finite[k] for k in labels], dtype=np.float64)
+    if any(finite[k] <= float(np.median(hi)) for k in screened):
+        return False  # only labels above the median stop early: small triggers are always optimised
     lo = np.array([finite[k] * (shrink if k in screened else 1.0) for k in labels], dtype=np.float64)
-    median_lo, _ = _median_mad(lo)
-    if not all(shrink * finite[k] > median_lo for k in screened):
+    may_flag = np.array([eligible is None or k in eligible for k in labels], dtype=bool)
+    stopped = np.array([k in screened for k in labels], dtype=bool)
+    if not _decided(lo, hi, may_flag, stopped, threshold, ceiling=True):
         return False
-    for on_log in (False, True):
-        _, mad_lo = _median_mad(_scale(lo, on_log))
-        _, mad_hi = _median_mad(_scale(hi, on_log))
-        if mad_hi > (1.0 + tolerance) * mad_lo:
-            return False
-    return True
+    log_lo, log_hi = np.log(np.maximum(lo, _LOG_FLOOR)), np.log(np.maximum(hi, _LOG_FLOOR))
+    return _decided(log_lo, log_hi, may_flag, stopped, threshold, ceiling=False)
 
 
 def choose_screened(
-    values: Mapping[int, float], candidates: Sequence[int], *, shrink: float, tolerance: float
+    values: Mapping[int, float],
+    candidates: Sequence[int],
+    *,
+    shrink: float,
+    threshold: float,
+    eligible: Collection[int] | None = None,
 ) -> list[int]:
     """The labels of ``candidates`` to stop after the first pass: the largest norms first, each added
-    while :func:`screening_holds` still holds for the whole set."""
+    while :func:`verdict_holds` still holds for the whole set."""
     chosen: list[int] = []
     for k in sorted(candidates, key=lambda k: (-values[k], k)):
-        if math.isfinite(values[k]) and screening_holds(
-            values, [*chosen, k], shrink=shrink, tolerance=tolerance
+        if math.isfinite(values[k]) and verdict_holds(
+            values, [*chosen, k], shrink=shrink, threshold=threshold, eligible=eligible
         ):
             chosen.append(k)
     return sorted(chosen)
 
 
 def labels_to_resume(
-    values: Mapping[int, float], screened: Collection[int], *, shrink: float, tolerance: float
+    values: Mapping[int, float],
+    screened: Collection[int],
+    *,
+    shrink: float,
+    threshold: float,
+    eligible: Collection[int] | None = None,
 ) -> list[int]:
     """Screened labels that must run to the end after all (the rule no longer holds with the other
     labels' final norms): the smallest upper values first, until the rule holds for the rest."""
     keep = sorted(screened, key=lambda k: (-values[k], k))
     resume: list[int] = []
-    while keep and not screening_holds(values, keep, shrink=shrink, tolerance=tolerance):
+    while keep and not verdict_holds(values, keep, shrink=shrink, threshold=threshold, eligible=eligible):
         resume.append(keep.pop())
     return sorted(resume)

@@ -7,11 +7,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
+from ..device import native_bf16
 from ..errors import SettingsError
 
-__all__ = ["ReverseSettings", "LossKind"]
+__all__ = ["ReverseSettings", "LossKind", "Precision"]
 
 LossKind = Literal["ce", "original"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,8 +34,10 @@ class ReverseSettings:
 
     A *step* is ``batches_per_step`` mini-batches of ``batch_size`` images per label; attack success is
     averaged over a step. :meth:`original` reproduces the original exactly (32 × 31, one label at a
-    time); the default keeps every rule but takes shorter steps and optimises many labels in one
-    forward/backward pass (see ``docs/detection.md`` for the measured effect).
+    time). The default keeps every rule but spends less: steps of 4 × 32 images, many labels in one
+    forward/backward pass, bf16 arithmetic where the device has it, and screening (labels whose trigger
+    is clearly large stop after a first pass). :meth:`exhaustive` is the full schedule in fp32 that the
+    default is measured against (``docs/detection.md``).
 
     Args:
         loss: ``"ce"`` (cross-entropy toward the label, as the peers use) or ``"original"``: the original
@@ -45,16 +51,21 @@ class ReverseSettings:
         screening: spend the steps where the outlier test needs them (:mod:`~neuralcleanse.detection.
             schedule`): every label runs ``screen_steps`` steps first; labels whose trigger is clearly
             large then stop with their norm recorded as a bound (``stop_reason="screened"``), the others
-            run the full schedule. ``False`` (the default) runs every label to the end.
+            run the full schedule, and only as long as the outlier test's flags are the same for any
+            norm of the screened labels between their bounds. ``False`` runs every label to the end.
         screen_steps: length of the first pass, in steps.
         screen_shrink: the assumed floor of a screened label's norm, as a fraction of its first-pass norm
-            (its lower bound); the rule only screens labels whose lower bound keeps the median exact.
-        screen_tolerance: largest relative uncertainty of the MAD (and so of every anomaly index) that
-            screening may leave.
+            (its lower bound).
+        precision: ``"fp32"``, ``"bf16"`` (the model runs under bf16 autocast; the trigger, loss and
+            optimiser stay fp32) or ``"auto"``: bf16 where the device computes it natively (a CPU with
+            AVX512-BF16 or AMX, a CUDA GPU that supports it), else fp32 — resolved by :meth:`for_device`
+            before a scan, and recorded resolved in its report.
+        channels_last: run convolutions on channels-last images and weights (the model's weights are
+            restored afterwards); faster on CPUs and tensor-core GPUs, the same numbers up to rounding.
     """
 
     batch_size: int = 32
-    batches_per_step: int = 8
+    batches_per_step: int = 4
     max_steps: int = 1000
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.9)
@@ -71,10 +82,11 @@ class ReverseSettings:
     parallel_labels: int | None = None
     max_batch: int | None = None
     seed: int = 123
-    screening: bool = False
-    screen_steps: int = 20
+    screening: bool = True
+    screen_steps: int = 40
     screen_shrink: float = 0.7
-    screen_tolerance: float = 0.05
+    precision: Precision = "auto"
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -109,19 +121,34 @@ class ReverseSettings:
             raise SettingsError(f"screening must be true or false, got {self.screening!r}")
         if self.screen_steps < 1:
             raise SettingsError(f"screen_steps must be at least 1, got {self.screen_steps}")
-        for name, lo, hi in (("screen_shrink", 0.0, 1.0), ("screen_tolerance", 0.0, math.inf)):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lo < value <= hi):
-                raise SettingsError(f"{name} must be a number in ({lo:g}, {hi:g}], got {value!r}")
+        shrink = self.screen_shrink
+        if not (isinstance(shrink, (int, float)) and not isinstance(shrink, bool) and 0 < shrink <= 1):
+            raise SettingsError(f"screen_shrink must be a number in (0, 1], got {shrink!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise SettingsError(f"unknown precision {self.precision!r}; use auto, fp32 or bf16")
+        if not isinstance(self.channels_last, bool):
+            raise SettingsError(f"channels_last must be true or false, got {self.channels_last!r}")
         if self.loss not in ("ce", "original"):
             raise SettingsError(f"unknown loss {self.loss!r}; use ce or original")
 
     @classmethod
     def original(cls, **overrides: Any) -> ReverseSettings:
-        """The original code's schedule: one label at a time, steps of 31 mini-batches of 32."""
-        base: dict[str, Any] = {"batch_size": 32, "batches_per_step": 31, "parallel_labels": 1}
-        base.update(overrides)
-        return cls(**base)
+        """The original code's schedule: one label at a time, steps of 31 mini-batches of 32, fp32,
+        every label to the end."""
+        base: dict[str, Any] = {**_FULL, "batches_per_step": 31, "parallel_labels": 1}
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def exhaustive(cls, **overrides: Any) -> ReverseSettings:
+        """Every label to the end of the full schedule in fp32, steps of 8 × 32 images, labels batched:
+        the reference the default is measured against (the default before screening and bf16)."""
+        return cls(**{**_FULL, **overrides})
+
+    def for_device(self, device: torch.device | str) -> ReverseSettings:
+        """These settings with ``precision="auto"`` resolved for ``device``."""
+        if self.precision != "auto":
+            return self
+        return self.replace(precision="bf16" if native_bf16(torch.device(device)) else "fp32")
 
     @property
     def sequential(self) -> bool:
@@ -144,7 +171,21 @@ class ReverseSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReverseSettings:
-        d = dict(d)
+        """Settings from :meth:`to_dict`; fields of earlier versions that no longer exist are dropped,
+        and fields they lacked take the values those versions ran with (fp32, no screening)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {**_EARLIER, **{k: v for k, v in d.items() if k in known}}
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+#: the full schedule without the speed-ups that change numbers
+_FULL: dict[str, Any] = {
+    "batches_per_step": 8,
+    "screening": False,
+    "precision": "fp32",
+    "channels_last": False,
+}
+#: what a settings record written before a field existed ran with
+_EARLIER: dict[str, Any] = {"screening": False, "precision": "fp32", "channels_last": False}
