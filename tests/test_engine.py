@@ -166,3 +166,26 @@ def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="another scan") as caught:
         other.scan(images, samples=None, checkpoint=ckpt, resume=True)
     assert isinstance(caught.value, DataError)  # a data problem to callers that catch those
+
+
+def test_bf16_and_channels_last_follow_fp32_and_leave_the_model_as_it_was() -> None:
+    model, images = tiny_model(2), tiny_images(64)
+    weight = model[0].weight
+    cfg = ReverseSettings.exhaustive(batch_size=8, batches_per_step=2, max_steps=15, seed=4)
+    fp32 = reverse_engineer(model, images, [0, 1, 2, 3], cfg)
+    fast = reverse_engineer(model, images, [0, 1, 2, 3], cfg.replace(precision="bf16", channels_last=True))
+    assert model[0].weight is weight and weight.is_contiguous()  # the layout is restored
+    for a, b in zip(fp32, fast, strict=True):
+        # bf16 rounds the model's activations: the trigger follows the same path, not the same bits
+        assert a.step == b.step and b.l1_norm() == pytest.approx(a.l1_norm(), rel=0.1)
+        assert not torch.equal(a.mask(), b.mask())
+
+
+def test_auto_precision_is_resolved_for_the_device() -> None:
+    from neuralcleanse.device import native_bf16
+
+    resolved = ReverseSettings().for_device("cpu")
+    assert resolved.precision == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert ReverseSettings.exhaustive().for_device("cpu").precision == "fp32"
+    nc = NeuralCleanse(tiny_model(), settings=ReverseSettings(max_steps=2), device="cpu")
+    assert nc.settings.precision == resolved.precision  # what the report records

@@ -81,17 +81,11 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
         asr = "" if card.attack_success is None else f", attack success {100 * card.attack_success:.1f}%"
         what = f"BadNets, 4x4 white square bottom-right, target {planted}" if planted else "no backdoor"
         console.print(f"{model_dir}: {what}; clean accuracy {100 * (card.clean_accuracy or 0):.1f}%{asr}")
-        settings = ReverseSettings(seed=123)
+        detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=123), device=device)
         # a scan already made for these weights with these settings is reused (--force rescans)
-        report = None if force else _saved_report(scan_dir, card.weights_sha256)
-        if (
-            report is not None
-            and {k: report.settings.get(k) for k in settings.to_dict()} != settings.to_dict()
-        ):
-            report = None
+        report = None if force else _saved_report(scan_dir, card.weights_sha256, detector.settings)
         scan_reused = report is not None
         if report is None:
-            detector = NeuralCleanse(bundle.model, settings=settings, device=device)
             report = run_scan(
                 detector,
                 data.test,

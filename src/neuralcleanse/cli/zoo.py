@@ -270,15 +270,20 @@ def _against_references(
     }
 
 
-def _saved_report(report_dir: Path, weights_sha256: str | None) -> Any:
-    """The scan report saved in ``report_dir`` if it was made for these weights, else None."""
-    from ..detection import DetectionReport
+def _saved_report(report_dir: Path, weights_sha256: str | None, settings: Any = None) -> Any:
+    """The scan report saved in ``report_dir`` if it was made for these weights (and with these
+    settings, when given), else None."""
+    from ..detection import DetectionReport, ReverseSettings
 
     if not (report_dir / "report.json").exists():
         return None
     report = DetectionReport.load(report_dir)
     # a report made for other weights is stale (a `scan` CLI report records "sha256")
     if weights_sha256 not in (report.model.get("weights_sha256"), report.model.get("sha256")):
+        return None
+    recorded = {k: v for k, v in report.settings.items() if k != "mode"}
+    if settings is not None and ReverseSettings.from_dict(recorded) != settings:
+        log.info("%s: scanned with other settings; scanning again", report_dir)
         return None
     return report
 
@@ -300,9 +305,9 @@ def _scan_model(
     plans: list[tuple[str, int | None]] = [("scans", None)] + [("source-scans", s) for s in sources[:1]]
     for folder, source in plans:
         report_dir = out / folder / entry.name
-        report = _saved_report(report_dir, card.weights_sha256)
+        detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=seed), device=device)
+        report = _saved_report(report_dir, card.weights_sha256, detector.settings)
         if report is None:
-            detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=seed), device=device)
             ckpt = report_dir.with_name(report_dir.name + ".checkpoint")
             scan = partial(
                 run_scan,
