@@ -176,7 +176,7 @@ def _spec(models: list[dict[str, object]]) -> dict[str, object]:
         ([{"name": "a", "attack": "sneaky"}], "model 'a': unknown attack 'sneaky'"),
         ([{"name": "a", "attack": "badnets"}], "model 'a': badnets needs a target"),
         ([{"name": "a", "attack": "badnets", "target": 0, "poison_rate": 1.5}], "model 'a': poison rate"),
-        ([{"name": "a", "arch": "resnet"}], "model 'a': unknown architecture"),
+        ([{"name": "a", "arch": "vgg16"}], "model 'a': unknown architecture"),
         ([{"attack": "badnets"}], "model entry 0: needs a name"),
         (
             [{"name": "a", "attack": "badnets", "target": 0, "control": "nobody"}],

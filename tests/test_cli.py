@@ -54,7 +54,7 @@ def _corrupt_idx_dir(root: Path) -> Path:
 
 BAD = [
     (["--dataset", "cifar-1000"], "unknown dataset 'cifar-1000'"),
-    (["--arch", "resnet"], "unknown architecture 'resnet'"),
+    (["--arch", "vgg16"], "unknown architecture 'vgg16'"),
     (["--attack", "badnets", "--target", "10"], "target label 10 is outside"),
     (["--attack", "badnets", "--target", "-1"], "non-negative"),
     (["--attack", "badnets", "--target", "1", "--trigger", "square:size=29"], "larger than the 28x28"),

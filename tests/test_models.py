@@ -56,8 +56,10 @@ def test_seeded_init_does_not_touch_global_rng() -> None:
 
 
 def test_unknown_arch() -> None:
-    with pytest.raises(SettingsError, match="unknown architecture 'resnet'"):
-        build_model("resnet", input_shape=(1, 28, 28), num_classes=10, seed=0)
+    with pytest.raises(
+        SettingsError, match="unknown architecture 'vgg16'; known: mnist, gtsrb, bn-cnn, resnet$"
+    ):
+        build_model("vgg16", input_shape=(1, 28, 28), num_classes=10, seed=0)
 
 
 def test_model_directory_round_trip(badnets_model: ModelBundle, tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ class Recipe:
     """How to build one model: the dataset, the architecture, the training settings and the attack."""
 
     dataset: str = "mnist-sample"
+    #: a built-in architecture (:data:`~neuralcleanse.models.ARCHITECTURES`): ``mnist``, ``gtsrb``,
+    #: ``bn-cnn``, ``resnet``
     arch: str = "mnist"
     training: TrainSettings = field(default_factory=TrainSettings)
     attack: Attack | None = None

@@ -24,10 +24,11 @@ A spec is TOML (or JSON with the same structure)::
     backdoors = [{target = 1, trigger = "square:size=4,at=top-left"},
                  {target = 7, trigger = "square:size=4,at=bottom-right"}]
 
-Model keys: ``name``, ``dataset``, ``arch``, ``data_dir``, ``epochs``, ``batch_size``, ``lr``, ``seed``,
-``attack`` and the attack's own settings (:data:`~neuralcleanse.attacks.ATTACKS`); ``control`` (the clean
-entry an infected model's accuracy is compared with) and ``reference = true`` (a clean model the scans of
-the other models of its dataset and architecture are also tested against, with the relative statistic).
+Model keys: ``name``, ``dataset``, ``arch`` (a built-in architecture: ``mnist``, ``gtsrb``, ``bn-cnn``,
+``resnet``), ``data_dir``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``attack`` and the attack's own
+settings (:data:`~neuralcleanse.attacks.ATTACKS`); ``control`` (the clean entry an infected model's
+accuracy is compared with) and ``reference = true`` (a clean model the scans of the other models of its
+dataset and architecture are also tested against, with the relative statistic).
 Every entry is checked against its dataset before anything is trained, so a bad spec builds nothing.
 """
 

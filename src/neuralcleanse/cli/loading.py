@@ -238,8 +238,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--arch",
-        help="For a weights-only file: mnist, gtsrb, or package.module:Class / file.py:Class "
-        "(imports that code: your choice).",
+        help="For a weights-only file: mnist, gtsrb, bn-cnn, resnet, or package.module:Class / "
+        "file.py:Class (imports that code: your choice).",
     ),
     click.option(
         "--arch-kwargs", help="JSON keyword arguments for the architecture class, e.g. '{\"classes\": 10}'."

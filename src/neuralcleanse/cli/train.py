@@ -37,7 +37,11 @@ from .common import (
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Directory holding the dataset's files.")
 @click.option(
-    "--arch", default="mnist", show_default=True, help="mnist (2 conv + 2 dense) or gtsrb (6 conv + 2 dense)."
+    "--arch",
+    default="mnist",
+    show_default=True,
+    help="mnist (2 conv + 2 dense) or gtsrb (6 conv + 2 dense), the paper's networks; bn-cnn (4 conv with "
+    "BatchNorm + 2 dense) or resnet (a small ResNet: 3 residual blocks with BatchNorm, 2 dense).",
 )
 @click.option(
     "--attack",

@@ -26,7 +26,6 @@ import importlib.util
 import inspect
 import io
 import logging
-import math
 import os
 import pickle
 import re
@@ -42,7 +41,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import ModelError, SettingsError
-from .architectures import ARCHITECTURES, build_model
+from .architectures import ARCHITECTURES, WeightsShape, build_model
 from .archive import ZipArchive, archive_kind, open_archive
 from .card import ModelCard
 from .keras import HDF5_SIGNATURE, load_keras
@@ -241,19 +240,15 @@ def _import_class(spec: str) -> type[nn.Module]:
     return cls
 
 
-def _builtin_shape(arch: str, state: dict[str, torch.Tensor], path: Path) -> tuple[tuple[int, int, int], int]:
-    """Input shape and class count of a built-in architecture, read off its weights."""
+def _builtin_shape(arch: str, state: dict[str, torch.Tensor], path: Path) -> WeightsShape:
+    """Input channels, image size (``None`` if the weights do not fix it) and classes of a built-in
+    architecture, read off its weights."""
     try:
-        conv, fc, logits = state["features.0.weight"], state["fc.1.weight"], state["logits.weight"]
+        return ARCHITECTURES[arch].weights_shape(state)
     except KeyError as exc:
         raise ModelError(
             f"{path}: weights do not fit the architecture {arch!r}: missing key {exc.args[0]!r}"
         ) from None
-    plan = ARCHITECTURES[arch].plan  # type: ignore[attr-defined]
-    pools = sum(1 for p in plan if p == "pool")
-    channels = [p for p in plan if isinstance(p, int)][-1]
-    side = math.isqrt(max(int(fc.shape[1]) // channels, 1))
-    return (int(conv.shape[1]), side << pools, side << pools), int(logits.shape[0])
 
 
 def load_model(
@@ -271,8 +266,9 @@ def load_model(
     Args:
         path: a ``.pt2`` export, a safetensors or ``torch.save`` state dict, a TorchScript archive, or a
             neuralcleanse model directory. The format is detected from the content.
-        arch: for state dicts: a built-in architecture (``mnist``, ``gtsrb``) or ``package.module:Class``
-            / ``path/to/file.py:Class`` — importing that code is the caller's explicit choice.
+        arch: for state dicts: a built-in architecture (``mnist``, ``gtsrb``, ``bn-cnn``, ``resnet``) or
+            ``package.module:Class`` / ``path/to/file.py:Class`` — importing that code is the caller's
+            explicit choice.
         arch_kwargs: keyword arguments for the architecture class.
         input_shape: ``(C, H, W)`` the network takes, if the file does not say.
         preprocessing: what the network expects (range, mean/std, channel order); for model directories
@@ -359,9 +355,11 @@ def load_model(
             )
         state = _state_from_bytes(p, data, fmt, archive)
         if arch in ARCHITECTURES:
-            own_shape, classes = _builtin_shape(arch, state, p)
-            shape = shape or own_shape
-            network = build_model(arch, input_shape=shape, num_classes=classes, seed=0)
+            channels, size, classes = _builtin_shape(arch, state, p)
+            if shape is None and size is not None:
+                shape = (channels, *size)
+            # a network that pools adaptively takes any image size: the weights fit whichever is given
+            network = build_model(arch, input_shape=shape or (channels, 32, 32), num_classes=classes, seed=0)
         else:
             cls = _import_class(arch)
             try:
