@@ -666,6 +666,14 @@ CASES: list[Case] = [
     ),
     # ---- scan options --------------------------------------------------------------------------------
     Case(
+        "scan-two-reference-schedules",
+        "--sequential --exhaustive",
+        lambda e: _scan(e, "--sequential", "--exhaustive"),
+        "--sequential and --exhaustive are two reference schedules: choose one",
+        2,
+        "--sequential",
+    ),
+    Case(
         "scan-threshold-nan",
         "--threshold nan",
         lambda e: _scan(e, "--threshold", "nan"),
