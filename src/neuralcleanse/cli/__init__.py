@@ -49,6 +49,7 @@ from . import demo as _demo  # noqa: E402,F401  (registers the command)
 from . import mitigate as _mitigate  # noqa: E402,F401
 from . import report as _report  # noqa: E402,F401
 from . import scan as _scan  # noqa: E402,F401
+from . import scan_many as _scan_many  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import zoo as _zoo  # noqa: E402,F401
 

@@ -1,8 +1,15 @@
-"""``neuralcleanse scan MODEL``: any supported model file, the user's own images."""
+"""``neuralcleanse scan MODEL``: any supported model file, the user's own images.
+
+The per-model work lives in :func:`scan_model`, which takes a :class:`ScanRequest` (the model source and
+every scan option, as the command line gave them): ``scan`` runs it once, ``scan-many`` once per model
+(in this process, in worker processes or as Ray tasks), so both load, check and scan a model the same way.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,85 +31,253 @@ from .common import (
 from .loading import ModelSource, check_result_dir, default_out, model_options
 
 if TYPE_CHECKING:
+    from ..detection import DetectionReport, Reference, ReverseSettings
     from ..detection.outlier import Statistic
     from ..models.outputs import OutputKind
+
+__all__ = ["ScanRequest", "scan_model", "scan_options"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanRequest:
+    """One model's scan as the command line asked for it (option values as given, not yet checked).
+
+    :meth:`check` refuses everything knowable without reading a file; :func:`scan_model` does the rest.
+    """
+
+    source: ModelSource
+    out: Path
+    split: str = "test"
+    all_images: bool = False
+    samples: int = 1000
+    labels: str | None = None
+    source_label: int | None = None
+    sequential: bool = False
+    exhaustive: bool = False
+    precision: str = "auto"
+    loss: str = "ce"
+    threshold: float = 2.0
+    outputs: str = "auto"
+    statistic: str | None = None
+    references: tuple[Path, ...] = ()
+    max_steps: int = 1000
+    seed: int = 123
+    resume: bool = False
+    force: bool = False
+    html: bool = False
+    device: str = "auto"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Where the scan's checkpoint lives while it runs: ``<out>.checkpoint``."""
+        return self.out.with_name(self.out.name + ".checkpoint")
+
+    def check(self) -> list[int] | None:
+        """The option values, before any file is read; the labels to scan (``None``: all)."""
+        check_count(self.samples, "--samples")
+        check_count(self.max_steps, "--max-steps")
+        check_seed(self.seed, "--seed")
+        check_threshold(self.threshold, "--threshold")
+        self.source.check()
+        if self.source_label is not None and self.source_label < 0:
+            raise SettingsError(f"--source must be a label (0 or more), got {self.source_label}")
+        return parse_labels(self.labels)
+
+    def settings(self) -> ReverseSettings:
+        """The optimisation schedule the options ask for."""
+        from ..detection import ReverseSettings
+
+        if self.sequential and self.exhaustive:
+            raise SettingsError("--sequential and --exhaustive are two reference schedules: choose one")
+        overrides: dict[str, Any] = {"loss": self.loss, "seed": self.seed, "max_steps": self.max_steps}
+        if self.precision != "auto" or not (self.sequential or self.exhaustive):
+            overrides["precision"] = self.precision
+        preset = (
+            ReverseSettings.original
+            if self.sequential
+            else ReverseSettings.exhaustive
+            if self.exhaustive
+            else None
+        )
+        return preset(**overrides) if preset is not None else ReverseSettings(**overrides)
+
+    def reference(self) -> Reference | None:
+        """The trusted scans of ``--reference`` (read now), or ``None``."""
+        from ..detection import DetectionReport, Reference
+
+        if self.references:
+            return Reference.from_reports(
+                [DetectionReport.load(p) for p in self.references], paths=[str(p) for p in self.references]
+            )
+        if self.statistic == "relative":
+            raise SettingsError("--statistic relative needs --reference SCAN_DIR (a scan of a trusted model)")
+        return None
+
+
+def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionReport:
+    """Load the model, check it against the images, scan it, save the report (and with ``html`` its
+    page) in ``request.out``, and return the report.
+
+    ``bar``: progress on stderr (a bar on a terminal when true, plain lines elsewhere); ``None`` runs
+    without progress (``scan-many``'s workers). The checkpoint ``<out>.checkpoint`` is kept until the
+    report is saved, so a killed scan resumes with ``resume``.
+    """
+    from ..detection import NeuralCleanse
+    from ..detection.checkpoint import remove_checkpoint
+
+    wanted = request.check()
+    settings = request.settings()
+    reference = request.reference()
+    source, device = request.source, request.device
+    loaded = source.load(device)
+    names, names_from = source.names(loaded)
+    # labels and class names are checked before the data is read, when the input shape is known
+    n_outputs = _probe_outputs(loaded, device)
+    if n_outputs is not None:
+        _check_labels(n_outputs, wanted, request.source_label, names, names_from)
+    images, data_info = source.images(loaded, names, split=request.split)
+    detector = NeuralCleanse(
+        loaded.model,
+        settings=settings,
+        threshold=request.threshold,
+        statistic=cast("Statistic | None", request.statistic),  # click.Choice checked the name
+        reference=reference,
+        outputs=cast("OutputKind", request.outputs),
+        device=device,
+    )
+    _check_task(detector, source.model, images, data_info, wanted, request.source_label, names, names_from)
+    options: dict[str, Any] = {
+        "samples": request.samples,
+        "scan_labels": wanted,
+        "source": request.source_label,
+        "correct_only": not request.all_images,
+        "class_names": names,
+        "checkpoint": request.checkpoint,
+        "resume": request.resume,
+        "keep_checkpoint": True,
+        "extra_notes": loaded.notes,
+        "data_info": data_info,
+        "model_info": loaded.describe(),
+    }
+    report: DetectionReport
+    if bar is None:
+        report = detector.scan(images, **options)
+    else:
+        report = run_scan(detector, images, bar=bar, **options)
+    report.save(request.out, force=request.force)
+    remove_checkpoint(request.checkpoint)
+    if request.html:
+        from ..report import write_html_report
+
+        write_html_report(request.out)
+    return report
+
+
+#: the options of a scan's settings, shared by ``scan`` and ``scan-many`` (which applies them to every
+#: model); each command adds its own output, resume and display options
+_SCAN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--split",
+        type=click.Choice(["test", "train"]),
+        default="test",
+        show_default=True,
+        help="Split of --data.",
+    ),
+    click.option("--all-images", is_flag=True, help="Also use images the model misclassifies."),
+    click.option(
+        "--samples", default=1000, show_default=True, help="Clean images used (seeded, class-stratified)."
+    ),
+    click.option("--labels", "labels_text", help="Labels to scan, e.g. 0,3,5 or 0-9 (default: all)."),
+    click.option(
+        "--source",
+        "source_label",
+        type=int,
+        help="Source-label-specific scan: only images of this label are used.",
+    ),
+    click.option(
+        "--sequential",
+        is_flag=True,
+        help="One label at a time with the original code's schedule (reference).",
+    ),
+    click.option(
+        "--exhaustive",
+        is_flag=True,
+        help="Run every label to the end of the full schedule in fp32 (no screening; the reference the "
+        "fast default is measured against, see docs/detection.md).",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16"]),
+        default="auto",
+        show_default=True,
+        help="Arithmetic of the model's passes: auto is bf16 where the device computes it natively.",
+    ),
+    click.option(
+        "--loss",
+        type=click.Choice(["ce", "original"]),
+        default="ce",
+        show_default=True,
+        help="ce, or the original code's linear-probability term.",
+    ),
+    click.option(
+        "--threshold",
+        default=2.0,
+        show_default=True,
+        help="Anomaly index above which a small-norm label is flagged.",
+    ),
+    click.option(
+        "--outputs",
+        type=click.Choice(["auto", "logits", "probabilities"]),
+        default="auto",
+        show_default=True,
+        help="What the model returns: probabilities (a final softmax) are optimised on their logarithm; "
+        "auto detects them on the clean images.",
+    ),
+    click.option(
+        "--statistic",
+        type=click.Choice(["l1", "log", "relative"]),
+        help="Outlier test on the L1 norms (the paper; the default), on their logs (how many times "
+        "smaller), or on each norm over the same label's norm in --reference scans (the default with "
+        "--reference).",
+    ),
+    click.option(
+        "--reference",
+        "references",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="Scan report of a trusted model of the same task (repeatable): each label is compared with "
+        "itself there, which cancels the task's natural shortcuts.",
+    ),
+    click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label."),
+    click.option(
+        "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
+    ),
+]
+
+#: the names under which the commands receive the options of :data:`_SCAN_OPTIONS`
+SCAN_OPTION_NAMES = (
+    "split", "all_images", "samples", "labels_text", "source_label", "sequential", "exhaustive",
+    "precision", "loss", "threshold", "outputs", "statistic", "references", "max_steps", "seed",
+)  # fmt: skip
+
+
+def scan_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the scan-settings options (``--samples``, ``--max-steps``, ``--seed``...) to a command."""
+    for deco in reversed(_SCAN_OPTIONS):
+        f = deco(f)
+    return f
+
+
+def request_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """:class:`ScanRequest` keyword arguments from the values of :data:`_SCAN_OPTIONS`."""
+    fields = {k: options[k] for k in SCAN_OPTION_NAMES}
+    fields["labels"] = fields.pop("labels_text")
+    return fields
 
 
 @app.command()
 @model_options
-@click.option(
-    "--split",
-    type=click.Choice(["test", "train"]),
-    default="test",
-    show_default=True,
-    help="Split of --data.",
-)
-@click.option("--all-images", is_flag=True, help="Also use images the model misclassifies.")
-@click.option(
-    "--samples", default=1000, show_default=True, help="Clean images used (seeded, class-stratified)."
-)
-@click.option("--labels", "labels_text", help="Labels to scan, e.g. 0,3,5 or 0-9 (default: all).")
-@click.option(
-    "--source",
-    "source_label",
-    type=int,
-    help="Source-label-specific scan: only images of this label are used.",
-)
-@click.option(
-    "--sequential", is_flag=True, help="One label at a time with the original code's schedule (reference)."
-)
-@click.option(
-    "--exhaustive",
-    is_flag=True,
-    help="Run every label to the end of the full schedule in fp32 (no screening; the reference the fast "
-    "default is measured against, see docs/detection.md).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="Arithmetic of the model's passes: auto is bf16 where the device computes it natively.",
-)
-@click.option(
-    "--loss",
-    type=click.Choice(["ce", "original"]),
-    default="ce",
-    show_default=True,
-    help="ce, or the original code's linear-probability term.",
-)
-@click.option(
-    "--threshold",
-    default=2.0,
-    show_default=True,
-    help="Anomaly index above which a small-norm label is flagged.",
-)
-@click.option(
-    "--outputs",
-    type=click.Choice(["auto", "logits", "probabilities"]),
-    default="auto",
-    show_default=True,
-    help="What the model returns: probabilities (a final softmax) are optimised on their logarithm; "
-    "auto detects them on the clean images.",
-)
-@click.option(
-    "--statistic",
-    type=click.Choice(["l1", "log", "relative"]),
-    help="Outlier test on the L1 norms (the paper; the default), on their logs (how many times smaller), "
-    "or on each norm over the same label's norm in --reference scans (the default with --reference).",
-)
-@click.option(
-    "--reference",
-    "references",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Scan report of a trusted model of the same task (repeatable): each label is compared with "
-    "itself there, which cancels the task's natural shortcuts.",
-)
-@click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label.")
-@click.option(
-    "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
-)
+@scan_options
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -118,21 +293,6 @@ if TYPE_CHECKING:
 @verbose_option
 def scan(
     source: ModelSource,
-    split: str,
-    all_images: bool,
-    samples: int,
-    labels_text: str | None,
-    source_label: int | None,
-    sequential: bool,
-    exhaustive: bool,
-    precision: str,
-    loss: str,
-    threshold: float,
-    outputs: str,
-    statistic: str | None,
-    references: tuple[Path, ...],
-    max_steps: int,
-    seed: int,
     out: Path | None,
     resume: bool,
     force: bool,
@@ -140,6 +300,7 @@ def scan(
     as_html: bool,
     device: str,
     verbose: int,
+    **options: Any,
 ) -> None:
     """Reverse-engineer every label's trigger of MODEL and flag the outliers (Neural Cleanse).
 
@@ -147,79 +308,28 @@ def scan(
     TorchScript archive (only with --allow-torchscript: it runs code embedded in the file) or a
     neuralcleanse model directory. Nothing in the file is unpickled or executed.
     """
-    from ..detection import DetectionReport, NeuralCleanse, Reference, ReverseSettings
-    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
+    from ..detection.checkpoint import has_checkpoint
 
     setup_logging(verbose)
-    # everything knowable is checked before the model is loaded and long before any optimisation
-    check_count(samples, "--samples")
-    check_count(max_steps, "--max-steps")
-    check_seed(seed, "--seed")
-    check_threshold(threshold, "--threshold")
-    source.check()
-    if source_label is not None and source_label < 0:
-        raise SettingsError(f"--source must be a label (0 or more), got {source_label}")
-    wanted = parse_labels(labels_text)
     model = source.model
     out_given = out is not None
-    out = out or default_out("scans", model)
-    ckpt = out.with_name(out.name + ".checkpoint")
-    check_result_dir(out, model, force=force, explicit=out_given)
-    if resume and not has_checkpoint(ckpt):
-        raise CheckpointError(f"{ckpt}: no checkpoint to resume from (--resume)")
-    if sequential and exhaustive:
-        raise SettingsError("--sequential and --exhaustive are two reference schedules: choose one")
-    overrides: dict[str, Any] = {"loss": loss, "seed": seed, "max_steps": max_steps}
-    if precision != "auto" or not (sequential or exhaustive):
-        overrides["precision"] = precision
-    preset = ReverseSettings.original if sequential else ReverseSettings.exhaustive if exhaustive else None
-    settings = preset(**overrides) if preset is not None else ReverseSettings(**overrides)
-    reference = None
-    if references:
-        reference = Reference.from_reports(
-            [DetectionReport.load(p) for p in references], paths=[str(p) for p in references]
-        )
-    elif statistic == "relative":
-        raise SettingsError("--statistic relative needs --reference SCAN_DIR (a scan of a trusted model)")
-    loaded = source.load(device)
-    names, names_from = source.names(loaded)
-    # labels and class names are checked before the data is read, when the input shape is known
-    n_outputs = _probe_outputs(loaded, device)
-    if n_outputs is not None:
-        _check_labels(n_outputs, wanted, source_label, names, names_from)
-    images, data_info = source.images(loaded, names, split=split)
-    detector = NeuralCleanse(
-        loaded.model,
-        settings=settings,
-        threshold=threshold,
-        statistic=cast("Statistic | None", statistic),  # click.Choice checked the name
-        reference=reference,
-        outputs=cast("OutputKind", outputs),
-        device=device,
-    )
-    _check_task(detector, model, images, data_info, wanted, source_label, names, names_from)
-    report = run_scan(
-        detector,
-        images,
-        bar=not as_json,
-        samples=samples,
-        scan_labels=wanted,
-        source=source_label,
-        correct_only=not all_images,
-        class_names=names,
-        checkpoint=ckpt,
+    request = ScanRequest(
+        source=source,
+        out=out or default_out("scans", model),
         resume=resume,
-        keep_checkpoint=True,
-        extra_notes=loaded.notes,
-        data_info=data_info,
-        model_info=loaded.describe(),
+        force=force,
+        html=as_html,
+        device=device,
+        **request_fields(options),
     )
-    report.save(out, force=force)
-    remove_checkpoint(ckpt)
-    if as_html:
-        from ..report import write_html_report
-
-        page = write_html_report(out)
+    # everything knowable is checked before the model is loaded and long before any optimisation
+    request.check()
+    check_result_dir(request.out, model, force=force, explicit=out_given)
+    if resume and not has_checkpoint(request.checkpoint):
+        raise CheckpointError(f"{request.checkpoint}: no checkpoint to resume from (--resume)")
+    report = scan_model(request, bar=not as_json)
+    out = request.out
+    page = out / "report.html"
     if as_json:
         d = report.to_dict()
         keys = ("verdict", "flagged", "summary", "anomaly_index", "l1_norms", "attack_success")

@@ -1,0 +1,393 @@
+"""``neuralcleanse scan-many SOURCES... --out DIR``: many models, each scanned as ``scan`` scans it.
+
+Every model goes through :func:`~neuralcleanse.cli.scan.scan_model` (the same loading, checks and
+settings as ``scan``) in this process, in worker processes (``--workers``) or as Ray tasks (``--ray``,
+``--ray-address``); :mod:`neuralcleanse.fleet` does the rest.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..errors import DataError, SettingsError
+from . import app
+from .common import ProgressBar, check_count, device_option, format_duration, setup_logging, verbose_option
+from .loading import _KEYS, _OPTIONS, ModelSource  # the model-loading options, defined once
+from .scan import ScanRequest, request_fields, scan_model, scan_options
+
+__all__ = ["scan_many"]
+
+#: ``scan``'s model-loading and clean-data options without its MODEL argument: here they apply to every
+#: model (a manifest can set them per model)
+_MODEL_OPTIONS = _OPTIONS[1:]
+_MODEL_KEYS = tuple(k for k in _KEYS if k != "model")
+#: ModelSource fields a manifest may set; the other manifest columns are scan options
+_SOURCE_FIELDS = (
+    "data", "dataset", "data_dir", "arch", "arch_kwargs", "allow_torchscript", "input_shape",
+    "input_range", "mean", "std", "channel_order", "class_names",
+)  # fmt: skip
+
+
+def _model_options(f: Any) -> Any:
+    for deco in reversed(_MODEL_OPTIONS):
+        f = deco(f)
+    return f
+
+
+def _scan_job(request: ScanRequest) -> Any:
+    """One model's work, in whichever process runs it: ``scan``'s, continuing from the checkpoint a
+    killed attempt (a dead worker, an interrupted run resumed with ``--resume``) left behind."""
+    from ..detection.checkpoint import has_checkpoint
+
+    return scan_model(replace(request, resume=has_checkpoint(request.checkpoint)))
+
+
+def _absolute(value: Any) -> Any:
+    """Paths as absolute paths: Ray workers and other nodes do not share this shell's directory."""
+    if isinstance(value, Path):
+        return value.absolute()
+    if isinstance(value, tuple):
+        return tuple(_absolute(v) for v in value)
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Progress:
+    """Models done of the total, flagged so far and the time left: a bar on a terminal, a line per
+    finished model elsewhere (a log, ``nohup``, CI)."""
+
+    def __init__(self, total: int, reused: int) -> None:
+        self.total, self.reused = total, reused
+        self.done = reused
+        self.flagged = self.failed = 0
+        self.start = time.monotonic()
+        self.terminal = Console(stderr=True).is_terminal
+        self.bar = ProgressBar("models", enabled=True, unit="models") if self.terminal else None
+
+    def eta(self) -> str:
+        ran, left = self.done - self.reused, self.total - self.done
+        if left == 0:
+            return "done"
+        if ran == 0:
+            return "ETA not known yet"
+        return f"ETA ~{format_duration((time.monotonic() - self.start) / ran * left)}"
+
+    def update(self, result: Any) -> None:
+        self.done += 1
+        self.flagged += result.backdoored
+        self.failed += result.failed
+        counts = f"{self.flagged} flagged" + (f", {self.failed} failed" if self.failed else "")
+        elapsed = format_duration(time.monotonic() - self.start)
+        if self.bar is not None:
+            status = f"{counts}  {self.eta()}"
+            self.bar.update(completed=self.done, total=self.total, status=status)
+            return
+        if result.failed:
+            what = f"failed: {result.error}"
+        else:
+            flags = f" (labels {result.flagged})" if result.flagged else ""
+            what = f"{result.verdict}{flags} in {format_duration(result.wall_seconds or 0)}"
+        click.echo(
+            f"scan-many: {self.done}/{self.total} models done ({counts}), elapsed {elapsed}, {self.eta()}; "
+            f"{result.name}: {what}",
+            err=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__()
+
+
+def _print_table(summary: Any, out: Path, sort: str) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, title=f"Neural Cleanse fleet scan ({summary.seconds:.0f} s)")
+    for col in ("model", "verdict", "flagged", "index", "seconds", "images", "note"):
+        left = col in ("model", "verdict", "flagged", "note")
+        table.add_column(col, justify="left" if left else "right", no_wrap=True)
+    for r in summary.sorted(sort):
+        note = (
+            "error below" if r.failed else "finished earlier" if r.reused else "resumed" if r.resumed else ""
+        )
+        flagged = ", ".join(f"{k} ({n})" for k, n in zip(r.flagged, r.flagged_names, strict=False))
+        style = "bold red" if r.backdoored else "yellow" if r.failed else None
+        table.add_row(
+            r.name, r.verdict, flagged or "-",
+            "-" if r.anomaly_index is None else f"{r.anomaly_index:.2f}",
+            "-" if r.seconds is None else f"{r.seconds:.1f}",
+            "-" if r.images_processed is None else f"{r.images_processed:,}",
+            note, style=style,
+        )  # fmt: skip
+    console = Console(highlight=False)
+    console.print(table)
+    for r in summary.sorted(sort):
+        if r.failed:
+            console.print(f"failed: {r.name}: {(r.error or '').removeprefix(f'{r.model}: ')}", soft_wrap=True)
+    c = summary.counts
+    console.print(
+        f"{c['total']} models: {c['backdoored']} backdoored, {c['inconclusive']} inconclusive, "
+        f"{c['clean']} clean, {c['failed']} failed; {summary.images_processed:,} images in "
+        f"{summary.seconds:.0f} s; summary.json and index.html written to {out}",
+        soft_wrap=True,
+    )
+
+
+@app.command("scan-many")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_model_options
+@scan_options
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Fleet directory: one report directory per model, summary.json and index.html.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a killed run in --out: finished models are kept, unfinished ones continue from their "
+    "checkpoints.",
+)
+@click.option("--force", is_flag=True, help="Replace the reports in a non-empty --out.")
+@click.option(
+    "--sort",
+    type=click.Choice(["verdict", "name", "time"]),
+    default="verdict",
+    show_default=True,
+    help="Order of the table: flagged first, by name, or the longest scans first.",
+)
+@click.option(
+    "--workers", type=int, help="Scan in this many worker processes (default: in this process, one by one)."
+)
+@click.option(
+    "--threads-per-worker",
+    type=int,
+    help="Torch threads of each worker (default with --workers: the CPU cores shared out; without: as set).",
+)
+@click.option(
+    "--ray", "use_ray", is_flag=True, help="One Ray task per model on a local Ray started for the run."
+)
+@click.option("--ray-address", help="One Ray task per model on the Ray cluster at this address (e.g. auto).")
+@click.option("--cpus-per-task", type=int, help="CPUs of each Ray task, and its torch threads.  [default: 1]")
+@click.option("--gpus-per-task", type=float, help="GPUs of each Ray task.  [default: 0]")
+@click.option(
+    "--retries",
+    default=2,
+    show_default=True,
+    help="Times a model is retried when its worker dies (a model that fails with an error is not).",
+)
+@device_option
+@verbose_option
+def scan_many(
+    sources: tuple[Path, ...],
+    out: Path,
+    resume: bool,
+    force: bool,
+    sort: str,
+    workers: int | None,
+    threads_per_worker: int | None,
+    use_ray: bool,
+    ray_address: str | None,
+    cpus_per_task: int | None,
+    gpus_per_task: float | None,
+    retries: int,
+    device: str,
+    verbose: int,
+    **options: Any,
+) -> None:
+    """Scan many models with Neural Cleanse, each exactly as `scan` would, and summarise them.
+
+    SOURCES are model files, model directories, folders searched for them, or manifests (.csv or
+    .jsonl: a path per model, with its own data and options; see docs/fleet.md). Options given here
+    apply to every model; a manifest's columns override them per model. --out gets one report directory
+    per model (with its report.html), summary.json and index.html (flagged models first).
+
+    Exit code: 0 when every model was scanned (whatever the verdicts), 1 when any model failed (the
+    summary says why, the others are scanned), 2 for a usage error, 130 when interrupted (--resume
+    continues).
+    """
+    from .._io import check_output_dir
+    from ..fleet import (
+        FleetJob,
+        FleetSummary,
+        ModelResult,
+        available_cpus,
+        collect_models,
+        import_ray,
+        ray_session,
+        run_in_process,
+        run_processes,
+        run_ray,
+        unique_names,
+    )
+
+    setup_logging(verbose)
+    on_ray = use_ray or ray_address is not None
+    if workers is not None:
+        check_count(workers, "--workers")
+    if threads_per_worker is not None:
+        check_count(threads_per_worker, "--threads-per-worker")
+    if cpus_per_task is not None:
+        check_count(cpus_per_task, "--cpus-per-task")
+    if gpus_per_task is not None and not gpus_per_task >= 0:
+        raise SettingsError(f"--gpus-per-task must be 0 or more, got {gpus_per_task:g}")
+    check_count(retries, "--retries", minimum=0)
+    if on_ray and workers is not None:
+        raise SettingsError(
+            "--workers runs local worker processes, --ray/--ray-address one Ray task per model: choose one"
+        )
+    if on_ray and threads_per_worker is not None:
+        raise SettingsError(
+            "--threads-per-worker is for --workers: a Ray task's threads are its --cpus-per-task"
+        )
+    if not on_ray and (cpus_per_task is not None or gpus_per_task is not None):
+        raise SettingsError("--cpus-per-task and --gpus-per-task are for --ray or --ray-address")
+    if on_ray:
+        import_ray("--ray-address" if ray_address else "--ray")
+    if out.is_dir() and any(out.iterdir()) and not (resume or force):
+        raise SettingsError(
+            f"--out {out}: directory exists and is not empty (--resume continues the run in it, --force "
+            "replaces its reports)"
+        )
+    check_output_dir(out, force=True, option="--out")
+
+    base = {k: _absolute(options.pop(k)) for k in _MODEL_KEYS}
+    base["data"] = base.pop("data_path")
+    fields = {k: _absolute(v) for k, v in request_fields(options).items()}
+    shared: dict[str, Any] = {"html": True, "force": True, "device": device}
+    # the options every model shares are checked once, before anything is read
+    template = ScanRequest(source=ModelSource(model=Path("."), **base), out=out, **fields, **shared)
+    template.check()
+    template.settings()
+    template.reference()
+    entries = collect_models(sources)
+    names = unique_names(entries)
+    jobs: list[FleetJob] = []
+    for entry, name in zip(entries, names, strict=True):
+        own = {k: v for k, v in entry.options.items() if k in _SOURCE_FIELDS}
+        source = ModelSource(model=entry.path, **{**base, **own})
+        scan_fields = {**fields, **{k: v for k, v in entry.options.items() if k not in _SOURCE_FIELDS}}
+        request = ScanRequest(source=source, out=out.absolute() / name, **scan_fields, **shared)
+        if entry.options:  # a manifest row's own values, named by its line
+            try:
+                request.check()
+                if "references" in entry.options:
+                    request.reference()
+            except (SettingsError, DataError) as exc:
+                raise type(exc)(f"{entry.origin}: {exc}") from None
+        jobs.append(FleetJob(name, str(entry.path), request.out, request))
+
+    from ..detection import DetectionReport
+    from ..detection.checkpoint import remove_checkpoint
+
+    results: dict[str, ModelResult] = {job.name: ModelResult.pending(job) for job in jobs}
+    todo: list[FleetJob] = []
+    for job in jobs:
+        if resume and (job.out / "report.json").is_file():
+            report = DetectionReport.load(job.out)
+            recorded = report.model.get("path")
+            if recorded is not None and Path(recorded).resolve() != Path(job.model).resolve():
+                raise SettingsError(
+                    f"--out {job.out} holds the scan of another model ({recorded}); --resume needs the same models"
+                )
+            if not (job.out / "report.html").is_file():
+                from ..report import write_html_report
+
+                write_html_report(job.out)
+            results[job.name] = ModelResult.from_report(job, report, reused=True)
+        else:
+            if not resume:
+                remove_checkpoint(job.request.checkpoint)  # a previous run's, replaced by --force
+            todo.append(job)
+
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    start = time.monotonic()
+    if on_ray:
+        cpus = cpus_per_task or 1
+        runner: dict[str, Any] = {
+            "backend": "ray",
+            "address": ray_address or "local instance",
+            "cpus_per_task": cpus,
+            "gpus_per_task": gpus_per_task or 0,
+            "threads": cpus,
+        }
+    elif workers is not None:
+        threads = threads_per_worker or max(1, available_cpus() // workers)
+        runner = {"backend": "processes", "workers": workers, "threads": threads}
+    else:
+        import torch
+
+        runner = {
+            "backend": "in-process",
+            "workers": 1,
+            "threads": threads_per_worker or torch.get_num_threads(),
+        }
+    settings = {k: _jsonable(v) for k, v in {**base, **fields, "device": device}.items()}
+
+    def summary() -> FleetSummary:
+        return FleetSummary(
+            [results[job.name] for job in jobs], runner, settings, started, time.monotonic() - start
+        )
+
+    progress = _Progress(len(jobs), len(jobs) - len(todo))
+
+    def on_result(result: ModelResult) -> None:
+        results[result.name] = result
+        progress.update(result)
+        summary().save(out)  # a look at the run while it goes on
+
+    where = {
+        "ray": f"on Ray ({runner.get('address')}, {runner.get('cpus_per_task')} CPU per task)",
+        "processes": f"in {runner.get('workers')} worker processes of {runner.get('threads')} threads",
+        "in-process": "in this process, one at a time",
+    }[runner["backend"]]
+    reused = len(jobs) - len(todo)
+    click.echo(
+        f"scan-many: {len(jobs)} models" + (f" ({reused} finished earlier)" if reused else "") + f", {where}",
+        err=True,
+    )
+    try:
+        summary().save(out)
+        if todo and on_ray:
+            with ray_session(address=ray_address, num_cpus=None if ray_address else available_cpus()):
+                run_ray(
+                    todo, _scan_job, cpus_per_task=runner["cpus_per_task"], gpus_per_task=runner["gpus_per_task"],
+                    retries=retries, on_result=on_result,
+                )  # fmt: skip
+        elif todo and workers is not None:
+            run_processes(
+                todo,
+                _scan_job,
+                workers=workers,
+                threads=runner["threads"],
+                retries=retries,
+                on_result=on_result,
+            )
+        elif todo:
+            run_in_process(todo, _scan_job, threads=threads_per_worker, on_result=on_result)
+    finally:
+        progress.close()
+        final = summary()
+        final.save(out)  # also when interrupted: the models not finished are pending, --resume continues
+    _print_table(final, out, sort)
+    failed = final.failed
+    if failed:
+        raise DataError(
+            f"{len(failed)} of {len(jobs)} models failed ({failed[0].name}: {failed[0].error}); "
+            f"every model's outcome is in {out / 'summary.json'}"
+        )
