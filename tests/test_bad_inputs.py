@@ -1212,6 +1212,81 @@ CASES: list[Case] = [
         2,
         "--out {tmp}/out",
     ),
+    # ---- scan-many ----------------------------------------------------------------------------------
+    Case(
+        "scanmany-no-sources",
+        "scan-many without models",
+        lambda e: ["scan-many", "--out", str(e.out)],
+        "Missing argument 'SOURCES...'",
+        2,
+        "SOURCES",
+    ),
+    Case(
+        "scanmany-manifest-missing",
+        "scan-many manifest that does not exist",
+        lambda e: ["scan-many", str(e.tmp / "none.csv"), "--out", str(e.out)],
+        "manifest not found",
+        2,
+        "{tmp}/none.csv",
+    ),
+    Case(
+        "scanmany-manifest-unknown-column",
+        "scan-many manifest with an unknown column",
+        lambda e: [
+            "scan-many",
+            str(_write(e.tmp / "m.csv", f"path,colour\n{e.model},red\n")),
+            "--out",
+            str(e.out),
+        ],
+        "unknown column 'colour'",
+        2,
+        "{tmp}/m.csv",
+    ),
+    Case(
+        "scanmany-manifest-bad-shape",
+        "scan-many manifest row with input_shape 7x28x28",
+        lambda e: [
+            "scan-many",
+            str(_write(e.tmp / "m.csv", f"path,input_shape\n{e.model},7x28x28\n")),
+            "--out",
+            str(e.out),
+        ],  # fmt: skip
+        "--input-shape must be CxHxW",
+        2,
+        "{tmp}/m.csv line 2",
+    ),
+    Case(
+        "scanmany-folder-without-models",
+        "scan-many of a folder without models",
+        lambda e: ["scan-many", str(_write(e.tmp / "empty" / "notes.txt", "x").parent), "--out", str(e.out)],
+        "no model files",
+        1,
+        "{tmp}/empty",
+    ),
+    Case(
+        "scanmany-workers-zero",
+        "scan-many --workers 0",
+        lambda e: ["scan-many", str(e.model), "--workers", "0", "--out", str(e.out)],
+        "--workers must be at least 1, got 0",
+        2,
+        "--workers",
+    ),
+    Case(
+        "scanmany-ray-and-workers",
+        "scan-many --ray --workers 2",
+        lambda e: ["scan-many", str(e.model), "--ray", "--workers", "2", "--out", str(e.out)],
+        "choose one",
+        2,
+        "--workers",
+    ),
+    Case(
+        "scanmany-out-occupied",
+        "scan-many --out a non-empty directory without --resume or --force",
+        lambda e: ["scan-many", str(e.model), "--out", str(_write(e.out / "notes.txt", "keep").parent)],
+        "--resume continues the run",
+        2,
+        "--out {tmp}/out",
+    ),
     Case(
         "scan-unknown-option",
         "scan --bogus",
@@ -1545,7 +1620,7 @@ def test_bad_api_input(case: ApiCase, world: dict[str, Any], tmp_path: Path, no_
 def test_corpus_size() -> None:
     assert len(CASES) + len(API_CASES) >= 50
     commands = {c.id.split("-")[0] for c in CASES}
-    assert {"scan", "train", "zoo", "validate", "mitigate", "report", "demo"} <= commands
+    assert {"scan", "train", "zoo", "validate", "mitigate", "report", "demo", "scanmany"} <= commands
 
 
 def test_internal_error_is_one_line_and_logged(
