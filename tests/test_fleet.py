@@ -406,6 +406,9 @@ def test_folders_are_searched_and_names_are_unique(tmp_path: Path) -> None:
         collect_models([tmp_path / "scans"])
     with pytest.raises(ModelError, match="model file not found"):
         collect_models([tmp_path / "none.pt2"])
+    (tmp_path / "m.csv").write_text("path\na/model.pt2\nnone.pt2\n")
+    with pytest.raises(ModelError, match=r"m.csv line 3: .*none.pt2: model file not found"):
+        collect_models([tmp_path / "m.csv"])
 
 
 def test_summary_sorts_and_round_trips(tmp_path: Path) -> None:

@@ -58,6 +58,10 @@ def _absolute(value: Any) -> Any:
     return value
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 'es' if what.endswith('s') else 's'}"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -353,7 +357,7 @@ def scan_many(
 
     where = {
         "ray": f"on Ray ({runner.get('address')}, {runner.get('cpus_per_task')} CPU per task)",
-        "processes": f"in {runner.get('workers')} worker processes of {runner.get('threads')} threads",
+        "processes": f"in {_count(runner['workers'], 'worker process')} of {_count(runner['threads'], 'thread')}",
         "in-process": "in this process, one at a time",
     }[runner["backend"]]
     reused = len(jobs) - len(todo)

@@ -46,14 +46,19 @@ def find_models(folder: Path) -> list[Path]:
 def collect_models(sources: Sequence[str | Path]) -> list[ModelEntry]:
     """The models the sources name: a manifest (``.csv``, ``.jsonl``: :func:`read_manifest`), a model
     file, a model directory, or a folder searched by :func:`find_models`. A repeated model (same path,
-    same options) is scanned once. One-line errors for a missing source or a folder without models."""
+    same options) is scanned once. One-line errors for a missing model (given or listed) or a folder
+    without models."""
     if not sources:
         raise SettingsError("no models to scan: give model files, model directories, folders or a manifest")
     entries: list[ModelEntry] = []
     for given in sources:
         source = Path(given)
         if source.suffix.lower() in MANIFEST_SUFFIXES:
-            entries += read_manifest(source)
+            listed = read_manifest(source)
+            missing = next((e for e in listed if not e.path.exists()), None)
+            if missing is not None:
+                raise ModelError(f"{missing.origin}: {missing.path}: model file not found")
+            entries += listed
         elif not source.exists():
             raise ModelError(f"{source}: model file not found")
         elif source.is_file() or (source / _CARD).is_file():
