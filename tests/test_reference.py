@@ -48,15 +48,23 @@ def test_reference_errors() -> None:
 
 def test_scan_against_a_reference(
     badnets_model: ModelBundle,
+    clean_model: ModelBundle,
     badnets_report: DetectionReport,
     clean_report: DetectionReport,
     mnist_sample: DatasetSplits,
     tmp_path: Path,
 ) -> None:
-    ref = Reference.from_reports([clean_report])  # a clean model's scan is the trusted reference
+    if clean_report.screened:  # the default scan screens; a reference must not
+        with pytest.raises(SettingsError, match=r"were screened .*scan --no-screening"):
+            Reference.from_reports([clean_report])
+    trusted = nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False)
+    assert not trusted.screened
+    ref = Reference.from_reports([trusted])  # a clean model's scan is the trusted reference
     r = nc.scan(badnets_model.model, mnist_sample.test, seed=0, reference=ref)
+    assert any("screening is off" in n for n in r.notes)
     # same optimisation as the plain scan (the reference only changes the test), a different statistic
-    assert r.l1_norms == pytest.approx(badnets_report.l1_norms)
+    full = {k: v for k, v in badnets_report.l1_norms.items() if k not in badnets_report.screened}
+    assert {k: r.l1_norms[k] for k in full} == pytest.approx(full)
     assert r.statistic == "relative" and r.verdict == "backdoored" and r.flagged == [0]
     assert r.label(0).anomaly_index > badnets_report.label(0).anomaly_index
     assert any("reference" in n for n in r.notes) and "in the reference" in r.summary()

@@ -305,7 +305,9 @@ def _scan_model(
     plans: list[tuple[str, int | None]] = [("scans", None)] + [("source-scans", s) for s in sources[:1]]
     for folder, source in plans:
         report_dir = out / folder / entry.name
-        detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=seed), device=device)
+        # a reference model's norms are compared label by label: none may be screened
+        settings = ReverseSettings(seed=seed, screening=not entry.is_reference)
+        detector = NeuralCleanse(bundle.model, settings=settings, device=device)
         report = _saved_report(report_dir, card.weights_sha256, detector.settings)
         if report is None:
             ckpt = report_dir.with_name(report_dir.name + ".checkpoint")

@@ -27,8 +27,20 @@ if TYPE_CHECKING:
 
 __all__ = ["Reference"]
 
-#: settings that change the speed or the random draw of a scan but not what its norms mean
-_SPEED_ONLY = frozenset({"seed", "parallel_labels", "max_batch", "mode"})
+#: settings that change the speed or the random draw of a scan but not what its norms mean (screening
+#: included: a reference scan with screened labels is refused, and without any it equals a full scan)
+_SPEED_ONLY = frozenset(
+    {
+        "seed",
+        "parallel_labels",
+        "max_batch",
+        "mode",
+        "channels_last",
+        "screening",
+        "screen_steps",
+        "screen_shrink",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,11 @@ class Reference:
             where = paths[i] if paths is not None else f"reference {i}"
             if sorted(r.label for r in rep.labels) != labels:
                 raise SettingsError(f"{where}: its labels differ from the first reference scan's")
+            if rep.screened:
+                raise SettingsError(
+                    f"{where}: labels {sorted(rep.screened)} were screened (their norms are only upper "
+                    "values); scan the trusted model without screening (scan --no-screening)"
+                )
             for r in rep.labels:
                 if r.l1_norm < 0:
                     raise DataError(
