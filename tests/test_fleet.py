@@ -323,6 +323,18 @@ def test_ray_retries_a_killed_worker(ray_instance: Any, world: dict[str, Path], 
     _check_dying(results, tmp_path / "marker", failure="Ray task failed (")
 
 
+def test_a_task_no_ray_node_can_hold_is_refused(
+    ray_instance: Any, world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray would wait forever for a node with 4 CPUs: refused in one line before anything is written."""
+    out = tmp_path / "o"
+    code, _, stderr = _scan_cli(
+        capsys, "scan-many", str(world["bad"]), "--ray", "--cpus-per-task", "4", "--out", str(out)
+    )
+    assert code == 2 and stderr.count("\n") == 1 and "no Ray node has 4 CPUs" in stderr, stderr
+    assert "the largest have 2 CPUs" in stderr and not out.exists()
+
+
 def test_ray_missing_is_one_line(
     world: dict[str, Path],
     tmp_path: Path,

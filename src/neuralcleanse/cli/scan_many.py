@@ -7,6 +7,8 @@ settings as ``scan``) in this process, in worker processes (``--workers``) or as
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import time
 from dataclasses import replace
@@ -28,11 +30,8 @@ __all__ = ["scan_many"]
 #: model (a manifest can set them per model)
 _MODEL_OPTIONS = _OPTIONS[1:]
 _MODEL_KEYS = tuple(k for k in _KEYS if k != "model")
-#: ModelSource fields a manifest may set; the other manifest columns are scan options
-_SOURCE_FIELDS = (
-    "data", "dataset", "data_dir", "arch", "arch_kwargs", "allow_torchscript", "input_shape",
-    "input_range", "mean", "std", "channel_order", "class_names",
-)  # fmt: skip
+#: the per-model values (a manifest's columns) that are ModelSource fields; the others are scan options
+_SOURCE_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSource)) - {"model"}
 
 
 def _model_options(f: Any) -> Any:
@@ -81,6 +80,11 @@ class _Progress:
         self.start = time.monotonic()
         self.terminal = Console(stderr=True).is_terminal
         self.bar = ProgressBar("models", enabled=True, unit="models") if self.terminal else None
+
+    def show(self) -> None:
+        """Show the bar at once (it shows the models finished earlier; nothing else is known yet)."""
+        if self.bar is not None:
+            self.bar.update(completed=self.done, total=self.total, status=self.eta())
 
     def eta(self) -> str:
         ran, left = self.done - self.reused, self.total - self.done
@@ -227,27 +231,119 @@ def scan_many(
     """
     from .._io import check_output_dir
     from ..fleet import (
-        FleetJob,
         FleetSummary,
         ModelResult,
         available_cpus,
-        collect_models,
-        import_ray,
+        check_task_fits,
         ray_session,
         run_in_process,
         run_processes,
         run_ray,
-        unique_names,
     )
 
     setup_logging(verbose)
     on_ray = use_ray or ray_address is not None
-    if workers is not None:
-        check_count(workers, "--workers")
-    if threads_per_worker is not None:
-        check_count(threads_per_worker, "--threads-per-worker")
-    if cpus_per_task is not None:
-        check_count(cpus_per_task, "--cpus-per-task")
+    _check_runner(on_ray, ray_address, workers, threads_per_worker, cpus_per_task, gpus_per_task, retries)
+    if out.is_dir() and any(out.iterdir()) and not (resume or force):
+        raise SettingsError(
+            f"--out {out}: directory exists and is not empty (--resume continues the run in it, --force "
+            "replaces its reports)"
+        )
+    check_output_dir(out, force=True, option="--out")
+    jobs, settings = _jobs(sources, out, options, device)
+    results, todo = _finished(jobs, resume=resume)
+
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    start = time.monotonic()
+    if on_ray:
+        cpus = cpus_per_task or 1
+        runner: dict[str, Any] = {
+            "backend": "ray",
+            "address": ray_address or "local instance",
+            "cpus_per_task": cpus,
+            "gpus_per_task": gpus_per_task or 0,
+            "threads": cpus,
+        }
+        where = f"on Ray ({runner['address']}, {_count(cpus, 'CPU')} per task)"
+    elif workers is not None:
+        threads = threads_per_worker or max(1, available_cpus() // workers)
+        runner = {"backend": "processes", "workers": workers, "threads": threads}
+        where = f"in {_count(workers, 'worker process')} of {_count(threads, 'thread')}"
+    else:
+        import torch
+
+        threads = threads_per_worker or torch.get_num_threads()
+        runner = {"backend": "in-process", "workers": 1, "threads": threads}
+        where = "in this process, one at a time"
+
+    def summary() -> FleetSummary:
+        return FleetSummary(
+            [results[job.name] for job in jobs], runner, settings, started, time.monotonic() - start
+        )
+
+    progress = _Progress(len(jobs), len(jobs) - len(todo))
+
+    def on_result(result: ModelResult) -> None:
+        results[result.name] = result
+        progress.update(result)
+        summary().save(out)  # a look at the run while it goes on
+
+    with contextlib.ExitStack() as stack:
+        if todo and on_ray:  # connected (or started) before anything is written
+            stack.enter_context(
+                ray_session(address=ray_address, num_cpus=None if ray_address else available_cpus())
+            )
+            check_task_fits(runner["cpus_per_task"], runner["gpus_per_task"], wait=ray_address is not None)
+        reused = len(jobs) - len(todo)
+        click.echo(
+            f"scan-many: {_count(len(jobs), 'model')}" + (f" ({reused} finished earlier)" if reused else "")
+            + f", {where}",
+            err=True,
+        )  # fmt: skip
+        progress.show()
+        try:
+            summary().save(out)
+            if todo and on_ray:
+                run_ray(
+                    todo, _scan_job, cpus_per_task=runner["cpus_per_task"], gpus_per_task=runner["gpus_per_task"],
+                    retries=retries, wait_for_resources=ray_address is not None, on_result=on_result,
+                )  # fmt: skip
+            elif todo and workers is not None:
+                run_processes(
+                    todo, _scan_job, workers=workers, threads=runner["threads"], retries=retries,
+                    on_result=on_result,
+                )  # fmt: skip
+            elif todo:
+                run_in_process(todo, _scan_job, threads=threads_per_worker, on_result=on_result)
+        finally:
+            progress.close()
+            final = summary()
+            final.save(out)  # also when interrupted: the models not finished are pending, --resume continues
+    _print_table(final, out, sort)
+    failed = final.failed
+    if failed:
+        raise DataError(
+            f"{len(failed)} of {len(jobs)} models failed ({failed[0].name}: {failed[0].error}); "
+            f"every model's outcome is in {out / 'summary.json'}"
+        )
+
+
+def _check_runner(
+    on_ray: bool,
+    ray_address: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    cpus_per_task: int | None,
+    gpus_per_task: float | None,
+    retries: int,
+) -> None:
+    """The runner's options: values, combinations, and Ray being installed when asked for."""
+    from ..fleet import import_ray
+
+    for value, option in ((workers, "--workers"), (threads_per_worker, "--threads-per-worker"),
+                          (cpus_per_task, "--cpus-per-task")):  # fmt: skip
+        if value is not None:
+            check_count(value, option)
     if gpus_per_task is not None and not gpus_per_task >= 0:
         raise SettingsError(f"--gpus-per-task must be 0 or more, got {gpus_per_task:g}")
     check_count(retries, "--retries", minimum=0)
@@ -263,31 +359,32 @@ def scan_many(
         raise SettingsError("--cpus-per-task and --gpus-per-task are for --ray or --ray-address")
     if on_ray:
         import_ray("--ray-address" if ray_address else "--ray")
-    if out.is_dir() and any(out.iterdir()) and not (resume or force):
-        raise SettingsError(
-            f"--out {out}: directory exists and is not empty (--resume continues the run in it, --force "
-            "replaces its reports)"
-        )
-    check_output_dir(out, force=True, option="--out")
+
+
+def _jobs(
+    sources: tuple[Path, ...], out: Path, options: dict[str, Any], device: str
+) -> tuple[list[Any], dict[str, Any]]:
+    """A job per model, its scan request made of the command line's options and its manifest row's
+    over them, every option checked before any model is read; and the shared options, for the summary."""
+    from ..fleet import FleetJob, collect_models, unique_names
 
     base = {k: _absolute(options.pop(k)) for k in _MODEL_KEYS}
     base["data"] = base.pop("data_path")
     fields = {k: _absolute(v) for k, v in request_fields(options).items()}
     shared: dict[str, Any] = {"html": True, "force": True, "device": device}
-    # the options every model shares are checked once, before anything is read
+    # the options every model shares are checked once (their errors name only the option)
     template = ScanRequest(source=ModelSource(model=Path("."), **base), out=out, **fields, **shared)
     template.check()
     template.settings()
     template.reference()
     entries = collect_models(sources)
-    names = unique_names(entries)
-    jobs: list[FleetJob] = []
-    for entry, name in zip(entries, names, strict=True):
+    jobs = []
+    for entry, name in zip(entries, unique_names(entries), strict=True):
         own = {k: v for k, v in entry.options.items() if k in _SOURCE_FIELDS}
         source = ModelSource(model=entry.path, **{**base, **own})
         scan_fields = {**fields, **{k: v for k, v in entry.options.items() if k not in _SOURCE_FIELDS}}
         request = ScanRequest(source=source, out=out.absolute() / name, **scan_fields, **shared)
-        if entry.options:  # a manifest row's own values, named by its line
+        if entry.options:  # a manifest row's own values: errors name its file and line
             try:
                 request.check()
                 if "references" in entry.options:
@@ -295,103 +392,34 @@ def scan_many(
             except (SettingsError, DataError) as exc:
                 raise type(exc)(f"{entry.origin}: {exc}") from None
         jobs.append(FleetJob(name, str(entry.path), request.out, request))
+    return jobs, {k: _jsonable(v) for k, v in {**base, **fields, "device": device}.items()}
 
+
+def _finished(jobs: list[Any], *, resume: bool) -> tuple[dict[str, Any], list[Any]]:
+    """Every job's result so far (``pending``, or with ``resume`` the finished report found in its
+    directory) and the jobs still to run. Without ``resume``, a previous run's checkpoints are removed
+    (``--force``: every model is scanned again)."""
     from ..detection import DetectionReport
     from ..detection.checkpoint import remove_checkpoint
+    from ..fleet import ModelResult
 
-    results: dict[str, ModelResult] = {job.name: ModelResult.pending(job) for job in jobs}
-    todo: list[FleetJob] = []
+    results = {job.name: ModelResult.pending(job) for job in jobs}
+    todo = []
     for job in jobs:
-        if resume and (job.out / "report.json").is_file():
-            report = DetectionReport.load(job.out)
-            recorded = report.model.get("path")
-            if recorded is not None and Path(recorded).resolve() != Path(job.model).resolve():
-                raise SettingsError(
-                    f"--out {job.out} holds the scan of another model ({recorded}); --resume needs the same models"
-                )
-            if not (job.out / "report.html").is_file():
-                from ..report import write_html_report
-
-                write_html_report(job.out)
-            results[job.name] = ModelResult.from_report(job, report, reused=True)
-        else:
+        if not (resume and (job.out / "report.json").is_file()):  # reports are saved whole or not at all
             if not resume:
-                remove_checkpoint(job.request.checkpoint)  # a previous run's, replaced by --force
+                remove_checkpoint(job.request.checkpoint)
             todo.append(job)
-
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    start = time.monotonic()
-    if on_ray:
-        cpus = cpus_per_task or 1
-        runner: dict[str, Any] = {
-            "backend": "ray",
-            "address": ray_address or "local instance",
-            "cpus_per_task": cpus,
-            "gpus_per_task": gpus_per_task or 0,
-            "threads": cpus,
-        }
-    elif workers is not None:
-        threads = threads_per_worker or max(1, available_cpus() // workers)
-        runner = {"backend": "processes", "workers": workers, "threads": threads}
-    else:
-        import torch
-
-        runner = {
-            "backend": "in-process",
-            "workers": 1,
-            "threads": threads_per_worker or torch.get_num_threads(),
-        }
-    settings = {k: _jsonable(v) for k, v in {**base, **fields, "device": device}.items()}
-
-    def summary() -> FleetSummary:
-        return FleetSummary(
-            [results[job.name] for job in jobs], runner, settings, started, time.monotonic() - start
-        )
-
-    progress = _Progress(len(jobs), len(jobs) - len(todo))
-
-    def on_result(result: ModelResult) -> None:
-        results[result.name] = result
-        progress.update(result)
-        summary().save(out)  # a look at the run while it goes on
-
-    where = {
-        "ray": f"on Ray ({runner.get('address')}, {runner.get('cpus_per_task')} CPU per task)",
-        "processes": f"in {_count(runner['workers'], 'worker process')} of {_count(runner['threads'], 'thread')}",
-        "in-process": "in this process, one at a time",
-    }[runner["backend"]]
-    reused = len(jobs) - len(todo)
-    click.echo(
-        f"scan-many: {len(jobs)} models" + (f" ({reused} finished earlier)" if reused else "") + f", {where}",
-        err=True,
-    )
-    try:
-        summary().save(out)
-        if todo and on_ray:
-            with ray_session(address=ray_address, num_cpus=None if ray_address else available_cpus()):
-                run_ray(
-                    todo, _scan_job, cpus_per_task=runner["cpus_per_task"], gpus_per_task=runner["gpus_per_task"],
-                    retries=retries, on_result=on_result,
-                )  # fmt: skip
-        elif todo and workers is not None:
-            run_processes(
-                todo,
-                _scan_job,
-                workers=workers,
-                threads=runner["threads"],
-                retries=retries,
-                on_result=on_result,
+            continue
+        report = DetectionReport.load(job.out)
+        recorded = report.model.get("path")
+        if recorded is not None and Path(recorded).resolve() != Path(job.model).resolve():
+            raise SettingsError(
+                f"--out {job.out} holds the scan of another model ({recorded}); --resume needs the same models"
             )
-        elif todo:
-            run_in_process(todo, _scan_job, threads=threads_per_worker, on_result=on_result)
-    finally:
-        progress.close()
-        final = summary()
-        final.save(out)  # also when interrupted: the models not finished are pending, --resume continues
-    _print_table(final, out, sort)
-    failed = final.failed
-    if failed:
-        raise DataError(
-            f"{len(failed)} of {len(jobs)} models failed ({failed[0].name}: {failed[0].error}); "
-            f"every model's outcome is in {out / 'summary.json'}"
-        )
+        if not (job.out / "report.html").is_file():  # the run was killed between the report and its page
+            from ..report import write_html_report
+
+            write_html_report(job.out)
+        results[job.name] = ModelResult.from_report(job, report, reused=True)
+    return results, todo
