@@ -54,6 +54,7 @@ class ScanRequest:
     source_label: int | None = None
     sequential: bool = False
     exhaustive: bool = False
+    no_screening: bool = False
     precision: str = "auto"
     loss: str = "ce"
     threshold: float = 2.0
@@ -92,6 +93,8 @@ class ScanRequest:
         overrides: dict[str, Any] = {"loss": self.loss, "seed": self.seed, "max_steps": self.max_steps}
         if self.precision != "auto" or not (self.sequential or self.exhaustive):
             overrides["precision"] = self.precision
+        if self.no_screening:
+            overrides["screening"] = False
         preset = (
             ReverseSettings.original
             if self.sequential
@@ -206,6 +209,12 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
         "fast default is measured against, see docs/detection.md).",
     ),
     click.option(
+        "--no-screening",
+        is_flag=True,
+        help="Run every label to the end (the fast default otherwise stops labels whose trigger is "
+        "clearly large); for scans of trusted models used as --reference.",
+    ),
+    click.option(
         "--precision",
         type=click.Choice(["auto", "fp32", "bf16"]),
         default="auto",
@@ -257,7 +266,7 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
 #: the names under which the commands receive the options of :data:`_SCAN_OPTIONS`
 SCAN_OPTION_NAMES = (
     "split", "all_images", "samples", "labels_text", "source_label", "sequential", "exhaustive",
-    "precision", "loss", "threshold", "outputs", "statistic", "references", "max_steps", "seed",
+    "no_screening", "precision", "loss", "threshold", "outputs", "statistic", "references", "max_steps", "seed",
 )  # fmt: skip
 
 
