@@ -10,6 +10,7 @@ attacks (clean controls, BadNets with several targets and triggers, a blended tr
 
 * ``workers1``: ``--workers 1`` (one process, all the machine's cores as its torch threads);
 * ``workers2``: ``--workers 2`` (two processes, the cores shared out: one thread each on 2 cores);
+* ``workers1-1thread``: one process of one thread (what one of ``workers2``'s workers does alone);
 * ``ray2``: ``--ray`` (a local Ray instance started for the run, one CPU and thread per task).
 
 It prints each run's wall time, the sum of the models' scan seconds, images through the models per
@@ -46,6 +47,7 @@ FLEET: list[tuple[str, nc.BadNets | None]] = [
 RUNNERS = {
     "workers1": ["--workers", "1"],
     "workers2": ["--workers", "2"],
+    "workers1-1thread": ["--workers", "1", "--threads-per-worker", "1"],
     "inprocess": [],
     "ray2": ["--ray", "--cpus-per-task", "1"],
 }
@@ -116,14 +118,14 @@ def main() -> None:
         results[runner] = run_fleet(models, runner, args.out / runner, scan_args)
         print(f"  {results[runner][0]:.0f} s", flush=True)
 
-    header = f"{'runner':10s} {'threads':>7s} {'wall s':>7s} {'scan s (sum)':>12s} {'images/s':>9s}  verdicts"
+    header = f"{'runner':16s} {'threads':>7s} {'wall s':>7s} {'scan s (sum)':>12s} {'images/s':>9s}  verdicts"
     print(f"\n{header}\n{'-' * len(header)}")
     verdicts = {}
     for runner, (wall, s) in results.items():
         verdicts[runner] = [(m["name"], m["verdict"], m["flagged"]) for m in s["models"]]
         c = s["counts"]
         print(
-            f"{runner:10s} {s['runner'].get('threads', '-')!s:>7s} {wall:7.0f} {s['scan_seconds']:12.0f} "
+            f"{runner:16s} {s['runner'].get('threads', '-')!s:>7s} {wall:7.0f} {s['scan_seconds']:12.0f} "
             f"{s['images_processed'] / wall:9.0f}  {c['backdoored']} backdoored, {c['clean']} clean, "
             f"{c['inconclusive']} inconclusive, {c['failed']} failed"
         )
