@@ -288,7 +288,7 @@ def ray_instance() -> Any:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     except Exception as exc:  # noqa: BLE001 (any failure to start is a reason to skip, stated)
         pytest.skip(f"a local Ray instance could not start: {type(exc).__name__}: {exc}")
     finally:

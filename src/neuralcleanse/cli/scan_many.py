@@ -148,7 +148,7 @@ def _print_table(summary: Any, out: Path, sort: str) -> None:
             console.print(f"failed: {r.name}: {(r.error or '').removeprefix(f'{r.model}: ')}", soft_wrap=True)
     c = summary.counts
     console.print(
-        f"{c['total']} models: {c['backdoored']} backdoored, {c['inconclusive']} inconclusive, "
+        f"{_count(c['total'], 'model')}: {c['backdoored']} backdoored, {c['inconclusive']} inconclusive, "
         f"{c['clean']} clean, {c['failed']} failed; {summary.images_processed:,} images in "
         f"{summary.seconds:.0f} s; summary.json and index.html written to {out}",
         soft_wrap=True,

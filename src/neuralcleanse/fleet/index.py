@@ -50,7 +50,7 @@ def render_index(summary: FleetSummary) -> str:
     e = html.escape
     c = summary.counts
     verdict = (
-        f"{c['total']} models: <b>{c['backdoored']} backdoored</b>, {c['inconclusive']} inconclusive, "
+        f"{c['total']} model{'s' * (c['total'] != 1)}: <b>{c['backdoored']} backdoored</b>, {c['inconclusive']} inconclusive, "
         f"{c['clean']} clean, {c['failed']} failed"
         + (f", {c['pending']} not finished" if c["pending"] else "")
     )

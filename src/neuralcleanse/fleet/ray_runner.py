@@ -51,7 +51,14 @@ def ray_session(
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+            # "local": a new instance even when `ray start` left a cluster on this machine
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
     except Exception as exc:  # noqa: BLE001 (Ray raises many kinds; each is one line here)
         lines = str(exc).strip().splitlines()
         why = f"{type(exc).__name__}{': ' + lines[0] if lines else ''}"
