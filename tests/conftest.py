@@ -44,3 +44,9 @@ def badnets_report(badnets_model: ModelBundle, mnist_sample: DatasetSplits) -> D
 @pytest.fixture(scope="session")
 def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
     return nc.scan(clean_model.model, mnist_sample.test, seed=0)
+
+
+@pytest.fixture(scope="session")
+def clean_report_full(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    """The clean model scanned with every label to the end: a scan that can serve as a reference."""
+    return nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False)

@@ -317,7 +317,10 @@ def test_references_are_per_dataset_and_never_the_model_itself() -> None:
 
 
 def test_zoo_scan_reuses_reports_and_tests_against_references(
-    tmp_path: Path, badnets_report: nc.DetectionReport, clean_report: nc.DetectionReport
+    tmp_path: Path,
+    badnets_report: nc.DetectionReport,
+    clean_report: nc.DetectionReport,
+    clean_report_full: nc.DetectionReport,
 ) -> None:
     """The scan summary of a zoo: the paper's test, the log test and the relative test against the
     zoo's reference models. The scans are the session's (of models of the same recipe), filed under the
@@ -330,12 +333,14 @@ def test_zoo_scan_reuses_reports_and_tests_against_references(
     )
     out = tmp_path / "zoo"
     assert main(["zoo", "--spec", str(spec), "--out", str(out)]) == 0
-    for name, report in (("c", clean_report), ("b", badnets_report), ("r", clean_report)):
+    # the session's scans ran with seed 0; a reference model is scanned without screening
+    for name, report in (("c", clean_report), ("b", badnets_report), ("r", clean_report_full)):
         copy = nc.DetectionReport.load(report.save(tmp_path / "tmp" / name))
         copy.model["weights_sha256"] = nc.ModelCard.load(out / name / "card.json").weights_sha256
         copy.save(out / "scans" / name)
     md = tmp_path / "t.md"
-    assert main(["zoo", "--spec", str(spec), "--out", str(out), "--scan", "--markdown", str(md)]) == 0
+    scan = ["zoo", "--spec", str(spec), "--out", str(out), "--scan", "--scan-seed", "0"]
+    assert main([*scan, "--markdown", str(md)]) == 0
     rows = {m["name"]: m for m in json.loads((out / "zoo.json").read_text())["models"]}
     b, c, r = rows["b"]["scan"], rows["c"]["scan"], rows["r"]["scan"]
     assert b["flagged"] == badnets_report.flagged and b["target_index"] == pytest.approx(
@@ -343,7 +348,7 @@ def test_zoo_scan_reuses_reports_and_tests_against_references(
     )
     assert b["references"] == ["r"] and b["relative_flagged"] == [0] and b["relative_outcome"] == "detected"
     assert b["relative_target_index"][0] > 2
-    ratio = badnets_report.label(0).l1_norm / clean_report.label(0).l1_norm
+    ratio = badnets_report.label(0).l1_norm / clean_report_full.label(0).l1_norm
     assert b["relative_ratio"]["0"] == pytest.approx(ratio, rel=1e-3) and ratio < 0.5
     assert (
         c["references"] == ["r"]
@@ -359,6 +364,6 @@ def test_zoo_scan_reuses_reports_and_tests_against_references(
     stale = nc.DetectionReport.load(out / "scans" / "r")
     stale.model["weights_sha256"] = "0" * 64
     stale.save(out / "scans" / "r", force=True)
-    assert main(["zoo", "--spec", str(spec), "--out", str(out), "--scan", "--only", "b"]) == 0
+    assert main([*scan, "--only", "b"]) == 0
     b = {m["name"]: m for m in json.loads((out / "zoo.json").read_text())["models"]}["b"]["scan"]
     assert b["flagged"] == badnets_report.flagged and "references" not in b

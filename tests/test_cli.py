@@ -145,9 +145,13 @@ def test_scan_cli_table_for_a_clean_model(
 ) -> None:
     out = tmp_path / "s"
     code, stdout, _ = run(
-        capsys, "scan", str(saved_models["clean"]), "--seed", "0", "--out", str(out), "--device", "cpu"
-    )
+        capsys, "scan", str(saved_models["clean"]), "--seed", "0", "--out", str(out), "--device", "cpu",
+        "--no-screening",
+    )  # fmt: skip
     assert code == 0 and "anomaly index" in stdout and "clean:" in stdout and "FLAGGED" not in stdout
+    assert all(
+        row["stop_reason"] != "screened" for row in json.loads((out / "report.json").read_text())["labels"]
+    )
     # the clean model's scan is the reference for the infected one: each label against itself
     code, stdout, _ = run(
         capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--reference", str(out),

@@ -48,16 +48,16 @@ def test_reference_errors() -> None:
 
 def test_scan_against_a_reference(
     badnets_model: ModelBundle,
-    clean_model: ModelBundle,
     badnets_report: DetectionReport,
     clean_report: DetectionReport,
+    clean_report_full: DetectionReport,
     mnist_sample: DatasetSplits,
     tmp_path: Path,
 ) -> None:
     if clean_report.screened:  # the default scan screens; a reference must not
         with pytest.raises(SettingsError, match=r"were screened .*scan --no-screening"):
             Reference.from_reports([clean_report])
-    trusted = nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False)
+    trusted = clean_report_full
     assert not trusted.screened
     ref = Reference.from_reports([trusted])  # a clean model's scan is the trusted reference
     r = nc.scan(badnets_model.model, mnist_sample.test, seed=0, reference=ref)
