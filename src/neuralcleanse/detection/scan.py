@@ -343,12 +343,19 @@ class NeuralCleanse:
         optimised, output_note = as_logits(self.model, pool.images[:64].to(self.device), outputs=self.outputs)
         if optimised is not self.model or self.outputs != "auto":
             notes.append(output_note)
+        settings = self.settings
+        if optimised is not self.model and settings.precision == "bf16":
+            # the log of bf16-rounded probabilities is too coarse to optimise (a Keras softmax model was missed)
+            settings = settings.replace(precision="fp32")
+            notes.append(
+                "precision fp32: the model returns probabilities, whose logarithm bf16 rounds too coarsely"
+            )
 
         identity = {
             "model": model_fingerprint(self.model),
             "images": tensor_fingerprint(pool.images),
             "labels": targets,
-            "settings": self.settings.to_dict(),
+            "settings": settings.to_dict(),
         }
         if optimised is not self.model:
             identity["outputs"] = "probabilities"
@@ -372,8 +379,8 @@ class NeuralCleanse:
                         snap.images,
                         now - start,
                         finished,
-                        self.settings.max_steps,
-                        self.settings.batch_size * self.settings.batches_per_step,
+                        settings.max_steps,
+                        settings.batch_size * settings.batches_per_step,
                     )  # fmt: skip
                 )
             if checkpoint is not None and (
@@ -386,7 +393,7 @@ class NeuralCleanse:
             optimised,
             pool.images,
             targets,
-            self.settings,
+            settings,
             device=self.device,
             resume=resumed,
             on_step=on_step,
@@ -429,7 +436,7 @@ class NeuralCleanse:
             threshold=self.threshold,
             statistic=self.statistic,
             reference=self.reference,
-            settings=self._settings_record(),
+            settings={**settings.to_dict(), "mode": "sequential" if settings.sequential else "batched"},
             data=data_meta,
             model=model_meta,
             run=run,
