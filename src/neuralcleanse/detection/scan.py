@@ -403,7 +403,7 @@ class NeuralCleanse:
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
         seconds = time.perf_counter() - start
-        report = self._report(states, pool, names, labels is not None, notes)
+        report = self._report(states, pool, names, labels is not None, notes, settings)
         processed = sum(s.images_seen for s in states)
         run: dict[str, Any] = {
             "seconds": round(seconds, 2),
@@ -436,7 +436,7 @@ class NeuralCleanse:
             threshold=self.threshold,
             statistic=self.statistic,
             reference=self.reference,
-            settings={**settings.to_dict(), "mode": "sequential" if settings.sequential else "batched"},
+            settings=_settings_record(settings),
             data=data_meta,
             model=model_meta,
             run=run,
@@ -445,12 +445,14 @@ class NeuralCleanse:
             example=pool.images[0].clone(),
         )
 
-    def _settings_record(self) -> dict[str, Any]:
-        """The settings as a report records them."""
-        return {**self.settings.to_dict(), "mode": "sequential" if self.settings.sequential else "batched"}
-
     def _report(
-        self, states: list[LabelState], pool: ImageDataset, names: list[str], known: bool, notes: list[str]
+        self,
+        states: list[LabelState],
+        pool: ImageDataset,
+        names: list[str],
+        known: bool,
+        notes: list[str],
+        settings: ReverseSettings,
     ) -> dict[str, Any]:
         triggers = {
             s.label: Trigger(s.mask().clamp(0, 1), s.pattern().clamp(0, 1), "reversed") for s in states
@@ -496,7 +498,7 @@ class NeuralCleanse:
         extra = list(outlier.notes)
         if unreached:
             extra.append(
-                f"labels {unreached} never reached {self.settings.attack_threshold:.0%} attack success; "
+                f"labels {unreached} never reached {settings.attack_threshold:.0%} attack success; "
                 "their L1 is that of the last mask and they cannot be flagged"
             )
         if self.statistic == "relative" and self.reference is not None:
@@ -505,7 +507,7 @@ class NeuralCleanse:
                 f"relative statistic: each label's L1 norm is divided by its norm in {len(refs)} reference "
                 "scan(s) of trusted models before the outlier test"
             )
-            for diff in self.reference.mismatches(self._settings_record()):
+            for diff in self.reference.mismatches(_settings_record(settings)):
                 extra.append(
                     f"reference scan with other settings ({diff}): rescan it with this scan's settings"
                 )
@@ -513,7 +515,7 @@ class NeuralCleanse:
             if alarmed:
                 extra.append(f"the paper's test flags labels in reference scans {alarmed} (used as trusted)")
         extra.append(
-            f"misclassification loss: {'cross-entropy' if self.settings.loss == 'ce' else 'original linear-probability term'}"
+            f"misclassification loss: {'cross-entropy' if settings.loss == 'ce' else 'original linear-probability term'}"
         )
         verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
         return {
@@ -589,6 +591,11 @@ def scan(
         progress=progress,
         extra_notes=notes,
     )
+
+
+def _settings_record(settings: ReverseSettings) -> dict[str, Any]:
+    """The settings as a report records them."""
+    return {**settings.to_dict(), "mode": "sequential" if settings.sequential else "batched"}
 
 
 def _collect_batches(batches: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
