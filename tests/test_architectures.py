@@ -22,8 +22,8 @@ from torch import nn
 
 import neuralcleanse as nc
 from arch_corpus import CORPUS, BatchNormCNN
-from neuralcleanse.attacks import BadNets
 from neuralcleanse.detection import DetectionReport
+from neuralcleanse.lab.attacks import BadNets
 from neuralcleanse.mitigation import filter_inputs, prune_neurons, unlearn
 from neuralcleanse.models.preprocess import Preprocessing
 from neuralcleanse.validation import validate_trigger

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import neuralcleanse as nc
-from neuralcleanse.attacks import BadNets, MultiBackdoor, Trojan, build_attack, watermark_mask
-from neuralcleanse.attacks.base import PoisonSpec, poison_many
 from neuralcleanse.cli import main
 from neuralcleanse.data.gtsrb import load_gtsrb, write_gtsrb
 from neuralcleanse.data.signs import SIGN_CLASSES, generate_signs
-from neuralcleanse.zoo import parse_spec
+from neuralcleanse.lab.attacks import BadNets, MultiBackdoor, Trojan, build_attack, watermark_mask
+from neuralcleanse.lab.attacks.base import PoisonSpec, poison_many
+from neuralcleanse.lab.zoo import parse_spec
 
 
 def _tiny(n: int = 200, classes: int = 4) -> nc.ImageDataset:
@@ -191,7 +191,7 @@ def test_bad_spec_entries_name_the_entry(models: list[dict[str, object]], messag
 
 
 def test_named_control_is_compared_and_does_not_force_a_rebuild() -> None:
-    from neuralcleanse.zoo import ZooRow, attach_controls
+    from neuralcleanse.lab.zoo import ZooRow, attach_controls
 
     models: list[dict[str, object]] = [
         {"name": "c", "epochs": 3},
@@ -212,7 +212,7 @@ def test_named_control_is_compared_and_does_not_force_a_rebuild() -> None:
 
 
 def test_shipped_spec_parses_and_covers_every_attack() -> None:
-    from neuralcleanse.zoo import default_spec_path, load_spec
+    from neuralcleanse.lab.zoo import default_spec_path, load_spec
 
     spec = load_spec(default_spec_path())
     kinds = {e.attack_name for e in spec.entries}

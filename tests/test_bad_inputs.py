@@ -48,7 +48,7 @@ from neuralcleanse.data.files import load_images
 from neuralcleanse.data.npz import load_npz
 from neuralcleanse.detection import mad_outlier_test
 from neuralcleanse.errors import DataError, NeuralCleanseError, SettingsError
-from neuralcleanse.zoo import parse_spec
+from neuralcleanse.lab.zoo import parse_spec
 
 
 @dataclass(frozen=True)
@@ -1558,7 +1558,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.fail("work started on bad input (training or optimisation ran)")
 
     monkeypatch.setattr(sys.modules["neuralcleanse.detection.scan"], "reverse_engineer", forbidden)
-    monkeypatch.setattr(sys.modules["neuralcleanse.recipes"], "train_recipe", forbidden)
+    monkeypatch.setattr(sys.modules["neuralcleanse.lab.recipes"], "train_recipe", forbidden)
 
 
 def _tree(*roots: Path) -> set[str]:

@@ -11,11 +11,11 @@ from torch import nn
 
 import neuralcleanse as nc
 from neuralcleanse.features import find_feature_layer
+from neuralcleanse.lab.zoo import parse_spec
 from neuralcleanse.mitigation.prune import prune_neurons
 from neuralcleanse.models import ARCHITECTURES, ModelCard
 from neuralcleanse.models.architectures import BatchNormCNN, SmallResNet
 from neuralcleanse.validation import validate_trigger
-from neuralcleanse.zoo import parse_spec
 
 LAB = ["bn-cnn", "resnet"]
 SHAPES = [(1, 28, 28), (3, 32, 32)]

@@ -19,7 +19,7 @@ from neuralcleanse import (
     train_recipe,
 )
 from neuralcleanse.errors import SettingsError
-from neuralcleanse.training import random_shift
+from neuralcleanse.lab.training import random_shift
 
 
 def test_clean_model_learns_the_sample(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> None:
@@ -93,7 +93,7 @@ def test_shift_augmentation_is_seeded_and_recorded(mnist_sample: DatasetSplits) 
 def test_train_recipe_checks_its_output_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import neuralcleanse.recipes as recipes
+    import neuralcleanse.lab.recipes as recipes
 
     occupied = tmp_path / "m"
     occupied.mkdir()

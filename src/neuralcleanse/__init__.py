@@ -4,9 +4,6 @@ Implements Neural Cleanse (Wang et al., "Neural Cleanse: Identifying and Mitigat
 Neural Networks", IEEE S&P 2019) for PyTorch.
 """
 
-__version__ = "0.1.0"
-
-from .attacks import BadNets, poison_dataset  # noqa: E402
 from .data import DatasetSplits, ImageDataset, load_dataset  # noqa: E402
 from .data.files import load_images  # noqa: E402
 from .detection import (  # noqa: E402
@@ -18,13 +15,22 @@ from .detection import (  # noqa: E402
     scan,
 )
 from .errors import CheckpointError, DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
+from .lab import (  # noqa: E402
+    BadNets,
+    MultiBackdoor,
+    Recipe,
+    TrainSettings,
+    Trojan,
+    poison_dataset,
+    train_classifier,
+    train_recipe,
+)
 from .metrics import accuracy, attack_success_rate  # noqa: E402
 from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
 from .models.preprocess import Preprocessing  # noqa: E402
-from .recipes import Recipe, train_recipe  # noqa: E402
-from .training import TrainSettings, train_classifier  # noqa: E402
 from .triggers import Trigger  # noqa: E402
+from .versions import __version__
 
 __all__ = [
     "BadNets",
@@ -37,6 +43,7 @@ __all__ = [
     "ModelBundle",
     "ModelCard",
     "ModelError",
+    "MultiBackdoor",
     "NeuralCleanse",
     "NeuralCleanseError",
     "Preprocessing",
@@ -46,6 +53,7 @@ __all__ = [
     "SettingsError",
     "TrainSettings",
     "Trigger",
+    "Trojan",
     "TriggerError",
     "__version__",
     "accuracy",

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import SettingsError
+from .errors import DataError, NeuralCleanseError, SettingsError
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_directory",
+    "read_json",
     "check_output_dir",
     "check_output_file",
     "check_writable_parent",
@@ -49,6 +50,18 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON (NaN/inf are refused: callers encode them explicitly)."""
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike[str], *, what: str, error: type[NeuralCleanseError] = DataError) -> Any:
+    """The JSON value in the file at ``path``, or a one-line ``error`` naming the file and ``what`` it
+    should hold (``{path}: {what} not found``, ``{path}: cannot read {what} (...)``)."""
+    file = Path(path)
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{file}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{file}: cannot read {what} ({exc})") from None
 
 
 def _where(out: Path, option: str | None) -> str:

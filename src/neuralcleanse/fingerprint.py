@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["model_fingerprint", "tensor_fingerprint"]
+__all__ = ["model_fingerprint", "report_weights_sha256", "tensor_fingerprint"]
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -42,3 +44,11 @@ def model_fingerprint(model: nn.Module) -> str:
 def tensor_fingerprint(t: torch.Tensor) -> str:
     """sha256 over the bytes of ``t`` (as :func:`model_fingerprint` reads them)."""
     return hashlib.sha256(_raw_bytes(t)).hexdigest()
+
+
+def report_weights_sha256(model_info: Mapping[str, Any]) -> str | None:
+    """The sha256 of the weights a report's ``model`` record was made for: ``sha256`` (what
+    :meth:`~neuralcleanse.models.loading.LoadedModel.describe` records, so every scan since the demo and
+    the zoo load models as ``scan`` does) or ``weights_sha256`` (their reports before that)."""
+    value = model_info.get("sha256") or model_info.get("weights_sha256")
+    return str(value) if value else None

@@ -19,7 +19,6 @@ from .common import (
     verbose_option,
 )
 from .train import train_and_save
-from .zoo import _saved_report
 
 
 @app.command()
@@ -44,13 +43,15 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
     weights, by sha256) are reused and the output says so; --force rebuilds both.
     """
     from .._io import check_output_dir
-    from ..attacks import BadNets
     from ..data.registry import load_dataset
     from ..detection import NeuralCleanse, ReverseSettings
+    from ..lab.attacks import BadNets
+    from ..lab.recipes import Recipe
+    from ..lab.training import TrainSettings
+    from ..lab.zoo_scan import saved_report
     from ..models import load_model_dir
-    from ..recipes import Recipe
+    from ..models.loading import load_model
     from ..report import write_html_report
-    from ..training import TrainSettings
 
     setup_logging(verbose)
     check_count(epochs, "--epochs")
@@ -81,9 +82,11 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
         asr = "" if card.attack_success is None else f", attack success {100 * card.attack_success:.1f}%"
         what = f"BadNets, 4x4 white square bottom-right, target {planted}" if planted else "no backdoor"
         console.print(f"{model_dir}: {what}; clean accuracy {100 * (card.clean_accuracy or 0):.1f}%{asr}")
-        detector = NeuralCleanse(bundle.model, settings=ReverseSettings(seed=123), device=device)
+        # scanned as `scan` scans a model directory: with the card's declared preprocessing
+        loaded = load_model(model_dir, device=device)
+        detector = NeuralCleanse(loaded.model, settings=ReverseSettings(seed=123), device=device)
         # a scan already made for these weights with these settings is reused (--force rescans)
-        report = None if force else _saved_report(scan_dir, card.weights_sha256, detector.settings)
+        report = None if force else saved_report(scan_dir, loaded.sha256, detector.settings)
         scan_reused = report is not None
         if report is None:
             report = run_scan(
@@ -91,7 +94,7 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
                 data.test,
                 bar=True,
                 data_info={"dataset": "mnist-sample", "split": "test"},
-                model_info={"path": str(model_dir), "arch": card.arch, "weights_sha256": card.weights_sha256},
+                model_info=loaded.describe(),
             )
             report.save(scan_dir, force=True)
             write_html_report(scan_dir)

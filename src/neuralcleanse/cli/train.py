@@ -106,9 +106,9 @@ def train(
 ) -> None:
     """Train a clean or a backdoored model and save it as a model directory (safetensors + card.json)."""
     from .._io import check_output_dir
-    from ..attacks import build_attack
-    from ..recipes import Recipe
-    from ..training import TrainSettings
+    from ..lab.attacks import build_attack
+    from ..lab.recipes import Recipe
+    from ..lab.training import TrainSettings
 
     setup_logging(verbose)
     check_count(epochs, "--epochs")
@@ -164,8 +164,8 @@ def train(
 
 def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: bool, data: Any = None) -> Any:
     """Train a recipe with a progress bar and save it as a model directory."""
-    from ..recipes import train_recipe
-    from ..training import TrainProgress
+    from ..lab.recipes import train_recipe
+    from ..lab.training import TrainProgress
 
     batch_size = recipe.training.batch_size
     with ProgressBar(f"training {out.name}", enabled=bar, unit="batches") as progress_bar:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -12,12 +11,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import CheckpointError, NeuralCleanseError, SettingsError
+from ..errors import SettingsError
 from . import app
 from .common import check_count, check_seed, device_option, run_scan, setup_logging, verbose_option
 from .train import train_and_save
-
-log = logging.getLogger(__name__)
 
 
 @app.command()
@@ -57,8 +54,7 @@ def zoo(
     """
     from .._io import check_output_dir, check_output_file
     from ..data.registry import load_dataset
-    from ..models import load_model_dir
-    from ..zoo import (
+    from ..lab.zoo import (
         SHIPPED_SPECS,
         attach_controls,
         check_against_data,
@@ -68,6 +64,8 @@ def zoo(
         summarise,
         write_manifest,
     )
+    from ..lab.zoo_scan import scan_zoo
+    from ..models import load_model_dir
 
     setup_logging(verbose)
     check_count(samples, "--samples")
@@ -122,15 +120,18 @@ def zoo(
         write_manifest(out, type(spec)(spec.entries[: i + 1], spec.source), rows)
     attach_controls(rows, spec)
     if do_scan:
-        reports: dict[str, Any] = {}
-        for row, e in zip(rows, spec.entries, strict=True):
-            row.scan, reports[e.name] = _scan_model(
-                out, e, data_for(e.recipe.dataset, e.recipe.data_dir), samples, scan_seed, device
-            )
-            write_manifest(out, spec, rows)
-        for row, e in zip(rows, spec.entries, strict=True):
-            refs = full_spec.references_for(e)
-            row.scan.update(_against_references(out, reports, e.name, refs, row.targets))
+        scan_zoo(
+            out,
+            spec,
+            rows,
+            data_for,
+            samples=samples,
+            seed=scan_seed,
+            device=device,
+            references=full_spec,
+            run=partial(run_scan, bar=True),
+            saved=lambda: write_manifest(out, spec, rows),
+        )
     write_manifest(out, spec, rows)
     table_rows = [_cells(r, do_scan) for r in rows]
     header = _header(do_scan)
@@ -211,149 +212,3 @@ def _cells(r: Any, scanned: bool) -> list[str]:
 
 def _indices(values: list[float] | None) -> str:
     return "-" if not values else ", ".join(f"{v:.2f}" for v in values)
-
-
-def _indices_of(report: Any, test: Any, labels: list[int]) -> list[float]:
-    """The anomaly indices of ``labels`` in ``test``, an outlier test re-run on ``report``'s norms."""
-    return [test.anomaly_index[report.labels.index(report.label(k))] for k in labels]
-
-
-def _outcome(planted: list[int], found: set[int]) -> str:
-    if not planted:
-        return "correct (clean)" if not found else "false alarm"
-    if set(planted) <= found:
-        return "detected" + (" + false alarm" if found - set(planted) else "")
-    return "partly detected" if set(planted) & found else "missed"
-
-
-def _against_references(
-    out: Path, reports: dict[str, Any], name: str, refs: list[str], targets: list[int]
-) -> dict[str, Any]:
-    """The relative test of ``name``'s scan against the scans of its reference models (read from
-    OUT/scans when this run did not scan them); empty when there are none to compare with."""
-    from ..detection import Reference
-    from ..models.card import ModelCard
-
-    have = []
-    for ref in refs:
-        if ref not in reports and (out / ref / "card.json").exists():
-            saved = _saved_report(out / "scans" / ref, ModelCard.load(out / ref / "card.json").weights_sha256)
-            if saved is not None:
-                reports[ref] = saved
-        if ref in reports:
-            have.append(ref)
-        else:
-            log.info("%s: reference %s has not been scanned; left out", name, ref)
-    if not have:
-        return {}
-    report = reports[name]
-    try:
-        reference = Reference.from_reports([reports[r] for r in have], paths=have)
-        reference.check_task(
-            num_classes=int(report.model.get("num_classes", len(report.labels))),
-            images=report.data.get("input_fingerprint"),
-        )
-        test = report.outlier_test(statistic="relative", reference=reference)
-    except NeuralCleanseError as exc:  # the zoo is built and scanned: report, do not fail at the end
-        log.warning("%s: no test against the references (%s)", name, exc)
-        return {}
-    return {
-        "references": have,
-        "relative_flagged": test.flagged,
-        # how many times smaller than in the references each flagged label's and target's trigger is
-        "relative_ratio": {
-            str(k): round(report.label(k).l1_norm / reference.l1_norms[k], 4)
-            for k in sorted({*test.flagged, *targets})
-        },
-        "relative_target_index": _indices_of(report, test, targets),
-        "relative_outcome": _outcome(targets, set(test.flagged)),
-    }
-
-
-def _saved_report(report_dir: Path, weights_sha256: str | None, settings: Any = None) -> Any:
-    """The scan report saved in ``report_dir`` if it was made for these weights (and with these
-    settings, when given), else None."""
-    from ..detection import DetectionReport, ReverseSettings
-
-    if not (report_dir / "report.json").exists():
-        return None
-    report = DetectionReport.load(report_dir)
-    # a report made for other weights is stale (a `scan` CLI report records "sha256")
-    if weights_sha256 not in (report.model.get("weights_sha256"), report.model.get("sha256")):
-        return None
-    recorded = {k: v for k, v in report.settings.items() if k != "mode"}
-    if settings is not None and ReverseSettings.from_dict(recorded) != settings:
-        log.info("%s: scanned with other settings; scanning again", report_dir)
-        return None
-    return report
-
-
-def _scan_model(
-    out: Path, entry: Any, data: Any, samples: int, seed: int, device: str
-) -> tuple[dict[str, Any], Any]:
-    """Scan one zoo model (kept if already scanned with the same weights); returns the summary and the
-    report of the normal (not source-label) scan."""
-    from ..detection import NeuralCleanse, ReverseSettings
-    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
-    from ..models import load_model_dir
-
-    bundle = load_model_dir(out / entry.name)
-    card = bundle.card
-    result: dict[str, Any] = {}
-    main_report: Any = None
-    sources = sorted({s for b in card.backdoors for s in (b.source_labels or [])})
-    plans: list[tuple[str, int | None]] = [("scans", None)] + [("source-scans", s) for s in sources[:1]]
-    for folder, source in plans:
-        report_dir = out / folder / entry.name
-        # a reference model's norms are compared label by label: none may be screened
-        settings = ReverseSettings(seed=seed, screening=not entry.is_reference)
-        detector = NeuralCleanse(bundle.model, settings=settings, device=device)
-        report = _saved_report(report_dir, card.weights_sha256, detector.settings)
-        if report is None:
-            ckpt = report_dir.with_name(report_dir.name + ".checkpoint")
-            scan = partial(
-                run_scan,
-                detector,
-                data.test,
-                bar=True,
-                samples=samples,
-                source=source,
-                checkpoint=ckpt,
-                keep_checkpoint=True,
-                data_info={"dataset": card.dataset, "split": "test"},
-                model_info={
-                    "path": str(out / entry.name),
-                    "arch": card.arch,
-                    "weights_sha256": card.weights_sha256,
-                },
-            )
-            try:  # a scan killed part-way continues where it stopped
-                report = scan(resume=has_checkpoint(ckpt))
-            except CheckpointError as exc:
-                log.warning("%s; scanning %s from the start", exc, entry.name)
-                remove_checkpoint(ckpt)
-                report = scan(resume=False)
-            report.save(report_dir, force=True)
-            remove_checkpoint(ckpt)
-        if source is None:
-            main_report = report
-            targets = card.targets
-            log_test = report.outlier_test(statistic="log")
-            result.update(
-                log_flagged=log_test.flagged,
-                log_target_index=_indices_of(report, log_test, targets),
-            )
-            result.update(
-                verdict=report.verdict,
-                flagged=report.flagged,
-                median=report.median,
-                target_index=[report.label(t).anomaly_index for t in targets],
-                target_l1=[report.label(t).l1_norm for t in targets],
-                seconds=report.run.get("seconds"),
-            )
-        else:
-            result["source_flagged"] = report.flagged
-    result["outcome"] = _outcome(
-        card.targets, set(result["flagged"]) | set(result.get("source_flagged") or [])
-    )
-    return result, main_report

@@ -414,7 +414,7 @@ class NeuralCleanse:
             "images_used": len(pool),
         }
         run["images_per_second"] = round(processed / max(seconds, 1e-9), 1)
-        from ..recipes import software_versions
+        from ..versions import software_versions
 
         run["software"] = software_versions()
         model_meta = {"fingerprint": identity["model"], "num_classes": num_classes, **(model_info or {})}

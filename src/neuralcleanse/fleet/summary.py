@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import atomic_write_bytes, atomic_write_json, read_json
 from ..errors import DataError, SettingsError
 from .jobs import VERDICT_ORDER, ModelResult
 
@@ -104,12 +103,7 @@ class FleetSummary:
         """Read ``summary.json`` (or the directory holding it)."""
         p = Path(path)
         file = p / SUMMARY_FILE if p.is_dir() else p
-        try:
-            d = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{file}: fleet summary not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{file}: cannot read fleet summary ({exc})") from None
+        d = read_json(file, what="fleet summary")
         if not isinstance(d, dict) or d.get("format_version") != SUMMARY_FORMAT_VERSION:
             raise DataError(f"{file}: not a fleet summary of format {SUMMARY_FORMAT_VERSION}")
         try:

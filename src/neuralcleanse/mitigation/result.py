@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, read_json
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..metrics import accuracy, attack_victims, stamped_success
@@ -109,10 +108,11 @@ class MitigationResult:
     def load(cls, path: str | os.PathLike[str]) -> MitigationResult:
         p = Path(path)
         file = p / RESULT_FILE if p.is_dir() else p
+        d = read_json(file, what="mitigation result")
+        version = d.get("format_version") if isinstance(d, dict) else None
+        if version != RESULT_FORMAT_VERSION:
+            raise DataError(f"{file}: unsupported mitigation result version {version!r}")
         try:
-            d = json.loads(file.read_text(encoding="utf-8"))
-            if d.get("format_version") != RESULT_FORMAT_VERSION:
-                raise DataError(f"{file}: unsupported mitigation result version {d.get('format_version')!r}")
             return cls(
                 method=d["method"],
                 label=int(d["label"]),
@@ -121,7 +121,5 @@ class MitigationResult:
                 details=d.get("details", {}),
                 notes=d.get("notes", []),
             )
-        except FileNotFoundError:
-            raise DataError(f"{file}: mitigation result not found") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{file}: cannot read mitigation result ({exc})") from None

@@ -32,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..features import refuse_opaque
-from ..training import TrainSettings, train_classifier
+from ..lab.training import TrainSettings, train_classifier
 from ..triggers import Trigger
 from .result import Measure, MitigationResult, check_fraction, measure
 

@@ -26,7 +26,7 @@ A spec is TOML (or JSON with the same structure)::
 
 Model keys: ``name``, ``dataset``, ``arch`` (a built-in architecture: ``mnist``, ``gtsrb``, ``bn-cnn``,
 ``resnet``), ``data_dir``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``attack`` and the attack's own
-settings (:data:`~neuralcleanse.attacks.ATTACKS`); ``control`` (the clean entry an infected model's
+settings (:data:`~neuralcleanse.lab.attacks.ATTACKS`); ``control`` (the clean entry an infected model's
 accuracy is compared with) and ``reference = true`` (a clean model the scans of the other models of its
 dataset and architecture are also tested against, with the relative statistic).
 Every entry is checked against its dataset before anything is trained, so a bad spec builds nothing.
@@ -46,12 +46,12 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write_json
+from .._io import atomic_write_json
+from ..data.dataset import DatasetSplits
+from ..errors import NeuralCleanseError, SettingsError
+from ..models.architectures import ARCHITECTURES
+from ..models.card import ModelCard
 from .attacks import ATTACKS, Attack, MultiBackdoor, build_attack
-from .data.dataset import DatasetSplits
-from .errors import NeuralCleanseError, SettingsError
-from .models.architectures import ARCHITECTURES
-from .models.card import ModelCard
 from .recipes import Recipe
 from .training import TrainSettings
 

@@ -10,9 +10,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..data.dataset import DatasetSplits, ImageDataset
+from ...data.dataset import DatasetSplits, ImageDataset
+from ...triggers import Trigger
 from ..training import TrainHistory, TrainProgress, TrainSettings, train_classifier
-from ..triggers import Trigger
 from .poison import poison_dataset, stamp_cover
 
 __all__ = ["Attack", "PlantedTrigger", "Planting", "PoisonSpec", "poison_and_train"]

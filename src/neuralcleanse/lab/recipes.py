@@ -5,27 +5,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import __version__
-from ._io import check_output_dir
+from .._io import check_output_dir
+from ..data.dataset import DatasetSplits
+from ..data.registry import load_dataset
+from ..device import resolve_device
+from ..metrics import accuracy, attack_success_rate
+from ..models.architectures import build_model
+from ..models.card import ModelCard, PlantedBackdoor
+from ..models.store import ModelBundle
+from ..versions import software_versions
 from .attacks.base import Attack, Planting
-from .data.dataset import DatasetSplits
-from .data.registry import load_dataset
-from .device import resolve_device
-from .metrics import accuracy, attack_success_rate
-from .models.architectures import build_model
-from .models.card import ModelCard, PlantedBackdoor
-from .models.store import ModelBundle
 from .training import TrainProgress, TrainSettings, train_classifier
 
-__all__ = ["Recipe", "train_recipe", "software_versions"]
+__all__ = ["Recipe", "train_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +39,6 @@ class Recipe:
     training: TrainSettings = field(default_factory=TrainSettings)
     attack: Attack | None = None
     data_dir: str | None = None
-
-
-def software_versions() -> dict[str, str]:
-    return {
-        "neuralcleanse": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def train_recipe(

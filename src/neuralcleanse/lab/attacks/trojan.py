@@ -22,11 +22,11 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from ..data.dataset import DatasetSplits
-from ..errors import SettingsError
-from ..features import FeatureLayer, find_feature_layer, tap
+from ...data.dataset import DatasetSplits
+from ...errors import SettingsError
+from ...features import FeatureLayer, find_feature_layer, tap
+from ...triggers import Trigger
 from ..training import TrainProgress, TrainSettings, train_classifier
-from ..triggers import Trigger
 from .base import PlantedTrigger, Planting, PoisonSpec, poison_many
 from .poison import check_rate
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.dataset import ImageDataset
-from ..errors import SettingsError
-from ..triggers import Trigger
+from ...data.dataset import ImageDataset
+from ...errors import SettingsError
+from ...triggers import Trigger
 
 __all__ = ["PoisonedData", "poison_dataset", "stamp_cover", "check_rate"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import NeuralCleanseError, SettingsError
+from ...errors import NeuralCleanseError, SettingsError
 from .badnets import BadNets, MultiBackdoor
 from .base import Attack
 from .trojan import Trojan

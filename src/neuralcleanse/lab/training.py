@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data.dataset import ImageDataset
-from .errors import DataError, SettingsError
+from ..data.dataset import ImageDataset
+from ..errors import DataError, SettingsError
 
 __all__ = ["TrainSettings", "TrainProgress", "TrainHistory", "random_shift", "train_classifier"]
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data.dataset import DatasetSplits, ImageDataset
-from ..errors import SettingsError
+from ...data.dataset import DatasetSplits, ImageDataset
+from ...errors import SettingsError
+from ...triggers import Trigger
 from ..training import TrainProgress, TrainSettings
-from ..triggers import Trigger
 from .base import Planting, PoisonSpec, poison_and_train
 from .poison import PoisonedData, check_rate, poison_dataset
 
