@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,31 +86,25 @@ def _paths(value: Any, where: str, column: str, base: Path) -> tuple[Path, ...]:
     return tuple(_path(v, where, column, base) for v in items if not isinstance(v, str) or v.strip())
 
 
-def _numbers(value: Any, where: str, column: str, base: Path) -> str:
-    """``0.5,0.5,0.5`` or ``[0.5, 0.5, 0.5]`` → the text the CLI option takes."""
-    if isinstance(value, list):
-        if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise SettingsError(f"{where}: {column} must be a list of numbers, got {json.dumps(value)}")
-        return ",".join(repr(float(v)) for v in value)
-    return _text(value, where, column)
+def _joined(sep: str, expected: str, *, integers: bool) -> Callable[[Any, str, str, Path], str]:
+    """A column the command line takes as text of numbers (``1x28x28``, ``0,3,5``, ``0.5,0.5,0.5``),
+    given as that text or as a JSON list of numbers (``integers``: of integers), which is joined by
+    ``sep`` into that text."""
+    kinds: tuple[type, ...] = (int,) if integers else (int, float)
+
+    def parse(value: Any, where: str, column: str, base: Path) -> str:
+        if not isinstance(value, list):
+            return _text(value, where, column)
+        if not value or not all(isinstance(v, kinds) and not isinstance(v, bool) for v in value):
+            raise SettingsError(f"{where}: {column} must be {expected}, got {json.dumps(value)}")
+        return sep.join(str(v) if integers else repr(float(v)) for v in value)
+
+    return parse
 
 
-def _shape(value: Any, where: str, column: str, base: Path) -> str:
-    """``1x28x28`` or ``[1, 28, 28]``."""
-    if isinstance(value, list):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise SettingsError(f"{where}: {column} must be CxHxW or a list of 3 integers")
-        return "x".join(str(v) for v in value)
-    return _text(value, where, column)
-
-
-def _labels(value: Any, where: str, column: str, base: Path) -> str:
-    """``0,3,5`` / ``0-9`` or ``[0, 3, 5]``."""
-    if isinstance(value, list):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise SettingsError(f"{where}: {column} must be labels like 0,3,5 or a list of integers")
-        return ",".join(str(v) for v in value)
-    return _text(value, where, column)
+_shape = _joined("x", "CxHxW or a list of 3 integers", integers=True)
+_labels = _joined(",", "labels like 0,3,5 or a list of integers", integers=True)
+_numbers = _joined(",", "numbers like 0.5,0.5,0.5 or a list of numbers", integers=False)
 
 
 def _integer(value: Any, where: str, column: str, base: Path) -> int:
@@ -164,12 +158,19 @@ COLUMNS: dict[str, tuple[str, Callable[[Any, str, str, Path], Any]]] = {
 _SPECIAL = ("path", "name")
 
 
-def _column(key: Any, manifest: Path) -> str:
-    name = str(key).strip().lower().replace("-", "_")
-    if name not in COLUMNS and name not in _SPECIAL:
-        known = ", ".join([*_SPECIAL, *COLUMNS])
-        raise SettingsError(f"{manifest}: unknown column {str(key).strip()!r} (known: {known})")
-    return name
+def _columns(keys: Iterable[Any], where: str) -> list[str]:
+    """A row's column names as every format reads them (``Input-Shape`` is ``input_shape``); one-line
+    errors for an unknown or repeated column."""
+    names: list[str] = []
+    for key in keys:
+        name = str(key).strip().lower().replace("-", "_")
+        if name not in COLUMNS and name not in _SPECIAL:
+            known = ", ".join([*_SPECIAL, *COLUMNS])
+            raise SettingsError(f"{where}: unknown column {str(key).strip()!r} (known: {known})")
+        if name in names:
+            raise SettingsError(f"{where}: column {name!r} appears twice")
+        names.append(name)
+    return names
 
 
 def _entry(row: dict[str, Any], manifest: Path, where: str) -> ModelEntry:
@@ -187,17 +188,16 @@ def _entry(row: dict[str, Any], manifest: Path, where: str) -> ModelEntry:
 
 
 def _csv_rows(manifest: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A header row (its columns checked once), then a model per row; an empty cell is not set."""
     reader = csv.reader(text.splitlines())
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise SettingsError(
             f"{manifest}: empty manifest (a header row with a path column, then one model per row)"
         )
-    columns = [_column(h, manifest) for h in header]
+    columns = _columns(header, str(manifest))
     if "path" not in columns:
         raise SettingsError(f"{manifest}: no path column in the header {','.join(header)!r}")
-    if len(set(columns)) != len(columns):
-        raise SettingsError(f"{manifest}: a column appears twice in the header")
     for number, cells in enumerate(reader, start=2):
         if not any(c.strip() for c in cells):
             continue
@@ -207,16 +207,18 @@ def _csv_rows(manifest: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]
 
 
 def _jsonl_rows(manifest: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A JSON object per line, its keys checked as a header's are."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{manifest} line {number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SettingsError(f"{manifest} line {number}: not a JSON object ({exc.msg})") from None
+            raise SettingsError(f"{where}: not a JSON object ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise SettingsError(f"{manifest} line {number}: not a JSON object")
-        yield number, {_column(k, manifest): v for k, v in row.items()}
+            raise SettingsError(f"{where}: not a JSON object")
+        yield number, dict(zip(_columns(row, where), row.values(), strict=True))
 
 
 def read_manifest(path: str | Path) -> list[ModelEntry]:
