@@ -61,6 +61,7 @@ class ScanRequest:
     outputs: str = "auto"
     statistic: str | None = None
     references: tuple[Path, ...] = ()
+    self_reference: bool = False
     max_steps: int = 1000
     seed: int = 123
     resume: bool = False
@@ -108,12 +109,16 @@ class ScanRequest:
         """The trusted scans of ``--reference`` (read now), or ``None``."""
         from ..detection import DetectionReport, Reference
 
+        if self.references and self.self_reference:
+            raise SettingsError("--reference and --self-reference are two references: choose one")
         if self.references:
             return Reference.from_reports(
                 [DetectionReport.load(p) for p in self.references], paths=[str(p) for p in self.references]
             )
-        if self.statistic == "relative":
-            raise SettingsError("--statistic relative needs --reference SCAN_DIR (a scan of a trusted model)")
+        if self.statistic == "relative" and not self.self_reference:
+            raise SettingsError(
+                "--statistic relative needs --reference SCAN_DIR (a scan of a trusted model) or --self-reference"
+            )
         return None
 
 
@@ -147,6 +152,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         reference=reference,
         outputs=cast("OutputKind", request.outputs),
         device=device,
+        self_reference=request.self_reference,
     )
     _check_task(detector, source.model, images, data_info, wanted, request.source_label, names, names_from)
     options: dict[str, Any] = {
@@ -257,6 +263,12 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
         help="Scan report of a trusted model of the same task (repeatable): each label is compared with "
         "itself there, which cancels the task's natural shortcuts.",
     ),
+    click.option(
+        "--self-reference",
+        is_flag=True,
+        help="No trusted model at hand: distil a student from the model on the clean images and compare "
+        "each label with itself in the student (relative statistic; about twice the scan's time).",
+    ),
     click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label."),
     click.option(
         "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
@@ -266,7 +278,8 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
 #: the names under which the commands receive the options of :data:`_SCAN_OPTIONS`
 SCAN_OPTION_NAMES = (
     "split", "all_images", "samples", "labels_text", "source_label", "sequential", "exhaustive",
-    "no_screening", "precision", "loss", "threshold", "outputs", "statistic", "references", "max_steps", "seed",
+    "no_screening", "precision", "loss", "threshold", "outputs", "statistic", "references", "self_reference",
+    "max_steps", "seed",
 )  # fmt: skip
 
 

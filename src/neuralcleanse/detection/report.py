@@ -7,9 +7,10 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -126,6 +127,44 @@ class LabelResult:
         )
 
 
+class _Settling(Protocol):
+    """A label's optimisation outcome: a :class:`~.engine.LabelState` or a :class:`LabelResult`."""
+
+    @property
+    def label(self) -> int: ...
+    @property
+    def stop_reason(self) -> str: ...
+    @property
+    def reached(self) -> bool: ...
+
+
+def unsettled_reason(
+    rows: Sequence[_Settling], flagged: Sequence[int], *, max_steps: int, attack_threshold: float
+) -> str | None:
+    """Why a verdict over these labels' norms (label states or report rows) would not be sound, or None.
+
+    A label stopped by the step limit was still shrinking its trigger: its norm is only an upper value.
+    The flags hold if only flagged labels are in that state (a smaller norm below the median flags them
+    all the more), not otherwise. A verdict where most labels never reached the attack threshold rests
+    on masks that are not triggers at all.
+    """
+    capped = [s.label for s in rows if s.stop_reason == "max_steps" and s.label not in flagged]
+    if capped:
+        return (
+            f"labels {capped} stopped at the step limit ({max_steps} steps) while their triggers "
+            "were still shrinking, so their norms are only upper values and the outlier test's outcome is "
+            "not settled; rerun with more steps (max_steps)"
+        )
+    reached = sum(s.reached for s in rows)
+    if 2 * reached < len(rows):
+        return (
+            f"only {reached} of {len(rows)} labels reached {attack_threshold:.0%} attack success; "
+            "the others' norms are those of masks that are not triggers, so the outlier test's outcome "
+            "means little (an untrained or broken model, or too few steps)"
+        )
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class DetectionReport:
     """What a Neural Cleanse scan found.
@@ -168,6 +207,17 @@ class DetectionReport:
     def screened(self) -> dict[int, tuple[float, float]]:
         """Screened labels and the range their norm is known to lie in: ``{label: (lower, upper)}``."""
         return {r.label: (r.screened_bound, r.l1_norm) for r in self.labels if r.screened}
+
+    @property
+    def unsettled(self) -> str | None:
+        """Why this scan's norms cannot settle a verdict (labels stopped by the step limit, most labels
+        without a working trigger), or None; the same rule makes the scan's verdict inconclusive."""
+        return unsettled_reason(
+            self.labels,
+            self.flagged,
+            max_steps=int(self.settings.get("max_steps", 0)),
+            attack_threshold=float(self.settings.get("attack_threshold", 0.99)),
+        )
 
     # ---- views --------------------------------------------------------------------------------------
     def label(self, k: int) -> LabelResult:

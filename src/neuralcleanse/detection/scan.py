@@ -21,15 +21,19 @@ from ..metrics import predict
 from ..models.outputs import OUTPUT_KINDS, OutputKind, as_logits
 from ..triggers import Trigger
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .distill import DistillSettings, distil_student
 from .engine import LabelState, StepSnapshot, reverse_engineer
 from .outlier import STATISTICS, Statistic, mad_outlier_test
 from .reference import Reference
-from .report import DetectionReport, LabelResult
+from .report import DetectionReport, LabelResult, unsettled_reason
 from .settings import ReverseSettings
 
 __all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
 
 log = logging.getLogger(__name__)
+
+#: below this agreement with the model a distilled student is called a weak reference
+_WEAK_STUDENT = 0.9
 
 
 @dataclass(frozen=True)
@@ -194,15 +198,19 @@ class NeuralCleanse:
         reference: Reference | None = None,
         outputs: OutputKind = "auto",
         device: str | torch.device = "cpu",
+        self_reference: bool | DistillSettings = False,
     ) -> None:
         if outputs not in OUTPUT_KINDS:
             raise SettingsError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
             raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
-        statistic = statistic or ("relative" if reference is not None else "l1")
+        if self_reference is not False and reference is not None:
+            raise SettingsError("give either a reference of trusted models or self_reference, not both")
+        own = DistillSettings() if self_reference is True else (self_reference or None)
+        statistic = statistic or ("relative" if reference is not None or own is not None else "l1")
         if statistic not in STATISTICS:
             raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
-        if statistic == "relative" and reference is None:
+        if statistic == "relative" and reference is None and own is None:
             raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
         self.device = resolve_device(device)
         settings = (settings or ReverseSettings()).for_device(self.device)
@@ -216,6 +224,7 @@ class NeuralCleanse:
         self.threshold = threshold
         self.statistic: Statistic = statistic
         self.reference = reference
+        self.self_reference = own
         self.outputs: OutputKind = outputs
 
     def __repr__(self) -> str:
@@ -309,35 +318,14 @@ class NeuralCleanse:
             self.reference.norms_for(targets)
             notes += self.reference.check_task(num_classes=num_classes, images=input_fingerprint)
         total_images = len(images)
-        pool = ImageDataset(
-            images.float(),
-            labels if labels is not None else torch.zeros(len(images), dtype=torch.int64),
-            num_classes,
-            tuple(names),
-            "scan",
-        )
-        if source is not None:
-            if labels is None:
-                raise SettingsError("a source-label scan (--source) needs the images' labels")
-            if not 0 <= source < num_classes:
-                raise SettingsError(f"source label {source} is outside the model's {num_classes} outputs")
-            pool = pool.subset(torch.nonzero(pool.labels == source).flatten())
-            if len(pool) == 0:
-                raise DataError(f"no images of source label {source} to scan with")
-            notes.append(f"source-specific scan: only images of label {source} ({names[source]}) were used")
-            if skipped_source:
-                notes.append(f"label {source} itself was not scanned: its images need no trigger to reach it")
-        if labels is not None and correct_only:
-            pred = predict(self.model, pool.images, device=self.device)
-            keep = torch.nonzero(pred == pool.labels).flatten()
-            notes.append(f"{len(keep)} of the {len(pool)} images given were classified correctly")
-            if len(keep) == 0:
-                raise DataError("the model classifies none of the given images correctly")
-            pool = pool.subset(keep)
-        if samples is not None and len(pool) > samples:
-            pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
-            kind = "seeded, class-stratified" if labels is not None else "seeded"
-            notes.append(f"a {kind} sample of {samples} of them was used")
+        pool, pool_notes = self._select_images(
+            images, labels, num_classes, names, source=source, skipped_source=skipped_source,
+            correct_only=correct_only, samples=samples,
+        )  # fmt: skip
+        notes += pool_notes
+        reference = self.reference
+        if self.self_reference is not None:
+            reference = self._self_reference(images, pool, labels is not None, input_fingerprint, notes)
         log.info("scanning %d labels with %d images on %s", len(targets), len(pool), self.device)
         # the loss needs logits: a model that returns probabilities (a final softmax) is optimised on their log
         optimised, output_note = as_logits(self.model, pool.images[:64].to(self.device), outputs=self.outputs)
@@ -403,7 +391,7 @@ class NeuralCleanse:
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
         seconds = time.perf_counter() - start
-        report = self._report(states, pool, names, labels is not None, notes, settings)
+        report = self._report(states, pool, names, labels is not None, settings, reference)
         processed = sum(s.images_seen for s in states)
         run: dict[str, Any] = {
             "seconds": round(seconds, 2),
@@ -435,7 +423,7 @@ class NeuralCleanse:
             mad=report["mad"],
             threshold=self.threshold,
             statistic=self.statistic,
-            reference=self.reference,
+            reference=reference,
             settings=_settings_record(settings),
             data=data_meta,
             model=model_meta,
@@ -445,14 +433,95 @@ class NeuralCleanse:
             example=pool.images[0].clone(),
         )
 
+    def _self_reference(
+        self, images: torch.Tensor, pool: ImageDataset, known: bool, input_fingerprint: str, notes: list[str]
+    ) -> Reference:
+        """Distil a student from the model on the clean ``images`` and scan it on the scan's own ``pool``
+        with the same settings: its norms are the reference of the relative statistic."""
+        assert self.self_reference is not None
+        log.info("distilling a student from the model for the self-made reference")
+        student = distil_student(
+            self.model, images.float(), settings=self.self_reference, outputs=self.outputs, device=self.device
+        )
+        notes.append(f"self-made reference: {student.describe()}")
+        if student.agreement < _WEAK_STUDENT:
+            notes.append(
+                f"the student agrees with the model on only {student.agreement:.1%} of held-out images: "
+                "a weak reference (more clean images help); its norms may differ from the model's for "
+                "reasons that are not a backdoor"
+            )
+        inner = NeuralCleanse(student.model, settings=self.settings, statistic="l1", device=self.device)
+        scanned = inner.scan(
+            pool.images,
+            labels=pool.labels if known else None,
+            samples=None,
+            correct_only=False,
+            class_names=pool.class_names,
+        )
+        reference = Reference.from_reports([scanned])
+        source = {
+            **reference.sources[0],
+            "model": "distilled student",
+            "student": student.arch,
+            "agreement": round(student.agreement, 4),
+            "distillation": student.settings.to_dict(),
+            "images": input_fingerprint,
+        }
+        return Reference(reference.l1_norms, [source])
+
+    def _select_images(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        num_classes: int,
+        names: list[str],
+        *,
+        source: int | None,
+        skipped_source: bool,
+        correct_only: bool,
+        samples: int | None,
+    ) -> tuple[ImageDataset, list[str]]:
+        """The images the triggers are optimised on, and notes on how they were chosen."""
+        notes: list[str] = []
+        pool = ImageDataset(
+            images.float(),
+            labels if labels is not None else torch.zeros(len(images), dtype=torch.int64),
+            num_classes,
+            tuple(names),
+            "scan",
+        )
+        if source is not None:
+            if labels is None:
+                raise SettingsError("a source-label scan (--source) needs the images' labels")
+            if not 0 <= source < num_classes:
+                raise SettingsError(f"source label {source} is outside the model's {num_classes} outputs")
+            pool = pool.subset(torch.nonzero(pool.labels == source).flatten())
+            if len(pool) == 0:
+                raise DataError(f"no images of source label {source} to scan with")
+            notes.append(f"source-specific scan: only images of label {source} ({names[source]}) were used")
+            if skipped_source:
+                notes.append(f"label {source} itself was not scanned: its images need no trigger to reach it")
+        if labels is not None and correct_only:
+            pred = predict(self.model, pool.images, device=self.device)
+            keep = torch.nonzero(pred == pool.labels).flatten()
+            notes.append(f"{len(keep)} of the {len(pool)} images given were classified correctly")
+            if len(keep) == 0:
+                raise DataError("the model classifies none of the given images correctly")
+            pool = pool.subset(keep)
+        if samples is not None and len(pool) > samples:
+            pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
+            kind = "seeded, class-stratified" if labels is not None else "seeded"
+            notes.append(f"a {kind} sample of {samples} of them was used")
+        return pool, notes
+
     def _report(
         self,
         states: list[LabelState],
         pool: ImageDataset,
         names: list[str],
         known: bool,
-        notes: list[str],
         settings: ReverseSettings,
+        reference: Reference | None,
     ) -> dict[str, Any]:
         triggers = {
             s.label: Trigger(s.mask().clamp(0, 1), s.pattern().clamp(0, 1), "reversed") for s in states
@@ -465,9 +534,7 @@ class NeuralCleanse:
             eligible=[s.reached for s in states],
             names=labels,
             statistic=self.statistic,
-            reference=self.reference.norms_for(labels)
-            if self.statistic == "relative" and self.reference
-            else None,
+            reference=reference.norms_for(labels) if self.statistic == "relative" and reference else None,
         )
         rows = []
         for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
@@ -501,13 +568,18 @@ class NeuralCleanse:
                 f"labels {unreached} never reached {settings.attack_threshold:.0%} attack success; "
                 "their L1 is that of the last mask and they cannot be flagged"
             )
-        if self.statistic == "relative" and self.reference is not None:
-            refs = self.reference.sources
+        if self.statistic == "relative" and reference is not None and self.self_reference is not None:
+            extra.append(
+                "relative statistic: each label's L1 norm is divided by its norm in a student distilled from "
+                "this model on the clean images (no trusted model needed)"
+            )
+        elif self.statistic == "relative" and reference is not None:
+            refs = reference.sources
             extra.append(
                 f"relative statistic: each label's L1 norm is divided by its norm in {len(refs)} reference "
                 "scan(s) of trusted models before the outlier test"
             )
-            for diff in self.reference.mismatches(_settings_record(settings)):
+            for diff in reference.mismatches(_settings_record(settings)):
                 extra.append(
                     f"reference scan with other settings ({diff}): rescan it with this scan's settings"
                 )
@@ -518,6 +590,12 @@ class NeuralCleanse:
             f"misclassification loss: {'cross-entropy' if settings.loss == 'ce' else 'original linear-probability term'}"
         )
         verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
+        unsettled = unsettled_reason(
+            states, outlier.flagged, max_steps=settings.max_steps, attack_threshold=settings.attack_threshold
+        )
+        if unsettled is not None and verdict != "inconclusive":
+            verdict = "inconclusive"
+            extra.insert(0, unsettled)
         return {
             "verdict": verdict,
             "flagged": outlier.flagged,

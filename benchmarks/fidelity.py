@@ -1,0 +1,238 @@
+"""Which verdict is right most often: every statistic on the same scans of many models, over seeds.
+
+    python benchmarks/fidelity.py --out runs/fidelity                       # default zoo, seeds 0-2
+    python benchmarks/fidelity.py --out runs/fidelity --archs mnist,bn-cnn,resnet
+    python benchmarks/fidelity.py --out runs/fidelity --spec signs --seeds 0
+    python benchmarks/fidelity.py --out runs/fidelity --table                # only print the table
+
+For every model of a zoo spec (``default``: the paper's attacks on the MNIST sample and Fashion-MNIST,
+clean controls and the spec's reference models included; ``signs``: the 43-label task), every training
+seed of ``--seeds`` and every architecture of ``--archs`` (``spec``: the spec's own), it trains the
+model (cached under ``OUT/models``), scans it once with a self-made reference (a student distilled from
+the model on the clean images, every label to the end; cached under ``OUT/scans``), and then judges the
+same norms with every method:
+
+* ``paper``: the MAD test on the L1 norms (Wang et al. 2019), threshold 2;
+* ``log``: the same test on log norms;
+* ``self``: the relative test against the distilled student (``scan --self-reference``);
+* ``self+log``: labels flagged by both ``self`` and ``log``.
+
+Models are grouped as ``clean`` (no backdoor), ``small`` (every trigger ≤ 10% of the image: what the
+paper's method can in principle see), ``large`` (a trigger > 10%, blended ones included) and
+``source`` (source-specific backdoors, which a scan over all labels is not meant to see). Per method and
+group it prints the exact-label detection rate (flagged labels = planted labels), the false-alarm rate on
+clean models (any label flagged), and the inconclusive rate, overall and per dataset.
+
+Kill it at any time: a rerun skips every model and scan already on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import neuralcleanse as nc
+from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSettings
+from neuralcleanse.detection.distill import DistillSettings
+from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
+
+METHODS = ("paper", "log", "self", "self+log")
+GROUPS = ("small", "large", "source", "clean")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    entry: ZooEntry
+    arch: str
+    seed: int
+
+    @property
+    def recipe(self) -> nc.Recipe:
+        r = self.entry.recipe
+        return replace(r, arch=self.arch, training=replace(r.training, seed=self.seed))
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    path = default_spec_path(args.spec) if args.spec in ("default", "signs") else Path(args.spec)
+    spec = load_spec(path)
+    out = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for arch in args.archs.split(","):
+            for e in spec.entries:
+                if args.only and e.name not in args.only.split(","):
+                    continue
+                a = e.recipe.arch if arch == "spec" else arch
+                out.append(Case(f"{e.name}-{a}-s{seed}", e, a, seed))
+    return out
+
+
+def group(bundle: nc.ModelBundle) -> str:
+    backdoors = bundle.card.backdoors
+    if not backdoors:
+        return "clean"
+    if any(b.source_labels for b in backdoors):
+        return "source"
+    area = max(float(t.mask.mean()) for t in bundle.triggers)
+    return "large" if area > 0.10 else "small"
+
+
+def model_dir(case: Case, args: argparse.Namespace, data: nc.DatasetSplits) -> Path:
+    path = args.out / "models" / case.name
+    if not (path / "card.json").exists():
+        t = time.perf_counter()
+        nc.train_recipe(case.recipe, data=data, device=args.device, out=path, force=True)
+        logging.info("%s: trained in %.0f s", case.name, time.perf_counter() - t)
+    return path
+
+
+def scan_dir(case: Case, args: argparse.Namespace, bundle: nc.ModelBundle, data: nc.DatasetSplits) -> Path:
+    path = args.out / "scans" / case.name
+    if not (path / "report.json").exists():
+        detector = NeuralCleanse(
+            bundle.model,
+            settings=ReverseSettings(seed=args.scan_seed),
+            self_reference=DistillSettings(seed=case.seed),
+            device=args.device,
+        )
+        report = detector.scan(data.test, samples=args.samples)
+        report.save(path, force=True, images=False)
+        logging.info("%s: scanned in %.0f s", case.name, report.run["seconds"])
+    return path
+
+
+def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
+    """Each method's verdict and flagged labels on one scan's norms."""
+    out: dict[str, tuple[str, list[int]]] = {}
+    unsettled = report.unsettled is not None
+    tests = {
+        "paper": report.outlier_test(statistic="l1"),
+        "log": report.outlier_test(statistic="log"),
+        "self": report.outlier_test(statistic="relative"),
+    }
+    for name, res in tests.items():
+        verdict = (
+            "inconclusive" if unsettled or not res.conclusive else ("backdoored" if res.flagged else "clean")
+        )
+        out[name] = (verdict, sorted(res.flagged))
+    both = sorted(set(tests["self"].flagged) & set(tests["log"].flagged))
+    verdict = "inconclusive" if unsettled else ("backdoored" if both else "clean")
+    out["self+log"] = (verdict, both)
+    return out
+
+
+def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:
+    data = loaders[case.entry.recipe.dataset]()
+    bundle = nc.load_model_dir(model_dir(case, args, data))
+    report = DetectionReport.load(scan_dir(case, args, bundle, data))
+    planted = sorted({b.target for b in bundle.card.backdoors})
+    source = report.reference.sources[0] if report.reference else {}
+    return {
+        "name": case.name,
+        "spec_entry": case.entry.name,
+        "dataset": case.entry.recipe.dataset,
+        "arch": case.arch,
+        "seed": case.seed,
+        "group": group(bundle),
+        "planted": planted,
+        "agreement": source.get("agreement"),
+        "seconds": report.run.get("seconds"),
+        "methods": {m: {"verdict": v, "flagged": f} for m, (v, f) in judge(report).items()},
+        "ratios": {
+            str(r.label): round(r.l1_norm / report.reference.l1_norms[r.label], 3)
+            for r in report.labels
+            if report.reference is not None
+        },
+    }
+
+
+def outcome(row: dict, method: str) -> str:
+    verdict, flagged = row["methods"][method]["verdict"], row["methods"][method]["flagged"]
+    if verdict == "inconclusive":
+        return "inconclusive"
+    if row["group"] == "clean":
+        return "false alarm" if flagged else "correct"
+    return "exact" if flagged == row["planted"] else ("other" if flagged else "missed")
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{len(rows)} models; rates in % (count/models)", ""]
+    datasets = sorted({r["dataset"] for r in rows})
+    header = f"{'method':10} {'scope':22} {'exact (small)':>15} {'exact (large)':>15} {'false alarm':>13} {'inconclusive':>13}"
+    lines += [header, "-" * len(header)]
+    for method in METHODS:
+        for scope in ["all", *datasets]:
+            part = [r for r in rows if scope in ("all", r["dataset"])]
+
+            def rate(
+                groups: tuple[str, ...], what: str, part: list[dict] = part, method: str = method
+            ) -> str:
+                sel = [r for r in part if r["group"] in groups]
+                if not sel:
+                    return "-"
+                k = sum(outcome(r, method) == what for r in sel)
+                return f"{100 * k / len(sel):.0f} ({k}/{len(sel)})"
+
+            lines.append(
+                f"{method:10} {scope:22} {rate(('small',), 'exact'):>15} {rate(('large',), 'exact'):>15} "
+                f"{rate(('clean',), 'false alarm'):>13} {rate(GROUPS, 'inconclusive'):>13}"
+            )
+        lines.append("")
+    lines.append("per model (method outcomes: paper / log / self / self+log):")
+    for r in rows:
+        outs = " / ".join(outcome(r, m) for m in METHODS)
+        lines.append(f"  {r['name']:42} {r['group']:6} planted {r['planted']!s:8} {outs}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/fidelity"))
+    p.add_argument("--spec", default="default", help="default, signs, or a zoo spec file")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument(
+        "--archs", default="spec", help="comma-separated: spec (the spec's own), mnist, bn-cnn, resnet..."
+    )
+    p.add_argument("--only", default="", help="comma-separated spec entry names")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--scan-seed", type=int, default=123)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--table", action="store_true", help="only tabulate what is on disk")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for noisy in ("neuralcleanse",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cache: dict[str, nc.DatasetSplits] = {}
+    loaders = {
+        name: (lambda name=name: cache.setdefault(name, nc.load_dataset(name)))
+        for name in ("mnist-sample", "fashion-mnist", "traffic-signs")
+    }
+    results = args.out / "results.jsonl"
+    rows: dict[str, dict] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            row = json.loads(line)
+            rows[row["name"]] = row
+    for case in cases(args):
+        if case.name in rows or args.table:
+            continue
+        try:
+            rows[case.name] = record(case, args, loaders)
+        except KeyboardInterrupt:
+            break
+        args.out.mkdir(parents=True, exist_ok=True)
+        with results.open("a") as f:
+            f.write(json.dumps(rows[case.name]) + "\n")
+        logging.info("%s: %s", case.name, " / ".join(outcome(rows[case.name], m) for m in METHODS))
+    wanted = {c.name for c in cases(args)}
+    print(table([r for name, r in rows.items() if name in wanted]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The self-made reference (a student distilled from the scanned model) and unsettled verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import neuralcleanse as nc
+from neuralcleanse.detection import NeuralCleanse, ReverseSettings
+from neuralcleanse.detection.distill import DistillSettings, Student, _fresh_copy, distil_student
+from neuralcleanse.detection.engine import LabelState, new_label_state
+from neuralcleanse.detection.report import unsettled_reason
+from neuralcleanse.errors import SettingsError
+from neuralcleanse.metrics import attack_success_rate
+from neuralcleanse.models.architectures import build_model
+
+#: a short distillation: the embedded sample's 1,000 test images, seconds on 2 cores
+QUICK = DistillSettings(epochs=12, seed=0)
+
+
+def test_the_student_imitates_the_model_but_not_its_backdoor(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+) -> None:
+    teacher = badnets_model.model
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    flags, mode = [p.requires_grad for p in teacher.parameters()], teacher.training
+    student: Student = distil_student(teacher, mnist_sample.test.images, settings=QUICK)
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert [p.requires_grad for p in teacher.parameters()] == flags and teacher.training == mode
+    assert student.agreement >= 0.9
+    assert student.arch.startswith("same as the model")
+    real = badnets_model.triggers[0]
+    teacher_asr = attack_success_rate(badnets_model.model, mnist_sample.test, real, target=0)
+    student_asr = attack_success_rate(student.model, mnist_sample.test, real, target=0)
+    assert teacher_asr > 0.9
+    assert student_asr < 0.3, f"the student learnt the planted trigger: ASR {student_asr:.2f}"
+
+
+def test_fresh_copy_reinitialises_or_refuses() -> None:
+    model = build_model("mnist", input_shape=(1, 28, 28), num_classes=10, seed=0)
+    copy = _fresh_copy(model, seed=1)
+    assert copy is not None
+    assert type(copy) is type(model)
+    pairs = list(zip(model.parameters(), copy.parameters(), strict=True))
+    assert all(a.shape == b.shape for a, b in pairs)
+    assert not any(torch.equal(a, b) for a, b in pairs if a.ndim > 1)
+
+    class Scaled(nn.Module):  # a layer with weights and no reset_parameters
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale
+
+    assert _fresh_copy(nn.Sequential(model, Scaled()), seed=1) is None
+
+
+def test_a_model_that_cannot_be_copied_gets_the_fallback_student(mnist_sample: nc.DatasetSplits) -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build_model("mnist", input_shape=(1, 28, 28), num_classes=10, seed=0)
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.net(x) * self.scale
+            return out
+
+    s = distil_student(Scaled(), mnist_sample.test.images[:200], settings=DistillSettings(epochs=1))
+    assert s.arch == "bn-cnn"
+
+
+def test_distill_settings_are_checked() -> None:
+    with pytest.raises(SettingsError, match="epochs"):
+        DistillSettings(epochs=0)
+    with pytest.raises(SettingsError, match="unknown student architecture"):
+        DistillSettings(arch="vgg")
+    with pytest.raises(SettingsError, match="mixup"):
+        DistillSettings(mixup=1.5)
+    with pytest.raises(SettingsError, match="not both"):
+        NeuralCleanse(nn.Linear(2, 2), self_reference=True, reference=nc.Reference({0: 1.0, 1: 1.0}))
+
+
+def test_self_reference_scan_flags_the_planted_label(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+) -> None:
+    detector = NeuralCleanse(badnets_model.model, self_reference=QUICK, settings=ReverseSettings(seed=0))
+    assert detector.statistic == "relative" and not detector.settings.screening
+    report = detector.scan(mnist_sample.test)
+    assert report.verdict == "backdoored" and report.flagged == [0]
+    assert report.reference is not None
+    source = report.reference.sources[0]
+    assert source["model"] == "distilled student" and source["agreement"] >= 0.9
+    # the planted label is several times cheaper than in the student; the others are not
+    ratios = {k: report.label(k).l1_norm / report.reference.l1_norms[k] for k in report.l1_norms}
+    assert ratios[0] < 0.5
+    assert sorted(ratios.values())[1] > ratios[0] * 1.5
+    assert any("distilled from this model" in n for n in report.notes)
+    # the paper's test can be recomputed from the same norms
+    assert report.outlier_test(statistic="l1").statistic == "l1"
+
+
+def _state(label: int, *, reached: bool, stop: str) -> LabelState:
+    s = new_label_state(label, (1, 4, 4), seed=0)
+    if reached:
+        s.best_mask = torch.zeros(4, 4)
+        s.best_reg = 1.0
+    s.done, s.stop_reason = True, stop
+    return s
+
+
+def _unsettled(rows: list[LabelState], flagged: list[int], cfg: ReverseSettings) -> str | None:
+    return unsettled_reason(rows, flagged, max_steps=cfg.max_steps, attack_threshold=cfg.attack_threshold)
+
+
+def test_labels_stopped_by_the_step_limit_leave_the_verdict_unsettled() -> None:
+    cfg = ReverseSettings(max_steps=50)
+    settled = [_state(k, reached=True, stop="early_stop") for k in range(10)]
+    assert _unsettled(settled, [0], cfg) is None
+    capped = settled[:9] + [_state(9, reached=True, stop="max_steps")]
+    reason = _unsettled(capped, [0], cfg)
+    assert reason is not None and "[9]" in reason and "50 steps" in reason
+    # a flagged label that was still shrinking stays flagged: its norm can only fall
+    only_flagged_capped = [_state(0, reached=True, stop="max_steps"), *settled[1:]]
+    assert _unsettled(only_flagged_capped, [0], cfg) is None
+    screened = settled[:8] + [_state(k, reached=True, stop="screened") for k in (8, 9)]
+    assert _unsettled(screened, [], cfg) is None
+    unreached = [_state(k, reached=k < 4, stop="early_stop") for k in range(10)]
+    reason = _unsettled(unreached, [], cfg)
+    assert reason is not None and "only 4 of 10 labels" in reason
+    assert _unsettled([_state(k, reached=k < 5, stop="early_stop") for k in range(10)], [], cfg) is None
+
+
+def test_a_three_step_scan_of_an_untrained_network_is_inconclusive(mnist_sample: nc.DatasetSplits) -> None:
+    model = build_model("resnet", input_shape=(1, 28, 28), num_classes=10, seed=3)
+    report = nc.scan(model, mnist_sample.test, correct_only=False, samples=200, max_steps=3, seed=0)
+    assert report.verdict == "inconclusive"
+    assert not math.isnan(report.median)
+    reasons = [n for n in report.notes if "step limit" in n or "attack success; the others" in n]
+    assert reasons, report.notes
+    assert report.summary().startswith("inconclusive")
+    assert report.unsettled is not None
