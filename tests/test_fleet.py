@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ import torch
 import neuralcleanse as nc
 from neuralcleanse.cli import main
 from neuralcleanse.detection import DetectionReport
-from neuralcleanse.errors import ModelError, SettingsError
+from neuralcleanse.errors import DataError, ModelError, SettingsError
 from neuralcleanse.fleet import (
     FleetJob,
     FleetSummary,
@@ -68,14 +72,39 @@ def world(tmp_path_factory: pytest.TempPathFactory, mnist_sample: nc.DatasetSpli
     # the weights file needs its architecture: a manifest gives it (its path relative to the manifest)
     paths["manifest"] = root / "manifest.csv"
     paths["manifest"].write_text("path,name,arch\nmodels/weights.safetensors,weights,mnist\n")
+    # two models that cannot be scanned: a corrupt file, and weights given a 3x32x32 input they do not fit
+    paths["broken"] = root / "broken.csv"
+    paths["broken"].write_text(
+        "path,name,arch,input_shape\nmodels/corrupt.pt2,,,\nmodels/weights.safetensors,wrong-shape,mnist,3x32x32\n"
+    )
     paths["root"] = root
     return paths
 
 
-def _scan_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """``neuralcleanse ARGS...`` in this process: its exit code, stdout and stderr."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _python(script: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """``python -c SCRIPT ARGS...``: a fresh interpreter, as a user's shell starts one."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def _single_scan(world: dict[str, Path], out: Path, model: str, *args: str) -> dict[str, Any]:
@@ -125,71 +154,120 @@ def _fleet(world: dict[str, Path], out: Path, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _scan_many_as_scan(
+    cli: Cli, world: dict[str, Path], references: dict[str, dict[str, Any]], tmp_path: Path, *runner: str
+) -> FleetSummary:
+    """``scan-many`` of the good models with a runner's options: every report as ``scan``'s."""
+    out = tmp_path / "fleet"
+    code, _, stderr = cli(*_fleet(world, out, *runner))
+    assert code == 0, stderr
+    _assert_same_reports(out, references)
+    return FleetSummary.load(out)
+
+
 # ---- locally ----------------------------------------------------------------------------------------
-def test_in_process_matches_scan_and_a_bad_model_does_not_stop_the_others(
-    world: dict[str, Path],
-    references: dict[str, dict[str, Any]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+#: a progress line (stderr is not a terminal here): models done of the total, flagged so far, the time left
+PROGRESS = re.compile(
+    r"scan-many: (\d+)/(\d+) models done \((\d+) flagged(?:, (\d+) failed)?\), elapsed \w+, "
+    r"(ETA ~\w+|ETA not known yet|done); (\S+): (.+)"
+)
+
+
+def test_in_process_matches_scan_and_bad_models_do_not_stop_the_others(
+    world: dict[str, Path], references: dict[str, dict[str, Any]], tmp_path: Path, cli: Cli
 ) -> None:
     out = tmp_path / "fleet"
     threads = torch.get_num_threads()
-    args = [*_fleet(world, out, "--threads-per-worker", "1", "--sort", "name"), str(world["corrupt"])]
-    code, stdout, stderr = _scan_cli(capsys, *args)
+    code, stdout, stderr = cli(
+        *_fleet(world, out, "--threads-per-worker", "1", "--sort", "name"), str(world["broken"])
+    )
     assert torch.get_num_threads() == threads  # the worker's thread count is restored
-    # one corrupt model: reported failed with its one-line error, the others scanned; exit code 1
+    # a corrupt file and a model of the wrong shape: each reported failed with its one-line error, the
+    # others scanned; exit code 1
     assert code == 1
     last = stderr.rstrip("\n").splitlines()[-1]
-    assert last.startswith("error: 1 of 3 models failed (corrupt: ") and "summary.json" in last
+    assert last.startswith("error: 2 of 4 models failed (corrupt: ") and "summary.json" in last
     _assert_same_reports(out, references)
     summary = json.loads((out / "summary.json").read_text())
     by_name = {m["name"]: m for m in summary["models"]}
-    assert [m["name"] for m in summary["models"]] == ["bad", "weights", "corrupt"]  # the order given
-    assert by_name["corrupt"]["status"] == "failed" and "not a model file" in by_name["corrupt"]["error"]
-    assert "\n" not in by_name["corrupt"]["error"]
+    assert list(by_name) == ["bad", "weights", "corrupt", "wrong-shape"]  # the order given
+    errors = {
+        "corrupt": "not a model file",
+        "wrong-shape": "weights do not fit the architecture: 'features.0.weight' has shape (16, 1, 5, 5), "
+        "expected (16, 3, 5, 5)",
+    }
+    for name, error in errors.items():
+        m = by_name[name]
+        assert m["status"] == m["verdict"] == "failed" and error in m["error"] and "\n" not in m["error"]
+        assert m["seconds"] is None and m["images_processed"] is None and not (out / name).exists()
+    # the cost of each scanned model: its scan's seconds and images, as its report records them
     for name in ("bad", "weights"):
         m, ref = by_name[name], references[name]
         assert m["status"] == "done" and m["verdict"] == ref["verdict"] and m["flagged"] == ref["flagged"]
-        assert m["seconds"] == _report(out / name)["run"]["seconds"]
+        assert m["seconds"] == _report(out / name)["run"]["seconds"] > 0 and m["wall_seconds"] >= m["seconds"]
         assert m["images_processed"] == ref["run"]["images_processed"] > 0
-    assert summary["counts"]["total"] == 3 and summary["counts"]["failed"] == 1
+    assert (
+        summary["images_processed"]
+        == by_name["bad"]["images_processed"] + by_name["weights"]["images_processed"]
+    )
+    c = summary["counts"]
+    assert (c["total"], c["done"], c["failed"], c["pending"], c["reused"]) == (4, 2, 2, 0, 0)
     assert summary["runner"] == {"backend": "in-process", "workers": 1, "threads": 1}
-    # progress: a line per finished model (stderr is not a terminal here), with the count and flags
-    assert "scan-many: 1/3 models done (" in stderr and "scan-many: 3/3 models done" in stderr
-    # the table, sorted by name, and the failure below it
+    # progress: a line per finished model, with models done of the total, flagged so far and the time left
+    lines = [
+        PROGRESS.fullmatch(line)
+        for line in stderr.splitlines()
+        if line.startswith("scan-many: ") and "/" in line
+    ]
+    assert (
+        all(lines)
+        and [m[1] for m in lines if m] == ["1", "2", "3", "4"]
+        and {m[2] for m in lines if m} == {"4"}
+    )
+    seen = [m[6] for m in lines if m]
+    assert seen == list(by_name)
+    for match in lines:
+        assert match is not None
+        so_far = [by_name[n] for n in seen[: int(match[1])]]
+        assert int(match[3]) == sum(m["verdict"] == "backdoored" for m in so_far)
+        assert int(match[4] or 0) == sum(m["status"] == "failed" for m in so_far)
+        assert (match[5] == "done") if match[1] == "4" else match[5].startswith("ETA ~")
+        if by_name[match[6]]["status"] == "failed":
+            assert match[7] == f"failed: {by_name[match[6]]['error']}"
+    # the table, sorted by name, and the failures below it
     rows = [line.split()[0] for line in stdout.splitlines() if line.strip().split(" ")[0] in by_name]
-    assert rows == ["bad", "corrupt", "weights"]
-    assert "failed: corrupt: not a model file" in stdout
+    assert rows == ["bad", "corrupt", "weights", "wrong-shape"]
+    assert (
+        "failed: corrupt: not a model file" in stdout and "failed: wrong-shape: weights do not fit" in stdout
+    )
     # the index links every report, flagged and failed models before clean ones
     index = (out / "index.html").read_text()
     assert 'href="bad/report.html"' in index and 'href="weights/report.html"' in index
+    assert 'href="corrupt/report.html"' not in index
     flagged_first = [r.name for r in FleetSummary.load(out).sorted("verdict")]
     assert sorted(flagged_first, key=lambda n: index.index(f">{n}<")) == flagged_first
 
 
 def test_worker_processes_match_scan(
-    world: dict[str, Path],
-    references: dict[str, dict[str, Any]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    world: dict[str, Path], references: dict[str, dict[str, Any]], tmp_path: Path, cli: Cli
 ) -> None:
-    out = tmp_path / "fleet"
-    code, _, stderr = _scan_cli(capsys, *_fleet(world, out, "--workers", "2", "--threads-per-worker", "1"))
-    assert code == 0, stderr
-    _assert_same_reports(out, references)
-    summary = FleetSummary.load(out)
+    summary = _scan_many_as_scan(
+        cli, world, references, tmp_path, "--workers", "2", "--threads-per-worker", "1"
+    )
     assert summary.runner == {"backend": "processes", "workers": 2, "threads": 1}
     assert {r.worker for r in summary.models} != {None} and all(r.attempts == 1 for r in summary.models)
 
 
 # ---- dead workers -----------------------------------------------------------------------------------
 def die(request: tuple[Path, Path, bool]) -> DetectionReport:
-    """A job that kills its own worker process (as the OOM killer or a lost node would): on its first
-    attempt (the marker then holds the killed worker's pid), or on every attempt. Module level: worker
-    processes and Ray tasks import it."""
+    """A job that kills its own worker process (as the OOM killer or a lost node would) on its first
+    attempt, or on every attempt; each attempt adds its worker's pid to the marker file. Module level:
+    worker processes and Ray tasks import it."""
     marker, report, always = request
-    if always or not marker.exists():
-        marker.write_text(str(os.getpid()))
+    first = not marker.exists()
+    with marker.open("a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    if always or first:
         os.kill(os.getpid(), signal.SIGKILL)
     return DetectionReport.load(report)
 
@@ -202,66 +280,91 @@ def _dying_jobs(tmp_path: Path, world: dict[str, Path]) -> list[FleetJob]:
     nc.scan(model, images, torch.arange(20) % 10, correct_only=False, samples=None, scan_labels=[0, 1, 2],
             max_steps=1, batches_per_step=1, batch_size=8).save(report)  # fmt: skip
     return [
-        FleetJob("once", "m1", tmp_path / "once", (tmp_path / "marker", report, False)),
-        FleetJob("always", "m2", tmp_path / "always", (tmp_path / "marker-always", report, True)),
+        FleetJob(name, f"m-{name}", tmp_path / name, (tmp_path / f"{name}.pids", report, name == "always"))
+        for name in ("once", "always")
     ]
 
 
-def _check_dying(results: list[ModelResult], marker: Path, *, failure: str) -> None:
+def _check_dying(results: list[ModelResult], tmp_path: Path, *, failure: str) -> None:
+    """With one retry: the job that died once was finished by a second worker, the one that always dies
+    was tried twice (by two workers) and is reported failed; the summary says so."""
     once, always = results
-    assert once.status == "done" and once.worker is not None
-    assert once.worker.rsplit(":", 1)[1] != marker.read_text()  # finished by another process than the killed
+    killed, finished = (tmp_path / "once.pids").read_text().split()
+    assert once.status == "done" and once.worker is not None and once.worker.rsplit(":", 1)[1] == finished
+    assert killed != finished
+    assert len(set((tmp_path / "always.pids").read_text().split())) == 2
     assert always.status == "failed" and failure in (always.error or ""), always.error
+    FleetSummary(results).save(tmp_path)
+    summary = FleetSummary.load(tmp_path)
+    assert [r.status for r in summary.models] == ["done", "failed"]
+    assert (
+        summary.counts["done"] == 1
+        and summary.models[0].verdict == DetectionReport.load(tmp_path / "report").verdict
+    )
 
 
 def test_a_killed_worker_process_is_retried(world: dict[str, Path], tmp_path: Path) -> None:
     results = run_processes(_dying_jobs(tmp_path, world), die, workers=2, threads=1, retries=1)
-    _check_dying(results, tmp_path / "marker", failure="worker process died (exit code -9; 2 attempts)")
+    _check_dying(results, tmp_path, failure="worker process died (exit code -9; 2 attempts)")
     assert results[0].attempts == 2 and results[1].attempts == 2
 
 
 # ---- a killed driver resumes --------------------------------------------------------------------------
-def test_a_killed_run_resumes(
-    world: dict[str, Path],
-    references: dict[str, dict[str, Any]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The run is interrupted in its second model after two steps (checkpointed at every step here);
-    --resume keeps the first model's report and continues the second from its checkpoint, to the report
-    a single uninterrupted scan gives."""
+def _stopping_in_second_model(monkeypatch: pytest.MonkeyPatch, stop: Callable[[], None]) -> None:
+    """Make the fleet's second scan call ``stop`` after its second step, once that step's checkpoint is
+    saved (a checkpoint at every step)."""
     from neuralcleanse.detection import NeuralCleanse
 
     scan_module = sys.modules["neuralcleanse.detection.scan"]  # the module (the package exports a function)
     original = scan_module.reverse_engineer
     calls = [0]
 
-    def killed_in_second_model(*args: Any, on_step: Any, **kwargs: Any) -> Any:
+    def stopping(*args: Any, on_step: Any, **kwargs: Any) -> Any:
         calls[0] += 1
 
         def step(snap: Any) -> None:
             on_step(snap)  # the scan's own bookkeeping: progress and checkpoints
             if calls[0] == 2 and snap.active and snap.active[0].step == 2:
-                raise KeyboardInterrupt
+                stop()
 
         return original(*args, on_step=step, **kwargs)
 
-    monkeypatch.setattr(scan_module, "reverse_engineer", killed_in_second_model)
-    monkeypatch.setitem(NeuralCleanse.scan.__kwdefaults__, "checkpoint_every", 0.0)
-    out = tmp_path / "fleet"
-    fleet = _fleet(world, out, "--threads-per-worker", "1")
-    code, _, stderr = _scan_cli(capsys, *fleet)
-    assert code == 130 and stderr.rstrip("\n").splitlines()[-1] in ("error: interrupted", "error: aborted")
-    summary = FleetSummary.load(out)
-    assert [r.status for r in summary.models] == ["done", "pending"]
+    monkeypatch.setattr(scan_module, "reverse_engineer", stopping)
+    defaults = NeuralCleanse.scan.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "checkpoint_every", 0.0)
+
+
+#: a ``scan-many`` driver that pauses in its second model (argv[1]: a file it writes when it does), to
+#: be killed there with SIGKILL: no handler, no ``finally`` runs
+PAUSING_DRIVER = f"""
+import sys, time
+from pathlib import Path
+import pytest
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_fleet import _stopping_in_second_model
+from neuralcleanse.cli import main
+
+def pause():
+    Path(sys.argv[1]).write_text("paused")
+    time.sleep(600)
+
+_stopping_in_second_model(pytest.MonkeyPatch(), pause)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _check_resumes(cli: Cli, fleet: list[str], references: dict[str, dict[str, Any]]) -> None:
+    """The run in ``--out`` was stopped in its second model: its first model's report is kept, the second
+    has a checkpoint and no report. ``--resume`` keeps the first and continues the second from its
+    checkpoint, to the report a single uninterrupted scan gives."""
+    out = Path(fleet[fleet.index("--out") + 1])
+    assert [r.status for r in FleetSummary.load(out).models] == ["done", "pending"]
     assert (out / "weights.checkpoint" / "state.json").is_file() and not (out / "weights").exists()
     first = (out / "bad" / "report.json").read_text()
-    monkeypatch.setattr(scan_module, "reverse_engineer", original)
-
-    code, _, stderr = _scan_cli(capsys, *fleet)  # without --resume the run's folder is not overwritten
+    code, _, stderr = cli(*fleet)  # without --resume the run's folder is not overwritten
     assert code == 2 and "--resume continues the run" in stderr
-    code, stdout, stderr = _scan_cli(capsys, *fleet, "--resume")
+    code, _, stderr = cli(*fleet, "--resume")
     assert code == 0, stderr
     assert "2 models (1 finished earlier)" in stderr
     bad, weights = FleetSummary.load(out).models
@@ -272,6 +375,49 @@ def test_a_killed_run_resumes(
     for a, b in zip(got["labels"], reference["labels"], strict=True):
         assert a["steps"] == b["steps"] and a["l1_norm"] == pytest.approx(b["l1_norm"], rel=1e-6)
     assert any(n.startswith("resumed from a checkpoint") for n in got["notes"])
+
+
+def test_an_interrupted_run_resumes(
+    world: dict[str, Path],
+    references: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C in the second model: exit code 130, the summary saved with that model pending."""
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    _stopping_in_second_model(monkeypatch, interrupt)
+    fleet = _fleet(world, tmp_path / "fleet", "--threads-per-worker", "1")
+    code, _, stderr = cli(*fleet)
+    assert code == 130 and stderr.rstrip("\n").splitlines()[-1] in ("error: interrupted", "error: aborted")
+    monkeypatch.undo()
+    _check_resumes(cli, fleet, references)
+
+
+def test_a_killed_driver_resumes(
+    world: dict[str, Path], references: dict[str, dict[str, Any]], tmp_path: Path, cli: Cli
+) -> None:
+    """``kill -9`` of the ``scan-many`` process in its second model: nothing of it runs after the signal
+    (the summary is the one saved when the first model finished), and --resume continues."""
+    fleet = _fleet(world, tmp_path / "fleet", "--threads-per-worker", "1")
+    paused = tmp_path / "paused"
+    driver = _python(PAUSING_DRIVER, str(paused), *fleet)
+    try:
+        deadline = time.monotonic() + 300
+        while not paused.exists():
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the driver did not reach its second model in 5 minutes"
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)
+        assert driver.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.communicate()
+    _check_resumes(cli, fleet, references)
 
 
 # ---- Ray ----------------------------------------------------------------------------------------------
@@ -302,50 +448,57 @@ def ray_instance() -> Any:
 
 
 def test_ray_matches_scan(
-    ray_instance: Any,
-    world: dict[str, Path],
-    references: dict[str, dict[str, Any]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    ray_instance: Any, world: dict[str, Path], references: dict[str, dict[str, Any]], tmp_path: Path, cli: Cli
 ) -> None:
-    out = tmp_path / "fleet"
-    code, _, stderr = _scan_cli(capsys, *_fleet(world, out, "--ray", "--cpus-per-task", "1"))
-    assert code == 0, stderr
-    _assert_same_reports(out, references)
-    summary = FleetSummary.load(out)
+    summary = _scan_many_as_scan(cli, world, references, tmp_path, "--ray", "--cpus-per-task", "1")
     assert summary.runner["backend"] == "ray" and summary.runner["threads"] == 1
     assert all(r.worker and r.worker.rsplit(":", 1)[1] != str(os.getpid()) for r in summary.models)
     assert ray_instance.is_initialized()  # a Ray the caller started is left running
 
 
 def test_ray_retries_a_killed_worker(ray_instance: Any, world: dict[str, Path], tmp_path: Path) -> None:
+    """Ray's task retries (max_retries): the worker process really dies, Ray runs the task again."""
     results = run_ray(_dying_jobs(tmp_path, world), die, retries=1)
-    _check_dying(results, tmp_path / "marker", failure="Ray task failed (")
+    _check_dying(results, tmp_path, failure="Ray task failed (")
 
 
 def test_a_task_no_ray_node_can_hold_is_refused(
-    ray_instance: Any, world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_instance: Any, world: dict[str, Path], tmp_path: Path, cli: Cli
 ) -> None:
     """Ray would wait forever for a node with 4 CPUs: refused in one line before anything is written."""
     out = tmp_path / "o"
-    code, _, stderr = _scan_cli(
-        capsys, "scan-many", str(world["bad"]), "--ray", "--cpus-per-task", "4", "--out", str(out)
-    )
+    code, _, stderr = cli("scan-many", str(world["bad"]), "--ray", "--cpus-per-task", "4", "--out", str(out))
     assert code == 2 and stderr.count("\n") == 1 and "no Ray node has 4 CPUs" in stderr, stderr
     assert "the largest have 2 CPUs" in stderr and not out.exists()
 
 
-def test_ray_missing_is_one_line(
-    world: dict[str, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
-    code, _, stderr = _scan_cli(capsys, "scan-many", str(world["bad"]), "--ray", "--out", str(tmp_path / "o"))
-    assert code == 2 and stderr.count("\n") == 1
-    assert stderr == "error: --ray needs Ray, which is not installed: pip install 'neuralcleanse[ray]'\n"
-    assert not (tmp_path / "o").exists()
+#: ``neuralcleanse`` in an interpreter where Ray is not installed (its import fails as a missing module's
+#: does); argv[1]: a JSON list of command lines, whose exit codes it prints
+WITHOUT_RAY = """
+import json, sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "ray":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+from neuralcleanse.cli import main
+print(json.dumps([main(args) for args in json.loads(sys.argv[1])]))
+"""
+
+
+def test_ray_missing_is_one_line(world: dict[str, Path], tmp_path: Path) -> None:
+    runs = [
+        ["scan-many", str(world["bad"]), "--ray", "--out", str(tmp_path / "a")],
+        ["scan-many", str(world["bad"]), "--ray-address", "auto", "--out", str(tmp_path / "b")],
+    ]
+    stdout, stderr = _python(WITHOUT_RAY, json.dumps(runs)).communicate(timeout=300)
+    assert json.loads(stdout.splitlines()[-1]) == [2, 2], stderr
+    hint = "needs Ray, which is not installed: pip install 'neuralcleanse[ray]'"
+    assert stderr == f"error: --ray {hint}\nerror: --ray-address {hint}\n"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 # ---- sources, manifests, names, the summary ----------------------------------------------------------
@@ -373,20 +526,25 @@ def test_manifests_csv_and_jsonl(tmp_path: Path) -> None:
     c, d = read_manifest(jsonl)
     assert c.options == {"input_shape": "3x32x32", "mean": "0.5,0.25,0.0", "arch_kwargs": '{"classes": 43}'}
     assert d.options == {"labels": "0,3", "references": (tmp_path / "r",)}
-    bad = [
-        ("path,colour\na.pt2,red\n", "unknown column 'colour'"),
-        ("name\nx\n", "no path column"),
-        ("path,source\na.pt2,two\n", "line 2: source must be an integer"),
-        ("path,input_range\na.pt2,0-9\n", "line 2: input_range must be one of 0-1, 0-255"),
-        ("path\n", "lists no models"),
-    ]
-    for text, message in bad:
-        csv.write_text(text)
+    refused = [
+        (csv, "path,colour\na.pt2,red\n", "unknown column 'colour'"),
+        (csv, "name\nx\n", "no path column"),
+        (csv, "path,source\na.pt2,two\n", "line 2: source must be an integer"),
+        (csv, "path,input_range\na.pt2,0-9\n", "line 2: input_range must be one of 0-1, 0-255"),
+        (csv, "path\n", "lists no models"),
+        (csv, "path,Path\na.pt2,b.pt2\n", "column 'path' appears twice"),
+        (jsonl, '{"path": "a.pt2"}\n[1]\n', "line 2: not a JSON object"),
+        (jsonl, '{"path": "a.pt2", "colour": 1}\n', "line 1: unknown column 'colour'"),
+        (jsonl, '{"path": "a.pt2", "Input-Shape": "1x28x28", "input_shape": [1, 28, 28]}\n',
+         "line 1: column 'input_shape' appears twice"),
+        (jsonl, '{"path": "a.pt2", "mean": []}\n', r"line 1: mean must be numbers like 0.5,0.5,0.5 .*, got \[\]"),
+        (jsonl, '{"path": "a.pt2", "labels": [1.5]}\n', r"line 1: labels must be labels like 0,3,5 .*, got \[1.5\]"),
+        (jsonl, '{"path": "a.pt2", "input_shape": [1, true, 28]}\n', "line 1: input_shape must be CxHxW"),
+    ]  # fmt: skip
+    for manifest, text, message in refused:
+        manifest.write_text(text)
         with pytest.raises(SettingsError, match=message):
-            read_manifest(csv)
-    jsonl.write_text('{"path": "a.pt2"}\n[1]\n')
-    with pytest.raises(SettingsError, match="line 2: not a JSON object"):
-        read_manifest(jsonl)
+            read_manifest(manifest)
     with pytest.raises(SettingsError, match="manifest not found"):
         read_manifest(tmp_path / "none.jsonl")
 
@@ -445,3 +603,8 @@ def test_summary_sorts_and_round_trips(tmp_path: Path) -> None:
     index = (tmp_path / "index.html").read_text()
     assert index.index(">d<") < index.index(">e<") < index.index(">a<")
     assert 'href="c/report.html"' not in index  # a failed model has no report to link
+    with pytest.raises(DataError, match="none: fleet summary not found"):
+        FleetSummary.load(tmp_path / "none")
+    (tmp_path / "summary.json").write_text('{"format_version": 1')
+    with pytest.raises(DataError, match=r"summary.json: cannot read fleet summary \(Expecting"):
+        FleetSummary.load(tmp_path)
