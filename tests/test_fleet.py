@@ -107,10 +107,12 @@ def _python(script: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
     )
 
 
-def _single_scan(world: dict[str, Path], out: Path, model: str, *args: str) -> dict[str, Any]:
-    """``scan`` of one model with one torch thread (the thread count fleet workers use below)."""
+def _single_scan(
+    world: dict[str, Path], out: Path, model: str, *args: str, threads: int = 1
+) -> dict[str, Any]:
+    """``scan`` of one model with ``threads`` torch threads (one: the count most fleet runs use below)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         source = [str(world[model])] + (["--arch", "mnist"] if model == "weights" else [])
         code = main(["scan", *source, "--data", str(world["data"]), *args, "--out", str(out), "--json"])
@@ -137,12 +139,12 @@ def _without_timing(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "run": run}
 
 
-def _assert_same_reports(out: Path, references: dict[str, dict[str, Any]]) -> None:
+def _assert_same_reports(out: Path, references: dict[str, dict[str, Any]], *, threads: int = 1) -> None:
     """Every report in ``out`` equals the single scan's: norms, flags, indices, steps, notes, data, model;
     only the seconds differ."""
     for name, reference in references.items():
         got = _report(out / name)
-        assert got["run"]["threads"] == reference["run"]["threads"] == 1
+        assert got["run"]["threads"] == reference["run"]["threads"] == threads
         assert _without_timing(got) == _without_timing(reference), name
         assert (out / name / "report.html").is_file()
 
@@ -470,6 +472,52 @@ def test_a_task_no_ray_node_can_hold_is_refused(
     code, _, stderr = cli("scan-many", str(world["bad"]), "--ray", "--cpus-per-task", "4", "--out", str(out))
     assert code == 2 and stderr.count("\n") == 1 and "no Ray node has 4 CPUs" in stderr, stderr
     assert "the largest have 2 CPUs" in stderr and not out.exists()
+
+
+def _command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``neuralcleanse ARGS...`` run as a user runs it, in a new process."""
+    exe = Path(sys.executable).with_name("neuralcleanse")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "neuralcleanse"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        [*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_ray_started_for_the_run_matches_scan(
+    world: dict[str, Path], references: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``--ray`` in a process without Ray: a local instance started for the run, shut down after it."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'neuralcleanse[ray]')")
+    out = tmp_path / "fleet"
+    done = _command(*_fleet(world, out, "--ray", "--cpus-per-task", "1"))
+    if done.returncode != 0 and "a local Ray instance could not start" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 models, on Ray (local instance, 1 CPU per task)" in done.stderr
+    _assert_same_reports(out, references)
+    assert FleetSummary.load(out).runner["address"] == "local instance"
+
+
+def test_ray_address_uses_a_running_cluster_with_the_tasks_cpus_as_threads(
+    ray_instance: Any, world: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--ray-address`` of the module's Ray (a cluster this process started): tasks of 2 CPUs scan with
+    2 threads, as ``scan`` with 2 threads does; the cluster is left running."""
+    address = ray_instance.get_runtime_context().gcs_address
+    references = {"bad": _single_scan(world, tmp_path / "ref", "bad", *SCAN, threads=2)}
+    out = tmp_path / "fleet"
+    done = _command(
+        "scan-many", str(world["bad"]), "--data", str(world["data"]), *SCAN, "--out", str(out),
+        "--ray-address", address, "--cpus-per-task", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_reports(out, references, threads=2)
+    summary = FleetSummary.load(out)
+    assert summary.runner == {
+        "backend": "ray", "address": address, "cpus_per_task": 2, "gpus_per_task": 0, "threads": 2
+    }  # fmt: skip
+    assert ray_instance.is_initialized() and ray_instance.cluster_resources().get("CPU") == 2
 
 
 #: ``neuralcleanse`` in an interpreter where Ray is not installed (its import fails as a missing module's
