@@ -13,6 +13,10 @@ attacks (clean controls, BadNets with several targets and triggers, a blended tr
 * ``workers1-1thread``: one process of one thread (what one of ``workers2``'s workers does alone);
 * ``ray2``: ``--ray`` (a local Ray instance started for the run, one CPU and thread per task).
 
+``--zoo DIR`` scans the first ``--models`` model directories of a zoo built by ``neuralcleanse zoo --out
+DIR`` instead (the default zoo's 8-epoch models); ``--dry-run`` prints the models and commands without
+training or scanning anything.
+
 It prints each run's wall time, the sum of the models' scan seconds, images through the models per
 second, the verdicts, and the ratio of the 1-worker wall time to the others' — measured in this run.
 """
@@ -53,16 +57,20 @@ RUNNERS = {
 }
 
 
+def fleet_path(cache: Path, i: int, epochs: int) -> Path:
+    """Where the fleet's model ``i`` is cached (its seed is ``i``)."""
+    return cache / f"{i:02d}-{FLEET[i % len(FLEET)][0]}-e{epochs}-s{i}"
+
+
 def train_fleet(count: int, epochs: int, cache: Path) -> list[Path]:
     """``count`` model directories (trained once, then read from ``cache``)."""
     data = nc.load_dataset("mnist-sample")
     paths = []
     for i in range(count):
-        name, attack = FLEET[i % len(FLEET)]
-        seed = i
-        path = cache / f"{i:02d}-{name}-e{epochs}-s{seed}"
+        attack = FLEET[i % len(FLEET)][1]
+        path = fleet_path(cache, i, epochs)
         if not (path / "card.json").is_file():
-            recipe = nc.Recipe(training=nc.TrainSettings(epochs=epochs, seed=seed), attack=attack)
+            recipe = nc.Recipe(training=nc.TrainSettings(epochs=epochs, seed=i), attack=attack)
             start = time.perf_counter()
             bundle = nc.train_recipe(recipe, data=data, device="cpu").save(path)
             card = bundle.card
@@ -73,13 +81,27 @@ def train_fleet(count: int, epochs: int, cache: Path) -> list[Path]:
     return paths
 
 
+def zoo_models(zoo: Path, count: int) -> list[Path]:
+    """The first ``count`` model directories of a built zoo (by name; its scans folder is not a model)."""
+    found = sorted(p for p in zoo.iterdir() if (p / "card.json").is_file()) if zoo.is_dir() else []
+    if len(found) < count:
+        raise SystemExit(
+            f"{zoo}: {len(found)} model directories, {count} wanted (neuralcleanse zoo --out {zoo})"
+        )
+    return found[:count]
+
+
+def fleet_command(models: list[Path], runner: str, out: Path, scan_args: list[str]) -> list[str]:
+    exe = Path(sys.executable).with_name("neuralcleanse")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "neuralcleanse"]
+    return [*cmd, "scan-many", *map(str, models), "--out", str(out), "--force", *scan_args, *RUNNERS[runner]]
+
+
 def run_fleet(
     models: list[Path], runner: str, out: Path, scan_args: list[str]
 ) -> tuple[float, dict[str, Any]]:
     """One ``scan-many`` run in a fresh process: its wall time and its summary."""
-    exe = Path(sys.executable).with_name("neuralcleanse")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "neuralcleanse"]
-    cmd += ["scan-many", *map(str, models), "--out", str(out), "--force", *scan_args, *RUNNERS[runner]]
+    cmd = fleet_command(models, runner, out, scan_args)
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     start = time.perf_counter()
     # its progress lines go to this script's stderr; its table is left out (the summary has it all)
@@ -100,18 +122,32 @@ def main() -> None:
     p.add_argument("--runners", default="workers1,workers2", help=f"any of {', '.join(RUNNERS)}")
     p.add_argument("--cache", type=Path, default=Path("runs/fleet-bench/models"))
     p.add_argument("--out", type=Path, default=Path("runs/fleet-bench/scans"))
+    p.add_argument("--zoo", type=Path, help="scan the models of a zoo built by `neuralcleanse zoo --out DIR`")
+    p.add_argument("--dry-run", action="store_true", help="print the models and commands; run nothing")
     args = p.parse_args()
     runners = args.runners.split(",")
     unknown = [r for r in runners if r not in RUNNERS]
     if unknown:
         raise SystemExit(f"unknown runner {unknown[0]!r}; use {', '.join(RUNNERS)}")
+    scan_args = ["--samples", str(args.samples), "--max-steps", str(args.max_steps), "--device", "cpu"]
+    if args.dry_run:
+        if args.zoo:
+            models = zoo_models(args.zoo, args.models)
+        else:
+            models = [fleet_path(args.cache, i, args.epochs) for i in range(args.models)]
+        for m in models:
+            print(f"model {m}{'' if (m / 'card.json').is_file() else ' (to be trained)'}")
+        for runner in runners:
+            print(" ".join(fleet_command(models, runner, args.out / runner, scan_args)))
+        return
     print(
         f"torch {torch.__version__}, CPUs {os.cpu_count()}, load average at start {os.getloadavg()[0]:.1f}; "
         f"{args.models} models, scans of {args.samples} images, --max-steps {args.max_steps}",
         flush=True,
     )
-    models = train_fleet(args.models, args.epochs, args.cache)
-    scan_args = ["--samples", str(args.samples), "--max-steps", str(args.max_steps), "--device", "cpu"]
+    models = (
+        zoo_models(args.zoo, args.models) if args.zoo else train_fleet(args.models, args.epochs, args.cache)
+    )
     results: dict[str, tuple[float, dict[str, Any]]] = {}
     for runner in runners:
         print(f"scan-many with {runner} ...", flush=True)
