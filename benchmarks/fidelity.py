@@ -6,7 +6,7 @@
     python benchmarks/fidelity.py --out runs/fidelity --table                # only print the table
 
 For every model of a zoo spec (``default``: the paper's attacks on the MNIST sample and Fashion-MNIST,
-clean controls and the spec's reference models included; ``signs``: the 43-label task), every training
+clean controls included, its reference models left out as the seeds give other clean models; ``signs``: the 43-label task), every training
 seed of ``--seeds`` and every architecture of ``--archs`` (``spec``: the spec's own), it trains the
 model (cached under ``OUT/models``), scans it once with a self-made reference (a student distilled from
 the model on the clean images, every label to the end; cached under ``OUT/scans``), and then judges the
@@ -15,7 +15,9 @@ same norms with every method:
 * ``paper``: the MAD test on the L1 norms (Wang et al. 2019), threshold 2;
 * ``log``: the same test on log norms;
 * ``self``: the relative test against the distilled student (``scan --self-reference``);
-* ``self+log``: labels flagged by both ``self`` and ``log``.
+* ``self+log``: labels flagged by both ``self`` and ``log``;
+* ``self<0.5``: labels ``self`` flags whose trigger is also at most half the student's (an effect size
+  on top of the index, against students that imitate the model closely and so make a tiny MAD).
 
 Models are grouped as ``clean`` (no backdoor), ``small`` (every trigger ≤ 10% of the image: what the
 paper's method can in principle see), ``large`` (a trigger > 10%, blended ones included) and
@@ -42,7 +44,7 @@ from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSetti
 from neuralcleanse.detection.distill import DistillSettings
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
-METHODS = ("paper", "log", "self", "self+log")
+METHODS = ("paper", "log", "self", "self+log", "self<0.5")
 GROUPS = ("small", "large", "source", "clean")
 
 
@@ -66,8 +68,8 @@ def cases(args: argparse.Namespace) -> list[Case]:
     for seed in (int(s) for s in args.seeds.split(",")):
         for arch in args.archs.split(","):
             for e in spec.entries:
-                if args.only and e.name not in args.only.split(","):
-                    continue
+                if e.is_reference or (args.only and e.name not in args.only.split(",")):
+                    continue  # a spec's reference models are clean controls of other seeds: the seeds are
                 a = e.recipe.arch if arch == "spec" else arch
                 out.append(Case(f"{e.name}-{a}-s{seed}", e, a, seed))
     return out
@@ -124,6 +126,15 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
     both = sorted(set(tests["self"].flagged) & set(tests["log"].flagged))
     verdict = "inconclusive" if unsettled else ("backdoored" if both else "clean")
     out["self+log"] = (verdict, both)
+    ref = report.reference
+    half = [
+        k
+        for k in tests["self"].flagged
+        if ref is not None and report.label(k).l1_norm <= 0.5 * ref.l1_norms[k]
+    ]
+    out["self<0.5"] = (out["self"][0] if not half else "backdoored", sorted(half))
+    if out["self"][0] == "backdoored" and not half:
+        out["self<0.5"] = ("clean", [])
     return out
 
 
@@ -184,7 +195,7 @@ def table(rows: list[dict]) -> str:
                 f"{rate(('clean',), 'false alarm'):>13} {rate(GROUPS, 'inconclusive'):>13}"
             )
         lines.append("")
-    lines.append("per model (method outcomes: paper / log / self / self+log):")
+    lines.append(f"per model (method outcomes: {' / '.join(METHODS)}):")
     for r in rows:
         outs = " / ".join(outcome(r, m) for m in METHODS)
         lines.append(f"  {r['name']:42} {r['group']:6} planted {r['planted']!s:8} {outs}")
@@ -213,25 +224,20 @@ def main() -> None:
         name: (lambda name=name: cache.setdefault(name, nc.load_dataset(name)))
         for name in ("mnist-sample", "fashion-mnist", "traffic-signs")
     }
-    results = args.out / "results.jsonl"
-    rows: dict[str, dict] = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            row = json.loads(line)
-            rows[row["name"]] = row
+    rows: list[dict] = []
     for case in cases(args):
-        if case.name in rows or args.table:
+        done = (args.out / "scans" / case.name / "report.json").exists()
+        if args.table and not done:
             continue
         try:
-            rows[case.name] = record(case, args, loaders)
+            rows.append(record(case, args, loaders))  # trains and scans what is not on disk yet
         except KeyboardInterrupt:
             break
-        args.out.mkdir(parents=True, exist_ok=True)
-        with results.open("a") as f:
-            f.write(json.dumps(rows[case.name]) + "\n")
-        logging.info("%s: %s", case.name, " / ".join(outcome(rows[case.name], m) for m in METHODS))
-    wanted = {c.name for c in cases(args)}
-    print(table([r for name, r in rows.items() if name in wanted]))
+        if not done:
+            logging.info("%s: %s", case.name, " / ".join(outcome(rows[-1], m) for m in METHODS))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(table(rows))
 
 
 if __name__ == "__main__":

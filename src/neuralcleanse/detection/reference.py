@@ -25,7 +25,10 @@ from ..errors import DataError, SettingsError
 if TYPE_CHECKING:
     from .report import DetectionReport
 
-__all__ = ["Reference"]
+__all__ = ["Reference", "SELF_MADE"]
+
+#: the ``model`` of a self-made reference's source
+SELF_MADE = "distilled student"
 
 #: settings that change the speed or the random draw of a scan but not what its norms mean (screening
 #: included: a reference scan with screened labels is refused, and without any it equals a full scan)
@@ -111,6 +114,19 @@ class Reference:
             for i, rep in enumerate(reports)
         ]
         return cls(norms, sources)
+
+    @property
+    def self_made(self) -> bool:
+        """Whether the reference is a student distilled from the scanned model itself
+        (:mod:`~neuralcleanse.detection.distill`) rather than scans of trusted models."""
+        return any(src.get("model") == SELF_MADE for src in self.sources)
+
+    def describe(self) -> str:
+        """What the reference models are, for sentences: "the trusted reference models" or the student."""
+        if self.self_made:
+            return "a student distilled from this model on the clean images"
+        n = len(self.sources)
+        return f"{n} reference scan{'s' if n != 1 else ''} of trusted models"
 
     def norms_for(self, labels: Sequence[int]) -> list[float]:
         """The reference norm of each label, in order; a label the reference never scanned is an error."""

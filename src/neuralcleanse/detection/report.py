@@ -278,8 +278,8 @@ class DetectionReport:
 
     def _versus(self, r: LabelResult) -> str:
         if self.statistic == "relative" and self.reference is not None:
-            return (
-                f"L1 {r.l1_norm:.1f} vs {self.reference.l1_norms.get(r.label, math.nan):.1f} in the reference"
+            return f"L1 {r.l1_norm:.1f} vs {self.reference.l1_norms.get(r.label, math.nan):.1f} in " + (
+                "the distilled student" if self.reference.self_made else "the reference"
             )
         return f"L1 {r.l1_norm:.1f} vs median {self.median_l1:.1f}"
 
@@ -294,7 +294,8 @@ class DetectionReport:
         if self.verdict == "clean":
             worst = self.outlier_test().largest_below_median
             return f"clean: no label below the median has an anomaly index above {self.threshold:g} (largest {worst:.2f})"
-        return "inconclusive: " + "; ".join(self.notes)
+        reason = self.unsettled or "; ".join(self.outlier_test().notes) or "; ".join(self.notes)
+        return "inconclusive: " + reason
 
     # ---- persistence --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .distill import DistillSettings, distil_student
 from .engine import LabelState, StepSnapshot, reverse_engineer
 from .outlier import STATISTICS, Statistic, mad_outlier_test
-from .reference import Reference
+from .reference import SELF_MADE, Reference
 from .report import DetectionReport, LabelResult, unsettled_reason
 from .settings import ReverseSettings
 
@@ -461,7 +461,7 @@ class NeuralCleanse:
         reference = Reference.from_reports([scanned])
         source = {
             **reference.sources[0],
-            "model": "distilled student",
+            "model": SELF_MADE,
             "student": student.arch,
             "agreement": round(student.agreement, 4),
             "distillation": student.settings.to_dict(),
@@ -568,16 +568,11 @@ class NeuralCleanse:
                 f"labels {unreached} never reached {settings.attack_threshold:.0%} attack success; "
                 "their L1 is that of the last mask and they cannot be flagged"
             )
-        if self.statistic == "relative" and reference is not None and self.self_reference is not None:
-            extra.append(
-                "relative statistic: each label's L1 norm is divided by its norm in a student distilled from "
-                "this model on the clean images (no trusted model needed)"
-            )
-        elif self.statistic == "relative" and reference is not None:
+        if self.statistic == "relative" and reference is not None:
             refs = reference.sources
             extra.append(
-                f"relative statistic: each label's L1 norm is divided by its norm in {len(refs)} reference "
-                "scan(s) of trusted models before the outlier test"
+                f"relative statistic: each label's L1 norm is divided by its norm in {reference.describe()} "
+                "before the outlier test"
             )
             for diff in reference.mismatches(_settings_record(settings)):
                 extra.append(

@@ -74,7 +74,8 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
         for k in sorted(report.flagged, key=lambda k: report.label(k).l1_norm):
             r = report.label(k)
             versus = (
-                f"{report.reference.l1_norms.get(k, math.nan):.1f} for the same label in the trusted reference models"
+                f"{report.reference.l1_norms.get(k, math.nan):.1f} for the same label in "
+                f"{html.escape(report.reference.describe())}"
                 if report.statistic == "relative" and report.reference is not None
                 else f"a median of {report.median_l1:.1f}"
             )
@@ -87,7 +88,7 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
             + "; ".join(parts)
             + f". An anomaly index above {report.threshold:g} means the label can be reached with far less "
             + (
-                "change to the input than the same label needs in the trusted models"
+                "change to the input than the same label needs in the reference"
                 if report.statistic == "relative"
                 else "change to the input than any normal label needs"
             )
@@ -100,7 +101,7 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
             f"<b>Clean.</b> No label can be reached with unusually little change: the largest anomaly index among "
             f"labels below the median is {worst:.2f}, under the threshold of {report.threshold:g}."
         )
-    return "unk", "<b>Inconclusive.</b> " + html.escape("; ".join(report.notes))
+    return "unk", "<b>Inconclusive.</b> " + html.escape(report.summary().removeprefix("inconclusive: "))
 
 
 def _real_triggers(report: DetectionReport) -> dict[int, Trigger]:
@@ -246,9 +247,8 @@ def _mitigation_html(m: Any, figures: dict[str, bytes]) -> str:
 
 def _statistic_html(report: DetectionReport) -> str:
     if report.statistic == "relative" and report.reference is not None:
-        n = len(report.reference.sources)
         return (
-            f"Outlier test relative to {n} reference scan{'s' if n != 1 else ''} of trusted models: each "
+            f"Outlier test relative to {html.escape(report.reference.describe())}: each "
             "label's L1 norm is divided by the same label's norm there, and the test runs on the logs of "
             f"those ratios (median ratio {_fmt(math.exp(report.median), 2)}, MAD of the log ratios "
             f"{_fmt(report.mad, 2)}). Labels that are easy in every model of the task cancel out."
