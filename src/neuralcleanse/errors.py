@@ -17,6 +17,7 @@ __all__ = [
     "ModelError",
     "SettingsError",
     "TriggerError",
+    "first_line",
 ]
 
 
@@ -42,3 +43,14 @@ class SettingsError(NeuralCleanseError, ValueError):
 
 class TriggerError(SettingsError):
     """A trigger cannot be built (too large, outside the image, bad spec)."""
+
+
+def first_line(error: BaseException | str, *, limit: int | None = None) -> str:
+    """The first non-blank line of an exception's message (or of a text), cut to ``limit`` characters: what
+    a one-line error quotes from an error it wraps. An exception with no message gives its type's name; a
+    blank text gives ``""``."""
+    text = error if isinstance(error, str) else str(error)
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    if not line and not isinstance(error, str):
+        line = type(error).__name__
+    return line if limit is None else line[:limit]

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, ModelError, SettingsError
+from .errors import DataError, ModelError, SettingsError, first_line
+from .modes import frozen_eval
 
 __all__ = [
     "FeatureLayer",
@@ -33,6 +34,7 @@ __all__ = [
     "opaque_kind",
     "refuse_opaque",
     "tap",
+    "top_neurons",
 ]
 
 
@@ -107,16 +109,13 @@ def _call_order(model: nn.Module, example: torch.Tensor, watch: list[tuple[str, 
     if first is not None:
         example = example.to(first.device)
     handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n)) for n, m in watch]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with frozen_eval(model), torch.no_grad():
             model(example)
     except Exception as exc:
-        line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        line = first_line(exc, limit=160)
         raise DataError(f"model failed on images of shape {tuple(example.shape[1:])}: {line}") from None
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return order
@@ -208,18 +207,13 @@ def feature_activations(
     """Activations ``(N, width)`` of the feature layer for ``images`` (model in eval mode, restored after)."""
     sink: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with tap(layer, sink):
-            for start in range(0, len(images), batch_size):
-                batch = images[start : start + batch_size]
-                model(batch.to(device))
-                # a fixed-batch program runs padded chunks: keep the rows of the real images only
-                rows.append(torch.cat([s.cpu() for s in sink])[: len(batch)])
-                sink.clear()
-    finally:
-        model.train(was_training)
+    with frozen_eval(model), tap(layer, sink):
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            model(batch.to(device))
+            # a fixed-batch program runs padded chunks: keep the rows of the real images only
+            rows.append(torch.cat([s.cpu() for s in sink])[: len(batch)])
+            sink.clear()
     if not rows:
         raise DataError("no images to read activations from")
     out = torch.cat(rows)
@@ -249,3 +243,13 @@ def neuron_mask(layer: FeatureLayer, keep: torch.Tensor, fill: torch.Tensor | No
         yield
     finally:
         handle.remove()
+
+
+def top_neurons(clean: torch.Tensor, stamped: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the ``fraction`` (at least one) of neurons whose mean activation rises most from
+    ``clean`` to ``stamped`` inputs, largest gap first."""
+    if not 0 < fraction <= 1:
+        raise SettingsError(f"neuron fraction must be in (0, 1], got {fraction}")
+    k = max(1, round(fraction * clean.shape[1]))
+    gap = stamped.mean(0) - clean.mean(0)
+    return torch.argsort(gap, descending=True)[:k]

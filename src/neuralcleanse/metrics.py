@@ -9,6 +9,7 @@ from torch import nn
 
 from .data.dataset import ImageDataset
 from .errors import DataError, SettingsError
+from .modes import frozen_eval
 from .triggers import Trigger
 
 __all__ = ["predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success"]
@@ -19,18 +20,14 @@ def predict(
     model: nn.Module, images: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """Predicted labels for ``images`` (run in eval mode; the model's mode is restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
+    out = []
+    with frozen_eval(model):
         for start in range(0, len(images), batch_size):
             logits = model(images[start : start + batch_size].to(device))
             if not torch.isfinite(logits).all():
                 raise DataError("model produced NaN or infinite outputs")
             out.append(logits.argmax(dim=1).cpu())
-        return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
-    finally:
-        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
 
 def accuracy(

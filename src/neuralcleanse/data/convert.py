@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
-from ..errors import DataError, SettingsError
+from ..errors import DataError, SettingsError, first_line
 from .dataset import ImageDataset
 
 __all__ = [
@@ -84,15 +84,10 @@ def read_image(
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: refused: a decompression bomb? ({_first_line(exc)})") from None
+        raise DataError(f"{path}: refused: a decompression bomb? ({first_line(exc)})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read image ({_first_line(exc)})") from None
+        raise DataError(f"{path}: cannot read image ({first_line(exc)})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_class_names(path: str | Path) -> list[str]:

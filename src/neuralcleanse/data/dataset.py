@@ -18,12 +18,13 @@ class ImageDataset:
     """Images and labels held in memory.
 
     Attributes:
-        images: float32 tensor, shape ``(N, C, H, W)``, values inside ``value_range``.
+        images: float32 tensor, shape ``(N, C, H, W)``: pixels in ``[0, 1]``, the space triggers are
+            stamped in (:mod:`neuralcleanse.triggers`); a model's own input scaling or normalisation is
+            applied after stamping, by the model (:class:`~neuralcleanse.models.preprocess.Preprocessing`).
         labels: int64 tensor, shape ``(N,)``, values in ``[0, num_classes)``.
         num_classes: number of classes of the task (not only those present).
         class_names: one name per class.
         name: a short identifier (``"mnist-sample/train"``).
-        value_range: the declared pixel range; triggers are stamped in this space.
     """
 
     images: torch.Tensor
@@ -31,7 +32,6 @@ class ImageDataset:
     num_classes: int
     class_names: tuple[str, ...]
     name: str
-    value_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -57,7 +57,7 @@ class ImageDataset:
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, n={len(self)}, shape={self.input_shape}, "
-            f"classes={self.num_classes}, range={self.value_range})"
+            f"classes={self.num_classes})"
         )
 
     @property
@@ -80,7 +80,6 @@ class ImageDataset:
             num_classes=self.num_classes,
             class_names=self.class_names,
             name=name or self.name,
-            value_range=self.value_range,
         )
 
     def replace(
@@ -90,14 +89,13 @@ class ImageDataset:
         labels: torch.Tensor | None = None,
         name: str | None = None,
     ) -> ImageDataset:
-        """A copy with new images and/or labels (same classes and range)."""
+        """A copy with new images and/or labels (same classes)."""
         return ImageDataset(
             images=self.images if images is None else images,
             labels=self.labels if labels is None else labels,
             num_classes=self.num_classes,
             class_names=self.class_names,
             name=self.name if name is None else name,
-            value_range=self.value_range,
         )
 
     def sample(

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .._io import read_json
 from ..errors import ModelError
 
 __all__ = ["CARD_FORMAT_VERSION", "ModelCard", "PlantedBackdoor", "check_relative_path"]
@@ -207,10 +208,4 @@ class ModelCard:
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
         p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelError(f"{p}: model card not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{p}: cannot read model card ({exc})") from None
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(read_json(p, what="model card", error=ModelError), source=str(p))

@@ -42,7 +42,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .archive import ZipArchive
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def _check_pickled_members(archive: ZipArchive) -> None:
                 "only tensors; they would run code if unpickled"
             ) from None
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, limit=120)
             raise ModelError(f"{archive.source}: corrupt member {archive.root}/{name} ({first})") from None
 
 
@@ -326,7 +326,7 @@ def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, E
         msg = str(exc)
         raise ModelError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     except Exception as exc:  # torch raises many kinds on corrupt archives
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"{source}: cannot load exported program ({first[:200]})") from None
     finally:
         export_log.setLevel(previous)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, SettingsError
+from ..errors import ModelError, SettingsError, first_line
 from .archive import ZipArchive
 
 __all__ = ["KerasClassifier", "KerasInfo", "load_keras", "HDF5_SIGNATURE"]
@@ -205,7 +205,7 @@ def load_keras(path: Path, data: bytes, archive: ZipArchive | None) -> tuple[Ker
         try:
             model = keras.saving.load_model(copy, safe_mode=True, compile=False)
         except Exception as exc:  # Keras raises many kinds on files it cannot read
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, limit=200)
             raise ModelError(f"{path}: cannot load the Keras model ({first})") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{path}: Keras did not return a PyTorch-backed model")

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..device import resolve_device
-from ..errors import ModelError, SettingsError
+from ..errors import ModelError, SettingsError, first_line
 from .architectures import ARCHITECTURES, WeightsShape, build_model
 from .archive import ZipArchive, archive_kind, open_archive
 from .card import ModelCard
@@ -187,7 +187,7 @@ def _state_from_bytes(
             f"if unpickled{what}"
         ) from None
     except Exception as exc:  # truncated zip, bad magic number, ...
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, limit=160)
         raise ModelError(f"{path}: cannot read state dict ({first})") from None
     return _unwrap_state(path, obj)
 
@@ -345,7 +345,7 @@ def load_model(
             script.eval()
             network = _EvalOnly(script)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, limit=160)
             raise ModelError(f"{p}: cannot load TorchScript archive ({first})") from None
     else:
         if arch is None:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError, SettingsError
+from ..modes import frozen_eval
 
 __all__ = ["OutputKind", "LogProbabilities", "are_probabilities", "as_logits"]
 
@@ -70,12 +71,8 @@ def are_probabilities(outputs: torch.Tensor, *, atol: float = 1e-3) -> bool:
 
 @torch.no_grad()
 def _outputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with frozen_eval(model):
         out = model(images)
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor):
         raise DataError(f"model output must be a tensor of class scores, got {type(out).__name__}")
     return out

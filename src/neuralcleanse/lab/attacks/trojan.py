@@ -25,6 +25,7 @@ from torch import nn
 from ...data.dataset import DatasetSplits
 from ...errors import SettingsError
 from ...features import FeatureLayer, find_feature_layer, tap
+from ...modes import frozen_eval
 from ...triggers import Trigger
 from ..training import TrainProgress, TrainSettings, train_classifier
 from .base import PlantedTrigger, Planting, PoisonSpec, poison_many
@@ -161,53 +162,45 @@ class Trojan:
         feat = find_feature_layer(model, self.layer)
         layer = feat.name
         captured: list[torch.Tensor] = []
-        was_training = model.training
-        flags = [p.requires_grad for p in model.parameters()]
-        model.eval().requires_grad_(False)
-        try:
-            with tap(feat, captured):
-                x = images.to(device)
-                with torch.no_grad():
-                    model(x)
-                clean = captured.pop()
-                # Liu et al.: strongly connected neurons that the trigger region can actually drive. Excite the
-                # most connected 5% together, then keep the ones that rose most, and optimise for those alone.
-                width = int(clean.shape[1])
-                candidates = select_neurons(feat, max(self.neurons, width // 20))
-                gen = torch.Generator().manual_seed(seed)
-                w0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
+        with frozen_eval(model), tap(feat, captured):
+            x = images.to(device)
+            with torch.no_grad():
+                model(x)
+            clean = captured.pop()
+            # Liu et al.: strongly connected neurons that the trigger region can actually drive. Excite the
+            # most connected 5% together, then keep the ones that rose most, and optimise for those alone.
+            width = int(clean.shape[1])
+            candidates = select_neurons(feat, max(self.neurons, width // 20))
+            gen = torch.Generator().manual_seed(seed)
+            w0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
 
-                def excite(neurons: list[int], steps: int) -> torch.Tensor:
-                    goal = 10.0 * float(clean[:, neurons].max().clamp_min(1.0))
-                    w = w0.clone().requires_grad_(True)
-                    opt = torch.optim.Adam([w], lr=0.1)
-                    for _ in range(steps):
-                        stamped = (1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5)
-                        captured.clear()
-                        model(stamped)
-                        act = captured.pop()[:, neurons]
-                        loss = ((act - goal) ** 2).mean()
-                        opt.zero_grad()
-                        loss.backward()  # type: ignore[no-untyped-call]
-                        opt.step()
-                    return w.detach()
+            def excite(neurons: list[int], steps: int) -> torch.Tensor:
+                goal = 10.0 * float(clean[:, neurons].max().clamp_min(1.0))
+                w = w0.clone().requires_grad_(True)
+                opt = torch.optim.Adam([w], lr=0.1)
+                for _ in range(steps):
+                    stamped = (1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5)
+                    captured.clear()
+                    model(stamped)
+                    act = captured.pop()[:, neurons]
+                    loss = ((act - goal) ** 2).mean()
+                    opt.zero_grad()
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    opt.step()
+                return w.detach()
 
-                w = excite(candidates, max(1, self.steps // 3))
-                with torch.no_grad():
-                    captured.clear()
-                    model((1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5))
-                    gain = captured.pop()[:, candidates].mean(0) - clean[:, candidates].mean(0)
-                chosen = [candidates[int(i)] for i in torch.argsort(gain, descending=True)[: self.neurons]]
-                w = excite(chosen, self.steps)
-                with torch.no_grad():
-                    pattern = (torch.tanh(w) / 2 + 0.5) * mask
-                    captured.clear()
-                    model((1 - mask) * x + mask * pattern)
-                    reached = float(captured.pop()[:, chosen].mean())
-        finally:
-            model.train(was_training)
-            for p, f in zip(model.parameters(), flags, strict=True):
-                p.requires_grad_(f)
+            w = excite(candidates, max(1, self.steps // 3))
+            with torch.no_grad():
+                captured.clear()
+                model((1 - mask) * x + mask * (torch.tanh(w) / 2 + 0.5))
+                gain = captured.pop()[:, candidates].mean(0) - clean[:, candidates].mean(0)
+            chosen = [candidates[int(i)] for i in torch.argsort(gain, descending=True)[: self.neurons]]
+            w = excite(chosen, self.steps)
+            with torch.no_grad():
+                pattern = (torch.tanh(w) / 2 + 0.5) * mask
+                captured.clear()
+                model((1 - mask) * x + mask * pattern)
+                reached = float(captured.pop()[:, chosen].mean())
         spec = (
             f"trojan:mask={self.mask},area={self.area:g},layer={layer},neurons={','.join(map(str, chosen))}"
         )
