@@ -53,19 +53,15 @@ def zoo(
     accuracy, attack success and (with --scan) what Neural Cleanse flagged.
     """
     from .._io import check_output_dir, check_output_file
-    from ..data.registry import load_dataset
     from ..lab.zoo import (
         SHIPPED_SPECS,
-        attach_controls,
-        check_against_data,
+        build_zoo,
+        dataset_cache,
         default_spec_path,
         load_spec,
-        read_manifest_digests,
-        summarise,
         write_manifest,
     )
     from ..lab.zoo_scan import scan_zoo
-    from ..models import load_model_dir
 
     setup_logging(verbose)
     check_count(samples, "--samples")
@@ -83,42 +79,16 @@ def zoo(
         if missing:
             raise SettingsError(f"--only: no model named {missing[0]!r} in {spec.source}")
         spec = type(spec)([e for e in spec.entries if e.name in wanted], spec.source)
-    cache: dict[tuple[str, str | None], Any] = {}
-
-    def data_for(name: str, root: str | None) -> Any:
-        if (name, root) not in cache:
-            cache[(name, root)] = load_dataset(name, root=root)
-        return cache[(name, root)]
-
-    check_against_data(spec, data_for)
-    out.mkdir(parents=True, exist_ok=True)
-    digests = read_manifest_digests(out)
-    for e in spec.entries:  # refuse stale models before building anything
-        if (out / e.name / "card.json").exists() and digests.get(e.name) != e.digest and not force:
-            raise SettingsError(
-                f"{out / e.name} was built from a different spec entry {e.name!r}; use --force to rebuild it"
-            )
+    data_for = dataset_cache()
     console = Console(highlight=False)
-    rows = []
-    for i, e in enumerate(spec.entries):
-        model_dir = out / e.name
-        if (model_dir / "card.json").exists() and digests.get(e.name) == e.digest:
-            bundle, status = load_model_dir(model_dir), "kept"
-        else:
-            console.print(f"[{i + 1}/{len(spec.entries)}] building {e.name} ({e.attack_name})")
-            bundle = train_and_save(
-                e.recipe,
-                model_dir,
-                device=device,
-                force=True,
-                bar=True,
-                data=data_for(e.recipe.dataset, e.recipe.data_dir),
-            )
-            status = "built"
-        rows.append(summarise(e, bundle.card, status))
-        digests[e.name] = e.digest
-        write_manifest(out, type(spec)(spec.entries[: i + 1], spec.source), rows)
-    attach_controls(rows, spec)
+
+    def announce(i: int, e: Any) -> None:
+        console.print(f"[{i + 1}/{len(spec.entries)}] building {e.name} ({e.attack_name})")
+
+    def train(recipe: Any, model_dir: Path, data: Any) -> Any:
+        return train_and_save(recipe, model_dir, device=device, force=True, bar=True, data=data)
+
+    rows = build_zoo(out, spec, data_for, train=train, force=force, announce=announce)
     if do_scan:
         scan_zoo(
             out,

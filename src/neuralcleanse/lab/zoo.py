@@ -48,14 +48,27 @@ import torch
 
 from .._io import atomic_write_json
 from ..data.dataset import DatasetSplits
+from ..data.registry import load_dataset
 from ..errors import NeuralCleanseError, SettingsError
 from ..models.architectures import ARCHITECTURES
 from ..models.card import ModelCard
+from ..models.store import ModelBundle, load_model_dir
 from .attacks import ATTACKS, Attack, MultiBackdoor, build_attack
 from .recipes import Recipe
 from .training import TrainSettings
 
-__all__ = ["ZooEntry", "ZooSpec", "ZooRow", "load_spec", "parse_spec", "default_spec_path", "MANIFEST_FILE"]
+__all__ = [
+    "MANIFEST_FILE",
+    "Trainer",
+    "ZooEntry",
+    "ZooRow",
+    "ZooSpec",
+    "build_zoo",
+    "dataset_cache",
+    "default_spec_path",
+    "load_spec",
+    "parse_spec",
+]
 
 log = logging.getLogger(__name__)
 
@@ -338,3 +351,61 @@ def read_manifest_digests(out: Path) -> dict[str, str]:
         return {m["name"]: m["digest"] for m in d.get("models", [])}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+#: builds one model: ``train(recipe, model_dir, data)`` → the saved bundle (the CLI passes one with a
+#: progress bar)
+Trainer = Callable[[Recipe, Path, DatasetSplits], ModelBundle]
+
+
+def dataset_cache() -> Callable[[str, str | None], DatasetSplits]:
+    """``load(name, root)``: :func:`~neuralcleanse.data.registry.load_dataset`, each dataset read once."""
+    cache: dict[tuple[str, str | None], DatasetSplits] = {}
+
+    def load(name: str, root: str | None) -> DatasetSplits:
+        if (name, root) not in cache:
+            cache[(name, root)] = load_dataset(name, root=root)
+        return cache[(name, root)]
+
+    return load
+
+
+def build_zoo(
+    out: Path,
+    spec: ZooSpec,
+    data_for: Callable[[str, str | None], DatasetSplits],
+    *,
+    train: Trainer,
+    force: bool = False,
+    announce: Callable[[int, ZooEntry], None] | None = None,
+) -> list[ZooRow]:
+    """Build the models of ``spec`` under ``out`` (one directory each), keeping those already built from
+    the same spec entry; returns their summary rows with their clean controls attached.
+
+    Every entry is checked against its dataset, and a model built from a different entry is refused
+    (unless ``force``), before anything is trained. ``zoo.json`` is updated after every model, so a killed
+    run keeps what is built. ``announce(i, entry)`` is called before the i-th model (from 0) is trained.
+    """
+    check_against_data(spec, data_for)
+    out.mkdir(parents=True, exist_ok=True)
+    digests = read_manifest_digests(out)
+    for e in spec.entries:  # refuse stale models before building anything
+        if (out / e.name / "card.json").exists() and digests.get(e.name) != e.digest and not force:
+            raise SettingsError(
+                f"{out / e.name} was built from a different spec entry {e.name!r}; use --force to rebuild it"
+            )
+    rows: list[ZooRow] = []
+    for i, e in enumerate(spec.entries):
+        model_dir = out / e.name
+        if (model_dir / "card.json").exists() and digests.get(e.name) == e.digest:
+            bundle, status = load_model_dir(model_dir), "kept"
+        else:
+            if announce is not None:
+                announce(i, e)
+            bundle = train(e.recipe, model_dir, data_for(e.recipe.dataset, e.recipe.data_dir))
+            status = "built"
+        rows.append(summarise(e, bundle.card, status))
+        digests[e.name] = e.digest
+        write_manifest(out, type(spec)(spec.entries[: i + 1], spec.source), rows)
+    attach_controls(rows, spec)
+    return rows
