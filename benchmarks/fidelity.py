@@ -17,7 +17,9 @@ same norms with every method:
 * ``self``: the relative test against the distilled student (``scan --self-reference``);
 * ``self+log``: labels flagged by both ``self`` and ``log``;
 * ``self<0.5``: labels ``self`` flags whose trigger is also at most half the student's (an effect size
-  on top of the index, against students that imitate the model closely and so make a tiny MAD).
+  on top of the index, against students that imitate the model closely and so make a tiny MAD);
+* ``self-floor``: ``self`` with the MAD of the log ratios floored at ``MAD_FLOOR`` (0.1: with a tiny
+  MAD a label must still be about 18% cheaper than in the student, relative to the median, to be flagged).
 
 Models are grouped as ``clean`` (no backdoor), ``small`` (every trigger ≤ 10% of the image: what the
 paper's method can in principle see), ``large`` (a trigger > 10%, blended ones included) and
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -40,11 +43,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import neuralcleanse as nc
-from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSettings
+from neuralcleanse.detection import DetectionReport, NeuralCleanse, OutlierResult, ReverseSettings
 from neuralcleanse.detection.distill import DistillSettings
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
-METHODS = ("paper", "log", "self", "self+log", "self<0.5")
+METHODS = ("paper", "log", "self", "self+log", "self<0.5", "self-floor")
 GROUPS = ("small", "large", "source", "clean")
 
 
@@ -135,7 +138,27 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
     out["self<0.5"] = (out["self"][0] if not half else "backdoored", sorted(half))
     if out["self"][0] == "backdoored" and not half:
         out["self<0.5"] = ("clean", [])
+    out["self-floor"] = _floored(report, tests["self"], unsettled)
     return out
+
+
+#: the smallest MAD of log ratios the ``self-floor`` method uses (a student that imitates its teacher
+#: closely makes the MAD tiny, and then a label 7% cheaper than in the student gets an index over 2)
+MAD_FLOOR = 0.1
+
+
+def _floored(report: DetectionReport, res: OutlierResult, unsettled: bool) -> tuple[str, list[int]]:
+    ref = report.reference
+    if unsettled or ref is None or not res.conclusive:
+        return ("inconclusive", [])
+    flagged = []
+    for r, used in zip(report.labels, res.used, strict=True):
+        if not (used and r.reached and r.l1_norm > 0):
+            continue
+        dev = res.median - math.log(r.l1_norm / ref.l1_norms[r.label])
+        if dev > 0 and dev / max(res.mad, MAD_FLOOR) > report.threshold:
+            flagged.append(r.label)
+    return ("backdoored" if flagged else "clean", flagged)
 
 
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from ..errors import DataError, SettingsError
 from ..models.architectures import ARCHITECTURES, build_model
 from ..models.outputs import OutputKind, as_logits
+from ..modes import frozen_eval
 
 __all__ = ["DistillSettings", "Student", "distil_student"]
 
@@ -180,13 +181,8 @@ def distil_student(
     n_held = min(1000, max(10, len(order) // 10))
     held, train = images[order[:n_held]], images[order[n_held:]]
     teacher, _ = as_logits(model, images[:64].to(device), outputs=outputs)
-    was_training = teacher.training
-    grads = [p.requires_grad for p in teacher.parameters()]
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
-    with torch.no_grad():
+    with frozen_eval(teacher), torch.no_grad():
         num_classes = int(teacher(images[:2].to(device)).shape[1])
     student: nn.Module | None = None
     arch = cfg.arch
@@ -198,13 +194,9 @@ def distil_student(
     if student is None:
         student = build_model(arch, input_shape=shape, num_classes=num_classes, seed=cfg.seed)
     student = student.to(device)
-    try:
+    with frozen_eval(teacher):
         _train(student, teacher, train, cfg, device)
         agreement = _agreement(student, teacher, held, device)
-    finally:
-        teacher.train(was_training)
-        for p, flag in zip(teacher.parameters(), grads, strict=True):
-            p.requires_grad_(flag)
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)

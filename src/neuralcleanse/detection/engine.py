@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DataError
+from ..modes import frozen_eval
 from .memory import plan_parallel_labels
 from .schedule import choose_screened, labels_to_resume
 from .settings import ReverseSettings
@@ -128,12 +130,13 @@ class LabelState:
     @classmethod
     def restore(cls, scalars: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LabelState:
         values: dict[str, Any] = {}
-        for name, f in cls.__dataclass_fields__.items():
+        hints = typing.get_type_hints(cls)  # the real types, whether or not annotations are strings
+        for name in cls.__dataclass_fields__:
             if name in cls._TENSORS + cls._BEST:
                 values[name] = tensors.get(name)
             elif name in scalars:
                 v = scalars[name]
-                values[name] = _decode_float(v) if f.type == "float" else v
+                values[name] = _decode_float(v) if hints[name] is float else v
         return cls(**values)
 
 
@@ -279,12 +282,6 @@ def reverse_engineer(
     requested = cfg.labels_in_parallel(len(pending), device.type)
     images_done = [sum(s.images_seen for s in states.values())]
 
-    params = list(model.parameters())
-    grad_flags = [p.requires_grad for p in params]
-    was_training = model.training
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
     b1, b2 = cfg.betas
 
     def snapshot() -> None:
@@ -382,7 +379,7 @@ def reverse_engineer(
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    try:
+    with frozen_eval(model):
         k_max = requested
         if pending:
             plan = plan_parallel_labels(
@@ -399,10 +396,6 @@ def reverse_engineer(
                 run(list(labels), None)
             else:
                 _screened_schedule(states, list(labels), cfg, threshold, run, on_note)
-    finally:
-        model.train(was_training)
-        for p, flag in zip(params, grad_flags, strict=True):
-            p.requires_grad_(flag)
     return [states[lab] for lab in labels]
 
 

@@ -15,10 +15,11 @@ from torch import nn
 
 from ..data.dataset import ImageDataset
 from ..device import resolve_device
-from ..errors import DataError, SettingsError
+from ..errors import DataError, SettingsError, first_line
 from ..fingerprint import model_fingerprint, tensor_fingerprint
 from ..metrics import predict
 from ..models.outputs import OUTPUT_KINDS, OutputKind, as_logits
+from ..modes import frozen_eval
 from ..triggers import Trigger
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .distill import DistillSettings, distil_student
@@ -125,16 +126,13 @@ class ScanProgress:
 
 def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.device) -> int:
     """Run a few images through the model and check that it returns finite ``(N, classes)`` scores."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with frozen_eval(model), torch.no_grad():
             out = model(images[: min(8, len(images))].to(device))
     except RuntimeError as exc:
-        msg = str(exc).splitlines()[0]
-        raise DataError(f"model failed on images of shape {tuple(images.shape[1:])}: {msg}") from None
-    finally:
-        model.train(was_training)
+        raise DataError(
+            f"model failed on images of shape {tuple(images.shape[1:])}: {first_line(exc)}"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise DataError(f"model output must be (N, classes), got {shape}")
