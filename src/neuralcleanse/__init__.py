@@ -26,10 +26,14 @@ from .lab import (  # noqa: E402
     train_recipe,
 )
 from .metrics import accuracy, attack_success_rate  # noqa: E402
+from .mitigation import InputFilter, MitigationResult, filter_inputs, prune_neurons, unlearn  # noqa: E402
 from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
 from .models.loading import LoadedModel, load_model  # noqa: E402
 from .models.preprocess import Preprocessing  # noqa: E402
+from .report import write_html_report  # noqa: E402
+from .suspect import SuspectedBackdoor  # noqa: E402
 from .triggers import Trigger  # noqa: E402
+from .validation import ValidationResult, validate_trigger  # noqa: E402
 from .versions import __version__
 
 __all__ = [
@@ -39,7 +43,9 @@ __all__ = [
     "DatasetSplits",
     "DetectionReport",
     "ImageDataset",
+    "InputFilter",
     "LoadedModel",
+    "MitigationResult",
     "ModelBundle",
     "ModelCard",
     "ModelError",
@@ -51,22 +57,29 @@ __all__ = [
     "Reference",
     "ReverseSettings",
     "SettingsError",
+    "SuspectedBackdoor",
     "TrainSettings",
     "Trigger",
-    "Trojan",
     "TriggerError",
+    "Trojan",
+    "ValidationResult",
     "__version__",
     "accuracy",
     "attack_success_rate",
     "build_model",
+    "filter_inputs",
     "load_dataset",
     "load_images",
     "load_model",
     "load_model_dir",
     "mad_outlier_test",
     "poison_dataset",
+    "prune_neurons",
     "save_model_dir",
     "scan",
     "train_classifier",
     "train_recipe",
+    "unlearn",
+    "validate_trigger",
+    "write_html_report",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_directory
+from ._io import atomic_directory, read_json
 from .data.dataset import ImageDataset
-from .errors import DataError, SettingsError
-from .features import FeatureLayer, feature_activations, find_feature_layer, neuron_mask
+from .errors import DataError
+from .features import FeatureLayer, feature_activations, find_feature_layer, neuron_mask, top_neurons
 from .metrics import attack_victims, predict, stamped_success
+from .suspect import SuspectedBackdoor
 from .triggers import Trigger
 
 __all__ = ["ValidationResult", "validate_trigger", "top_neurons", "VALIDATION_FILE"]
 
 VALIDATION_FILE = "validation.json"
-
-
-def top_neurons(clean: torch.Tensor, stamped: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Indices of the ``fraction`` (at least one) of neurons whose mean activation rises most from
-    ``clean`` to ``stamped`` inputs, largest gap first."""
-    if not 0 < fraction <= 1:
-        raise SettingsError(f"neuron fraction must be in (0, 1], got {fraction}")
-    k = max(1, round(fraction * clean.shape[1]))
-    gap = stamped.mean(0) - clean.mean(0)
-    return torch.argsort(gap, descending=True)[:k]
 
 
 @dataclass(frozen=True)
@@ -68,6 +60,33 @@ class ValidationResult:
     shared_top_neurons: float | None = None
     images: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """``(what, reversed, real)`` cells of the comparison table (``-`` where the real trigger is unknown)."""
+        return [
+            ("L1 norm", _num(self.reversed_l1, 1), _num(self.real_l1, 1)),
+            ("attack success", _pct(self.reversed_attack_success), _pct(self.real_attack_success)),
+            (
+                f"mean activation of the top {len(self.neurons)} neurons (clean: {self.clean_activation:.2f})",
+                _num(self.reversed_activation, 2),
+                _num(self.real_activation, 2),
+            ),
+            (
+                "attack success with only those neurons",
+                _pct(self.reversed_success_top_only),
+                _pct(self.real_success_top_only),
+            ),
+        ]
+
+    def lines(self) -> list[str]:
+        """How the reversed trigger's mask and neurons match the real trigger's (empty without one)."""
+        if self.mask_iou is None:
+            return []
+        return [
+            f"mask IoU with the real trigger {self.mask_iou:.2f}; {_pct(self.mass_inside_real)} of the reversed "
+            f"mask lies inside it; {_pct(self.shared_top_neurons)} of the top neurons are the same for both "
+            "triggers"
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, floats rounded; NaN/inf (JSON has none) become ``null``."""
@@ -112,18 +131,24 @@ class ValidationResult:
         file = p / VALIDATION_FILE if p.is_dir() else p
         required_floats = {"reversed_l1", "reversed_attack_success", "clean_activation", "reversed_activation",
                            "reversed_success_top_only"}  # fmt: skip
+        d = read_json(file, what="validation result")
         try:
-            d = json.loads(file.read_text(encoding="utf-8"))
             if not isinstance(d, dict):
                 raise ValueError("expected a JSON object")
             fields: dict[str, Any] = {
                 k: (math.nan if k in required_floats and v is None else v) for k, v in d.items()
             }
             return cls(**fields)
-        except FileNotFoundError:
-            raise DataError(f"{file}: validation result not found") from None
-        except (OSError, ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise DataError(f"{file}: cannot read validation result ({exc})") from None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
 def _success_top_only(
@@ -156,21 +181,27 @@ def _iou(reversed_mask: torch.Tensor, real_region: torch.Tensor) -> tuple[float,
 
 def validate_trigger(
     model: nn.Module,
-    reversed_trigger: Trigger,
+    backdoor: SuspectedBackdoor | Trigger,
     data: ImageDataset,
     *,
-    label: int,
+    label: int | None = None,
     real_trigger: Trigger | None = None,
-    source_labels: list[int] | None = None,
+    source_labels: Sequence[int] | None = None,
     layer: str | None = None,
     top_fraction: float = 0.01,
     samples: int | None = 1000,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> ValidationResult:
-    """Compare a reversed trigger with the real one (if known) on clean images of other labels."""
+    """Compare a reversed trigger with the real one (if known) on clean images of other labels.
+
+    ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
+    """
+    suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
+    label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger
+    sources = suspect.sources
     feat = find_feature_layer(model, layer, example=data.images[:2])
-    victims_ds = attack_victims(data, target=label, source_labels=source_labels)
+    victims_ds = attack_victims(data, target=label, source_labels=sources)
     if len(victims_ds) == 0:
         raise DataError(f"no images outside label {label} to validate on")
     if samples is not None and len(victims_ds) > samples:

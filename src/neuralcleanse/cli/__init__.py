@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import NeuralCleanseError, SettingsError
+from ..errors import NeuralCleanseError, SettingsError, first_line
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]
 
@@ -51,11 +51,8 @@ from . import report as _report  # noqa: E402,F401
 from . import scan as _scan  # noqa: E402,F401
 from . import scan_many as _scan_many  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
+from . import validate as _validate  # noqa: E402,F401
 from . import zoo as _zoo  # noqa: E402,F401
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _log_dir() -> Path:
@@ -90,16 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app.main(args=args, prog_name="neuralcleanse", standalone_mode=False)
     except SettingsError as exc:
-        print(f"error: {_first_line(str(exc))}", file=sys.stderr)
+        print(f"error: {first_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except NeuralCleanseError as exc:
-        print(f"error: {_first_line(str(exc))}", file=sys.stderr)
+        print(f"error: {first_line(str(exc))}", file=sys.stderr)
         return EXIT_INPUT
     except click.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # click >= 8.2: bare command shows its help
             click.echo(exc.format_message(), err=True)
             return EXIT_USAGE
-        print(f"error: {_first_line(exc.format_message())}", file=sys.stderr)
+        print(f"error: {first_line(exc.format_message())}", file=sys.stderr)
         return EXIT_USAGE
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
@@ -110,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:  # e.g. a file click could not open
-        print(f"error: {_first_line(exc.format_message())}", file=sys.stderr)
+        print(f"error: {first_line(exc.format_message())}", file=sys.stderr)
         return EXIT_INPUT
     except OSError as exc:
         if exc.filename is not None:  # the disk, not the code: a file that cannot be read or written
@@ -127,7 +124,7 @@ def _internal(exc: Exception, args: list[str]) -> int:
     where = f"full traceback in {path}" if path is not None else "the traceback could not be saved"
     if _verbose(args):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    detail = _first_line(str(exc))
+    detail = first_line(str(exc))
     print(
         f"error: internal error ({type(exc).__name__}{': ' + detail if detail else ''}); {where}",
         file=sys.stderr,

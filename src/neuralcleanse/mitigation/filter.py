@@ -8,18 +8,23 @@ reached) and on held-out stamped images (the false-negative rate).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
 from ..data.dataset import ImageDataset
 from ..errors import DataError
-from ..features import FeatureLayer, feature_activations, find_feature_layer
+from ..features import FeatureLayer, feature_activations, find_feature_layer, top_neurons
 from ..metrics import attack_victims, predict
+from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
-from ..validation import top_neurons
+from .details import MitigationDetails, pct, register_details
 from .result import Measure, MitigationResult, check_fraction, measure
 
-__all__ = ["InputFilter", "filter_inputs"]
+__all__ = ["FilterDetails", "InputFilter", "filter_inputs"]
 
 
 class InputFilter(nn.Module):
@@ -63,14 +68,42 @@ class InputFilter(nn.Module):
         return labels
 
 
+@register_details("filter")
+@dataclass(frozen=True)
+class FilterDetails(MitigationDetails):
+    """The filter's layer, neurons and threshold, and its error rates on held-out images."""
+
+    layer: str = ""
+    neurons: list[int] = field(default_factory=list)
+    threshold: float = math.nan
+    fpr_target: float | None = None
+    fpr_measured: float | None = None
+    #: false-negative rate by trigger (``reversed``, and ``real`` when known)
+    fnr: dict[str, float] = field(default_factory=dict)
+    calibration_images: int = 0
+    held_out_images: int = 0
+
+    def lines(self) -> list[str]:
+        fnr = ", ".join(f"{k} trigger {pct(v, 1)}" for k, v in self.fnr.items())
+        return [
+            f"false positives on held-out clean images {pct(self.fpr_measured, 1)} "
+            f"(target {pct(self.fpr_target, 0)}); false negatives: {fnr}"
+        ]
+
+    def measured_on(self) -> str:
+        return (
+            f"{self.held_out_images} held-out images (the other {self.calibration_images} set the threshold)"
+        )
+
+
 def filter_inputs(
     model: nn.Module,
     data: ImageDataset,
-    reversed_trigger: Trigger,
+    backdoor: SuspectedBackdoor | Trigger,
     *,
-    label: int,
+    label: int | None = None,
     real_trigger: Trigger | None = None,
-    source_labels: list[int] | None = None,
+    source_labels: Sequence[int] | None = None,
     fpr: float = 0.05,
     top_fraction: float = 0.01,
     layer: str | None = None,
@@ -83,7 +116,12 @@ def filter_inputs(
     and measured false-positive rates, the false-negative rates on inputs stamped with the real trigger
     (where known) and the reversed one; "after" counts a rejected clean input as an error and a rejected
     stamped input as a failed attack.
+
+    ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
+    suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
+    label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger
+    sources = suspect.sources
     check_fraction(fpr, "false-positive rate")
     check_fraction(top_fraction, "neuron fraction")
     feat = find_feature_layer(model, layer, example=data.images[:2])
@@ -99,15 +137,12 @@ def filter_inputs(
     guard = InputFilter(model, feat, [int(i) for i in neurons], threshold)
 
     held_flags = guard.flags(held.images, device=device)
-    victims = attack_victims(held, target=label, source_labels=source_labels).images
+    victims = attack_victims(held, target=label, source_labels=sources).images
     fnr = {"reversed": 1 - float(guard.flags(reversed_trigger.apply(victims), device=device).float().mean())}
     if real_trigger is not None:
         fnr["real"] = 1 - float(guard.flags(real_trigger.apply(victims), device=device).float().mean())
 
-    before = measure(
-        model, held, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
-        source_labels=source_labels, device=device,
-    )  # fmt: skip
+    before = measure(model, held, suspect, device=device)
 
     def passed_success(trig: Trigger) -> float:
         stamped = trig.apply(victims)
@@ -119,16 +154,16 @@ def filter_inputs(
         attack_success=passed_success(reversed_trigger),
         real_attack_success=None if real_trigger is None else passed_success(real_trigger),
     )
-    details = {
-        "layer": feat.name,
-        "neurons": guard.neurons.tolist(),
-        "threshold": round(threshold, 6),
-        "fpr_target": fpr,
-        "fpr_measured": round(float(held_flags.float().mean()), 6),
-        "fnr": {k: round(v, 6) for k, v in fnr.items()},
-        "calibration_images": len(calib),
-        "held_out_images": len(held),
-    }
+    details = FilterDetails(
+        layer=feat.name,
+        neurons=guard.neurons.tolist(),
+        threshold=round(threshold, 6),
+        fpr_target=fpr,
+        fpr_measured=round(float(held_flags.float().mean()), 6),
+        fnr={k: round(v, 6) for k, v in fnr.items()},
+        calibration_images=len(calib),
+        held_out_images=len(held),
+    )
     notes = [
         f"threshold set on {len(calib)} clean images at {fpr:.0%} false positives; rates measured on {len(held)} others"
     ]

@@ -10,60 +10,110 @@ consumer set to zero, which is exactly the same function and saves as an ordinar
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..data.dataset import ImageDataset
 from ..errors import SettingsError
-from ..features import feature_activations, find_feature_layer, neuron_mask
+from ..features import feature_activations, find_feature_layer, neuron_mask, top_neurons
+from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
+from .details import DetailsTable, MitigationDetails, pct, register_details
 from .result import Measure, MitigationResult, check_fraction, measure
 
-__all__ = ["prune_neurons"]
+__all__ = ["PruneDetails", "prune_neurons"]
+
+
+@register_details("prune")
+@dataclass(frozen=True)
+class PruneDetails(MitigationDetails):
+    """Which neurons were pruned, why pruning stopped, and the curve measured on the way."""
+
+    layer: str = ""
+    width: int = 0
+    pruned: list[int] = field(default_factory=list)
+    fraction_pruned: float = 0.0
+    stopped: str = ""
+    stop_success: float | None = None
+    max_fraction: float | None = None
+    #: one point per step: fraction and number of neurons off, clean accuracy, attack success(es)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    ranking_images: int = 0
+    eval_images: int = 0
+    #: the seed of the split into ranking and measuring halves (absent in results of earlier versions)
+    seed: int | None = None
+
+    def lines(self) -> list[str]:
+        return [f"pruned {self.fraction_pruned:.1%} of {self.width} neurons ({self.stopped})"]
+
+    def table(self) -> DetailsTable | None:
+        if not self.curve:
+            return None
+        rows = [
+            (f"{p['fraction']:.1%}", pct(p.get("clean_accuracy")), pct(p.get("attack_success")))
+            for p in self.curve
+        ]
+        return DetailsTable(("pruned", "clean accuracy", "attack success"), rows, "pruning curve")
+
+    def figures(self, label: int) -> dict[str, bytes]:
+        if not self.curve:
+            return {}
+        from ..report.figures import pruning_curve
+
+        return {f"pruning_label_{label}.png": pruning_curve(self.curve)}
+
+    def measured_on(self) -> str:
+        return f"{self.eval_images} held-out images (the other {self.ranking_images} rank the neurons)"
 
 
 def prune_neurons(
     model: nn.Module,
     data: ImageDataset,
-    reversed_trigger: Trigger,
+    backdoor: SuspectedBackdoor | Trigger,
     *,
-    label: int,
+    label: int | None = None,
     real_trigger: Trigger | None = None,
-    source_labels: list[int] | None = None,
+    source_labels: Sequence[int] | None = None,
     layer: str | None = None,
     step: float = 0.02,
     max_fraction: float = 0.3,
     stop_success: float = 0.05,
+    seed: int = 0,
     inplace: bool = False,
     device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, MitigationResult]:
     """Prune until the backdoor stops working; returns the pruned model (a copy unless ``inplace``).
 
-    ``data`` holds clean labelled images: its first half ranks the neurons, its second half measures clean
-    accuracy and attack success after every step (the curve in ``details["curve"]``).
+    ``data`` holds clean labelled images: a random half of it (drawn with ``seed``) ranks the neurons, the
+    other half measures clean accuracy and attack success after every step (the curve in
+    ``details["curve"]``).
+
+    ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
+    suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
+    label, reversed_trigger = suspect.label, suspect.reversed_trigger
     check_fraction(step, "pruning step")
     check_fraction(max_fraction, "largest pruned fraction")
     check_fraction(stop_success, "stopping attack success")
     if len(data) < 4:
         raise SettingsError(f"{data.name}: too few images to rank and measure neurons")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     rank_set, eval_set = data.subset(order[: len(data) // 2]), data.subset(order[len(data) // 2 :])
     feat = find_feature_layer(model, layer, example=data.images[:2])
     clean = feature_activations(model, feat, rank_set.images, device=device)
     stamped = feature_activations(model, feat, reversed_trigger.apply(rank_set.images), device=device)
-    ranking = torch.argsort(stamped.mean(0) - clean.mean(0), descending=True)
+    ranking = top_neurons(clean, stamped, 1.0)  # every neuron, largest activation gap first
     width = feat.width
 
     def point(k: int) -> dict[str, float | int | None]:
         keep = torch.ones(width)
         keep[ranking[:k]] = 0.0
         with neuron_mask(feat, keep):
-            m = measure(
-                model, eval_set, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
-                source_labels=source_labels, device=device,
-            )  # fmt: skip
+            m = measure(model, eval_set, suspect, device=device)
         return {"fraction": round(k / width, 6), "neurons": k, **m.to_dict()}
 
     curve = [point(0)]
@@ -81,22 +131,20 @@ def prune_neurons(
     with torch.no_grad():
         target_feat.consumer.weight[:, ranking[:k].to(target_feat.consumer.weight.device)] = 0.0
     before = _from_point(curve[0])  # nothing masked: the model as given
-    after = measure(
-        pruned, eval_set, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
-        source_labels=source_labels, device=device,
-    )  # fmt: skip
-    details = {
-        "layer": feat.name,
-        "width": width,
-        "pruned": [int(i) for i in ranking[:k]],
-        "fraction_pruned": round(k / width, 6),
-        "stopped": "attack success below threshold" if stopped else "reached the largest fraction",
-        "stop_success": stop_success,
-        "max_fraction": max_fraction,
-        "curve": curve,
-        "ranking_images": len(rank_set),
-        "eval_images": len(eval_set),
-    }
+    after = measure(pruned, eval_set, suspect, device=device)
+    details = PruneDetails(
+        layer=feat.name,
+        width=width,
+        pruned=[int(i) for i in ranking[:k]],
+        fraction_pruned=round(k / width, 6),
+        stopped="attack success below threshold" if stopped else "reached the largest fraction",
+        stop_success=stop_success,
+        max_fraction=max_fraction,
+        curve=curve,
+        ranking_images=len(rank_set),
+        eval_images=len(eval_set),
+        seed=seed,
+    )
     notes = []
     if not stopped:
         notes.append(

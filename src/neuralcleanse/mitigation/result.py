@@ -15,7 +15,8 @@ from .._io import atomic_write_json, read_json
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..metrics import accuracy, attack_victims, stamped_success
-from ..triggers import Trigger
+from ..suspect import SuspectedBackdoor
+from .details import MitigationDetails, RawDetails, details_from_dict
 
 __all__ = ["Measure", "MitigationResult", "measure", "check_fraction", "RESULT_FILE"]
 
@@ -44,36 +45,60 @@ class Measure:
 def measure(
     model: nn.Module,
     data: ImageDataset,
+    backdoor: SuspectedBackdoor,
     *,
-    label: int,
-    reversed_trigger: Trigger,
-    real_trigger: Trigger | None = None,
-    source_labels: list[int] | None = None,
     device: torch.device | str = "cpu",
 ) -> Measure:
-    """Clean accuracy on ``data``; attack success on its images of other labels (of the sources, if any)."""
-    victims = attack_victims(data, target=label, source_labels=source_labels).images
+    """Clean accuracy on ``data``; attack success of the backdoor's reversed (and, if known, real) trigger
+    on its images of other labels (of the sources, if any)."""
+    label = backdoor.label
+    victims = attack_victims(data, target=label, source_labels=backdoor.sources).images
     if len(victims) == 0:
         raise DataError(f"no images outside label {label} to measure attack success on")
+    real = backdoor.real_trigger
     return Measure(
         clean_accuracy=accuracy(model, data, device=device),
-        attack_success=stamped_success(model, reversed_trigger, victims, target=label, device=device),
+        attack_success=stamped_success(
+            model, backdoor.reversed_trigger, victims, target=label, device=device
+        ),
         real_attack_success=None
-        if real_trigger is None
-        else stamped_success(model, real_trigger, victims, target=label, device=device),
+        if real is None
+        else stamped_success(model, real, victims, target=label, device=device),
     )
 
 
 @dataclass(frozen=True)
 class MitigationResult:
-    """One mitigation's outcome. ``details`` are method-specific (thresholds, the pruning curve, baselines)."""
+    """One mitigation's outcome. ``details`` are the method's own typed fields (thresholds, the pruning
+    curve, baselines; a plain dict given here or read from a file becomes them), and the result renders
+    itself: :meth:`rows` (before/after) and :meth:`lines` (sentences), plus ``details.table()`` and
+    ``details.figures()``."""
 
     method: str
     label: int
     before: Measure
     after: Measure
-    details: dict[str, Any] = field(default_factory=dict)
+    details: MitigationDetails = field(default_factory=RawDetails)
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.details, MitigationDetails):
+            object.__setattr__(self, "details", details_from_dict(self.method, self.details))
+
+    def rows(self) -> list[tuple[str, float | None, float | None]]:
+        """``(what, before, after)``: clean accuracy and attack success (of the real trigger too, if known)."""
+        b, a = self.before, self.after
+        rows: list[tuple[str, float | None, float | None]] = [
+            ("clean accuracy", b.clean_accuracy, a.clean_accuracy),
+            ("attack success (reversed trigger)", b.attack_success, a.attack_success),
+        ]
+        if b.real_attack_success is not None:
+            rows.append(("attack success (real trigger)", b.real_attack_success, a.real_attack_success))
+        return rows
+
+    def lines(self) -> list[str]:
+        """What the method did and found, in sentences, then the notes (``note: ...``)."""
+        return [*self.details.lines(), *(f"note: {n}" for n in self.notes)]
 
     def summary(self) -> str:
         b, a = self.before, self.after
@@ -93,7 +118,7 @@ class MitigationResult:
             "summary": self.summary(),
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
-            "details": self.details,
+            "details": self.details.to_dict(),
             "notes": self.notes,
         }
 

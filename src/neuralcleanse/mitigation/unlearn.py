@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -33,10 +35,12 @@ from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..features import refuse_opaque
 from ..lab.training import TrainSettings, train_classifier
+from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
+from .details import DetailsTable, MitigationDetails, pct, register_details
 from .result import Measure, MitigationResult, check_fraction, measure
 
-__all__ = ["unlearn", "BatchNormMode"]
+__all__ = ["BatchNormMode", "UnlearnDetails", "unlearn"]
 
 BatchNormMode = Literal["frozen", "update"]
 
@@ -82,15 +86,50 @@ def _fine_tune(
         model.eval()
 
 
+@register_details("unlearn")
+@dataclass(frozen=True)
+class UnlearnDetails(MitigationDetails):
+    """The fine-tuning set and settings, and the baselines fine-tuned the same way."""
+
+    train_images: int = 0
+    stamped_images: int = 0
+    epochs: int = 0
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    #: the measures after fine-tuning without a trigger (``clean fine-tuning``) and with the real one
+    baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: ``frozen`` or ``update`` (``None``: the model has no BatchNorm)
+    batchnorm: str | None = None
+
+    def table(self) -> DetailsTable | None:
+        if not self.baselines:
+            return None
+        rows = [
+            (
+                name,
+                pct(m.get("clean_accuracy")),
+                pct(m.get("attack_success")),
+                pct(m.get("real_attack_success")),
+            )
+            for name, m in self.baselines.items()
+        ]
+        return DetailsTable(
+            ("baseline", "clean accuracy", "attack success (reversed)", "attack success (real)"),
+            rows,
+            "baselines from the same model and data",
+        )
+
+
 def unlearn(
     model: nn.Module,
     train: ImageDataset,
     test: ImageDataset,
-    reversed_trigger: Trigger,
+    backdoor: SuspectedBackdoor | Trigger,
     *,
-    label: int,
+    label: int | None = None,
     real_trigger: Trigger | None = None,
-    source_labels: list[int] | None = None,
+    source_labels: Sequence[int] | None = None,
     fraction: float = 0.1,
     stamp_fraction: float = 0.2,
     epochs: int | None = None,
@@ -107,7 +146,11 @@ def unlearn(
 
     ``batchnorm``: ``"frozen"`` keeps BatchNorm running statistics as they are (see the module docstring),
     ``"update"`` lets fine-tuning update them.
+
+    ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
+    suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
+    label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger
     check_fraction(fraction, "fraction of training data")
     check_fraction(stamp_fraction, "stamped fraction")
     if batchnorm not in ("frozen", "update"):
@@ -136,10 +179,7 @@ def unlearn(
         return subset.replace(images=images)  # labels stay the true ones
 
     def evaluate(m: nn.Module) -> Measure:
-        return measure(
-            m, test, label=label, reversed_trigger=reversed_trigger, real_trigger=real_trigger,
-            source_labels=source_labels, device=device,
-        )  # fmt: skip
+        return measure(m, test, suspect, device=device)
 
     before = evaluate(model)
     others: dict[str, dict[str, float | None]] = {}
@@ -153,16 +193,16 @@ def unlearn(
     repaired = model if inplace else copy.deepcopy(model)
     _fine_tune(repaired, with_trigger(reversed_trigger), settings, device, batchnorm)
     after = evaluate(repaired)
-    details = {
-        "train_images": n,
-        "stamped_images": len(stamped_idx),
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "seed": seed,
-        "baselines": others,
-        "batchnorm": batchnorm if norms else None,
-    }
+    details = UnlearnDetails(
+        train_images=n,
+        stamped_images=len(stamped_idx),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        baselines=others,
+        batchnorm=batchnorm if norms else None,
+    )
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
     if norms:
         notes.append(

@@ -1,0 +1,98 @@
+"""What ``validate`` and ``mitigate`` share: the model, its scan report and the suspected backdoor."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import DataError, ModelError, SettingsError
+from ..fingerprint import report_weights_sha256
+from ..suspect import SuspectedBackdoor
+from .loading import ModelSource, model_options
+
+__all__ = ["Case", "case_options", "open_case"]
+
+
+@dataclasses.dataclass
+class Case:
+    """A loaded model (any format), its scan report and the suspected backdoor to work on."""
+
+    loaded: Any
+    report: Any
+    backdoor: SuspectedBackdoor
+    names: list[str] | None
+
+    @property
+    def label(self) -> int:
+        return self.backdoor.label
+
+
+def open_case(source: ModelSource, report_path: Path, label: int | None, device: str) -> Case:
+    """The model (any format ``load_model`` reads), its scan report (checked to be of this model), the
+    label, its reversed and (from a card) real trigger, and the clean images."""
+    from ..detection import DetectionReport
+    from ..fingerprint import model_fingerprint
+    from ..models.store import trigger_path
+    from ..triggers import Trigger
+
+    model = source.model
+    if not model.exists():
+        raise ModelError(f"{model}: not found")
+    loaded = source.load(device)
+    report = DetectionReport.load(report_path)
+    recorded = report_weights_sha256(report.model)
+    same = loaded.sha256 == recorded or report.model.get("fingerprint") == model_fingerprint(loaded.model)
+    if not same:
+        theirs = recorded or "unknown"
+        raise DataError(
+            f"{report_path}: this scan report belongs to another model (weights sha256 {theirs[:12]}..., "
+            f"{model} has {loaded.sha256[:12]}...)"
+        )
+    if label is None:
+        if not report.flagged:
+            raise SettingsError(f"{report_path}: the scan flagged no label; name one with --label")
+        label = min(report.flagged, key=lambda k: report.label(k).l1_norm)
+    if label not in report.triggers:
+        known = sorted(r.label for r in report.labels)
+        if label in known:
+            raise DataError(f"{report_path}: trigger file triggers/label_{label:04d}.safetensors is missing")
+        span = f"labels {known[0]}-{known[-1]}" if known else "no labels"
+        raise SettingsError(f"--label: label {label} is not in the report {report_path} ({span})")
+    real, sources = None, None
+    for b in loaded.card.backdoors if loaded.card is not None else ():
+        if b.target == label:
+            real = Trigger.load(trigger_path(model, b))
+            sources = b.source_labels
+            break
+    names, _ = source.names(loaded)
+    backdoor = SuspectedBackdoor(
+        label, report.triggers[label], real, None if sources is None else tuple(sources)
+    )
+    return Case(loaded, report, backdoor, names)
+
+
+_common = [
+    model_options,
+    click.option(
+        "--report",
+        "report_path",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="The scan's report directory.",
+    ),
+    click.option(
+        "--label", type=int, help="Label to work on (default: the flagged label with the smallest L1)."
+    ),
+    click.option("--layer", help="Feature layer (a get_submodule path; default: the penultimate layer)."),
+    click.option("--out", type=click.Path(path_type=Path), help="Result directory."),
+    click.option("--force", is_flag=True, help="Replace a non-empty result directory."),
+]
+
+
+def case_options(f: Any) -> Any:
+    for deco in reversed(_common):
+        f = deco(f)
+    return f

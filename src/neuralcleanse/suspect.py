@@ -1,0 +1,67 @@
+"""A suspected backdoor: what validation and every mitigation work on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import SettingsError
+from .triggers import Trigger
+
+__all__ = ["SuspectedBackdoor"]
+
+
+@dataclass(frozen=True)
+class SuspectedBackdoor:
+    """A label a scan flagged and what is known of its trigger.
+
+    Attributes:
+        label: the target label.
+        reversed_trigger: the trigger the scan reverse-engineered for it.
+        real_trigger: the trigger actually planted, when known (a lab model's card says); validation
+            compares with it and mitigations measure it too.
+        source_labels: for a source-specific backdoor, the labels whose images it works on (attack success
+            is measured on those only); ``None``: every other label.
+
+    Examples::
+
+        backdoor = SuspectedBackdoor(label, report.triggers[label])
+        pruned, result = prune_neurons(model, data, backdoor)
+    """
+
+    label: int
+    reversed_trigger: Trigger
+    real_trigger: Trigger | None = None
+    source_labels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.source_labels is not None and not isinstance(self.source_labels, tuple):
+            object.__setattr__(self, "source_labels", tuple(self.source_labels))
+
+    @property
+    def sources(self) -> list[int] | None:
+        """``source_labels`` as a list (what the metrics take), or ``None``."""
+        return None if self.source_labels is None else list(self.source_labels)
+
+    @classmethod
+    def of(
+        cls,
+        backdoor: SuspectedBackdoor | Trigger,
+        label: int | None = None,
+        real_trigger: Trigger | None = None,
+        source_labels: Sequence[int] | None = None,
+    ) -> SuspectedBackdoor:
+        """``backdoor`` itself, or one built from a reversed trigger and ``label`` (the keyword form the
+        mitigation functions also accept: ``prune_neurons(model, data, trigger, label=0)``)."""
+        if isinstance(backdoor, SuspectedBackdoor):
+            if label is not None or real_trigger is not None or source_labels is not None:
+                raise SettingsError(
+                    "give either a SuspectedBackdoor or a reversed trigger with label=, real_trigger=, "
+                    "source_labels=, not both"
+                )
+            return backdoor
+        if label is None:
+            raise SettingsError("a reversed trigger needs the label it targets (label=)")
+        return cls(
+            int(label), backdoor, real_trigger, None if source_labels is None else tuple(source_labels)
+        )
