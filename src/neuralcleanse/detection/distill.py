@@ -21,7 +21,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ class DistillSettings:
         batch_size: images per training batch.
         lr: Adam's learning rate (cosine-decayed to 0).
         temperature: both outputs are softened by it before the KL divergence (Hinton et al. 2015).
+        targets: ``"soft"``: the student matches the teacher's softened output distribution (it then
+            also learns what those outputs reveal of the teacher's features); ``"hard"``: only the
+            teacher's predicted label, by cross-entropy (the temperature is unused).
         shift: the largest random translation of a training image, in pixels.
         mixup: fraction of each batch replaced by mixtures of two images (the teacher labels the mixture).
         max_images: at most this many clean images (a seeded sample) are used.
@@ -62,6 +65,7 @@ class DistillSettings:
     batch_size: int = 64
     lr: float = 2e-3
     temperature: float = 4.0
+    targets: Literal["soft", "hard"] = "soft"
     shift: int = 2
     mixup: float = 0.5
     max_images: int = 10_000
@@ -90,6 +94,8 @@ class DistillSettings:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise SettingsError(f"distillation {name} must be a positive number, got {value!r}")
+        if self.targets not in ("soft", "hard"):
+            raise SettingsError(f"distillation targets must be soft or hard, got {self.targets!r}")
         if not (isinstance(self.mixup, (int, float)) and 0 <= self.mixup <= 1):
             raise SettingsError(f"distillation mixup must be in [0, 1], got {self.mixup!r}")
 
@@ -177,6 +183,10 @@ def distil_student(
             f"distillation needs at least 20 clean (N, C, H, W) images, got shape {tuple(images.shape)}"
         )
     rng = np.random.default_rng([cfg.seed, 0xD157])
+    # the student's initial weights come from a seed of its own: a student that started from the very
+    # weights the model was trained from (a model trained with the same small seed) would grow the same
+    # features, and a trigger tuned to the model's neurons (Trojan) would partly work on it
+    init = int(rng.integers(2**62))
     order = torch.from_numpy(rng.permutation(len(images))[: cfg.max_images])
     n_held = min(1000, max(10, len(order) // 10))
     held, train = images[order[:n_held]], images[order[n_held:]]
@@ -187,12 +197,12 @@ def distil_student(
     student: nn.Module | None = None
     arch = cfg.arch
     if arch == "same":
-        student = _fresh_copy(model, cfg.seed)
+        student = _fresh_copy(model, init)
         arch = f"same as the model ({type(model).__name__})" if student is not None else cfg.fallback
         if student is None:
             log.info("the model's layers cannot all be re-initialised; the student is a %s", cfg.fallback)
     if student is None:
-        student = build_model(arch, input_shape=shape, num_classes=num_classes, seed=cfg.seed)
+        student = build_model(arch, input_shape=shape, num_classes=num_classes, seed=init)
     student = student.to(device)
     with frozen_eval(teacher):
         _train(student, teacher, train, cfg, device)
@@ -227,9 +237,13 @@ def _train(
                 lam = torch.rand(n_mix, 1, 1, 1, generator=gen).to(device)
                 x = torch.cat([x[n_mix:], lam * x[:n_mix] + (1 - lam) * partner])
             with torch.no_grad():
-                target = F.log_softmax(teacher(x).float() / t, dim=1)
-            out = F.log_softmax(student(x) / t, dim=1)
-            loss = F.kl_div(out, target, log_target=True, reduction="batchmean") * t * t
+                teacher_out = teacher(x).float()
+            if cfg.targets == "hard":
+                loss = F.cross_entropy(student(x), teacher_out.argmax(1))
+            else:
+                target = F.log_softmax(teacher_out / t, dim=1)
+                out = F.log_softmax(student(x) / t, dim=1)
+                loss = F.kl_div(out, target, log_target=True, reduction="batchmean") * t * t
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
