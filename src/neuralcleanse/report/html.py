@@ -18,8 +18,11 @@ from typing import Any
 from .._io import atomic_write_bytes
 from ..detection.report import REPORT_FILE, DetectionReport
 from ..errors import DataError
+from ..fingerprint import report_weights_sha256
+from ..mitigation import DetailsTable, MitigationResult
 from ..triggers import Trigger
-from .figures import norm_chart, pruning_curve
+from ..validation import ValidationResult
+from .figures import norm_chart
 from .images import png_bytes
 
 __all__ = ["render_html", "write_html_report", "GALLERY_OTHERS"]
@@ -114,8 +117,7 @@ def _real_triggers(report: DetectionReport) -> dict[int, Trigger]:
         return {}
     try:
         card = ModelCard.load(Path(path) / "card.json")
-        sha = {report.model.get("sha256"), report.model.get("weights_sha256")}
-        if card.weights_sha256 not in sha:
+        if report_weights_sha256(report.model) != card.weights_sha256:
             return {}
         return {b.target: Trigger.load(trigger_path(Path(path), b)) for b in card.backdoors}
     except Exception:  # the real trigger is a bonus: a changed or unreadable card just leaves it out
@@ -193,52 +195,42 @@ def _kv(rows: Sequence[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _validation_html(v: Any) -> str:
-    rows = [
-        ("L1 norm", _fmt(v.reversed_l1, 1), _fmt(v.real_l1, 1)),
-        ("attack success", _pct(v.reversed_attack_success), _pct(v.real_attack_success)),
-        (f"mean activation of the top {len(v.neurons)} neurons (clean: {v.clean_activation:.2f})",
-         _fmt(v.reversed_activation), _fmt(v.real_activation)),
-        ("attack success with only those neurons", _pct(v.reversed_success_top_only), _pct(v.real_success_top_only)),
-    ]  # fmt: skip
-    body = "".join(f"<tr><td class=l>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
-    extra = ""
-    if v.mask_iou is not None:
-        extra = (
-            f"<p>Mask IoU with the real trigger {v.mask_iou:.2f}; {_pct(v.mass_inside_real)} of the reversed mask lies "
-            f"inside it; {_pct(v.shared_top_neurons)} of the top neurons are the same for both triggers.</p>"
-        )
+def _validation_html(v: ValidationResult) -> str:
+    body = "".join(
+        f"<tr><td class=l>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
+        for a, b, c in v.rows()
+    )
+    extra = "".join(f"<p>{html.escape(line[:1].upper() + line[1:])}.</p>" for line in v.lines())
     return (
         f"<h2>Is the reversed trigger the real one? (label {v.label}, layer <code>{html.escape(v.layer)}</code>)</h2>"
         f"<table><thead><tr><th class=l></th><th>reversed</th><th>real</th></tr></thead><tbody>{body}</tbody></table>{extra}"
     )
 
 
-def _mitigation_html(m: Any, figures: dict[str, bytes]) -> str:
-    b, a = m.before, m.after
-    rows = [
-        ("clean accuracy", b.clean_accuracy, a.clean_accuracy),
-        ("attack success (reversed trigger)", b.attack_success, a.attack_success),
-    ]
-    if b.real_attack_success is not None:
-        rows.append(("attack success (real trigger)", b.real_attack_success, a.real_attack_success))
-    body = "".join(f"<tr><td class=l>{k}</td><td>{_pct(x)}</td><td>{_pct(y)}</td></tr>" for k, x, y in rows)
-    d = m.details
-    extra = ""
-    if m.method == "filter":
-        fnr = ", ".join(f"{k} trigger {_pct(v)}" for k, v in d.get("fnr", {}).items())
-        extra = f"<p>False positives on held-out clean images {_pct(d.get('fpr_measured'))} (target {_pct(d.get('fpr_target'))}); false negatives: {html.escape(fnr)}.</p>"
-    elif m.method == "prune" and d.get("curve"):
-        png = pruning_curve(d["curve"])
-        figures[f"pruning_label_{m.label}.png"] = png
-        extra = f"<p>Pruned {_pct(d.get('fraction_pruned'))} of {d.get('width')} neurons ({html.escape(str(d.get('stopped')))}).</p>{_img(png, 'pruning curve', 'fig')}"
-    elif m.method == "unlearn":
-        base = "".join(
-            f"<tr><td class=l>{html.escape(n)}</td><td>{_pct(v.get('clean_accuracy'))}</td><td>{_pct(v.get('attack_success'))}</td><td>{_pct(v.get('real_attack_success'))}</td></tr>"
-            for n, v in d.get("baselines", {}).items()
+def _details_table(t: DetailsTable) -> str:
+    def cells(row: Sequence[str], tag: str) -> str:
+        return "".join(
+            f"<{tag}{' class=l' if i == 0 else ''}>{html.escape(c)}</{tag}>" for i, c in enumerate(row)
         )
-        if base:
-            extra = f"<p>Baselines from the same model and data:</p><table><thead><tr><th class=l></th><th>clean acc</th><th>ASR reversed</th><th>ASR real</th></tr></thead><tbody>{base}</tbody></table>"
+
+    rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in t.rows)
+    title = f"<p>{html.escape(t.title[:1].upper() + t.title[1:])}:</p>" if t.title else ""
+    return f"{title}<table><thead><tr>{cells(t.columns, 'th')}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _mitigation_html(m: MitigationResult, figures: dict[str, bytes]) -> str:
+    body = "".join(
+        f"<tr><td class=l>{html.escape(k)}</td><td>{_pct(x)}</td><td>{_pct(y)}</td></tr>"
+        for k, x, y in m.rows()
+    )
+    d = m.details
+    extra = "".join(f"<p>{html.escape(line[:1].upper() + line[1:])}.</p>" for line in d.lines())
+    table = d.table()
+    if table is not None:
+        extra += _details_table(table)
+    for name, png in d.figures(m.label).items():
+        figures[name] = png
+        extra += _img(png, name.removesuffix(".png").replace("_", " "), "fig")
     return (
         f"<h2>Mitigation: {html.escape(m.method)} (label {m.label})</h2><table><thead><tr><th class=l></th><th>before</th>"
         f"<th>after</th></tr></thead><tbody>{body}</tbody></table>{extra}"
@@ -298,7 +290,7 @@ def render_html(
     facts = [
         ("model", model.get("path", "in-memory model")),
         ("model format", model.get("format", model.get("arch", "–"))),
-        ("weights sha256", model.get("sha256") or model.get("weights_sha256") or "–"),
+        ("weights sha256", report_weights_sha256(model) or "–"),
         ("state fingerprint (sha256)", model.get("fingerprint", "–")),
         (
             "data",
