@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes, atomic_write_json
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from .engine import LabelState
 
 __all__ = ["save_checkpoint", "load_checkpoint", "remove_checkpoint", "has_checkpoint"]
@@ -46,9 +46,7 @@ def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> l
     except FileNotFoundError:
         raise CheckpointError(f"{d}: no checkpoint to resume from") from None
     except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(
-            f"{d}: corrupt checkpoint ({str(exc).splitlines()[0] if str(exc) else exc!r})"
-        ) from None
+        raise CheckpointError(f"{d}: corrupt checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("identity"), dict):
         raise CheckpointError(f"{d}: corrupt checkpoint ({_STATE} is not a scan checkpoint)")
     saved = state["identity"]

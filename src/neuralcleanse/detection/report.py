@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -14,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._io import atomic_directory, atomic_write_json
+from .._io import atomic_directory, atomic_write_json, read_json
 from ..errors import DataError, SettingsError
 from ..triggers import Trigger
 from .outlier import STATISTICS, OutlierResult, mad_outlier_test
@@ -351,12 +350,7 @@ class DetectionReport:
         """Read a report directory (or its ``report.json``) written by :meth:`save`."""
         p = Path(path)
         file = p / REPORT_FILE if p.is_dir() else p
-        try:
-            d = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{file}: scan report not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{file}: cannot read scan report ({exc})") from None
+        d = read_json(file, what="scan report")
         if not isinstance(d, dict) or d.get("format_version") != REPORT_FORMAT_VERSION:
             version = d.get("format_version") if isinstance(d, dict) else None
             raise DataError(
