@@ -14,12 +14,12 @@ same norms with every method:
 
 * ``paper``: the MAD test on the L1 norms (Wang et al. 2019), threshold 2;
 * ``log``: the same test on log norms;
-* ``self``: the relative test against the distilled student (``scan --self-reference``);
+* ``self-raw``: the relative test against the distilled student, as ``--reference`` runs it;
+* ``self``: the same with the MAD of the log ratios floored at 0.1 (what ``scan --self-reference``
+  runs: a student that imitates the model closely makes the MAD tiny, and then a label 10% cheaper
+  than in the student gets an index over 2);
 * ``self+log``: labels flagged by both ``self`` and ``log``;
-* ``self<0.5``: labels ``self`` flags whose trigger is also at most half the student's (an effect size
-  on top of the index, against students that imitate the model closely and so make a tiny MAD);
-* ``self-floor``: ``self`` with the MAD of the log ratios floored at ``MAD_FLOOR`` (0.1: with a tiny
-  MAD a label must still be about 18% cheaper than in the student, relative to the median, to be flagged).
+* ``self<0.5``: labels ``self`` flags whose trigger is also at most half the student's.
 
 Models are grouped as ``clean`` (no backdoor), ``small`` (every trigger ≤ 10% of the image: what the
 paper's method can in principle see), ``large`` (a trigger > 10%, blended ones included) and
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -43,11 +42,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import neuralcleanse as nc
-from neuralcleanse.detection import DetectionReport, NeuralCleanse, OutlierResult, ReverseSettings
+from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSettings, mad_outlier_test
 from neuralcleanse.detection.distill import DistillSettings
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
-METHODS = ("paper", "log", "self", "self+log", "self<0.5", "self-floor")
+METHODS = ("paper", "log", "self-raw", "self", "self+log", "self<0.5")
 GROUPS = ("small", "large", "source", "clean")
 
 
@@ -120,6 +119,16 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
         "paper": report.outlier_test(statistic="l1"),
         "log": report.outlier_test(statistic="log"),
         "self": report.outlier_test(statistic="relative"),
+        "self-raw": mad_outlier_test(
+            [r.l1_norm for r in report.labels],
+            threshold=report.threshold,
+            eligible=[r.reached for r in report.labels],
+            names=[r.label for r in report.labels],
+            statistic="relative",
+            reference=report.reference.norms_for([r.label for r in report.labels])
+            if report.reference
+            else None,
+        ),
     }
     for name, res in tests.items():
         verdict = (
@@ -138,27 +147,7 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
     out["self<0.5"] = (out["self"][0] if not half else "backdoored", sorted(half))
     if out["self"][0] == "backdoored" and not half:
         out["self<0.5"] = ("clean", [])
-    out["self-floor"] = _floored(report, tests["self"], unsettled)
     return out
-
-
-#: the smallest MAD of log ratios the ``self-floor`` method uses (a student that imitates its teacher
-#: closely makes the MAD tiny, and then a label 7% cheaper than in the student gets an index over 2)
-MAD_FLOOR = 0.1
-
-
-def _floored(report: DetectionReport, res: OutlierResult, unsettled: bool) -> tuple[str, list[int]]:
-    ref = report.reference
-    if unsettled or ref is None or not res.conclusive:
-        return ("inconclusive", [])
-    flagged = []
-    for r, used in zip(report.labels, res.used, strict=True):
-        if not (used and r.reached and r.l1_norm > 0):
-            continue
-        dev = res.median - math.log(r.l1_norm / ref.l1_norms[r.label])
-        if dev > 0 and dev / max(res.mad, MAD_FLOOR) > report.threshold:
-            flagged.append(r.label)
-    return ("backdoored" if flagged else "clean", flagged)
 
 
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:

@@ -144,3 +144,31 @@ def test_a_three_step_scan_of_an_untrained_network_is_inconclusive(mnist_sample:
     assert reasons, report.notes
     assert report.unsettled is not None
     assert report.summary() == f"inconclusive: {report.unsettled}"
+
+
+# Norms of two scans of benchmarks/fidelity.py (seed 0, the paper's network on the MNIST sample), each
+# with its distilled student's norms: a clean model and a model with a 14x14 checkerboard trigger for 6.
+CLEAN = [91.7, 150.9, 66.7, 78.7, 90.0, 77.1, 86.4, 88.0, 70.9, 89.1]
+CLEAN_STUDENT = [82.5, 153.5, 75.9, 72.3, 89.5, 70.8, 81.0, 87.6, 62.4, 89.1]
+LARGE = [90.9, 179.5, 58.9, 69.1, 110.0, 80.2, 39.8, 107.8, 64.9, 103.8]
+LARGE_STUDENT = [88.9, 182.2, 60.8, 63.3, 108.3, 76.9, 56.8, 101.2, 60.9, 102.2]
+
+
+def test_the_mad_floor_keeps_a_close_student_from_flagging_a_clean_label() -> None:
+    # the student matches the clean model within 12%: the MAD of the log ratios is 0.074, and label 2,
+    # 12% cheaper than in the student, gets index 2.22 without the floor (and the paper's test flags it)
+    raw = nc.mad_outlier_test(CLEAN, statistic="relative", reference=CLEAN_STUDENT)
+    assert raw.flagged == [2] and raw.mad == pytest.approx(0.074, abs=1e-3)
+    assert nc.mad_outlier_test(CLEAN).flagged == [2]
+    floored = nc.mad_outlier_test(CLEAN, statistic="relative", reference=CLEAN_STUDENT, mad_floor=0.1)
+    assert floored.flagged == [] and floored.mad == raw.mad
+    assert floored.anomaly_index[2] == pytest.approx(raw.anomaly_index[2] * raw.mad / 0.1)
+    assert any("below its floor" in n for n in floored.notes)
+    # the large trigger (0.70 of the student's norm) stays flagged; the paper's test misses it
+    large = nc.mad_outlier_test(LARGE, statistic="relative", reference=LARGE_STUDENT, mad_floor=0.1)
+    assert large.flagged == [6] and large.anomaly_index[6] > 3
+    assert nc.mad_outlier_test(LARGE).flagged == []
+    # a self-made reference carries the floor; a reference of trusted models does not
+    own = nc.Reference(dict(enumerate(CLEAN_STUDENT)), [{"model": "distilled student"}])
+    trusted = nc.Reference(dict(enumerate(CLEAN_STUDENT)), [{"model": "f"}])
+    assert own.self_made and own.mad_floor == 0.1 and not trusted.self_made and trusted.mad_floor == 0.0

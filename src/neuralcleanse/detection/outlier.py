@@ -78,6 +78,7 @@ def mad_outlier_test(
     names: Sequence[int] | None = None,
     statistic: Statistic = "l1",
     reference: Sequence[float] | None = None,
+    mad_floor: float = 0.0,
 ) -> OutlierResult:
     """Run the outlier test on L1 norms.
 
@@ -93,6 +94,9 @@ def mad_outlier_test(
             ``log(L1 / reference)``, each label's norm measured against what the same label costs in
             trusted models of the task, which cancels the task's natural shortcuts (not in the paper).
         reference: with ``statistic="relative"``, one reference L1 norm per label (NaN: left out).
+        mad_floor: the anomaly index divides by ``max(MAD, mad_floor)`` (in the statistic's units): a
+            reference that matches the model closely makes the MAD tiny, and then a label a few percent
+            cheaper than its reference would count as an outlier. ``mad`` reports the MAD itself.
     """
     if not (math.isfinite(threshold) and threshold > 0):
         raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
@@ -136,8 +140,11 @@ def mad_outlier_test(
     median = float(np.median(values[used]))
     mad = CONSISTENCY * float(np.median(np.abs(values[used] - median)))
     dev = np.abs(values - median)
-    if mad > 0:
-        index[used] = dev[used] / mad
+    scale = max(mad, mad_floor)
+    if scale > mad:
+        notes.append(f"the MAD ({mad:.3f}) is below its floor {mad_floor:g}: anomaly indices use the floor")
+    if scale > 0:
+        index[used] = dev[used] / scale
     else:
         index[used] = np.where(dev[used] > 0, math.inf, 0.0)
         notes.append(

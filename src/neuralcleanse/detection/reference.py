@@ -29,6 +29,8 @@ __all__ = ["Reference", "SELF_MADE"]
 
 #: the ``model`` of a self-made reference's source
 SELF_MADE = "distilled student"
+#: the relative test's MAD floor against a self-made reference (see :attr:`Reference.mad_floor`)
+SELF_MADE_MAD_FLOOR = 0.1
 
 #: settings that change the speed or the random draw of a scan but not what its norms mean (screening
 #: included: a reference scan with screened labels is refused, and without any it equals a full scan)
@@ -120,6 +122,14 @@ class Reference:
         """Whether the reference is a student distilled from the scanned model itself
         (:mod:`~neuralcleanse.detection.distill`) rather than scans of trusted models."""
         return any(src.get("model") == SELF_MADE for src in self.sources)
+
+    @property
+    def mad_floor(self) -> float:
+        """The floor of the relative test's MAD against this reference (log units): a student distilled
+        from the model imitates it so closely that the MAD of the log ratios can be tiny (0.06-0.12 on
+        the MNIST sample's models), and a label 10% cheaper than in the student would be flagged; with the
+        floor a label must be about 20% cheaper than the median ratio (``docs/fidelity.md``)."""
+        return SELF_MADE_MAD_FLOOR if self.self_made else 0.0
 
     def describe(self) -> str:
         """What the reference models are, for sentences: "the trusted reference models" or the student."""
