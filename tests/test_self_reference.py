@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import neuralcleanse as nc
+from neuralcleanse.cli import main
 from neuralcleanse.detection import NeuralCleanse, ReverseSettings
 from neuralcleanse.detection.distill import DistillSettings, Student, _fresh_copy, distil_student
 from neuralcleanse.detection.engine import LabelState, new_label_state
@@ -172,3 +174,27 @@ def test_the_mad_floor_keeps_a_close_student_from_flagging_a_clean_label() -> No
     own = nc.Reference(dict(enumerate(CLEAN_STUDENT)), [{"model": "distilled student"}])
     trusted = nc.Reference(dict(enumerate(CLEAN_STUDENT)), [{"model": "f"}])
     assert own.self_made and own.mad_floor == 0.1 and not trusted.self_made and trusted.mad_floor == 0.0
+
+
+def test_cli_self_reference_prints_the_paper_test_beside_it(
+    badnets_model: nc.ModelBundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = badnets_model.save(tmp_path / "bad").path
+    out = tmp_path / "scan"
+    code = main(
+        ["scan", str(model), "--self-reference", "--samples", "300", "--seed", "0", "--out", str(out),
+         "--device", "cpu", "--html"]
+    )  # fmt: skip
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    report = nc.DetectionReport.load(out)
+    assert report.statistic == "relative" and report.reference is not None and report.reference.self_made
+    assert report.flagged == [0]
+    assert "beside it: the paper's test (MAD of the L1 norms)" in stdout
+    assert "in the distilled student" in report.summary()
+    page = (out / "report.html").read_text()
+    assert "a student distilled from this model" in page and "Beside it, the paper&#x27;s test" in page
+    code = main(
+        ["scan", str(model), "--self-reference", "--reference", str(out), "--out", str(tmp_path / "x")]
+    )
+    assert code == 2 and "choose one" in capsys.readouterr().err

@@ -226,12 +226,14 @@ def print_scan(report: Any, out: Path) -> None:
             f"warning: labels {capped} hit the cap of {cap} steps (--max-steps) before stopping early: their "
             "L1 norm is an upper bound (rescan with a larger --max-steps for the smallest trigger)"
         )
-    # a second opinion from the paper's test when another statistic decided, else from the log/relative one
-    other = "l1" if report.statistic != "l1" else ("relative" if report.reference is not None else "log")
+    # the paper's test beside a verdict of another statistic; a second opinion from the log/relative one
+    # beside the paper's test when it differs
+    other = "relative" if report.reference is not None else "log"
     second = report.outlier_test(statistic=other)
-    if second.flagged != report.flagged:
+    if report.statistic != "l1":
+        console.print(f"beside it: {report.paper_test()}")
+    elif second.flagged != report.flagged:
         what = {
-            "l1": "the paper's test on the L1 norms",
             "log": "the test on log L1 norms",
             "relative": "the test relative to the reference",
         }

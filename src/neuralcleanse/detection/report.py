@@ -208,6 +208,32 @@ class DetectionReport:
         return {r.label: (r.screened_bound, r.l1_norm) for r in self.labels if r.screened}
 
     @property
+    def index_scale(self) -> float:
+        """What the anomaly indices divide by: the MAD, or its floor against a self-made reference."""
+        if self.statistic == "relative" and self.reference is not None:
+            return max(self.mad, self.reference.mad_floor)
+        return self.mad
+
+    def paper_test(self) -> str:
+        """The paper's test on the same norms (the L1 statistic), in one sentence: what it flags, or that
+        it flags nothing or could not run; shown beside a verdict of another statistic."""
+        res = self.outlier_test(statistic="l1")
+        if not res.conclusive:
+            why = "it has no power here (ceiling" if res.powerless else "it could not run ("
+            detail = f" {res.ceiling:.2f})" if res.powerless else f"{sum(res.used)} finite norms)"
+            return f"the paper's test (MAD of the L1 norms) is inconclusive: {why}{detail}"
+        if res.flagged:
+            idx = ", ".join(f"{k} (index {res.anomaly_index[self._row(k)]:.2f})" for k in res.flagged)
+            return f"the paper's test (MAD of the L1 norms) flags label{'s' if len(res.flagged) > 1 else ''} {idx}"
+        return (
+            "the paper's test (MAD of the L1 norms) flags no label "
+            f"(largest index below the median {res.largest_below_median:.2f})"
+        )
+
+    def _row(self, k: int) -> int:
+        return [r.label for r in self.labels].index(k)
+
+    @property
     def unsettled(self) -> str | None:
         """Why this scan's norms cannot settle a verdict (labels stopped by the step limit, most labels
         without a working trigger), or None; the same rule makes the scan's verdict inconclusive."""

@@ -276,7 +276,7 @@ def render_html(
             [r.anomaly_index for r in report.labels],
             report.flagged,
             median=report.median,
-            mad=report.mad,
+            mad=report.index_scale,
             threshold=report.threshold,
             statistic="log" if report.statistic == "relative" else report.statistic,
             quantity=quantity,
@@ -285,6 +285,8 @@ def render_html(
     example_file = root / "images" / "example.png"
     example = example_file.read_bytes() if example_file.is_file() else None
     cls, verdict = _verdict(report)
+    if report.statistic != "l1":
+        verdict += f"<br><small>Beside it, {html.escape(report.paper_test())}.</small>"
     model = report.model
     run = report.run
     facts = [
