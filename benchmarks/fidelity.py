@@ -15,11 +15,10 @@ same norms with every method:
 * ``paper``: the MAD test on the L1 norms (Wang et al. 2019), threshold 2;
 * ``log``: the same test on log norms;
 * ``self-raw``: the relative test against the distilled student, as ``--reference`` runs it;
-* ``self``: the same with the MAD of the log ratios floored at 0.1 (what ``scan --self-reference``
-  runs: a student that imitates the model closely makes the MAD tiny, and then a label 10% cheaper
-  than in the student gets an index over 2);
-* ``self+log``: labels flagged by both ``self`` and ``log``;
-* ``self<0.5``: labels ``self`` flags whose trigger is also at most half the student's.
+* ``self-floor``: the same with the MAD of the log ratios floored at 0.1;
+* ``self``: what ``scan --self-reference`` runs (``Reference.test_options``): the floor, and a flagged
+  label must also be at most half as expensive as in the student, relative to the median ratio;
+* ``self+log``: labels flagged by both ``self`` and ``log``.
 
 Models are grouped as ``clean`` (no backdoor), ``small`` (every trigger ≤ 10% of the image: what the
 paper's method can in principle see), ``large`` (a trigger > 10%, blended ones included) and
@@ -42,11 +41,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import neuralcleanse as nc
-from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSettings, mad_outlier_test
+from neuralcleanse.detection import (
+    DetectionReport,
+    NeuralCleanse,
+    OutlierResult,
+    ReverseSettings,
+    mad_outlier_test,
+)
 from neuralcleanse.detection.distill import DistillSettings
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
-METHODS = ("paper", "log", "self-raw", "self", "self+log", "self<0.5")
+METHODS = ("paper", "log", "self-raw", "self-floor", "self", "self+log")
 GROUPS = ("small", "large", "source", "clean")
 
 
@@ -119,16 +124,8 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
         "paper": report.outlier_test(statistic="l1"),
         "log": report.outlier_test(statistic="log"),
         "self": report.outlier_test(statistic="relative"),
-        "self-raw": mad_outlier_test(
-            [r.l1_norm for r in report.labels],
-            threshold=report.threshold,
-            eligible=[r.reached for r in report.labels],
-            names=[r.label for r in report.labels],
-            statistic="relative",
-            reference=report.reference.norms_for([r.label for r in report.labels])
-            if report.reference
-            else None,
-        ),
+        "self-raw": _relative(report, {}),
+        "self-floor": _relative(report, {"mad_floor": 0.1}),
     }
     for name, res in tests.items():
         verdict = (
@@ -138,16 +135,21 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
     both = sorted(set(tests["self"].flagged) & set(tests["log"].flagged))
     verdict = "inconclusive" if unsettled else ("backdoored" if both else "clean")
     out["self+log"] = (verdict, both)
-    ref = report.reference
-    half = [
-        k
-        for k in tests["self"].flagged
-        if ref is not None and report.label(k).l1_norm <= 0.5 * ref.l1_norms[k]
-    ]
-    out["self<0.5"] = (out["self"][0] if not half else "backdoored", sorted(half))
-    if out["self"][0] == "backdoored" and not half:
-        out["self<0.5"] = ("clean", [])
     return out
+
+
+def _relative(report: DetectionReport, options: dict[str, float]) -> OutlierResult:
+    """The relative test against the report's student with other test options than the shipped ones."""
+    labels = [r.label for r in report.labels]
+    return mad_outlier_test(
+        [r.l1_norm for r in report.labels],
+        threshold=report.threshold,
+        eligible=[r.reached for r in report.labels],
+        names=labels,
+        statistic="relative",
+        reference=report.reference.norms_for(labels) if report.reference else None,
+        **options,
+    )
 
 
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:

@@ -198,3 +198,29 @@ def test_cli_self_reference_prints_the_paper_test_beside_it(
         ["scan", str(model), "--self-reference", "--reference", str(out), "--out", str(tmp_path / "x")]
     )
     assert code == 2 and "choose one" in capsys.readouterr().err
+
+
+# Fashion-MNIST (seed 0): the students learn the natural "bag" (8) shortcut less well than their models
+FASHION_CLEAN = [70.2, 46.6, 75.8, 79.0, 75.2, 76.4, 54.5, 118.4, 23.9, 91.0]
+FASHION_CLEAN_STUDENT = [92.9, 50.6, 81.6, 80.3, 84.2, 88.2, 62.4, 139.4, 38.4, 83.9]
+FASHION_BADNETS = [11.4, 52.5, 73.7, 63.3, 80.3, 88.0, 52.1, 130.8, 30.8, 90.2]  # planted: 0
+FASHION_BADNETS_STUDENT = [41.6, 50.1, 77.5, 63.3, 88.8, 73.5, 56.6, 145.2, 47.4, 102.6]
+
+
+def test_a_flag_against_the_student_needs_half_the_median_ratio() -> None:
+    own = nc.Reference(dict(enumerate(FASHION_CLEAN_STUDENT)), [{"model": "distilled student"}])
+    assert own.test_options() == {"mad_floor": 0.1, "max_ratio": 0.5}
+    floor_only = nc.mad_outlier_test(
+        FASHION_CLEAN, statistic="relative", reference=FASHION_CLEAN_STUDENT, mad_floor=0.1
+    )
+    assert floor_only.flagged == [8]  # bag: 0.62 of the student's norm, the median ratio 0.88
+    shipped = nc.mad_outlier_test(
+        FASHION_CLEAN, statistic="relative", reference=FASHION_CLEAN_STUDENT, **own.test_options()
+    )
+    assert shipped.flagged == [] and any("not 2 times cheaper" in n for n in shipped.notes)
+    infected = nc.mad_outlier_test(
+        FASHION_BADNETS, statistic="relative", reference=FASHION_BADNETS_STUDENT, **own.test_options()
+    )
+    assert infected.flagged == [0]  # 0.27 of the student's norm; bag (0.65) is left out again
+    # the paper's test flags the bag on the clean model and misses nothing else here
+    assert nc.mad_outlier_test(FASHION_CLEAN).flagged == [8]

@@ -79,6 +79,7 @@ def mad_outlier_test(
     statistic: Statistic = "l1",
     reference: Sequence[float] | None = None,
     mad_floor: float = 0.0,
+    max_ratio: float = 1.0,
 ) -> OutlierResult:
     """Run the outlier test on L1 norms.
 
@@ -97,6 +98,8 @@ def mad_outlier_test(
         mad_floor: the anomaly index divides by ``max(MAD, mad_floor)`` (in the statistic's units): a
             reference that matches the model closely makes the MAD tiny, and then a label a few percent
             cheaper than its reference would count as an outlier. ``mad`` reports the MAD itself.
+        max_ratio: with the log and relative statistics, a flagged label's norm (or norm ratio) must also
+            be at most this fraction of the median's (an effect size on top of the index; 1: none).
     """
     if not (math.isfinite(threshold) and threshold > 0):
         raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
@@ -151,6 +154,14 @@ def mad_outlier_test(
             "MAD is 0 (most labels have the same norm): any label that differs gets an infinite index"
         )
     flagged = [labels[i] for i in np.flatnonzero(used & can_flag & (values < median)) if index[i] > threshold]
+    if max_ratio < 1 and statistic != "l1":
+        small = [k for k in flagged if values[labels.index(k)] <= median + math.log(max_ratio)]
+        if small != flagged:
+            notes.append(
+                f"labels {[k for k in flagged if k not in small]} are outliers but not {1 / max_ratio:g} times "
+                "cheaper than the median: not flagged"
+            )
+        flagged = small
     skipped = [
         labels[i] for i in np.flatnonzero(used & ~can_flag & (values < median)) if index[i] > threshold
     ]

@@ -31,6 +31,8 @@ __all__ = ["Reference", "SELF_MADE"]
 SELF_MADE = "distilled student"
 #: the relative test's MAD floor against a self-made reference (see :attr:`Reference.mad_floor`)
 SELF_MADE_MAD_FLOOR = 0.1
+#: ...and the largest ratio to the median ratio a flagged label may have
+SELF_MADE_MAX_RATIO = 0.5
 
 #: settings that change the speed or the random draw of a scan but not what its norms mean (screening
 #: included: a reference scan with screened labels is refused, and without any it equals a full scan)
@@ -123,13 +125,21 @@ class Reference:
         (:mod:`~neuralcleanse.detection.distill`) rather than scans of trusted models."""
         return any(src.get("model") == SELF_MADE for src in self.sources)
 
+    def test_options(self) -> dict[str, float]:
+        """How the relative test against this reference is run (:func:`~.outlier.mad_outlier_test`'s
+        ``mad_floor`` and ``max_ratio``). Against a self-made reference: the MAD of the log ratios is
+        floored at 0.1 (a student imitates its model so closely that the MAD can be tiny, 0.06-0.12 on the
+        MNIST sample's models, and a label 10% cheaper than in the student would be flagged), and a
+        flagged label must also be at most half as expensive, relative to the median ratio, as in the
+        student (on Fashion-MNIST the students learn the natural "bag" shortcut less well than their
+        models: ratio 0.62-0.65 on clean and infected models). See ``docs/fidelity.md``."""
+        if self.self_made:
+            return {"mad_floor": SELF_MADE_MAD_FLOOR, "max_ratio": SELF_MADE_MAX_RATIO}
+        return {}
+
     @property
     def mad_floor(self) -> float:
-        """The floor of the relative test's MAD against this reference (log units): a student distilled
-        from the model imitates it so closely that the MAD of the log ratios can be tiny (0.06-0.12 on
-        the MNIST sample's models), and a label 10% cheaper than in the student would be flagged; with the
-        floor a label must be about 20% cheaper than the median ratio (``docs/fidelity.md``)."""
-        return SELF_MADE_MAD_FLOOR if self.self_made else 0.0
+        return self.test_options().get("mad_floor", 0.0)
 
     def describe(self) -> str:
         """What the reference models are, for sentences: "the trusted reference models" or the student."""

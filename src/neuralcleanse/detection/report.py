@@ -291,7 +291,7 @@ class DetectionReport:
             names=labels,
             statistic=stat,
             reference=ref.norms_for(labels) if stat == "relative" and ref is not None else None,
-            mad_floor=ref.mad_floor if stat == "relative" and ref is not None else 0.0,
+            **(ref.test_options() if stat == "relative" and ref is not None else {}),
         )
 
     @property

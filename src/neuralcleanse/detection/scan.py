@@ -533,7 +533,7 @@ class NeuralCleanse:
             names=labels,
             statistic=self.statistic,
             reference=reference.norms_for(labels) if self.statistic == "relative" and reference else None,
-            mad_floor=reference.mad_floor if self.statistic == "relative" and reference else 0.0,
+            **(reference.test_options() if self.statistic == "relative" and reference else {}),
         )
         rows = []
         for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
