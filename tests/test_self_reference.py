@@ -224,3 +224,7 @@ def test_a_flag_against_the_student_needs_half_the_median_ratio() -> None:
     assert infected.flagged == [0]  # 0.27 of the student's norm; bag (0.65) is left out again
     # the paper's test flags the bag on the clean model and misses nothing else here
     assert nc.mad_outlier_test(FASHION_CLEAN).flagged == [8]
+    with pytest.raises(SettingsError, match="max_ratio"):
+        nc.mad_outlier_test(FASHION_CLEAN, max_ratio=0.0)
+    with pytest.raises(SettingsError, match="mad_floor"):
+        nc.mad_outlier_test(FASHION_CLEAN, mad_floor=math.nan)

@@ -105,6 +105,10 @@ def mad_outlier_test(
         raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
     if statistic not in STATISTICS:
         raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
+    if not (math.isfinite(mad_floor) and mad_floor >= 0):
+        raise SettingsError(f"mad_floor must be a finite number of at least 0, got {mad_floor!r}")
+    if not 0 < max_ratio <= 1:
+        raise SettingsError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
     values = np.asarray(norms, dtype=np.float64)
     if (statistic == "relative") != (reference is not None):
         raise SettingsError("the relative statistic needs reference norms, and reference norms need it")
