@@ -228,3 +228,14 @@ def test_a_flag_against_the_student_needs_half_the_median_ratio() -> None:
         nc.mad_outlier_test(FASHION_CLEAN, max_ratio=0.0)
     with pytest.raises(SettingsError, match="mad_floor"):
         nc.mad_outlier_test(FASHION_CLEAN, mad_floor=math.nan)
+
+
+def test_a_source_specific_scan_with_a_self_made_reference(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+) -> None:
+    r = nc.scan(
+        badnets_model.model, mnist_sample.test, source=3, scan_labels=[0, 1, 2],
+        self_reference=DistillSettings(epochs=1), seed=0, max_steps=8,
+    )  # fmt: skip
+    assert r.reference is not None and r.reference.self_made
+    assert sorted(r.reference.l1_norms) == [0, 1, 2] and r.data["class_counts"][3] == r.data["images"]

@@ -323,7 +323,9 @@ class NeuralCleanse:
         notes += pool_notes
         reference = self.reference
         if self.self_reference is not None:
-            reference = self._self_reference(images, pool, labels is not None, input_fingerprint, notes)
+            reference = self._self_reference(
+                images, pool, targets, labels is not None, input_fingerprint, notes
+            )
         log.info("scanning %d labels with %d images on %s", len(targets), len(pool), self.device)
         # the loss needs logits: a model that returns probabilities (a final softmax) is optimised on their log
         optimised, output_note = as_logits(self.model, pool.images[:64].to(self.device), outputs=self.outputs)
@@ -432,7 +434,13 @@ class NeuralCleanse:
         )
 
     def _self_reference(
-        self, images: torch.Tensor, pool: ImageDataset, known: bool, input_fingerprint: str, notes: list[str]
+        self,
+        images: torch.Tensor,
+        pool: ImageDataset,
+        targets: list[int],
+        known: bool,
+        input_fingerprint: str,
+        notes: list[str],
     ) -> Reference:
         """Distil a student from the model on the clean ``images`` and scan it on the scan's own ``pool``
         with the same settings: its norms are the reference of the relative statistic."""
@@ -451,7 +459,9 @@ class NeuralCleanse:
         inner = NeuralCleanse(student.model, settings=self.settings, statistic="l1", device=self.device)
         scanned = inner.scan(
             pool.images,
-            labels=pool.labels if known else None,
+            # a source-specific pool holds one class: the student's scan then goes without labels
+            labels=pool.labels if known and len(torch.unique(pool.labels)) > 1 else None,
+            scan_labels=targets,
             samples=None,
             correct_only=False,
             class_names=pool.class_names,
@@ -610,6 +620,7 @@ def scan(
     threshold: float = 2.0,
     statistic: Statistic | None = None,
     reference: Reference | None = None,
+    self_reference: bool | DistillSettings = False,
     sequential: bool = False,
     samples: int | None = 1000,
     scan_labels: Sequence[int] | None = None,
@@ -630,6 +641,8 @@ def scan(
         labels: the images' labels (for a tensor), if known.
         reference: scans of trusted models of the task (:meth:`Reference.from_reports`): the outlier
             test then measures each label against itself in those models (``statistic="relative"``).
+        self_reference: no trusted model: distil a student from the model on ``images`` and use it as the
+            reference (``True`` or :class:`~neuralcleanse.detection.distill.DistillSettings`).
         outputs: ``"auto"`` (detect probabilities on the clean images), ``"logits"`` or
             ``"probabilities"``: probabilities are optimised on their logarithm (the report says so).
         settings: :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
@@ -651,6 +664,7 @@ def scan(
         reference=reference,
         outputs=outputs,
         device=device,
+        self_reference=self_reference,
     )
     return nc.scan(
         images,
