@@ -229,10 +229,9 @@ def print_scan(report: Any, out: Path) -> None:
     # the paper's test beside a verdict of another statistic; a second opinion from the log/relative one
     # beside the paper's test when it differs
     other = "relative" if report.reference is not None else "log"
-    second = report.outlier_test(statistic=other)
     if report.statistic != "l1":
         console.print(f"beside it: {report.paper_test()}")
-    elif second.flagged != report.flagged:
+    elif (second := report.outlier_test(statistic=other)).flagged != report.flagged:
         what = {
             "log": "the test on log L1 norms",
             "relative": "the test relative to the reference",

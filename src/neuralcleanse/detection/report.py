@@ -218,20 +218,16 @@ class DetectionReport:
         """The paper's test on the same norms (the L1 statistic), in one sentence: what it flags, or that
         it flags nothing or could not run; shown beside a verdict of another statistic."""
         res = self.outlier_test(statistic="l1")
+        test = "the paper's test (MAD of the L1 norms)"
+        if res.powerless:
+            return f"{test} is inconclusive: it has no power here (ceiling {res.ceiling:.2f})"
         if not res.conclusive:
-            why = "it has no power here (ceiling" if res.powerless else "it could not run ("
-            detail = f" {res.ceiling:.2f})" if res.powerless else f"{sum(res.used)} finite norms)"
-            return f"the paper's test (MAD of the L1 norms) is inconclusive: {why}{detail}"
+            return f"{test} is inconclusive: it could not run ({sum(res.used)} finite norms)"
         if res.flagged:
-            idx = ", ".join(f"{k} (index {res.anomaly_index[self._row(k)]:.2f})" for k in res.flagged)
-            return f"the paper's test (MAD of the L1 norms) flags label{'s' if len(res.flagged) > 1 else ''} {idx}"
-        return (
-            "the paper's test (MAD of the L1 norms) flags no label "
-            f"(largest index below the median {res.largest_below_median:.2f})"
-        )
-
-    def _row(self, k: int) -> int:
-        return [r.label for r in self.labels].index(k)
+            index = dict(zip((r.label for r in self.labels), res.anomaly_index, strict=True))
+            flags = ", ".join(f"{k} (index {index[k]:.2f})" for k in res.flagged)
+            return f"{test} flags label{'s' if len(res.flagged) > 1 else ''} {flags}"
+        return f"{test} flags no label (largest index below the median {res.largest_below_median:.2f})"
 
     @property
     def unsettled(self) -> str | None:
