@@ -588,7 +588,7 @@ class NeuralCleanse:
                     f"reference scan with other settings ({diff}): rescan it with this scan's settings"
                 )
             alarmed = [s.get("path", s.get("model")) for s in refs if s.get("flagged")]
-            if alarmed:
+            if alarmed and not reference.self_made:  # a student is not a statement of trust
                 extra.append(f"the paper's test flags labels in reference scans {alarmed} (used as trusted)")
         extra.append(
             f"misclassification loss: {'cross-entropy' if settings.loss == 'ce' else 'original linear-probability term'}"
