@@ -135,6 +135,17 @@ def test_model_directory_keeps_its_card(badnets_model: nc.ModelBundle, tmp_path:
     )
 
 
+def test_model_directory_refuses_a_shape_or_arch_its_card_contradicts(
+    badnets_model: nc.ModelBundle, tmp_path: Path
+) -> None:
+    badnets_model.save(tmp_path / "dir")
+    assert load_model(tmp_path / "dir", input_shape=(1, 28, 28), arch="mnist").input_shape == (1, 28, 28)
+    with pytest.raises(SettingsError, match=r"card says it takes \(1, 28, 28\), not \(3, 32, 32\)"):
+        load_model(tmp_path / "dir", input_shape=(3, 32, 32))
+    with pytest.raises(SettingsError, match="card says its network is 'mnist', not 'gtsrb'"):
+        load_model(tmp_path / "dir", arch="gtsrb")
+
+
 class _Normalised(nn.Module):
     """A network that expects BGR, 0-255, mean/std-normalised input; built around a pixel-space model."""
 

@@ -280,8 +280,17 @@ def load_model(
     p = Path(path)
     dev = resolve_device(device)
     if p.is_dir():
-        fmt = sniff_format(p)
-        return _from_model_dir(p, preprocessing, dev)
+        sniff_format(p)  # a directory without a card: a one-line error
+        loaded = _from_model_dir(p, preprocessing, dev)
+        if arch is not None and arch != loaded.arch:
+            raise SettingsError(
+                f"{p}: the model directory's card says its network is {loaded.arch!r}, not {arch!r}"
+            )
+        if input_shape is not None and tuple(input_shape) != loaded.input_shape:
+            raise SettingsError(
+                f"{p}: the model directory's card says it takes {loaded.input_shape}, not {tuple(input_shape)}"
+            )
+        return loaded
     data = _read(p)
     fmt, archive = _identify(p, data)
     sha = hashlib.sha256(data).hexdigest()
