@@ -110,9 +110,10 @@ def test_every_statistic_renders_in_the_cli_and_the_page(
     report = _report(name, TRUSTED if stat.needs_reference else None)
     assert report.verdict == "backdoored" and report.flagged == [0]
     print_scan(report, tmp_path / "scan")
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
     assert f"median L1 {report.median_l1:.2f}, {stat.spread(report.mad)}" in out
-    assert "BACKDOORED: label 0 (class 0)" in out and stat.versus(report, report.label(0)) in out
+    assert report.summary().startswith("BACKDOORED: label 0 (class 0)") and report.summary() in out
+    assert stat.versus(report, report.label(0)) in report.summary()
     # the paper's test beside any other statistic's verdict
     assert ("beside it: the paper's test" in out) == (not stat.paper)
     report.save(tmp_path / "scan")
@@ -172,7 +173,7 @@ def test_a_new_statistic_is_one_entry(
     assert nc.NeuralCleanse(TINY, statistic="sqrt").statistic == "sqrt"  # type: ignore[arg-type]
     report = _report("sqrt")
     assert report.summary().startswith("BACKDOORED: label 0 (class 0)")
-    assert report.median_l1 == pytest.approx(float(np.median(NORMS)))
+    assert report.median_l1 == pytest.approx(float(np.median(NORMS)), rel=1e-4)  # the roots' median, squared
     print_scan(report, tmp_path / "scan")
     assert "beside it: the paper's test" in capsys.readouterr().out
     report.save(tmp_path / "scan")
