@@ -211,12 +211,8 @@ def print_scan(report: Any, out: Path) -> None:
         )  # fmt: skip
     console = Console(highlight=False)
     console.print(table)
-    spread = {
-        "l1": f"MAD {report.mad:.2f}",
-        "log": f"MAD of log norms {report.mad:.3f}",
-        "relative": f"MAD of log norm/reference ratios {report.mad:.3f}",
-    }.get(report.statistic, "")
-    console.print(f"median L1 {report.median_l1:.2f}, {spread}; report written to {out}")
+    stat = report.outlier_statistic
+    console.print(f"median L1 {report.median_l1:.2f}, {stat.spread(report.mad)}; report written to {out}")
     for note in report.notes:
         console.print(f"note: {note}")
     capped = [r.label for r in report.labels if r.capped]
@@ -228,16 +224,12 @@ def print_scan(report: Any, out: Path) -> None:
         )
     # the paper's test beside a verdict of another statistic; a second opinion from the log/relative one
     # beside the paper's test when it differs
-    other = "relative" if report.reference is not None else "log"
-    if report.statistic != "l1":
+    other = stat.companion(reference=report.reference is not None)
+    if other.paper:
         console.print(f"beside it: {report.paper_test()}")
-    elif (second := report.outlier_test(statistic=other)).flagged != report.flagged:
-        what = {
-            "log": "the test on log L1 norms",
-            "relative": "the test relative to the reference",
-        }
+    elif (second := report.outlier_test(statistic=other.name)).flagged != report.flagged:
         console.print(
-            f"second opinion: {what[other]} (--statistic {other}) flags {second.flagged or 'no label'}"
+            f"second opinion: {other.test_name} (--statistic {other.name}) flags {second.flagged or 'no label'}"
         )
     console.print(("[bold red]" if report.verdict == "backdoored" else "[bold]") + report.summary())
 

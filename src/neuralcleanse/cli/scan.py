@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from ..detection.statistics import STATISTICS, get_statistic
 from ..errors import CheckpointError, DataError, SettingsError
 from . import app
 from .common import (
@@ -32,7 +33,7 @@ from .loading import ModelSource, check_result_dir, default_out, model_options
 
 if TYPE_CHECKING:
     from ..detection import DetectionReport, Reference, ReverseSettings
-    from ..detection.outlier import Statistic
+    from ..detection.statistics import Statistic
     from ..models.outputs import OutputKind
 
 __all__ = ["ScanRequest", "scan_model", "scan_options"]
@@ -80,6 +81,8 @@ class ScanRequest:
         check_count(self.max_steps, "--max-steps")
         check_seed(self.seed, "--seed")
         check_threshold(self.threshold, "--threshold")
+        if self.statistic is not None:
+            get_statistic(self.statistic)
         self.source.check()
         if self.source_label is not None and self.source_label < 0:
             raise SettingsError(f"--source must be a label (0 or more), got {self.source_label}")
@@ -115,9 +118,11 @@ class ScanRequest:
             return Reference.from_reports(
                 [DetectionReport.load(p) for p in self.references], paths=[str(p) for p in self.references]
             )
-        if self.statistic == "relative" and not self.self_reference:
+        needs = self.statistic is not None and get_statistic(self.statistic).needs_reference
+        if needs and not self.self_reference:
             raise SettingsError(
-                "--statistic relative needs --reference SCAN_DIR (a scan of a trusted model) or --self-reference"
+                f"--statistic {self.statistic} needs --reference SCAN_DIR (a scan of a trusted model) or "
+                "--self-reference"
             )
         return None
 
@@ -148,7 +153,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         loaded.model,
         settings=settings,
         threshold=request.threshold,
-        statistic=cast("Statistic | None", request.statistic),  # click.Choice checked the name
+        statistic=cast("Statistic | None", request.statistic),  # check() checked the name
         reference=reference,
         outputs=cast("OutputKind", request.outputs),
         device=device,
@@ -250,7 +255,7 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--statistic",
-        type=click.Choice(["l1", "log", "relative"]),
+        type=click.Choice(list(STATISTICS)),
         help="Outlier test on the L1 norms (the paper; the default), on their logs (how many times "
         "smaller), or on each norm over the same label's norm in --reference scans (the default with "
         "--reference).",

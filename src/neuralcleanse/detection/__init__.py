@@ -6,6 +6,7 @@ from .reference import Reference
 from .report import DetectionReport, LabelResult
 from .scan import NeuralCleanse, ScanProgress, scan
 from .settings import ReverseSettings
+from .statistics import STATISTICS, OutlierStatistic, get_statistic
 
 __all__ = [
     "DetectionReport",
@@ -13,9 +14,12 @@ __all__ = [
     "LabelState",
     "NeuralCleanse",
     "OutlierResult",
+    "OutlierStatistic",
     "Reference",
     "ReverseSettings",
+    "STATISTICS",
     "ScanProgress",
+    "get_statistic",
     "mad_outlier_test",
     "reverse_engineer",
     "scan",

@@ -5,24 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from ..errors import SettingsError
+from .statistics import STATISTICS, Statistic, get_statistic
 
 __all__ = ["OutlierResult", "CONSISTENCY", "STATISTICS", "Statistic", "mad_outlier_test"]
 
 #: scales the median absolute deviation to the standard deviation of a normal distribution
 CONSISTENCY = 1.4826
-
-Statistic = Literal["l1", "log", "relative"]
-#: what the test measures distances on: the L1 norms themselves (the paper), their logarithms, or the
-#: logarithms of each norm divided by the same label's norm in trusted reference models of the task
-STATISTICS: tuple[Statistic, ...] = ("l1", "log", "relative")
-
-#: in the log statistic, norms below this (a trigger of a millionth of a pixel) count as this
-_LOG_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -89,11 +81,12 @@ def mad_outlier_test(
         eligible: labels that may be flagged (e.g. only those whose trigger reached the attack
             threshold); the others still count towards the median and MAD.
         names: the label numbers, for the notes (default ``0..n-1``).
-        statistic: ``"l1"``, the paper's test on the norms, or ``"log"``: the same test on their
-            logarithms, which measures how many *times* smaller a label's trigger is than the others'
-            (see ``docs/detection.md``; not in the paper), or ``"relative"``: the same test on
-            ``log(L1 / reference)``, each label's norm measured against what the same label costs in
-            trusted models of the task, which cancels the task's natural shortcuts (not in the paper).
+        statistic: what the test runs on, a name in :data:`~.statistics.STATISTICS`: ``"l1"``, the
+            paper's test on the norms, or ``"log"``: the same test on their logarithms, which measures
+            how many *times* smaller a label's trigger is than the others' (see ``docs/detection.md``;
+            not in the paper), or ``"relative"``: the same test on ``log(L1 / reference)``, each label's
+            norm measured against what the same label costs in trusted models of the task, which
+            cancels the task's natural shortcuts (not in the paper).
         reference: with ``statistic="relative"``, one reference L1 norm per label (NaN: left out).
         mad_floor: the anomaly index divides by ``max(MAD, mad_floor)`` (in the statistic's units): a
             reference that matches the model closely makes the MAD tiny, and then a label a few percent
@@ -103,23 +96,18 @@ def mad_outlier_test(
     """
     if not (math.isfinite(threshold) and threshold > 0):
         raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
-    if statistic not in STATISTICS:
-        raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
+    stat = get_statistic(statistic)
     if not (math.isfinite(mad_floor) and mad_floor >= 0):
         raise SettingsError(f"mad_floor must be a finite number of at least 0, got {mad_floor!r}")
     if not 0 < max_ratio <= 1:
         raise SettingsError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
+    stat.check(reference=reference is not None, unused_reference=False)
     values = np.asarray(norms, dtype=np.float64)
-    if (statistic == "relative") != (reference is not None):
-        raise SettingsError("the relative statistic needs reference norms, and reference norms need it")
-    if statistic != "l1":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = np.log(np.maximum(values, _LOG_FLOOR))
-            if reference is not None:
-                ref = np.asarray(reference, dtype=np.float64)
-                if ref.shape != values.shape:
-                    raise SettingsError(f"{len(ref)} reference norms for {len(values)} labels")
-                values = values - np.log(np.where(ref > 0, ref, np.nan))
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref is not None and ref.shape != values.shape:
+        raise SettingsError(f"{len(ref)} reference norms for {len(values)} labels")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = stat.values(values, ref)
     labels = list(names) if names is not None else list(range(len(values)))
     can_flag = np.ones(len(values), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     finite = np.isfinite(values)
@@ -158,7 +146,7 @@ def mad_outlier_test(
             "MAD is 0 (most labels have the same norm): any label that differs gets an infinite index"
         )
     flagged = [labels[i] for i in np.flatnonzero(used & can_flag & (values < median)) if index[i] > threshold]
-    if max_ratio < 1 and statistic != "l1":
+    if max_ratio < 1 and stat.log_units:
         small = [k for k in flagged if values[labels.index(k)] <= median + math.log(max_ratio)]
         if small != flagged:
             notes.append(
@@ -173,13 +161,9 @@ def mad_outlier_test(
         notes.append(
             f"labels {skipped} have small, outlying norms but their trigger never reached the attack threshold; not flagged"
         )
-    ceiling = math.inf if statistic != "l1" or mad == 0 else median / mad
+    ceiling = stat.ceiling(median, mad)
     if not flagged and ceiling <= threshold:
-        notes.append(
-            f"the test has no power here: the labels' L1 norms spread so widely (median {median:.1f}, "
-            f"MAD {mad:.1f}) that even an empty trigger would get index {ceiling:.2f} <= {threshold:g}; "
-            "the verdict is inconclusive, not clean (the log statistic has no such ceiling)"
-        )
+        notes.append(stat.no_power(median, mad, ceiling, threshold))
     below = (used & (values < median)).tolist()
     return OutlierResult(
         index.tolist(), flagged, median, mad, threshold, used.tolist(), notes, statistic, ceiling, below

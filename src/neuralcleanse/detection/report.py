@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +13,11 @@ from typing import Any, Protocol
 import torch
 
 from .._io import atomic_directory, atomic_write_json, read_json
-from ..errors import DataError, SettingsError
+from ..errors import DataError
 from ..triggers import Trigger
-from .outlier import STATISTICS, OutlierResult, mad_outlier_test
+from .outlier import OutlierResult, mad_outlier_test
 from .reference import Reference
+from .statistics import PAPER, OutlierStatistic, get_statistic
 
 __all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
 
@@ -194,6 +194,7 @@ class DetectionReport:
     format_version: int = REPORT_FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        get_statistic(self.statistic)  # an unknown name fails here, not in the first sentence about it
         # a screened label's lower bound follows from its norm and the settings' screen_shrink, for rows
         # built without it
         shrink = self.settings.get("screen_shrink") if isinstance(self.settings, dict) else None
@@ -208,17 +209,21 @@ class DetectionReport:
         return {r.label: (r.screened_bound, r.l1_norm) for r in self.labels if r.screened}
 
     @property
+    def outlier_statistic(self) -> OutlierStatistic:
+        """The statistic of this report's test (:mod:`~neuralcleanse.detection.statistics`): its checks,
+        ceiling and sentences."""
+        return get_statistic(self.statistic)
+
+    @property
     def index_scale(self) -> float:
         """What the anomaly indices divide by: the MAD, or its floor against a self-made reference."""
-        if self.statistic == "relative" and self.reference is not None:
-            return max(self.mad, self.reference.mad_floor)
-        return self.mad
+        return self.outlier_statistic.index_scale(self.mad, self.reference)
 
     def paper_test(self) -> str:
         """The paper's test on the same norms (the L1 statistic), in one sentence: what it flags, or that
         it flags nothing or could not run; shown beside a verdict of another statistic."""
-        res = self.outlier_test(statistic="l1")
-        test = "the paper's test (MAD of the L1 norms)"
+        res = self.outlier_test(statistic=PAPER.name)
+        test = PAPER.test_name
         if res.powerless:
             return f"{test} is inconclusive: it has no power here (ceiling {res.ceiling:.2f})"
         if not res.conclusive:
@@ -250,19 +255,12 @@ class DetectionReport:
     @property
     def median_l1(self) -> float:
         """Median L1 norm of the labels in the test, whatever the statistic."""
-        if self.statistic == "log":
-            return math.exp(self.median)
-        if self.statistic == "relative":
-            finite = [r.l1_norm for r in self.labels if math.isfinite(r.l1_norm)]
-            return statistics.median(finite) if finite else math.nan
-        return self.median
+        return self.outlier_statistic.median_l1(self.median, [r.l1_norm for r in self.labels])
 
     @property
     def ceiling(self) -> float:
         """The anomaly index an empty trigger would get (``inf`` for the log and relative statistics)."""
-        if self.statistic != "l1" or not self.mad > 0:
-            return math.inf
-        return self.median / self.mad
+        return self.outlier_statistic.ceiling(self.median, self.mad)
 
     def outlier_test(
         self,
@@ -273,21 +271,17 @@ class DetectionReport:
     ) -> OutlierResult:
         """Re-run the outlier test on this report's norms — with another statistic, threshold or
         reference (default: the report's own) — without optimising anything again."""
-        stat = statistic or self.statistic
-        if stat not in STATISTICS:
-            raise SettingsError(f"unknown outlier statistic {stat!r}; use {', '.join(STATISTICS)}")
+        stat = get_statistic(statistic or self.statistic)
         ref = reference or self.reference
-        if stat == "relative" and ref is None:
-            raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
+        stat.check(reference=ref is not None)
         labels = [r.label for r in self.labels]
         return mad_outlier_test(
             [r.l1_norm for r in self.labels],
             threshold=self.threshold if threshold is None else threshold,
             eligible=[r.reached for r in self.labels],
             names=labels,
-            statistic=stat,
-            reference=ref.norms_for(labels) if stat == "relative" and ref is not None else None,
-            **(ref.test_options() if stat == "relative" and ref is not None else {}),
+            statistic=stat.name,
+            **stat.test_inputs(ref, labels),
         )
 
     @property
@@ -298,18 +292,12 @@ class DetectionReport:
     def anomaly_index(self) -> dict[int, float]:
         return {r.label: r.anomaly_index for r in self.labels}
 
-    def _versus(self, r: LabelResult) -> str:
-        if self.statistic == "relative" and self.reference is not None:
-            return f"L1 {r.l1_norm:.1f} vs {self.reference.l1_norms.get(r.label, math.nan):.1f} in " + (
-                "the distilled student" if self.reference.self_made else "the reference"
-            )
-        return f"L1 {r.l1_norm:.1f} vs median {self.median_l1:.1f}"
-
     def summary(self) -> str:
         """One sentence for people."""
         if self.verdict == "backdoored":
             parts = ", ".join(
-                f"label {r.label} ({r.name}) with anomaly index {r.anomaly_index:.2f}, {self._versus(r)}"
+                f"label {r.label} ({r.name}) with anomaly index {r.anomaly_index:.2f}, "
+                f"{self.outlier_statistic.versus(self, r)}"
                 for r in sorted((self.label(k) for k in self.flagged), key=lambda r: r.l1_norm)
             )
             return f"BACKDOORED: {parts}"

@@ -24,10 +24,11 @@ from ..triggers import Trigger
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .distill import DistillSettings, distil_student
 from .engine import LabelState, StepSnapshot, reverse_engineer
-from .outlier import STATISTICS, Statistic, mad_outlier_test
+from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
 from .report import DetectionReport, LabelResult, unsettled_reason
 from .settings import ReverseSettings
+from .statistics import Statistic, get_statistic, screening_note
 
 __all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
 
@@ -206,17 +207,15 @@ class NeuralCleanse:
             raise SettingsError("give either a reference of trusted models or self_reference, not both")
         own = DistillSettings() if self_reference is True else (self_reference or None)
         statistic = statistic or ("relative" if reference is not None or own is not None else "l1")
-        if statistic not in STATISTICS:
-            raise SettingsError(f"unknown outlier statistic {statistic!r}; use {', '.join(STATISTICS)}")
-        if statistic == "relative" and reference is None and own is None:
-            raise SettingsError("the relative statistic needs a reference (scans of trusted models)")
+        stat = get_statistic(statistic)
+        stat.check(reference=reference is not None or own is not None)
         self.device = resolve_device(device)
         settings = (settings or ReverseSettings()).for_device(self.device)
         self._notes: list[str] = []
-        if statistic == "relative" and settings.screening:
-            # a label far above the median in L1 can still be small against its reference
+        if not stat.screening_safe and settings.screening:
+            # e.g. a label far above the median in L1 can still be small against its reference
             settings = settings.replace(screening=False)
-            self._notes.append("screening is off: it is only safe for the L1 and log statistics")
+            self._notes.append(screening_note())
         self.model = model
         self.settings = settings
         self.threshold = threshold
@@ -536,14 +535,14 @@ class NeuralCleanse:
         }
         norms = [s.l1_norm() for s in states]  # the clamped mask's sum, NaN after a NaN stop
         labels = [s.label for s in states]
+        stat = get_statistic(self.statistic)
         outlier = mad_outlier_test(
             norms,
             threshold=self.threshold,
             eligible=[s.reached for s in states],
             names=labels,
             statistic=self.statistic,
-            reference=reference.norms_for(labels) if self.statistic == "relative" and reference else None,
-            **(reference.test_options() if self.statistic == "relative" and reference else {}),
+            **stat.test_inputs(reference, labels),
         )
         rows = []
         for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
@@ -577,12 +576,9 @@ class NeuralCleanse:
                 f"labels {unreached} never reached {settings.attack_threshold:.0%} attack success; "
                 "their L1 is that of the last mask and they cannot be flagged"
             )
-        if self.statistic == "relative" and reference is not None:
+        extra.extend(stat.notes(reference))
+        if stat.needs_reference and reference is not None:
             refs = reference.sources
-            extra.append(
-                f"relative statistic: each label's L1 norm is divided by its norm in {reference.describe()} "
-                "before the outlier test"
-            )
             for diff in reference.mismatches(_settings_record(settings)):
                 extra.append(
                     f"reference scan with other settings ({diff}): rescan it with this scan's settings"

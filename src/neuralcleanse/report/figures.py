@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..detection.statistics import get_statistic
+
 __all__ = ["norm_chart", "pruning_curve", "MANY_LABELS"]
 
 #: above this many labels the L1 chart shows distributions with the flagged labels annotated
@@ -49,9 +51,11 @@ def norm_chart(
     """Two panels: every label's reversed-trigger L1 norm (sorted) with the median, the MAD band and the
     flag line, flagged labels in red; and the anomaly index with the threshold. With more than
     :data:`MANY_LABELS` labels the panels become distributions with the flagged labels annotated.
-    ``median`` and ``mad`` are in the units of ``statistic`` (``log``: of the norms' logarithms); the
-    chart draws them back in L1 units. ``quantity`` names what the values are (e.g. each norm over its
-    reference norm, drawn with ``statistic="log"``)."""
+    ``median`` and ``mad`` are in the units of ``statistic`` (a name in
+    :data:`~neuralcleanse.detection.statistics.STATISTICS`; ``log`` and ``relative``: of logarithms); the
+    chart draws them back in the units of the values. ``quantity`` names what the values are (e.g. each
+    norm over its reference norm)."""
+    log_units = get_statistic(statistic).log_units
     plt = _plt()
     rows = [
         (lab, name, n, a)
@@ -64,7 +68,7 @@ def norm_chart(
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     cut = median - threshold * mad if math.isfinite(mad) else math.nan
     lo, hi = median - mad, median + mad
-    if statistic == "log":  # back to L1 units: the band and the cut are ratios around the median
+    if log_units:  # back to the values' units: the band and the cut are ratios around the median
         median, lo, hi, cut = (math.exp(v) if math.isfinite(v) else v for v in (median, lo, hi, cut))
     if not many:
         xs = range(len(rows))
@@ -83,11 +87,7 @@ def norm_chart(
     if math.isfinite(median):
         line(median, color=_BLUE, lw=1.5, label=f"median {median:.3g}")
         if math.isfinite(mad) and mad > 0:
-            band = (
-                f"median ± MAD ({mad:.1f})"
-                if statistic != "log"
-                else f"median ×/÷ e^MAD ({math.exp(mad):.2f})"
-            )
+            band = f"median ± MAD ({mad:.1f})" if not log_units else f"median ×/÷ e^MAD ({math.exp(mad):.2f})"
             (ax1.axhspan if not many else ax1.axvspan)(lo, hi, color=_BLUE, alpha=0.12, label=band)
             line(cut, color=_RED, lw=1, ls="--", label=f"flag below {cut:.3g} (index {threshold:g})")
     ax1.set_title(f"{quantity} of each label's smallest trigger")

@@ -71,31 +71,26 @@ def _pct(x: float | None) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
 
 
+def _text(sentence: str) -> str:
+    """A sentence of the library's (plain text) in the page."""
+    return html.escape(sentence, quote=False)
+
+
 def _verdict(report: DetectionReport) -> tuple[str, str]:
+    stat = report.outlier_statistic
     if report.verdict == "backdoored":
         parts = []
         for k in sorted(report.flagged, key=lambda k: report.label(k).l1_norm):
             r = report.label(k)
-            versus = (
-                f"{report.reference.l1_norms.get(k, math.nan):.1f} for the same label in "
-                f"{html.escape(report.reference.describe())}"
-                if report.statistic == "relative" and report.reference is not None
-                else f"a median of {report.median_l1:.1f}"
-            )
             parts.append(
                 f"label <b>{k}</b> ({html.escape(r.name)}): anomaly index <b>{r.anomaly_index:.2f}</b>, "
-                f"its smallest trigger has L1 {r.l1_norm:.1f} against {versus}"
+                f"its smallest trigger has L1 {r.l1_norm:.1f} against {_text(stat.against(report, r))}"
             )
         text = (
             "<b>Backdoored.</b> "
             + "; ".join(parts)
             + f". An anomaly index above {report.threshold:g} means the label can be reached with far less "
-            + (
-                "change to the input than the same label needs in the reference"
-                if report.statistic == "relative"
-                else "change to the input than any normal label needs"
-            )
-            + " — the signature of a planted trigger."
+            + f"change to the input than {_text(stat.cheaper_than)} — the signature of a planted trigger."
         )
         return "bad", text
     if report.verdict == "clean":
@@ -237,37 +232,12 @@ def _mitigation_html(m: MitigationResult, figures: dict[str, bytes]) -> str:
     )
 
 
-def _statistic_html(report: DetectionReport) -> str:
-    if report.statistic == "relative" and report.reference is not None:
-        return (
-            f"Outlier test relative to {html.escape(report.reference.describe())}: each "
-            "label's L1 norm is divided by the same label's norm there, and the test runs on the logs of "
-            f"those ratios (median ratio {_fmt(math.exp(report.median), 2)}, MAD of the log ratios "
-            f"{_fmt(report.mad, 2)}). Labels that are easy in every model of the task cancel out."
-        )
-    if report.statistic == "log":
-        return (
-            f"Outlier test on log L1 norms: median L1 {_fmt(report.median_l1, 1)}, MAD of the logs "
-            f"{_fmt(report.mad, 2)} (1.4826 × median absolute deviation; a label's index counts how many "
-            "such factors its norm lies below the median)."
-        )
-    return (
-        f"Median L1 {_fmt(report.median, 1)}, MAD {_fmt(report.mad, 1)} (1.4826 × median absolute deviation); "
-        f"even an empty trigger could reach index {_fmt(report.ceiling, 2)} at most."
-    )
-
-
 def render_html(
     report: DetectionReport, root: Path, *, validation: Any = None, mitigations: Sequence[Any] = ()
 ) -> tuple[str, dict[str, bytes]]:
     """The page and its figures (name → PNG bytes) for the report stored in ``root``."""
     names = [r.name for r in report.labels]
-    values = [r.l1_norm for r in report.labels]
-    quantity = "L1 norm"
-    if report.statistic == "relative" and report.reference is not None:
-        refs = report.reference.norms_for([r.label for r in report.labels])
-        values = [v / ref if ref > 0 else math.nan for v, ref in zip(values, refs, strict=True)]
-        quantity = "L1 / reference L1"
+    values, quantity = report.outlier_statistic.plotted(report)
     figures = {
         "l1_norms.png": norm_chart(
             [r.label for r in report.labels],
@@ -278,14 +248,14 @@ def render_html(
             median=report.median,
             mad=report.index_scale,
             threshold=report.threshold,
-            statistic="log" if report.statistic == "relative" else report.statistic,
+            statistic=report.statistic,
             quantity=quantity,
         )  # fmt: skip
     }
     example_file = root / "images" / "example.png"
     example = example_file.read_bytes() if example_file.is_file() else None
     cls, verdict = _verdict(report)
-    if report.statistic != "l1":
+    if not report.outlier_statistic.paper:
         verdict += f"<br><small>Beside it, {html.escape(report.paper_test())}.</small>"
     model = report.model
     run = report.run
@@ -317,7 +287,7 @@ def render_html(
         f'<div class="verdict {cls}">{verdict}</div>',
         "<h2>How far is each label from the others?</h2>",
         _img(figures["l1_norms.png"], "L1 norms and anomaly indices", "fig"),
-        f'<p class="muted">{_statistic_html(report)} '
+        f'<p class="muted">{_text(report.outlier_statistic.explain(report))} '
         f"Only labels below the median can be flagged, when their anomaly index exceeds {report.threshold:g}.</p>",
         "<h2>Reversed triggers</h2>",
         _gallery(report, root, example),

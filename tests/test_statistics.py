@@ -1,0 +1,181 @@
+"""The outlier statistics' one home: the registry, its one-line errors, and every renderer going through it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import neuralcleanse as nc
+from neuralcleanse import DataError, SettingsError
+from neuralcleanse.cli import app
+from neuralcleanse.cli.common import print_scan
+from neuralcleanse.detection import STATISTICS, DetectionReport, OutlierStatistic, get_statistic
+from neuralcleanse.detection.report import LabelResult
+from neuralcleanse.detection.statistics import PAPER
+from neuralcleanse.report import write_html_report
+
+UNKNOWN = "unknown outlier statistic 'l2'; use l1, log, relative"
+NO_REFERENCE = "the relative statistic needs a reference (scans of trusted models)"
+
+NORMS = [5.0, 55.0, 58.0, 61.0, 57.0, 63.0, 59.0, 60.0, 56.0, 62.0]  # label 0: a planted trigger
+TRUSTED = nc.Reference({k: 60.0 - k for k in range(10)}, [{"model": "r", "verdict": "clean", "flagged": []}])
+TINY = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+
+
+def _report(statistic: str, reference: nc.Reference | None = None) -> DetectionReport:
+    """A report as a scan would write it with ``statistic``, from made-up norms."""
+    gen = torch.Generator().manual_seed(0)
+    rows = [LabelResult(k, f"class {k}", n, 0.99, True, 50, "early_stop", 1e-3, 40, 0.0, False)
+            for k, n in enumerate(NORMS)]  # fmt: skip
+    base = DetectionReport(
+        "clean", [], rows, 0.0, 1.0, 2.0, {"loss": "ce", "mode": "batched", "seed": 1}, {"images": 100},
+        {"fingerprint": "ab" * 32}, {"seconds": 1.0}, statistic=statistic, reference=reference,
+        triggers={k: nc.Trigger(torch.rand(8, 8, generator=gen), torch.rand(3, 8, 8, generator=gen), "reversed")
+                  for k in range(len(NORMS))},
+    )  # fmt: skip
+    test = base.outlier_test()
+    rows = [dataclasses.replace(r, anomaly_index=i, flagged=r.label in test.flagged)
+            for r, i in zip(rows, test.anomaly_index, strict=True)]  # fmt: skip
+    verdict = "inconclusive" if not test.conclusive else ("backdoored" if test.flagged else "clean")
+    return dataclasses.replace(
+        base, verdict=verdict, flagged=test.flagged, labels=rows, median=test.median, mad=test.mad
+    )
+
+
+def test_unknown_name_is_one_line_and_the_same_everywhere(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as direct:
+        get_statistic("l2")
+    assert str(direct.value) == UNKNOWN
+    report = _report("l1")
+    for refuse in (
+        lambda: nc.mad_outlier_test([1.0, 2.0, 3.0], statistic="l2"),  # type: ignore[arg-type]
+        lambda: nc.NeuralCleanse(TINY, statistic="l2"),  # type: ignore[arg-type]
+        lambda: report.outlier_test(statistic="l2"),
+        lambda: dataclasses.replace(report, statistic="l2"),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            refuse()
+        assert str(caught.value) == UNKNOWN
+    # a report file naming an unknown statistic is refused when read, in one line
+    report.save(tmp_path / "scan", images=False)
+    data = json.loads((tmp_path / "scan" / "report.json").read_text())
+    (tmp_path / "scan" / "report.json").write_text(json.dumps({**data, "statistic": "l2"}))
+    with pytest.raises(DataError, match="malformed scan report .*unknown outlier statistic 'l2'"):
+        DetectionReport.load(tmp_path / "scan")
+
+
+def test_a_missing_reference_is_refused_with_one_message() -> None:
+    report = _report("l1")
+    for refuse in (
+        lambda: nc.mad_outlier_test(NORMS, statistic="relative"),
+        lambda: nc.NeuralCleanse(TINY, statistic="relative"),
+        lambda: report.outlier_test(statistic="relative"),
+        lambda: get_statistic("relative").check(reference=False),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            refuse()
+        assert str(caught.value) == NO_REFERENCE
+    # reference norms a statistic would not use are refused by the test itself (a scan may hold a
+    # reference and still run the paper's test)
+    with pytest.raises(SettingsError, match="only used by the relative statistic, not 'l1'"):
+        nc.mad_outlier_test(NORMS, reference=NORMS)
+    assert nc.NeuralCleanse(TINY, statistic="l1", reference=TRUSTED).statistic == "l1"
+
+
+def test_the_registry_is_keyed_by_name_and_the_command_line_offers_it() -> None:
+    assert list(STATISTICS) == ["l1", "log", "relative"]
+    assert all(s.name == k and get_statistic(k) is s for k, s in STATISTICS.items())
+    assert [s.name for s in STATISTICS.values() if s.paper] == [PAPER.name] == ["l1"]
+    assert all(s.description and "\n" not in s.description for s in STATISTICS.values())
+    option = next(p for p in app.commands["scan"].params if p.name == "statistic")
+    assert list(option.type.choices) == list(STATISTICS)  # type: ignore[attr-defined]
+    # screening is turned off for a statistic it would not be safe for, with a note naming the safe ones
+    detector = nc.NeuralCleanse(TINY, reference=TRUSTED)
+    assert not detector.settings.screening
+    assert detector._notes == ["screening is off: it is only safe for the L1 and log statistics"]
+
+
+@pytest.mark.parametrize("name", list(STATISTICS))
+def test_every_statistic_renders_in_the_cli_and_the_page(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stat = STATISTICS[name]
+    report = _report(name, TRUSTED if stat.needs_reference else None)
+    assert report.verdict == "backdoored" and report.flagged == [0]
+    print_scan(report, tmp_path / "scan")
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert f"median L1 {report.median_l1:.2f}, {stat.spread(report.mad)}" in out
+    assert report.summary().startswith("BACKDOORED: label 0 (class 0)") and report.summary() in out
+    assert stat.versus(report, report.label(0)) in report.summary()
+    # the paper's test beside any other statistic's verdict
+    assert ("beside it: the paper's test" in out) == (not stat.paper)
+    report.save(tmp_path / "scan")
+    page = write_html_report(tmp_path / "scan").read_text(encoding="utf-8")
+    assert "<b>Backdoored.</b>" in page and f"than {stat.cheaper_than} — the signature" in page
+    assert stat.explain(report) in page
+    assert ("Beside it, the paper&#x27;s test" in page) == (not stat.paper)
+
+
+def test_checks_and_sentences_live_in_one_module() -> None:
+    """No other module words or checks a statistic by its name: each asks its entry in the registry."""
+    src = Path(nc.__file__).parent
+
+    def holders(text: str) -> list[str]:
+        return sorted(
+            p.relative_to(src).as_posix() for p in src.rglob("*.py") if text in p.read_text("utf-8")
+        )
+
+    for text in (
+        "unknown outlier statistic",
+        "needs a reference (scans",
+        "the paper's test (MAD",
+        "MAD of log",
+    ):
+        assert holders(text) == ["detection/statistics.py"], text
+    for text in ("statistic == ", "statistic != ", "statistic in ("):
+        assert holders(text) == [], text
+
+
+class _SquareRoot(OutlierStatistic):
+    """A statistic made up for the test: the MAD test on the norms' square roots."""
+
+    __slots__ = ()
+    name = "sqrt"  # type: ignore[assignment]
+    title = "square-root"
+    description = "the MAD test on the square roots of the L1 norms"
+    test_name = "the test on square roots"
+
+    def values(self, norms: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+        return np.sqrt(norms)
+
+    def median_l1(self, median: float, norms: Sequence[float]) -> float:
+        return median**2
+
+    def explain(self, report: DetectionReport) -> str:
+        return f"Outlier test on the square roots of the L1 norms (MAD {report.mad:.2f})."
+
+
+def test_a_new_statistic_is_one_entry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(STATISTICS, "sqrt", _SquareRoot())
+    test = nc.mad_outlier_test(NORMS, statistic="sqrt")  # type: ignore[arg-type]
+    roots = np.sqrt(NORMS)
+    assert test.median == pytest.approx(float(np.median(roots))) and test.flagged == [0]
+    assert test.ceiling == pytest.approx(test.median / test.mad)  # an empty trigger's root is 0 too
+    assert nc.NeuralCleanse(TINY, statistic="sqrt").statistic == "sqrt"  # type: ignore[arg-type]
+    report = _report("sqrt")
+    assert report.summary().startswith("BACKDOORED: label 0 (class 0)")
+    assert report.median_l1 == pytest.approx(float(np.median(NORMS)), rel=1e-4)  # the roots' median, squared
+    print_scan(report, tmp_path / "scan")
+    assert "beside it: the paper's test" in capsys.readouterr().out
+    report.save(tmp_path / "scan")
+    page = write_html_report(tmp_path / "scan").read_text(encoding="utf-8")
+    assert "Outlier test on the square roots" in page and math.isfinite(report.ceiling)
