@@ -15,6 +15,9 @@ Modes (``ReverseSettings``):
   an "epoch" over the scan's images per step (4 batches of 256 for 1,000 images), at most 80 epochs,
   the original's λ schedule and early stop, fp32.
 
+``MODE+name=value`` changes settings of a mode, to measure a candidate default against the others
+(e.g. ``default+early_stop_patience=15``).
+
 Without ``--zoo`` it trains a BadNets model (4×4 white square bottom-right, target 0, 10% poison) of
 each architecture in ``--archs`` on ``--dataset`` (and with ``--clean`` a clean control of the same
 recipe); with ``--zoo DIR`` it scans every model directory of a zoo. Each model's peak
@@ -28,6 +31,8 @@ is marked ``*`` and its seconds are from the run that made it (``--fresh`` re-ru
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import math
 import os
 import sys
@@ -48,6 +53,18 @@ MODES = ("default", "exhaustive", "sequential", "loop")
 
 
 def settings_for(mode: str, *, seed: int, samples: int) -> ReverseSettings:
+    """A mode's settings; ``MODE+name=value+...`` changes settings of a mode (a candidate default)."""
+    base, *changes = mode.split("+")
+    settings = _base_settings(base, seed=seed, samples=samples)
+    for change in changes:
+        name, _, text = change.partition("=")
+        if name not in {f.name for f in dataclasses.fields(ReverseSettings)}:
+            raise SystemExit(f"{mode!r}: ReverseSettings has no setting {name!r}")
+        settings = dataclasses.replace(settings, **{name: ast.literal_eval(text)})
+    return settings
+
+
+def _base_settings(mode: str, *, seed: int, samples: int) -> ReverseSettings:
     if mode == "default":
         return ReverseSettings(seed=seed)
     if mode == "exhaustive":
