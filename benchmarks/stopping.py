@@ -25,15 +25,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSettings
 from neuralcleanse.detection.outlier import mad_outlier_test
+from neuralcleanse.detection.schedule import choose_screened, labels_to_resume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scan_speed import Subject, subjects  # noqa: E402
 
-DEFAULT_RULE = (25, 0.0)
 RULES = [
-    DEFAULT_RULE,
+    (25, 0.0),
     (20, 0.0),
     (15, 0.0),
     (10, 0.0),
@@ -76,6 +78,40 @@ def replay(history: list[list[float]], *, patience: int, min_gain: float, cfg: R
     return Replay(best if best < math.inf else math.nan, int(history[-1][0]))
 
 
+def best_within(history: list[list[float]], steps: int, cfg: ReverseSettings) -> float:
+    """The best norm of a trajectory's first ``steps`` steps (NaN: the threshold not reached yet)."""
+    reached = [row[3] for row in history[:steps] if row[2] >= cfg.attack_threshold]
+    return min(reached) if reached else math.nan
+
+
+def screened_run(
+    histories: dict[int, list[list[float]]],
+    *,
+    first: int,
+    shrink: float,
+    threshold: float,
+    cfg: ReverseSettings,
+) -> tuple[dict[int, float], dict[int, int], list[int]]:
+    """The engine's screened schedule replayed: a first pass of ``first`` steps, the screening rule, the
+    others to their early stop, the rule checked again on the final norms (resumed labels run to the end).
+    Returns every label's norm and steps, and the labels left screened."""
+    full = {
+        k: replay(h, patience=cfg.early_stop_patience, min_gain=0.0, cfg=cfg) for k, h in histories.items()
+    }
+    undecided = [k for k in histories if full[k].steps > first]
+    norms = {k: full[k].norm for k in histories}
+    norms.update({k: best_within(histories[k], first, cfg) for k in undecided})
+    reached = {k for k, v in norms.items() if math.isfinite(v)}
+    rule = {"shrink": shrink, "threshold": threshold, "eligible": reached}
+    chosen = choose_screened(norms, [k for k in undecided if k in reached], **rule)
+    norms.update({k: full[k].norm for k in histories if k not in chosen})
+    while again := labels_to_resume(norms, chosen, **rule):
+        chosen = [k for k in chosen if k not in again]
+        norms.update({k: full[k].norm for k in again})
+    steps = {k: first if k in chosen else full[k].steps for k in histories}
+    return norms, steps, chosen
+
+
 def long_scan(subject: Subject, args: argparse.Namespace) -> DetectionReport:
     path = args.cache / subject.bundle.card.weights_sha256[:12] / f"long{args.max_steps}-s{args.scan_seed}"
     if path.exists():
@@ -90,10 +126,53 @@ def long_scan(subject: Subject, args: argparse.Namespace) -> DetectionReport:
     return report
 
 
-def judge(norms: list[float], labels: list[int], statistic: str) -> list[int]:
-    finite = [v if math.isfinite(v) else math.nan for v in norms]
-    eligible = [math.isfinite(v) for v in norms]
-    return sorted(mad_outlier_test(finite, eligible=eligible, names=labels, statistic=statistic).flagged)  # type: ignore[arg-type]
+def judge(norms: dict[int, float]) -> tuple[list[int], list[int]]:
+    """Flags of the paper's test and of the log statistic (labels never reached: not flaggable)."""
+    labels = sorted(norms)
+    values = [norms[k] for k in labels]
+    eligible = [math.isfinite(v) for v in values]
+    return tuple(  # type: ignore[return-value]
+        sorted(mad_outlier_test(values, eligible=eligible, names=labels, statistic=st).flagged)
+        for st in ("l1", "log")
+    )
+
+
+@dataclass
+class Outcome:
+    model: str
+    images: int
+    flags: tuple[list[int], list[int]]
+    drift: float  # largest relative change of a flagged label's norm against the reference outcome
+    extra: str = ""
+
+
+def compare(
+    name: str, norms: dict[int, float], steps: dict[int, int], base: dict[int, float], per_step: int
+) -> Outcome:
+    flags, base_flags = judge(norms), judge(base)
+    flagged = {*flags[0], *flags[1], *base_flags[0], *base_flags[1]}
+    drift = max((abs(norms[k] / base[k] - 1) for k in flagged), default=0.0)
+    return Outcome(name, sum(steps.values()) * per_step, flags, drift)
+
+
+def table(title: str, results: dict[str, list[Outcome]], reference: str) -> None:
+    print(f"\n{title}")
+    print(
+        f"{'schedule':<28} {'images':>10} {'vs ref':>7}  {'l1 flags same':>13}  {'log flags same':>14}  {'max drift':>9}"
+    )
+    base = results[reference]
+    total = sum(o.images for o in base)
+    for name, outcomes in results.items():
+        same = [sum(o.flags[i] == b.flags[i] for o, b in zip(outcomes, base, strict=True)) for i in (0, 1)]
+        print(
+            f"{name:<28} {sum(o.images for o in outcomes):>10} {sum(o.images for o in outcomes) / total:>6.2f}x  "
+            f"{same[0]:>6}/{len(base):<6}  {same[1]:>7}/{len(base):<6}  {max(o.drift for o in outcomes):>8.1%}"
+        )
+        for o, b in zip(outcomes, base, strict=True):
+            if o.flags != b.flags:
+                print(
+                    f"    differs on {o.model}: {o.flags[0]} / {o.flags[1]} (reference {b.flags[0]} / {b.flags[1]})"
+                )
 
 
 def main() -> None:
@@ -109,54 +188,63 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=400)
     p.add_argument("--models", type=Path, default=Path("runs/bench-models"))
     p.add_argument("--cache", type=Path, default=Path("runs/stopping"))
+    p.add_argument("--first", default="20,30,40,60", help="first-pass lengths to replay screening with")
+    p.add_argument("--shrink", default="0.7,0.8,0.85,0.9", help="screening shrink factors to replay")
     args = p.parse_args()
 
     cfg = ReverseSettings()
     per_step = cfg.batch_size * cfg.batches_per_step
-    rows: dict[tuple[int, float], list[tuple[str, int, list[int], list[int], float, int]]] = {
-        r: [] for r in RULES
-    }
+    rules: dict[str, list[Outcome]] = {}
+    screening: dict[str, list[Outcome]] = {}
+    ratios: list[str] = []
+    firsts = [int(v) for v in args.first.split(",")]
     for subject in subjects(args):
         report = long_scan(subject, args)
-        labels = [r.label for r in report.labels]
-        base: dict[str, list[int]] = {}
-        base_norms: dict[int, float] = {}
-        for rule in RULES:
-            out = [replay(r.history, patience=rule[0], min_gain=rule[1], cfg=cfg) for r in report.labels]
-            norms = [o.norm for o in out]
-            flags = {st: judge(norms, labels, st) for st in ("l1", "log")}
-            if rule == DEFAULT_RULE:
-                base, base_norms = flags, dict(zip(labels, norms, strict=True))
-            flagged = sorted(set(flags["l1"]) | set(flags["log"]) | set(base["l1"]) | set(base["log"]))
-            drift = max(
-                (abs(n / base_norms[k] - 1) for k, n in zip(labels, norms, strict=True) if k in flagged),
-                default=0.0,
+        histories = {r.label: r.history for r in report.labels}
+        full = {k: replay(h, patience=25, min_gain=0.0, cfg=cfg) for k, h in histories.items()}
+        base = {k: o.norm for k, o in full.items()}
+        capped = [k for k, o in full.items() if o.steps >= args.max_steps]
+        if capped:
+            print(f"{subject.name}: labels {capped} ran to --max-steps {args.max_steps} without stopping")
+        for patience, gain in RULES:
+            out = {k: replay(h, patience=patience, min_gain=gain, cfg=cfg) for k, h in histories.items()}
+            outcome = compare(
+                subject.name,
+                {k: o.norm for k, o in out.items()},
+                {k: o.steps for k, o in out.items()},
+                base,
+                per_step,
             )
-            capped = sum(o.steps >= args.max_steps for o in out)
-            rows[rule].append(
-                (subject.name, sum(o.steps for o in out) * per_step, flags["l1"], flags["log"], drift, capped)
-            )
-    print(
-        f"{'rule':<22} {'images':>10} {'vs default':>10}  {'l1 flags same':>13}  {'log flags same':>14}  {'max drift':>9}  capped"
-    )
-    total_base = sum(r[1] for r in rows[DEFAULT_RULE])
-    for rule, per_model in rows.items():
-        images = sum(r[1] for r in per_model)
-        same_l1 = sum(r[2] == b[2] for r, b in zip(per_model, rows[DEFAULT_RULE], strict=True))
-        same_log = sum(r[3] == b[3] for r, b in zip(per_model, rows[DEFAULT_RULE], strict=True))
-        drift = max(r[4] for r in per_model)
-        name = f"patience {rule[0]}, gain >{rule[1]:.0%}"
-        print(
-            f"{name:<22} {images:>10} {images / total_base:>9.2f}x  {same_l1:>6}/{len(per_model):<6}  "
-            f"{same_log:>7}/{len(per_model):<6}  {drift:>8.1%}  {sum(r[5] for r in per_model)}"
+            rules.setdefault(f"patience {patience}, gain >{gain:.0%}", []).append(outcome)
+        screening.setdefault("no screening", []).append(
+            compare(subject.name, base, {k: o.steps for k, o in full.items()}, base, per_step)
         )
-    print("\nper model (default rule: flags l1 / log; images):")
-    for r in rows[DEFAULT_RULE]:
-        print(f"  {r[0]:<28} {str(r[2]):<10} {str(r[3]):<10} {r[1]}")
-    for rule in RULES[1:]:
-        for r, b in zip(rows[rule], rows[DEFAULT_RULE], strict=True):
-            if r[2] != b[2] or r[3] != b[3]:
-                print(f"  differs: {r[0]} with patience {rule[0]}, gain >{rule[1]:.0%}: {r[2]} / {r[3]}")
+        for first in firsts:
+            for shrink in (float(v) for v in args.shrink.split(",")):
+                norms, steps, chosen = screened_run(
+                    histories, first=first, shrink=shrink, threshold=2.0, cfg=cfg
+                )
+                outcome = compare(subject.name, norms, steps, base, per_step)
+                screening.setdefault(f"first {first}, shrink {shrink:g}", []).append(outcome)
+        median = float(np.nanmedian(list(base.values())))
+        for first in firsts:
+            above = [base[k] / best_within(h, first, cfg) for k, h in histories.items() if base[k] > median]
+            below = [base[k] / best_within(h, first, cfg) for k, h in histories.items() if base[k] <= median]
+            ratios.append(
+                f"  {subject.name:<28} {first:>5}  {np.nanmin(above):>9.2f} {np.nanmedian(above):>9.2f}"
+                f"  {np.nanmin(below):>9.2f} {np.nanmedian(below):>9.2f}"
+            )
+    table("early-stop rules (reference: the default rule, patience 25)", rules, "patience 25, gain >0%")
+    table(
+        "screening replayed (reference: no screening, every label to its early stop)",
+        screening,
+        "no screening",
+    )
+    print("\nfinal norm / best norm after the first pass (labels above and below the median final norm):")
+    print(
+        f"  {'model':<28} {'first':>5}  {'above min':>9} {'above med':>9}  {'below min':>9} {'below med':>9}"
+    )
+    print("\n".join(ratios))
 
 
 if __name__ == "__main__":
