@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .._format import pct
 from ..device import resolve_device
 from ..errors import ModelError, SettingsError, first_line
 from . import app
@@ -179,16 +180,12 @@ def _save_repaired(tmp: Path, repaired: Any, case: Case, method: str, result: An
     return "model.safetensors", f"a safetensors state dict; load it with --arch {loaded.arch}"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
 def _print(result: Any, out: Path, data_note: str, measured: str) -> None:
     table = Table(title=f"{result.method} (label {result.label})", caption=f"measured on {measured}")
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
     for what, before, after in result.rows():
-        table.add_row(what, _pct(before), _pct(after))
+        table.add_row(what, pct(before, 2), pct(after, 2))
     console = Console(highlight=False)
     console.print(table)
     details = result.details
