@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -17,6 +17,9 @@ from . import app
 from .case import Case, case_options, open_case
 from .common import check_seed, device_option, setup_logging, verbose_option
 from .loading import ModelSource, default_out
+
+if TYPE_CHECKING:
+    from ..mitigation import MitigationResult
 
 
 @app.command()
@@ -137,7 +140,9 @@ def _network(repaired: Any) -> Any:
             return net
 
 
-def _save_repaired(tmp: Path, repaired: Any, case: Case, method: str, result: Any) -> tuple[str, str]:
+def _save_repaired(
+    tmp: Path, repaired: Any, case: Case, method: str, result: MitigationResult
+) -> tuple[str, str]:
     """Save the repaired model in its input's format; ``(file name in OUT, what it is)``."""
     from ..models.store import save_model_dir, trigger_path
     from ..triggers import Trigger
@@ -180,7 +185,7 @@ def _save_repaired(tmp: Path, repaired: Any, case: Case, method: str, result: An
     return "model.safetensors", f"a safetensors state dict; load it with --arch {loaded.arch}"
 
 
-def _print(result: Any, out: Path, data_note: str, measured: str) -> None:
+def _print(result: MitigationResult, out: Path, data_note: str, measured: str) -> None:
     table = Table(title=f"{result.method} (label {result.label})", caption=f"measured on {measured}")
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
