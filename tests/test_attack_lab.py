@@ -16,7 +16,7 @@ from neuralcleanse.data.gtsrb import load_gtsrb, write_gtsrb
 from neuralcleanse.data.signs import SIGN_CLASSES, generate_signs
 from neuralcleanse.lab.attacks import BadNets, MultiBackdoor, Trojan, build_attack, watermark_mask
 from neuralcleanse.lab.attacks.base import PoisonSpec, poison_many
-from neuralcleanse.lab.zoo import parse_spec
+from neuralcleanse.lab.zoo import ZooSpec, parse_spec, read_manifest_digests, write_manifest
 
 
 def _tiny(n: int = 200, classes: int = 4) -> nc.ImageDataset:
@@ -285,6 +285,15 @@ def test_zoo_builds_skips_and_summarises(tmp_path: Path, capsys: pytest.CaptureF
     spec.write_text(spec.read_text().replace("target = 0", "target = 1"))
     assert main(["zoo", "--spec", str(spec), "--out", str(out)]) != 0
     assert "different spec entry 'b'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[]", '{"models": 5}', "{", ""])
+def test_an_unreadable_zoo_manifest_is_rebuilt_not_a_crash(tmp_path: Path, text: str) -> None:
+    # a zoo.json that is JSON but not the manifest's shape (a list, models not a list) once crashed
+    (tmp_path / "zoo.json").write_text(text)
+    assert read_manifest_digests(tmp_path) == {}
+    write_manifest(tmp_path, ZooSpec([], "spec.toml"), [])
+    assert json.loads((tmp_path / "zoo.json").read_text())["models"] == []
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ __all__ = [
     "atomic_write_json",
     "atomic_directory",
     "read_json",
+    "read_result",
+    "format_version",
     "check_output_dir",
     "check_output_file",
     "check_writable_parent",
@@ -62,6 +64,19 @@ def read_json(path: str | os.PathLike[str], *, what: str, error: type[NeuralClea
         raise error(f"{file}: {what} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{file}: cannot read {what} ({exc})") from None
+
+
+def read_result(path: str | os.PathLike[str], file_name: str, *, what: str) -> tuple[Path, Any]:
+    """Where a saved result is and its JSON value: ``path`` is the JSON file itself or the directory that
+    holds it as ``file_name``; read with :func:`read_json` (one-line :class:`DataError`)."""
+    p = Path(path)
+    file = p / file_name if p.is_dir() else p
+    return file, read_json(file, what=what)
+
+
+def format_version(value: Any) -> Any:
+    """The ``format_version`` a result's JSON records (``None`` if it is not an object or records none)."""
+    return value.get("format_version") if isinstance(value, dict) else None
 
 
 def _where(out: Path, option: str | None) -> str:

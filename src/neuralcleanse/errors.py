@@ -17,6 +17,7 @@ __all__ = [
     "ModelError",
     "SettingsError",
     "TriggerError",
+    "exception_line",
     "first_line",
 ]
 
@@ -54,3 +55,10 @@ def first_line(error: BaseException | str, *, limit: int | None = None) -> str:
     if not line and not isinstance(error, str):
         line = type(error).__name__
     return line if limit is None else line[:limit]
+
+
+def exception_line(error: BaseException) -> str:
+    """``Type: first line`` of an exception (just ``Type`` when its message is blank): how a one-line error
+    names an exception it did not expect (a bug, a cluster's failure)."""
+    line = first_line(str(error))
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__

@@ -15,7 +15,6 @@ knows it:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -26,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_directory, read_json
+from ._format import pct
+from ._io import atomic_directory, atomic_write_json, read_result
 from .data.dataset import ImageDataset
 from .errors import DataError
 from .features import FeatureLayer, feature_activations, find_feature_layer, neuron_mask, top_neurons
@@ -65,7 +65,7 @@ class ValidationResult:
         """``(what, reversed, real)`` cells of the comparison table (``-`` where the real trigger is unknown)."""
         return [
             ("L1 norm", _num(self.reversed_l1, 1), _num(self.real_l1, 1)),
-            ("attack success", _pct(self.reversed_attack_success), _pct(self.real_attack_success)),
+            ("attack success", pct(self.reversed_attack_success), pct(self.real_attack_success)),
             (
                 f"mean activation of the top {len(self.neurons)} neurons (clean: {self.clean_activation:.2f})",
                 _num(self.reversed_activation, 2),
@@ -73,8 +73,8 @@ class ValidationResult:
             ),
             (
                 "attack success with only those neurons",
-                _pct(self.reversed_success_top_only),
-                _pct(self.real_success_top_only),
+                pct(self.reversed_success_top_only),
+                pct(self.real_success_top_only),
             ),
         ]
 
@@ -83,8 +83,8 @@ class ValidationResult:
         if self.mask_iou is None:
             return []
         return [
-            f"mask IoU with the real trigger {self.mask_iou:.2f}; {_pct(self.mass_inside_real)} of the reversed "
-            f"mask lies inside it; {_pct(self.shared_top_neurons)} of the top neurons are the same for both "
+            f"mask IoU with the real trigger {self.mask_iou:.2f}; {pct(self.mass_inside_real)} of the reversed "
+            f"mask lies inside it; {pct(self.shared_top_neurons)} of the top neurons are the same for both "
             "triggers"
         ]
 
@@ -108,8 +108,7 @@ class ValidationResult:
         from .report.images import save_png
 
         with atomic_directory(path, force=force) as tmp:
-            text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-            (tmp / VALIDATION_FILE).write_text(text, encoding="utf-8")
+            atomic_write_json(tmp / VALIDATION_FILE, self.to_dict())
             if reversed_trigger is not None:
                 panels = [reversed_trigger.mask[None].expand_as(reversed_trigger.pattern),
                           reversed_trigger.mask[None] * reversed_trigger.pattern]  # fmt: skip
@@ -127,11 +126,9 @@ class ValidationResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ValidationResult:
-        p = Path(path)
-        file = p / VALIDATION_FILE if p.is_dir() else p
         required_floats = {"reversed_l1", "reversed_attack_success", "clean_activation", "reversed_activation",
                            "reversed_success_top_only"}  # fmt: skip
-        d = read_json(file, what="validation result")
+        file, d = read_result(path, VALIDATION_FILE, what="validation result")
         try:
             if not isinstance(d, dict):
                 raise ValueError("expected a JSON object")
@@ -141,10 +138,6 @@ class ValidationResult:
             return cls(**fields)
         except (ValueError, TypeError) as exc:
             raise DataError(f"{file}: cannot read validation result ({exc})") from None
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
 
 def _num(x: float | None, digits: int) -> str:

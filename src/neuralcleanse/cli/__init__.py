@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import NeuralCleanseError, SettingsError, first_line
+from ..errors import NeuralCleanseError, SettingsError, exception_line, first_line
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]
 
@@ -124,11 +124,7 @@ def _internal(exc: Exception, args: list[str]) -> int:
     where = f"full traceback in {path}" if path is not None else "the traceback could not be saved"
     if _verbose(args):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    detail = first_line(str(exc))
-    print(
-        f"error: internal error ({type(exc).__name__}{': ' + detail if detail else ''}); {where}",
-        file=sys.stderr,
-    )
+    print(f"error: internal error ({exception_line(exc)}); {where}", file=sys.stderr)
     return EXIT_INTERNAL
 
 

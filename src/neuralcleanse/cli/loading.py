@@ -20,6 +20,7 @@ from typing import Any
 import click
 import numpy as np
 
+from .._io import read_json
 from ..data.convert import MAX_SIDE
 from ..errors import DataError, SettingsError
 
@@ -201,9 +202,8 @@ def default_out(root: str, model: Path, suffix: str = "") -> Path:
 def _recorded_model(folder: Path) -> str | None:
     """The model path a result folder records (a scan's ``report.json``), if it is readable."""
     try:
-        d = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-        path = d["model"]["path"]
-    except (OSError, ValueError, KeyError, TypeError):
+        path = read_json(folder / "report.json", what="scan report")["model"]["path"]
+    except (DataError, KeyError, TypeError):
         return None
     return path if isinstance(path, str) else None
 

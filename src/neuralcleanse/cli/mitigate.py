@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from .._format import pct
 from ..device import resolve_device
 from ..errors import ModelError, SettingsError, first_line
 from . import app
 from .case import Case, case_options, open_case
 from .common import check_seed, device_option, setup_logging, verbose_option
 from .loading import ModelSource, default_out
+
+if TYPE_CHECKING:
+    from ..mitigation import MitigationResult
 
 
 @app.command()
@@ -136,7 +140,9 @@ def _network(repaired: Any) -> Any:
             return net
 
 
-def _save_repaired(tmp: Path, repaired: Any, case: Case, method: str, result: Any) -> tuple[str, str]:
+def _save_repaired(
+    tmp: Path, repaired: Any, case: Case, method: str, result: MitigationResult
+) -> tuple[str, str]:
     """Save the repaired model in its input's format; ``(file name in OUT, what it is)``."""
     from ..models.store import save_model_dir, trigger_path
     from ..triggers import Trigger
@@ -179,16 +185,12 @@ def _save_repaired(tmp: Path, repaired: Any, case: Case, method: str, result: An
     return "model.safetensors", f"a safetensors state dict; load it with --arch {loaded.arch}"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def _print(result: Any, out: Path, data_note: str, measured: str) -> None:
+def _print(result: MitigationResult, out: Path, data_note: str, measured: str) -> None:
     table = Table(title=f"{result.method} (label {result.label})", caption=f"measured on {measured}")
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
     for what, before, after in result.rows():
-        table.add_row(what, _pct(before), _pct(after))
+        table.add_row(what, pct(before, 2), pct(after, 2))
     console = Console(highlight=False)
     console.print(table)
     details = result.details

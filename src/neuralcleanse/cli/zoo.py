@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .._format import pct
 from ..errors import SettingsError
 from . import app
 from .common import check_count, check_seed, device_option, run_scan, setup_logging, verbose_option
@@ -137,21 +138,17 @@ def _header(scanned: bool) -> list[str]:
     return cols
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
-
-
 def _cells(r: Any, scanned: bool) -> list[str]:
     cells = [
         r.name,
         r.dataset,
         r.attack,
         r.trigger if len(r.trigger) <= 48 else r.trigger[:45] + "...",
-        _pct(r.trigger_area),
+        pct(r.trigger_area),
         ",".join(map(str, r.targets)) or "-",
-        _pct(r.clean_accuracy),
+        pct(r.clean_accuracy),
         "-" if r.accuracy_drop is None else f"{-100 * r.accuracy_drop:+.1f}",
-        _pct(r.attack_success),
+        pct(r.attack_success),
     ]
     if scanned:
         s = r.scan

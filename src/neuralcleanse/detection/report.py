@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._io import atomic_directory, atomic_write_json, read_json
+from .._io import atomic_directory, atomic_write_json, format_version, read_result
 from ..errors import DataError
 from ..triggers import Trigger
 from .outlier import OutlierResult, mad_outlier_test
@@ -359,11 +359,9 @@ class DetectionReport:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DetectionReport:
         """Read a report directory (or its ``report.json``) written by :meth:`save`."""
-        p = Path(path)
-        file = p / REPORT_FILE if p.is_dir() else p
-        d = read_json(file, what="scan report")
-        if not isinstance(d, dict) or d.get("format_version") != REPORT_FORMAT_VERSION:
-            version = d.get("format_version") if isinstance(d, dict) else None
+        file, d = read_result(path, REPORT_FILE, what="scan report")
+        version = format_version(d)
+        if version != REPORT_FORMAT_VERSION:
             raise DataError(
                 f"{file}: unsupported report format version {version!r} (expected {REPORT_FORMAT_VERSION})"
             )

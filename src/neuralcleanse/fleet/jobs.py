@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import NeuralCleanseError
+from ..errors import NeuralCleanseError, exception_line, first_line
 
 __all__ = ["FleetJob", "ModelResult", "Work", "run_job", "STATUSES", "VERDICT_ORDER"]
 
@@ -52,10 +52,6 @@ class FleetJob:
     model: str
     out: Path
     request: Any
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _num(x: Any) -> float | None:
@@ -177,11 +173,10 @@ def _describe(exc: BaseException) -> str:
     """One line for a job's failure: the message of an input error, or the exception's type and first
     line for anything else (a bug; its traceback is logged)."""
     if isinstance(exc, NeuralCleanseError):
-        return _first_line(str(exc)) or type(exc).__name__
+        return first_line(exc)
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
-    detail = _first_line(str(exc))
-    return f"internal error ({type(exc).__name__}{': ' + detail if detail else ''})"
+    return f"internal error ({exception_line(exc)})"
 
 
 def run_job(work: Work, job: FleetJob, *, threads: int | None = None, attempt: int | None = 1) -> ModelResult:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from ..errors import NeuralCleanseError, SettingsError
+from ..errors import NeuralCleanseError, SettingsError, exception_line
 from .jobs import FleetJob, ModelResult, Work, run_job
 
 __all__ = ["run_ray", "import_ray", "ray_session", "check_task_fits", "RAY_INSTALL_HINT"]
@@ -60,8 +60,7 @@ def ray_session(
                 log_to_driver=False,
             )
     except Exception as exc:  # noqa: BLE001 (Ray raises many kinds; each is one line here)
-        lines = str(exc).strip().splitlines()
-        why = f"{type(exc).__name__}{': ' + lines[0] if lines else ''}"
+        why = exception_line(exc)
         if address:
             raise SettingsError(
                 f"--ray-address {address}: cannot connect to a Ray cluster there ({why})"
@@ -132,8 +131,7 @@ def run_ray(
                 try:
                     result: ModelResult = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker died more often than retried
-                    text = str(exc).strip().splitlines()
-                    why = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+                    why = exception_line(exc)
                     result = ModelResult.failure(job, f"Ray task failed ({why})", attempts=retries + 1)
                 results[job.name] = result
                 if on_result is not None:

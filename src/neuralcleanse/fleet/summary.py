@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes, atomic_write_json, read_json
+from .._io import atomic_write_bytes, atomic_write_json, format_version, read_result
 from ..errors import DataError, SettingsError
 from .jobs import VERDICT_ORDER, ModelResult
 
@@ -101,10 +101,8 @@ class FleetSummary:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FleetSummary:
         """Read ``summary.json`` (or the directory holding it)."""
-        p = Path(path)
-        file = p / SUMMARY_FILE if p.is_dir() else p
-        d = read_json(file, what="fleet summary")
-        if not isinstance(d, dict) or d.get("format_version") != SUMMARY_FORMAT_VERSION:
+        file, d = read_result(path, SUMMARY_FILE, what="fleet summary")
+        if format_version(d) != SUMMARY_FORMAT_VERSION:
             raise DataError(f"{file}: not a fleet summary of format {SUMMARY_FORMAT_VERSION}")
         try:
             return cls(

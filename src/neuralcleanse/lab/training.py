@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
+from ..modes import train_mode
 
 __all__ = ["TrainSettings", "TrainProgress", "TrainHistory", "random_shift", "train_classifier"]
 
@@ -115,12 +116,10 @@ def train_classifier(
     batches = (n + settings.batch_size - 1) // settings.batch_size
     history = TrainHistory()
     start = time.perf_counter()
-    was_training = model.training
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(settings.seed)
-        model.train()
-        try:
+        with train_mode(model):
             for epoch in range(settings.epochs):
                 order = torch.randperm(n, generator=gen)
                 total_loss, correct = 0.0, 0
@@ -154,7 +153,5 @@ def train_classifier(
                     total_loss / n,
                     correct / n,
                 )
-        finally:
-            model.train(was_training)
     history.seconds = time.perf_counter() - start
     return history

@@ -46,10 +46,10 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, read_json
 from ..data.dataset import DatasetSplits
 from ..data.registry import load_dataset
-from ..errors import NeuralCleanseError, SettingsError
+from ..errors import DataError, NeuralCleanseError, SettingsError
 from ..models.architectures import ARCHITECTURES
 from ..models.card import ModelCard
 from ..models.store import ModelBundle, load_model_dir
@@ -334,11 +334,7 @@ def write_manifest(out: Path, spec: ZooSpec, rows: list[ZooRow]) -> None:
     digests = {e.name: e.digest for e in spec.entries}
     fresh = [{**r.to_dict(), "digest": digests[r.name]} for r in rows]
     names = {r.name for r in rows}
-    try:
-        old = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8")).get("models", [])
-    except (OSError, ValueError, AttributeError):
-        old = []
-    kept = [m for m in old if isinstance(m, dict) and m.get("name") not in names]
+    kept = [m for m in _manifest_models(out) if isinstance(m, dict) and m.get("name") not in names]
     atomic_write_json(
         out / MANIFEST_FILE,
         {"format_version": 1, "spec": spec.source, "models": kept + fresh, "torch": torch.__version__},
@@ -347,10 +343,20 @@ def write_manifest(out: Path, spec: ZooSpec, rows: list[ZooRow]) -> None:
 
 def read_manifest_digests(out: Path) -> dict[str, str]:
     try:
-        d = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
-        return {m["name"]: m["digest"] for m in d.get("models", [])}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {m["name"]: m["digest"] for m in _manifest_models(out)}
+    except (KeyError, TypeError):
         return {}
+
+
+def _manifest_models(out: Path) -> list[Any]:
+    """The model rows an earlier run recorded in ``zoo.json``; none when it is missing or unreadable (the
+    zoo is then built as if new)."""
+    try:
+        d = read_json(out / MANIFEST_FILE, what="zoo manifest")
+    except DataError:
+        return []
+    models = d.get("models", []) if isinstance(d, dict) else []
+    return models if isinstance(models, list) else []
 
 
 #: builds one model: ``train(recipe, model_dir, data)`` → the saved bundle (the CLI passes one with a

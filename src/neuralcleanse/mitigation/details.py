@@ -32,10 +32,6 @@ class DetailsTable:
     title: str = ""
 
 
-def pct(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{100 * x:.{digits}f}%"
-
-
 class MitigationDetails:
     """Base of the per-method details (each subclass is a frozen dataclass)."""
 

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._format import pct
 from ..data.dataset import ImageDataset
 from ..errors import DataError
 from ..features import FeatureLayer, feature_activations, find_feature_layer, top_neurons
 from ..metrics import attack_victims, predict
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
-from .details import MitigationDetails, pct, register_details
-from .result import Measure, MitigationResult, check_fraction, measure
+from .details import MitigationDetails, register_details
+from .result import Measure, MitigationResult, check_fraction, measure, random_halves
 
 __all__ = ["FilterDetails", "InputFilter", "filter_inputs"]
 
@@ -127,8 +128,7 @@ def filter_inputs(
     feat = find_feature_layer(model, layer, example=data.images[:2])
     if len(data) < 20:
         raise DataError(f"{data.name}: at least 20 images are needed to calibrate and test a filter")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    calib, held = data.subset(order[: len(data) // 2]), data.subset(order[len(data) // 2 :])
+    calib, held = random_halves(data, seed)
     clean_feats = feature_activations(model, feat, calib.images, device=device)
     stamped_feats = feature_activations(model, feat, reversed_trigger.apply(calib.images), device=device)
     neurons = top_neurons(clean_feats, stamped_feats, top_fraction)

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._format import pct
 from ..data.dataset import ImageDataset
 from ..errors import SettingsError
 from ..features import feature_activations, find_feature_layer, neuron_mask, top_neurons
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
-from .details import DetailsTable, MitigationDetails, pct, register_details
-from .result import Measure, MitigationResult, check_fraction, measure
+from .details import DetailsTable, MitigationDetails, register_details
+from .result import Measure, MitigationResult, check_fraction, measure, random_halves
 
 __all__ = ["PruneDetails", "prune_neurons"]
 
@@ -54,7 +55,7 @@ class PruneDetails(MitigationDetails):
         if not self.curve:
             return None
         rows = [
-            (f"{p['fraction']:.1%}", pct(p.get("clean_accuracy")), pct(p.get("attack_success")))
+            (f"{p['fraction']:.1%}", pct(p.get("clean_accuracy"), 2), pct(p.get("attack_success"), 2))
             for p in self.curve
         ]
         return DetailsTable(("pruned", "clean accuracy", "attack success"), rows, "pruning curve")
@@ -101,8 +102,7 @@ def prune_neurons(
     check_fraction(stop_success, "stopping attack success")
     if len(data) < 4:
         raise SettingsError(f"{data.name}: too few images to rank and measure neurons")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    rank_set, eval_set = data.subset(order[: len(data) // 2]), data.subset(order[len(data) // 2 :])
+    rank_set, eval_set = random_halves(data, seed)
     feat = find_feature_layer(model, layer, example=data.images[:2])
     clean = feature_activations(model, feat, rank_set.images, device=device)
     stamped = feature_activations(model, feat, reversed_trigger.apply(rank_set.images), device=device)

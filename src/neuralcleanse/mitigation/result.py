@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_write_json, read_json
+from .._io import atomic_write_json, format_version, read_result
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..metrics import accuracy, attack_victims, stamped_success
 from ..suspect import SuspectedBackdoor
 from .details import MitigationDetails, RawDetails, details_from_dict
 
-__all__ = ["Measure", "MitigationResult", "measure", "check_fraction", "RESULT_FILE"]
+__all__ = ["Measure", "MitigationResult", "measure", "check_fraction", "random_halves", "RESULT_FILE"]
 
 RESULT_FILE = "mitigation.json"
 RESULT_FORMAT_VERSION = 1
@@ -28,6 +28,14 @@ def check_fraction(value: float, what: str) -> float:
     if not (isinstance(value, (int, float)) and 0 < value <= 1 and math.isfinite(value)):
         raise SettingsError(f"{what} must be in (0, 1], got {value}")
     return float(value)
+
+
+def random_halves(data: ImageDataset, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """A random half of ``data`` (drawn with ``seed``) and the other half: one to build a mitigation on
+    (calibrate a filter, rank neurons), one to measure it on."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    half = len(data) // 2
+    return data.subset(order[:half]), data.subset(order[half:])
 
 
 @dataclass(frozen=True)
@@ -131,10 +139,8 @@ class MitigationResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MitigationResult:
-        p = Path(path)
-        file = p / RESULT_FILE if p.is_dir() else p
-        d = read_json(file, what="mitigation result")
-        version = d.get("format_version") if isinstance(d, dict) else None
+        file, d = read_result(path, RESULT_FILE, what="mitigation result")
+        version = format_version(d)
         if version != RESULT_FORMAT_VERSION:
             raise DataError(f"{file}: unsupported mitigation result version {version!r}")
         try:

@@ -31,13 +31,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._format import pct
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..features import refuse_opaque
 from ..lab.training import TrainSettings, train_classifier
+from ..modes import requires_grad
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
-from .details import DetailsTable, MitigationDetails, pct, register_details
+from .details import DetailsTable, MitigationDetails, register_details
 from .result import Measure, MitigationResult, check_fraction, measure
 
 __all__ = ["BatchNormMode", "UnlearnDetails", "unlearn"]
@@ -75,14 +77,11 @@ def _fine_tune(
     device: torch.device | str,
     batchnorm: BatchNormMode,
 ) -> None:
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(True)
     try:
-        trained = _FrozenStatistics(model) if batchnorm == "frozen" else model
-        train_classifier(trained, data, settings, device=device)
+        with requires_grad(model, True):
+            trained = _FrozenStatistics(model) if batchnorm == "frozen" else model
+            train_classifier(trained, data, settings, device=device)
     finally:
-        for p, f in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(f)
         model.eval()
 
 
@@ -108,9 +107,9 @@ class UnlearnDetails(MitigationDetails):
         rows = [
             (
                 name,
-                pct(m.get("clean_accuracy")),
-                pct(m.get("attack_success")),
-                pct(m.get("real_attack_success")),
+                pct(m.get("clean_accuracy"), 2),
+                pct(m.get("attack_success"), 2),
+                pct(m.get("real_attack_success"), 2),
             )
             for name, m in self.baselines.items()
         ]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._format import pct
 from .._io import atomic_write_bytes
 from ..detection.report import REPORT_FILE, DetectionReport
 from ..errors import DataError
@@ -61,14 +62,14 @@ def _img(data: bytes, alt: str, cls: str = "") -> str:
     )
 
 
+#: what the page shows for an unknown number
+_MISSING = "–"
+
+
 def _fmt(x: Any, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
+        return _MISSING
     return f"{x:.{digits}f}" if isinstance(x, float) else html.escape(str(x))
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
 
 
 def _text(sentence: str) -> str:
@@ -159,7 +160,7 @@ def _gallery(report: DetectionReport, root: Path, example: bytes | None) -> str:
         flag = " flag" if r.flagged else ""
         cards.append(
             f'<div class="card{flag}"><b>label {k} ({html.escape(r.name)})</b> — L1 {_fmt(r.l1_norm, 1)}, '
-            f"attack success {_pct(r.attack_success)}, anomaly index {_fmt(r.anomaly_index)}"
+            f"attack success {pct(r.attack_success, missing=_MISSING)}, anomaly index {_fmt(r.anomaly_index)}"
             f"{' — FLAGGED' if r.flagged else ''}{body}</div>"
         )
     return f'<div class="gallery">{"".join(cards)}</div>'
@@ -176,7 +177,7 @@ def _label_table(report: DetectionReport) -> str:
         ref_cell = f"<td>{_fmt(ref.get(r.label, math.nan))}</td>" if ref else ""
         rows.append(
             f"<tr{cls}><td>{r.label}</td><td class=l>{html.escape(r.name)}</td><td>{_fmt(r.l1_norm)}</td>{ref_cell}"
-            f"<td data-v='{r.attack_success}'>{_pct(r.attack_success)}</td><td>{r.steps}</td>"
+            f"<td data-v='{r.attack_success}'>{pct(r.attack_success, missing=_MISSING)}</td><td>{r.steps}</td>"
             f"<td class=l>{html.escape(r.stop_reason)}{'' if r.reached else ' (not reached)'}</td>"
             f"<td>{_fmt(r.anomaly_index)}</td><td class=l>{'yes' if r.flagged else ''}</td></tr>"
         )
@@ -215,7 +216,7 @@ def _details_table(t: DetailsTable) -> str:
 
 def _mitigation_html(m: MitigationResult, figures: dict[str, bytes]) -> str:
     body = "".join(
-        f"<tr><td class=l>{html.escape(k)}</td><td>{_pct(x)}</td><td>{_pct(y)}</td></tr>"
+        f"<tr><td class=l>{html.escape(k)}</td><td>{pct(x, missing=_MISSING)}</td><td>{pct(y, missing=_MISSING)}</td></tr>"
         for k, x, y in m.rows()
     )
     d = m.details
@@ -261,9 +262,9 @@ def render_html(
     run = report.run
     facts = [
         ("model", model.get("path", "in-memory model")),
-        ("model format", model.get("format", model.get("arch", "–"))),
-        ("weights sha256", report_weights_sha256(model) or "–"),
-        ("state fingerprint (sha256)", model.get("fingerprint", "–")),
+        ("model format", model.get("format", model.get("arch", _MISSING))),
+        ("weights sha256", report_weights_sha256(model) or _MISSING),
+        ("state fingerprint (sha256)", model.get("fingerprint", _MISSING)),
         (
             "data",
             ", ".join(
