@@ -118,7 +118,12 @@ def main() -> None:
     p.add_argument("--models", type=int, default=8, help="fleet size (at least 8 for the issue's figure)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--samples", type=int, default=300, help="clean images per scan")
-    p.add_argument("--max-steps", type=int, default=1000, help="cap on steps per label (the scan default; a lower cap leaves labels unsettled and verdicts inconclusive)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=1000,
+        help="cap on steps per label (the scan default; a lower cap leaves labels unsettled and verdicts inconclusive)",
+    )
     p.add_argument("--runners", default="workers1,workers2", help=f"any of {', '.join(RUNNERS)}")
     p.add_argument("--cache", type=Path, default=Path("runs/fleet-bench/models"))
     p.add_argument("--out", type=Path, default=Path("runs/fleet-bench/scans"))
