@@ -209,6 +209,11 @@ class NeuralCleanse:
         statistic = statistic or ("relative" if reference is not None or own is not None else "l1")
         stat = get_statistic(statistic)
         stat.check(reference=reference is not None or own is not None)
+        if own is not None and not stat.needs_reference:
+            raise SettingsError(
+                f"self_reference makes a reference for a statistic that uses one; the {stat.name} statistic "
+                "does not, so the student and its scan would be wasted"
+            )
         self.device = resolve_device(device)
         settings = (settings or ReverseSettings()).for_device(self.device)
         self._notes: list[str] = []
