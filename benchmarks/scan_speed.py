@@ -109,6 +109,19 @@ def trained(
     return Subject(f"{arch}-{kind}", bundle, data, [0] if attack else [])
 
 
+def add_subject_options(p: argparse.ArgumentParser) -> None:
+    """The options :func:`subjects` reads: which models to train (or which zoo to read) and how to scan."""
+    p.add_argument("--dataset", default="mnist-sample")
+    p.add_argument("--archs", default="mnist,bn-cnn,resnet")
+    p.add_argument("--clean", action="store_true", help="also a clean control of every architecture")
+    p.add_argument("--zoo", type=Path, help="scan the model directories of this zoo instead of training")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scan-seed", type=int, default=123)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--models", type=Path, default=Path("runs/bench-models"))
+
+
 def subjects(args: argparse.Namespace) -> list[Subject]:
     if args.zoo is None:
         data = nc.load_dataset(args.dataset)
@@ -160,17 +173,9 @@ def flagged_norms(report: DetectionReport) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="mnist-sample")
-    p.add_argument("--archs", default="mnist,bn-cnn,resnet")
-    p.add_argument("--clean", action="store_true", help="also a clean control of every architecture")
-    p.add_argument("--zoo", type=Path, help="scan the model directories of this zoo instead of training")
+    add_subject_options(p)
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scan-seed", type=int, default=123)
-    p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--peak-seconds", type=float, default=1.0)
-    p.add_argument("--models", type=Path, default=Path("runs/bench-models"))
     p.add_argument("--cache", type=Path, default=Path("runs/bench-scans"))
     p.add_argument("--fresh", action="store_true", help="ignore cached scan reports")
     args = p.parse_args()

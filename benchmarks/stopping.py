@@ -10,10 +10,13 @@ steps per label, the default's step length and precision) contains the result of
 a rule's norm for a label is the smallest step-mean L1 among the steps that reached the attack threshold
 up to the step where the rule stops it, and its cost is the number of steps until then.
 
-For each rule (``patience`` steps without an improvement of more than ``min_gain`` of the best norm,
-after λ has moved up and down) this prints, over all models: the images spent relative to the default
-rule (patience 25, any improvement counts), the flags of the paper's test and of the log statistic
-compared with the default rule's, and the largest change of a flagged label's norm. It is a study of the
+It prints three tables over all models. For each early-stop rule (``patience`` steps without an
+improvement of more than ``min_gain`` of the best norm, after λ has moved up and down): the images spent
+relative to the default rule (patience 25, any improvement counts), how many models keep the flags of
+the paper's test and of the log statistic, and the largest change of a flagged label's norm. The same for
+the screened schedule replayed with the library's own rule (``--first`` steps of first pass, ``--shrink``
+as the assumed floor) against no screening. And, per model, the final norm over the first pass's best
+norm, for the labels above and below the median: what a shrink factor has to cover. It is a study of the
 default; the long scans are cached under ``--cache``.
 """
 
@@ -32,7 +35,7 @@ from neuralcleanse.detection.outlier import mad_outlier_test
 from neuralcleanse.detection.schedule import choose_screened, labels_to_resume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_speed import Subject, subjects  # noqa: E402
+from scan_speed import Subject, add_subject_options, subjects  # noqa: E402
 
 RULES = [
     (25, 0.0),
@@ -86,26 +89,29 @@ def best_within(history: list[list[float]], steps: int, cfg: ReverseSettings) ->
 
 def screened_run(
     histories: dict[int, list[list[float]]],
+    full: dict[int, Replay],
     *,
     first: int,
     shrink: float,
     threshold: float,
     cfg: ReverseSettings,
 ) -> tuple[dict[int, float], dict[int, int], list[int]]:
-    """The engine's screened schedule replayed: a first pass of ``first`` steps, the screening rule, the
-    others to their early stop, the rule checked again on the final norms (resumed labels run to the end).
-    Returns every label's norm and steps, and the labels left screened."""
-    full = {
-        k: replay(h, patience=cfg.early_stop_patience, min_gain=0.0, cfg=cfg) for k, h in histories.items()
-    }
+    """The engine's screened schedule replayed on trajectories whose unscreened outcome is ``full``: a
+    first pass of ``first`` steps, the screening rule, the others to their early stop, the rule checked
+    again on the final norms (resumed labels run to the end). Returns every label's norm and steps, and
+    the labels left screened."""
+
+    def reached() -> set[int]:  # as the engine: the labels whose trigger has reached the threshold so far
+        return {k for k, v in norms.items() if math.isfinite(v)}
+
     undecided = [k for k in histories if full[k].steps > first]
     norms = {k: full[k].norm for k in histories}
     norms.update({k: best_within(histories[k], first, cfg) for k in undecided})
-    reached = {k for k, v in norms.items() if math.isfinite(v)}
-    rule = {"shrink": shrink, "threshold": threshold, "eligible": reached}
-    chosen = choose_screened(norms, [k for k in undecided if k in reached], **rule)
+    rule = {"shrink": shrink, "threshold": threshold}
+    eligible = reached()
+    chosen = choose_screened(norms, [k for k in undecided if k in eligible], eligible=eligible, **rule)
     norms.update({k: full[k].norm for k in histories if k not in chosen})
-    while again := labels_to_resume(norms, chosen, **rule):
+    while again := labels_to_resume(norms, chosen, eligible=reached(), **rule):
         chosen = [k for k in chosen if k not in again]
         norms.update({k: full[k].norm for k in again})
     steps = {k: first if k in chosen else full[k].steps for k in histories}
@@ -131,10 +137,11 @@ def judge(norms: dict[int, float]) -> tuple[list[int], list[int]]:
     labels = sorted(norms)
     values = [norms[k] for k in labels]
     eligible = [math.isfinite(v) for v in values]
-    return tuple(  # type: ignore[return-value]
+    l1, log = (
         sorted(mad_outlier_test(values, eligible=eligible, names=labels, statistic=st).flagged)
         for st in ("l1", "log")
     )
+    return l1, log
 
 
 @dataclass
@@ -143,15 +150,19 @@ class Outcome:
     images: int
     flags: tuple[list[int], list[int]]
     drift: float  # largest relative change of a flagged label's norm against the reference outcome
-    extra: str = ""
 
 
 def compare(
-    name: str, norms: dict[int, float], steps: dict[int, int], base: dict[int, float], per_step: int
+    name: str,
+    norms: dict[int, float],
+    steps: dict[int, int],
+    base: tuple[dict[int, float], tuple[list[int], list[int]]],
+    per_step: int,
 ) -> Outcome:
-    flags, base_flags = judge(norms), judge(base)
+    """A replayed outcome against the reference's norms and flags (``base``)."""
+    flags, (base_norms, base_flags) = judge(norms), base
     flagged = {*flags[0], *flags[1], *base_flags[0], *base_flags[1]}
-    drift = max((abs(norms[k] / base[k] - 1) for k in flagged), default=0.0)
+    drift = max((abs(norms[k] / base_norms[k] - 1) for k in flagged), default=0.0)
     return Outcome(name, sum(steps.values()) * per_step, flags, drift)
 
 
@@ -177,16 +188,8 @@ def table(title: str, results: dict[str, list[Outcome]], reference: str) -> None
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="mnist-sample")
-    p.add_argument("--archs", default="mnist,bn-cnn,resnet")
-    p.add_argument("--clean", action="store_true")
-    p.add_argument("--zoo", type=Path)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scan-seed", type=int, default=123)
-    p.add_argument("--samples", type=int, default=1000)
+    add_subject_options(p)
     p.add_argument("--max-steps", type=int, default=400)
-    p.add_argument("--models", type=Path, default=Path("runs/bench-models"))
     p.add_argument("--cache", type=Path, default=Path("runs/stopping"))
     p.add_argument("--first", default="20,30,40,60", help="first-pass lengths to replay screening with")
     p.add_argument("--shrink", default="0.7,0.8,0.85,0.9", help="screening shrink factors to replay")
@@ -201,8 +204,12 @@ def main() -> None:
     for subject in subjects(args):
         report = long_scan(subject, args)
         histories = {r.label: r.history for r in report.labels}
-        full = {k: replay(h, patience=25, min_gain=0.0, cfg=cfg) for k, h in histories.items()}
-        base = {k: o.norm for k, o in full.items()}
+        full = {
+            k: replay(h, patience=cfg.early_stop_patience, min_gain=0.0, cfg=cfg)
+            for k, h in histories.items()
+        }
+        base_norms = {k: o.norm for k, o in full.items()}
+        base = (base_norms, judge(base_norms))
         capped = [k for k, o in full.items() if o.steps >= args.max_steps]
         if capped:
             print(f"{subject.name}: labels {capped} ran to --max-steps {args.max_steps} without stopping")
@@ -217,19 +224,20 @@ def main() -> None:
             )
             rules.setdefault(f"patience {patience}, gain >{gain:.0%}", []).append(outcome)
         screening.setdefault("no screening", []).append(
-            compare(subject.name, base, {k: o.steps for k, o in full.items()}, base, per_step)
+            compare(subject.name, base_norms, {k: o.steps for k, o in full.items()}, base, per_step)
         )
         for first in firsts:
             for shrink in (float(v) for v in args.shrink.split(",")):
-                norms, steps, chosen = screened_run(
-                    histories, first=first, shrink=shrink, threshold=2.0, cfg=cfg
+                norms, steps, _ = screened_run(
+                    histories, full, first=first, shrink=shrink, threshold=2.0, cfg=cfg
                 )
                 outcome = compare(subject.name, norms, steps, base, per_step)
                 screening.setdefault(f"first {first}, shrink {shrink:g}", []).append(outcome)
-        median = float(np.nanmedian(list(base.values())))
+        median = float(np.nanmedian(list(base_norms.values())))
         for first in firsts:
-            above = [base[k] / best_within(h, first, cfg) for k, h in histories.items() if base[k] > median]
-            below = [base[k] / best_within(h, first, cfg) for k, h in histories.items() if base[k] <= median]
+            ratio = {k: base_norms[k] / best_within(h, first, cfg) for k, h in histories.items()}
+            above = [r for k, r in ratio.items() if base_norms[k] > median]
+            below = [r for k, r in ratio.items() if base_norms[k] <= median]
             ratios.append(
                 f"  {subject.name:<28} {first:>5}  {np.nanmin(above):>9.2f} {np.nanmedian(above):>9.2f}"
                 f"  {np.nanmin(below):>9.2f} {np.nanmedian(below):>9.2f}"
