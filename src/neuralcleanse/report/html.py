@@ -77,6 +77,11 @@ def _text(sentence: str) -> str:
     return html.escape(sentence, quote=False)
 
 
+def _paragraph(line: str, end: str = ".") -> str:
+    """One of the library's lines (lower-case, no full stop) as a paragraph of the page."""
+    return f"<p>{html.escape(line[:1].upper() + line[1:])}{end}</p>"
+
+
 def _verdict(report: DetectionReport) -> tuple[str, str]:
     stat = report.outlier_statistic
     if report.verdict == "backdoored":
@@ -196,7 +201,7 @@ def _validation_html(v: ValidationResult) -> str:
         f"<tr><td class=l>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
         for a, b, c in v.rows()
     )
-    extra = "".join(f"<p>{html.escape(line[:1].upper() + line[1:])}.</p>" for line in v.lines())
+    extra = "".join(_paragraph(line) for line in v.lines())
     return (
         f"<h2>Is the reversed trigger the real one? (label {v.label}, layer <code>{html.escape(v.layer)}</code>)</h2>"
         f"<table><thead><tr><th class=l></th><th>reversed</th><th>real</th></tr></thead><tbody>{body}</tbody></table>{extra}"
@@ -210,7 +215,7 @@ def _details_table(t: DetailsTable) -> str:
         )
 
     rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in t.rows)
-    title = f"<p>{html.escape(t.title[:1].upper() + t.title[1:])}:</p>" if t.title else ""
+    title = _paragraph(t.title, ":") if t.title else ""
     return f"{title}<table><thead><tr>{cells(t.columns, 'th')}</tr></thead><tbody>{rows}</tbody></table>"
 
 
@@ -220,7 +225,7 @@ def _mitigation_html(m: MitigationResult, figures: dict[str, bytes]) -> str:
         for k, x, y in m.rows()
     )
     d = m.details
-    extra = "".join(f"<p>{html.escape(line[:1].upper() + line[1:])}.</p>" for line in d.lines())
+    extra = "".join(_paragraph(line) for line in d.lines())
     table = d.table()
     if table is not None:
         extra += _details_table(table)
