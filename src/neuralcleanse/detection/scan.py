@@ -211,8 +211,8 @@ class NeuralCleanse:
         stat.check(reference=reference is not None or own is not None)
         if own is not None and not stat.needs_reference:
             raise SettingsError(
-                f"self_reference makes a reference for a statistic that uses one; the {stat.name} statistic "
-                "does not, so the student and its scan would be wasted"
+                f"self_reference (--self-reference) distils a student as the reference of a statistic that "
+                f"uses one; the {stat.name} statistic does not, so the student and its scan would be wasted"
             )
         self.device = resolve_device(device)
         settings = (settings or ReverseSettings()).for_device(self.device)
