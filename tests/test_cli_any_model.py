@@ -42,10 +42,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.savez(root / "clean.npz", x=images.numpy(), y=labels.numpy())
     batch = ({0: torch.export.Dim("batch")},)
     torch.export.save(torch.export.export(model, (images[:2],), dynamic_shapes=batch), root / "net.pt2")
+    bounded = ({0: torch.export.Dim("batch", min=1, max=4096)},)  # a batch range of the exporter's own
+    program = torch.export.export(model, (images[:2],), dynamic_shapes=bounded)
+    torch.export.save(program, root / "net-bounded.pt2")
     save_file(model.state_dict(), root / "net.safetensors")
     torch.jit.save(torch.jit.trace(model, images[:2]), root / "net.ts")  # type: ignore[no-untyped-call]
-    return {"pt2": root / "net.pt2", "safetensors": root / "net.safetensors", "ts": root / "net.ts",
-            "data": root / "clean.npz", "root": root}  # fmt: skip
+    return {"pt2": root / "net.pt2", "pt2-bounded": root / "net-bounded.pt2", "safetensors": root / "net.safetensors",
+            "ts": root / "net.ts", "data": root / "clean.npz", "root": root}  # fmt: skip
 
 
 def _load_args(files: dict[str, Path], fmt: str) -> list[str]:
@@ -65,7 +68,7 @@ def _scan(capsys: pytest.CaptureFixture[str], files: dict[str, Path], fmt: str) 
     return out
 
 
-@pytest.mark.parametrize("fmt", ["pt2", "safetensors"])
+@pytest.mark.parametrize("fmt", ["pt2", "pt2-bounded", "safetensors"])
 def test_validate_and_mitigate_any_model_file(
     fmt: str, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -76,7 +79,7 @@ def test_validate_and_mitigate_any_model_file(
     assert code == 0, err
     assert (out / "validation.json").is_file() and f"written to {out}" in stdout.replace("\n", "")
 
-    saved = {"pt2": "model.pt2", "safetensors": "model.safetensors"}[fmt]
+    saved = {"pt2": "model.pt2", "pt2-bounded": "model.pt2", "safetensors": "model.safetensors"}[fmt]
     for method, extra in [
         ("filter", []),
         ("prune", []),
@@ -96,8 +99,8 @@ def test_validate_and_mitigate_any_model_file(
         # the repaired model loads back in the same way and scans
         kwargs = {"arch": ARCH, "input_shape": (3, 32, 32)} if fmt == "safetensors" else {}
         loaded = nc.load_model(out / saved, **kwargs)  # type: ignore[arg-type]
-        assert loaded.format == ("export" if fmt == "pt2" else "safetensors")
-        if fmt == "pt2":
+        assert loaded.format == ("safetensors" if fmt == "safetensors" else "export")
+        if fmt != "safetensors":
             assert loaded.static_batch is None  # the input program had a dynamic batch
         again = nc.scan(
             loaded, torch.rand(8, 3, 32, 32), scan_labels=[0], max_steps=1, batch_size=4, batches_per_step=1

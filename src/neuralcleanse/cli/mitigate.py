@@ -140,6 +140,15 @@ def _network(repaired: Any) -> Any:
             return net
 
 
+def _dynamic_batch(program: Any) -> bool:
+    """Whether an exported program's (first) input has a symbolic batch size."""
+    import torch
+
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    return isinstance(node.meta["val"].shape[0], torch.SymInt)
+
+
 def _save_repaired(
     tmp: Path, repaired: Any, case: Case, method: str, result: MitigationResult
 ) -> tuple[str, str]:
@@ -166,13 +175,20 @@ def _save_repaired(
             raise ModelError(f"{loaded.path}: the program does not say its input shape; cannot re-export it")
         batch = loaded.static_batch or 2
         example = torch.zeros(batch, *shape, device=next(network.parameters()).device)
-        dynamic = None if loaded.static_batch else ({0: torch.export.Dim("batch")},)
+        # AUTO: the batch keeps the range the input program gave it (a program exported with a bounded
+        # batch, e.g. at most 4096, refuses an unbounded one)
+        dynamic = None if loaded.static_batch else ({0: torch.export.Dim.AUTO},)
         try:
             program = torch.export.export(network, (example,), dynamic_shapes=dynamic)
         except Exception as exc:  # noqa: BLE001 (torch raises many kinds; one line for the user)
             raise ModelError(
                 f"the repaired model cannot be re-exported with torch.export ({first_line(exc, limit=160)})"
             ) from None
+        if not loaded.static_batch and not _dynamic_batch(program):
+            raise ModelError(
+                "the repaired model cannot be re-exported with torch.export with a dynamic batch (the input "
+                "program had one)"
+            )
         torch.export.save(program, tmp / "model.pt2")
         what = "a torch.export program, " + (
             f"fixed batch {batch}" if loaded.static_batch else "dynamic batch"
