@@ -6,8 +6,10 @@
 
 Modes (``ReverseSettings``):
 
-* ``default``: today's default — steps of 4 × 32 images, bf16 where the CPU/GPU has it, channels-last,
-  screening;
+* ``default``: today's default — steps of 2 × 32 images, 99% attack success over the last two steps,
+  bf16 where the CPU/GPU has it, channels-last, screening (with a measured floor from 30 labels on);
+* ``previous``: the default before it — steps of 4 × 32 images, 99% over one step, screening with the
+  assumed floor only;
 * ``exhaustive``: the full schedule in fp32, steps of 8 × 32, every label to the end (the default before
   the fast schedule: the reference it must agree with);
 * ``sequential``: the original code's schedule, one label at a time, steps of 31 × 32;
@@ -24,8 +26,9 @@ recipe); with ``--zoo DIR`` it scans every model directory of a zoo. Each model'
 forward+backward images/s is measured first, in fp32 and in the default's mode, at batches of 32-512;
 "% peak" is the scan's images/s (set-up included) over the best of them.
 
-Scan reports are cached under ``--cache`` per model and mode (the references take long); a cached one
-is marked ``*`` and its seconds are from the run that made it (``--fresh`` re-runs everything).
+Scan reports are cached under ``--cache`` per model and settings (the references take long; a report
+cached under another mode name with the same settings is found); a cached one is marked ``*`` and its
+seconds are from the run that made it (``--fresh`` re-runs everything).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import sys
@@ -49,7 +54,7 @@ from neuralcleanse.device import native_bf16
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_modes import step_rate  # noqa: E402
 
-MODES = ("default", "exhaustive", "sequential", "loop")
+MODES = ("default", "previous", "exhaustive", "sequential", "loop")
 
 
 def settings_for(mode: str, *, seed: int, samples: int) -> ReverseSettings:
@@ -67,6 +72,8 @@ def settings_for(mode: str, *, seed: int, samples: int) -> ReverseSettings:
 def _base_settings(mode: str, *, seed: int, samples: int) -> ReverseSettings:
     if mode == "default":
         return ReverseSettings(seed=seed)
+    if mode == "previous":
+        return ReverseSettings(seed=seed, batches_per_step=4, success_window=1, screen_sample=0)
     if mode == "exhaustive":
         return ReverseSettings.exhaustive(seed=seed)
     if mode == "sequential":
@@ -120,6 +127,7 @@ def add_subject_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-seed", type=int, default=123)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--models", type=Path, default=Path("runs/bench-models"))
+    p.add_argument("--only", help="with --zoo: only these model directories (comma-separated names)")
 
 
 def subjects(args: argparse.Namespace) -> list[Subject]:
@@ -134,6 +142,8 @@ def subjects(args: argparse.Namespace) -> list[Subject]:
     found = []
     datasets: dict[str, nc.DatasetSplits] = {}
     for card in sorted(args.zoo.glob("*/card.json")):
+        if args.only and card.parent.name not in args.only.split(","):
+            continue
         bundle = nc.load_model_dir(card.parent)
         name = bundle.card.dataset
         data = datasets.setdefault(name, nc.load_dataset(name))
@@ -156,11 +166,34 @@ def peak(model: torch.nn.Module, shape: tuple[int, int, int], seconds: float) ->
     return best, where
 
 
+def effective(settings: ReverseSettings, labels: int) -> dict[str, object]:
+    """The settings that decide a scan of ``labels`` labels: the many-label sample's when it applies."""
+    d = settings.for_device("cpu").to_dict()
+    if not (settings.screening and settings.screen_sample and labels >= settings.screen_sample_from):
+        for name in ("screen_sample", "screen_sample_from", "screen_margin"):
+            d.pop(name)
+    return d
+
+
+def cached(folder: Path, settings: ReverseSettings, samples: int, labels: int) -> DetectionReport | None:
+    """A report under ``folder`` scanned with the same effective settings and samples, whatever mode name
+    it was cached under: a mode's meaning changes when the default does."""
+    want = effective(settings, labels)
+    for found in sorted(folder.glob(f"*-n{samples}/report.json")):
+        stored = json.loads(found.read_text())["settings"]
+        if effective(ReverseSettings.from_dict(stored), labels) == want:
+            return DetectionReport.load(found.parent)
+    return None
+
+
 def scan(subject: Subject, mode: str, args: argparse.Namespace) -> tuple[DetectionReport, bool]:
-    path = args.cache / subject.bundle.card.weights_sha256[:12] / f"{mode}-s{args.scan_seed}-n{args.samples}"
-    if path.exists() and not args.fresh:
-        return DetectionReport.load(path), True
+    folder = args.cache / subject.bundle.card.weights_sha256[:12]
     settings = settings_for(mode, seed=args.scan_seed, samples=args.samples)
+    report = None if args.fresh else cached(folder, settings, args.samples, subject.data.num_classes)
+    if report is not None:
+        return report, True
+    digest = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    path = folder / f"{mode.split('+')[0]}-{digest}-s{args.scan_seed}-n{args.samples}"
     detector = NeuralCleanse(subject.bundle.model, settings=settings, device="cpu")
     report = detector.scan(subject.data.test, samples=args.samples)
     report.save(path, force=True, images=False)

@@ -46,14 +46,14 @@ def _drive(
 
 
 def test_cost_starts_at_zero_and_is_set_after_patience_steps() -> None:
-    cfg = ReverseSettings(init_cost=1e-3, patience=5)
+    cfg = ReverseSettings(init_cost=1e-3, patience=5, success_window=1)
     s = _state()
     costs = _drive(s, [0.5] * 7 + [1.0] * 5, cfg)
     assert costs[:11] == [0.0] * 11 and costs[11] == 1e-3
 
 
 def test_cost_goes_up_and_down() -> None:
-    cfg = ReverseSettings(init_cost=1e-3, patience=5)
+    cfg = ReverseSettings(init_cost=1e-3, patience=5, success_window=1)
     s = _state()
     costs = _drive(s, [1.0] * 5 + [1.0] * 5 + [0.0] * 5, cfg)
     assert costs[4] == 1e-3  # set
@@ -62,7 +62,7 @@ def test_cost_goes_up_and_down() -> None:
 
 
 def test_best_only_counts_steps_at_the_threshold() -> None:
-    cfg = ReverseSettings()
+    cfg = ReverseSettings(success_window=1)
     s = _state()
     _drive(s, [0.98, 0.995, 0.5, 1.0], cfg, regs=[1.0, 8.0, 2.0, 9.0])
     assert s.best_reg == 8.0 and s.best_step == 2 and s.reached
@@ -70,7 +70,7 @@ def test_best_only_counts_steps_at_the_threshold() -> None:
 
 
 def test_early_stop_needs_both_directions_and_no_improvement() -> None:
-    cfg = ReverseSettings(patience=1, early_stop_patience=3)
+    cfg = ReverseSettings(patience=1, early_stop_patience=3, success_window=1)
     s = _state()
     _drive(s, [1.0], cfg, regs=[5.0])  # cost set (patience 1)
     _drive(s, [1.0] * 5, cfg, regs=[5.0] * 5)  # goes up every step, no improvement; down never happened
@@ -79,6 +79,21 @@ def test_early_stop_needs_both_directions_and_no_improvement() -> None:
     assert s.down_flag
     _drive(s, [1.0], cfg, regs=[5.0])
     assert s.done and s.stop_reason == "early_stop"
+
+
+def test_success_is_measured_over_the_last_steps() -> None:
+    cfg = ReverseSettings(success_window=2, attack_threshold=0.99, init_cost=1e-3, patience=2)
+    s = _state()
+    # one miss in 64 images (0.984) after a perfect step is 0.992 over the window: counts
+    _drive(s, [1.0, 0.984375, 0.984375, 1.0], cfg, regs=[9.0, 8.0, 7.0, 6.0])
+    assert s.best_reg == 6.0 and s.best_step == 4
+    assert s.recent_asr == [0.984375, 1.0]
+    s = _state()
+    _drive(s, [1.0, 0.984375], cfg, regs=[9.0, 8.0])
+    assert s.best_reg == 8.0  # (1 + 0.984) / 2 >= 0.99
+    s = _state()
+    _drive(s, [0.984375, 0.984375], cfg, regs=[9.0, 8.0])
+    assert not s.reached and s.cost == 0.0  # two steps with a miss each: 0.984 < 0.99
 
 
 def test_max_steps_stops() -> None:

@@ -12,7 +12,14 @@ from torch import nn
 from neuralcleanse import NeuralCleanse, ReverseSettings, SettingsError
 from neuralcleanse.detection.engine import reverse_engineer
 from neuralcleanse.detection.outlier import mad_outlier_test
-from neuralcleanse.detection.schedule import choose_screened, labels_to_resume, verdict_holds
+from neuralcleanse.detection.schedule import (
+    calibration_sample,
+    choose_screened,
+    labels_to_resume,
+    measured_shrink,
+    protected,
+    verdict_holds,
+)
 
 RULE = {"shrink": 0.7, "threshold": 2.0}
 #: a clear backdoor at label 0 among 9 ordinary labels and two very hard ones
@@ -78,10 +85,55 @@ def test_labels_are_resumed_when_the_final_norms_leave_the_verdict_open() -> Non
     assert labels_to_resume(CLEAR, [8, 9], **RULE) == []
 
 
+# ---- many labels: a floor measured on a sample ----------------------------------------------------------
+
+#: 40 labels spread around 100, one planted label far below
+MANY = {k: 100.0 + 40.0 * ((k * 7) % 40 - 20) / 20 for k in range(40)} | {0: 8.0}
+
+
+def test_labels_half_way_to_a_flag_are_protected() -> None:
+    # median 99, MAD 1.4826 * 20 = 29.65: below 69.35 is more than one MAD under the median
+    guarded = protected(MANY, list(MANY), threshold=2.0)
+    assert guarded == [0, 6, 12, 23, 29] and all(MANY[k] < 69.35 < MANY[35] for k in guarded)
+    assert protected(MANY, list(MANY), threshold=4.0) == [0]  # two MADs: only the planted label
+    assert protected({1: 5.0, 2: 6.0}, [1, 2], threshold=2.0) == [1, 2]  # too few values: all
+
+
+def test_the_calibration_sample_spreads_over_the_ranks() -> None:
+    values = {k: float(k) for k in range(40)}
+    assert calibration_sample(values, list(values), 4) == [5, 15, 25, 35]
+    assert calibration_sample(values, [3, 9], 4) == [3, 9]
+
+
+def test_the_measured_floor_is_the_smallest_ratio_with_a_margin() -> None:
+    assert measured_shrink({1: 10.0, 2: 20.0}, {1: 9.0, 2: 16.0}, margin=0.9) == pytest.approx(0.72)
+    assert measured_shrink({}, {}, margin=0.9) == 1e-3
+
+
+def test_below_the_median_only_with_a_measured_floor() -> None:
+    below = [k for k in MANY if 70.0 < MANY[k] < 100.0][:3]
+    assert not verdict_holds(MANY, below, shrink=0.9, threshold=2.0)
+    assert verdict_holds(MANY, below, shrink=0.9, threshold=2.0, below_median=True)
+    chosen = choose_screened(MANY, list(range(1, 40)), shrink=0.9, threshold=2.0, below_median=True)
+    above_only = choose_screened(MANY, list(range(1, 40)), shrink=0.9, threshold=2.0)
+    assert 0 not in chosen and len(chosen) == 26 and len(above_only) <= 19
+    for factor in (0.9, 1.0):
+        assert _tests_agree(MANY, chosen, factor)
+
+
 def test_screening_settings_are_checked() -> None:
     assert ReverseSettings().screening is True and ReverseSettings.exhaustive().screening is False
     assert ReverseSettings.original().screening is False
-    for bad in ({"screen_shrink": 0.0}, {"screen_shrink": 1.5}, {"screen_steps": 0}):
+    bad_settings = (
+        {"screen_shrink": 0.0},
+        {"screen_shrink": 1.5},
+        {"screen_steps": 0},
+        {"screen_margin": 0},
+        {"screen_sample": -1},
+        {"screen_sample_from": 2},
+        {"success_window": 0},
+    )
+    for bad in bad_settings:
         with pytest.raises(SettingsError):
             ReverseSettings(**bad)
     with pytest.raises(SettingsError):
@@ -145,13 +197,54 @@ def test_screened_results_do_not_depend_on_the_labels_beside_them() -> None:
         assert a.step == b.step and a.l1_norm() == pytest.approx(b.l1_norm(), rel=1e-5)
 
 
+def many_label_model(classes: int = 30) -> nn.Module:
+    """A linear 8×8 classifier with ``classes`` labels of spread difficulty, label 0 planted."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, classes)
+    with torch.no_grad():
+        lin.weight.normal_(0, 0.3)
+        lin.bias.copy_(-torch.linspace(2, 6, classes)[torch.randperm(classes)])
+        lin.weight[0, 63] = 40.0
+        lin.bias[0] = -30.0
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+#: long enough for the first pass (30 steps) to end before most labels converge
+MANY_TINY = TINY.replace(early_stop_patience=8, max_steps=80)
+MANY_FAST = MANY_TINY.replace(screening=True, screen_steps=30, screen_sample=4, screen_sample_from=10)
+
+
+def test_many_labels_measure_their_floor_on_a_sample_and_screen_below_the_median() -> None:
+    model = many_label_model()
+    full = NeuralCleanse(model, settings=MANY_TINY).scan(IMAGES, samples=None)
+    fast = NeuralCleanse(model, settings=MANY_FAST).scan(IMAGES, samples=None)
+    assert fast.flagged == full.flagged and fast.verdict == full.verdict
+    note = next(n for n in fast.notes if n.startswith("screening:"))
+    assert "measured on labels [6, 9, 10, 21] run to the end" in note and "statistical" in note
+    for k in (6, 9, 10, 21):  # the sample ran exactly as in the full scan
+        assert fast.label(k).steps == full.label(k).steps and fast.label(k).stop_reason == "early_stop"
+    screened = fast.screened
+    assert len(screened) >= 10 and sum(full.label(k).l1_norm < full.median for k in screened) >= 5
+    for k, (lower, upper) in screened.items():  # the measured floor held on this model
+        assert lower <= full.label(k).l1_norm * (1 + 1e-5) and full.label(k).l1_norm <= upper * (1 + 1e-5)
+    assert fast.run["images_processed"] < 0.92 * full.run["images_processed"]
+    few = NeuralCleanse(model, settings=MANY_FAST.replace(screen_sample_from=31)).scan(IMAGES, samples=None)
+    assert all(few.label(k).l1_norm > few.median for k in few.screened)  # under 31 labels: the assumed floor
+
+
 class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("kill_at", [10, 60, 80])  # in the first pass, right after it, among the candidates
-def test_killed_screened_scan_resumes_to_the_same_result(tmp_path: Path, kill_at: int) -> None:
-    nc = NeuralCleanse(planted_model(), settings=TINY.replace(screening=True, parallel_labels=3))
+@pytest.mark.parametrize(
+    ("kill_at", "classes"),
+    [(10, 8), (60, 8), (80, 8), (312, 30), (330, 30)],  # first pass, after it, candidates; sample, after it
+)
+def test_killed_screened_scan_resumes_to_the_same_result(tmp_path: Path, kill_at: int, classes: int) -> None:
+    if classes == 8:
+        nc = NeuralCleanse(planted_model(), settings=TINY.replace(screening=True, parallel_labels=3))
+    else:
+        nc = NeuralCleanse(many_label_model(classes), settings=MANY_FAST.replace(parallel_labels=3))
     reference = nc.scan(IMAGES, samples=None)
     calls = [0]
 

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from ..errors import DataError
 from ..modes import frozen_eval
 from .memory import plan_parallel_labels
-from .schedule import choose_screened, labels_to_resume
+from .schedule import calibration_sample, choose_screened, labels_to_resume, measured_shrink, protected
 from .settings import ReverseSettings
 
 __all__ = ["LabelState", "StepSnapshot", "reverse_engineer"]
@@ -79,12 +79,14 @@ class LabelState:
     early_best: float = math.inf
     early_counter: int = 0
     last_asr: float = 0.0
+    recent_asr: list[float] = field(default_factory=list)  # the last success_window steps' attack success
     last_reg: float = math.nan
     last_loss: float = math.nan
     done: bool = False
     stop_reason: str = ""
     screen_decided: bool = False  # the screening rule has looked at this label after its first pass
     screened_bound: float = math.nan  # a screened label's lower bound on its norm (its norm is the upper)
+    first_pass_l1: float = math.nan  # the norm after the screening first pass
     images_seen: int = 0
     history: list[list[float]] = field(default_factory=list)  # [step, cost, asr, l1, loss]
 
@@ -197,9 +199,12 @@ def _misclassification(logits: torch.Tensor, targets: torch.Tensor, kind: str) -
 def _apply_schedule(
     s: LabelState, asr: float, reg: float, cfg: ReverseSettings, mask: torch.Tensor, pattern: torch.Tensor
 ) -> None:
-    """One step's bookkeeping, in the original code's order: best, early stop, cost."""
+    """One step's bookkeeping, in the original code's order: best, early stop, cost. The attack success
+    compared with the threshold is the mean over the last ``success_window`` steps."""
     s.step += 1
     s.last_asr, s.last_reg = asr, reg
+    s.recent_asr = [*s.recent_asr, asr][-cfg.success_window :]
+    asr = sum(s.recent_asr) / len(s.recent_asr)
     if asr >= cfg.attack_threshold and reg < s.best_reg:
         s.best_reg, s.best_step, s.best_asr = reg, s.step, asr
         s.best_mask, s.best_pattern = mask.clone(), pattern.clone()
@@ -423,16 +428,35 @@ def _screened_schedule(
     run: Callable[[list[int], int | None], None],
     on_note: Callable[[str], None] | None,
 ) -> None:
-    """First pass, screening decision, the candidates to the end, then the check on final norms."""
+    """First pass, (with many labels) a sample to the end, the screening decision, the candidates to the
+    end, then the check on final norms. Every decision is a function of the labels' states, so a resumed
+    scan takes the same ones."""
     run(labels, cfg.screen_steps)
+    for k in labels:
+        if math.isnan(states[k].first_pass_l1):
+            states[k].first_pass_l1 = states[k].l1_norm()
     reached = {k for k in labels if states[k].reached}
-    rule = {"shrink": cfg.screen_shrink, "threshold": threshold}
+    first = {k: states[k].first_pass_l1 for k in labels}
+    sample: list[int] = []
+    guard: list[int] = []
+    rule: dict[str, Any] = {"shrink": cfg.screen_shrink, "threshold": threshold}
+    if cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from:
+        guard = protected(first, sorted(reached), threshold=threshold)
+        pool = [k for k in labels if k in reached and k not in guard]
+        sample = calibration_sample(first, pool, cfg.screen_sample)
+        run(sample, None)
+        final = {k: states[k].l1_norm() for k in sample if states[k].stop_reason != "nan"}
+        rule = {
+            "shrink": measured_shrink({k: first[k] for k in final}, final, margin=cfg.screen_margin),
+            "threshold": threshold,
+            "below_median": True,
+        }
     undecided = [k for k in labels if not states[k].done and not states[k].screen_decided]
     if undecided:
         values = {k: states[k].l1_norm() for k in labels}
-        candidates = [k for k in undecided if k in reached]
+        candidates = [k for k in undecided if k in reached and k not in guard]
         for k in choose_screened(values, candidates, eligible=reached, **rule):
-            _screen(states[k], cfg.screen_shrink)
+            _screen(states[k], rule["shrink"])
         for k in undecided:
             states[k].screen_decided = True
     while True:
@@ -449,12 +473,29 @@ def _screened_schedule(
             s.done, s.stop_reason, s.screened_bound = False, "", math.nan
     screened = [k for k in labels if states[k].stop_reason == "screened"]
     if screened and on_note is not None:
-        bounds = ", ".join(f"{k}: {states[k].screened_bound:.1f}-{states[k].l1_norm():.1f}" for k in screened)
-        on_note(
-            f"screening: labels {screened} stopped after {cfg.screen_steps} steps with norms assumed to lie "
-            f"in ({bounds}); the outlier test flags the same labels (threshold {threshold:g}, L1 and log "
-            "statistics) for any norms in those ranges; their upper values are used in the test"
-        )
+        on_note(_screening_note(states, screened, cfg, threshold, sample, rule["shrink"]))
+
+
+def _screening_note(
+    states: dict[int, LabelState],
+    screened: list[int],
+    cfg: ReverseSettings,
+    threshold: float,
+    sample: list[int],
+    shrink: float,
+) -> str:
+    bounds = ", ".join(f"{k}: {states[k].screened_bound:.1f}-{states[k].l1_norm():.1f}" for k in screened)
+    floor = (
+        f"a floor of {shrink:.2f} of the first-pass norm, measured on labels {sample} run to the end "
+        f"(their smallest final/first-pass ratio times {cfg.screen_margin:g}): a statistical bound"
+        if sample
+        else f"an assumed floor of {shrink:g} of the first-pass norm"
+    )
+    return (
+        f"screening: labels {screened} stopped after {cfg.screen_steps} steps with norms assumed to lie in "
+        f"({bounds}), {floor}; the outlier test flags the same labels (threshold {threshold:g}, L1 and log "
+        "statistics) for any norms in those ranges; their upper values are used in the test"
+    )
 
 
 def _screen(s: LabelState, shrink: float) -> None:

@@ -43,7 +43,14 @@ import numpy as np
 
 from .outlier import CONSISTENCY
 
-__all__ = ["verdict_holds", "choose_screened", "labels_to_resume"]
+__all__ = [
+    "verdict_holds",
+    "choose_screened",
+    "labels_to_resume",
+    "protected",
+    "calibration_sample",
+    "measured_shrink",
+]
 
 _LOG_FLOOR = 1e-6
 
@@ -85,12 +92,15 @@ def verdict_holds(
     shrink: float,
     threshold: float,
     eligible: Collection[int] | None = None,
+    below_median: bool = False,
 ) -> bool:
     """Whether the labels in ``screened`` may keep their upper values (module docstring).
 
     ``values`` holds every label's current L1 norm (NaN/inf: left out, as the outlier test does);
     ``eligible`` the labels that may be flagged (default: all; a label whose trigger never reached the
-    attack threshold counts in the median and MAD but cannot be flagged).
+    attack threshold counts in the median and MAD but cannot be flagged). Screened labels must lie above
+    the median unless ``below_median`` (many labels, with a shrink measured on a sample: see
+    :func:`calibration_sample`).
     """
     if not screened:
         return True
@@ -99,7 +109,7 @@ def verdict_holds(
         return False
     labels = sorted(finite)
     hi = np.array([finite[k] for k in labels], dtype=np.float64)
-    if any(finite[k] <= float(np.median(hi)) for k in screened):
+    if not below_median and any(finite[k] <= float(np.median(hi)) for k in screened):
         return False  # only labels above the median stop early: small triggers are always optimised
     lo = np.array([finite[k] * (shrink if k in screened else 1.0) for k in labels], dtype=np.float64)
     may_flag = np.array([eligible is None or k in eligible for k in labels], dtype=bool)
@@ -117,14 +127,14 @@ def choose_screened(
     shrink: float,
     threshold: float,
     eligible: Collection[int] | None = None,
+    below_median: bool = False,
 ) -> list[int]:
     """The labels of ``candidates`` to stop after the first pass: the largest norms first, each added
     while :func:`verdict_holds` still holds for the whole set."""
+    rule = {"shrink": shrink, "threshold": threshold, "eligible": eligible, "below_median": below_median}
     chosen: list[int] = []
     for k in sorted(candidates, key=lambda k: (-values[k], k)):
-        if math.isfinite(values[k]) and verdict_holds(
-            values, [*chosen, k], shrink=shrink, threshold=threshold, eligible=eligible
-        ):
+        if math.isfinite(values[k]) and verdict_holds(values, [*chosen, k], **rule):
             chosen.append(k)
     return sorted(chosen)
 
@@ -136,11 +146,42 @@ def labels_to_resume(
     shrink: float,
     threshold: float,
     eligible: Collection[int] | None = None,
+    below_median: bool = False,
 ) -> list[int]:
     """Screened labels that must run to the end after all (the rule no longer holds with the other
     labels' final norms): the smallest upper values first, until the rule holds for the rest."""
+    rule = {"shrink": shrink, "threshold": threshold, "eligible": eligible, "below_median": below_median}
     keep = sorted(screened, key=lambda k: (-values[k], k))
     resume: list[int] = []
-    while keep and not verdict_holds(values, keep, shrink=shrink, threshold=threshold, eligible=eligible):
+    while keep and not verdict_holds(values, keep, **rule):
         resume.append(keep.pop())
     return sorted(resume)
+
+
+def protected(values: Mapping[int, float], labels: Collection[int], *, threshold: float) -> list[int]:
+    """Labels of ``labels`` whose value lies more than ``threshold / 2`` MADs below the median of the
+    finite ``values``: half-way to being flagged, so never screened with a measured shrink."""
+    finite = np.array([v for v in values.values() if math.isfinite(v)], dtype=np.float64)
+    if len(finite) < 3:
+        return sorted(labels)
+    median = float(np.median(finite))
+    mad = CONSISTENCY * float(np.median(np.abs(finite - median)))
+    return sorted(k for k in labels if not math.isfinite(values[k]) or median - values[k] > threshold / 2 * mad)
+
+
+def calibration_sample(values: Mapping[int, float], candidates: Collection[int], size: int) -> list[int]:
+    """``size`` labels of ``candidates`` at evenly spaced ranks of their ``values`` (the middle of each of
+    ``size`` equal slices): the labels run to the end to measure how much the others would still shrink."""
+    ordered = sorted(candidates, key=lambda k: (values[k], k))
+    if len(ordered) <= size:
+        return sorted(ordered)
+    return sorted({ordered[int((i + 0.5) * len(ordered) / size)] for i in range(size)})
+
+
+def measured_shrink(first: Mapping[int, float], final: Mapping[int, float], *, margin: float) -> float:
+    """The smallest ratio of a sample label's final norm to its first-pass norm, times ``margin``: the
+    floor assumed for the labels screened beside the sample. 1e-3 when nothing could be measured."""
+    ratios = [final[k] / first[k] for k in first if first[k] > 0 and math.isfinite(final[k] / first[k])]
+    if not ratios:
+        return 1e-3
+    return float(min(1.0, max(1e-3, min(ratios) * margin)))

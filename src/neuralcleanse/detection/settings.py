@@ -34,12 +34,16 @@ class ReverseSettings:
 
     A *step* is ``batches_per_step`` mini-batches of ``batch_size`` images per label; attack success is
     averaged over a step. :meth:`original` reproduces the original exactly (32 × 31, one label at a
-    time). The default keeps every rule but spends less: steps of 4 × 32 images, many labels in one
-    forward/backward pass, bf16 arithmetic where the device has it, and screening (labels whose trigger
-    is clearly large stop after a first pass). :meth:`exhaustive` is the full schedule in fp32 that the
+    time, 99% attack success over a step). The default keeps every rule but spends less: steps of 2 × 32
+    images, with the 99% attack success measured over the last two steps (128 images, while the
+    schedule reacts every 64), many labels in one forward/backward pass, bf16 arithmetic where the
+    device has it, and screening (labels whose trigger is clearly large stop after a first pass).
+    :meth:`exhaustive` is the full schedule in fp32 (steps of 8 × 32, success over one step) that the
     default is measured against (``docs/detection.md``).
 
     Args:
+        success_window: the attack success compared with ``attack_threshold`` (for the best trigger, λ
+            and its start) is the mean over this many steps, the current one included.
         loss: ``"ce"`` (cross-entropy toward the label, as the peers use) or ``"original"``: the original
             code's term, Keras' ``categorical_crossentropy`` with swapped arguments, which equals
             ``16.118·(1 − p_label)``, a loss linear in the label's probability.
@@ -56,6 +60,14 @@ class ReverseSettings:
         screen_steps: length of the first pass, in steps.
         screen_shrink: the assumed floor of a screened label's norm, as a fraction of its first-pass norm
             (its lower bound).
+        screen_sample: with at least ``screen_sample_from`` labels, this many labels spread over the
+            first pass's ranks run to the end before the screening decision; the smallest ratio of their
+            final to their first-pass norm, times ``screen_margin``, replaces ``screen_shrink``, and
+            labels below the median may be screened too, except those more than ``threshold / 2`` MADs
+            below it after the first pass (a measured, statistical floor instead of an assumed one:
+            what makes many labels cost less than their number). 0 turns it off.
+        screen_sample_from: the number of labels from which the floor is measured on a sample.
+        screen_margin: the measured ratio's safety factor.
         precision: ``"fp32"``, ``"bf16"`` (the model runs under bf16 autocast; the trigger, loss and
             optimiser stay fp32) or ``"auto"``: bf16 where the device computes it natively (a CPU with
             AVX512-BF16 or AMX, a CUDA GPU that supports it), else fp32 — resolved by :meth:`for_device`
@@ -65,7 +77,8 @@ class ReverseSettings:
     """
 
     batch_size: int = 32
-    batches_per_step: int = 4
+    batches_per_step: int = 2
+    success_window: int = 2
     max_steps: int = 1000
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.9)
@@ -85,6 +98,9 @@ class ReverseSettings:
     screening: bool = True
     screen_steps: int = 40
     screen_shrink: float = 0.7
+    screen_sample: int = 8
+    screen_sample_from: int = 30
+    screen_margin: float = 0.9
     precision: Precision = "auto"
     channels_last: bool = True
 
@@ -92,18 +108,21 @@ class ReverseSettings:
         for name in (
             "batch_size",
             "batches_per_step",
+            "success_window",
             "max_steps",
             "patience",
             "early_stop_patience",
             "seed",
             "screen_steps",
+            "screen_sample",
+            "screen_sample_from",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise SettingsError(f"{name} must be an integer, got {value!r}")
         if not 0 <= self.seed < 2**63:
             raise SettingsError(f"seed must be from 0 to 2**63-1, got {self.seed}")
-        for name in ("batch_size", "batches_per_step", "max_steps", "patience", "early_stop_patience"):
+        for name in ("batch_size", "batches_per_step", "success_window", "max_steps", "patience", "early_stop_patience"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_batch is not None and self.max_batch < 1:
@@ -121,9 +140,12 @@ class ReverseSettings:
             raise SettingsError(f"screening must be true or false, got {self.screening!r}")
         if self.screen_steps < 1:
             raise SettingsError(f"screen_steps must be at least 1, got {self.screen_steps}")
-        shrink = self.screen_shrink
-        if not (isinstance(shrink, (int, float)) and not isinstance(shrink, bool) and 0 < shrink <= 1):
-            raise SettingsError(f"screen_shrink must be a number in (0, 1], got {shrink!r}")
+        for name in ("screen_shrink", "screen_margin"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
+                raise SettingsError(f"{name} must be a number in (0, 1], got {value!r}")
+        if self.screen_sample < 0 or self.screen_sample_from < 3:
+            raise SettingsError("screen_sample must be at least 0 and screen_sample_from at least 3")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"unknown precision {self.precision!r}; use auto, fp32 or bf16")
         if not isinstance(self.channels_last, bool):
@@ -183,9 +205,16 @@ class ReverseSettings:
 #: the full schedule without the speed-ups that change numbers
 _FULL: dict[str, Any] = {
     "batches_per_step": 8,
+    "success_window": 1,
     "screening": False,
     "precision": "fp32",
     "channels_last": False,
 }
 #: what a settings record written before a field existed ran with
-_EARLIER: dict[str, Any] = {"screening": False, "precision": "fp32", "channels_last": False}
+_EARLIER: dict[str, Any] = {
+    "screening": False,
+    "precision": "fp32",
+    "channels_last": False,
+    "screen_sample": 0,
+    "success_window": 1,
+}
