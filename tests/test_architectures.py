@@ -276,8 +276,16 @@ def trained(mnist_sample: nc.DatasetSplits) -> tuple[nn.Module, nc.Trigger]:
     return model, trigger
 
 
-#: a short schedule (40 steps of 2 mini-batches, patience 2) on five labels: seconds, not minutes
-SHORT = {"samples": 100, "max_steps": 40, "batches_per_step": 2, "patience": 2, "early_stop_patience": 6}
+#: a short schedule (40 steps of 2 mini-batches, patience 2, 99% attack success) on five labels:
+#: seconds, not minutes; unconverged, so the mitigation margins below hold for this schedule only
+SHORT = {
+    "samples": 100,
+    "max_steps": 40,
+    "batches_per_step": 2,
+    "attack_threshold": 0.99,
+    "patience": 2,
+    "early_stop_patience": 6,
+}
 
 
 def test_planted_backdoor_is_found_validated_and_removed(

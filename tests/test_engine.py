@@ -46,14 +46,14 @@ def _drive(
 
 
 def test_cost_starts_at_zero_and_is_set_after_patience_steps() -> None:
-    cfg = ReverseSettings(init_cost=1e-3, patience=5, success_window=1)
+    cfg = ReverseSettings(init_cost=1e-3, patience=5)
     s = _state()
     costs = _drive(s, [0.5] * 7 + [1.0] * 5, cfg)
     assert costs[:11] == [0.0] * 11 and costs[11] == 1e-3
 
 
 def test_cost_goes_up_and_down() -> None:
-    cfg = ReverseSettings(init_cost=1e-3, patience=5, success_window=1)
+    cfg = ReverseSettings(init_cost=1e-3, patience=5)
     s = _state()
     costs = _drive(s, [1.0] * 5 + [1.0] * 5 + [0.0] * 5, cfg)
     assert costs[4] == 1e-3  # set
@@ -62,7 +62,7 @@ def test_cost_goes_up_and_down() -> None:
 
 
 def test_best_only_counts_steps_at_the_threshold() -> None:
-    cfg = ReverseSettings(success_window=1)
+    cfg = ReverseSettings(attack_threshold=0.99)
     s = _state()
     _drive(s, [0.98, 0.995, 0.5, 1.0], cfg, regs=[1.0, 8.0, 2.0, 9.0])
     assert s.best_reg == 8.0 and s.best_step == 2 and s.reached
@@ -70,7 +70,7 @@ def test_best_only_counts_steps_at_the_threshold() -> None:
 
 
 def test_early_stop_needs_both_directions_and_no_improvement() -> None:
-    cfg = ReverseSettings(patience=1, early_stop_patience=3, success_window=1)
+    cfg = ReverseSettings(patience=1, early_stop_patience=3)
     s = _state()
     _drive(s, [1.0], cfg, regs=[5.0])  # cost set (patience 1)
     _drive(s, [1.0] * 5, cfg, regs=[5.0] * 5)  # goes up every step, no improvement; down never happened

@@ -35,11 +35,11 @@ class ReverseSettings:
     A *step* is ``batches_per_step`` mini-batches of ``batch_size`` images per label; attack success is
     averaged over a step. :meth:`original` reproduces the original exactly (32 × 31, one label at a
     time, 99% attack success over a step). The default keeps every rule but spends less: steps of 2 × 32
-    images, with the 99% attack success measured over the last two steps (128 images, while the
-    schedule reacts every 64), many labels in one forward/backward pass, bf16 arithmetic where the
-    device has it, and screening (labels whose trigger is clearly large stop after a first pass).
-    :meth:`exhaustive` is the full schedule in fp32 (steps of 8 × 32, success over one step) that the
-    default is measured against (``docs/detection.md``).
+    images at an attack threshold of 98% (at most one miss in a step's 64 images), many labels in one
+    forward/backward pass, bf16 arithmetic where the device has it, and screening (labels whose trigger
+    is clearly large stop after a first pass; with many labels, on a floor measured on a sample).
+    :meth:`exhaustive` is the full schedule in fp32 (steps of 8 × 32, 99%) that the default is measured
+    against (``docs/detection.md``, which also measures the alternatives).
 
     Args:
         success_window: the attack success compared with ``attack_threshold`` (for the best trigger, λ
@@ -78,13 +78,13 @@ class ReverseSettings:
 
     batch_size: int = 32
     batches_per_step: int = 2
-    success_window: int = 2
+    success_window: int = 1
     max_steps: int = 1000
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.9)
     eps: float = 1e-7
     init_cost: float = 1e-3
-    attack_threshold: float = 0.99
+    attack_threshold: float = 0.98
     patience: int = 5
     cost_up: float = 2.0
     cost_down: float = 2.0**1.5
@@ -205,7 +205,7 @@ class ReverseSettings:
 #: the full schedule without the speed-ups that change numbers
 _FULL: dict[str, Any] = {
     "batches_per_step": 8,
-    "success_window": 1,
+    "attack_threshold": 0.99,
     "screening": False,
     "precision": "fp32",
     "channels_last": False,
@@ -216,5 +216,4 @@ _EARLIER: dict[str, Any] = {
     "precision": "fp32",
     "channels_last": False,
     "screen_sample": 0,
-    "success_window": 1,
 }
