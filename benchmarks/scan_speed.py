@@ -224,6 +224,7 @@ def main() -> None:
         f"{'screened':>8s} {'flagged':10s} {'L1 flagged':12s} {'median':>6s}  planted"
     )
     rows, ratios = [], []
+    table: dict[str, tuple[list[int], dict[str, DetectionReport]]] = {}
     for subject in subjects(args):
         shape = subject.data.input_shape
         best, where = peak(subject.bundle.model, shape, args.peak_seconds)
@@ -242,6 +243,7 @@ def main() -> None:
             )
             rows.append(row)
             print(row, f"({time.perf_counter() - start:.0f} s)", flush=True)
+        table[subject.name] = (subject.planted, reports)
         fast = reports.get("default")
         if fast is None:
             continue
@@ -266,7 +268,40 @@ def main() -> None:
     print("\n".join(rows))
     print()
     print("\n".join(ratios))
+    if len(table) > 1:
+        print()
+        print_summary(table, modes)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+
+
+def print_summary(table: dict[str, tuple[list[int], dict[str, DetectionReport]]], modes: list[str]) -> None:
+    """One line per model (each mode's flags and flagged norms), then per mode against the exhaustive
+    schedule (or the last mode): models with the same flags, images, norm drift of the labels both flag,
+    and the mean attack success of the reversed triggers (on the scan's images)."""
+    ref = "exhaustive" if "exhaustive" in modes else modes[-1]
+    names = {m: m if len(m) <= 16 else f"mode {i + 1}" for i, m in enumerate(modes)}
+    for m in modes:
+        if names[m] != m:
+            print(f"{names[m]}: {m}")
+    print(f"{'model':28s} {'planted':8s} " + " ".join(f"{names[m]:18s}" for m in modes))
+    for name, (planted, reports) in table.items():
+        cells = [f"{str(r.flagged)} {flagged_norms(r)}" for r in reports.values()]
+        print(f"{name:28s} {str(planted):8s} " + " ".join(f"{c:18s}" for c in cells))
+    print(f"\nagainst {ref}: {'mode':18s} {'same flags':>10s} {'images':>7s} {'norm drift':>16s} {'mean ASR':>8s}")
+    for m in modes:
+        same, images, drift, asr = 0, [0, 0], [], []
+        for _, reports in table.values():
+            r, base = reports[m], reports[ref]
+            same += r.flagged == base.flagged
+            images[0] += base.run["images_processed"]
+            images[1] += r.run["images_processed"]
+            drift += [r.label(k).l1_norm / base.label(k).l1_norm - 1 for k in r.flagged if k in base.flagged]
+            asr += [row.attack_success for row in r.labels]
+        span = f"{100 * min(drift):+.0f}% to {100 * max(drift):+.0f}%" if drift else "-"
+        print(
+            f"{'':9s}{names[m]:18s} {same:4d}/{len(table):<5d} {images[0] / images[1]:6.2f}x {span:>16s} "
+            f"{100 * sum(asr) / len(asr):7.1f}%"
+        )
 
 
 if __name__ == "__main__":
