@@ -49,7 +49,10 @@ def main() -> None:
         f"CPUs allowed {len(os.sched_getaffinity(0))}; epochs {args.epochs}, {args.train_per_class}/"
         f"{args.test_per_class} images per class, scan samples {args.samples}, max steps {args.max_steps}"
     )
-    header = f"{'labels':>6} {'schedule':9} {'seconds':>8} {'images':>9} {'x first':>8} {'screened':>8} {'flagged':20} planted"
+    header = (
+        f"{'labels':>6} {'schedule':9} {'seconds':>8} {'images':>9} {'x first':>8} {'img/label':>9} "
+        f"{'screened':>8} {'below med':>9} {'flagged':20} planted  L1 planted / median  verdict"
+    )
     rows: list[str] = []
     first: dict[str, float] = {}
     for n in args.labels:
@@ -78,9 +81,12 @@ def main() -> None:
             flagged = (
                 str(rep.flagged) if len(rep.flagged) <= 6 else f"{rep.flagged[:6]}+{len(rep.flagged) - 6}"
             )
+            images = rep.run["images_processed"]
+            below = sum(hi < rep.median for _, hi in rep.screened.values())
             rows.append(
-                f"{n:6d} {schedule:9} {secs:8.1f} {rep.run['images_processed']:9d} "
-                f"{secs / first[schedule]:8.2f} {len(rep.screened):8d} {flagged:20} 0"
+                f"{n:6d} {schedule:9} {secs:8.1f} {images:9d} {secs / first[schedule]:8.2f} {images / n:9.0f} "
+                f"{len(rep.screened):8d} {below:9d} {flagged:20} 0        "
+                f"{rep.label(0).l1_norm:7.1f} / {rep.median:6.1f}    {rep.verdict}"
             )
             print(rows[-1], flush=True)
     print()

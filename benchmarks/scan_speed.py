@@ -287,7 +287,9 @@ def print_summary(table: dict[str, tuple[list[int], dict[str, DetectionReport]]]
     for name, (planted, reports) in table.items():
         cells = [f"{str(r.flagged)} {flagged_norms(r)}" for r in reports.values()]
         print(f"{name:28s} {str(planted):8s} " + " ".join(f"{c:18s}" for c in cells))
-    print(f"\nagainst {ref}: {'mode':18s} {'same flags':>10s} {'images':>7s} {'norm drift':>16s} {'mean ASR':>8s}")
+    print(
+        f"\nagainst {ref}: {'mode':18s} {'same flags':>10s} {'images':>7s} {'norm drift':>16s} {'mean ASR':>8s}"
+    )
     for m in modes:
         same, images, drift, asr = 0, [0, 0], [], []
         for _, reports in table.values():

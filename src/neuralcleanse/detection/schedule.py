@@ -131,10 +131,15 @@ def choose_screened(
 ) -> list[int]:
     """The labels of ``candidates`` to stop after the first pass: the largest norms first, each added
     while :func:`verdict_holds` still holds for the whole set."""
-    rule = {"shrink": shrink, "threshold": threshold, "eligible": eligible, "below_median": below_median}
+
+    def holds(screened: list[int]) -> bool:
+        return verdict_holds(
+            values, screened, shrink=shrink, threshold=threshold, eligible=eligible, below_median=below_median
+        )
+
     chosen: list[int] = []
     for k in sorted(candidates, key=lambda k: (-values[k], k)):
-        if math.isfinite(values[k]) and verdict_holds(values, [*chosen, k], **rule):
+        if math.isfinite(values[k]) and holds([*chosen, k]):
             chosen.append(k)
     return sorted(chosen)
 
@@ -150,10 +155,11 @@ def labels_to_resume(
 ) -> list[int]:
     """Screened labels that must run to the end after all (the rule no longer holds with the other
     labels' final norms): the smallest upper values first, until the rule holds for the rest."""
-    rule = {"shrink": shrink, "threshold": threshold, "eligible": eligible, "below_median": below_median}
     keep = sorted(screened, key=lambda k: (-values[k], k))
     resume: list[int] = []
-    while keep and not verdict_holds(values, keep, **rule):
+    while keep and not verdict_holds(
+        values, keep, shrink=shrink, threshold=threshold, eligible=eligible, below_median=below_median
+    ):
         resume.append(keep.pop())
     return sorted(resume)
 
@@ -166,7 +172,9 @@ def protected(values: Mapping[int, float], labels: Collection[int], *, threshold
         return sorted(labels)
     median = float(np.median(finite))
     mad = CONSISTENCY * float(np.median(np.abs(finite - median)))
-    return sorted(k for k in labels if not math.isfinite(values[k]) or median - values[k] > threshold / 2 * mad)
+    return sorted(
+        k for k in labels if not math.isfinite(values[k]) or median - values[k] > threshold / 2 * mad
+    )
 
 
 def calibration_sample(values: Mapping[int, float], candidates: Collection[int], size: int) -> list[int]:

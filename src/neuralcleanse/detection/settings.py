@@ -122,7 +122,14 @@ class ReverseSettings:
                 raise SettingsError(f"{name} must be an integer, got {value!r}")
         if not 0 <= self.seed < 2**63:
             raise SettingsError(f"seed must be from 0 to 2**63-1, got {self.seed}")
-        for name in ("batch_size", "batches_per_step", "success_window", "max_steps", "patience", "early_stop_patience"):
+        for name in (
+            "batch_size",
+            "batches_per_step",
+            "success_window",
+            "max_steps",
+            "patience",
+            "early_stop_patience",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_batch is not None and self.max_batch < 1:
