@@ -1,0 +1,148 @@
+"""Screening rules for many labels, replayed on complete scans: which labels could have stopped early?
+
+    python benchmarks/many_label_rules.py runs/bench-scans-signs/*/default-*/report.json
+    python benchmarks/many_label_rules.py REPORT... --first 40,60 --sample 8
+
+A scan in which every label ran to its own early stop (no label screened) holds each label's whole
+trajectory in its report: the step-mean L1 norm and attack success of every step. So the norm a label had
+after a first pass of F steps (the smallest step-mean L1 among the steps up to F that reached the attack
+threshold) and its final norm (the same over all steps) are both known, and any rule that stops labels
+after the first pass can be replayed without running anything: its cost is F steps for every label it
+stops and the full trajectory for every other, and its flags are the outlier test's on the values it
+would have used.
+
+Rules (with at least 30 labels; ``protected`` labels — more than one MAD below the first-pass median —
+and a calibration sample of ``--sample`` labels at evenly spaced first-pass ranks always run to the end):
+
+* ``worst-case``: the library's rule (``choose_screened`` with ``below_median``) on the interval
+  [floor, first-pass norm], floor = the sample's smallest final/first-pass ratio × 0.9; the screened
+  labels keep their first-pass norm in the test (today's default);
+* ``predicted``: every other reached label stops and enters the test at its first-pass norm times the
+  sample's median ratio; it is accepted when the flags of both tests (L1 and log) are the same in at
+  least 95% of 500 draws that give every stopped label a ratio drawn from the sample's; otherwise no
+  label stops (a candidate rule, not in the library).
+
+It prints, per report and rule: the flags of the complete scan, the rule's flags, how many labels
+stopped, and the images relative to the complete scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from neuralcleanse.detection import DetectionReport
+from neuralcleanse.detection.outlier import mad_outlier_test
+from neuralcleanse.detection.schedule import (
+    calibration_sample,
+    choose_screened,
+    labels_to_resume,
+    measured_shrink,
+    protected,
+)
+
+
+def best_until(history: Sequence[Sequence[float]], last: float, threshold: float) -> float:
+    """The smallest step-mean L1 among steps up to ``last`` that reached ``threshold``."""
+    norms = [h[3] for h in history if h[0] <= last and h[2] >= threshold]
+    return min(norms) if norms else math.inf
+
+
+def flags(values: dict[int, float], eligible: set[int]) -> tuple[tuple[int, ...], ...]:
+    labels = sorted(values)
+    out = []
+    for statistic in ("l1", "log"):
+        res = mad_outlier_test(
+            [values[k] for k in labels],
+            eligible=[k in eligible for k in labels],
+            names=labels,
+            statistic=statistic,  # type: ignore[arg-type]
+        )
+        out.append(tuple(res.flagged) if res.conclusive else ("inconclusive",))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def replay(name: str, report: DetectionReport, first_steps: int, sample_size: int, seed: int) -> list[str]:
+    threshold = float(report.settings.get("attack_threshold", 0.99))
+    rows = {r.label: r for r in report.labels}
+    first = {k: best_until(r.history, first_steps, threshold) for k, r in rows.items()}
+    final = {k: best_until(r.history, math.inf, threshold) for k, r in rows.items()}
+    steps = {k: r.steps for k, r in rows.items()}
+    reached = {k for k in rows if math.isfinite(first[k])}
+    done_early = {k for k in rows if steps[k] <= first_steps}
+    guard = set(protected(first, sorted(reached), threshold=2.0))
+    pool = sorted(k for k in reached if k not in guard and k not in done_early)
+    sample = calibration_sample(first, pool, sample_size)
+    ratios = np.array([final[k] / first[k] for k in sample])
+    candidates = [k for k in pool if k not in sample]
+    eligible = {k for k in rows if math.isfinite(final[k])}
+    reference = flags({k: v for k, v in final.items() if math.isfinite(v)}, eligible)
+    total = sum(steps.values())
+    out = []
+
+    def line(rule: str, stopped: Sequence[int], values: dict[int, float]) -> str:
+        images = total - sum(steps[k] - first_steps for k in stopped)
+        got = flags(values, eligible)
+        return (
+            f"{name[-28:]:28s} {first_steps:5d} {rule:11s} {len(stopped):4d}/{len(rows):<4d}"
+            f" {images / total:7.2f}  {'same' if got == reference else 'DIFFER':6s} "
+            f"l1 {list(reference[0])} -> {list(got[0])}, log {list(reference[1])} -> {list(got[1])}"
+        )
+
+    complete = {k: v for k, v in final.items() if math.isfinite(v)}
+    # worst-case intervals with the measured floor (the library's rule, decided on first-pass values)
+    floor = measured_shrink({k: first[k] for k in sample}, {k: final[k] for k in sample}, margin=0.9)
+    at_decision = {**complete, **{k: first[k] for k in candidates}}
+    rule = {"shrink": floor, "threshold": 2.0, "eligible": eligible, "below_median": True}
+    chosen = choose_screened(at_decision, candidates, **rule)  # type: ignore[arg-type]
+    # the engine's check once the others have finished: labels the rule no longer allows run on
+    resumed = labels_to_resume({**complete, **{k: first[k] for k in chosen}}, chosen, **rule)  # type: ignore[arg-type]
+    chosen = [k for k in chosen if k not in resumed]
+    out.append(
+        line("worst-case", chosen, {**complete, **{k: first[k] for k in chosen}}) + f" (floor {floor:.2f})"
+    )
+    # predicted values, accepted when the flags are stable under the sample's spread of ratios
+    predicted = {**complete, **{k: first[k] * float(np.median(ratios)) for k in candidates}}
+    expected = flags(predicted, eligible)
+    rng = np.random.default_rng(seed)
+    draws = 500
+    stable = 0
+    for _ in range(draws):
+        drawn = rng.choice(ratios, size=len(candidates))
+        values = {**complete, **{k: first[k] * r for k, r in zip(candidates, drawn, strict=True)}}
+        stable += flags(values, eligible) == expected
+    stopped = candidates if stable >= 0.95 * draws else []
+    used = predicted if stopped else complete
+    out.append(
+        line("predicted", stopped, used)
+        + f" (stable {stable}/{draws}, ratios {ratios.min():.2f}-{ratios.max():.2f})"
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("reports", type=Path, nargs="+", help="report.json files (or their directories)")
+    ap.add_argument("--first", default="40,60", help="first-pass lengths in steps")
+    ap.add_argument("--sample", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    print(
+        f"{'model':28s} {'first':>5s} {'rule':11s} {'stopped':>9s} {'images':>7s}  flags (complete scan -> rule)"
+    )
+    for path in args.reports:
+        report = DetectionReport.load(path.parent if path.name == "report.json" else path)
+        if report.screened:
+            print(f"{path}: some labels were screened; a complete scan is needed")
+            continue
+        for first_steps in (int(f) for f in args.first.split(",")):
+            name = path.parent.parent.name if path.name == "report.json" else path.parent.name
+            print("\n".join(replay(name, report, first_steps, args.sample, args.seed)))
+
+
+if __name__ == "__main__":
+    main()
