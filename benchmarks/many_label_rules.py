@@ -52,10 +52,13 @@ def best_until(history: Sequence[Sequence[float]], last: float, threshold: float
     return min(norms) if norms else math.inf
 
 
+STATISTICS = ("l1", "log")
+
+
 def flags(values: dict[int, float], eligible: set[int]) -> tuple[tuple[int, ...], ...]:
     labels = sorted(values)
     out = []
-    for statistic in ("l1", "log"):
+    for statistic in STATISTICS:
         res = mad_outlier_test(
             [values[k] for k in labels],
             eligible=[k in eligible for k in labels],
@@ -90,7 +93,9 @@ def replay(name: str, report: DetectionReport, first_steps: int, sample_size: in
         return (
             f"{name[-28:]:28s} {first_steps:5d} {rule:11s} {len(stopped):4d}/{len(rows):<4d}"
             f" {images / total:7.2f}  {'same' if got == reference else 'DIFFER':6s} "
-            f"l1 {list(reference[0])} -> {list(got[0])}, log {list(reference[1])} -> {list(got[1])}"
+            + ", ".join(
+                f"{n} {list(a)} -> {list(b)}" for n, a, b in zip(STATISTICS, reference, got, strict=True)
+            )
         )
 
     complete = {k: v for k, v in final.items() if math.isfinite(v)}
@@ -130,7 +135,10 @@ def main() -> None:
     ap.add_argument("--first", default="40,60", help="first-pass lengths in steps")
     ap.add_argument("--sample", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tests", default="l1,log", help="the statistics whose flags a rule must keep")
     args = ap.parse_args()
+    global STATISTICS
+    STATISTICS = tuple(args.tests.split(","))
     print(
         f"{'model':28s} {'first':>5s} {'rule':11s} {'stopped':>9s} {'images':>7s}  flags (complete scan -> rule)"
     )
