@@ -85,12 +85,16 @@ def test_keras_scan_end_to_end_flags_the_planted_label(
     keras_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "scan"
+    # the log statistic: this model's natural norms spread widely (median about 50, two labels over 100),
+    # so the paper's test puts the planted label at an index of about 2.0, where the thread count's
+    # rounding decides the flag; on the logarithms its index is over 4
     code = main(["scan", str(keras_files["keras"]), "--data", str(keras_files["data"]), "--out", str(out),
-                 "--samples", "300", "--json"])  # fmt: skip
+                 "--samples", "300", "--statistic", "log", "--json"])  # fmt: skip
     printed = capsys.readouterr()
     assert code == 0, printed.err
     report = DetectionReport.load(out)
     assert report.flagged == [TARGET], report.summary
+    assert min(report.labels, key=lambda r: r.l1_norm).label == TARGET
     assert "outputs are probabilities (detected): optimising on their logarithm" in report.notes, report.notes
     assert json.loads(printed.out)["flagged"] == [TARGET]
 
