@@ -105,31 +105,13 @@ class ReverseSettings:
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        for name in (
-            "batch_size",
-            "batches_per_step",
-            "success_window",
-            "max_steps",
-            "patience",
-            "early_stop_patience",
-            "seed",
-            "screen_steps",
-            "screen_sample",
-            "screen_sample_from",
-        ):
+        for name in (*_POSITIVE_INTS, "seed", "screen_steps", "screen_sample", "screen_sample_from"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise SettingsError(f"{name} must be an integer, got {value!r}")
         if not 0 <= self.seed < 2**63:
             raise SettingsError(f"seed must be from 0 to 2**63-1, got {self.seed}")
-        for name in (
-            "batch_size",
-            "batches_per_step",
-            "success_window",
-            "max_steps",
-            "patience",
-            "early_stop_patience",
-        ):
+        for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_batch is not None and self.max_batch < 1:
@@ -209,6 +191,15 @@ class ReverseSettings:
         return cls(**d)
 
 
+#: integer settings that must be at least 1
+_POSITIVE_INTS = (
+    "batch_size",
+    "batches_per_step",
+    "success_window",
+    "max_steps",
+    "patience",
+    "early_stop_patience",
+)
 #: the full schedule without the speed-ups that change numbers
 _FULL: dict[str, Any] = {
     "batches_per_step": 8,
