@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from neuralcleanse.detection import DetectionReport
+from neuralcleanse.detection import DetectionReport, ReverseSettings
 from neuralcleanse.detection.outlier import mad_outlier_test
 from neuralcleanse.detection.schedule import (
     calibration_sample,
@@ -45,20 +46,17 @@ from neuralcleanse.detection.schedule import (
     protected,
 )
 
-
-def best_until(history: Sequence[Sequence[float]], last: float, threshold: float) -> float:
-    """The smallest step-mean L1 among steps up to ``last`` that reached ``threshold``."""
-    norms = [h[3] for h in history if h[0] <= last and h[2] >= threshold]
-    return min(norms) if norms else math.inf
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stopping import best_within  # noqa: E402
 
 
-STATISTICS = ("l1", "log")
-
-
-def flags(values: dict[int, float], eligible: set[int]) -> tuple[tuple[int, ...], ...]:
+def flags(
+    values: dict[int, float], eligible: set[int], statistics: Sequence[str]
+) -> tuple[tuple[int, ...], ...]:
+    """Each statistic's flags (or ``("inconclusive",)`` when the test has no power) on ``values``."""
     labels = sorted(values)
     out = []
-    for statistic in STATISTICS:
+    for statistic in statistics:
         res = mad_outlier_test(
             [values[k] for k in labels],
             eligible=[k in eligible for k in labels],
@@ -69,11 +67,18 @@ def flags(values: dict[int, float], eligible: set[int]) -> tuple[tuple[int, ...]
     return tuple(out)
 
 
-def replay(name: str, report: DetectionReport, first_steps: int, sample_size: int, seed: int) -> list[str]:
-    threshold = float(report.settings.get("attack_threshold", 0.99))
+def replay(
+    name: str,
+    report: DetectionReport,
+    first_steps: int,
+    sample_size: int,
+    seed: int,
+    statistics: Sequence[str],
+) -> list[str]:
+    cfg = ReverseSettings.from_dict(report.settings)
     rows = {r.label: r for r in report.labels}
-    first = {k: best_until(r.history, first_steps, threshold) for k, r in rows.items()}
-    final = {k: best_until(r.history, math.inf, threshold) for k, r in rows.items()}
+    first = {k: best_within(r.history, first_steps, cfg) for k, r in rows.items()}
+    final = {k: best_within(r.history, len(r.history), cfg) for k, r in rows.items()}
     steps = {k: r.steps for k, r in rows.items()}
     reached = {k for k in rows if math.isfinite(first[k])}
     done_early = {k for k in rows if steps[k] <= first_steps}
@@ -83,18 +88,18 @@ def replay(name: str, report: DetectionReport, first_steps: int, sample_size: in
     ratios = np.array([final[k] / first[k] for k in sample])
     candidates = [k for k in pool if k not in sample]
     eligible = {k for k in rows if math.isfinite(final[k])}
-    reference = flags({k: v for k, v in final.items() if math.isfinite(v)}, eligible)
+    reference = flags({k: v for k, v in final.items() if math.isfinite(v)}, eligible, statistics)
     total = sum(steps.values())
     out = []
 
     def line(rule: str, stopped: Sequence[int], values: dict[int, float]) -> str:
         images = total - sum(steps[k] - first_steps for k in stopped)
-        got = flags(values, eligible)
+        got = flags(values, eligible, statistics)
         return (
             f"{name[-28:]:28s} {first_steps:5d} {rule:11s} {len(stopped):4d}/{len(rows):<4d}"
             f" {images / total:7.2f}  {'same' if got == reference else 'DIFFER':6s} "
             + ", ".join(
-                f"{n} {list(a)} -> {list(b)}" for n, a, b in zip(STATISTICS, reference, got, strict=True)
+                f"{n} {list(a)} -> {list(b)}" for n, a, b in zip(statistics, reference, got, strict=True)
             )
         )
 
@@ -102,24 +107,26 @@ def replay(name: str, report: DetectionReport, first_steps: int, sample_size: in
     # worst-case intervals with the measured floor (the library's rule, decided on first-pass values)
     floor = measured_shrink({k: first[k] for k in sample}, {k: final[k] for k in sample}, margin=0.9)
     at_decision = {**complete, **{k: first[k] for k in candidates}}
-    rule = {"shrink": floor, "threshold": 2.0, "eligible": eligible, "below_median": True}
-    chosen = choose_screened(at_decision, candidates, **rule)  # type: ignore[arg-type]
+    rule = {"shrink": floor, "threshold": 2.0, "below_median": True}
+    chosen = choose_screened(at_decision, candidates, eligible=eligible, **rule)
     # the engine's check once the others have finished: labels the rule no longer allows run on
-    resumed = labels_to_resume({**complete, **{k: first[k] for k in chosen}}, chosen, **rule)  # type: ignore[arg-type]
+    resumed = labels_to_resume(
+        {**complete, **{k: first[k] for k in chosen}}, chosen, eligible=eligible, **rule
+    )
     chosen = [k for k in chosen if k not in resumed]
     out.append(
         line("worst-case", chosen, {**complete, **{k: first[k] for k in chosen}}) + f" (floor {floor:.2f})"
     )
     # predicted values, accepted when the flags are stable under the sample's spread of ratios
     predicted = {**complete, **{k: first[k] * float(np.median(ratios)) for k in candidates}}
-    expected = flags(predicted, eligible)
+    expected = flags(predicted, eligible, statistics)
     rng = np.random.default_rng(seed)
     draws = 500
     stable = 0
     for _ in range(draws):
         drawn = rng.choice(ratios, size=len(candidates))
         values = {**complete, **{k: first[k] * r for k, r in zip(candidates, drawn, strict=True)}}
-        stable += flags(values, eligible) == expected
+        stable += flags(values, eligible, statistics) == expected
     stopped = candidates if stable >= 0.95 * draws else []
     used = predicted if stopped else complete
     out.append(
@@ -137,8 +144,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tests", default="l1,log", help="the statistics whose flags a rule must keep")
     args = ap.parse_args()
-    global STATISTICS
-    STATISTICS = tuple(args.tests.split(","))
+    statistics = args.tests.split(",")
     print(
         f"{'model':28s} {'first':>5s} {'rule':11s} {'stopped':>9s} {'images':>7s}  flags (complete scan -> rule)"
     )
@@ -149,7 +155,7 @@ def main() -> None:
             continue
         for first_steps in (int(f) for f in args.first.split(",")):
             name = path.parent.parent.name if path.name == "report.json" else path.parent.name
-            print("\n".join(replay(name, report, first_steps, args.sample, args.seed)))
+            print("\n".join(replay(name, report, first_steps, args.sample, args.seed, statistics)))
 
 
 if __name__ == "__main__":

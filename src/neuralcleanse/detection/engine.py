@@ -439,24 +439,29 @@ def _screened_schedule(
     first = {k: states[k].first_pass_l1 for k in labels}
     sample: list[int] = []
     guard: list[int] = []
-    rule: dict[str, Any] = {"shrink": cfg.screen_shrink, "threshold": threshold}
+    shrink, below_median = cfg.screen_shrink, False
     if cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from:
         guard = protected(first, sorted(reached), threshold=threshold)
         pool = [k for k in labels if k in reached and k not in guard]
         sample = calibration_sample(first, pool, cfg.screen_sample)
         run(sample, None)
         final = {k: states[k].l1_norm() for k in sample if states[k].stop_reason != "nan"}
-        rule = {
-            "shrink": measured_shrink({k: first[k] for k in final}, final, margin=cfg.screen_margin),
-            "threshold": threshold,
-            "below_median": True,
-        }
+        shrink = measured_shrink({k: first[k] for k in final}, final, margin=cfg.screen_margin)
+        below_median = True
     undecided = [k for k in labels if not states[k].done and not states[k].screen_decided]
     if undecided:
         values = {k: states[k].l1_norm() for k in labels}
         candidates = [k for k in undecided if k in reached and k not in guard]
-        for k in choose_screened(values, candidates, eligible=reached, **rule):
-            _screen(states[k], rule["shrink"])
+        chosen = choose_screened(
+            values,
+            candidates,
+            eligible=reached,
+            shrink=shrink,
+            threshold=threshold,
+            below_median=below_median,
+        )
+        for k in chosen:
+            _screen(states[k], shrink)
         for k in undecided:
             states[k].screen_decided = True
     while True:
@@ -464,7 +469,9 @@ def _screened_schedule(
         values = {k: states[k].l1_norm() for k in labels}
         screened = [k for k in labels if states[k].stop_reason == "screened"]
         reached = {k for k in labels if states[k].reached}
-        again = labels_to_resume(values, screened, eligible=reached, **rule)
+        again = labels_to_resume(
+            values, screened, eligible=reached, shrink=shrink, threshold=threshold, below_median=below_median
+        )
         if not again:
             break
         log.info("labels %s resumed: the screening rule no longer holds on the final norms", again)
@@ -473,7 +480,7 @@ def _screened_schedule(
             s.done, s.stop_reason, s.screened_bound = False, "", math.nan
     screened = [k for k in labels if states[k].stop_reason == "screened"]
     if screened and on_note is not None:
-        on_note(_screening_note(states, screened, cfg, threshold, sample, rule["shrink"]))
+        on_note(_screening_note(states, screened, cfg, threshold, sample, shrink))
 
 
 def _screening_note(

@@ -41,7 +41,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from .outlier import CONSISTENCY
+from .outlier import CONSISTENCY, mad_outlier_test
 
 __all__ = [
     "verdict_holds",
@@ -167,14 +167,11 @@ def labels_to_resume(
 def protected(values: Mapping[int, float], labels: Collection[int], *, threshold: float) -> list[int]:
     """Labels of ``labels`` whose value lies more than ``threshold / 2`` MADs below the median of the
     finite ``values``: half-way to being flagged, so never screened with a measured shrink."""
-    finite = np.array([v for v in values.values() if math.isfinite(v)], dtype=np.float64)
+    finite = {k: v for k, v in values.items() if math.isfinite(v)}
     if len(finite) < 3:
         return sorted(labels)
-    median = float(np.median(finite))
-    mad = CONSISTENCY * float(np.median(np.abs(finite - median)))
-    return sorted(
-        k for k in labels if not math.isfinite(values[k]) or median - values[k] > threshold / 2 * mad
-    )
+    half_way = mad_outlier_test(list(finite.values()), threshold=threshold / 2, names=list(finite)).flagged
+    return sorted(k for k in labels if not math.isfinite(values[k]) or k in half_way)
 
 
 def calibration_sample(values: Mapping[int, float], candidates: Collection[int], size: int) -> list[int]:
