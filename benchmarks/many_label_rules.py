@@ -45,6 +45,7 @@ from neuralcleanse.detection.schedule import (
     measured_shrink,
     protected,
 )
+from neuralcleanse.errors import NeuralCleanseError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stopping import best_within  # noqa: E402
@@ -149,7 +150,10 @@ def main() -> None:
         f"{'model':28s} {'first':>5s} {'rule':11s} {'stopped':>9s} {'images':>7s}  flags (complete scan -> rule)"
     )
     for path in args.reports:
-        report = DetectionReport.load(path.parent if path.name == "report.json" else path)
+        try:
+            report = DetectionReport.load(path.parent if path.name == "report.json" else path)
+        except NeuralCleanseError as exc:
+            raise SystemExit(f"error: {exc}") from None
         if report.screened:
             print(f"{path}: some labels were screened; a complete scan is needed")
             continue
