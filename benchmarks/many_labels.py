@@ -23,7 +23,7 @@ import torch
 
 import neuralcleanse as nc
 from neuralcleanse.data.signs import load_traffic_signs
-from neuralcleanse.detection import NeuralCleanse, ReverseSettings
+from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSettings
 
 
 def main() -> None:
@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--exhaustive", action="store_true", help="also scan with the full schedule in fp32")
     ap.add_argument("--models", type=Path, default=Path("runs/bench-models"))
     ap.add_argument(
+        "--scans", type=Path, default=Path("runs/bench-many-labels"), help="finished scans, reused on a rerun"
+    )
+    ap.add_argument(
         "--quick", action="store_true", help="20 and 50 labels, 3 epochs, small sets, 25 short steps"
     )
     args = ap.parse_args()
@@ -50,11 +53,12 @@ def main() -> None:
         f"{args.test_per_class} images per class, scan samples {args.samples}, max steps {args.max_steps}"
     )
     header = (
-        f"{'labels':>6} {'schedule':9} {'seconds':>8} {'images':>9} {'x first':>8} {'img/label':>9} "
+        f"{'labels':>6} {'schedule':9} {'seconds':>8} {'images':>9} {'x first':>8} {'img x1st':>8} {'img/label':>9} "
         f"{'screened':>8} {'below med':>9} {'flagged':20} planted  L1 planted / median  verdict"
     )
     rows: list[str] = []
     first: dict[str, float] = {}
+    first_images: dict[str, int] = {}
     for n in args.labels:
         data = load_traffic_signs(
             train_per_class=args.train_per_class, test_per_class=args.test_per_class, classes=n
@@ -74,17 +78,24 @@ def main() -> None:
         if args.exhaustive:
             schedules["exhaustive"] = ReverseSettings.exhaustive(seed=args.seed, max_steps=args.max_steps)
         for schedule, cfg in schedules.items():
-            start = time.perf_counter()
-            rep = NeuralCleanse(bundle.model, settings=cfg).scan(data.test, samples=args.samples)
-            secs = time.perf_counter() - start
+            saved = args.scans / f"{path.name}-{schedule}-n{args.samples}-m{args.max_steps}"
+            if (saved / "report.json").exists():
+                rep = DetectionReport.load(saved)
+                secs = float(rep.run["seconds"])
+            else:
+                start = time.perf_counter()
+                rep = NeuralCleanse(bundle.model, settings=cfg).scan(data.test, samples=args.samples)
+                secs = time.perf_counter() - start
+                rep.save(saved, force=True, images=False)
+            images = rep.run["images_processed"]
             first.setdefault(schedule, secs)
+            first_images.setdefault(schedule, images)
             flagged = (
                 str(rep.flagged) if len(rep.flagged) <= 6 else f"{rep.flagged[:6]}+{len(rep.flagged) - 6}"
             )
-            images = rep.run["images_processed"]
             below = sum(hi < rep.median for _, hi in rep.screened.values())
             rows.append(
-                f"{n:6d} {schedule:9} {secs:8.1f} {images:9d} {secs / first[schedule]:8.2f} {images / n:9.0f} "
+                f"{n:6d} {schedule:9} {secs:8.1f} {images:9d} {secs / first[schedule]:8.2f} {images / first_images[schedule]:8.2f} {images / n:9.0f} "
                 f"{len(rep.screened):8d} {below:9d} {flagged:20} 0        "
                 f"{rep.label(0).l1_norm:7.1f} / {rep.median:6.1f}    {rep.verdict}"
             )
