@@ -18,6 +18,12 @@ the screened schedule replayed with the library's own rule (``--first`` steps of
 as the assumed floor) against no screening. And, per model, the final norm over the first pass's best
 norm, for the labels above and below the median: what a shrink factor has to cover. It is a study of the
 default; the long scans are cached under ``--cache``.
+
+With ``--reports REPORT...`` it replays the early-stop rules on complete scans of the default instead
+(no long scans): a rule with a patience no longer than the scan's own stops every label on the same
+trajectory, no later than the scan did, so the recorded history up to the scan's stop is enough. Labels
+the scan screened or stopped at the step limit keep their outcome; the reference is the scan's own
+rule replayed (``python benchmarks/stopping.py --reports runs/bench-scans-signs/*/default-d60ca4ad*/report.json``).
 """
 
 from __future__ import annotations
@@ -193,7 +199,11 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("runs/stopping"))
     p.add_argument("--first", default="20,30,40,60", help="first-pass lengths to replay screening with")
     p.add_argument("--shrink", default="0.7,0.8,0.85,0.9", help="screening shrink factors to replay")
+    p.add_argument("--reports", nargs="+", type=Path, help="replay the rules on these complete scans")
     args = p.parse_args()
+    if args.reports:
+        replay_reports(args.reports)
+        return
 
     cfg = ReverseSettings()
     per_step = cfg.batch_size * cfg.batches_per_step
@@ -253,6 +263,46 @@ def main() -> None:
         f"  {'model':<28} {'first':>5}  {'above min':>9} {'above med':>9}  {'below min':>9} {'below med':>9}"
     )
     print("\n".join(ratios))
+
+
+def replay_reports(paths: list[Path]) -> None:
+    """The early-stop rules replayed on complete scans (``--reports``)."""
+    rules: dict[str, list[Outcome]] = {}
+    for path in paths:
+        report = DetectionReport.load(path.parent if path.name == "report.json" else path)
+        cfg = ReverseSettings.from_dict(report.settings)
+        per_step = cfg.batch_size * cfg.batches_per_step
+        kept = {r.label: Replay(r.l1_norm, r.steps) for r in report.labels if r.stop_reason != "early_stop"}
+        histories = {r.label: r.history for r in report.labels if r.stop_reason == "early_stop"}
+        own = {
+            **kept,
+            **{
+                k: replay(h, patience=cfg.early_stop_patience, min_gain=0.0, cfg=cfg)
+                for k, h in histories.items()
+            },
+        }
+        base_norms = {k: o.norm for k, o in own.items()}
+        base = (base_norms, judge(base_norms))
+        for patience, gain in RULES:
+            if patience > cfg.early_stop_patience:
+                continue
+            out = {
+                **kept,
+                **{k: replay(h, patience=patience, min_gain=gain, cfg=cfg) for k, h in histories.items()},
+            }
+            outcome = compare(
+                path.parent.parent.name if path.name == "report.json" else path.name,
+                {k: o.norm for k, o in out.items()},
+                {k: o.steps for k, o in out.items()},
+                base,
+                per_step,
+            )
+            rules.setdefault(f"patience {patience}, gain >{gain:.0%}", []).append(outcome)
+    table(
+        f"early-stop rules on {len(paths)} complete scans (reference: each scan's own rule)",
+        rules,
+        "patience 25, gain >0%",
+    )
 
 
 if __name__ == "__main__":
