@@ -14,6 +14,8 @@ same norms with every method:
 
 * ``paper``: the MAD test on the L1 norms (Wang et al. 2019), threshold 2;
 * ``log``: the same test on log norms;
+* ``log<R`` (R = 0.25, 0.3, 0.4): the log test, and a flagged label's norm must also be at most R times
+  the median norm (an effect size: how many times cheaper the label is than a typical one);
 * ``self-raw``: the relative test against the distilled student, as ``--reference`` runs it;
 * ``self-floor``: the same with the MAD of the log ratios floored at 0.1;
 * ``self``: what ``scan --self-reference`` runs (``Reference.test_options``): the floor, and a flagged
@@ -25,6 +27,9 @@ paper's method can in principle see), ``large`` (a trigger > 10%, blended ones i
 ``source`` (source-specific backdoors, which a scan over all labels is not meant to see). Per method and
 group it prints the exact-label detection rate (flagged labels = planted labels), the false-alarm rate on
 clean models (any label flagged), and the inconclusive rate, overall and per dataset.
+
+``--no-self`` scans without the student (the default scan, screening on; under ``OUT/scans-plain``), about
+a third of the cost, for the methods that need no reference; the ``self`` methods show ``n/a``.
 
 Kill it at any time: a rerun skips every model and scan already on disk.
 """
@@ -51,7 +56,9 @@ from neuralcleanse.detection import (
 from neuralcleanse.detection.distill import DistillSettings
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
-METHODS = ("paper", "log", "self-raw", "self-floor", "self", "self+log")
+METHODS = ("paper", "log", "log<0.25", "log<0.3", "log<0.4", "self-raw", "self-floor", "self", "self+log")
+#: methods that need the self-made reference (not judged on ``--no-self`` scans)
+NEEDS_SELF = ("self-raw", "self-floor", "self", "self+log")
 GROUPS = ("small", "large", "source", "clean")
 
 
@@ -101,13 +108,17 @@ def model_dir(case: Case, args: argparse.Namespace, data: nc.DatasetSplits) -> P
     return path
 
 
+def scan_path(case: Case, args: argparse.Namespace) -> Path:
+    return args.out / ("scans-plain" if args.no_self else "scans") / case.name
+
+
 def scan_dir(case: Case, args: argparse.Namespace, bundle: nc.ModelBundle, data: nc.DatasetSplits) -> Path:
-    path = args.out / "scans" / case.name
+    path = scan_path(case, args)
     if not (path / "report.json").exists():
         detector = NeuralCleanse(
             bundle.model,
             settings=ReverseSettings(seed=args.scan_seed),
-            self_reference=DistillSettings(seed=case.seed),
+            self_reference=None if args.no_self else DistillSettings(seed=case.seed),
             device=args.device,
         )
         report = detector.scan(data.test, samples=args.samples)
@@ -123,31 +134,38 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
     tests = {
         "paper": report.outlier_test(statistic="l1"),
         "log": report.outlier_test(statistic="log"),
-        "self": report.outlier_test(statistic="relative"),
-        "self-raw": _relative(report, {}),
-        "self-floor": _relative(report, {"mad_floor": 0.1}),
+        **{f"log<{r:g}": _on_norms(report, "log", {"max_ratio": r}) for r in (0.25, 0.3, 0.4)},
     }
+    if report.reference is not None:
+        tests |= {
+            "self": report.outlier_test(statistic="relative"),
+            "self-raw": _on_norms(report, "relative", {}),
+            "self-floor": _on_norms(report, "relative", {"mad_floor": 0.1}),
+        }
     for name, res in tests.items():
         verdict = (
             "inconclusive" if unsettled or not res.conclusive else ("backdoored" if res.flagged else "clean")
         )
         out[name] = (verdict, sorted(res.flagged))
-    both = sorted(set(tests["self"].flagged) & set(tests["log"].flagged))
-    verdict = "inconclusive" if unsettled else ("backdoored" if both else "clean")
-    out["self+log"] = (verdict, both)
+    if "self" in tests:
+        both = sorted(set(tests["self"].flagged) & set(tests["log"].flagged))
+        out["self+log"] = ("inconclusive" if unsettled else ("backdoored" if both else "clean"), both)
     return out
 
 
-def _relative(report: DetectionReport, options: dict[str, float]) -> OutlierResult:
-    """The relative test against the report's student with other test options than the shipped ones."""
+def _on_norms(report: DetectionReport, statistic: str, options: dict[str, float]) -> OutlierResult:
+    """A test on the report's norms with other test options than the shipped ones (``relative``: against
+    the report's student)."""
     labels = [r.label for r in report.labels]
     return mad_outlier_test(
         [r.l1_norm for r in report.labels],
         threshold=report.threshold,
         eligible=[r.reached for r in report.labels],
         names=labels,
-        statistic="relative",
-        reference=report.reference.norms_for(labels) if report.reference else None,
+        statistic=statistic,  # type: ignore[arg-type]
+        reference=report.reference.norms_for(labels)
+        if report.reference and statistic == "relative"
+        else None,
         **options,
     )
 
@@ -178,6 +196,8 @@ def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[],
 
 
 def outcome(row: dict, method: str) -> str:
+    if method not in row["methods"]:
+        return "n/a"
     verdict, flagged = row["methods"][method]["verdict"], row["methods"][method]["flagged"]
     if verdict == "inconclusive":
         return "inconclusive"
@@ -198,7 +218,7 @@ def table(rows: list[dict]) -> str:
             def rate(
                 groups: tuple[str, ...], what: str, part: list[dict] = part, method: str = method
             ) -> str:
-                sel = [r for r in part if r["group"] in groups]
+                sel = [r for r in part if r["group"] in groups and method in r["methods"]]
                 if not sel:
                     return "-"
                 k = sum(outcome(r, method) == what for r in sel)
@@ -229,6 +249,9 @@ def main() -> None:
     p.add_argument("--scan-seed", type=int, default=123)
     p.add_argument("--device", default="cpu")
     p.add_argument("--table", action="store_true", help="only tabulate what is on disk")
+    p.add_argument(
+        "--no-self", action="store_true", help="scan without the self-made reference (its methods: n/a)"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("neuralcleanse",):
@@ -240,7 +263,7 @@ def main() -> None:
     }
     rows: list[dict] = []
     for case in cases(args):
-        done = (args.out / "scans" / case.name / "report.json").exists()
+        done = (scan_path(case, args) / "report.json").exists()
         if args.table and not done:
             continue
         try:
@@ -250,7 +273,9 @@ def main() -> None:
         if not done:
             logging.info("%s: %s", case.name, " / ".join(outcome(rows[-1], m) for m in METHODS))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (args.out / f"results{'-plain' if args.no_self else ''}.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
     print(table(rows))
 
 
