@@ -65,6 +65,18 @@ def test_a_label_that_could_be_flagged_is_never_screened() -> None:
     assert not verdict_holds(CLEAR, [0], shrink=1.0, threshold=2.0)
 
 
+def test_screening_keeps_the_effect_size_of_a_flag() -> None:
+    # label 0 at 20 is 0.29 of the median 69: flagged by the effect statistic (at most 0.3); were label 7
+    # really 0.8 × 75 = 60, the median would be 66.5 and label 0 (0.30 of it) would not be flagged
+    near = {**CLEAR, 0: 20.0}
+    moved = {**near, 7: 60.0}
+    assert mad_outlier_test(list(near.values()), statistic="effect").flagged == [0]
+    assert mad_outlier_test(list(moved.values()), statistic="effect").flagged == []
+    assert verdict_holds(near, [7], shrink=0.8, threshold=2.0)  # the log test alone does not care
+    assert not verdict_holds(near, [7], shrink=0.8, threshold=2.0, max_ratio=0.3)
+    assert verdict_holds(CLEAR, [7], shrink=0.8, threshold=2.0, max_ratio=0.3)  # 10 is far below 0.3 × 66.5
+
+
 def test_labels_that_cannot_be_flagged_still_count() -> None:
     # label 0 never reached the attack threshold: it may not be flagged, and nothing has to be decided for it
     assert verdict_holds(CLEAR, [8, 9], eligible=set(CLEAR) - {0}, **RULE)

@@ -21,7 +21,7 @@ from neuralcleanse.detection.report import LabelResult
 from neuralcleanse.detection.statistics import PAPER
 from neuralcleanse.report import write_html_report
 
-UNKNOWN = "unknown outlier statistic 'l2'; use l1, log, relative"
+UNKNOWN = "unknown outlier statistic 'l2'; use l1, log, effect, relative"
 NO_REFERENCE = "the relative statistic needs a reference (scans of trusted models)"
 
 NORMS = [5.0, 55.0, 58.0, 61.0, 57.0, 63.0, 59.0, 60.0, 56.0, 62.0]  # label 0: a planted trigger
@@ -90,7 +90,7 @@ def test_a_missing_reference_is_refused_with_one_message() -> None:
 
 
 def test_the_registry_is_keyed_by_name_and_the_command_line_offers_it() -> None:
-    assert list(STATISTICS) == ["l1", "log", "relative"]
+    assert list(STATISTICS) == ["l1", "log", "effect", "relative"]
     assert all(s.name == k and get_statistic(k) is s for k, s in STATISTICS.items())
     assert [s.name for s in STATISTICS.values() if s.paper] == [PAPER.name] == ["l1"]
     assert all(s.description and "\n" not in s.description for s in STATISTICS.values())
@@ -99,7 +99,7 @@ def test_the_registry_is_keyed_by_name_and_the_command_line_offers_it() -> None:
     # screening is turned off for a statistic it would not be safe for, with a note naming the safe ones
     detector = nc.NeuralCleanse(TINY, reference=TRUSTED)
     assert not detector.settings.screening
-    assert detector._notes == ["screening is off: it is only safe for the L1 and log statistics"]
+    assert detector._notes == ["screening is off: it is only safe for the L1, log and effect-size statistics"]
 
 
 @pytest.mark.parametrize("name", list(STATISTICS))
@@ -121,6 +121,38 @@ def test_every_statistic_renders_in_the_cli_and_the_page(
     assert "<b>Backdoored.</b>" in page and f"than {stat.cheaper_than} — the signature" in page
     assert stat.explain(report) in page
     assert ("Beside it, the paper&#x27;s test" in page) == (not stat.paper)
+
+
+#: L1 norms of four zoo models (seed 0, the default scan; runs/zoo): Fashion-MNIST's clean model, whose
+#: bag (label 8) is a natural shortcut, and three backdoored models
+ZOO_NORMS = {
+    "fmnist-clean": ([64.5, 52.2, 68.4, 71.5, 67.5, 76.3, 54.5, 151.2, 23.5, 86.2], []),
+    "fmnist-badnets": ([11.8, 47.8, 62.0, 56.7, 81.5, 83.8, 47.1, 164.8, 24.7, 83.6], [0]),
+    "mnist-trojan-square": ([84.9, 178.8, 66.4, 74.7, 100.8, 23.7, 76.4, 84.4, 67.9, 86.4], [5]),
+    "fmnist-two-labels": ([42.0, 37.8, 4.6, 41.1, 54.1, 52.9, 38.3, 101.1, 15.4, 6.6], [2, 9]),
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO_NORMS))
+def test_the_effect_size_keeps_planted_labels_and_drops_natural_shortcuts(name: str) -> None:
+    norms, planted = ZOO_NORMS[name]
+    effect = nc.mad_outlier_test(norms, statistic="effect")
+    assert effect.flagged == planted
+    log = nc.mad_outlier_test(norms, statistic="log")
+    dropped = sorted(set(log.flagged) - set(planted))  # the log test flags the bag too, where it is small
+    assert set(planted) <= set(log.flagged)
+    assert all(norms[k] > 0.3 * math.exp(effect.median) for k in dropped)  # the median of the logs
+    assert any(
+        f"labels {dropped} are outliers but more than 0.3 times the median" in n for n in effect.notes
+    ) == bool(dropped)
+    # the paper's test: a false alarm on the bag, no power on two of the backdoored models
+    paper = nc.mad_outlier_test(norms)
+    assert (paper.flagged, paper.conclusive) == {
+        "fmnist-clean": ([8], True),
+        "fmnist-badnets": ([], False),
+        "mnist-trojan-square": ([5], True),
+        "fmnist-two-labels": ([], False),
+    }[name]
 
 
 def test_checks_and_sentences_live_in_one_module() -> None:

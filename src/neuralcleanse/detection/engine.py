@@ -256,6 +256,7 @@ def reverse_engineer(
     on_note: Callable[[str], None] | None = None,
     memory_limit: int | None = None,
     threshold: float = 2.0,
+    max_ratio: float = 1.0,
 ) -> list[LabelState]:
     """Optimise the trigger of every label in ``labels``; returns their final states in label order.
 
@@ -272,6 +273,9 @@ def reverse_engineer(
         memory_limit: bytes the forward/backward passes may use; default: half the memory available on
             the device. The labels run in parallel are capped so that their images fit (see
             :mod:`~neuralcleanse.detection.memory`); a model too large for it raises a one-line error.
+        threshold: the outlier test's anomaly threshold, whose flags screening keeps.
+        max_ratio: the test's effect size (a flagged label's norm at most this fraction of the median;
+            1: none), which screening keeps too.
     """
     if images.ndim != 4 or len(images) == 0:
         raise DataError(f"reverse engineering needs (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -400,7 +404,7 @@ def reverse_engineer(
             if not cfg.screening:
                 run(list(labels), None)
             else:
-                _screened_schedule(states, list(labels), cfg, threshold, run, on_note)
+                _screened_schedule(states, list(labels), cfg, (threshold, max_ratio), run, on_note)
     return [states[lab] for lab in labels]
 
 
@@ -424,13 +428,14 @@ def _screened_schedule(
     states: dict[int, LabelState],
     labels: list[int],
     cfg: ReverseSettings,
-    threshold: float,
+    test: tuple[float, float],
     run: Callable[[list[int], int | None], None],
     on_note: Callable[[str], None] | None,
 ) -> None:
     """First pass, (with many labels) a sample to the end, the screening decision, the candidates to the
     end, then the check on final norms. Every decision is a function of the labels' states, so a resumed
-    scan takes the same ones."""
+    scan takes the same ones. ``test`` is the outlier test's threshold and ``max_ratio``."""
+    threshold, max_ratio = test
     run(labels, cfg.screen_steps)
     for k in labels:
         if math.isnan(states[k].first_pass_l1):
@@ -459,6 +464,7 @@ def _screened_schedule(
             shrink=shrink,
             threshold=threshold,
             below_median=below_median,
+            max_ratio=max_ratio,
         )
         for k in chosen:
             _screen(states[k], shrink)
@@ -470,7 +476,13 @@ def _screened_schedule(
         screened = [k for k in labels if states[k].stop_reason == "screened"]
         reached = {k for k in labels if states[k].reached}
         again = labels_to_resume(
-            values, screened, eligible=reached, shrink=shrink, threshold=threshold, below_median=below_median
+            values,
+            screened,
+            eligible=reached,
+            shrink=shrink,
+            threshold=threshold,
+            below_median=below_median,
+            max_ratio=max_ratio,
         )
         if not again:
             break

@@ -71,7 +71,7 @@ def mad_outlier_test(
     statistic: Statistic = "l1",
     reference: Sequence[float] | None = None,
     mad_floor: float = 0.0,
-    max_ratio: float = 1.0,
+    max_ratio: float | None = None,
 ) -> OutlierResult:
     """Run the outlier test on L1 norms.
 
@@ -84,19 +84,22 @@ def mad_outlier_test(
         statistic: what the test runs on, a name in :data:`~.statistics.STATISTICS`: ``"l1"``, the
             paper's test on the norms, or ``"log"``: the same test on their logarithms, which measures
             how many *times* smaller a label's trigger is than the others' (see ``docs/detection.md``;
-            not in the paper), or ``"relative"``: the same test on ``log(L1 / reference)``, each label's
+            not in the paper), ``"effect"``: the log test whose flagged labels must also be at most
+            ``max_ratio`` times the median norm, or ``"relative"``: the same test on ``log(L1 / reference)``, each label's
             norm measured against what the same label costs in trusted models of the task, which
             cancels the task's natural shortcuts (not in the paper).
         reference: with ``statistic="relative"``, one reference L1 norm per label (NaN: left out).
         mad_floor: the anomaly index divides by ``max(MAD, mad_floor)`` (in the statistic's units): a
             reference that matches the model closely makes the MAD tiny, and then a label a few percent
             cheaper than its reference would count as an outlier. ``mad`` reports the MAD itself.
-        max_ratio: with the log and relative statistics, a flagged label's norm (or norm ratio) must also
+        max_ratio: with the statistics on logarithms, a flagged label's norm (or norm ratio) must also
             be at most this fraction of the median's (an effect size on top of the index; 1: none).
+            Default: the statistic's own (``effect``: :data:`~.statistics.EFFECT_RATIO`; the others: 1).
     """
     if not (math.isfinite(threshold) and threshold > 0):
         raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
     stat = get_statistic(statistic)
+    max_ratio = stat.max_ratio if max_ratio is None else max_ratio
     if not (math.isfinite(mad_floor) and mad_floor >= 0):
         raise SettingsError(f"mad_floor must be a finite number of at least 0, got {mad_floor!r}")
     if not 0 < max_ratio <= 1:
@@ -150,8 +153,8 @@ def mad_outlier_test(
         small = [k for k in flagged if values[labels.index(k)] <= median + math.log(max_ratio)]
         if small != flagged:
             notes.append(
-                f"labels {[k for k in flagged if k not in small]} are outliers but not {1 / max_ratio:g} times "
-                "cheaper than the median: not flagged"
+                f"labels {[k for k in flagged if k not in small]} are outliers but more than {max_ratio:g} "
+                "times the median: not flagged"
             )
         flagged = small
     skipped = [

@@ -391,6 +391,7 @@ class NeuralCleanse:
             on_step=on_step,
             on_note=notes.append,
             threshold=self.threshold,
+            max_ratio=get_statistic(self.statistic).max_ratio,
         )
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)

@@ -63,10 +63,12 @@ def _decided(
     threshold: float,
     *,
     ceiling: bool,
+    effect: float = math.inf,
 ) -> bool:
     """Whether every label of ``may_flag`` is surely flagged or surely not for any values in [lo, hi],
     every ``screened`` label surely not (and, with ``ceiling``, whether the test surely has power or
-    surely has none)."""
+    surely has none). With a finite ``effect`` (on logarithms: the log of ``max_ratio``) a surely
+    flagged label must also surely lie within ``effect`` of the median, or surely not."""
     median_lo, median_hi = float(np.median(lo)), float(np.median(hi))
     nearest = np.maximum.reduce([lo - median_hi, median_lo - hi, np.zeros_like(lo)])
     farthest = np.maximum(np.abs(lo - median_lo), np.abs(hi - median_hi))
@@ -77,6 +79,10 @@ def _decided(
     surely_not = (lo >= median_hi) | ((median_hi - lo) <= threshold * mad_lo)
     if not bool(np.all((surely_flagged | surely_not)[may_flag])) or not bool(np.all(surely_not[screened])):
         return False
+    if math.isfinite(effect):
+        small = (hi <= median_lo + effect) | (lo > median_hi + effect)
+        if not bool(np.all(small[may_flag & surely_flagged])):
+            return False
     if not ceiling or bool(np.any(surely_flagged[may_flag])):
         return True
     # no flag: the verdict is "clean" if the test could have flagged an empty trigger, else "inconclusive"
@@ -93,6 +99,7 @@ def verdict_holds(
     threshold: float,
     eligible: Collection[int] | None = None,
     below_median: bool = False,
+    max_ratio: float = 1.0,
 ) -> bool:
     """Whether the labels in ``screened`` may keep their upper values (module docstring).
 
@@ -100,7 +107,8 @@ def verdict_holds(
     ``eligible`` the labels that may be flagged (default: all; a label whose trigger never reached the
     attack threshold counts in the median and MAD but cannot be flagged). Screened labels must lie above
     the median unless ``below_median`` (many labels, with a shrink measured on a sample: see
-    :func:`calibration_sample`).
+    :func:`calibration_sample`). With ``max_ratio`` below 1 the log test's flags must also keep their
+    effect size (a flagged label's norm at most ``max_ratio`` of the median) for any values in the ranges.
     """
     if not screened:
         return True
@@ -117,7 +125,8 @@ def verdict_holds(
     if not _decided(lo, hi, may_flag, stopped, threshold, ceiling=True):
         return False
     log_lo, log_hi = np.log(np.maximum(lo, _LOG_FLOOR)), np.log(np.maximum(hi, _LOG_FLOOR))
-    return _decided(log_lo, log_hi, may_flag, stopped, threshold, ceiling=False)
+    effect = math.log(max_ratio) if max_ratio < 1 else math.inf
+    return _decided(log_lo, log_hi, may_flag, stopped, threshold, ceiling=False, effect=effect)
 
 
 def choose_screened(
@@ -128,13 +137,20 @@ def choose_screened(
     threshold: float,
     eligible: Collection[int] | None = None,
     below_median: bool = False,
+    max_ratio: float = 1.0,
 ) -> list[int]:
     """The labels of ``candidates`` to stop after the first pass: the largest norms first, each added
     while :func:`verdict_holds` still holds for the whole set."""
 
     def holds(screened: list[int]) -> bool:
         return verdict_holds(
-            values, screened, shrink=shrink, threshold=threshold, eligible=eligible, below_median=below_median
+            values,
+            screened,
+            shrink=shrink,
+            threshold=threshold,
+            eligible=eligible,
+            below_median=below_median,
+            max_ratio=max_ratio,
         )
 
     chosen: list[int] = []
@@ -152,13 +168,20 @@ def labels_to_resume(
     threshold: float,
     eligible: Collection[int] | None = None,
     below_median: bool = False,
+    max_ratio: float = 1.0,
 ) -> list[int]:
     """Screened labels that must run to the end after all (the rule no longer holds with the other
     labels' final norms): the smallest upper values first, until the rule holds for the rest."""
     keep = sorted(screened, key=lambda k: (-values[k], k))
     resume: list[int] = []
     while keep and not verdict_holds(
-        values, keep, shrink=shrink, threshold=threshold, eligible=eligible, below_median=below_median
+        values,
+        keep,
+        shrink=shrink,
+        threshold=threshold,
+        eligible=eligible,
+        below_median=below_median,
+        max_ratio=max_ratio,
     ):
         resume.append(keep.pop())
     return sorted(resume)

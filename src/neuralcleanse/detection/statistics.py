@@ -16,7 +16,7 @@ Examples::
     'the test on log L1 norms'
     >>> get_statistic("l2")
     Traceback (most recent call last):
-    neuralcleanse.errors.SettingsError: unknown outlier statistic 'l2'; use l1, log, relative
+    neuralcleanse.errors.SettingsError: unknown outlier statistic 'l2'; use l1, log, effect, relative
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 __all__ = ["STATISTICS", "OutlierStatistic", "Statistic", "get_statistic"]
 
 #: the names of the statistics (:data:`STATISTICS` holds one object for each)
-Statistic = Literal["l1", "log", "relative"]
+Statistic = Literal["l1", "log", "effect", "relative"]
+
+#: the effect statistic's largest ratio of a flagged label's L1 norm to the median (``docs/fidelity.md``)
+EFFECT_RATIO = 0.3
 
 #: on logarithms, norms below this (a trigger of a millionth of a pixel) count as this
 LOG_FLOOR = 1e-6
@@ -69,6 +72,8 @@ class OutlierStatistic(ABC):
         screening_safe: a screened scan (:mod:`~neuralcleanse.detection.schedule`, which decides on the L1
             norms and their logarithms) reaches the same verdict as a full one.
         cheaper_than: ends "the label can be reached with far less change to the input than ...".
+        max_ratio: a flagged label's norm must also be at most this fraction of the median's (an effect
+            size on top of the anomaly index, on logarithms only; 1: none).
     """
 
     __slots__ = ()
@@ -83,6 +88,7 @@ class OutlierStatistic(ABC):
     needs_reference: ClassVar[bool] = False
     screening_safe: ClassVar[bool] = True
     cheaper_than: ClassVar[str] = "any normal label needs"
+    max_ratio: ClassVar[float] = 1.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -187,7 +193,7 @@ class LogStatistic(OutlierStatistic):
     others' (not in the paper; see ``docs/detection.md``)."""
 
     __slots__ = ()
-    name = "log"
+    name: ClassVar[Statistic] = "log"
     title = "log"
     description = "the MAD test on the logarithms of the L1 norms: how many times smaller (not in the paper)"
     test_name = "the test on log L1 norms"
@@ -199,6 +205,29 @@ class LogStatistic(OutlierStatistic):
             f"Outlier test on log L1 norms: median L1 {_fixed(report.median_l1, 1)}, MAD of the logs "
             f"{_fixed(report.mad, 2)} (1.4826 × median absolute deviation; a label's index counts how many "
             "such factors its norm lies below the median)."
+        )
+
+
+class EffectStatistic(LogStatistic):
+    """The log test with an effect size: a flagged label's trigger must also be at most
+    :data:`EFFECT_RATIO` times the median norm — an outlier that is only slightly cheaper than a
+    typical label is a natural shortcut more often than a backdoor (not in the paper; chosen on the
+    fidelity benchmark, ``docs/fidelity.md``)."""
+
+    __slots__ = ()
+    name = "effect"
+    title = "effect-size"
+    description = f"the log test, and a flagged trigger at most {EFFECT_RATIO:g} times the median L1 norm (not in the paper)"
+    test_name = f"the log test with an effect size ({EFFECT_RATIO:g} of the median)"
+    max_ratio = EFFECT_RATIO
+
+    def test_inputs(self, reference: Reference | None, labels: Sequence[int]) -> dict[str, Any]:
+        return {"max_ratio": self.max_ratio}
+
+    def explain(self, report: DetectionReport) -> str:
+        return super().explain(report) + (
+            f" A flagged label's norm must also be at most {self.max_ratio:g} times the median L1 norm, "
+            f"i.e. under {self.max_ratio * report.median_l1:.1f}."
         )
 
 
@@ -281,7 +310,9 @@ class RelativeStatistic(OutlierStatistic):
 PAPER = PaperStatistic()
 
 #: every statistic by name, in the order the command line lists them
-STATISTICS: dict[str, OutlierStatistic] = {s.name: s for s in (PAPER, LogStatistic(), RelativeStatistic())}
+STATISTICS: dict[str, OutlierStatistic] = {
+    s.name: s for s in (PAPER, LogStatistic(), EffectStatistic(), RelativeStatistic())
+}
 
 
 def get_statistic(name: str) -> OutlierStatistic:
