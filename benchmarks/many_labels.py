@@ -93,11 +93,11 @@ def main() -> None:
             flagged = (
                 str(rep.flagged) if len(rep.flagged) <= 6 else f"{rep.flagged[:6]}+{len(rep.flagged) - 6}"
             )
-            below = sum(hi < rep.median for _, hi in rep.screened.values())
+            below = sum(hi < rep.median_l1 for _, hi in rep.screened.values())
             rows.append(
                 f"{n:6d} {schedule:9} {secs:8.1f} {images:9d} {secs / first[schedule]:8.2f} {images / first_images[schedule]:8.2f} {images / n:9.0f} "
                 f"{len(rep.screened):8d} {below:9d} {flagged:20} 0        "
-                f"{rep.label(0).l1_norm:7.1f} / {rep.median:6.1f}    {rep.verdict}"
+                f"{rep.label(0).l1_norm:7.1f} / {rep.median_l1:6.1f}    {rep.verdict}"
             )
             print(rows[-1], flush=True)
     print()

@@ -129,7 +129,7 @@ def main() -> None:
             print(
                 f"{label:18s} {mode:10s} {run['seconds']:8.1f} {run['images_processed']:9d} {run['images_per_second']:7.0f}"
                 f" {100 * run['images_per_second'] / peak:5.0f}%  {str(report.flagged):10s}"
-                f" {report.label(0).anomaly_index:6.2f} {report.label(0).l1_norm:6.1f} {report.median:6.1f}"
+                f" {report.label(0).anomaly_index:6.2f} {report.label(0).l1_norm:6.1f} {report.median_l1:6.1f}"
                 f" {report.ceiling:5.2f} | {str(log.flagged):12s} {log.anomaly_index[0]:6.2f}"
             )
     if not args.skip_sequential:

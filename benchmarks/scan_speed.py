@@ -239,7 +239,7 @@ def main() -> None:
                 f"{subject.name:24s} {mode + ('*' if cached else ''):10s} {run['seconds']:8.1f} "
                 f"{run['images_processed']:9d} {run['images_per_second']:6.0f} "
                 f"{100 * run['images_per_second'] / best:4.0f}% {len(report.screened):8d} "
-                f"{str(report.flagged):10s} {flagged_norms(report):12s} {report.median:6.1f}  {subject.planted}"
+                f"{str(report.flagged):10s} {flagged_norms(report):12s} {report.median_l1:6.1f}  {subject.planted}"
             )
             rows.append(row)
             print(row, f"({time.perf_counter() - start:.0f} s)", flush=True)

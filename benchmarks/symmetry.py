@@ -88,7 +88,7 @@ def main() -> None:
         rec = saved[key]
         print(
             f"\n{subject.name}: planted {subject.planted}, flagged {report.flagged} (paper's test), "
-            f"median {report.median:.1f}; {rec['seconds']:.0f} s for the per-class triggers"
+            f"median {report.median_l1:.1f}; {rec['seconds']:.0f} s for the per-class triggers"
         )
         print(
             f"  {'label':>5} {'scan L1':>8} {'in: min':>8} {'median':>7} {'out: median':>12} {'asymmetry':>10}"

@@ -32,8 +32,9 @@ def test_badnets_target_is_flagged(badnets_report: DetectionReport, badnets_mode
 def test_clean_model_is_not_flagged(clean_report: DetectionReport) -> None:
     r = clean_report
     assert r.verdict == "clean" and r.flagged == []
-    below = [x.anomaly_index for x in r.labels if x.l1_norm < r.median]
+    below = [x.anomaly_index for x in r.labels if x.l1_norm < r.median_l1]
     assert max(below) <= 2
+    assert r.statistic == "effect" and r.outlier_test(statistic="l1").flagged == []  # the paper's test too
     assert all(x.reached for x in r.labels)
 
 
@@ -41,8 +42,13 @@ def test_report_records_settings_and_statistics(badnets_report: DetectionReport)
     r = badnets_report
     norms = torch.tensor(list(r.l1_norms.values()), dtype=torch.float64)
     med = float(norms.median()) if len(norms) % 2 else float(norms.sort().values[4:6].mean())
-    assert r.median == pytest.approx(med)
-    assert r.mad == pytest.approx(1.4826 * float((norms - med).abs().sort().values[4:6].mean()))
+    paper = r.outlier_test(statistic="l1")
+    assert paper.median == pytest.approx(med)
+    assert paper.mad == pytest.approx(1.4826 * float((norms - med).abs().sort().values[4:6].mean()))
+    logs = norms.log()  # the default statistic's median and MAD are those of the logs
+    log_med = float(logs.sort().values[4:6].mean())
+    assert r.statistic == "effect" and r.median == pytest.approx(log_med, rel=1e-4)
+    assert r.mad == pytest.approx(1.4826 * float((logs - log_med).abs().sort().values[4:6].mean()), rel=1e-4)
     assert r.settings["loss"] == "ce" and r.settings["mode"] == "batched" and r.settings["seed"] == 0
     assert any("cross-entropy" in n for n in r.notes)
     assert r.data["images"] <= 1000 and r.run["images_processed"] > 0
@@ -56,10 +62,12 @@ def test_outlier_test_reruns_from_the_report_with_either_statistic(
     same = badnets_report.outlier_test()
     assert same.flagged == badnets_report.flagged
     assert same.anomaly_index == pytest.approx([x.anomaly_index for x in badnets_report.labels])
-    assert badnets_report.ceiling == pytest.approx(badnets_report.median / badnets_report.mad)
+    assert badnets_report.ceiling == math.inf  # on logarithms the test has no ceiling
+    paper = badnets_report.outlier_test(statistic="l1")
+    assert paper.ceiling == pytest.approx(paper.median / paper.mad)
     log = badnets_report.outlier_test(statistic="log")
-    assert log.flagged == [0] and log.anomaly_index[0] > same.anomaly_index[0]
-    assert math.exp(log.median) == pytest.approx(badnets_report.median, rel=0.2)
+    assert log.flagged == [0] and log.anomaly_index[0] > paper.anomaly_index[0]
+    assert math.exp(log.median) == pytest.approx(paper.median, rel=0.2)
     assert clean_report.outlier_test(statistic="log").flagged == []
     with pytest.raises(SettingsError, match="statistic"):
         badnets_report.outlier_test(statistic="l2")
@@ -91,7 +99,7 @@ def test_report_save_and_load(badnets_report: DetectionReport, tmp_path: Path) -
         assert (out / "images" / f"label_0000_{kind}.png").stat().st_size > 100
     back = DetectionReport.load(out)
     assert back.flagged == [0] and back.l1_norms == pytest.approx(badnets_report.l1_norms)
-    assert d["statistic"] == "l1" and back.statistic == "l1"
+    assert d["statistic"] == "effect" and back.statistic == "effect"
     assert torch.allclose(back.triggers[0].mask, badnets_report.triggers[0].mask)
     (out / "report.json").write_text(json.dumps({**d, "format_version": 0}))
     with pytest.raises(DataError, match="format version 0"):

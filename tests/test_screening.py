@@ -236,12 +236,14 @@ def test_many_labels_measure_their_floor_on_a_sample_and_screen_below_the_median
     for k in (6, 9, 10, 21):  # the sample ran exactly as in the full scan
         assert fast.label(k).steps == full.label(k).steps and fast.label(k).stop_reason == "early_stop"
     screened = fast.screened
-    assert len(screened) >= 10 and sum(full.label(k).l1_norm < full.median for k in screened) >= 5
+    assert len(screened) >= 10 and sum(full.label(k).l1_norm < full.median_l1 for k in screened) >= 5
     for k, (lower, upper) in screened.items():  # the measured floor held on this model
         assert lower <= full.label(k).l1_norm * (1 + 1e-5) and full.label(k).l1_norm <= upper * (1 + 1e-5)
     assert fast.run["images_processed"] < 0.92 * full.run["images_processed"]
     few = NeuralCleanse(model, settings=MANY_FAST.replace(screen_sample_from=31)).scan(IMAGES, samples=None)
-    assert all(few.label(k).l1_norm > few.median for k in few.screened)  # under 31 labels: the assumed floor
+    assert all(
+        few.label(k).l1_norm > few.median_l1 for k in few.screened
+    )  # under 31 labels: the assumed floor
 
 
 class _Stop(Exception):

@@ -256,9 +256,10 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--statistic",
         type=click.Choice(list(STATISTICS)),
-        help="Outlier test on the L1 norms (the paper; the default), on their logs (how many times "
-        "smaller), or on each norm over the same label's norm in --reference scans (the default with "
-        "--reference).",
+        help="Outlier test on the L1 norms (l1: the paper's, always shown beside the verdict), on their "
+        "logs (log: how many times smaller), on their logs with an effect size (effect, the default: a "
+        "flagged trigger at most 0.3 times the median), or on each norm over the same label's norm in "
+        "--reference scans (relative, the default with --reference).",
     ),
     click.option(
         "--reference",

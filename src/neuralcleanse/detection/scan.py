@@ -28,7 +28,7 @@ from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
 from .report import DetectionReport, LabelResult, unsettled_reason
 from .settings import ReverseSettings
-from .statistics import Statistic, get_statistic, screening_note
+from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
 
 __all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
 
@@ -172,9 +172,11 @@ class NeuralCleanse:
             for the original code's sequential schedule).
         threshold: anomaly index above which a small-norm label is flagged (paper: 2).
         statistic: ``"l1"`` (the paper: the outlier test on the L1 norms), ``"log"`` (on their
-            logarithms) or ``"relative"`` (on each norm over its ``reference`` norm); see
+            logarithms), ``"effect"`` (the log test, and a flagged trigger at most 0.3 times the median
+            norm) or ``"relative"`` (on each norm over its ``reference`` norm); see
             :func:`~neuralcleanse.detection.mad_outlier_test`. Default: ``relative`` when a reference
-            is given, else ``l1``.
+            is given, else ``effect`` (it beats the paper's test on the fidelity benchmark,
+            ``docs/fidelity.md``; the paper's test is reported beside it).
         reference: per-label norms of trusted models of the same task
             (:meth:`Reference.from_reports`), recorded in the report.
         device: where to run (``auto``, ``cpu``, ``cuda``...).
@@ -206,7 +208,9 @@ class NeuralCleanse:
         if self_reference is not False and reference is not None:
             raise SettingsError("give either a reference of trusted models or self_reference, not both")
         own = DistillSettings() if self_reference is True else (self_reference or None)
-        statistic = statistic or ("relative" if reference is not None or own is not None else "l1")
+        statistic = statistic or (
+            "relative" if reference is not None or own is not None else DEFAULT_STATISTIC
+        )
         stat = get_statistic(statistic)
         stat.check(reference=reference is not None or own is not None)
         if own is not None and not stat.needs_reference:

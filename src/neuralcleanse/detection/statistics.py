@@ -40,6 +40,9 @@ __all__ = ["STATISTICS", "OutlierStatistic", "Statistic", "get_statistic"]
 #: the names of the statistics (:data:`STATISTICS` holds one object for each)
 Statistic = Literal["l1", "log", "effect", "relative"]
 
+#: the statistic of a scan without a reference (``docs/fidelity.md`` says why)
+DEFAULT_STATISTIC: Statistic = "effect"
+
 #: the effect statistic's largest ratio of a flagged label's L1 norm to the median (``docs/fidelity.md``)
 EFFECT_RATIO = 0.3
 

@@ -175,7 +175,7 @@ def scan_entry(
             result.update(
                 verdict=report.verdict,
                 flagged=report.flagged,
-                median=report.median,
+                median=report.median_l1,
                 target_index=[report.label(t).anomaly_index for t in targets],
                 target_l1=[report.label(t).l1_norm for t in targets],
                 seconds=report.run.get("seconds"),
