@@ -492,17 +492,19 @@ def _screened_schedule(
             s.done, s.stop_reason, s.screened_bound = False, "", math.nan
     screened = [k for k in labels if states[k].stop_reason == "screened"]
     if screened and on_note is not None:
-        on_note(_screening_note(states, screened, cfg, threshold, sample, shrink))
+        on_note(_screening_note(states, screened, cfg, test, sample, shrink))
 
 
 def _screening_note(
     states: dict[int, LabelState],
     screened: list[int],
     cfg: ReverseSettings,
-    threshold: float,
+    test: tuple[float, float],
     sample: list[int],
     shrink: float,
 ) -> str:
+    threshold, max_ratio = test
+    effect = f", a flag's effect size of {max_ratio:g} of the median" if max_ratio < 1 else ""
     bounds = ", ".join(f"{k}: {states[k].screened_bound:.1f}-{states[k].l1_norm():.1f}" for k in screened)
     floor = (
         f"a floor of {shrink:.2f} of the first-pass norm, measured on labels {sample} run to the end "
@@ -513,7 +515,7 @@ def _screening_note(
     return (
         f"screening: labels {screened} stopped after {cfg.screen_steps} steps with norms assumed to lie in "
         f"({bounds}), {floor}; the outlier test flags the same labels (threshold {threshold:g}, L1 and log "
-        "statistics) for any norms in those ranges; their upper values are used in the test"
+        f"statistics{effect}) for any norms in those ranges; their upper values are used in the test"
     )
 
 
