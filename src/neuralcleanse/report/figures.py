@@ -56,6 +56,7 @@ def norm_chart(
     chart draws them back in the units of the values. ``quantity`` names what the values are (e.g. each
     norm over its reference norm)."""
     log_units = get_statistic(statistic).log_units
+    max_ratio = get_statistic(statistic).max_ratio
     plt = _plt()
     rows = [
         (lab, name, n, a)
@@ -90,6 +91,9 @@ def norm_chart(
             band = f"median ± MAD ({mad:.1f})" if not log_units else f"median ×/÷ e^MAD ({math.exp(mad):.2f})"
             (ax1.axhspan if not many else ax1.axvspan)(lo, hi, color=_BLUE, alpha=0.12, label=band)
             line(cut, color=_RED, lw=1, ls="--", label=f"flag below {cut:.3g} (index {threshold:g})")
+        if max_ratio < 1:  # the effect size: a flagged label must also lie below this
+            line(median * max_ratio, color=_RED, lw=1, ls=":", label=f"and below {median * max_ratio:.3g} "
+                 f"({max_ratio:g} × median)")  # fmt: skip
     ax1.set_title(f"{quantity} of each label's smallest trigger")
     if not many:
         ax1.set_ylabel(quantity)
@@ -117,7 +121,7 @@ def norm_chart(
     (ax2.axhline if not many else ax2.axvline)(
         threshold, color=_RED, lw=1, ls="--", label=f"threshold {threshold:g}"
     )
-    what = "L1" if quantity == "L1 norm" else f"log({quantity})"
+    what = ("log L1" if log_units else "L1") if quantity == "L1 norm" else f"log({quantity})"
     ax2.set_title(f"anomaly index |{what} − median| / MAD (blue: below the median)")
     ax2.legend(fontsize=8, loc="upper center" if many else "upper right")
     fig.tight_layout()
