@@ -85,9 +85,10 @@ def mad_outlier_test(
             paper's test on the norms, or ``"log"``: the same test on their logarithms, which measures
             how many *times* smaller a label's trigger is than the others' (see ``docs/detection.md``;
             not in the paper), ``"effect"``: the log test whose flagged labels must also be at most
-            ``max_ratio`` times the median norm, or ``"relative"``: the same test on ``log(L1 / reference)``, each label's
-            norm measured against what the same label costs in trusted models of the task, which
-            cancels the task's natural shortcuts (not in the paper).
+            ``max_ratio`` times the median norm (the default verdict of a scan), or ``"relative"``: the
+            same test on ``log(L1 / reference)``, each label's norm measured against what the same label
+            costs in trusted models of the task, which cancels the task's natural shortcuts (not in the
+            paper).
         reference: with ``statistic="relative"``, one reference L1 norm per label (NaN: left out).
         mad_floor: the anomaly index divides by ``max(MAD, mad_floor)`` (in the statistic's units): a
             reference that matches the model closely makes the MAD tiny, and then a label a few percent
