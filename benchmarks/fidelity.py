@@ -57,8 +57,6 @@ from neuralcleanse.detection.distill import DistillSettings
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
 METHODS = ("paper", "log", "log<0.25", "log<0.3", "log<0.4", "self-raw", "self-floor", "self", "self+log")
-#: methods that need the self-made reference (not judged on ``--no-self`` scans)
-NEEDS_SELF = ("self-raw", "self-floor", "self", "self+log")
 GROUPS = ("small", "large", "source", "clean")
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from neuralcleanse.detection import DetectionReport, ReverseSettings
-from neuralcleanse.detection.outlier import mad_outlier_test
+from neuralcleanse.detection.outlier import CONSISTENCY, mad_outlier_test
 from neuralcleanse.detection.schedule import (
     calibration_sample,
     choose_screened,
@@ -134,16 +134,13 @@ def replay(
         line("predicted", stopped, used)
         + f" (stable {stable}/{draws}, ratios {ratios.min():.2f}-{ratios.max():.2f})"
     )
-    out.append(
-        sampled(first, final, steps, reached, eligible, reference, sample_size, seed, statistics, line)
-    )
+    out.append(sampled(first, final, reached, eligible, reference, sample_size, seed, statistics, line))
     return out
 
 
 def sampled(
     first: dict[int, float],
     final: dict[int, float],
-    steps: dict[int, int],
     reached: set[int],
     eligible: set[int],
     reference: tuple[tuple[int, ...], ...],
@@ -187,10 +184,10 @@ def sampled(
     )
 
 
-def _flag_line(values: np.ndarray) -> float:
-    """The value below which the MAD test (threshold 2) flags a label, for this basis of the statistic."""
+def _flag_line(values: np.ndarray, threshold: float = 2.0) -> float:
+    """The value below which the MAD test flags a label, for this basis of the statistic."""
     med = float(np.median(values))
-    return med - 2.0 * 1.4826 * float(np.median(np.abs(values - med)))
+    return med - threshold * CONSISTENCY * float(np.median(np.abs(values - med)))
 
 
 def main() -> None:

@@ -55,8 +55,8 @@ def norm_chart(
     :data:`~neuralcleanse.detection.statistics.STATISTICS`; ``log`` and ``relative``: of logarithms); the
     chart draws them back in the units of the values. ``quantity`` names what the values are (e.g. each
     norm over its reference norm)."""
-    log_units = get_statistic(statistic).log_units
-    max_ratio = get_statistic(statistic).max_ratio
+    stat = get_statistic(statistic)
+    log_units, max_ratio = stat.log_units, stat.max_ratio
     plt = _plt()
     rows = [
         (lab, name, n, a)
