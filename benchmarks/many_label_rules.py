@@ -14,13 +14,21 @@ would have used.
 Rules (with at least 30 labels; ``protected`` labels — more than one MAD below the first-pass median —
 and a calibration sample of ``--sample`` labels at evenly spaced first-pass ranks always run to the end):
 
-* ``worst-case``: the library's rule (``choose_screened`` with ``below_median``) on the interval
-  [floor, first-pass norm], floor = the sample's smallest final/first-pass ratio × 0.9; the screened
-  labels keep their first-pass norm in the test (today's default);
+* ``worst-case``: the library's rule for a verdict without an effect size (``choose_screened`` with
+  ``below_median``) on the interval [floor, first-pass norm], floor = the sample's smallest
+  final/first-pass ratio × 0.9; the screened labels keep their first-pass norm in the test;
 * ``predicted``: every other reached label stops and enters the test at its first-pass norm times the
   sample's median ratio; it is accepted when the flags of both tests (L1 and log) are the same in at
   least 95% of 500 draws that give every stopped label a ratio drawn from the sample's; otherwise no
-  label stops (a candidate rule, not in the library).
+  label stops (a candidate rule, not in the library);
+* ``sampled`` (only for the ``l1`` and ``log`` tests): see :func:`sampled`;
+* ``ranges``: the engine's rule for many labels under a verdict with an effect size (the default
+  ``effect`` statistic): every other reached label gets the range [first-pass norm × the sample's smallest
+  ratio × 0.9, × its largest ratio / 0.9] and stops when the effect statistic surely does not flag it
+  there (``clearly_unflagged``); once the others are final the rule is checked on every range
+  (``ranges_hold``) and stopped labels are resumed, smallest first, until it holds. Stopped labels enter
+  the test at first-pass norm × the sample's median ratio. It keeps only the effect statistic's flags
+  certain: other tests in ``--tests`` run on the estimates.
 
 It prints, per report and rule: the flags of the complete scan, the rule's flags, how many labels
 stopped, and the images relative to the complete scan.
@@ -41,10 +49,13 @@ from neuralcleanse.detection.outlier import CONSISTENCY, mad_outlier_test
 from neuralcleanse.detection.schedule import (
     calibration_sample,
     choose_screened,
+    clearly_unflagged,
     labels_to_resume,
     measured_shrink,
     protected,
+    ranges_hold,
 )
+from neuralcleanse.detection.statistics import EFFECT_RATIO
 from neuralcleanse.errors import NeuralCleanseError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -135,6 +146,23 @@ def replay(
         + f" (stable {stable}/{draws}, ratios {ratios.min():.2f}-{ratios.max():.2f})"
     )
     out.append(sampled(first, final, reached, eligible, reference, sample_size, seed, statistics, line))
+    # measured ranges, decided on the effect statistic alone (the engine's many-label rule)
+    lo_r, hi_r = float(ratios.min()) * 0.9, min(1.0, float(ratios.max()) / 0.9)
+    mid = float(np.median(ratios))
+
+    def span(k: int) -> tuple[float, float]:
+        return first[k] * lo_r, min(first[k], first[k] * hi_r)
+
+    at_decision = {k: span(k) if k in candidates else (final[k], final[k]) for k in rows}
+    chosen = clearly_unflagged(at_decision, candidates, threshold=2.0, max_ratio=EFFECT_RATIO)
+    chosen.sort(key=lambda k: -first[k])
+    while chosen:
+        ranges = {k: (final[k], final[k]) for k in rows} | {k: span(k) for k in chosen}
+        if ranges_hold(ranges, chosen, threshold=2.0, max_ratio=EFFECT_RATIO, eligible=eligible):
+            break
+        chosen.pop()
+    values = {k: v for k, v in final.items() if math.isfinite(v)} | {k: first[k] * mid for k in chosen}
+    out.append(line("ranges", chosen, values) + f" (ratios {lo_r:.2f}-{hi_r:.2f}, estimate {mid:.2f})")
     return out
 
 
@@ -153,6 +181,8 @@ def sampled(
     run to the end; the labels that could be flagged under the measured floor (and the protected ones)
     run to the end too, the others stop after the first pass and stay out of the statistic. The sample
     doubles until 95% of 200 bootstrap draws of it give the same flags (or it holds every label)."""
+    if any(s not in ("l1", "log") for s in statistics):
+        return f"{'':28s} sampled: only for the l1 and log tests"
     rng = np.random.default_rng(seed)
     ordered = sorted(reached)
     guard = set(protected(first, ordered, threshold=2.0))

@@ -15,9 +15,11 @@ from neuralcleanse.detection.outlier import mad_outlier_test
 from neuralcleanse.detection.schedule import (
     calibration_sample,
     choose_screened,
+    clearly_unflagged,
     labels_to_resume,
     measured_shrink,
     protected,
+    ranges_hold,
     verdict_holds,
 )
 
@@ -152,6 +154,47 @@ def test_screening_settings_are_checked() -> None:
         ReverseSettings(screening="yes")  # type: ignore[arg-type]
 
 
+# ---- many labels under an effect size: measured ranges --------------------------------------------------
+
+#: the effect statistic's rule: the log test at 2, a flag at most 0.3 of the median
+EFFECT = {"threshold": 2.0, "max_ratio": 0.3}
+
+
+def _effect_flags(values: dict[int, float]) -> list[int]:
+    labels = sorted(values)
+    res = mad_outlier_test([values[k] for k in labels], names=labels, statistic="effect")
+    return list(res.flagged)
+
+
+def test_a_label_too_expensive_for_the_effect_size_is_cleared_whatever_its_index() -> None:
+    # label 1 lies far below the bulk in log units (index above 2) but at 0.5 of the median: the log test
+    # flags it, the effect statistic does not, and a range around it that stays above 0.3 clears it
+    values = {k: 100.0 * (1 + 0.02 * (k % 5)) for k in range(2, 40)} | {0: 5.0, 1: 50.0}
+    assert _effect_flags(values) == [0]
+    labels = sorted(values)
+    assert mad_outlier_test([values[k] for k in labels], names=labels, statistic="log").flagged == [0, 1]
+    ranges = {k: (v, v) for k, v in values.items()} | {1: (40.0, 55.0)}
+    assert clearly_unflagged(ranges, [1], **EFFECT) == [1]
+    assert ranges_hold(ranges, [1], **EFFECT)
+    near = ranges | {1: (25.0, 55.0)}  # its range reaches below 0.3 of the median: not cleared
+    assert clearly_unflagged(near, [1], **EFFECT) == []
+    assert not ranges_hold(near, [1], **EFFECT)
+    # the planted label may be flagged: a range for it around the line leaves the verdict open
+    assert ranges_hold(ranges | {0: (4.0, 6.0)}, [], **EFFECT)
+    assert not ranges_hold(ranges | {0: (4.0, 40.0)}, [], **EFFECT)
+
+
+def test_measured_ranges_keep_the_effect_flags_for_any_norms_inside_them() -> None:
+    ranges = {k: (0.8 * v, 1.2 * v) for k, v in MANY.items() if k != 0} | {0: (MANY[0], MANY[0])}
+    chosen = clearly_unflagged(ranges, [k for k in MANY if k != 0], **EFFECT)
+    assert len(chosen) == 39 and ranges_hold(ranges, chosen, **EFFECT)
+    for factor in (0.8, 1.0, 1.2):
+        moved = {k: v * (factor if k in chosen else 1.0) for k, v in MANY.items()}
+        assert _effect_flags(moved) == [0]
+    assert not ranges_hold(ranges, [*chosen, 0], **EFFECT)  # a label that is flagged is never screened
+    assert clearly_unflagged({1: (5.0, 6.0), 2: (7.0, 8.0)}, [1, 2], **EFFECT) == []  # too few labels
+
+
 # ---- end to end on a tiny hand-made model ----------------------------------------------------------------
 
 
@@ -227,9 +270,9 @@ MANY_FAST = MANY_TINY.replace(screening=True, screen_steps=30, screen_sample=4, 
 
 
 def test_many_labels_measure_their_floor_on_a_sample_and_screen_below_the_median() -> None:
-    model = many_label_model()
-    full = NeuralCleanse(model, settings=MANY_TINY).scan(IMAGES, samples=None)
-    fast = NeuralCleanse(model, settings=MANY_FAST).scan(IMAGES, samples=None)
+    model = many_label_model()  # the paper's test as the verdict: the worst-case rule on L1 and log norms
+    full = NeuralCleanse(model, settings=MANY_TINY, statistic="l1").scan(IMAGES, samples=None)
+    fast = NeuralCleanse(model, settings=MANY_FAST, statistic="l1").scan(IMAGES, samples=None)
     assert fast.flagged == full.flagged and fast.verdict == full.verdict
     note = next(n for n in fast.notes if n.startswith("screening:"))
     assert "measured on labels [6, 9, 10, 21] run to the end" in note and "statistical" in note
@@ -244,6 +287,25 @@ def test_many_labels_measure_their_floor_on_a_sample_and_screen_below_the_median
     assert all(
         few.label(k).l1_norm > few.median_l1 for k in few.screened
     )  # under 31 labels: the assumed floor
+
+
+def test_many_labels_under_an_effect_size_stop_on_measured_ranges_and_enter_the_test_at_an_estimate() -> None:
+    model = many_label_model()  # the default verdict (effect): ranges measured on the sample
+    full = NeuralCleanse(model, settings=MANY_TINY).scan(IMAGES, samples=None)
+    fast = NeuralCleanse(model, settings=MANY_FAST).scan(IMAGES, samples=None)
+    assert fast.flagged == full.flagged and 0 in full.flagged and fast.verdict == full.verdict == "backdoored"
+    note = next(n for n in fast.notes if n.startswith("screening:"))
+    assert "median final/first-pass ratio of labels [6, 9, 10, 21]" in note and "statistical" in note
+    assert fast.estimated == sorted(fast.screened) and len(fast.screened) >= 10
+    assert 0 not in fast.screened and fast.label(0).steps == full.label(0).steps
+    for k, (lower, upper) in fast.screened.items():
+        row = fast.label(k)
+        first = float(fast.triggers[k].mask.sum())  # its trigger is the first pass's
+        assert lower < row.l1_norm < upper <= first * (1 + 1e-5)  # the estimate, inside its range
+        assert lower <= full.label(k).l1_norm * (1 + 1e-5) <= upper * (1 + 1e-5)  # the truth, too
+        assert type(row).from_dict(row.to_dict()).screened_upper == pytest.approx(upper, abs=1e-5)
+    assert "on estimated norms of" in fast.paper_test() and "estimated" not in full.paper_test()
+    assert fast.run["images_processed"] < 0.92 * full.run["images_processed"]
 
 
 class _Stop(Exception):

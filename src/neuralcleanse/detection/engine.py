@@ -14,8 +14,10 @@ With ``settings.screening`` every label first runs ``screen_steps`` steps; then 
 :mod:`~neuralcleanse.detection.schedule` stops the labels whose trigger is clearly large
 (``stop_reason="screened"``) as far as the outlier test's flags at ``threshold`` stay the same, the
 others run to the end, and the rule is checked again on their final norms (labels it no longer allows
-are resumed). Both decisions are functions of the label states only, so a resumed scan decides exactly
-as an uninterrupted one.
+are resumed). With many labels a sample of them runs to the end first and measures how much first-pass
+norms still shrink; under a verdict with an effect size the other labels then stop on measured ranges and
+enter the test at an estimate (:func:`_ranged_schedule`). Every decision is a function of the label
+states only, so a resumed scan decides exactly as an uninterrupted one.
 
 With ``settings.precision == "bf16"`` the model runs under bf16 autocast (the trigger, the stamping, the
 loss and Adam stay fp32); with ``settings.channels_last`` the stamped images and the model's 4-D weights
@@ -40,7 +42,15 @@ from torch.nn import functional as F
 from ..errors import DataError
 from ..modes import frozen_eval
 from .memory import plan_parallel_labels
-from .schedule import calibration_sample, choose_screened, labels_to_resume, measured_shrink, protected
+from .schedule import (
+    calibration_sample,
+    choose_screened,
+    clearly_unflagged,
+    labels_to_resume,
+    measured_shrink,
+    protected,
+    ranges_hold,
+)
 from .settings import ReverseSettings
 
 __all__ = ["LabelState", "StepSnapshot", "reverse_engineer"]
@@ -86,6 +96,8 @@ class LabelState:
     stop_reason: str = ""
     screen_decided: bool = False  # the screening rule has looked at this label after its first pass
     screened_bound: float = math.nan  # a screened label's lower bound on its norm (its norm is the upper)
+    screened_upper: float = math.nan  # with measured ranges: the upper bound assumed (else its norm)
+    screened_estimate: float = math.nan  # with measured ranges: the norm the outlier test uses
     first_pass_l1: float = math.nan  # the norm after the screening first pass
     images_seen: int = 0
     history: list[list[float]] = field(default_factory=list)  # [step, cost, asr, l1, loss]
@@ -107,6 +119,18 @@ class LabelState:
         if self.stop_reason == "nan":
             return math.nan
         return float(self.mask().clamp(0, 1).sum())
+
+    def test_norm(self) -> float:
+        """The norm the outlier test uses: :meth:`l1_norm`, or a label screened on measured ranges'
+        estimate of the norm a full run would reach."""
+        return self.screened_estimate if math.isfinite(self.screened_estimate) else self.l1_norm()
+
+    def test_range(self) -> tuple[float, float]:
+        """The range the screening rule allows this label's final norm (a point once it ran to the end)."""
+        if self.stop_reason != "screened":
+            return self.test_norm(), self.test_norm()
+        upper = self.screened_upper if math.isfinite(self.screened_upper) else self.l1_norm()
+        return self.screened_bound, upper
 
     # ---- (de)serialisation for checkpoints --------------------------------------------------------------
     _TENSORS = ("w_mask", "w_pattern", "m_mask", "v_mask", "m_pattern", "v_pattern")  # always present
@@ -445,7 +469,11 @@ def _screened_schedule(
     sample: list[int] = []
     guard: list[int] = []
     shrink, below_median = cfg.screen_shrink, False
-    if cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from:
+    many = cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from
+    if many and max_ratio < 1:
+        _ranged_schedule(states, labels, cfg, test, run, on_note)
+        return
+    if many:
         guard = protected(first, sorted(reached), threshold=threshold)
         pool = [k for k in labels if k in reached and k not in guard]
         sample = calibration_sample(first, pool, cfg.screen_sample)
@@ -493,6 +521,92 @@ def _screened_schedule(
     screened = [k for k in labels if states[k].stop_reason == "screened"]
     if screened and on_note is not None:
         on_note(_screening_note(states, screened, cfg, test, sample, shrink))
+
+
+def _ranged_schedule(
+    states: dict[int, LabelState],
+    labels: list[int],
+    cfg: ReverseSettings,
+    test: tuple[float, float],
+    run: Callable[[list[int], int | None], None],
+    on_note: Callable[[str], None] | None,
+) -> None:
+    """Screening of many labels for a verdict with an effect size (:func:`~neuralcleanse.detection.
+    schedule.ranges_hold`), after the first pass: a sample of labels runs to the end and measures how much
+    a first-pass norm still shrinks; every other label stops when its range (first-pass norm times the
+    sample's smallest and largest final/first-pass ratios, widened by ``screen_margin``) makes it surely
+    unflagged, and enters the test at its estimate (times the sample's median ratio). The others run to
+    the end; then the rule is checked on every range and labels it no longer allows are resumed."""
+    threshold, max_ratio = test
+    reached = {k for k in labels if states[k].reached}
+    first = {k: states[k].first_pass_l1 for k in labels}
+    guard = protected(first, sorted(reached), threshold=threshold)
+    pool = [k for k in labels if k in reached and k not in guard]
+    sample = calibration_sample(first, pool, cfg.screen_sample)
+    run(sample, None)
+    ratios = [
+        states[k].l1_norm() / first[k] for k in sample if states[k].stop_reason != "nan" and first[k] > 0
+    ]
+    undecided = [k for k in labels if not states[k].done and not states[k].screen_decided]
+    if undecided and ratios:
+        low = min(ratios) * cfg.screen_margin
+        high = min(1.0, max(ratios) / cfg.screen_margin)
+        middle = float(np.median(ratios))
+        candidates = [k for k in undecided if k in reached and k not in guard]
+        ranges = {k: states[k].test_range() for k in labels}
+        ranges |= {k: (first[k] * low, first[k] * high) for k in candidates}
+        for k in clearly_unflagged(ranges, candidates, threshold=threshold, max_ratio=max_ratio):
+            s = states[k]
+            s.done, s.stop_reason = True, "screened"
+            s.screened_bound, s.screened_upper = ranges[k]
+            s.screened_estimate = first[k] * middle
+            log.info("label %d: screened after %d steps, L1 %.3f", k, s.step, s.l1_norm())
+        for k in undecided:
+            states[k].screen_decided = True
+    while True:
+        run(labels, None)
+        screened = sorted(
+            (k for k in labels if states[k].stop_reason == "screened"), key=lambda k: -states[k].test_norm()
+        )
+        eligible = {k for k in labels if states[k].reached}
+        ranges = {k: states[k].test_range() for k in labels}
+        again: list[int] = []
+        while screened and not ranges_hold(
+            ranges, screened, threshold=threshold, max_ratio=max_ratio, eligible=eligible
+        ):
+            again.append(k := screened.pop())  # it runs to the end: until then, a point at its estimate
+            ranges[k] = (states[k].test_norm(), states[k].test_norm())
+        if not again:
+            break
+        log.info("labels %s resumed: the screening rule no longer holds on the final norms", sorted(again))
+        for k in again:
+            s = states[k]
+            s.done, s.stop_reason = False, ""
+            s.screened_bound = s.screened_upper = s.screened_estimate = math.nan
+    screened = [k for k in labels if states[k].stop_reason == "screened"]
+    if screened and on_note is not None:
+        on_note(_ranges_note(states, screened, cfg, max_ratio, sample))
+
+
+def _ranges_note(
+    states: dict[int, LabelState],
+    screened: list[int],
+    cfg: ReverseSettings,
+    max_ratio: float,
+    sample: list[int],
+) -> str:
+    bounds = ", ".join(
+        f"{k}: {states[k].screened_estimate:.1f} ({states[k].screened_bound:.1f}-{states[k].screened_upper:.1f})"
+        for k in screened
+    )
+    return (
+        f"screening: labels {screened} stopped after {cfg.screen_steps} steps; each enters the test at an "
+        f"estimate of its final norm (first-pass norm times the median final/first-pass ratio of labels "
+        f"{sample}, run to the end) and is assumed to lie in a range (their smallest and largest ratios, "
+        f"widened by {cfg.screen_margin:g}): {bounds}. The effect statistic (effect size {max_ratio:g}) flags "
+        "the same labels for any norms in those ranges: a statistical bound. The paper's test beside runs on "
+        "the estimates; a full scan (--exhaustive) gives its exact flags"
+    )
 
 
 def _screening_note(

@@ -56,6 +56,9 @@ class LabelResult:
             is clearly large (:mod:`~neuralcleanse.detection.schedule`). Its ``l1_norm`` is then an
             upper value (a full run of the label ends at or below it) and ``screened_bound`` the lower
             bound the screening rule assumed; the outlier test's median holds for any norm in between.
+            With many labels and a verdict with an effect size, ``l1_norm`` is instead an estimate of the
+            norm a full run would reach and ``screened_upper`` the upper bound assumed (NaN otherwise);
+            its trigger is the first-pass one, whose norm ``history`` holds.
         anomaly_index: ``|L1 − median| / MAD`` (NaN when the label was left out of the test).
     """
 
@@ -73,6 +76,7 @@ class LabelResult:
     images_seen: int = 0
     history: list[list[float]] = field(default_factory=list, repr=False)
     screened_bound: float = math.nan
+    screened_upper: float = math.nan
 
     @property
     def screened(self) -> bool:
@@ -103,6 +107,7 @@ class LabelResult:
             "flagged": self.flagged,
             "images_seen": self.images_seen,
             "screened_bound": _num(self.screened_bound),
+            "screened_upper": _num(self.screened_upper),
             "history": self.history,
         }
 
@@ -123,6 +128,7 @@ class LabelResult:
             images_seen=int(d.get("images_seen", 0)),
             history=d.get("history", []),
             screened_bound=_unnum(d.get("screened_bound")),
+            screened_upper=_unnum(d.get("screened_upper")),
         )
 
 
@@ -206,7 +212,17 @@ class DetectionReport:
     @property
     def screened(self) -> dict[int, tuple[float, float]]:
         """Screened labels and the range their norm is known to lie in: ``{label: (lower, upper)}``."""
-        return {r.label: (r.screened_bound, r.l1_norm) for r in self.labels if r.screened}
+        return {
+            r.label: (r.screened_bound, r.screened_upper if math.isfinite(r.screened_upper) else r.l1_norm)
+            for r in self.labels
+            if r.screened
+        }
+
+    @property
+    def estimated(self) -> list[int]:
+        """Screened labels whose norm in the test is an estimate (many labels, a verdict with an effect
+        size: :mod:`~neuralcleanse.detection.schedule`), not an upper value."""
+        return [r.label for r in self.labels if r.screened and math.isfinite(r.screened_upper)]
 
     @property
     def outlier_statistic(self) -> OutlierStatistic:
@@ -219,9 +235,7 @@ class DetectionReport:
         """What the anomaly indices divide by: the MAD, or its floor against a self-made reference."""
         return self.outlier_statistic.index_scale(self.mad, self.reference)
 
-    def paper_test(self) -> str:
-        """The paper's test on the same norms (the L1 statistic), in one sentence: what it flags, or that
-        it flags nothing or could not run; shown beside a verdict of another statistic."""
+    def _paper_test(self) -> str:
         res = self.outlier_test(statistic=PAPER.name)
         test = PAPER.test_name
         if res.powerless:
@@ -233,6 +247,18 @@ class DetectionReport:
             flags = ", ".join(f"{k} (index {index[k]:.2f})" for k in res.flagged)
             return f"{test} flags label{'s' if len(res.flagged) > 1 else ''} {flags}"
         return f"{test} flags no label (largest index below the median {res.largest_below_median:.2f})"
+
+    def paper_test(self) -> str:
+        """The paper's test on the same norms (the L1 statistic), in one sentence: what it flags, or that
+        it flags nothing or could not run; shown beside a verdict of another statistic. With estimated
+        norms (:attr:`estimated`) the sentence says so: only a full scan gives the paper's exact flags."""
+        sentence = self._paper_test()
+        if self.estimated:
+            sentence += (
+                f" (on estimated norms of {len(self.estimated)} screened labels; a full scan, --exhaustive, "
+                "gives its exact flags)"
+            )
+        return sentence
 
     @property
     def unsettled(self) -> str | None:

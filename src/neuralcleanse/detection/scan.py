@@ -543,7 +543,7 @@ class NeuralCleanse:
         triggers = {
             s.label: Trigger(s.mask().clamp(0, 1), s.pattern().clamp(0, 1), "reversed") for s in states
         }
-        norms = [s.l1_norm() for s in states]  # the clamped mask's sum, NaN after a NaN stop
+        norms = [s.test_norm() for s in states]  # the clamped mask's sum (NaN after a NaN stop) or estimate
         labels = [s.label for s in states]
         stat = get_statistic(self.statistic)
         outlier = mad_outlier_test(
@@ -577,6 +577,7 @@ class NeuralCleanse:
                     images_seen=s.images_seen,
                     history=s.history,
                     screened_bound=s.screened_bound,
+                    screened_upper=s.screened_upper,
                 )
             )
         unreached = [s.label for s in states if not s.reached]

@@ -64,19 +64,17 @@ def _decided(
     *,
     ceiling: bool,
     effect: float = math.inf,
+    effect_clears: bool = False,
 ) -> bool:
     """Whether every label of ``may_flag`` is surely flagged or surely not for any values in [lo, hi],
     every ``screened`` label surely not (and, with ``ceiling``, whether the test surely has power or
     surely has none). With a finite ``effect`` (on logarithms: the log of ``max_ratio``) a surely
-    flagged label must also surely lie within ``effect`` of the median, or surely not."""
-    median_lo, median_hi = float(np.median(lo)), float(np.median(hi))
-    nearest = np.maximum.reduce([lo - median_hi, median_lo - hi, np.zeros_like(lo)])
-    farthest = np.maximum(np.abs(lo - median_lo), np.abs(hi - median_hi))
-    farthest = np.maximum.reduce([farthest, np.abs(lo - median_hi), np.abs(hi - median_lo)])
-    mad_lo = CONSISTENCY * float(np.median(nearest))
-    mad_hi = CONSISTENCY * float(np.median(farthest))
+    flagged label must also surely lie within ``effect`` of the median, or surely not; with
+    ``effect_clears`` a label that surely lies farther than that from the median is surely not flagged
+    whatever its index (the effect statistic's verdict, not the plain log test's)."""
+    median_lo, median_hi, mad_lo, mad_hi = _spread(lo, hi)
     surely_flagged = (median_lo - hi) > threshold * mad_hi
-    surely_not = (lo >= median_hi) | ((median_hi - lo) <= threshold * mad_lo)
+    surely_not = _surely_not(lo, median_hi, mad_lo, threshold, effect if effect_clears else math.inf)
     if not bool(np.all((surely_flagged | surely_not)[may_flag])) or not bool(np.all(surely_not[screened])):
         return False
     if math.isfinite(effect):
@@ -89,6 +87,76 @@ def _decided(
     least = median_lo / mad_hi if mad_hi > 0 else math.inf
     most = median_hi / mad_lo if mad_lo > 0 else math.inf
     return least > threshold or most <= threshold
+
+
+def _spread(lo: np.ndarray, hi: np.ndarray) -> tuple[float, float, float, float]:
+    """The smallest and largest median and MAD of values anywhere in the ranges [lo, hi]."""
+    median_lo, median_hi = float(np.median(lo)), float(np.median(hi))
+    nearest = np.maximum.reduce([lo - median_hi, median_lo - hi, np.zeros_like(lo)])
+    farthest = np.maximum(np.abs(lo - median_lo), np.abs(hi - median_hi))
+    farthest = np.maximum.reduce([farthest, np.abs(lo - median_hi), np.abs(hi - median_lo)])
+    return (
+        median_lo,
+        median_hi,
+        CONSISTENCY * float(np.median(nearest)),
+        CONSISTENCY * float(np.median(farthest)),
+    )
+
+
+def _surely_not(
+    lo: np.ndarray, median_hi: float, mad_lo: float, threshold: float, effect: float
+) -> np.ndarray:
+    """Labels surely not flagged: even their smallest value lies above the median or within ``threshold``
+    of the smallest MAD below it, or (with a finite ``effect``) farther than ``effect`` above it."""
+    out = (lo >= median_hi) | ((median_hi - lo) <= threshold * mad_lo)
+    return out | (lo > median_hi + effect) if math.isfinite(effect) else out
+
+
+def _log_ranges(ranges: Mapping[int, tuple[float, float]]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    labels = sorted(k for k, (lo, hi) in ranges.items() if math.isfinite(lo) and math.isfinite(hi))
+    lo = np.log(np.maximum([ranges[k][0] for k in labels], _LOG_FLOOR))
+    hi = np.log(np.maximum([ranges[k][1] for k in labels], _LOG_FLOOR))
+    return labels, lo, hi
+
+
+def ranges_hold(
+    ranges: Mapping[int, tuple[float, float]],
+    screened: Collection[int],
+    *,
+    threshold: float,
+    max_ratio: float,
+    eligible: Collection[int] | None = None,
+) -> bool:
+    """Whether the effect statistic (the log test, a flag at most ``max_ratio`` of the median) flags the
+    same labels for any norms inside ``ranges`` (label → (lower, upper); a label run to the end has
+    lower == upper), and every ``screened`` label is surely not flagged. Labels whose range is not
+    finite are left out, as the outlier test leaves out NaN norms; ``eligible`` as in
+    :func:`verdict_holds`."""
+    labels, lo, hi = _log_ranges(ranges)
+    if len(labels) < 3 or any(k not in labels for k in screened):
+        return False
+    may_flag = np.array([eligible is None or k in eligible for k in labels], dtype=bool)
+    stopped = np.array([k in screened for k in labels], dtype=bool)
+    return _decided(
+        lo, hi, may_flag, stopped, threshold, ceiling=False, effect=math.log(max_ratio), effect_clears=True
+    )
+
+
+def clearly_unflagged(
+    ranges: Mapping[int, tuple[float, float]],
+    candidates: Collection[int],
+    *,
+    threshold: float,
+    max_ratio: float,
+) -> list[int]:
+    """The labels of ``candidates`` that the effect statistic surely does not flag for any norms inside
+    ``ranges`` (as :func:`ranges_hold`), whatever the other labels' flags."""
+    labels, lo, hi = _log_ranges(ranges)
+    if len(labels) < 3:
+        return []
+    _, median_hi, mad_lo, _ = _spread(lo, hi)
+    clear = _surely_not(lo, median_hi, mad_lo, threshold, math.log(max_ratio))
+    return [k for k, c in zip(labels, clear, strict=True) if c and k in candidates]
 
 
 def verdict_holds(

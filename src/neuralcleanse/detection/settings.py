@@ -65,9 +65,14 @@ class ReverseSettings:
             final to their first-pass norm, times ``screen_margin``, replaces ``screen_shrink``, and
             labels below the median may be screened too, except those more than ``threshold / 2`` MADs
             below it after the first pass (a measured, statistical floor instead of an assumed one:
-            what makes many labels cost less than their number). 0 turns it off.
+            what makes many labels cost less than their number). Under a verdict with an effect size
+            (the default ``effect`` statistic) the sample's smallest and largest ratios, widened by
+            ``screen_margin``, give every other label a range; a label stops when the effect statistic
+            surely does not flag it anywhere in its range, and enters the test at its first-pass norm
+            times the sample's median ratio (:func:`~neuralcleanse.detection.schedule.ranges_hold`). 0
+            turns it off.
         screen_sample_from: the number of labels from which the floor is measured on a sample.
-        screen_margin: the measured ratio's safety factor.
+        screen_margin: the measured ratios' safety factor.
         precision: ``"fp32"``, ``"bf16"`` (the model runs under bf16 autocast; the trigger, loss and
             optimiser stay fp32) or ``"auto"``: bf16 where the device computes it natively (a CPU with
             AVX512-BF16 or AMX, a CUDA GPU that supports it), else fp32 — resolved by :meth:`for_device`
