@@ -24,7 +24,7 @@ and a calibration sample of ``--sample`` labels at evenly spaced first-pass rank
 * ``sampled`` (only for the ``l1`` and ``log`` tests): see :func:`sampled`;
 * ``ranges``: the engine's rule for many labels under a verdict with an effect size (the default
   ``effect`` statistic): every other reached label gets the range [first-pass norm × the sample's smallest
-  ratio × 0.9, × its largest ratio / 0.9] and stops when the effect statistic surely does not flag it
+  ratio × ``--margin``, × its largest ratio / ``--margin``] and stops when the effect statistic surely does not flag it
   there (``clearly_unflagged``); once the others are final the rule is checked on every range
   (``ranges_hold``) and stopped labels are resumed, smallest first, until it holds. Stopped labels enter
   the test at first-pass norm × the sample's median ratio. It keeps only the effect statistic's flags
@@ -86,6 +86,7 @@ def replay(
     sample_size: int,
     seed: int,
     statistics: Sequence[str],
+    margin: float,
 ) -> list[str]:
     cfg = ReverseSettings.from_dict(report.settings)
     rows = {r.label: r for r in report.labels}
@@ -147,7 +148,7 @@ def replay(
     )
     out.append(sampled(first, final, reached, eligible, reference, sample_size, seed, statistics, line))
     # measured ranges, decided on the effect statistic alone (the engine's many-label rule)
-    lo_r, hi_r = float(ratios.min()) * 0.9, min(1.0, float(ratios.max()) / 0.9)
+    lo_r, hi_r = float(ratios.min()) * margin, min(1.0, float(ratios.max()) / margin)
     mid = float(np.median(ratios))
 
     def span(k: int) -> tuple[float, float]:
@@ -162,7 +163,16 @@ def replay(
             break
         chosen.pop()
     values = {k: v for k, v in final.items() if math.isfinite(v)} | {k: first[k] * mid for k in chosen}
-    out.append(line("ranges", chosen, values) + f" (ratios {lo_r:.2f}-{hi_r:.2f}, estimate {mid:.2f})")
+    below = sum(final[k] < span(k)[0] for k in chosen)
+    above = sum(final[k] > span(k)[1] for k in chosen)
+    worst = min((final[k] / span(k)[0] for k in chosen), default=math.nan)
+    median = float(np.median([v for v in final.values() if math.isfinite(v)]))
+    closest = min((final[k] / median for k in chosen), default=math.nan)
+    out.append(
+        line("ranges", chosen, values)
+        + f" (ratios {lo_r:.2f}-{hi_r:.2f}, estimate {mid:.2f}; final norm below/above its range: {below}/{above},"
+        f" at worst {worst:.2f} of its lower end; the smallest final norm stopped: {closest:.2f} of the median)"
+    )
     return out
 
 
@@ -226,6 +236,7 @@ def main() -> None:
     ap.add_argument("--first", default="40,60", help="first-pass lengths in steps")
     ap.add_argument("--sample", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--margin", type=float, default=0.9, help="the ranges rule's margin (screen_margin)")
     ap.add_argument("--tests", default="l1,log", help="the statistics whose flags a rule must keep")
     args = ap.parse_args()
     statistics = args.tests.split(",")
@@ -242,7 +253,7 @@ def main() -> None:
             continue
         for first_steps in (int(f) for f in args.first.split(",")):
             name = path.parent.parent.name if path.name == "report.json" else path.parent.name
-            print("\n".join(replay(name, report, first_steps, args.sample, args.seed, statistics)))
+            print("\n".join(replay(name, report, first_steps, args.sample, args.seed, statistics, args.margin)))
 
 
 if __name__ == "__main__":
