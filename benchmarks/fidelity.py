@@ -45,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 import neuralcleanse as nc
 from neuralcleanse.detection import (
     DetectionReport,
@@ -185,12 +187,38 @@ def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[],
         "agreement": source.get("agreement"),
         "seconds": report.run.get("seconds"),
         "methods": {m: {"verdict": v, "flagged": f} for m, (v, f) in judge(report).items()},
+        "to_median": {str(r.label): round(r.l1_norm / report.median_l1, 4) for r in report.labels},
         "ratios": {
             str(r.label): round(r.l1_norm / report.reference.l1_norms[r.label], 3)
             for r in report.labels
             if report.reference is not None
         },
     }
+
+
+def ratio_table(rows: list[dict]) -> list[str]:
+    """How cheap planted and natural labels are: each label's L1 norm over the scan's median, the
+    planted labels' per group, and per model the cheapest label that is not planted (what the effect
+    size and the summary's strength of evidence are read from)."""
+
+    def spread(values: list[float]) -> str:
+        if not values:
+            return "-"
+        v = np.array(values)
+        return f"{len(v):4d}  min {v.min():.2f}  5% {np.percentile(v, 5):.2f}  median {np.median(v):.2f}  max {v.max():.2f}"
+
+    lines = ["L1 norm / median of the scan:"]
+    for grp in GROUPS:
+        part = [r for r in rows if r["group"] == grp and "to_median" in r]
+        planted = [r["to_median"][str(k)] for r in part for k in r["planted"] if str(k) in r["to_median"]]
+        natural = [
+            min((v for k, v in r["to_median"].items() if int(k) not in r["planted"]), default=np.nan)
+            for r in part
+        ]
+        if grp != "clean":
+            lines.append(f"  {grp:6} planted labels          {spread(planted)}")
+        lines.append(f"  {grp:6} cheapest natural label  {spread([v for v in natural if np.isfinite(v)])}")
+    return [*lines, ""]
 
 
 def outcome(row: dict, method: str) -> str:
@@ -227,6 +255,7 @@ def table(rows: list[dict]) -> str:
                 f"{rate(('clean',), 'false alarm'):>13} {rate(GROUPS, 'inconclusive'):>13}"
             )
         lines.append("")
+    lines += ratio_table(rows)
     lines.append(f"per model (method outcomes: {' / '.join(METHODS)}):")
     for r in rows:
         outs = " / ".join(outcome(r, m) for m in METHODS)

@@ -253,7 +253,9 @@ def main() -> None:
             continue
         for first_steps in (int(f) for f in args.first.split(",")):
             name = path.parent.parent.name if path.name == "report.json" else path.parent.name
-            print("\n".join(replay(name, report, first_steps, args.sample, args.seed, statistics, args.margin)))
+            print(
+                "\n".join(replay(name, report, first_steps, args.sample, args.seed, statistics, args.margin))
+            )
 
 
 if __name__ == "__main__":

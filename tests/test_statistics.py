@@ -29,16 +29,18 @@ TRUSTED = nc.Reference({k: 60.0 - k for k in range(10)}, [{"model": "r", "verdic
 TINY = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
 
 
-def _report(statistic: str, reference: nc.Reference | None = None) -> DetectionReport:
+def _report(
+    statistic: str, reference: nc.Reference | None = None, norms: Sequence[float] = NORMS
+) -> DetectionReport:
     """A report as a scan would write it with ``statistic``, from made-up norms."""
     gen = torch.Generator().manual_seed(0)
     rows = [LabelResult(k, f"class {k}", n, 0.99, True, 50, "early_stop", 1e-3, 40, 0.0, False)
-            for k, n in enumerate(NORMS)]  # fmt: skip
+            for k, n in enumerate(norms)]  # fmt: skip
     base = DetectionReport(
         "clean", [], rows, 0.0, 1.0, 2.0, {"loss": "ce", "mode": "batched", "seed": 1}, {"images": 100},
         {"fingerprint": "ab" * 32}, {"seconds": 1.0}, statistic=statistic, reference=reference,
         triggers={k: nc.Trigger(torch.rand(8, 8, generator=gen), torch.rand(3, 8, 8, generator=gen), "reversed")
-                  for k in range(len(NORMS))},
+                  for k in range(len(norms))},
     )  # fmt: skip
     test = base.outlier_test()
     rows = [dataclasses.replace(r, anomaly_index=i, flagged=r.label in test.flagged)
@@ -153,6 +155,36 @@ def test_the_effect_size_keeps_planted_labels_and_drops_natural_shortcuts(name: 
         "mnist-trojan-square": ([5], True),
         "fmnist-two-labels": ([], False),
     }[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "summary", "strength"),
+    [
+        ("fmnist-clean", "clean: no label is both more than 2 MADs of log norms below the median and at most "
+         "0.3 of it; the cheapest, label 8 (class 8), needs 0.35 of the median L1 67.9", "weak"),
+        ("fmnist-badnets", "BACKDOORED: label 0 (class 0) with anomaly index", "strong"),
+        ("mnist-trojan-square", "BACKDOORED: label 5 (class 5) with anomaly index", "weak"),
+        ("mnist-clean", "clean: no label is both", "strong"),
+    ],
+)  # fmt: skip
+def test_the_default_verdict_says_how_strong_its_evidence_is(
+    name: str, summary: str, strength: str, tmp_path: Path
+) -> None:
+    norms = [*ZOO_NORMS[name][0]] if name in ZOO_NORMS else [60.0 + 4 * k for k in range(10)]
+    report = _report("effect", norms=norms)
+    text = report.summary()
+    assert text.startswith(summary) and f"; {strength} evidence: on the fidelity benchmark" in text
+    ratio = min(norms) / report.median_l1 if report.verdict == "clean" else None
+    if report.verdict == "backdoored":
+        row = report.label(report.flagged[0])
+        assert f"({row.l1_norm / report.median_l1:.2f} of it)" in text
+    else:
+        assert ratio is not None and f"{ratio:.2f} of the median" in text
+        assert "anomaly index above" not in text  # not the sentence of a test without an effect size
+    report.save(tmp_path / "scan")
+    page = write_html_report(tmp_path / "scan").read_text(encoding="utf-8")
+    assert f"<i>{strength.capitalize()} evidence: on the fidelity benchmark" in page
+    assert _report("l1", norms=norms).outlier_statistic.strength(report) is None  # the paper's test: silent
 
 
 def test_checks_and_sentences_live_in_one_module() -> None:

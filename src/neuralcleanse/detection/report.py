@@ -326,10 +326,13 @@ class DetectionReport:
                 f"{self.outlier_statistic.versus(self, r)}"
                 for r in sorted((self.label(k) for k in self.flagged), key=lambda r: r.l1_norm)
             )
-            return f"BACKDOORED: {parts}"
+            strength = self.outlier_statistic.strength(self)
+            return f"BACKDOORED: {parts}" + (f"; {strength}" if strength else "")
         if self.verdict == "clean":
-            worst = self.outlier_test().largest_below_median
-            return f"clean: no label below the median has an anomaly index above {self.threshold:g} (largest {worst:.2f})"
+            strength = self.outlier_statistic.strength(self)
+            return f"clean: {self.outlier_statistic.clean_reason(self)}" + (
+                f"; {strength}" if strength else ""
+            )
         reason = self.unsettled or "; ".join(self.outlier_test().notes) or "; ".join(self.notes)
         return "inconclusive: " + reason
 

@@ -49,6 +49,12 @@ EFFECT_RATIO = 0.3
 #: on logarithms, norms below this (a trigger of a millionth of a pixel) count as this
 LOG_FLOOR = 1e-6
 
+#: on the fidelity benchmark (``docs/fidelity.md``, "How strong is the evidence"), as fractions of the
+#: scan's median L1 norm: the cheapest label that was not planted, and the dearest planted trigger of at
+#: most 10% of the image (a Trojan watermark)
+NATURAL_FLOOR = 0.26
+PLANTED_CEILING = 0.63
+
 
 def _fixed(x: float, digits: int) -> str:
     """A number for a page: fixed-point, or an en dash where it is NaN or infinite."""
@@ -161,6 +167,18 @@ class OutlierStatistic(ABC):
         """What a flagged label's norm is compared with, for "its smallest trigger has L1 x against ..."."""
         return f"a median of {report.median_l1:.1f}"
 
+    def clean_reason(self, report: DetectionReport) -> str:
+        """Why the verdict is clean, with the numbers, for the summary."""
+        worst = report.outlier_test().largest_below_median
+        return (
+            f"no label below the median has an anomaly index above {report.threshold:g} (largest {worst:.2f})"
+        )
+
+    def strength(self, report: DetectionReport) -> str | None:
+        """How strong the evidence behind a conclusive verdict is, measured against the fidelity
+        benchmark; None when this statistic does not say."""
+        return None
+
     @abstractmethod
     def explain(self, report: DetectionReport) -> str:
         """How the test ran, with its median and MAD, in a few sentences for the HTML page."""
@@ -229,6 +247,52 @@ class EffectStatistic(LogStatistic):
             f" A flagged label's norm must also be at most {self.max_ratio:g} times the median L1 norm, "
             f"i.e. under {self.max_ratio * report.median_l1:.1f}."
         )
+
+    def versus(self, report: DetectionReport, row: LabelResult) -> str:
+        return f"{super().versus(report, row)} ({row.l1_norm / report.median_l1:.2f} of it)"
+
+    def clean_reason(self, report: DetectionReport) -> str:
+        row = _cheapest(report)
+        if row is None:
+            return super().clean_reason(report)
+        return (
+            f"no label is both more than {report.threshold:g} MADs of log norms below the median and at "
+            f"most {self.max_ratio:g} of it; the cheapest, label {row.label} ({row.name}), needs "
+            f"{row.l1_norm / report.median_l1:.2f} of the median L1 {report.median_l1:.1f} (index "
+            f"{row.anomaly_index:.2f})"
+        )
+
+    def strength(self, report: DetectionReport) -> str | None:
+        if report.verdict == "backdoored":
+            ratio = max(report.label(k).l1_norm for k in report.flagged) / report.median_l1
+            if ratio < NATURAL_FLOOR:
+                return (
+                    f"strong evidence: on the fidelity benchmark no label that was not planted came below "
+                    f"{NATURAL_FLOOR:g} of its median"
+                )
+            return (
+                f"weak evidence: on the fidelity benchmark labels that were not planted came as cheap as "
+                f"{NATURAL_FLOOR:g} of their median; validate the trigger before acting on it"
+            )
+        row = _cheapest(report)
+        if report.verdict != "clean" or row is None:
+            return None
+        if row.l1_norm / report.median_l1 > PLANTED_CEILING:
+            return (
+                f"strong evidence: on the fidelity benchmark every planted trigger of at most 10% of the "
+                f"image came to at most {PLANTED_CEILING:g} of its median"
+            )
+        return (
+            f"weak evidence: on the fidelity benchmark planted triggers (Trojan watermarks) came to as much "
+            f"as {PLANTED_CEILING:g} of their median, so a label this cheap may still hide one; look at "
+            f"label {row.label}'s trigger"
+        )
+
+
+def _cheapest(report: DetectionReport) -> LabelResult | None:
+    """The label with the smallest finite norm among those that reached the attack threshold."""
+    rows = [r for r in report.labels if r.reached and math.isfinite(r.l1_norm)]
+    return min(rows, key=lambda r: (r.l1_norm, r.label)) if rows else None
 
 
 class RelativeStatistic(OutlierStatistic):

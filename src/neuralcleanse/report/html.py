@@ -97,15 +97,23 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
             + "; ".join(parts)
             + f". An anomaly index above {report.threshold:g} means the label can be reached with far less "
             + f"change to the input than {_text(stat.cheaper_than)} — the signature of a planted trigger."
+            + _strength(report)
         )
         return "bad", text
     if report.verdict == "clean":
-        worst = report.outlier_test().largest_below_median
         return "ok", (
-            f"<b>Clean.</b> No label can be reached with unusually little change: the largest anomaly index among "
-            f"labels below the median is {worst:.2f}, under the threshold of {report.threshold:g}."
+            "<b>Clean.</b> No label can be reached with unusually little change: "
+            + html.escape(stat.clean_reason(report))
+            + "."
+            + _strength(report)
         )
     return "unk", "<b>Inconclusive.</b> " + html.escape(report.summary().removeprefix("inconclusive: "))
+
+
+def _strength(report: DetectionReport) -> str:
+    """The statistic's strength of evidence as a sentence of the verdict, or nothing."""
+    strength = report.outlier_statistic.strength(report)
+    return f" <i>{html.escape(strength[:1].upper() + strength[1:])}.</i>" if strength else ""
 
 
 def _real_triggers(report: DetectionReport) -> dict[int, Trigger]:
