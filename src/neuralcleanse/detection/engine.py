@@ -469,15 +469,14 @@ def _screened_schedule(
     sample: list[int] = []
     guard: list[int] = []
     shrink, below_median = cfg.screen_shrink, False
-    many = cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from
-    if many and max_ratio < 1:
-        _ranged_schedule(states, labels, cfg, test, run, on_note)
-        return
-    if many:
+    if cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from:
         guard = protected(first, sorted(reached), threshold=threshold)
         pool = [k for k in labels if k in reached and k not in guard]
         sample = calibration_sample(first, pool, cfg.screen_sample)
         run(sample, None)
+        if max_ratio < 1:
+            _ranged_schedule(states, labels, (guard, sample), cfg, test, run, on_note)
+            return
         final = {k: states[k].l1_norm() for k in sample if states[k].stop_reason != "nan"}
         shrink = measured_shrink({k: first[k] for k in final}, final, margin=cfg.screen_margin)
         below_median = True
@@ -526,24 +525,22 @@ def _screened_schedule(
 def _ranged_schedule(
     states: dict[int, LabelState],
     labels: list[int],
+    set_apart: tuple[list[int], list[int]],
     cfg: ReverseSettings,
     test: tuple[float, float],
     run: Callable[[list[int], int | None], None],
     on_note: Callable[[str], None] | None,
 ) -> None:
     """Screening of many labels for a verdict with an effect size (:func:`~neuralcleanse.detection.
-    schedule.ranges_hold`), after the first pass: a sample of labels runs to the end and measures how much
-    a first-pass norm still shrinks; every other label stops when its range (first-pass norm times the
-    sample's smallest and largest final/first-pass ratios, widened by ``screen_margin``) makes it surely
+    schedule.ranges_hold`), once the calibration sample has run to the end (``set_apart``: the protected
+    labels and the sample): every other label stops when its range (first-pass norm times the sample's
+    smallest and largest final/first-pass ratios, widened by ``screen_margin``) makes it surely
     unflagged, and enters the test at its estimate (times the sample's median ratio). The others run to
     the end; then the rule is checked on every range and labels it no longer allows are resumed."""
     threshold, max_ratio = test
+    guard, sample = set_apart
     reached = {k for k in labels if states[k].reached}
     first = {k: states[k].first_pass_l1 for k in labels}
-    guard = protected(first, sorted(reached), threshold=threshold)
-    pool = [k for k in labels if k in reached and k not in guard]
-    sample = calibration_sample(first, pool, cfg.screen_sample)
-    run(sample, None)
     ratios = [
         states[k].l1_norm() / first[k] for k in sample if states[k].stop_reason != "nan" and first[k] > 0
     ]
