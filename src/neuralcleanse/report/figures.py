@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..detection.statistics import get_statistic
@@ -47,6 +47,7 @@ def norm_chart(
     threshold: float,
     statistic: str = "l1",
     quantity: str = "L1 norm",
+    estimated: Collection[int] = (),
 ) -> bytes:
     """Two panels: every label's reversed-trigger L1 norm (sorted) with the median, the MAD band and the
     flag line, flagged labels in red; and the anomaly index with the threshold. With more than
@@ -54,7 +55,7 @@ def norm_chart(
     ``median`` and ``mad`` are in the units of ``statistic`` (a name in
     :data:`~neuralcleanse.detection.statistics.STATISTICS`; ``log`` and ``relative``: of logarithms); the
     chart draws them back in the units of the values. ``quantity`` names what the values are (e.g. each
-    norm over its reference norm)."""
+    norm over its reference norm); labels in ``estimated`` (screened on measured ranges) are hatched."""
     stat = get_statistic(statistic)
     log_units, max_ratio = stat.log_units, stat.max_ratio
     plt = _plt()
@@ -73,7 +74,12 @@ def norm_chart(
         median, lo, hi, cut = (math.exp(v) if math.isfinite(v) else v for v in (median, lo, hi, cut))
     if not many:
         xs = range(len(rows))
-        ax1.bar(xs, [r[2] for r in rows], color=[_RED if r[0] in flag else _GREY for r in rows])
+        bars = ax1.bar(xs, [r[2] for r in rows], color=[_RED if r[0] in flag else _GREY for r in rows])
+        guessed = [bar for bar, r in zip(bars, rows, strict=True) if r[0] in estimated]
+        for bar in guessed:
+            bar.set(hatch="///", facecolor="#d8d8d8", edgecolor=_GREY)
+        if guessed:
+            guessed[0].set_label("screened: an estimate")
         ax1.set_xticks(list(xs), [str(r[0]) for r in rows], rotation=90 if len(rows) > 20 else 0, fontsize=8)
         ax1.set_xlabel(f"label (sorted by {quantity})")
     else:

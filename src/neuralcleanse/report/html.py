@@ -264,6 +264,7 @@ def render_html(
             threshold=report.threshold,
             statistic=report.statistic,
             quantity=quantity,
+            estimated=report.estimated,
         )  # fmt: skip
     }
     example_file = root / "images" / "example.png"
