@@ -1,0 +1,114 @@
+"""Do reversed triggers transfer to a student? A probe for telling planted triggers from natural ones.
+
+    python benchmarks/transfer.py --out runs/fidelity                  # every default-zoo scan on disk
+    python benchmarks/transfer.py --out runs/fidelity --only 'mnist-*-s0'
+
+A student distilled from the model on clean images (``detection.distill``, the model's own
+architecture, freshly initialised) learns the task's classes and their natural shortcuts, never a
+planted trigger. So a reversed trigger of a natural shortcut (the Fashion-MNIST bag drawn in a few
+strokes) should also move the student towards its label, and a reversed planted trigger should not.
+Unlike the self-made reference (``scan --self-reference``), this needs no scan of the student: only
+the triggers the model's scan already has, stamped on clean images and shown to the student.
+
+For every scan of ``fidelity.py --no-self`` on disk (``OUT/scans-plain``, models in ``OUT/models``) it
+distils a student on the scan's dataset's clean test images, then prints, for the planted labels and
+the three cheapest other labels: the label's norm over the scan's median, the trigger's attack success
+on the model (from the scan) and on the student (the same clean images of other labels, stamped), and
+their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import neuralcleanse as nc
+from neuralcleanse.detection import DetectionReport
+from neuralcleanse.detection.distill import DistillSettings, distil_student
+from neuralcleanse.modes import frozen_eval
+
+
+def attack_success(
+    model: torch.nn.Module, trigger: nc.Trigger, images: torch.Tensor, labels: torch.Tensor, k: int
+) -> float:
+    """Fraction of the images of other labels that ``model`` puts in ``k`` once stamped."""
+    victims = images[labels != k]
+    with frozen_eval(model), torch.no_grad():
+        hits = [
+            model(trigger.apply(victims[i : i + 256])).argmax(1) == k for i in range(0, len(victims), 256)
+        ]
+    return float(torch.cat(hits).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
+    ap.add_argument("--only", default="*", help="a glob over the scans' names")
+    ap.add_argument("--images", type=int, default=2000, help="clean test images for the student")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    datasets: dict[str, nc.DatasetSplits] = {}
+    rows = []
+    print(
+        f"{'model':38} {'planted':9} {'label':>5} {'kind':8} {'/median':>7} {'ASR model':>9} {'ASR student':>11} {'ratio':>6}"
+    )
+    for scan in sorted((args.out / "scans-plain").iterdir()):
+        name = scan.name
+        if not fnmatch.fnmatch(name, args.only) or not (scan / "report.json").exists():
+            continue
+        bundle = nc.load_model_dir(args.out / "models" / name)
+        data = datasets.setdefault(bundle.card.dataset, nc.load_dataset(bundle.card.dataset))
+        gen = torch.Generator().manual_seed(0)
+        pick = torch.randperm(len(data.test.images), generator=gen)[: args.images]
+        images, labels = data.test.images[pick], data.test.labels[pick]
+        student = distil_student(bundle.model, images, settings=DistillSettings(seed=bundle.card.seed))
+        student_model = student.model
+        report = DetectionReport.load(scan)
+        planted = sorted({b.target for b in bundle.card.backdoors})
+        median = report.median_l1
+        natural = sorted(
+            (r for r in report.labels if r.label not in planted and r.reached), key=lambda r: r.l1_norm
+        )
+        for r, kind in [
+            *((report.label(k), "planted") for k in planted),
+            *((r, "natural") for r in natural[:3]),
+        ]:
+            trig = report.triggers[r.label]
+            on_model = attack_success(bundle.model, trig, images, labels, r.label)
+            on_student = attack_success(student_model, trig, images, labels, r.label)
+            ratio = on_student / on_model if on_model > 0 else math.nan
+            rows.append(
+                {
+                    "model": name,
+                    "planted": planted,
+                    "label": r.label,
+                    "kind": kind,
+                    "to_median": r.l1_norm / median,
+                    "asr_model": on_model,
+                    "asr_student": on_student,
+                }
+            )
+            print(
+                f"{name:38} {planted!s:9} {r.label:5d} {kind:8} {r.l1_norm / median:7.2f} {on_model:9.2f} {on_student:11.2f} {ratio:6.2f}"
+            )
+        sys.stdout.flush()
+    for kind in ("planted", "natural"):
+        part = [r["asr_student"] for r in rows if r["kind"] == kind]
+        if part:
+            print(
+                f"{kind}: student ASR median {np.median(part):.2f}, range {min(part):.2f}-{max(part):.2f} ({len(part)} labels)"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
