@@ -32,6 +32,14 @@ far above the median when one label is far below (a clear backdoor, or a clear c
 label sits near the threshold. Screening is decided once after the first pass (with the other labels at
 their values then) and checked again when all other labels have converged; labels it no longer allows
 are resumed and run to the end.
+
+With many labels the lower bound is measured on a calibration sample run to the end
+(:func:`calibration_sample`, :func:`measured_shrink`). When the verdict has an effect size (the
+``effect`` statistic: a flag must also be at most ``max_ratio`` of the median), :func:`ranges_hold` and
+:func:`clearly_unflagged` decide on measured **ranges** instead: each label's final norm is assumed to
+lie between its first-pass norm times the sample's smallest and largest ratios (with a margin), and a
+label whose range lies surely above ``max_ratio`` of the median cannot be flagged whatever its index, so
+it may stop; only the effect statistic's flags are kept certain, not the plain L1 and log tests'.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ __all__ = [
     "verdict_holds",
     "choose_screened",
     "labels_to_resume",
+    "ranges_hold",
+    "clearly_unflagged",
     "protected",
     "calibration_sample",
     "measured_shrink",
