@@ -53,7 +53,7 @@ from .schedule import (
 )
 from .settings import ReverseSettings
 
-__all__ = ["LabelState", "StepSnapshot", "reverse_engineer"]
+__all__ = ["LabelState", "StepSnapshot", "reverse_engineer", "scan_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +430,17 @@ def reverse_engineer(
             else:
                 _screened_schedule(states, list(labels), cfg, (threshold, max_ratio), run, on_note)
     return [states[lab] for lab in labels]
+
+
+@contextmanager
+def scan_mode(model: nn.Module, cfg: ReverseSettings, device: torch.device) -> Iterator[None]:
+    """Run ``model`` for inference as the scan ran it: no gradients, bf16 autocast with
+    ``cfg.precision == "bf16"``, channels-last weights with ``cfg.channels_last`` (restored after)."""
+    precision = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+    )
+    with torch.no_grad(), precision, _memory_format(model, channels_last=cfg.channels_last):
+        yield
 
 
 @contextmanager

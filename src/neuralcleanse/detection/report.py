@@ -49,7 +49,8 @@ class LabelResult:
 
     Attributes:
         l1_norm: L1 norm of the smallest mask that reached the attack threshold (the last mask if none did).
-        attack_success: fraction of the scan's images *of other labels* sent to this label by the trigger.
+        attack_success: fraction of the scan's images *of other labels* sent to this label by the trigger
+            (the model run as the scan ran it: bf16 autocast and channels-last where its settings say so).
         reached: whether any step reached the attack threshold.
         steps: optimisation steps used; ``stop_reason`` is ``early_stop``, ``max_steps``, ``nan``, or
             ``screened``: the label stopped after the first pass of a screening scan because its trigger

@@ -23,7 +23,7 @@ from ..modes import frozen_eval
 from ..triggers import Trigger
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .distill import DistillSettings, distil_student
-from .engine import LabelState, StepSnapshot, reverse_engineer
+from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
 from .report import DetectionReport, LabelResult, unsettled_reason
@@ -554,13 +554,18 @@ class NeuralCleanse:
             statistic=self.statistic,
             **stat.test_inputs(reference, labels),
         )
+        success: dict[int, float] = {}  # each trigger's attack success, measured as the scan ran the model
+        with scan_mode(self.model, settings, self.device):
+            for s in states:
+                victims = pool.images[pool.labels != s.label] if known else pool.images
+                if len(victims) and s.stop_reason != "nan":
+                    hits = (
+                        predict(self.model, triggers[s.label].apply(victims), device=self.device) == s.label
+                    )
+                    success[s.label] = float(hits.float().mean())
         rows = []
         for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
-            victims = pool.images[pool.labels != s.label] if known else pool.images
-            asr = math.nan
-            if len(victims) and s.stop_reason != "nan":
-                hits = predict(self.model, triggers[s.label].apply(victims), device=self.device) == s.label
-                asr = float(hits.float().mean())
+            asr = success.get(s.label, math.nan)
             rows.append(
                 LabelResult(
                     label=s.label,
