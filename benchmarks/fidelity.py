@@ -26,7 +26,7 @@ Models are grouped as ``clean`` (no backdoor), ``small`` (every trigger ≤ 10% 
 paper's method can in principle see), ``large`` (a trigger > 10%, blended ones included) and
 ``source`` (source-specific backdoors, which a scan over all labels is not meant to see). Per method and
 group it prints the exact-label detection rate (flagged labels = planted labels), the false-alarm rate on
-clean models (any label flagged), and the inconclusive rate, overall and per dataset.
+clean models (any label flagged), and the inconclusive rate, overall, per dataset and per architecture.
 
 ``--no-self`` scans without the student (the default scan, screening on; under ``OUT/scans-plain``), about
 a third of the cost, for the methods that need no reference; the ``self`` methods show ``n/a``.
@@ -235,11 +235,12 @@ def outcome(row: dict, method: str) -> str:
 def table(rows: list[dict]) -> str:
     lines = [f"{len(rows)} models; rates in % (count/models)", ""]
     datasets = sorted({r["dataset"] for r in rows})
+    archs = sorted({r["arch"] for r in rows}) if len({r["arch"] for r in rows}) > 1 else []
     header = f"{'method':10} {'scope':22} {'exact (small)':>15} {'exact (large)':>15} {'false alarm':>13} {'inconclusive':>13}"
     lines += [header, "-" * len(header)]
     for method in METHODS:
-        for scope in ["all", *datasets]:
-            part = [r for r in rows if scope in ("all", r["dataset"])]
+        for scope in ["all", *datasets, *(f"arch {a}" for a in archs)]:
+            part = [r for r in rows if scope in ("all", r["dataset"], f"arch {r['arch']}")]
 
             def rate(
                 groups: tuple[str, ...], what: str, part: list[dict] = part, method: str = method
