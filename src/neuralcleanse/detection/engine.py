@@ -408,9 +408,7 @@ def reverse_engineer(
                 )
 
     def autocast() -> AbstractContextManager[object]:
-        if cfg.precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return _precision(cfg, device)
 
     with frozen_eval(model):
         k_max = requested
@@ -436,11 +434,15 @@ def reverse_engineer(
 def scan_mode(model: nn.Module, cfg: ReverseSettings, device: torch.device) -> Iterator[None]:
     """Run ``model`` for inference as the scan ran it: no gradients, bf16 autocast with
     ``cfg.precision == "bf16"``, channels-last weights with ``cfg.channels_last`` (restored after)."""
-    precision = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
-    )
-    with torch.no_grad(), precision, _memory_format(model, channels_last=cfg.channels_last):
+    with torch.no_grad(), _precision(cfg, device), _memory_format(model, channels_last=cfg.channels_last):
         yield
+
+
+def _precision(cfg: ReverseSettings, device: torch.device) -> AbstractContextManager[object]:
+    """bf16 autocast on ``device`` when ``cfg.precision`` is ``"bf16"``, else nothing."""
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 @contextmanager
