@@ -46,6 +46,31 @@ def test_reference_errors() -> None:
         Reference.from_reports([_report([1.0, 2.0, 3.0])]).norms_for([0, 5])
 
 
+# the fidelity benchmark's scans of the paper's network on Fashion-MNIST (benchmarks/references.py):
+# a clean model of seed 0, the clean model of seed 1 as its trusted reference, BadNets (planted 0) of seed 0
+FMNIST_CLEAN_S0 = [64.5, 52.2, 68.4, 71.5, 67.5, 76.3, 54.5, 151.2, 23.5, 86.2]
+FMNIST_CLEAN_S1 = [52.0, 67.5, 61.1, 71.9, 56.4, 59.2, 47.7, 155.4, 40.2, 66.5]
+FMNIST_BADNETS_S0 = [11.8, 47.8, 62.0, 56.7, 81.5, 83.8, 47.1, 164.8, 24.7, 83.6]
+
+
+def test_a_trusted_reference_also_needs_half_the_median_ratio() -> None:
+    trusted = Reference(dict(enumerate(FMNIST_CLEAN_S1)), [{"model": "f"}])
+    assert not trusted.self_made and trusted.test_options() == {"mad_floor": 0.1, "max_ratio": 0.5}
+    # the bag (8) is learnt more strongly by the seed-0 model: 0.52 of the median ratio, index 3.4
+    raw = nc.mad_outlier_test(FMNIST_CLEAN_S0, statistic="relative", reference=FMNIST_CLEAN_S1)
+    assert raw.flagged == [8] and raw.anomaly_index[8] > 3
+    shipped = nc.mad_outlier_test(
+        FMNIST_CLEAN_S0, statistic="relative", reference=FMNIST_CLEAN_S1, **trusted.test_options()
+    )
+    assert shipped.flagged == [] and any("more than 0.5 times the median" in n for n in shipped.notes)
+    infected = nc.mad_outlier_test(
+        FMNIST_BADNETS_S0, statistic="relative", reference=FMNIST_CLEAN_S1, **trusted.test_options()
+    )
+    assert infected.flagged == [0]
+    # ...and a report tested against it runs with the same options
+    assert _report(FMNIST_CLEAN_S0).outlier_test(statistic="relative", reference=trusted).flagged == []
+
+
 def test_scan_against_a_reference(
     badnets_model: ModelBundle,
     badnets_report: DetectionReport,

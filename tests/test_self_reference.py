@@ -173,10 +173,10 @@ def test_the_mad_floor_keeps_a_close_student_from_flagging_a_clean_label() -> No
     large = nc.mad_outlier_test(LARGE, statistic="relative", reference=LARGE_STUDENT, mad_floor=0.1)
     assert large.flagged == [6] and large.anomaly_index[6] > 3
     assert nc.mad_outlier_test(LARGE).flagged == []
-    # a self-made reference carries the floor; a reference of trusted models does not
+    # a self-made reference carries the floor, and so does a reference of trusted models (docs/fidelity.md)
     own = nc.Reference(dict(enumerate(CLEAN_STUDENT)), [{"model": "distilled student"}])
     trusted = nc.Reference(dict(enumerate(CLEAN_STUDENT)), [{"model": "f"}])
-    assert own.self_made and own.mad_floor == 0.1 and not trusted.self_made and trusted.mad_floor == 0.0
+    assert own.self_made and own.mad_floor == 0.1 and not trusted.self_made and trusted.mad_floor == 0.1
 
 
 def test_cli_self_reference_prints_the_paper_test_beside_it(

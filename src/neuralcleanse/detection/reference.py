@@ -29,10 +29,11 @@ __all__ = ["Reference", "SELF_MADE"]
 
 #: the ``model`` of a self-made reference's source
 SELF_MADE = "distilled student"
-#: the relative test's MAD floor against a self-made reference (see :attr:`Reference.mad_floor`)
-SELF_MADE_MAD_FLOOR = 0.1
-#: ...and the largest ratio to the median ratio a flagged label may have
-SELF_MADE_MAX_RATIO = 0.5
+#: the relative test's MAD floor (see :attr:`Reference.mad_floor`)
+REFERENCE_MAD_FLOOR = 0.1
+#: ...and the largest ratio to the median ratio a flagged label may have (``docs/fidelity.md``: chosen on
+#: self-made references, then measured with trusted ones, where it cut the false alarms from 50% to 11%)
+REFERENCE_MAX_RATIO = 0.5
 
 #: settings that change the speed or the random draw of a scan but not what its norms mean (screening
 #: included: a reference scan with screened labels is refused, and without any it equals a full scan)
@@ -127,15 +128,16 @@ class Reference:
 
     def test_options(self) -> dict[str, float]:
         """How the relative test against this reference is run (:func:`~.outlier.mad_outlier_test`'s
-        ``mad_floor`` and ``max_ratio``). Against a self-made reference: the MAD of the log ratios is
-        floored at 0.1 (a student imitates its model so closely that the MAD can be tiny, 0.06-0.12 on the
-        MNIST sample's models, and a label 10% cheaper than in the student would be flagged), and a
-        flagged label must also be at most half as expensive, relative to the median ratio, as in the
-        student (on Fashion-MNIST the students learn the natural "bag" shortcut less well than their
-        models: ratio 0.62-0.65 on clean and infected models). See ``docs/fidelity.md``."""
-        if self.self_made:
-            return {"mad_floor": SELF_MADE_MAD_FLOOR, "max_ratio": SELF_MADE_MAX_RATIO}
-        return {}
+        ``mad_floor`` and ``max_ratio``), against trusted models and a self-made student alike: the MAD of
+        the log ratios is floored at 0.1 (a student imitates its model so closely that the MAD can be
+        tiny, 0.06-0.12 on the MNIST sample's models, and a label 10% cheaper than in the student would be
+        flagged), and a flagged label must also be at most half as expensive, relative to the median
+        ratio, as in the reference (models of a task learn its natural shortcuts to different degrees: on
+        Fashion-MNIST the "bag" costs 0.62-0.65 of the student's norm, and across the fidelity
+        benchmark's clean models of other seeds a natural label is often 0.5-0.8 of its reference). On
+        that benchmark the relative test without these false-alarmed on half the clean models with one
+        reference; with them on 11%. See ``docs/fidelity.md``."""
+        return {"mad_floor": REFERENCE_MAD_FLOOR, "max_ratio": REFERENCE_MAX_RATIO}
 
     @property
     def mad_floor(self) -> float:
