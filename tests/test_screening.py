@@ -142,6 +142,7 @@ def test_screening_settings_are_checked() -> None:
         {"screen_shrink": 0.0},
         {"screen_shrink": 1.5},
         {"screen_steps": 0},
+        {"screen_steps_many": 0},
         {"screen_margin": 0},
         {"screen_sample": -1},
         {"screen_sample_from": 2},
@@ -229,7 +230,7 @@ def test_screened_labels_are_reported_with_their_bounds_and_the_planted_label_ru
         fast.screened.keys() == {7} and fast.label(7).stop_reason == "screened" and fast.label(7).steps == 25
     )
     lower, upper = fast.screened[7]
-    assert lower == pytest.approx(0.7 * upper) and lower <= full.label(7).l1_norm <= upper
+    assert lower == pytest.approx(TINY.screen_shrink * upper) and lower <= full.label(7).l1_norm <= upper
     assert any("screening: labels [7]" in n for n in fast.notes)
     for k in range(7):  # every other label ran exactly as in the full scan
         a, b = fast.label(k), full.label(k)
@@ -266,7 +267,9 @@ def many_label_model(classes: int = 30) -> nn.Module:
 
 #: long enough for the first pass (30 steps) to end before most labels converge
 MANY_TINY = TINY.replace(early_stop_patience=8, max_steps=80)
-MANY_FAST = MANY_TINY.replace(screening=True, screen_steps=30, screen_sample=4, screen_sample_from=10)
+MANY_FAST = MANY_TINY.replace(
+    screening=True, screen_steps_many=30, screen_sample=4, screen_sample_from=10
+)
 
 
 def test_many_labels_measure_their_floor_on_a_sample_and_screen_below_the_median() -> None:

@@ -10,7 +10,7 @@ Per label, everything random (initial mask and pattern, the order of images) der
 ``(seed, label, step)`` alone, and all state is per label, so a label's trajectory does not depend on
 which labels share its batches, and a scan can be checkpointed at any step and resumed exactly.
 
-With ``settings.screening`` every label first runs ``screen_steps`` steps; then the rule of
+With ``settings.screening`` every label first runs a first pass (``first_pass_steps``); then the rule of
 :mod:`~neuralcleanse.detection.schedule` stops the labels whose trigger is clearly large
 (``stop_reason="screened"``) as far as the outlier test's flags at ``threshold`` stay the same, the
 others run to the end, and the rule is checked again on their final norms (labels it no longer allows
@@ -461,6 +461,16 @@ def _memory_format(model: nn.Module, *, channels_last: bool) -> Iterator[None]:
             t.data = original
 
 
+def first_pass_steps(cfg: ReverseSettings, labels: int) -> int:
+    """The screening first pass of a scan of ``labels`` labels: short where a sample measures how much the
+    labels still shrink (many labels), long enough for the assumed floor ``screen_shrink`` otherwise."""
+    return (
+        cfg.screen_steps_many
+        if cfg.screen_sample > 0 and labels >= cfg.screen_sample_from
+        else cfg.screen_steps
+    )
+
+
 def _screened_schedule(
     states: dict[int, LabelState],
     labels: list[int],
@@ -473,7 +483,7 @@ def _screened_schedule(
     end, then the check on final norms. Every decision is a function of the labels' states, so a resumed
     scan takes the same ones. ``test`` is the outlier test's threshold and ``max_ratio``."""
     threshold, max_ratio = test
-    run(labels, cfg.screen_steps)
+    run(labels, first_pass_steps(cfg, len(labels)))
     for k in labels:
         if math.isnan(states[k].first_pass_l1):
             states[k].first_pass_l1 = states[k].l1_norm()
@@ -532,7 +542,9 @@ def _screened_schedule(
             s.done, s.stop_reason, s.screened_bound = False, "", math.nan
     screened = [k for k in labels if states[k].stop_reason == "screened"]
     if screened and on_note is not None:
-        on_note(_screening_note(states, screened, cfg, test, sample, shrink))
+        on_note(
+            _screening_note(states, screened, cfg, test, sample, (shrink, first_pass_steps(cfg, len(labels))))
+        )
 
 
 def _ranged_schedule(
@@ -610,7 +622,7 @@ def _ranges_note(
         for k in screened
     )
     return (
-        f"screening: labels {screened} stopped after {cfg.screen_steps} steps; each enters the test at an "
+        f"screening: labels {screened} stopped after {cfg.screen_steps_many} steps; each enters the test at an "
         f"estimate of its final norm (first-pass norm times the median final/first-pass ratio of labels "
         f"{sample}, run to the end) and is assumed to lie in a range (their smallest and largest ratios, "
         f"widened by {cfg.screen_margin:g}): {bounds}. The effect statistic (effect size {max_ratio:g}) flags "
@@ -625,9 +637,10 @@ def _screening_note(
     cfg: ReverseSettings,
     test: tuple[float, float],
     sample: list[int],
-    shrink: float,
+    floor_after: tuple[float, int],
 ) -> str:
     threshold, max_ratio = test
+    shrink, steps = floor_after
     effect = f", a flag's effect size of {max_ratio:g} of the median" if max_ratio < 1 else ""
     bounds = ", ".join(f"{k}: {states[k].screened_bound:.1f}-{states[k].l1_norm():.1f}" for k in screened)
     floor = (
@@ -637,7 +650,7 @@ def _screening_note(
         else f"an assumed floor of {shrink:g} of the first-pass norm"
     )
     return (
-        f"screening: labels {screened} stopped after {cfg.screen_steps} steps with norms assumed to lie in "
+        f"screening: labels {screened} stopped after {steps} steps with norms assumed to lie in "
         f"({bounds}), {floor}; the outlier test flags the same labels (threshold {threshold:g}, L1 and log "
         f"statistics{effect}) for any norms in those ranges; their upper values are used in the test"
     )

@@ -46,6 +46,7 @@ _SPEED_ONLY = frozenset(
         "channels_last",
         "screening",
         "screen_steps",
+        "screen_steps_many",
         "screen_shrink",
     }
 )

@@ -53,13 +53,18 @@ class ReverseSettings:
         seed: every label's initial mask/pattern and data order derive from ``(seed, label)``, so a label's
             result does not depend on which other labels run beside it.
         screening: spend the steps where the outlier test needs them (:mod:`~neuralcleanse.detection.
-            schedule`): every label runs ``screen_steps`` steps first; labels whose trigger is clearly
+            schedule`): every label runs a first pass (``screen_steps``, or ``screen_steps_many`` from
+            ``screen_sample_from`` labels on); labels whose trigger is clearly
             large then stop with their norm recorded as a bound (``stop_reason="screened"``), the others
             run the full schedule, and only as long as the outlier test's flags are the same for any
             norm of the screened labels between their bounds. ``False`` runs every label to the end.
-        screen_steps: length of the first pass, in steps.
-        screen_shrink: the assumed floor of a screened label's norm, as a fraction of its first-pass norm
-            (its lower bound).
+        screen_steps: length of the first pass, in steps, with fewer than ``screen_sample_from`` labels.
+        screen_steps_many: length of the first pass with at least ``screen_sample_from`` labels (whose
+            floor or ranges are measured on a sample, so a short first pass suffices).
+        screen_shrink: the assumed floor of a screened label's norm, as a fraction of its norm after the
+            ``screen_steps`` first pass (its lower bound): 0.6 after 80 steps held for every label above
+            its scan's median on the fidelity benchmark's 10-label scans (the smallest final/first-pass
+            ratio was 0.63; after 40 steps it was 0.18, ``docs/detection.md``).
         screen_sample: with at least ``screen_sample_from`` labels, this many labels spread over the
             first pass's ranks run to the end before the screening decision; the smallest ratio of their
             final to their first-pass norm, times ``screen_margin``, replaces ``screen_shrink``, and
@@ -101,8 +106,9 @@ class ReverseSettings:
     max_batch: int | None = None
     seed: int = 123
     screening: bool = True
-    screen_steps: int = 40
-    screen_shrink: float = 0.7
+    screen_steps: int = 80
+    screen_steps_many: int = 40
+    screen_shrink: float = 0.6
     screen_sample: int = 8
     screen_sample_from: int = 30
     screen_margin: float = 0.9
@@ -110,7 +116,14 @@ class ReverseSettings:
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        for name in (*_POSITIVE_INTS, "seed", "screen_steps", "screen_sample", "screen_sample_from"):
+        for name in (
+            *_POSITIVE_INTS,
+            "seed",
+            "screen_steps",
+            "screen_steps_many",
+            "screen_sample",
+            "screen_sample_from",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise SettingsError(f"{name} must be an integer, got {value!r}")
@@ -132,8 +145,9 @@ class ReverseSettings:
             raise SettingsError("lr and init_cost must be positive; cost_up and cost_down greater than 1")
         if not isinstance(self.screening, bool):
             raise SettingsError(f"screening must be true or false, got {self.screening!r}")
-        if self.screen_steps < 1:
-            raise SettingsError(f"screen_steps must be at least 1, got {self.screen_steps}")
+        for name in ("screen_steps", "screen_steps_many"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("screen_shrink", "screen_margin"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
