@@ -197,6 +197,30 @@ def _scan_without_trigger(env: Env) -> Path:
     return d
 
 
+def _linear_arch(env: Env, forward: str, *, bias0: float = 0.0) -> list[str]:
+    """A scan of a one-layer network defined in a user file whose forward is ``forward``."""
+    from safetensors.torch import save_file
+
+    code = _write(
+        env.tmp / "net.py",
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.fc = nn.Linear(784, 10)\n\n    def forward(self, x):\n"
+        f"        {forward}\n",
+    )
+    bias = torch.zeros(10)
+    bias[0] = bias0
+    save_file({"fc.weight": torch.zeros(10, 784), "fc.bias": bias}, str(env.tmp / "net.safetensors"))
+    args = _scan(env, "--arch", f"{code}:Net", "--input-shape", "1x28x28", data=_valid_npz(env))
+    return [args[0], str(env.tmp / "net.safetensors"), *args[2:]]
+
+
+def _model_inside_out(env: Env) -> list[str]:
+    env.out.mkdir()
+    inside = env.out / "w.safetensors"
+    shutil.copy(env.weights, inside)
+    return [*_scan_file(env, inside), "--force"]
+
+
 CASES: list[Case] = [
     # ---- data: image folders -------------------------------------------------------------------------
     Case(
@@ -982,7 +1006,7 @@ CASES: list[Case] = [
     Case(
         "resume-garbage",
         "scan --resume from a checkpoint whose state.json is garbage",
-        lambda e: _checkpoint_with(e, "{not json") or _scan(e, "--resume", data=_valid_npz(e)),
+        lambda e: _checkpoint_with(e, "{not json") or _scan(e, "--resume"),
         "corrupt checkpoint",
         1,
         "{tmp}/out.checkpoint",
@@ -990,7 +1014,7 @@ CASES: list[Case] = [
     Case(
         "resume-not-a-dict",
         "scan --resume from a checkpoint whose state.json is a list",
-        lambda e: _checkpoint_with(e, "[1, 2]") or _scan(e, "--resume", data=_valid_npz(e)),
+        lambda e: _checkpoint_with(e, "[1, 2]") or _scan(e, "--resume"),
         "corrupt checkpoint",
         1,
         "{tmp}/out.checkpoint",
@@ -998,7 +1022,7 @@ CASES: list[Case] = [
     Case(
         "resume-foreign",
         "scan --resume from another model's checkpoint",
-        lambda e: _foreign_checkpoint(e) or _scan(e, "--resume", data=_valid_npz(e)),
+        lambda e: _foreign_checkpoint(e) or _scan(e, "--resume"),
         "belongs to another scan",
         1,
         "{tmp}/out.checkpoint",
@@ -1366,6 +1390,46 @@ CASES: list[Case] = [
         "--fpr must be in (0, 1]",
         2,
         "--fpr",
+    ),
+    Case(
+        "scan-force-out-holds-model",
+        "scan --force with an --out that holds the model file",
+        _model_inside_out,
+        "which this command reads",
+        2,
+        "{tmp}/out/w.safetensors",
+    ),
+    Case(
+        "scan-out-working-directory",
+        "scan --out . --force",
+        lambda e: ["scan", str(e.model), "--out", ".", "--force", "--max-steps", "2", "--samples", "40"],
+        "that is the working directory",
+        2,
+        "--out .",
+    ),
+    Case(
+        "scan-source-in-labels",
+        "scan --source 3 --labels 3",
+        lambda e: _scan(e, "--source", "3", "--labels", "3"),
+        "label 3 is the source label",
+        2,
+        "--labels",
+    ),
+    Case(
+        "scan-model-raises",
+        "a model whose forward raises ValueError",
+        lambda e: _linear_arch(e, 'raise ValueError("forward exploded")'),
+        "model failed on images of shape (1, 28, 28): ValueError: forward exploded",
+        1,
+        "ValueError",
+    ),
+    Case(
+        "scan-model-one-class-right",
+        "a model that predicts class 0 for every image",
+        lambda e: _linear_arch(e, "return self.fc(x.flatten(1))", bias0=1.0),
+        "a scan needs correctly classified images of at least 2 classes",
+        1,
+        "label 0",
     ),
 ]
 

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,33 @@ def check_writable_parent(path: str | os.PathLike[str], *, option: str | None = 
     return out
 
 
-def check_output_dir(path: str | os.PathLike[str], *, force: bool, option: str | None = None) -> Path:
+def check_output_dir(
+    path: str | os.PathLike[str],
+    *,
+    force: bool,
+    option: str | None = None,
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+) -> Path:
     """Check, before any work, that a result directory can be written at ``path``: not a file, empty
-    (or ``force``: it will be replaced), and its parent writable. One-line :class:`SettingsError` naming
-    ``option`` (or the path) otherwise."""
+    (or ``force``: it will be replaced), and its parent writable. A result directory is replaced as a
+    whole, so it may not be the working directory or one that contains it, nor hold any of ``inputs``
+    (the files the command reads: the model, its data) — not even with ``force``. One-line
+    :class:`SettingsError` naming ``option`` (or the path) otherwise."""
     out = Path(path)
     where = _where(out, option)
+    here = Path.cwd().resolve()
+    target = out.resolve()
+    if target == here or target in here.parents or target == Path.home().resolve():
+        raise SettingsError(
+            f"{where}: that is the working directory, your home or one that contains them; a result directory "
+            "is replaced as a whole: name a new folder"
+        )
+    for given in inputs:
+        if given is not None and Path(given).resolve().is_relative_to(target):
+            raise SettingsError(
+                f"{where} holds {given}, which this command reads; a result directory is replaced as a "
+                "whole: name another folder"
+            )
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise SettingsError(f"{where} exists and is not a directory")

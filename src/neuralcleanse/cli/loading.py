@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,15 @@ class ModelSource:
     data: Path | None = None
     dataset: str | None = None
     data_dir: Path | None = None
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """The files and folders the command reads: the model, ``--arch file.py``'s file, the images and
+        class names (a result folder may not hold them: it is replaced as a whole)."""
+        module, sep, _ = (self.arch or "").rpartition(":")
+        code = Path(module) if sep and module.endswith(".py") else None
+        given = (self.model, code, self.data, self.data_dir, self.class_names)
+        return tuple(p for p in given if p is not None)
 
     def check(self) -> None:
         """Everything knowable without reading a file (before any work)."""
@@ -93,7 +102,7 @@ class ModelSource:
 
     def images(self, loaded: Any, names: Any, *, split: str = "test") -> tuple[Any, dict[str, Any]]:
         """Clean labelled images shaped for the model (``--data``, else ``--dataset`` or the card's data
-        set's test split) and a description for reports."""
+        set; ``split`` of either) and a description for reports."""
         from ..data.convert import conform
         from ..data.files import detect_data_format, load_images
         from ..data.registry import load_dataset
@@ -101,16 +110,21 @@ class ModelSource:
         shape = loaded.input_shape
         if self.data is not None:
             images = load_images(self.data, input_shape=shape, class_names=names, split=split)
-            info = {"path": str(self.data), "format": detect_data_format(self.data), "split": split}
+            info: dict[str, Any] = {
+                "path": str(self.data),
+                "format": detect_data_format(self.data),
+                "split": split,
+            }
         else:
             name = self._dataset_name(loaded)
-            images = load_dataset(name, root=self.data_dir).test
+            splits = load_dataset(name, root=self.data_dir)
+            images = splits.train if split == "train" else splits.test
             if shape is not None and images.input_shape != tuple(shape):
                 images = images.replace(images=conform(images.images, shape, name=name))
-            info = {"dataset": name, "split": "test"}
+            info = {"dataset": name, "split": split}
         if shape is not None and images.input_shape != tuple(shape):
             raise DataError(f"images are {images.input_shape}, the model takes {tuple(shape)}")
-        info["images_read"] = str(len(images))
+        info["images_read"] = len(images)
         return images, info
 
     def splits(self, loaded: Any, names: Any) -> tuple[Any, Any, str]:
@@ -208,9 +222,12 @@ def _recorded_model(folder: Path) -> str | None:
     return path if isinstance(path, str) else None
 
 
-def check_result_dir(out: Path, model: Path, *, force: bool, explicit: bool) -> None:
-    """Before any work: the result folder can be written. A default folder that holds another model's
-    result is never replaced, even with ``--force``: the user names a folder instead."""
+def check_result_dir(
+    out: Path, model: Path, *, force: bool, explicit: bool, inputs: Sequence[Path] = ()
+) -> None:
+    """Before any work: the result folder can be written, and holds neither the model nor ``inputs``
+    (they would go with it). A default folder that holds another model's result is never replaced, even
+    with ``--force``: the user names a folder instead."""
     from .._io import check_output_dir
 
     if not explicit and out.is_dir() and any(out.iterdir()):
@@ -219,7 +236,7 @@ def check_result_dir(out: Path, model: Path, *, force: bool, explicit: bool) -> 
             raise SettingsError(
                 f"the default folder {out} holds the scan of another model ({other}); choose one with --out"
             )
-    check_output_dir(out, force=force, option="--out")
+    check_output_dir(out, force=force, option="--out", inputs=(model, *inputs))
 
 
 _DATA_HELP = (

@@ -81,7 +81,7 @@ def mitigate(
     source.check()
     model = source.model
     out = out or default_out("mitigations", model, f"-{method}")
-    check_output_dir(out, force=force, option="--out")
+    check_output_dir(out, force=force, option="--out", inputs=(*source.inputs, report_path))
     case = open_case(source, report_path, label, device)
     kw: dict[str, Any] = {"seed": seed, "device": device}
     repaired = None

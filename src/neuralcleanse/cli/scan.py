@@ -195,7 +195,7 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
         type=click.Choice(["test", "train"]),
         default="test",
         show_default=True,
-        help="Split of --data.",
+        help="Split of --data or of the built-in --dataset.",
     ),
     click.option("--all-images", is_flag=True, help="Also use images the model misclassifies."),
     click.option(
@@ -352,10 +352,25 @@ def scan(
     )
     # everything knowable is checked before the model is loaded and long before any optimisation
     request.check()
-    check_result_dir(request.out, model, force=force, explicit=out_given)
+    check_result_dir(
+        request.out,
+        model,
+        force=force,
+        explicit=out_given,
+        inputs=(*source.inputs, *request.references),
+    )
     if resume and not has_checkpoint(request.checkpoint):
         raise CheckpointError(f"{request.checkpoint}: no checkpoint to resume from (--resume)")
-    report = scan_model(request, bar=not as_json)
+    try:
+        report = scan_model(request, bar=not as_json)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        if has_checkpoint(request.checkpoint):
+            click.echo(
+                f"interrupted: the checkpoint {request.checkpoint} is kept; the same command with --resume "
+                "continues the scan",
+                err=True,
+            )
+        raise
     out = request.out
     page = out / "report.html"
     if as_json:

@@ -37,7 +37,7 @@ def validate(
     source.check()
     device = str(resolve_device(device))
     out = out or default_out("validations", source.model)
-    check_output_dir(out, force=force, option="--out")
+    check_output_dir(out, force=force, option="--out", inputs=(*source.inputs, report_path))
     case = open_case(source, report_path, label, device)
     images, _ = source.images(case.loaded, case.names)
     result = validate_trigger(

@@ -130,9 +130,10 @@ def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.d
     try:
         with frozen_eval(model), torch.no_grad():
             out = model(images[: min(8, len(images))].to(device))
-    except RuntimeError as exc:
+    except Exception as exc:  # the user's model: any failure of its forward is a fact about the model
+        kind = "" if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: "
         raise DataError(
-            f"model failed on images of shape {tuple(images.shape[1:])}: {first_line(exc)}"
+            f"model failed on images of shape {tuple(images.shape[1:])}: {kind}{first_line(exc)}"
         ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -313,11 +314,17 @@ class NeuralCleanse:
             targets = [k for k in targets if k != source]
         if not targets:
             raise SettingsError("no labels to scan (empty label list)")
+        if source is not None and scan_labels is not None and source in targets:
+            raise SettingsError(
+                f"label {source} is the source label: its images need no trigger to reach it; leave it out "
+                "of the labels to scan (--labels)"
+            )
         bad = [k for k in targets if not 0 <= k < num_classes]
         if bad:
             raise SettingsError(f"label {bad[0]} is outside the model's {num_classes} outputs")
         if len(set(targets)) != len(targets):
-            raise SettingsError("the label list repeats a label")
+            twice = next(k for k in targets if targets.count(k) > 1)
+            raise SettingsError(f"the labels to scan (--labels) name label {twice} twice")
         notes: list[str] = [*extra_notes, *self._notes]
         input_fingerprint = tensor_fingerprint(images.float())
         if self.reference is not None:  # fail before optimising, not after
@@ -524,6 +531,13 @@ class NeuralCleanse:
             notes.append(f"{len(keep)} of the {len(pool)} images given were classified correctly")
             if len(keep) == 0:
                 raise DataError("the model classifies none of the given images correctly")
+            right = torch.unique(pool.labels[keep])
+            if source is None and len(right) < 2:
+                raise DataError(
+                    f"the model classifies only images of label {int(right[0])} correctly ({len(keep)} of "
+                    f"{len(pool)}); a scan needs correctly classified images of at least 2 classes (is it the "
+                    "model for these images, with the right preprocessing?)"
+                )
             pool = pool.subset(keep)
         if samples is not None and len(pool) > samples:
             pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
@@ -540,9 +554,10 @@ class NeuralCleanse:
         settings: ReverseSettings,
         reference: Reference | None,
     ) -> dict[str, Any]:
-        triggers = {
-            s.label: Trigger(s.mask().clamp(0, 1), s.pattern().clamp(0, 1), "reversed") for s in states
-        }
+        def finite(t: torch.Tensor) -> torch.Tensor:  # a label stopped by NaN/inf keeps a blank trigger
+            return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0).clamp(0, 1)
+
+        triggers = {s.label: Trigger(finite(s.mask()), finite(s.pattern()), "reversed") for s in states}
         norms = [s.test_norm() for s in states]  # the clamped mask's sum (NaN after a NaN stop) or estimate
         labels = [s.label for s in states]
         stat = get_statistic(self.statistic)
@@ -563,6 +578,12 @@ class NeuralCleanse:
                         predict(self.model, triggers[s.label].apply(victims), device=self.device) == s.label
                     )
                     success[s.label] = float(hits.float().mean())
+        verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
+        unsettled = unsettled_reason(
+            states, outlier.flagged, max_steps=settings.max_steps, attack_threshold=settings.attack_threshold
+        )
+        # an unsettled verdict flags nothing: flagged labels and "backdoored" go together
+        flagged = [] if unsettled is not None else outlier.flagged
         rows = []
         for s, norm, index in zip(states, norms, outlier.anomaly_index, strict=True):
             asr = success.get(s.label, math.nan)
@@ -578,7 +599,7 @@ class NeuralCleanse:
                     final_cost=s.cost,
                     best_step=s.best_step,
                     anomaly_index=index,
-                    flagged=s.label in outlier.flagged,
+                    flagged=s.label in flagged,
                     images_seen=s.images_seen,
                     history=s.history,
                     screened_bound=s.screened_bound,
@@ -605,16 +626,16 @@ class NeuralCleanse:
         extra.append(
             f"misclassification loss: {'cross-entropy' if settings.loss == 'ce' else 'original linear-probability term'}"
         )
-        verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
-        unsettled = unsettled_reason(
-            states, outlier.flagged, max_steps=settings.max_steps, attack_threshold=settings.attack_threshold
-        )
         if unsettled is not None and verdict != "inconclusive":
             verdict = "inconclusive"
             extra.insert(0, unsettled)
+        if unsettled is not None and outlier.flagged:
+            extra.insert(
+                1, f"on these norms the outlier test would flag labels {outlier.flagged}: not a verdict"
+            )
         return {
             "verdict": verdict,
-            "flagged": outlier.flagged,
+            "flagged": flagged,
             "rows": rows,
             "median": outlier.median,
             "mad": outlier.mad,

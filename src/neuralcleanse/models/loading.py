@@ -126,6 +126,10 @@ def sniff_format(path: Path, data: bytes | None = None) -> str:
     return _identify(path, _read(path) if data is None else data)[0]
 
 
+#: what a self-describing model file is, for sentences
+_KINDS = {"export": "a torch.export program", "torchscript": "a TorchScript archive", "keras": "a Keras model"}
+
+
 def _identify(path: Path, data: bytes) -> tuple[str, ZipArchive | None]:
     """The file's format and, for zip-based formats, the checked archive."""
     if len(data) == 0:
@@ -300,7 +304,8 @@ def load_model(
     shape = input_shape
     if arch is not None and fmt in ("export", "torchscript", "keras"):
         raise SettingsError(
-            f"{p}: --arch is for state dicts; this file is a {fmt} program that carries its own"
+            f"{p}: --arch is for state dicts; this file is {_KINDS[fmt]}, which carries its own architecture: "
+            "drop --arch"
         )
     if fmt == "export":
         from .export import load_exported_program
