@@ -267,9 +267,7 @@ def many_label_model(classes: int = 30) -> nn.Module:
 
 #: long enough for the first pass (30 steps) to end before most labels converge
 MANY_TINY = TINY.replace(early_stop_patience=8, max_steps=80)
-MANY_FAST = MANY_TINY.replace(
-    screening=True, screen_steps_many=30, screen_sample=4, screen_sample_from=10
-)
+MANY_FAST = MANY_TINY.replace(screening=True, screen_steps_many=30, screen_sample=4, screen_sample_from=10)
 
 
 def test_many_labels_measure_their_floor_on_a_sample_and_screen_below_the_median() -> None:

@@ -127,7 +127,11 @@ def sniff_format(path: Path, data: bytes | None = None) -> str:
 
 
 #: what a self-describing model file is, for sentences
-_KINDS = {"export": "a torch.export program", "torchscript": "a TorchScript archive", "keras": "a Keras model"}
+_KINDS = {
+    "export": "a torch.export program",
+    "torchscript": "a TorchScript archive",
+    "keras": "a Keras model",
+}
 
 
 def _identify(path: Path, data: bytes) -> tuple[str, ZipArchive | None]:
