@@ -162,15 +162,22 @@ def test_the_effect_size_keeps_planted_labels_and_drops_natural_shortcuts(name: 
     [
         ("fmnist-clean", "clean: no label is both more than 2 MADs of log norms below the median and at most "
          "0.3 of it; the cheapest, label 8 (class 8), needs 0.35 of the median L1 67.9", "weak"),
-        ("fmnist-badnets", "BACKDOORED: label 0 (class 0) with anomaly index", "strong"),
+        ("fmnist-badnets", "BACKDOORED: label 0 (class 0) with anomaly index", "weak"),  # 0.20 of the median
         ("mnist-trojan-square", "BACKDOORED: label 5 (class 5) with anomaly index", "weak"),
-        ("mnist-clean", "clean: no label is both", "strong"),
+        ("far-below", "BACKDOORED: label 0 (class 0) with anomaly index", "strong"),  # 0.08
+        ("even", "clean: no label is both", "strong"),  # the cheapest 0.89 of the median
+        ("spread", "clean: no label is both", "weak"),  # the cheapest 0.77
     ],
 )  # fmt: skip
 def test_the_default_verdict_says_how_strong_its_evidence_is(
     name: str, summary: str, strength: str, tmp_path: Path
 ) -> None:
-    norms = [*ZOO_NORMS[name][0]] if name in ZOO_NORMS else [60.0 + 4 * k for k in range(10)]
+    made = {
+        "far-below": [6.0] + [60.0 + 4 * k for k in range(1, 10)],
+        "even": [70.0 + 2 * k for k in range(10)],
+        "spread": [60.0 + 4 * k for k in range(10)],
+    }
+    norms = [*ZOO_NORMS[name][0]] if name in ZOO_NORMS else made[name]
     report = _report("effect", norms=norms)
     text = report.summary()
     assert text.startswith(summary) and f"; {strength} evidence: on the fidelity benchmark" in text

@@ -49,11 +49,12 @@ EFFECT_RATIO = 0.3
 #: on logarithms, norms below this (a trigger of a millionth of a pixel) count as this
 LOG_FLOOR = 1e-6
 
-#: on the fidelity benchmark (``docs/fidelity.md``, "How strong is the evidence"), as fractions of the
-#: scan's median L1 norm: the cheapest label that was not planted, and the dearest planted trigger of at
-#: most 10% of the image (a Trojan watermark)
-NATURAL_FLOOR = 0.26
-PLANTED_CEILING = 0.63
+#: on the fidelity benchmark (``docs/fidelity.md``, "How strong is the evidence"; 156 models, three seeds,
+#: three architectures and the sign set), as fractions of the scan's median L1 norm: the cheapest label
+#: that was not planted (a Fashion-MNIST bag), and the dearest planted trigger of at most 10% of the image
+#: (a Trojan watermark on the residual network, whose trigger the scan did not recover)
+NATURAL_FLOOR = 0.15
+PLANTED_CEILING = 0.80
 
 
 def _fixed(x: float, digits: int) -> str:
