@@ -32,7 +32,7 @@ SELF_MADE = "distilled student"
 #: the relative test's MAD floor (see :attr:`Reference.mad_floor`)
 REFERENCE_MAD_FLOOR = 0.1
 #: ...and the largest ratio to the median ratio a flagged label may have (``docs/fidelity.md``: chosen on
-#: self-made references, then measured with trusted ones, where it cut the false alarms from 50% to 11%)
+#: self-made references, then measured with trusted ones, where it cut the false alarms from 45% to 10%)
 REFERENCE_MAX_RATIO = 0.5
 
 #: settings that change the speed or the random draw of a scan but not what its norms mean (screening
@@ -136,8 +136,8 @@ class Reference:
         ratio, as in the reference (models of a task learn its natural shortcuts to different degrees: on
         Fashion-MNIST the "bag" costs 0.62-0.65 of the student's norm, and across the fidelity
         benchmark's clean models of other seeds a natural label is often 0.5-0.8 of its reference). On
-        that benchmark the relative test without these false-alarmed on half the clean models with one
-        reference; with them on 11%. See ``docs/fidelity.md``."""
+        that benchmark the relative test without these false-alarmed on 45% of the clean models with one
+        reference; with them on 10%. See ``docs/fidelity.md``."""
         return {"mad_floor": REFERENCE_MAD_FLOOR, "max_ratio": REFERENCE_MAX_RATIO}
 
     @property
