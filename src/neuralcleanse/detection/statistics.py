@@ -284,7 +284,8 @@ class EffectStatistic(LogStatistic):
                 f"image came to at most {PLANTED_CEILING:g} of its median"
             )
         return (
-            f"weak evidence: on the fidelity benchmark planted triggers (Trojan watermarks) came to as much "
+            f"weak evidence: on the fidelity benchmark planted triggers the scan did not recover (Trojan "
+            f"watermarks, BadNets on a residual network) came to as much "
             f"as {PLANTED_CEILING:g} of their median, so a label this cheap may still hide one; look at "
             f"label {row.label}'s trigger"
         )
