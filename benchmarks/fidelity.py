@@ -232,6 +232,23 @@ def outcome(row: dict, method: str) -> str:
     return "exact" if flagged == row["planted"] else ("other" if flagged else "missed")
 
 
+def rate(rows: list[dict], method: str, groups: tuple[str, ...], what: str) -> str:
+    """How often ``method``'s outcome is ``what`` on the models of ``groups``: "percent (count/models)"."""
+    sel = [r for r in rows if r["group"] in groups and method in r["methods"]]
+    if not sel:
+        return "-"
+    k = sum(outcome(r, method) == what for r in sel)
+    return f"{100 * k / len(sel):.0f} ({k}/{len(sel)})"
+
+
+def rates(rows: list[dict], method: str) -> str:
+    """The table's four columns: exact (small), exact (large), false alarm, inconclusive."""
+    return (
+        f"{rate(rows, method, ('small',), 'exact'):>15} {rate(rows, method, ('large',), 'exact'):>15} "
+        f"{rate(rows, method, ('clean',), 'false alarm'):>13} {rate(rows, method, GROUPS, 'inconclusive'):>13}"
+    )
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{len(rows)} models; rates in % (count/models)", ""]
     datasets = sorted({r["dataset"] for r in rows})
@@ -242,19 +259,7 @@ def table(rows: list[dict]) -> str:
         for scope in ["all", *datasets, *(f"arch {a}" for a in archs)]:
             part = [r for r in rows if scope in ("all", r["dataset"], f"arch {r['arch']}")]
 
-            def rate(
-                groups: tuple[str, ...], what: str, part: list[dict] = part, method: str = method
-            ) -> str:
-                sel = [r for r in part if r["group"] in groups and method in r["methods"]]
-                if not sel:
-                    return "-"
-                k = sum(outcome(r, method) == what for r in sel)
-                return f"{100 * k / len(sel):.0f} ({k}/{len(sel)})"
-
-            lines.append(
-                f"{method:10} {scope:22} {rate(('small',), 'exact'):>15} {rate(('large',), 'exact'):>15} "
-                f"{rate(('clean',), 'false alarm'):>13} {rate(GROUPS, 'inconclusive'):>13}"
-            )
+            lines.append(f"{method:10} {scope:22} {rates(part, method)}")
         lines.append("")
     lines += ratio_table(rows)
     lines.append(f"per model (method outcomes: {' / '.join(METHODS)}):")

@@ -1,218 +1,182 @@
-"""The relative test with trusted references, replayed on the fidelity benchmark's scans.
+"""The batched full schedule vs the sequential original, and the outlier statistics against references.
 
-    python benchmarks/references.py --out runs/fidelity
+    python benchmarks/references.py                          # embedded MNIST sample
+    python benchmarks/references.py --dataset fashion-mnist  # full Fashion-MNIST (Debian's package)
 
-A user who has trusted models of the same task scans them too and passes their reports with
-``--reference``; the relative statistic then tests each label's L1 norm against the same label's norm in
-them. The fidelity benchmark (``benchmarks/fidelity.py``) trains clean controls of every dataset and
-architecture for three seeds, so every model it scanned has trusted models of its task at hand: the clean
-models of the *other* seeds (a model is never its own reference). This script judges every scan under
-``OUT/scans-plain`` with
+(Before the fast default this was ``scan_speed.py``; its "batched" mode is ``ReverseSettings.exhaustive()``,
+the default of that time. ``scan_speed.py`` now compares the fast default with every reference.)
 
-* one reference (each other seed's clean model in turn: two trials per model), and
-* two references (both other seeds: the geometric median of their norms, as ``Reference.from_reports``),
+Trains a BadNets model (4×4 white square, bottom-right, target 0, 10% poison) and a clean model of the
+same recipe, then scans each in the batched default mode and in the sequential reference mode (the
+original code's schedule, one label at a time) and prints a table: time, images processed, images/s
+against the model's measured peak forward+backward throughput, flagged labels, the anomaly index of
+the target, and whether the two modes agree. "ceil" is the largest index the paper's L1 test could give
+any label (median / MAD; below 2 the test cannot flag anything), and the last columns re-run the outlier
+test on the same norms with the log statistic (``--statistic log``).
 
-for several ways of running the relative test:
-
-* ``relative``: the MAD test on log(L1 / reference), what ``--reference`` runs today;
-* ``rel floor``: the same with the MAD of the log ratios floored at 0.1;
-* ``rel floor+0.5``: the floor, and a flagged label's ratio must also be at most half the median ratio
-  (what the self-made reference runs);
-* ``rel+effect``: labels flagged by both ``rel floor+0.5`` and the default ``effect`` statistic.
-
-It prints the exact-label detection rate on infected models (small and large triggers), the false-alarm
-rate on clean models and the inconclusive rate, overall and per dataset and architecture, over trials.
-
-Nothing is scanned: the norms are the benchmark's cached default scans. Labels those scans screened keep
-the value the scan used (an upper value, or an estimate with 30 labels or more), which a real reference
-scan (screening off) would not; the table says how many such labels entered.
+It also trains clean models of the same recipe with other seeds (``--reference-seeds``, default 1,2),
+scans them, and re-runs the outlier test of every scan above against them (``--reference``: each
+label's L1 norm divided by its norm in those trusted models, ``statistic="relative"``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import statistics
-import sys
-from collections import defaultdict
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
-from neuralcleanse.detection import DetectionReport, mad_outlier_test
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import GROUPS  # noqa: E402
-
-METHODS: dict[str, dict[str, float]] = {
-    "relative": {},
-    "rel floor": {"mad_floor": 0.1},
-    "rel floor+0.5": {"mad_floor": 0.1, "max_ratio": 0.5},
-}
-BOTH = "rel+effect"
+import neuralcleanse as nc
+from neuralcleanse.detection import NeuralCleanse, ReverseSettings
 
 
-@dataclass
-class Scan:
-    name: str
-    dataset: str
-    arch: str
-    seed: int
-    group: str
-    planted: list[int]
-    report: DetectionReport
-
-    @property
-    def task(self) -> tuple[str, str]:
-        return self.dataset, self.arch
-
-
-def group(card: dict) -> str:
-    """As ``fidelity.group``, from the model card (the planted triggers' recorded L1 over the image)."""
-    backdoors = card.get("backdoors") or []
-    if not backdoors:
-        return "clean"
-    if any(b.get("source_labels") for b in backdoors):
-        return "source"
-    pixels = math.prod(card["input_shape"][1:])
-    return "large" if max(b["l1_norm"] for b in backdoors) / pixels > 0.10 else "small"
+def throughput(model: torch.nn.Module, shape: tuple[int, int, int], classes: int) -> dict[int, float]:
+    """Images/s of forward + backward to the input (weights frozen), per batch size."""
+    model.eval().requires_grad_(False)
+    rates = {}
+    for bs in (32, 64, 128, 256, 512):
+        x = torch.rand(bs, *shape)
+        y = torch.randint(0, classes, (bs,))
+        w = torch.zeros(shape, requires_grad=True)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 1.5:
+            loss = torch.nn.functional.cross_entropy(model(x + w), y)
+            torch.autograd.grad(loss, [w])
+            n += bs
+        rates[bs] = n / (time.perf_counter() - start)
+    return rates
 
 
-def load(out: Path) -> list[Scan]:
-    scans = []
-    for path in sorted((out / "scans-plain").glob("*/report.json")):
-        card_path = out / "models" / path.parent.name / "card.json"
-        if not card_path.exists():
-            continue
-        card = json.loads(card_path.read_text())
-        scans.append(
-            Scan(
-                name=path.parent.name,
-                dataset=card["dataset"],
-                arch=card["arch"],
-                seed=int(card["seed"]),
-                group=group(card),
-                planted=sorted({b["target"] for b in card.get("backdoors") or []}),
-                report=DetectionReport.load(path.parent),
-            )
-        )
-    return scans
-
-
-def reference_norms(refs: list[Scan], labels: list[int]) -> list[float]:
-    """Each label's geometric median over the reference scans (as ``Reference.from_reports``)."""
-    out = []
-    for k in labels:
-        logs = [math.log(max(v, 1e-6)) for r in refs if math.isfinite(v := r.report.label(k).l1_norm)]
-        out.append(math.exp(statistics.median(logs)) if logs else math.nan)
-    return out
-
-
-def judge(scan: Scan, refs: list[Scan]) -> dict[str, tuple[str, list[int]]]:
-    rep = scan.report
-    labels = [r.label for r in rep.labels]
-    reference = reference_norms(refs, labels)
-    out: dict[str, tuple[str, list[int]]] = {}
-    for name, options in METHODS.items():
-        res = mad_outlier_test(
-            [r.l1_norm for r in rep.labels],
-            threshold=rep.threshold,
-            eligible=[r.reached for r in rep.labels],
-            names=labels,
-            statistic="relative",
-            reference=reference,
-            **options,
-        )
-        verdict = "inconclusive" if not res.conclusive else ("backdoored" if res.flagged else "clean")
-        out[name] = (verdict, sorted(res.flagged))
-    effect = rep.outlier_test(statistic="effect")
-    both = sorted(set(out["rel floor+0.5"][1]) & set(effect.flagged))
-    out[BOTH] = (("backdoored" if both else "clean"), both)
-    out["effect"] = (
-        "inconclusive" if not effect.conclusive else ("backdoored" if effect.flagged else "clean"),
-        sorted(effect.flagged),
+def get_model(
+    data: nc.DatasetSplits, args: argparse.Namespace, attack: nc.BadNets | None, seed: int | None = None
+) -> nc.ModelBundle:
+    seed = args.seed if seed is None else seed
+    shift = f"-shift{args.shift}" if args.shift else ""
+    name = f"{data.name}-{args.arch}-{'badnets' if attack else 'clean'}-e{args.epochs}{shift}-s{seed}"
+    path = args.cache / name
+    if path.exists():
+        return nc.load_model_dir(path)
+    recipe = nc.Recipe(
+        dataset=data.name,
+        arch=args.arch,
+        training=nc.TrainSettings(epochs=args.epochs, shift=args.shift, seed=seed),
+        attack=attack,
     )
-    return out
-
-
-def outcome(scan: Scan, verdict: str, flagged: list[int]) -> str:
-    if verdict == "inconclusive":
-        return "inconclusive"
-    if scan.group == "clean":
-        return "false alarm" if flagged else "correct"
-    return "exact" if flagged == scan.planted else ("other" if flagged else "missed")
-
-
-def trials(scans: list[Scan], n_refs: int) -> list[tuple[Scan, list[Scan]]]:
-    """(model, its references): the clean models of the same task and another seed."""
-    clean = defaultdict(list)
-    for s in scans:
-        if s.group == "clean":
-            clean[s.task].append(s)
-    out = []
-    for s in scans:
-        others = sorted((c for c in clean[s.task] if c.seed != s.seed), key=lambda c: c.seed)
-        if len(others) < n_refs:
-            continue
-        if n_refs == 1:
-            out += [(s, [c]) for c in others]
-        else:
-            out.append((s, others[:n_refs]))
-    return out
-
-
-def table(scans: list[Scan], n_refs: int) -> list[str]:
-    pairs = trials(scans, n_refs)
-    judged = [(s, refs, judge(s, refs)) for s, refs in pairs]
-    screened = sum(len(r.report.screened) for _, refs in pairs for r in refs)
-    lines = [
-        f"{n_refs} reference{'s' if n_refs > 1 else ''}: {len(pairs)} trials over "
-        f"{len({s.name for s, _ in pairs})} models ({screened} screened reference labels entered)",
-        "",
-    ]
-    header = f"{'method':14} {'scope':22} {'exact (small)':>15} {'exact (large)':>15} {'false alarm':>13} {'inconclusive':>13}"
-    lines += [header, "-" * len(header)]
-    scopes = [
-        "all",
-        *sorted({s.dataset for s in scans}),
-        *(f"arch {a}" for a in sorted({s.arch for s in scans})),
-    ]
-    for method in [*METHODS, BOTH, "effect"]:
-        for scope in scopes:
-            part = [(s, o) for s, _, o in judged if scope in ("all", s.dataset, f"arch {s.arch}")]
-
-            def rate(groups: tuple[str, ...], what: str, part: list = part, method: str = method) -> str:
-                sel = [(s, o) for s, o in part if s.group in groups]
-                if not sel:
-                    return "-"
-                k = sum(outcome(s, *o[method]) == what for s, o in sel)
-                return f"{100 * k / len(sel):.0f} ({k}/{len(sel)})"
-
-            lines.append(
-                f"{method:14} {scope:22} {rate(('small',), 'exact'):>15} {rate(('large',), 'exact'):>15} "
-                f"{rate(('clean',), 'false alarm'):>13} {rate(GROUPS, 'inconclusive'):>13}"
-            )
-        lines.append("")
-    alarms = [
-        f"  {s.name} vs {'+'.join(r.name for r in refs)}: {', '.join(f'{m} {o[m][1]}' for m in [*METHODS, BOTH] if o[m][1])}"
-        for s, refs, o in judged
-        if s.group == "clean" and any(o[m][1] for m in [*METHODS, BOTH])
-    ]
-    return [*lines, "false alarms on clean models:", *(alarms or ["  none"]), ""]
+    bundle = nc.train_recipe(recipe, data=data, device="cpu")
+    return bundle.save(path)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/fidelity"), help="the fidelity benchmark's --out")
-    p.add_argument("--refs", default="1,2", help="numbers of reference models per trial")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist-sample")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--arch", default="mnist")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--shift", type=int, default=0, help="training augmentation: random shifts of up to N pixels"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scan-seed", type=int, default=123)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--cache", type=Path, default=Path("runs/bench-models"))
+    p.add_argument("--skip-sequential", action="store_true")
+    p.add_argument(
+        "--reference-seeds",
+        default="1,2",
+        help="seeds of the clean reference models (comma-separated; empty: no reference test)",
+    )
     args = p.parse_args()
-    scans = load(args.out)
-    if not scans:
-        raise SystemExit(
-            f"error: no scans under {args.out / 'scans-plain'}; run benchmarks/fidelity.py first"
+    torch.set_num_threads(torch.get_num_threads())
+    data = nc.load_dataset(args.dataset, root=args.data_dir)
+    print(
+        f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, torch threads {torch.get_num_threads()}"
+    )
+
+    models = {
+        "badnets(target 0)": get_model(data, args, nc.BadNets(target=0)),
+        "clean": get_model(data, args, None),
+    }
+    for label, b in models.items():
+        print(f"  {label:18s} clean acc {b.card.clean_accuracy:.4f}  ASR {b.card.attack_success}")
+    rates = throughput(models["clean"].model, data.input_shape, data.num_classes)
+    peak_bs = max(rates, key=rates.__getitem__)
+    peak = rates[peak_bs]
+    print(
+        "forward+backward (input gradient) images/s by batch size: "
+        + ", ".join(f"{bs}: {r:.0f}" for bs, r in rates.items())
+    )
+    print(f"peak {peak:.0f} images/s at batch {peak_bs}\n")
+
+    modes = {"batched": ReverseSettings.exhaustive(seed=args.scan_seed)}
+    if not args.skip_sequential:
+        modes["sequential"] = ReverseSettings.original(seed=args.scan_seed)
+    header = (
+        f"{'model':18s} {'mode':10s} {'time s':>8s} {'images':>9s} {'img/s':>7s} {'% peak':>6s}  {'flagged':10s}"
+        f" {'idx(0)':>6s} {'L1(0)':>6s} {'median':>6s} {'ceil':>5s} | {'log: flagged':12s} {'idx(0)':>6s}"
+    )
+    print(header)
+    print("-" * len(header))
+    results: dict[tuple[str, str], nc.DetectionReport] = {}
+    for label, bundle in models.items():
+        for mode, settings in modes.items():
+            report = NeuralCleanse(bundle.model, settings=settings, device="cpu").scan(
+                data.test, samples=args.samples
+            )
+            results[(label, mode)] = report
+            run = report.run
+            log = report.outlier_test(statistic="log")
+            print(
+                f"{label:18s} {mode:10s} {run['seconds']:8.1f} {run['images_processed']:9d} {run['images_per_second']:7.0f}"
+                f" {100 * run['images_per_second'] / peak:5.0f}%  {str(report.flagged):10s}"
+                f" {report.label(0).anomaly_index:6.2f} {report.label(0).l1_norm:6.1f} {report.median_l1:6.1f}"
+                f" {report.ceiling:5.2f} | {str(log.flagged):12s} {log.anomaly_index[0]:6.2f}"
+            )
+    if not args.skip_sequential:
+        print()
+        for label in models:
+            b, s = results[(label, "batched")], results[(label, "sequential")]
+            ratio = s.run["seconds"] / b.run["seconds"]
+            work = s.run["images_processed"] / b.run["images_processed"]
+            agree = "agree" if b.flagged == s.flagged and b.verdict == s.verdict else "DISAGREE"
+            log_agree = b.outlier_test(statistic="log").flagged == s.outlier_test(statistic="log").flagged
+            print(
+                f"{label:18s} batched is {ratio:.1f}x faster than sequential "
+                f"({work:.1f}x fewer images, {b.run['images_per_second'] / s.run['images_per_second']:.2f}x the images/s); "
+                f"verdicts {agree}: {b.verdict} / {s.verdict}; log test {'agrees' if log_agree else 'DISAGREES'}"
+            )
+
+    seeds = [int(v) for v in args.reference_seeds.split(",") if v.strip()]
+    if seeds:
+        print(
+            f"\nreference: clean models of the same recipe, seeds {seeds}, scanned in the same mode (seed {args.scan_seed})"
         )
-    for n in (int(x) for x in args.refs.split(",")):
-        print("\n".join(table(scans, n)))
+        references = {}
+        for mode, settings in modes.items():
+            refs = []
+            for seed in seeds:
+                ref_model = get_model(data, args, None, seed=seed)
+                ref = NeuralCleanse(ref_model.model, settings=settings, device="cpu").scan(
+                    data.test, samples=args.samples
+                )
+                refs.append(ref)
+                print(
+                    f"  clean seed {seed} ({mode}): clean acc {ref_model.card.clean_accuracy:.4f}; the paper's test "
+                    f"flags {ref.flagged or 'nothing'}; L1 {[round(r.l1_norm, 1) for r in ref.labels]}"
+                )
+            references[mode] = nc.Reference.from_reports(refs)
+        print(
+            f"{'model':18s} {'mode':10s} {'paper: flagged':14s} {'idx(0)':>6s} | {'relative: flagged':17s} {'idx(0)':>6s}  verdict"
+        )
+        for (label, mode), report in results.items():
+            rel = report.outlier_test(statistic="relative", reference=references[mode])
+            truth = [0] if label.startswith("badnets") else []
+            print(
+                f"{label:18s} {mode:10s} {str(report.flagged):14s} {report.label(0).anomaly_index:6.2f} |"
+                f" {str(rel.flagged):17s} {rel.anomaly_index[0]:6.2f}  "
+                f"{'correct' if rel.flagged == truth else 'WRONG'} (paper's test: "
+                f"{'correct' if report.flagged == truth else 'WRONG'})"
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 import neuralcleanse as nc
 from neuralcleanse import DatasetSplits, DetectionReport, ModelBundle, Reference, SettingsError
 from neuralcleanse.detection import LabelResult
+from test_statistics import ZOO_NORMS
 
 
 def _report(norms: list[float], *, flagged: list[int] | None = None) -> DetectionReport:
@@ -46,11 +47,10 @@ def test_reference_errors() -> None:
         Reference.from_reports([_report([1.0, 2.0, 3.0])]).norms_for([0, 5])
 
 
-# the fidelity benchmark's scans of the paper's network on Fashion-MNIST (benchmarks/references.py):
-# a clean model of seed 0, the clean model of seed 1 as its trusted reference, BadNets (planted 0) of seed 0
-FMNIST_CLEAN_S0 = [64.5, 52.2, 68.4, 71.5, 67.5, 76.3, 54.5, 151.2, 23.5, 86.2]
+# the scans of the paper's network on Fashion-MNIST (seed 0) in test_statistics, and the clean model of
+# seed 1 of the fidelity benchmark as their trusted reference (benchmarks/fidelity_references.py)
+FMNIST_CLEAN_S0, FMNIST_BADNETS_S0 = ZOO_NORMS["fmnist-clean"][0], ZOO_NORMS["fmnist-badnets"][0]
 FMNIST_CLEAN_S1 = [52.0, 67.5, 61.1, 71.9, 56.4, 59.2, 47.7, 155.4, 40.2, 66.5]
-FMNIST_BADNETS_S0 = [11.8, 47.8, 62.0, 56.7, 81.5, 83.8, 47.1, 164.8, 24.7, 83.6]
 
 
 def test_a_trusted_reference_also_needs_half_the_median_ratio() -> None:

@@ -126,8 +126,8 @@ def check_output_dir(
     target = out.resolve()
     if target == here or target in here.parents or target == Path.home().resolve():
         raise SettingsError(
-            f"{where}: that is the working directory, your home or one that contains them; a result directory "
-            "is replaced as a whole: name a new folder"
+            f"{where}: that is the working directory, a folder above it or your home; a result directory is "
+            "replaced as a whole: name a new folder"
         )
     for given in inputs:
         if given is not None and Path(given).resolve().is_relative_to(target):

@@ -225,9 +225,9 @@ def _recorded_model(folder: Path) -> str | None:
 def check_result_dir(
     out: Path, model: Path, *, force: bool, explicit: bool, inputs: Sequence[Path] = ()
 ) -> None:
-    """Before any work: the result folder can be written, and holds neither the model nor ``inputs``
-    (they would go with it). A default folder that holds another model's result is never replaced, even
-    with ``--force``: the user names a folder instead."""
+    """Before any work: the result folder can be written, and holds none of ``inputs`` (every file the
+    command reads, the model among them: they would go with it). A default folder that holds another
+    model's result is never replaced, even with ``--force``: the user names a folder instead."""
     from .._io import check_output_dir
 
     if not explicit and out.is_dir() and any(out.iterdir()):
@@ -236,7 +236,7 @@ def check_result_dir(
             raise SettingsError(
                 f"the default folder {out} holds the scan of another model ({other}); choose one with --out"
             )
-    check_output_dir(out, force=force, option="--out", inputs=(model, *inputs))
+    check_output_dir(out, force=force, option="--out", inputs=inputs)
 
 
 _DATA_HELP = (

@@ -10,7 +10,8 @@ Per label, everything random (initial mask and pattern, the order of images) der
 ``(seed, label, step)`` alone, and all state is per label, so a label's trajectory does not depend on
 which labels share its batches, and a scan can be checkpointed at any step and resumed exactly.
 
-With ``settings.screening`` every label first runs a first pass (``first_pass_steps``); then the rule of
+With ``settings.screening`` every label first runs a first pass (``screen_steps``, or ``screen_steps_many``
+with many labels); then the rule of
 :mod:`~neuralcleanse.detection.schedule` stops the labels whose trigger is clearly large
 (``stop_reason="screened"``) as far as the outlier test's flags at ``threshold`` stay the same, the
 others run to the end, and the rule is checked again on their final norms (labels it no longer allows
@@ -461,16 +462,6 @@ def _memory_format(model: nn.Module, *, channels_last: bool) -> Iterator[None]:
             t.data = original
 
 
-def first_pass_steps(cfg: ReverseSettings, labels: int) -> int:
-    """The screening first pass of a scan of ``labels`` labels: short where a sample measures how much the
-    labels still shrink (many labels), long enough for the assumed floor ``screen_shrink`` otherwise."""
-    return (
-        cfg.screen_steps_many
-        if cfg.screen_sample > 0 and labels >= cfg.screen_sample_from
-        else cfg.screen_steps
-    )
-
-
 def _screened_schedule(
     states: dict[int, LabelState],
     labels: list[int],
@@ -483,7 +474,11 @@ def _screened_schedule(
     end, then the check on final norms. Every decision is a function of the labels' states, so a resumed
     scan takes the same ones. ``test`` is the outlier test's threshold and ``max_ratio``."""
     threshold, max_ratio = test
-    run(labels, first_pass_steps(cfg, len(labels)))
+    # many labels: a sample measures how much the others still shrink, so a short first pass suffices;
+    # otherwise the first pass is long enough for the assumed floor screen_shrink
+    many = cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from
+    first_steps = cfg.screen_steps_many if many else cfg.screen_steps
+    run(labels, first_steps)
     for k in labels:
         if math.isnan(states[k].first_pass_l1):
             states[k].first_pass_l1 = states[k].l1_norm()
@@ -492,7 +487,7 @@ def _screened_schedule(
     sample: list[int] = []
     guard: list[int] = []
     shrink, below_median = cfg.screen_shrink, False
-    if cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from:
+    if many:
         guard = protected(first, sorted(reached), threshold=threshold)
         pool = [k for k in labels if k in reached and k not in guard]
         sample = calibration_sample(first, pool, cfg.screen_sample)
@@ -542,9 +537,7 @@ def _screened_schedule(
             s.done, s.stop_reason, s.screened_bound = False, "", math.nan
     screened = [k for k in labels if states[k].stop_reason == "screened"]
     if screened and on_note is not None:
-        on_note(
-            _screening_note(states, screened, cfg, test, sample, (shrink, first_pass_steps(cfg, len(labels))))
-        )
+        on_note(_screening_note(states, screened, cfg, test, sample, (shrink, first_steps)))
 
 
 def _ranged_schedule(

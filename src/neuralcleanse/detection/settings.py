@@ -116,14 +116,7 @@ class ReverseSettings:
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        for name in (
-            *_POSITIVE_INTS,
-            "seed",
-            "screen_steps",
-            "screen_steps_many",
-            "screen_sample",
-            "screen_sample_from",
-        ):
+        for name in (*_POSITIVE_INTS, "seed", "screen_sample", "screen_sample_from"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise SettingsError(f"{name} must be an integer, got {value!r}")
@@ -145,9 +138,6 @@ class ReverseSettings:
             raise SettingsError("lr and init_cost must be positive; cost_up and cost_down greater than 1")
         if not isinstance(self.screening, bool):
             raise SettingsError(f"screening must be true or false, got {self.screening!r}")
-        for name in ("screen_steps", "screen_steps_many"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("screen_shrink", "screen_margin"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
@@ -218,6 +208,8 @@ _POSITIVE_INTS = (
     "max_steps",
     "patience",
     "early_stop_patience",
+    "screen_steps",
+    "screen_steps_many",
 )
 #: the full schedule without the speed-ups that change numbers
 _FULL: dict[str, Any] = {

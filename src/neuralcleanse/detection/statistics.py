@@ -285,7 +285,7 @@ class EffectStatistic(LogStatistic):
             )
         return (
             f"weak evidence: on the fidelity benchmark planted triggers the scan did not recover (Trojan "
-            f"watermarks, BadNets on a residual network) came to as much "
+            "watermarks, BadNets on a residual network) came to as much "
             f"as {PLANTED_CEILING:g} of their median, so a label this cheap may still hide one; look at "
             f"label {row.label}'s trigger"
         )
