@@ -28,7 +28,9 @@ and a calibration sample of ``--sample`` labels at evenly spaced first-pass rank
   there (``clearly_unflagged``); once the others are final the rule is checked on every range
   (``ranges_hold``) and stopped labels are resumed, smallest first, until it holds. Stopped labels enter
   the test at first-pass norm × the sample's median ratio. It keeps only the effect statistic's flags
-  certain: other tests in ``--tests`` run on the estimates.
+  certain: other tests in ``--tests`` run on the estimates. With ``--draws N`` (default 200, the
+  engine's ``screen_draws``) the final check bounds the median and MAD by N random completions of the
+  stopped labels' norms (``drawn_spread``); ``--draws 0`` is the worst case over every range.
 
 It prints, per report and rule: the flags of the complete scan, the rule's flags, how many labels
 stopped, and the images relative to the complete scan.
@@ -50,6 +52,7 @@ from neuralcleanse.detection.schedule import (
     calibration_sample,
     choose_screened,
     clearly_unflagged,
+    drawn_spread,
     labels_to_resume,
     measured_shrink,
     protected,
@@ -87,6 +90,7 @@ def replay(
     seed: int,
     statistics: Sequence[str],
     margin: float,
+    screen_draws: int,
 ) -> list[str]:
     cfg = ReverseSettings.from_dict(report.settings)
     rows = {r.label: r for r in report.labels}
@@ -159,7 +163,21 @@ def replay(
     chosen.sort(key=lambda k: -first[k])
     while chosen:
         ranges = {k: (final[k], final[k]) for k in rows} | {k: span(k) for k in chosen}
-        if ranges_hold(ranges, chosen, threshold=2.0, max_ratio=EFFECT_RATIO, eligible=eligible):
+        spread = (
+            drawn_spread(
+                {k: final[k] for k in rows if k not in chosen},
+                {k: first[k] for k in chosen},
+                list(ratios),
+                margin=margin,
+                draws=screen_draws,
+                seed=cfg.seed,
+            )
+            if screen_draws
+            else None
+        )
+        if ranges_hold(
+            ranges, chosen, threshold=2.0, max_ratio=EFFECT_RATIO, eligible=eligible, spread=spread
+        ):
             break
         chosen.pop()
     values = {k: v for k, v in final.items() if math.isfinite(v)} | {k: first[k] * mid for k in chosen}
@@ -238,6 +256,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--margin", type=float, default=0.9, help="the ranges rule's margin (screen_margin)")
     ap.add_argument("--tests", default="l1,log", help="the statistics whose flags a rule must keep")
+    ap.add_argument("--draws", type=int, default=200, help="the ranges rule's screen_draws (0: worst case)")
     args = ap.parse_args()
     statistics = args.tests.split(",")
     print(
@@ -254,7 +273,11 @@ def main() -> None:
         for first_steps in (int(f) for f in args.first.split(",")):
             name = path.parent.parent.name if path.name == "report.json" else path.parent.name
             print(
-                "\n".join(replay(name, report, first_steps, args.sample, args.seed, statistics, args.margin))
+                "\n".join(
+                    replay(
+                        name, report, first_steps, args.sample, args.seed, statistics, args.margin, args.draws
+                    )
+                )
             )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from neuralcleanse.detection.schedule import (
     calibration_sample,
     choose_screened,
     clearly_unflagged,
+    drawn_spread,
     labels_to_resume,
     measured_shrink,
     protected,
@@ -194,6 +196,33 @@ def test_measured_ranges_keep_the_effect_flags_for_any_norms_inside_them() -> No
         assert _effect_flags(moved) == [0]
     assert not ranges_hold(ranges, [*chosen, 0], **EFFECT)  # a label that is flagged is never screened
     assert clearly_unflagged({1: (5.0, 6.0), 2: (7.0, 8.0)}, [1, 2], **EFFECT) == []  # too few labels
+
+
+def test_many_stopped_labels_bound_the_median_and_mad_by_random_completions() -> None:
+    # 200 labels: a planted one at 0.08 of the median, 8 run to the end, 191 stopped after a first pass at
+    # about twice their final norm with ratios measured between 0.35 and 0.6 (a factor of 1.9, widened)
+    rng = np.random.default_rng(0)
+    final = {k: float(100 * np.exp(rng.normal(0, 0.15))) for k in range(200)} | {0: 8.0}
+    ratios = [0.35, 0.4, 0.42, 0.45, 0.47, 0.5, 0.55, 0.6]
+    first = {k: final[k] / float(rng.choice(ratios)) for k in final}
+    stopped = [k for k in final if k not in (0, *range(1, 9))]
+    ranges = {k: (v, v) for k, v in final.items()} | {
+        k: (first[k] * 0.35 * 0.9, first[k] * 0.6 / 0.9) for k in stopped
+    }
+    points = {k: v for k, v in final.items() if k not in stopped}
+    spread = drawn_spread(points, {k: first[k] for k in stopped}, ratios, margin=0.9, draws=200, seed=1)
+    assert spread == drawn_spread(
+        points, {k: first[k] for k in stopped}, ratios, margin=0.9, draws=200, seed=1
+    )
+    median_lo, median_hi, mad_lo, mad_hi = spread
+    assert median_lo < math.log(100) < median_hi and median_hi - median_lo < 0.2  # narrow: many labels
+    assert 0 < mad_lo < mad_hi < 0.5
+    # the worst case over every range at once cannot tell whether label 0 is flagged; the completions can
+    assert not ranges_hold(ranges, stopped, **EFFECT)
+    assert ranges_hold(ranges, stopped, **EFFECT, spread=spread)
+    # each stopped label's own range still counts in full: one reaching down to the effect line stays open
+    near = ranges | {9: (20.0, first[9] * 0.6 / 0.9)}
+    assert not ranges_hold(near, stopped, **EFFECT, spread=spread)
 
 
 # ---- end to end on a tiny hand-made model ----------------------------------------------------------------

@@ -47,6 +47,7 @@ from .schedule import (
     calibration_sample,
     choose_screened,
     clearly_unflagged,
+    drawn_spread,
     labels_to_resume,
     measured_shrink,
     protected,
@@ -587,7 +588,12 @@ def _ranged_schedule(
         ranges = {k: states[k].test_range() for k in labels}
         again: list[int] = []
         while screened and not ranges_hold(
-            ranges, screened, threshold=threshold, max_ratio=max_ratio, eligible=eligible
+            ranges,
+            screened,
+            threshold=threshold,
+            max_ratio=max_ratio,
+            eligible=eligible,
+            spread=_drawn(states, labels, screened, first, ratios, cfg),
         ):
             again.append(k := screened.pop())  # it runs to the end: until then, a point at its estimate
             ranges[k] = (states[k].test_norm(), states[k].test_norm())
@@ -603,6 +609,28 @@ def _ranged_schedule(
         on_note(_ranges_note(states, screened, cfg, max_ratio, sample))
 
 
+def _drawn(
+    states: dict[int, LabelState],
+    labels: list[int],
+    screened: list[int],
+    first: dict[int, float],
+    ratios: list[float],
+    cfg: ReverseSettings,
+) -> tuple[float, float, float, float] | None:
+    """The median's and MAD's bounds over ``cfg.screen_draws`` random completions of the ``screened``
+    labels' norms (:func:`~neuralcleanse.detection.schedule.drawn_spread`), or None for the worst case."""
+    if not cfg.screen_draws or not ratios:
+        return None
+    return drawn_spread(
+        {k: states[k].test_norm() for k in labels if k not in screened},
+        {k: first[k] for k in screened},
+        ratios,
+        margin=cfg.screen_margin,
+        draws=cfg.screen_draws,
+        seed=cfg.seed,
+    )
+
+
 def _ranges_note(
     states: dict[int, LabelState],
     screened: list[int],
@@ -614,13 +642,19 @@ def _ranges_note(
         f"{k}: {states[k].screened_estimate:.1f} ({states[k].screened_bound:.1f}-{states[k].screened_upper:.1f})"
         for k in screened
     )
+    aggregate = (
+        f", with the median and MAD of the log norms anywhere in their range over {cfg.screen_draws} random "
+        "completions of the stopped labels' norms (ratios drawn from the sample's)"
+        if cfg.screen_draws
+        else ""
+    )
     return (
         f"screening: labels {screened} stopped after {cfg.screen_steps_many} steps; each enters the test at an "
         f"estimate of its final norm (first-pass norm times the median final/first-pass ratio of labels "
         f"{sample}, run to the end) and is assumed to lie in a range (their smallest and largest ratios, "
         f"widened by {cfg.screen_margin:g}): {bounds}. The effect statistic (effect size {max_ratio:g}) flags "
-        "the same labels for any norms in those ranges: a statistical bound. The paper's test beside runs on "
-        "the estimates; a full scan (--exhaustive) gives its exact flags"
+        f"the same labels for any norms in those ranges{aggregate}: a statistical bound. The paper's test "
+        "beside runs on the estimates; a full scan (--exhaustive) gives its exact flags"
     )
 
 

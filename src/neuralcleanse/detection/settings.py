@@ -78,6 +78,11 @@ class ReverseSettings:
             turns it off.
         screen_sample_from: the number of labels from which the floor is measured on a sample.
         screen_margin: the measured ratios' safety factor.
+        screen_draws: with measured ranges, the final check bounds the median and MAD of the log norms
+            by their smallest and largest values over this many random completions of the stopped
+            labels' norms (ratios drawn from the sample's, :func:`~neuralcleanse.detection.schedule.
+            drawn_spread`) instead of the worst case over every range at once; each label's own
+            decision still uses its whole range. 0: the worst case (the rule before 2026-11-28).
         precision: ``"fp32"``, ``"bf16"`` (the model runs under bf16 autocast; the trigger, loss and
             optimiser stay fp32) or ``"auto"``: bf16 where the device computes it natively (a CPU with
             AVX512-BF16 or AMX, a CUDA GPU that supports it), else fp32 — resolved by :meth:`for_device`
@@ -112,11 +117,12 @@ class ReverseSettings:
     screen_sample: int = 8
     screen_sample_from: int = 30
     screen_margin: float = 0.9
+    screen_draws: int = 200
     precision: Precision = "auto"
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        for name in (*_POSITIVE_INTS, "seed", "screen_sample", "screen_sample_from"):
+        for name in (*_POSITIVE_INTS, "seed", "screen_sample", "screen_sample_from", "screen_draws"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise SettingsError(f"{name} must be an integer, got {value!r}")
@@ -142,8 +148,10 @@ class ReverseSettings:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
                 raise SettingsError(f"{name} must be a number in (0, 1], got {value!r}")
-        if self.screen_sample < 0 or self.screen_sample_from < 3:
-            raise SettingsError("screen_sample must be at least 0 and screen_sample_from at least 3")
+        if self.screen_sample < 0 or self.screen_sample_from < 3 or self.screen_draws < 0:
+            raise SettingsError(
+                "screen_sample and screen_draws must be at least 0 and screen_sample_from at least 3"
+            )
         if self.precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"unknown precision {self.precision!r}; use auto, fp32 or bf16")
         if not isinstance(self.channels_last, bool):
@@ -225,4 +233,5 @@ _EARLIER: dict[str, Any] = {
     "precision": "fp32",
     "channels_last": False,
     "screen_sample": 0,
+    "screen_draws": 0,
 }
