@@ -16,6 +16,9 @@ same norms with every method:
 * ``log``: the same test on log norms;
 * ``log<R`` (R = 0.25, 0.3, 0.4): the log test, and a flagged label's norm must also be at most R times
   the median norm (an effect size: how many times cheaper the label is than a typical one);
+* ``effect``: the default verdict: ``log<0.3``, or up to 0.45 of the median for a label whose reversed
+  trigger is compact (``neuralcleanse.detection.shape``; from the ninth session; before it ``effect``
+  was ``log<0.3``);
 * ``self-raw``: the relative test against the distilled student, as ``--reference`` runs it;
 * ``self-floor``: the same with the MAD of the log ratios floored at 0.1;
 * ``self``: what ``scan --self-reference`` runs (``Reference.test_options``): the floor, and a flagged
@@ -58,7 +61,18 @@ from neuralcleanse.detection import (
 from neuralcleanse.detection.distill import DistillSettings
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
-METHODS = ("paper", "log", "log<0.25", "log<0.3", "log<0.4", "self-raw", "self-floor", "self", "self+log")
+METHODS = (
+    "paper",
+    "log",
+    "log<0.25",
+    "log<0.3",
+    "log<0.4",
+    "effect",
+    "self-raw",
+    "self-floor",
+    "self",
+    "self+log",
+)
 GROUPS = ("small", "large", "source", "clean")
 
 
@@ -135,6 +149,7 @@ def judge(report: DetectionReport) -> dict[str, tuple[str, list[int]]]:
         "paper": report.outlier_test(statistic="l1"),
         "log": report.outlier_test(statistic="log"),
         **{f"log<{r:g}": _on_norms(report, "log", {"max_ratio": r}) for r in (0.25, 0.3, 0.4)},
+        "effect": report.outlier_test(statistic="effect"),
     }
     if report.reference is not None:
         tests |= {

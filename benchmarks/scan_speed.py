@@ -167,11 +167,19 @@ def peak(model: torch.nn.Module, shape: tuple[int, int, int], seconds: float) ->
 
 
 def effective(settings: ReverseSettings, labels: int) -> dict[str, object]:
-    """The settings that decide a scan of ``labels`` labels: the many-label sample's when it applies."""
+    """The settings that decide a scan of ``labels`` labels: without the screening settings that do not
+    apply to it (all of them without screening; the few-label or the many-label ones)."""
     d = settings.for_device("cpu").to_dict()
-    if not (settings.screening and settings.screen_sample and labels >= settings.screen_sample_from):
-        for name in ("screen_sample", "screen_sample_from", "screen_margin"):
-            d.pop(name)
+    many = settings.screen_sample and labels >= settings.screen_sample_from
+    unused = (
+        [k for k in d if k.startswith("screen_")]  # no screening: none of them
+        if not settings.screening
+        else ["screen_steps", "screen_shrink"]
+        if many
+        else ["screen_steps_many", "screen_sample", "screen_sample_from", "screen_margin", "screen_draws"]
+    )
+    for name in unused:
+        d.pop(name)
     return d
 
 

@@ -18,6 +18,7 @@ from neuralcleanse.cli import app
 from neuralcleanse.cli.common import print_scan
 from neuralcleanse.detection import STATISTICS, DetectionReport, OutlierStatistic, get_statistic
 from neuralcleanse.detection.report import LabelResult
+from neuralcleanse.detection.shape import COMPACT_SHARE, window_share
 from neuralcleanse.detection.statistics import PAPER
 from neuralcleanse.report import write_html_report
 
@@ -30,17 +31,23 @@ TINY = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
 
 
 def _report(
-    statistic: str, reference: nc.Reference | None = None, norms: Sequence[float] = NORMS
+    statistic: str,
+    reference: nc.Reference | None = None,
+    norms: Sequence[float] = NORMS,
+    patches: Sequence[int] = (),
 ) -> DetectionReport:
-    """A report as a scan would write it with ``statistic``, from made-up norms."""
+    """A report as a scan would write it with ``statistic``, from made-up norms; the labels of ``patches``
+    get a compact trigger (a 3x3 square), the others a random mask."""
     gen = torch.Generator().manual_seed(0)
+    patch = torch.zeros(8, 8)
+    patch[5:8, 5:8] = 1.0
     rows = [LabelResult(k, f"class {k}", n, 0.99, True, 50, "early_stop", 1e-3, 40, 0.0, False)
             for k, n in enumerate(norms)]  # fmt: skip
     base = DetectionReport(
         "clean", [], rows, 0.0, 1.0, 2.0, {"loss": "ce", "mode": "batched", "seed": 1}, {"images": 100},
         {"fingerprint": "ab" * 32}, {"seconds": 1.0}, statistic=statistic, reference=reference,
-        triggers={k: nc.Trigger(torch.rand(8, 8, generator=gen), torch.rand(3, 8, 8, generator=gen), "reversed")
-                  for k in range(len(norms))},
+        triggers={k: nc.Trigger(patch if k in patches else torch.rand(8, 8, generator=gen),
+                                torch.rand(3, 8, 8, generator=gen), "reversed") for k in range(len(norms))},
     )  # fmt: skip
     test = base.outlier_test()
     rows = [dataclasses.replace(r, anomaly_index=i, flagged=r.label in test.flagged)
@@ -157,11 +164,59 @@ def test_the_effect_size_keeps_planted_labels_and_drops_natural_shortcuts(name: 
     }[name]
 
 
+#: two scans of the fidelity benchmark (``benchmarks/trigger_shape.py``): each label's L1 norm and the
+#: share of its reversed mask inside the best window of 35% of the image side, and the planted labels
+BENCHMARK_SHAPES = {
+    "mnist-trojan-square-mnist-s1": (
+        [79.01, 140.09, 77.61, 66.18, 106.54, 22.37, 77.69, 56.53, 71.48, 71.06],
+        [0.45, 0.28, 0.33, 0.32, 0.46, 0.82, 0.36, 0.46, 0.33, 0.34],
+        [5],
+    ),
+    "fmnist-clean-mnist-s0": (
+        [64.48, 52.18, 68.37, 71.46, 67.46, 76.35, 54.46, 151.16, 23.47, 86.19],
+        [0.41, 0.48, 0.23, 0.28, 0.37, 0.41, 0.22, 0.29, 0.39, 0.34],
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BENCHMARK_SHAPES))
+def test_a_compact_trigger_may_be_flagged_up_to_a_larger_share_of_the_median(name: str) -> None:
+    norms, shares, planted = BENCHMARK_SHAPES[name]
+    compact = [s >= COMPACT_SHARE for s in shares]
+    # by norms alone the planted Trojan square (0.30 of the median) and the bag (0.35) look alike
+    assert nc.mad_outlier_test(norms, statistic="effect").flagged == []
+    shaped = nc.mad_outlier_test(norms, statistic="effect", compact=compact)
+    assert shaped.flagged == planted
+    assert any("with a compact trigger" in n and "flagged" in n for n in shaped.notes) == bool(planted)
+    # the shape decides: the bag would be flagged if its trigger were a patch, the square not beyond 0.45
+    everything = nc.mad_outlier_test(norms, statistic="effect", compact=[True] * len(norms))
+    assert everything.flagged == (planted or [8])
+    assert nc.mad_outlier_test(norms, statistic="effect", compact=compact, compact_ratio=0.3).flagged == []
+    with pytest.raises(SettingsError, match="9 compactness flags for 10 labels"):
+        nc.mad_outlier_test(norms, statistic="effect", compact=compact[:9])
+
+
+def test_the_report_measures_compactness_on_its_triggers_but_not_on_screened_ones() -> None:
+    norms = BENCHMARK_SHAPES["mnist-trojan-square-mnist-s1"][0]
+    assert _report("effect", norms=norms).flagged == []
+    report = _report("effect", norms=norms, patches=[5])
+    assert report.flagged == [5] and report.outlier_test().flagged == [5]
+    assert "0.45 times it" in report.outlier_statistic.explain(report)
+    assert report.outlier_test(statistic="log").flagged == [5, 7]  # no effect size: 7 at 0.76 of the median
+    screened = dataclasses.replace(
+        report,
+        labels=[dataclasses.replace(r, stop_reason="screened") if r.label == 5 else r for r in report.labels],
+    )
+    assert screened.outlier_test().flagged == []  # a screened label's mask is its first pass's: not judged
+
+
 @pytest.mark.parametrize(
     ("name", "summary", "strength"),
     [
         ("fmnist-clean", "clean: no label is both more than 2 MADs of log norms below the median and at most "
-         "0.3 of it; the cheapest, label 8 (class 8), needs 0.35 of the median L1 67.9", "weak"),
+         "0.3 of it (0.45 with a compact trigger); the cheapest, label 8 (class 8), needs 0.35 of the median "
+         "L1 67.9", "weak"),
         ("fmnist-badnets", "BACKDOORED: label 0 (class 0) with anomaly index", "weak"),  # 0.20 of the median
         ("mnist-trojan-square", "BACKDOORED: label 5 (class 5) with anomaly index", "weak"),
         ("far-below", "BACKDOORED: label 0 (class 0) with anomaly index", "strong"),  # 0.08
@@ -250,3 +305,13 @@ def test_a_new_statistic_is_one_entry(
     report.save(tmp_path / "scan")
     page = write_html_report(tmp_path / "scan").read_text(encoding="utf-8")
     assert "Outlier test on the square roots" in page and math.isfinite(report.ceiling)
+
+
+def test_window_share_tells_a_patch_from_an_outline() -> None:
+    patch = np.zeros((28, 28))
+    patch[23:27, 23:27] = 1.0
+    outline = np.zeros((28, 28))
+    outline[2, :] = outline[-3, :] = outline[:, 2] = outline[:, -3] = 1.0
+    assert window_share(patch) == 1.0 and window_share(torch.tensor(patch).unsqueeze(0)) == 1.0
+    assert window_share(outline) < 0.2 < COMPACT_SHARE
+    assert window_share(np.zeros((8, 8))) == 0.0 and window_share(np.ones((2, 2))) == 1.0

@@ -258,7 +258,7 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
         type=click.Choice(list(STATISTICS)),
         help="Outlier test on the L1 norms (l1: the paper's, always shown beside the verdict), on their "
         "logs (log: how many times smaller), on their logs with an effect size (effect, the default: a "
-        "flagged trigger at most 0.3 times the median), or on each norm over the same label's norm in "
+        "flagged trigger at most 0.3 times the median, 0.45 if it is compact), or on each norm over the same label's norm in "
         "--reference scans (relative, the default with --reference).",
     ),
     click.option(

@@ -72,6 +72,8 @@ def mad_outlier_test(
     reference: Sequence[float] | None = None,
     mad_floor: float = 0.0,
     max_ratio: float | None = None,
+    compact: Sequence[bool] | None = None,
+    compact_ratio: float | None = None,
 ) -> OutlierResult:
     """Run the outlier test on L1 norms.
 
@@ -96,20 +98,29 @@ def mad_outlier_test(
         max_ratio: with the statistics on logarithms, a flagged label's norm (or norm ratio) must also
             be at most this fraction of the median's (an effect size on top of the index; 1: none).
             Default: the statistic's own (``effect``: :data:`~.statistics.EFFECT_RATIO`; the others: 1).
+        compact: one flag per label: its reversed trigger is compact (:mod:`~.shape`). Such a label may
+            be flagged up to ``compact_ratio`` of the median instead of ``max_ratio``.
+        compact_ratio: default: the statistic's own (``effect``: :data:`~.statistics.COMPACT_RATIO`;
+            the others: none, ``max_ratio`` for every label).
     """
     if not (math.isfinite(threshold) and threshold > 0):
         raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
     stat = get_statistic(statistic)
     max_ratio = stat.max_ratio if max_ratio is None else max_ratio
+    compact_ratio = (stat.compact_ratio or max_ratio) if compact_ratio is None else compact_ratio
     if not (math.isfinite(mad_floor) and mad_floor >= 0):
         raise SettingsError(f"mad_floor must be a finite number of at least 0, got {mad_floor!r}")
-    if not 0 < max_ratio <= 1:
-        raise SettingsError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
+    if not (0 < max_ratio <= 1 and 0 < compact_ratio <= 1):
+        raise SettingsError(
+            f"max_ratio and compact_ratio must be in (0, 1], got {max_ratio!r}, {compact_ratio!r}"
+        )
     stat.check(reference=reference is not None, unused_reference=False)
     values = np.asarray(norms, dtype=np.float64)
     ref = None if reference is None else np.asarray(reference, dtype=np.float64)
     if ref is not None and ref.shape != values.shape:
         raise SettingsError(f"{len(ref)} reference norms for {len(values)} labels")
+    if compact is not None and len(compact) != len(values):
+        raise SettingsError(f"{len(compact)} compactness flags for {len(values)} labels")
     with np.errstate(invalid="ignore", divide="ignore"):
         values = stat.values(values, ref)
     labels = list(names) if names is not None else list(range(len(values)))
@@ -151,11 +162,23 @@ def mad_outlier_test(
         )
     flagged = [labels[i] for i in np.flatnonzero(used & can_flag & (values < median)) if index[i] > threshold]
     if max_ratio < 1 and stat.log_units:
-        small = [k for k in flagged if values[labels.index(k)] <= median + math.log(max_ratio)]
+        tight = [compact is not None and bool(compact[labels.index(k)]) for k in flagged]
+        small = [
+            k
+            for k, c in zip(flagged, tight, strict=True)
+            if values[labels.index(k)] <= median + math.log(max(max_ratio, compact_ratio) if c else max_ratio)
+        ]
         if small != flagged:
+            also = f" ({compact_ratio:g} for a compact trigger)" if compact_ratio > max_ratio else ""
             notes.append(
                 f"labels {[k for k in flagged if k not in small]} are outliers but more than {max_ratio:g} "
-                "times the median: not flagged"
+                f"times the median{also}: not flagged"
+            )
+        wide = [k for k in small if values[labels.index(k)] > median + math.log(max_ratio)]
+        if wide:
+            notes.append(
+                f"labels {wide} are more than {max_ratio:g} but at most {compact_ratio:g} times the median, "
+                "with a compact trigger (most of its mask in one small window, like a planted patch): flagged"
             )
         flagged = small
     skipped = [

@@ -17,6 +17,7 @@ from ..errors import DataError
 from ..triggers import Trigger
 from .outlier import OutlierResult, mad_outlier_test
 from .reference import Reference
+from .shape import compact_labels
 from .statistics import PAPER, OutlierStatistic, get_statistic
 
 __all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
@@ -308,6 +309,11 @@ class DetectionReport:
             eligible=[r.reached for r in self.labels],
             names=labels,
             statistic=stat.name,
+            compact=compact_labels(
+                {k: t.mask for k, t in self.triggers.items()},
+                labels,
+                skip=[r.label for r in self.labels if r.screened],
+            ),
             **stat.test_inputs(ref, labels),
         )
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from ..errors import SettingsError
+from .shape import COMPACT_SHARE, COMPACT_SIDE
 
 if TYPE_CHECKING:
     from .reference import Reference
@@ -45,6 +46,11 @@ DEFAULT_STATISTIC: Statistic = "effect"
 
 #: the effect statistic's largest ratio of a flagged label's L1 norm to the median (``docs/fidelity.md``)
 EFFECT_RATIO = 0.3
+
+#: the effect statistic's largest ratio for a label whose reversed trigger is compact (:mod:`.shape`):
+#: on the fidelity benchmark planted triggers recovered at 0.3-0.45 of the median were mostly compact and
+#: natural shortcuts at those ratios mostly spread out (``docs/fidelity.md``, "Compact triggers")
+COMPACT_RATIO = 0.45
 
 #: on logarithms, norms below this (a trigger of a millionth of a pixel) count as this
 LOG_FLOOR = 1e-6
@@ -84,6 +90,8 @@ class OutlierStatistic(ABC):
         cheaper_than: ends "the label can be reached with far less change to the input than ...".
         max_ratio: a flagged label's norm must also be at most this fraction of the median's (an effect
             size on top of the anomaly index, on logarithms only; 1: none).
+        compact_ratio: the same for a label whose reversed trigger is compact (:mod:`.shape`); None:
+            ``max_ratio`` for every label.
     """
 
     __slots__ = ()
@@ -99,6 +107,7 @@ class OutlierStatistic(ABC):
     screening_safe: ClassVar[bool] = True
     cheaper_than: ClassVar[str] = "any normal label needs"
     max_ratio: ClassVar[float] = 1.0
+    compact_ratio: ClassVar[float | None] = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -233,20 +242,28 @@ class LogStatistic(OutlierStatistic):
 class EffectStatistic(LogStatistic):
     """The log test with an effect size: a flagged label's trigger must also be at most
     :data:`EFFECT_RATIO` times the median norm — an outlier that is only slightly cheaper than a
-    typical label is a natural shortcut more often than a backdoor (not in the paper; chosen on the
-    fidelity benchmark, ``docs/fidelity.md``)."""
+    typical label is a natural shortcut more often than a backdoor — or :data:`COMPACT_RATIO` times it
+    when the reversed trigger is compact (:mod:`.shape`: a patch, as planted triggers are recovered, not
+    an outline spread over an object, as natural shortcuts are). Not in the paper; chosen on the
+    fidelity benchmark, ``docs/fidelity.md``."""
 
     __slots__ = ()
     name = "effect"
     title = "effect-size"
-    description = f"the log test, and a flagged trigger at most {EFFECT_RATIO:g} times the median L1 norm (not in the paper)"
-    test_name = f"the log test with an effect size ({EFFECT_RATIO:g} of the median)"
+    description = (
+        f"the log test, and a flagged trigger at most {EFFECT_RATIO:g} times the median L1 norm "
+        f"({COMPACT_RATIO:g} if compact; not in the paper)"
+    )
+    test_name = f"the log test with an effect size ({EFFECT_RATIO:g} of the median, {COMPACT_RATIO:g} for a compact trigger)"
     max_ratio = EFFECT_RATIO  # mad_outlier_test applies a statistic's own max_ratio
+    compact_ratio = COMPACT_RATIO  # ... and its compact_ratio to labels with a compact trigger
 
     def explain(self, report: DetectionReport) -> str:
         return super().explain(report) + (
             f" A flagged label's norm must also be at most {self.max_ratio:g} times the median L1 norm, "
-            f"i.e. under {self.max_ratio * report.median_l1:.1f}."
+            f"i.e. under {self.max_ratio * report.median_l1:.1f}, or {self.compact_ratio:g} times it "
+            f"(under {self.compact_ratio * report.median_l1:.1f}) when its trigger is compact: at least "
+            f"{COMPACT_SHARE:.0%} of the mask in one square of {COMPACT_SIDE:.0%} of the image's side."
         )
 
     def versus(self, report: DetectionReport, row: LabelResult) -> str:
@@ -258,7 +275,7 @@ class EffectStatistic(LogStatistic):
             return super().clean_reason(report)
         return (
             f"no label is both more than {report.threshold:g} MADs of log norms below the median and at "
-            f"most {self.max_ratio:g} of it; the cheapest, label {row.label} ({row.name}), needs "
+            f"most {self.max_ratio:g} of it ({self.compact_ratio:g} with a compact trigger); the cheapest, label {row.label} ({row.name}), needs "
             f"{row.l1_norm / report.median_l1:.2f} of the median L1 {report.median_l1:.1f} (index "
             f"{row.anomaly_index:.2f})"
         )

@@ -100,6 +100,9 @@ def norm_chart(
         if max_ratio < 1:  # the effect size: a flagged label must also lie below this
             line(median * max_ratio, color=_RED, lw=1, ls=":", label=f"and below {median * max_ratio:.3g} "
                  f"({max_ratio:g} × median)")  # fmt: skip
+        if stat.compact_ratio is not None and stat.compact_ratio > max_ratio:
+            line(median * stat.compact_ratio, color=_RED, lw=0.8, ls=(0, (1, 3)),
+                 label=f"or {median * stat.compact_ratio:.3g} with a compact trigger")  # fmt: skip
     ax1.set_title(f"{quantity} of each label's smallest trigger")
     if not many:
         ax1.set_ylabel(quantity)
