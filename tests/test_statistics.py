@@ -203,6 +203,7 @@ def test_the_report_measures_compactness_on_its_triggers_but_not_on_screened_one
     report = _report("effect", norms=norms, patches=[5])
     assert report.flagged == [5] and report.outlier_test().flagged == [5]
     assert "0.45 times it" in report.outlier_statistic.explain(report)
+    assert "(0.30 of it, flagged for its compact trigger)" in report.summary()
     assert report.outlier_test(statistic="log").flagged == [5, 7]  # no effect size: 7 at 0.76 of the median
     screened = dataclasses.replace(
         report,

@@ -267,7 +267,9 @@ class EffectStatistic(LogStatistic):
         )
 
     def versus(self, report: DetectionReport, row: LabelResult) -> str:
-        return f"{super().versus(report, row)} ({row.l1_norm / report.median_l1:.2f} of it)"
+        ratio = row.l1_norm / report.median_l1
+        shape = ", flagged for its compact trigger" if row.flagged and ratio > self.max_ratio else ""
+        return f"{super().versus(report, row)} ({ratio:.2f} of it{shape})"
 
     def clean_reason(self, report: DetectionReport) -> str:
         row = _cheapest(report)
