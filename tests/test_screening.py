@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from neuralcleanse import NeuralCleanse, ReverseSettings, SettingsError
-from neuralcleanse.detection.engine import reverse_engineer
+from neuralcleanse.detection.engine import LabelState, _compact_in_reach, reverse_engineer
 from neuralcleanse.detection.outlier import mad_outlier_test
 from neuralcleanse.detection.schedule import (
     calibration_sample,
@@ -367,3 +367,26 @@ def test_killed_screened_scan_resumes_to_the_same_result(tmp_path: Path, kill_at
     for a, b in zip(resumed.labels, reference.labels, strict=True):
         assert (a.steps, a.stop_reason) == (b.steps, b.stop_reason)
         assert a.l1_norm == pytest.approx(b.l1_norm, rel=1e-6)
+
+
+def test_a_screened_compact_trigger_within_reach_of_the_compact_line_runs_to_the_end() -> None:
+    patch = torch.zeros(8, 8)
+    patch[5:8, 5:8] = 1.0
+    scattered = torch.zeros(8, 8)
+    scattered[::2, ::2] = 0.5
+
+    def state(label: int, norm: float, mask: torch.Tensor, bound: float = math.nan) -> LabelState:
+        z = torch.zeros(8, 8)
+        s = LabelState(label, z, torch.zeros(1, 8, 8), z, z, torch.zeros(1, 8, 8), torch.zeros(1, 8, 8))
+        s.best_mask, s.screened_bound = mask, bound
+        s.screened_estimate = norm
+        s.stop_reason = "screened" if math.isfinite(bound) else "early_stop"
+        return s
+
+    states = {k: state(k, 100.0, scattered) for k in range(3, 10)}  # the median of the test's norms: 100
+    states |= {0: state(0, 60.0, patch, bound=30.0), 1: state(1, 60.0, scattered, bound=30.0)}
+    states[2] = state(2, 90.0, patch, bound=60.0)
+    labels = sorted(states)
+    # label 0: compact, its range reaches below 0.45 x 100 / 0.9 = 50; label 1 is not compact; 2 is too dear
+    assert _compact_in_reach(states, labels, [0, 1, 2], 0.45, 0.9) == [0]
+    assert _compact_in_reach(states, labels, [0, 1, 2], None, 0.9) == []  # a verdict without the line

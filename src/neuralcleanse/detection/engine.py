@@ -54,6 +54,7 @@ from .schedule import (
     ranges_hold,
 )
 from .settings import ReverseSettings
+from .shape import COMPACT_SHARE, window_share
 
 __all__ = ["LabelState", "StepSnapshot", "reverse_engineer", "scan_mode"]
 
@@ -283,6 +284,7 @@ def reverse_engineer(
     memory_limit: int | None = None,
     threshold: float = 2.0,
     max_ratio: float = 1.0,
+    compact_ratio: float | None = None,
 ) -> list[LabelState]:
     """Optimise the trigger of every label in ``labels``; returns their final states in label order.
 
@@ -302,6 +304,9 @@ def reverse_engineer(
         threshold: the outlier test's anomaly threshold, whose flags screening keeps.
         max_ratio: the test's effect size (a flagged label's norm at most this fraction of the median;
             1: none), which screening keeps too.
+        compact_ratio: the effect size for a label whose trigger is compact (:mod:`.shape`), if the
+            test has one: with many labels, a screened label whose first-pass trigger is compact and
+            whose range reaches below it runs to the end.
     """
     if images.ndim != 4 or len(images) == 0:
         raise DataError(f"reverse engineering needs (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -428,7 +433,8 @@ def reverse_engineer(
             if not cfg.screening:
                 run(list(labels), None)
             else:
-                _screened_schedule(states, list(labels), cfg, (threshold, max_ratio), run, on_note)
+                test = (threshold, max_ratio, compact_ratio)
+                _screened_schedule(states, list(labels), cfg, test, run, on_note)
     return [states[lab] for lab in labels]
 
 
@@ -467,14 +473,15 @@ def _screened_schedule(
     states: dict[int, LabelState],
     labels: list[int],
     cfg: ReverseSettings,
-    test: tuple[float, float],
+    test: tuple[float, float, float | None],
     run: Callable[[list[int], int | None], None],
     on_note: Callable[[str], None] | None,
 ) -> None:
     """First pass, (with many labels) a sample to the end, the screening decision, the candidates to the
     end, then the check on final norms. Every decision is a function of the labels' states, so a resumed
-    scan takes the same ones. ``test`` is the outlier test's threshold and ``max_ratio``."""
-    threshold, max_ratio = test
+    scan takes the same ones. ``test`` is the outlier test's threshold, ``max_ratio`` and
+    ``compact_ratio``."""
+    threshold, max_ratio, _ = test
     # many labels: a sample measures how much the others still shrink, so a short first pass suffices;
     # otherwise the first pass is long enough for the assumed floor screen_shrink
     many = cfg.screen_sample > 0 and len(labels) >= cfg.screen_sample_from
@@ -546,7 +553,7 @@ def _ranged_schedule(
     labels: list[int],
     set_apart: tuple[list[int], list[int]],
     cfg: ReverseSettings,
-    test: tuple[float, float],
+    test: tuple[float, float, float | None],
     run: Callable[[list[int], int | None], None],
     on_note: Callable[[str], None] | None,
 ) -> None:
@@ -555,8 +562,10 @@ def _ranged_schedule(
     labels and the sample): every other label stops when its range (first-pass norm times the sample's
     smallest and largest final/first-pass ratios, widened by ``screen_margin``) makes it surely
     unflagged, and enters the test at its estimate (times the sample's median ratio). The others run to
-    the end; then the rule is checked on every range and labels it no longer allows are resumed."""
-    threshold, max_ratio = test
+    the end; then the rule is checked on every range and labels it no longer allows are resumed, and so
+    are labels whose first-pass trigger is compact and whose range reaches below ``compact_ratio`` of
+    the median (the verdict's line for compact triggers, :func:`_compact_in_reach`)."""
+    threshold, max_ratio, compact_ratio = test
     guard, sample = set_apart
     reached = {k for k in labels if states[k].reached}
     first = {k: states[k].first_pass_l1 for k in labels}
@@ -597,6 +606,7 @@ def _ranged_schedule(
         ):
             again.append(k := screened.pop())  # it runs to the end: until then, a point at its estimate
             ranges[k] = (states[k].test_norm(), states[k].test_norm())
+        again += _compact_in_reach(states, labels, screened, compact_ratio, cfg.screen_margin)
         if not again:
             break
         log.info("labels %s resumed: the screening rule no longer holds on the final norms", sorted(again))
@@ -607,6 +617,27 @@ def _ranged_schedule(
     screened = [k for k in labels if states[k].stop_reason == "screened"]
     if screened and on_note is not None:
         on_note(_ranges_note(states, screened, cfg, max_ratio, sample))
+
+
+def _compact_in_reach(
+    states: dict[int, LabelState],
+    labels: list[int],
+    screened: list[int],
+    compact_ratio: float | None,
+    margin: float,
+) -> list[int]:
+    """The ``screened`` labels whose first-pass trigger is compact (:mod:`.shape`) and whose range's low
+    end lies below ``compact_ratio`` of the median of the test's norms widened by ``margin``: a full run
+    could end where the verdict flags a compact trigger, so they run to the end."""
+    if compact_ratio is None or not screened:
+        return []
+    norms = [states[k].test_norm() for k in labels if math.isfinite(states[k].test_norm())]
+    line = compact_ratio * float(np.median(norms)) / margin
+    return [
+        k
+        for k in screened
+        if states[k].screened_bound < line and window_share(states[k].mask()) >= COMPACT_SHARE
+    ]
 
 
 def _drawn(
@@ -662,11 +693,11 @@ def _screening_note(
     states: dict[int, LabelState],
     screened: list[int],
     cfg: ReverseSettings,
-    test: tuple[float, float],
+    test: tuple[float, float, float | None],
     sample: list[int],
     floor_after: tuple[float, int],
 ) -> str:
-    threshold, max_ratio = test
+    threshold, max_ratio, _ = test
     shrink, steps = floor_after
     effect = f", a flag's effect size of {max_ratio:g} of the median" if max_ratio < 1 else ""
     bounds = ", ".join(f"{k}: {states[k].screened_bound:.1f}-{states[k].l1_norm():.1f}" for k in screened)

@@ -404,6 +404,7 @@ class NeuralCleanse:
             on_note=notes.append,
             threshold=self.threshold,
             max_ratio=get_statistic(self.statistic).max_ratio,
+            compact_ratio=get_statistic(self.statistic).compact_ratio,
         )
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
