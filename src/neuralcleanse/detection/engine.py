@@ -652,8 +652,9 @@ def _drawn(
     labels' norms (:func:`~neuralcleanse.detection.schedule.drawn_spread`), or None for the worst case."""
     if not cfg.screen_draws or not ratios:
         return None
+    stopped = set(screened)
     return drawn_spread(
-        {k: states[k].test_norm() for k in labels if k not in screened},
+        {k: states[k].test_norm() for k in labels if k not in stopped},
         {k: first[k] for k in screened},
         ratios,
         margin=cfg.screen_margin,

@@ -162,12 +162,12 @@ def mad_outlier_test(
         )
     flagged = [labels[i] for i in np.flatnonzero(used & can_flag & (values < median)) if index[i] > threshold]
     if max_ratio < 1 and stat.log_units:
-        tight = [compact is not None and bool(compact[labels.index(k)]) for k in flagged]
-        small = [
-            k
-            for k, c in zip(flagged, tight, strict=True)
-            if values[labels.index(k)] <= median + math.log(max(max_ratio, compact_ratio) if c else max_ratio)
-        ]
+        wider = math.log(max(max_ratio, compact_ratio))
+
+        def line(i: int) -> float:  # how far below the median label i must lie: its effect size
+            return wider if compact is not None and compact[i] else math.log(max_ratio)
+
+        small = [k for k in flagged if values[labels.index(k)] <= median + line(labels.index(k))]
         if small != flagged:
             also = f" ({compact_ratio:g} for a compact trigger)" if compact_ratio > max_ratio else ""
             notes.append(

@@ -17,7 +17,6 @@ from ..errors import DataError
 from ..triggers import Trigger
 from .outlier import OutlierResult, mad_outlier_test
 from .reference import Reference
-from .shape import compact_labels
 from .statistics import PAPER, OutlierStatistic, get_statistic
 
 __all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
@@ -309,12 +308,12 @@ class DetectionReport:
             eligible=[r.reached for r in self.labels],
             names=labels,
             statistic=stat.name,
-            compact=compact_labels(
-                {k: t.mask for k, t in self.triggers.items()},
+            **stat.test_inputs(
+                ref,
                 labels,
-                skip=[r.label for r in self.labels if r.screened],
+                masks={k: t.mask for k, t in self.triggers.items()},
+                screened=[r.label for r in self.labels if r.screened],
             ),
-            **stat.test_inputs(ref, labels),
         )
 
     @property

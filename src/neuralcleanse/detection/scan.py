@@ -28,7 +28,6 @@ from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
 from .report import DetectionReport, LabelResult, unsettled_reason
 from .settings import ReverseSettings
-from .shape import compact_labels
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
 
 __all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
@@ -569,12 +568,12 @@ class NeuralCleanse:
             eligible=[s.reached for s in states],
             names=labels,
             statistic=self.statistic,
-            compact=compact_labels(
-                {k: t.mask for k, t in triggers.items()},
+            **stat.test_inputs(
+                reference,
                 labels,
-                skip=[s.label for s in states if s.stop_reason == "screened"],
+                masks={k: t.mask for k, t in triggers.items()},
+                screened=[s.label for s in states if s.stop_reason == "screened"],
             ),
-            **stat.test_inputs(reference, labels),
         )
         success: dict[int, float] = {}  # each trigger's attack success, measured as the scan ran the model
         with scan_mode(self.model, settings, self.device):

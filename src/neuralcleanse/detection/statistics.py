@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from statistics import median as _median
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from ..errors import SettingsError
-from .shape import COMPACT_SHARE, COMPACT_SIDE
+from .shape import COMPACT_SHARE, COMPACT_SIDE, compact_labels
 
 if TYPE_CHECKING:
+    import torch
+
     from .reference import Reference
     from .report import DetectionReport, LabelResult
 
@@ -135,10 +137,21 @@ class OutlierStatistic(ABC):
         threshold the test has no power); on logarithms there is none (``inf``)."""
         return median / mad if not self.log_units and mad > 0 else math.inf
 
-    def test_inputs(self, reference: Reference | None, labels: Sequence[int]) -> dict[str, Any]:
+    def test_inputs(
+        self,
+        reference: Reference | None,
+        labels: Sequence[int],
+        *,
+        masks: Mapping[int, np.ndarray | torch.Tensor] | None = None,
+        screened: Collection[int] = (),
+    ) -> dict[str, Any]:
         """:func:`~neuralcleanse.detection.outlier.mad_outlier_test`'s keyword arguments besides the
-        norms: the reference norms and how the test runs against them, for a statistic that uses them."""
-        return {}
+        norms: the reference norms and how the test runs against them, for a statistic that uses them;
+        and, for one with a ``compact_ratio``, which labels' reversed triggers are compact (``masks``:
+        label → mask; the ``screened`` labels' masks are their first pass's and are not judged)."""
+        if self.compact_ratio is None or masks is None:
+            return {}
+        return {"compact": compact_labels(masks, labels, skip=screened)}
 
     def index_scale(self, mad: float, reference: Reference | None) -> float:
         """What the anomaly indices divide by: the MAD (or its floor, against some references)."""
@@ -338,10 +351,18 @@ class RelativeStatistic(OutlierStatistic):
             raise self._no_reference()
         return super().values(norms, None) - np.log(np.where(reference > 0, reference, np.nan))
 
-    def test_inputs(self, reference: Reference | None, labels: Sequence[int]) -> dict[str, Any]:
+    def test_inputs(
+        self,
+        reference: Reference | None,
+        labels: Sequence[int],
+        *,
+        masks: Mapping[int, np.ndarray | torch.Tensor] | None = None,
+        screened: Collection[int] = (),
+    ) -> dict[str, Any]:
+        shared = super().test_inputs(reference, labels, masks=masks, screened=screened)
         if reference is None:
-            return {}
-        return {"reference": reference.norms_for(labels), **reference.test_options()}
+            return shared
+        return {**shared, "reference": reference.norms_for(labels), **reference.test_options()}
 
     def index_scale(self, mad: float, reference: Reference | None) -> float:
         return mad if reference is None else max(mad, reference.mad_floor)
