@@ -258,6 +258,8 @@ def main() -> None:
     ap.add_argument("--tests", default="l1,log", help="the statistics whose flags a rule must keep")
     ap.add_argument("--draws", type=int, default=200, help="the ranges rule's screen_draws (0: worst case)")
     args = ap.parse_args()
+    if args.draws < 0:
+        ap.error(f"--draws must be at least 0, got {args.draws}")
     statistics = args.tests.split(",")
     print(
         f"{'model':28s} {'first':>5s} {'rule':11s} {'stopped':>9s} {'images':>7s}  flags (complete scan -> rule)"

@@ -128,6 +128,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     args = ap.parse_args()
     scans = load(args.out)
+    if not scans:
+        ap.error(
+            f"no scans with their models under {args.out} (run benchmarks/fidelity.py --out {args.out} first)"
+        )
     rows = [c for row in scans for c in candidates(row)]
     print(
         f"{'model':42} {'label':>5} {'kind':8} {'ratio':>6} {'index':>6} {'window':>7} {'spread':>7} {'gap':>6}"

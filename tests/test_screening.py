@@ -223,6 +223,8 @@ def test_many_stopped_labels_bound_the_median_and_mad_by_random_completions() ->
     # each stopped label's own range still counts in full: one reaching down to the effect line stays open
     near = ranges | {9: (20.0, first[9] * 0.6 / 0.9)}
     assert not ranges_hold(near, stopped, **EFFECT, spread=spread)
+    with pytest.raises(SettingsError, match="at least one draw and one ratio, got 0 and 8"):
+        drawn_spread(points, {k: first[k] for k in stopped}, ratios, margin=0.9, draws=0, seed=1)
 
 
 # ---- end to end on a tiny hand-made model ----------------------------------------------------------------

@@ -53,6 +53,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import SettingsError
 from .outlier import CONSISTENCY, mad_outlier_test
 
 __all__ = [
@@ -324,6 +325,10 @@ def drawn_spread(
     from ``ratios`` (the calibration sample's final/first-pass ratios) and a factor drawn log-uniformly
     from [``margin``, 1/``margin``], at most its first-pass norm; the ``points`` labels at their values.
     Non-finite values are left out. Seeded: the same inputs give the same bounds."""
+    if draws < 1 or not ratios:
+        raise SettingsError(
+            f"drawn_spread needs at least one draw and one ratio, got {draws} and {len(ratios)}"
+        )
     fixed = np.log(np.maximum([v for v in points.values() if math.isfinite(v)], _LOG_FLOOR))
     base = np.log(np.maximum([v for v in bases.values() if math.isfinite(v)], _LOG_FLOOR))
     log_ratios = np.log(np.maximum(np.asarray(ratios, dtype=np.float64), _LOG_FLOOR))
