@@ -118,6 +118,18 @@ def test_source_specific_scan_uses_only_that_label(
     assert any("label 3 itself was not scanned" in n for n in r.notes)
 
 
+def test_too_few_clean_images_are_said_in_the_notes(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    test = mnist_sample.test
+    few = test.subset(torch.nonzero(test.labels < 3).flatten()[:6])
+    r = nc.scan(clean_model.model, few, scan_labels=[0, 1], seed=0, max_steps=2)
+    assert any(n.startswith("only ") and "clean images for 10 labels" in n for n in r.notes)
+    assert any("the clean images cover 3 of the 10 labels" in n for n in r.notes)
+    enough = nc.scan(clean_model.model, test, scan_labels=[0, 1], seed=0, max_steps=2, samples=200)
+    assert not any("clean images for" in n or "clean images cover" in n for n in enough.notes)
+
+
 class _NaNModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0], 10), math.nan)

@@ -54,6 +54,20 @@ def test_declared_probabilities_are_wrapped_and_checked_when_images_are_given() 
         as_logits(soft, X, outputs="softmax")  # type: ignore[arg-type]
 
 
+def test_probabilities_declared_as_logits_are_kept_but_the_note_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, plain = _models()
+    with caplog.at_level("WARNING", logger="neuralcleanse.models.outputs"):
+        same, note = as_logits(soft, X, outputs="logits")
+    assert same is soft and note.startswith("outputs were declared logits, but on these images every row")
+    assert "declare probabilities or auto" in note and note in caplog.text
+    assert (
+        as_logits(plain, X, outputs="logits")[1]
+        == "outputs are logits (declared): optimising on them as they are"
+    )
+
+
 def test_zero_probabilities_stay_finite_and_gradients_reach_the_input() -> None:
     class Hard(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

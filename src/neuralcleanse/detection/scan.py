@@ -161,6 +161,27 @@ def _check_images(images: torch.Tensor) -> None:
         )
 
 
+def _coverage_notes(pool: ImageDataset, *, num_classes: int, labelled: bool, source: int | None) -> list[str]:
+    """Warnings when the clean images are too few for the labels: a trigger reversed on a handful of
+    images, or on images of a few classes only, says little about the model as a whole."""
+    notes: list[str] = []
+    if len(pool) < num_classes:
+        notes.append(
+            f"only {len(pool)} clean images for {num_classes} labels: each trigger rests on very few images "
+            "and the norms are less reliable (give at least a few images per label)"
+        )
+    if labelled and source is None:
+        present = len(torch.unique(pool.labels))
+        if present < num_classes:
+            notes.append(
+                f"the clean images cover {present} of the {num_classes} labels: a trigger toward a missing "
+                "label is optimised on other classes only, and a backdoor from a missing class goes unseen"
+            )
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
 class NeuralCleanse:
     """Detect backdoors by reverse-engineering each label's smallest trigger (Wang et al., S&P 2019).
 
@@ -544,6 +565,7 @@ class NeuralCleanse:
             pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
             kind = "seeded, class-stratified" if labels is not None else "seeded"
             notes.append(f"a {kind} sample of {samples} of them was used")
+        notes += _coverage_notes(pool, num_classes=num_classes, labelled=labels is not None, source=source)
         return pool, notes
 
     def _report(

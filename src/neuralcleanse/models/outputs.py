@@ -19,6 +19,7 @@ Examples::
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -28,6 +29,8 @@ from ..errors import DataError, SettingsError
 from ..modes import frozen_eval
 
 __all__ = ["OutputKind", "LogProbabilities", "are_probabilities", "as_logits"]
+
+log = logging.getLogger(__name__)
 
 OutputKind = Literal["logits", "probabilities", "auto"]
 OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "auto")
@@ -104,12 +107,21 @@ def as_logits(
     else:
         probabilities = outputs == "probabilities"
         how = "declared"
-        checkable = probabilities and images is not None and len(images) > 0
-        if checkable and not are_probabilities(_outputs(model, images), atol=atol):  # type: ignore[arg-type]
-            raise SettingsError(
-                "the model's outputs were declared probabilities, but on these images they are not "
-                "(negative scores, or rows that do not sum to 1): declare logits or auto"
-            )
+        if images is not None and len(images) > 0:
+            found = are_probabilities(_outputs(model, images), atol=atol)
+            if probabilities and not found:
+                raise SettingsError(
+                    "the model's outputs were declared probabilities, but on these images they are not "
+                    "(negative scores, or rows that do not sum to 1): declare logits or auto"
+                )
+            if not probabilities and found:
+                note = (
+                    "outputs were declared logits, but on these images every row is a probability vector "
+                    "(a final softmax?): optimising on them as they are, which is weak for probabilities; "
+                    "declare probabilities or auto"
+                )
+                log.warning(note)
+                return model, note
     if probabilities:
         wrapped = LogProbabilities(model)
         wrapped.training = model.training  # a new module starts in training mode: match the model's
