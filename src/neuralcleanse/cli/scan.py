@@ -65,6 +65,7 @@ class ScanRequest:
     self_reference: bool = False
     max_steps: int = 1000
     seed: int = 123
+    starts: int = 1
     resume: bool = False
     force: bool = False
     html: bool = False
@@ -79,6 +80,7 @@ class ScanRequest:
         """The option values, before any file is read; the labels to scan (``None``: all)."""
         check_count(self.samples, "--samples")
         check_count(self.max_steps, "--max-steps")
+        check_count(self.starts, "--starts")
         check_seed(self.seed, "--seed")
         check_threshold(self.threshold, "--threshold")
         if self.statistic is not None:
@@ -95,6 +97,8 @@ class ScanRequest:
         if self.sequential and self.exhaustive:
             raise SettingsError("--sequential and --exhaustive are two reference schedules: choose one")
         overrides: dict[str, Any] = {"loss": self.loss, "seed": self.seed, "max_steps": self.max_steps}
+        if self.starts != 1:
+            overrides["starts"] = self.starts
         if self.precision != "auto" or not (self.sequential or self.exhaustive):
             overrides["precision"] = self.precision
         if self.no_screening:
@@ -279,13 +283,20 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
     ),
+    click.option(
+        "--starts",
+        default=1,
+        show_default=True,
+        help="Random starts for every label at most 0.6 of the median norm after the scan; the smallest "
+        "trigger is kept (the optimisation can miss a planted trigger from one start: docs/fidelity.md).",
+    ),
 ]
 
 #: the names under which the commands receive the options of :data:`_SCAN_OPTIONS`
 SCAN_OPTION_NAMES = (
     "split", "all_images", "samples", "labels_text", "source_label", "sequential", "exhaustive",
     "no_screening", "precision", "loss", "threshold", "outputs", "statistic", "references", "self_reference",
-    "max_steps", "seed",
+    "max_steps", "seed", "starts",
 )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,13 +22,14 @@ from ..metrics import predict
 from ..models.outputs import OUTPUT_KINDS, OutputKind, as_logits
 from ..modes import frozen_eval
 from ..triggers import Trigger
-from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from .distill import DistillSettings, distil_student
 from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
 from .report import DetectionReport, LabelResult, unsettled_reason
 from .settings import ReverseSettings
+from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
 
 __all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
@@ -388,9 +390,13 @@ class NeuralCleanse:
             resumed = load_checkpoint(checkpoint, identity)
             log.info("resuming from %s: %d labels started", checkpoint, len(resumed))
             notes.append(f"resumed from a checkpoint with {sum(s.done for s in resumed)} labels finished")
-        last_save = [time.perf_counter(), sum(s.done for s in resumed)]
+        last_save = [time.perf_counter()]
+        finished_saved: dict[Path | None, int] = {}  # labels finished at each checkpoint's last save
 
-        def on_step(snap: StepSnapshot) -> None:
+        def saver(where: Path | None, ident: dict[str, Any]) -> Callable[[StepSnapshot], None]:
+            return lambda snap: on_step(snap, where, ident)
+
+        def on_step(snap: StepSnapshot, where: Path | None, ident: dict[str, Any]) -> None:
             now = time.perf_counter()
             if progress is not None:
                 active = tuple((s.label, s.step, s.cost, s.best_reg) for s in snap.active)
@@ -407,12 +413,14 @@ class NeuralCleanse:
                         settings.batch_size * settings.batches_per_step,
                     )  # fmt: skip
                 )
-            if checkpoint is not None and (
-                now - last_save[0] >= checkpoint_every or len(snap.finished) > last_save[1]
+            if where is not None and (
+                now - last_save[0] >= checkpoint_every or len(snap.finished) > finished_saved.get(where, 0)
             ):
-                save_checkpoint(checkpoint, identity, snap.finished + snap.active)
-                last_save[:] = [now, len(snap.finished)]
+                save_checkpoint(where, ident, snap.finished + snap.active)
+                last_save[0] = now
+                finished_saved[where] = len(snap.finished)
 
+        stat = get_statistic(self.statistic)
         states = reverse_engineer(
             optimised,
             pool.images,
@@ -420,12 +428,17 @@ class NeuralCleanse:
             settings,
             device=self.device,
             resume=resumed,
-            on_step=on_step,
+            on_step=saver(None if checkpoint is None else Path(checkpoint), identity),
             on_note=notes.append,
             threshold=self.threshold,
-            max_ratio=get_statistic(self.statistic).max_ratio,
-            compact_ratio=get_statistic(self.statistic).compact_ratio,
+            max_ratio=stat.max_ratio,
+            compact_ratio=stat.compact_ratio,
         )
+        if settings.starts > 1:
+            states = self._more_starts(
+                optimised, pool.images, states, settings, identity, checkpoint=checkpoint, resume=resume,
+                saver=saver, notes=notes,
+            )  # fmt: skip
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
         seconds = time.perf_counter() - start
@@ -470,6 +483,39 @@ class NeuralCleanse:
             triggers=report["triggers"],
             example=pool.images[0].clone(),
         )
+
+    def _more_starts(
+        self,
+        optimised: nn.Module,
+        images: torch.Tensor,
+        states: list[LabelState],
+        settings: ReverseSettings,
+        identity: dict[str, Any],
+        *,
+        checkpoint: str | os.PathLike[str] | None,
+        resume: bool,
+        saver: Callable[[Path | None, dict[str, Any]], Callable[[StepSnapshot], None]],
+        notes: list[str],
+    ) -> list[LabelState]:
+        """The labels near the verdict's line optimised from ``settings.starts`` random starts each, every
+        start to the end (:mod:`.starts`); each keeps its smallest trigger. Each start checkpoints in its
+        own directory inside ``checkpoint``."""
+        candidates = start_candidates(states, ratio=settings.start_ratio)
+        runs: list[list[LabelState]] = []
+        for k in range(2, settings.starts + 1) if candidates else ():
+            again = settings.replace(seed=start_seed(settings.seed, k), screening=False)
+            ident = {**identity, "labels": candidates, "settings": again.to_dict(), "start": k}
+            where = None if checkpoint is None else Path(checkpoint) / f"start-{k}"
+            known = load_checkpoint(where, ident) if where and resume and has_checkpoint(where) else []
+            run = reverse_engineer(
+                optimised, images, candidates, again, device=self.device, resume=known,
+                on_step=saver(where, ident), on_note=notes.append,
+            )  # fmt: skip
+            runs.append(run)
+        every = [*states, *(s for run in runs for s in run)]
+        norms = {k: [s.l1_norm() for s in every if s.label == k] for k in candidates}
+        notes.append(starts_note(candidates, norms, starts=settings.starts, ratio=settings.start_ratio))
+        return keep_smallest(states, runs)
 
     def _self_reference(
         self,

@@ -89,6 +89,11 @@ class ReverseSettings:
             before a scan, and recorded resolved in its report.
         channels_last: run convolutions on channels-last images and weights (the model's weights are
             restored afterwards); faster on CPUs and tensor-core GPUs, the same numbers up to rounding.
+        starts: random starts of every label whose trigger is at most ``start_ratio`` times the median
+            norm after the scan: the others are run to the end too and the smallest trigger is kept
+            (:mod:`~neuralcleanse.detection.starts`; the optimisation is not convex, and a planted
+            trigger's label can end in a natural minimum). 1: one start, as the original.
+        start_ratio: which labels get more starts (at most this fraction of the median norm).
     """
 
     batch_size: int = 32
@@ -120,6 +125,8 @@ class ReverseSettings:
     screen_draws: int = 200
     precision: Precision = "auto"
     channels_last: bool = True
+    starts: int = 1
+    start_ratio: float = 0.6
 
     def __post_init__(self) -> None:
         for name in (*_POSITIVE_INTS, "seed", "screen_sample", "screen_sample_from", "screen_draws"):
@@ -152,6 +159,12 @@ class ReverseSettings:
             raise SettingsError(
                 "screen_sample and screen_draws must be at least 0 and screen_sample_from at least 3"
             )
+        if not (
+            isinstance(self.start_ratio, (int, float))
+            and not isinstance(self.start_ratio, bool)
+            and 0 < self.start_ratio <= 1
+        ):
+            raise SettingsError(f"start_ratio must be a number in (0, 1], got {self.start_ratio!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"unknown precision {self.precision!r}; use auto, fp32 or bf16")
         if not isinstance(self.channels_last, bool):
@@ -218,6 +231,7 @@ _POSITIVE_INTS = (
     "early_stop_patience",
     "screen_steps",
     "screen_steps_many",
+    "starts",
 )
 #: the full schedule without the speed-ups that change numbers
 _FULL: dict[str, Any] = {
