@@ -140,6 +140,19 @@ def test_scan_cli_flags_the_planted_label_and_matches_the_api(
     assert {str(k): round(v, 6) for k, v in api.l1_norms.items()} == d["l1_norms"]
 
 
+def test_scan_cli_more_starts(
+    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "starts"
+    code, _, _ = run(
+        capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--labels", "0,1,2,3", "--starts", "2",
+        "--out", str(out), "--device", "cpu",
+    )  # fmt: skip
+    d = json.loads((out / "report.json").read_text())
+    assert code == 0 and d["settings"]["starts"] == 2 and d["flagged"] == [0]
+    assert any("from 2 random starts each" in n and "label 0: " in n for n in d["notes"])
+
+
 def test_scan_cli_table_for_a_clean_model(
     saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -168,6 +181,7 @@ def test_scan_cli_table_for_a_clean_model(
 
 SCAN_BAD = [
     (["--samples", "0"], "--samples must be at least 1"),
+    (["--starts", "0"], "--starts must be at least 1"),
     (["--labels", ""], "--labels is empty"),
     (["--labels", "3,x"], "'x' is not a label"),
     (["--labels", "12"], "outside the model's 10 outputs"),
