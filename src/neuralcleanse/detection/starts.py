@@ -77,7 +77,8 @@ def starts_note(
     if not candidates:
         return f"no label was at most {ratio:g} of the median norm: none needed more than one start"
     each = "; ".join(f"label {k}: " + ", ".join(f"{n:.1f}" for n in norms[k]) for k in candidates)
+    which = f"{len(candidates)} labels" if len(candidates) > 1 else "1 label"
     return (
-        f"{len(candidates)} labels at most {ratio:g} of the median norm were optimised from {starts} random "
-        f"starts each, keeping the smallest trigger ({each})"
+        f"{which} at most {ratio:g} of the median norm {'were' if len(candidates) > 1 else 'was'} optimised "
+        f"from {starts} random starts each, keeping the smallest trigger ({each})"
     )
