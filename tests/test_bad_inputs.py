@@ -746,6 +746,14 @@ CASES: list[Case] = [
         "--max-steps",
     ),
     Case(
+        "scan-starts-zero",
+        "--starts 0",
+        lambda e: _scan(e, "--starts", "0"),
+        "--starts must be at least 1",
+        2,
+        "--starts",
+    ),
+    Case(
         "scan-labels-unknown",
         "--labels 99 on a 10-class model",
         lambda e: _scan(e, "--labels", "99", data=_valid_npz(e)),
