@@ -754,6 +754,14 @@ CASES: list[Case] = [
         "--starts",
     ),
     Case(
+        "scan-starts-huge",
+        "--starts 99999999999999999999",
+        lambda e: _scan(e, "--starts", "99999999999999999999"),
+        "--starts must be at most 100",
+        2,
+        "--starts",
+    ),
+    Case(
         "scan-labels-unknown",
         "--labels 99 on a 10-class model",
         lambda e: _scan(e, "--labels", "99", data=_valid_npz(e)),

@@ -42,6 +42,8 @@ def test_start_seeds_the_candidates_and_the_smallest_trigger() -> None:
     assert unreached[0].l1_norm() == 9  # a start that never reached the threshold does not win
     with pytest.raises(SettingsError, match="starts must be at least 1"):
         ReverseSettings(starts=0)
+    with pytest.raises(SettingsError, match="starts must be at most 100"):
+        ReverseSettings(starts=101)
     with pytest.raises(SettingsError, match="start_ratio"):
         ReverseSettings(start_ratio=1.5)
 

@@ -241,10 +241,12 @@ MAX_LABELS = 100_000
 MAX_SEED = 2**63 - 1
 
 
-def check_count(value: int, option: str, *, minimum: int = 1) -> None:
+def check_count(value: int, option: str, *, minimum: int = 1, maximum: int | None = None) -> None:
     """An integer option that counts something (``--samples``, ``--max-steps``, ``--epochs``)."""
     if value < minimum:
         raise SettingsError(f"{option} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{option} must be at most {maximum}, got {value}")
 
 
 def check_seed(value: int, option: str) -> None:

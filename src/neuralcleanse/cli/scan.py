@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from ..detection.settings import MAX_STARTS
 from ..detection.statistics import STATISTICS, get_statistic
 from ..errors import CheckpointError, DataError, SettingsError
 from . import app
@@ -80,7 +81,7 @@ class ScanRequest:
         """The option values, before any file is read; the labels to scan (``None``: all)."""
         check_count(self.samples, "--samples")
         check_count(self.max_steps, "--max-steps")
-        check_count(self.starts, "--starts")
+        check_count(self.starts, "--starts", maximum=MAX_STARTS)
         check_seed(self.seed, "--seed")
         check_threshold(self.threshold, "--threshold")
         if self.statistic is not None:

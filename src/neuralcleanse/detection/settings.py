@@ -159,6 +159,8 @@ class ReverseSettings:
             raise SettingsError(
                 "screen_sample and screen_draws must be at least 0 and screen_sample_from at least 3"
             )
+        if self.starts > MAX_STARTS:
+            raise SettingsError(f"starts must be at most {MAX_STARTS}, got {self.starts}")
         if not (
             isinstance(self.start_ratio, (int, float))
             and not isinstance(self.start_ratio, bool)
@@ -221,6 +223,8 @@ class ReverseSettings:
         return cls(**d)
 
 
+#: the most random starts a label may get (each is a full optimisation of the candidate labels)
+MAX_STARTS = 100
 #: integer settings that must be at least 1
 _POSITIVE_INTS = (
     "batch_size",
