@@ -50,3 +50,12 @@ def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> Detec
 def clean_report_full(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
     """The clean model scanned with every label to the end: a scan that can serve as a reference."""
     return nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False)
+
+
+@pytest.fixture(scope="session")
+def relative_report(
+    badnets_model: ModelBundle, mnist_sample: DatasetSplits, clean_report_full: DetectionReport
+) -> DetectionReport:
+    """The BadNets model scanned against the clean model's full scan as a trusted reference."""
+    reference = nc.Reference.from_reports([clean_report_full])
+    return nc.scan(badnets_model.model, mnist_sample.test, seed=0, reference=reference)

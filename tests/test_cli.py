@@ -113,10 +113,8 @@ def saved_models(
 
 
 def test_scan_cli_flags_the_planted_label_and_matches_the_api(
-    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_sample: Any
+    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], badnets_report: Any
 ) -> None:
-    import neuralcleanse as nc
-
     out = tmp_path / "scan"
     code, stdout, _ = run(
         capsys,
@@ -134,8 +132,8 @@ def test_scan_cli_flags_the_planted_label_and_matches_the_api(
     d = json.loads(stdout)
     assert d["verdict"] == "backdoored" and d["flagged"] == [0] and d["anomaly_index"]["0"] > 2
     assert (out / "report.json").exists() and not (tmp_path / "scan.checkpoint").exists()
-    # the Python API on the same model, data and seed gives the same report
-    api = nc.scan(nc.load_model_dir(saved_models["bad"]).model, mnist_sample.test, seed=0)
+    # the Python API on the same model (before it was saved), data and seed gives the same report
+    api = badnets_report
     assert api.flagged == d["flagged"]
     assert {str(k): round(v, 6) for k, v in api.l1_norms.items()} == d["l1_norms"]
 
@@ -159,24 +157,37 @@ def test_scan_cli_table_for_a_clean_model(
     out = tmp_path / "s"
     code, stdout, _ = run(
         capsys, "scan", str(saved_models["clean"]), "--seed", "0", "--out", str(out), "--device", "cpu",
-        "--no-screening",
+        "--no-screening", "--labels", "0,1,2,3",
     )  # fmt: skip
     assert code == 0 and "clean:" in stdout and "of the median" in stdout and "FLAGGED" not in stdout
     assert all(
         row["stop_reason"] != "screened" for row in json.loads((out / "report.json").read_text())["labels"]
     )
-    # the clean model's scan is the reference for the infected one: each label against itself
+
+
+def test_scan_cli_against_a_reference_matches_the_api(
+    saved_models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    clean_report_full: Any,
+    relative_report: Any,
+) -> None:
+    # the clean model's full scan is the reference for the infected one: each label against itself
+    ref = clean_report_full.save(tmp_path / "clean-scan")
     code, stdout, _ = run(
-        capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--reference", str(out),
-        "--out", str(tmp_path / "rel"), "--device", "cpu",
+        capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--reference", str(ref),
+        "--out", str(tmp_path / "rel"), "--device", "cpu", "--labels", "0,1,2,3,4,5",
     )  # fmt: skip
     assert code == 0 and "BACKDOORED" in stdout and "reference" in stdout.replace("\n", " ")
     d = json.loads((tmp_path / "rel" / "report.json").read_text())
     assert (
         d["statistic"] == "relative"
         and d["flagged"] == [0]
-        and d["reference"]["sources"][0]["path"] == str(out)
+        and d["reference"]["sources"][0]["path"] == str(ref)
     )
+    # each label's optimisation is its own: the same norms as the API's scan of all ten labels
+    api = {k: relative_report.l1_norms[int(k)] for k in d["l1_norms"]}
+    assert d["l1_norms"] == pytest.approx(api, rel=1e-5)
 
 
 SCAN_BAD = [

@@ -90,23 +90,10 @@ def test_distill_settings_are_checked() -> None:
             NeuralCleanse(nn.Linear(2, 2), self_reference=True, statistic=statistic)
 
 
-def test_self_reference_scan_flags_the_planted_label(
-    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
-) -> None:
+def test_self_reference_settings(badnets_model: nc.ModelBundle) -> None:
+    # the end-to-end scan is the CLI test below (one distillation and two scans in the suite, not two)
     detector = NeuralCleanse(badnets_model.model, self_reference=QUICK, settings=ReverseSettings(seed=0))
     assert detector.statistic == "relative" and not detector.settings.screening
-    report = detector.scan(mnist_sample.test)
-    assert report.verdict == "backdoored" and report.flagged == [0]
-    assert report.reference is not None
-    source = report.reference.sources[0]
-    assert source["model"] == "distilled student" and source["agreement"] >= 0.9
-    # the planted label is several times cheaper than in the student; the others are not
-    ratios = {k: report.label(k).l1_norm / report.reference.l1_norms[k] for k in report.l1_norms}
-    assert ratios[0] < 0.5
-    assert sorted(ratios.values())[1] > ratios[0] * 1.5
-    assert any("distilled from this model" in n for n in report.notes)
-    # the paper's test can be recomputed from the same norms
-    assert report.outlier_test(statistic="l1").statistic == "l1"
 
 
 def _state(label: int, *, reached: bool, stop: str) -> LabelState:
@@ -188,13 +175,22 @@ def test_cli_self_reference_prints_the_paper_test_beside_it(
     out = tmp_path / "scan"
     code = main(
         ["scan", str(model), "--self-reference", "--samples", "300", "--seed", "0", "--out", str(out),
-         "--device", "cpu", "--html"]
+         "--device", "cpu", "--html", "--labels", "0,1,2,3,4,5"]
     )  # fmt: skip
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     report = nc.DetectionReport.load(out)
     assert report.statistic == "relative" and report.reference is not None and report.reference.self_made
-    assert report.flagged == [0]
+    assert report.verdict == "backdoored" and report.flagged == [0]
+    source = report.reference.sources[0]
+    assert source["model"] == "distilled student" and source["agreement"] >= 0.9
+    # the planted label is several times cheaper than in the student; the others are not
+    ratios = {k: report.label(k).l1_norm / report.reference.l1_norms[k] for k in report.l1_norms}
+    assert ratios[0] < 0.5
+    assert sorted(ratios.values())[1] > ratios[0] * 1.5
+    assert any("distilled from this model" in n for n in report.notes)
+    # the paper's test can be recomputed from the same norms
+    assert report.outlier_test(statistic="l1").statistic == "l1"
     assert "beside it: the paper's test (MAD of the L1 norms)" in stdout
     assert "in the distilled student" in report.summary()
     page = (out / "report.html").read_text()
