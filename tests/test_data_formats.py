@@ -58,6 +58,26 @@ def test_images_are_converted_to_the_model_input(tmp_path: Path) -> None:
     _write_folder(tmp_path / "f", ["a", "b"], 2, size=20, mode="RGB")
     data = load_images(tmp_path / "f", input_shape=(1, 28, 28))
     assert data.input_shape == (1, 28, 28) and float(data.images.min()) >= 0 and float(data.images.max()) <= 1
+    # what was done is remembered, for the scan's notes
+    assert data.converted_from == (3, 20, 20)
+    note = data.conversion_note()
+    assert (
+        note is not None and "converted to grey" in note and "resized from 20x20 to the model's 28x28" in note
+    )
+    assert load_images(tmp_path / "f").conversion_note() is None  # read as it is: nothing to say
+
+
+def test_grey_images_for_a_colour_model_are_noted(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "f", ["a", "b"], 2, size=28)
+    data = load_images(tmp_path / "f", input_shape=(3, 28, 28))
+    assert data.input_shape == (3, 28, 28) and data.converted_from == (1, 28, 28)
+    note = data.conversion_note()
+    assert note is not None and "copied to R, G and B" in note and "resized" not in note
+    assert torch.equal(data.images[:, 0], data.images[:, 2])
+    x = RNG.integers(0, 256, size=(4, 9, 9), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", x=x, y=np.array([0, 1, 0, 1]))
+    assert load_images(tmp_path / "a.npz", input_shape=(3, 9, 9)).converted_from == (1, 9, 9)
+    assert load_images(tmp_path / "a.npz", input_shape=(1, 9, 9)).converted_from is None
 
 
 @pytest.mark.parametrize(
@@ -144,3 +164,4 @@ def test_idx_directory(tmp_path: Path) -> None:
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.array([1, 2, 3], dtype=np.uint8))
     data = load_images(tmp_path, input_shape=(1, 14, 14))
     assert data.input_shape == (1, 14, 14) and data.labels.tolist() == [1, 2, 3]
+    assert data.converted_from == (1, 28, 28)

@@ -130,6 +130,30 @@ def test_too_few_clean_images_are_said_in_the_notes(
     assert not any("clean images for" in n or "clean images cover" in n for n in enough.notes)
 
 
+def test_images_converted_to_fit_the_model_are_said_in_the_notes(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    from neuralcleanse.data.convert import conformed
+
+    class _Colour(nn.Module):  # an RGB model: the grey model on the channels' mean
+        def __init__(self, grey: nn.Module) -> None:
+            super().__init__()
+            self.grey = grey
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.grey(x.mean(1, keepdim=True))
+            return out
+
+    rgb = conformed(mnist_sample.test, (3, 28, 28))
+    assert rgb.converted_from == (1, 28, 28) and conformed(rgb, (3, 28, 28)) is rgb
+    r = nc.scan(_Colour(clean_model.model), rgb, scan_labels=[0, 1], seed=0, max_steps=2, samples=100)
+    assert any("grey images were given to a colour model" in n for n in r.notes)
+    plain = nc.scan(
+        clean_model.model, mnist_sample.test, scan_labels=[0, 1], seed=0, max_steps=2, samples=100
+    )
+    assert not any("were given to a" in n for n in plain.notes)
+
+
 class _NaNModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0], 10), math.nan)

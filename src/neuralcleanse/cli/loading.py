@@ -103,7 +103,7 @@ class ModelSource:
     def images(self, loaded: Any, names: Any, *, split: str = "test") -> tuple[Any, dict[str, Any]]:
         """Clean labelled images shaped for the model (``--data``, else ``--dataset`` or the card's data
         set; ``split`` of either) and a description for reports."""
-        from ..data.convert import conform
+        from ..data.convert import conformed
         from ..data.files import detect_data_format, load_images
         from ..data.registry import load_dataset
 
@@ -119,19 +119,21 @@ class ModelSource:
             name = self._dataset_name(loaded)
             splits = load_dataset(name, root=self.data_dir)
             images = splits.train if split == "train" else splits.test
-            if shape is not None and images.input_shape != tuple(shape):
-                images = images.replace(images=conform(images.images, shape, name=name))
+            if shape is not None:
+                images = conformed(images, shape)
             info = {"dataset": name, "split": split}
         if shape is not None and images.input_shape != tuple(shape):
             raise DataError(f"images are {images.input_shape}, the model takes {tuple(shape)}")
         info["images_read"] = len(images)
+        if images.converted_from is not None:
+            info["converted_from"] = list(images.converted_from)
         return images, info
 
     def splits(self, loaded: Any, names: Any) -> tuple[Any, Any, str]:
         """``(train, test, how)`` for mitigations that fine-tune: a built-in data set's own splits, or,
         for ``--data``, a seeded class-stratified half of the images each (fine-tuned on the first half,
         measured on the second)."""
-        from ..data.convert import conform
+        from ..data.convert import conformed
         from ..data.registry import load_dataset
 
         if self.data is None:
@@ -139,9 +141,8 @@ class ModelSource:
             data = load_dataset(name.split("/")[0], root=self.data_dir)
             train, test = data.train, data.test
             shape = loaded.input_shape
-            if shape is not None and test.input_shape != tuple(shape):
-                train = train.replace(images=conform(train.images, shape, name=name))
-                test = test.replace(images=conform(test.images, shape, name=name))
+            if shape is not None:
+                train, test = conformed(train, shape), conformed(test, shape)
             return train, test, f"{name}: train split fine-tuned, test split measured"
         images, _ = self.images(loaded, names)
         if len(images) < 4:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 )
+_GREY_MODES = frozenset({"L", "1", "I;16", "I", "LA"})
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
@@ -56,8 +58,10 @@ def read_image(
     channels: int | None,
     size: tuple[int, int] | None,
     box: tuple[int, int, int, int] | None = None,
+    read_as: list[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
-    """One image file → ``uint8`` array ``(H, W, C)``, converted to ``channels`` and resized to ``size``."""
+    """One image file → ``uint8`` array ``(H, W, C)``, converted to ``channels`` and resized to ``size``;
+    ``read_as`` (if given) receives the ``(C, H, W)`` the file had (grey modes count as one channel)."""
     if channels not in (None, 1, 3):
         raise SettingsError(f"images can be read with 1 (grey) or 3 (RGB) channels, not {channels}")
     try:
@@ -72,12 +76,14 @@ def read_image(
             img: Image.Image = opened
             if box is not None:
                 img = img.crop(box)
+            if read_as is not None:
+                read_as.append((1 if img.mode in _GREY_MODES else 3, img.size[1], img.size[0]))
             mode = (
                 "L"
                 if channels == 1
                 else "RGB"
                 if channels == 3
-                else ("L" if img.mode in ("L", "1", "I;16", "I") else "RGB")
+                else ("L" if img.mode in _GREY_MODES else "RGB")
             )
             img = img.convert(mode)
             if size is not None and img.size != (size[1], size[0]):
@@ -136,14 +142,25 @@ def arrays_to_dataset(
     else:
         raise DataError(f"{name}: images must be uint8 (0-255) or float (0-1), got {x.dtype}")
     x = x.contiguous()
+    read_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
     if input_shape is not None:
         x = conform(x, input_shape, name=name)
     y = torch.as_tensor(np.asarray(labels)).to(torch.int64).flatten()
     if len(y) != len(x):
         raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
+    converted = read_shape if len(x) and read_shape != tuple(x.shape[1:]) else None
     return ImageDataset(
-        images=x, labels=y, num_classes=len(class_names), class_names=tuple(class_names), name=name
-    )
+        images=x, labels=y, num_classes=len(class_names), class_names=tuple(class_names), name=name,
+        converted_from=converted,
+    )  # fmt: skip
+
+
+def conformed(data: ImageDataset, input_shape: tuple[int, int, int]) -> ImageDataset:
+    """``data`` converted to ``input_shape`` (:func:`conform`), remembering the shape it was read in."""
+    if not len(data) or data.input_shape == tuple(input_shape):
+        return data
+    moved = data.replace(images=conform(data.images, input_shape, name=data.name))
+    return dataclasses.replace(moved, converted_from=data.converted_from or data.input_shape)
 
 
 def conform(x: torch.Tensor, input_shape: tuple[int, int, int], *, name: str) -> torch.Tensor:

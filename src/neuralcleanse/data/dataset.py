@@ -25,6 +25,8 @@ class ImageDataset:
         num_classes: number of classes of the task (not only those present).
         class_names: one name per class.
         name: a short identifier (``"mnist-sample/train"``).
+        converted_from: ``(C, H, W)`` of the images as they were read, when they were converted to the
+            model's input shape (grey↔RGB, resized); ``None`` when they were used as read.
     """
 
     images: torch.Tensor
@@ -32,6 +34,7 @@ class ImageDataset:
     num_classes: int
     class_names: tuple[str, ...]
     name: str
+    converted_from: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -66,6 +69,28 @@ class ImageDataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def conversion_note(self) -> str | None:
+        """What was done to the images to fit the model, for a report's notes (``None``: nothing)."""
+        if self.converted_from is None or self.converted_from == self.input_shape:
+            return None
+        (c0, h0, w0), (c, h, w) = self.converted_from, self.input_shape
+        done = []
+        if c0 == 1 and c == 3:
+            done.append(
+                "grey images were given to a colour model: each image's one channel was copied to R, G and B"
+            )
+        elif c0 == 3 and c == 1:
+            done.append("colour images were given to a grey model: each was converted to grey (luma)")
+        if (h0, w0) != (h, w):
+            done.append(
+                f"the images were resized from {h0}x{w0} to the model's {h}x{w} (antialiased bilinear)"
+            )
+        return (
+            f"{self.name}: "
+            + "; ".join(done)
+            + "; a trigger found on converted images may differ from one on the model's own data"
+        )
+
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
@@ -96,6 +121,7 @@ class ImageDataset:
             num_classes=self.num_classes,
             class_names=self.class_names,
             name=self.name if name is None else name,
+            converted_from=self.converted_from,
         )
 
     def sample(

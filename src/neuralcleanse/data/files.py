@@ -88,8 +88,8 @@ def _load(
     names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes or 10))
     splits = load_idx_directory(p, name=p.name, class_names=names)
     data = splits.test if split == "test" else splits.train
-    if len(data) and input_shape is not None and data.input_shape != tuple(input_shape):
-        from .convert import conform
+    if input_shape is not None:
+        from .convert import conformed
 
-        data = data.replace(images=conform(data.images, input_shape, name=str(p)))
+        data = conformed(data, input_shape)
     return data

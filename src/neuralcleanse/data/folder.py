@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def load_image_folder(
         label_of = {f: i for i, f in enumerate(folders)}
     images: list[np.ndarray] = []
     labels: list[int] = []
+    read_as: list[tuple[int, int, int]] = []  # each file's own shape
     channels = input_shape[0] if input_shape else None
     size = (input_shape[1], input_shape[2]) if input_shape else None
     for folder in folders:
@@ -70,9 +73,13 @@ def load_image_folder(
         if not files:
             raise DataError(f"{r / folder}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files[:max_per_class]:
-            arr = read_image(f, channels=channels, size=size)
+            arr = read_image(f, channels=channels, size=size, read_as=read_as)
             if channels is None:  # the first image fixes mode and size for the rest
                 channels, size = arr.shape[2], (arr.shape[0], arr.shape[1])
             images.append(arr)
             labels.append(label_of[folder])
-    return arrays_to_dataset(np.stack(images), np.asarray(labels), class_names=names, name=str(r))
+    data = arrays_to_dataset(np.stack(images), np.asarray(labels), class_names=names, name=str(r))
+    changed = Counter(shape for shape in read_as if shape != data.input_shape)
+    if not changed:
+        return data
+    return dataclasses.replace(data, converted_from=changed.most_common(1)[0][0])

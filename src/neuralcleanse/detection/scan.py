@@ -302,11 +302,13 @@ class NeuralCleanse:
         names = list(class_names) if class_names is not None else None
         data_names: list[str] | None = None
         where = ""  # the data set's name, to prefix messages with
+        converted = None  # what was done to the images to fit the model
         if isinstance(images, ImageDataset):
             if labels is None:
                 labels = images.labels
             data_names = list(images.class_names)
             where = f"{images.name}: "
+            converted = images.conversion_note()
             images = images.images
         _check_images(images)
         if labels is not None:
@@ -348,7 +350,7 @@ class NeuralCleanse:
         if len(set(targets)) != len(targets):
             twice = next(k for k in targets if targets.count(k) > 1)
             raise SettingsError(f"the labels to scan (--labels) name label {twice} twice")
-        notes: list[str] = [*extra_notes, *self._notes]
+        notes: list[str] = [*extra_notes, *self._notes, *([converted] if converted else [])]
         input_fingerprint = tensor_fingerprint(images.float())
         if self.reference is not None:  # fail before optimising, not after
             self.reference.norms_for(targets)
