@@ -14,9 +14,11 @@ from neuralcleanse.detection.engine import (
     LabelState,
     _apply_schedule,
     _misclassification,
+    _to_unit,
     new_label_state,
     reverse_engineer,
 )
+from neuralcleanse.errors import DataError
 
 
 def tiny_model(seed: int = 0, classes: int = 4) -> nn.Module:
@@ -126,6 +128,25 @@ def test_results_do_not_depend_on_how_many_labels_share_a_batch() -> None:
         assert torch.allclose(a.mask(), b.mask(), atol=1e-5) and a.best_reg == pytest.approx(
             b.best_reg, rel=1e-5
         )
+
+
+def test_a_fixed_pattern_stays_and_only_the_mask_learns() -> None:
+    model, images = tiny_model(), tiny_images()
+    cfg = ReverseSettings(batch_size=8, max_steps=6, patience=2, seed=5, precision="fp32")
+    pattern = torch.linspace(0, 1, 64).view(1, 8, 8)  # its ends 0 and 1 are kept just inside (0, 1)
+    fixed, free = reverse_engineer(model, images, [0, 1], cfg, patterns={0: pattern})
+    assert fixed.fixed_pattern and not free.fixed_pattern
+    assert torch.allclose(_to_unit(fixed.w_pattern), pattern, atol=2e-3)
+    assert torch.allclose(fixed.pattern(), pattern, atol=2e-3)
+    start = new_label_state(0, (1, 8, 8), seed=5)
+    assert not torch.equal(fixed.w_mask, start.w_mask)  # the mask moved
+    free_start = new_label_state(1, (1, 8, 8), seed=5)
+    assert not torch.allclose(free.w_pattern, free_start.w_pattern)  # a free pattern moves
+    # a checkpointed state keeps the flag, so a resumed label keeps its pattern
+    back = LabelState.restore(fixed.scalars(), fixed.tensors())
+    assert back.fixed_pattern and torch.equal(back.w_pattern, fixed.w_pattern)
+    with pytest.raises(DataError, match="a fixed pattern must be"):
+        new_label_state(0, (1, 8, 8), seed=5, pattern=torch.zeros(3, 8, 8))
 
 
 def test_model_is_left_as_it_was() -> None:

@@ -64,6 +64,7 @@ class ScanRequest:
     statistic: str | None = None
     references: tuple[Path, ...] = ()
     self_reference: bool = False
+    natural_reference: bool = False
     max_steps: int = 1000
     seed: int = 123
     starts: int = 1
@@ -117,17 +118,26 @@ class ScanRequest:
         """The trusted scans of ``--reference`` (read now), or ``None``."""
         from ..detection import DetectionReport, Reference
 
-        if self.references and self.self_reference:
-            raise SettingsError("--reference and --self-reference are two references: choose one")
+        given = [
+            name
+            for name, on in (
+                ("--reference", bool(self.references)),
+                ("--self-reference", self.self_reference),
+                ("--natural-reference", self.natural_reference),
+            )
+            if on
+        ]
+        if len(given) > 1:
+            raise SettingsError(f"{' and '.join(given)} are {len(given)} references: choose one")
         if self.references:
             return Reference.from_reports(
                 [DetectionReport.load(p) for p in self.references], paths=[str(p) for p in self.references]
             )
         needs = self.statistic is not None and get_statistic(self.statistic).needs_reference
-        if needs and not self.self_reference:
+        if needs and not (self.self_reference or self.natural_reference):
             raise SettingsError(
-                f"--statistic {self.statistic} needs --reference SCAN_DIR (a scan of a trusted model) or "
-                "--self-reference"
+                f"--statistic {self.statistic} needs --reference SCAN_DIR (a scan of a trusted model), "
+                "--natural-reference or --self-reference"
             )
         return None
 
@@ -163,6 +173,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         outputs=cast("OutputKind", request.outputs),
         device=device,
         self_reference=request.self_reference,
+        natural_reference=request.natural_reference,
     )
     _check_task(detector, source.model, images, data_info, wanted, request.source_label, names, names_from)
     options: dict[str, Any] = {
@@ -280,6 +291,13 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
         help="No trusted model at hand: distil a student from the model on the clean images and compare "
         "each label with itself in the student (relative statistic; about twice the scan's time).",
     ),
+    click.option(
+        "--natural-reference",
+        is_flag=True,
+        help="No trusted model at hand: optimise every label again with its pattern fixed to its mean clean "
+        "image and compare each label with that (relative statistic; about twice the scan's time; "
+        "docs/fidelity.md).",
+    ),
     click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label."),
     click.option(
         "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
@@ -297,7 +315,7 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
 SCAN_OPTION_NAMES = (
     "split", "all_images", "samples", "labels_text", "source_label", "sequential", "exhaustive",
     "no_screening", "precision", "loss", "threshold", "outputs", "statistic", "references", "self_reference",
-    "max_steps", "seed", "starts",
+    "natural_reference", "max_steps", "seed", "starts",
 )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +104,7 @@ class LabelState:
     first_pass_l1: float = math.nan  # the norm after the screening first pass
     images_seen: int = 0
     history: list[list[float]] = field(default_factory=list)  # [step, cost, asr, l1, loss]
+    fixed_pattern: bool = False  # only the mask is optimised; the pattern stays as it started
 
     # ---- derived ---------------------------------------------------------------------------------------
     @property
@@ -195,14 +196,28 @@ def _from_unit(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.arctanh((x - 0.5) * (2 - _TANH_EPS))).float()
 
 
-def new_label_state(label: int, image_shape: tuple[int, int, int], seed: int) -> LabelState:
-    """Random uniform initial mask and pattern (as the original), seeded by ``(seed, label)``."""
+#: a fixed pattern's pixels are kept this far inside (0, 1), where tanh's inverse is finite in fp32
+_PATTERN_EDGE = 1e-3
+
+
+def new_label_state(
+    label: int, image_shape: tuple[int, int, int], seed: int, *, pattern: torch.Tensor | None = None
+) -> LabelState:
+    """Random uniform initial mask and pattern (as the original), seeded by ``(seed, label)``; with
+    ``pattern`` (``(C, H, W)`` in ``[0, 1]``) the pattern is that image and only the mask is optimised."""
     c, h, w = image_shape
     rng = np.random.default_rng([seed, label, 0x1A17])
     w_mask = _from_unit(rng.random((h, w)))
     w_pattern = _from_unit(rng.random((c, h, w)))
+    if pattern is not None:
+        if tuple(pattern.shape) != (c, h, w):
+            raise DataError(f"label {label}: a fixed pattern must be {(c, h, w)}, got {tuple(pattern.shape)}")
+        inside = pattern.detach().double().cpu().clamp(_PATTERN_EDGE, 1 - _PATTERN_EDGE).numpy()
+        w_pattern = _from_unit(inside)
     zeros_m, zeros_p = torch.zeros(h, w), torch.zeros(c, h, w)
-    return LabelState(label, w_mask, w_pattern, zeros_m, zeros_m.clone(), zeros_p, zeros_p.clone())
+    state = LabelState(label, w_mask, w_pattern, zeros_m, zeros_m.clone(), zeros_p, zeros_p.clone())
+    state.fixed_pattern = pattern is not None
+    return state
 
 
 def _step_indices(n: int, total: int, seed: int, label: int, step: int) -> torch.Tensor:
@@ -285,6 +300,7 @@ def reverse_engineer(
     threshold: float = 2.0,
     max_ratio: float = 1.0,
     compact_ratio: float | None = None,
+    patterns: Mapping[int, torch.Tensor] | None = None,
 ) -> list[LabelState]:
     """Optimise the trigger of every label in ``labels``; returns their final states in label order.
 
@@ -307,6 +323,8 @@ def reverse_engineer(
         compact_ratio: the effect size for a label whose trigger is compact (:mod:`.shape`), if the
             test has one: with many labels, a screened label whose first-pass trigger is compact and
             whose range reaches below it runs to the end.
+        patterns: fixed patterns (``(C, H, W)`` in ``[0, 1]``) of some labels: only their masks are
+            optimised (:mod:`.natural`).
     """
     if images.ndim != 4 or len(images) == 0:
         raise DataError(f"reverse engineering needs (N, C, H, W) images, got shape {tuple(images.shape)}")
@@ -317,7 +335,10 @@ def reverse_engineer(
     data = images.to(device)
     per_step = cfg.batch_size * cfg.batches_per_step
     known = {s.label: s for s in resume}
-    states = {lab: known.get(lab) or new_label_state(lab, shape, cfg.seed) for lab in labels}
+    fixed = patterns or {}
+    states = {
+        lab: known.get(lab) or new_label_state(lab, shape, cfg.seed, pattern=fixed.get(lab)) for lab in labels
+    }
     pending = [lab for lab in labels if not states[lab].done]
     requested = cfg.labels_in_parallel(len(pending), device.type)
     images_done = [sum(s.images_seen for s in states.values())]
@@ -364,6 +385,10 @@ def reverse_engineer(
         cost = torch.tensor([s.cost for s in active], device=device)
         idx = torch.stack([_step_indices(n, per_step, cfg.seed, s.label, s.step) for s in active]).to(device)
         sums = torch.zeros(3, k, device=device)  # asr, l1, loss
+        learn_pattern = None
+        if any(s.fixed_pattern for s in active):
+            learn = [0.0 if s.fixed_pattern else 1.0 for s in active]
+            learn_pattern = torch.tensor(learn, device=device).view(k, 1, 1, 1)
         for j in range(cfg.batches_per_step):
             x = data[idx[:, j * cfg.batch_size : (j + 1) * cfg.batch_size]]  # K, B, C, H, W
             mask = _to_unit(w_m)
@@ -380,6 +405,8 @@ def reverse_engineer(
             loss = mis + cost * reg
             g_m, g_p = torch.autograd.grad(loss.sum(), [w_m, w_p])
             with torch.no_grad():
+                if learn_pattern is not None:  # fixed patterns: no gradient, so Adam never moves them
+                    g_p.mul_(learn_pattern)
                 t += 1
                 # Keras' Adam (the original's optimiser): lr_t = lr·√(1-β2^t)/(1-β1^t), ε added to √v
                 lr_t = cfg.lr * torch.sqrt(1 - b2**t) / (1 - b1**t)

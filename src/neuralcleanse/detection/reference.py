@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, SettingsError
+from .natural import NATURAL
 
 if TYPE_CHECKING:
     from .report import DetectionReport
@@ -122,6 +123,25 @@ class Reference:
         return cls(norms, sources)
 
     @property
+    def natural(self) -> bool:
+        """Whether the reference is the scanned model's own triggers with each label's mean image as the
+        pattern (:mod:`~neuralcleanse.detection.natural`)."""
+        return any(src.get("model") == NATURAL for src in self.sources)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the reference is scans of models the user trusts (not made from the scanned model)."""
+        return not (self.self_made or self.natural)
+
+    def where(self) -> str:
+        """Where a label's reference norm comes from, for short sentences."""
+        if self.self_made:
+            return "the distilled student"
+        if self.natural:
+            return "its mean image's trigger"
+        return "the reference"
+
+    @property
     def self_made(self) -> bool:
         """Whether the reference is a student distilled from the scanned model itself
         (:mod:`~neuralcleanse.detection.distill`) rather than scans of trusted models."""
@@ -148,6 +168,8 @@ class Reference:
         """What the reference models are, for sentences: "the trusted reference models" or the student."""
         if self.self_made:
             return "a student distilled from this model on the clean images"
+        if self.natural:
+            return "this model's triggers with each label's pattern fixed to its mean clean image"
         n = len(self.sources)
         return f"{n} reference scan{'s' if n != 1 else ''} of trusted models"
 

@@ -25,6 +25,7 @@ from ..triggers import Trigger
 from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from .distill import DistillSettings, distil_student
 from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
+from .natural import NATURAL, mean_patterns, natural_note
 from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
 from .report import DetectionReport, LabelResult, unsettled_reason
@@ -224,19 +225,26 @@ class NeuralCleanse:
         outputs: OutputKind = "auto",
         device: str | torch.device = "cpu",
         self_reference: bool | DistillSettings = False,
+        natural_reference: bool = False,
     ) -> None:
         if outputs not in OUTPUT_KINDS:
             raise SettingsError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
             raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
-        if self_reference is not False and reference is not None:
-            raise SettingsError("give either a reference of trusted models or self_reference, not both")
+        if sum((self_reference is not False, reference is not None, bool(natural_reference))) > 1:
+            raise SettingsError(
+                "give one reference: trusted models (reference), self_reference or natural_reference"
+            )
         own = DistillSettings() if self_reference is True else (self_reference or None)
-        statistic = statistic or (
-            "relative" if reference is not None or own is not None else DEFAULT_STATISTIC
-        )
+        made = own is not None or bool(natural_reference)  # a reference the scan makes itself
+        statistic = statistic or ("relative" if reference is not None or made else DEFAULT_STATISTIC)
         stat = get_statistic(statistic)
-        stat.check(reference=reference is not None or own is not None)
+        stat.check(reference=reference is not None or made)
+        if natural_reference and not stat.needs_reference:
+            raise SettingsError(
+                f"natural_reference (--natural-reference) is the reference of a statistic that uses one; "
+                f"the {stat.name} statistic does not, so its second optimisation would be wasted"
+            )
         if own is not None and not stat.needs_reference:
             raise SettingsError(
                 f"self_reference (--self-reference) distils a student as the reference of a statistic that "
@@ -255,6 +263,7 @@ class NeuralCleanse:
         self.statistic: Statistic = statistic
         self.reference = reference
         self.self_reference = own
+        self.natural_reference = bool(natural_reference)
         self.outputs: OutputKind = outputs
 
     def __repr__(self) -> str:
@@ -441,6 +450,11 @@ class NeuralCleanse:
                 optimised, pool.images, states, settings, identity, checkpoint=checkpoint, resume=resume,
                 saver=saver, notes=notes,
             )  # fmt: skip
+        if self.natural_reference:
+            reference = self._natural_reference(
+                optimised, pool, targets, labels is not None, identity, checkpoint=checkpoint, resume=resume,
+                saver=saver, notes=notes,
+            )  # fmt: skip
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
         seconds = time.perf_counter() - start
@@ -518,6 +532,50 @@ class NeuralCleanse:
         norms = {k: [s.l1_norm() for s in every if s.label == k] for k in candidates}
         notes.append(starts_note(candidates, norms, starts=settings.starts, ratio=settings.start_ratio))
         return keep_smallest(states, runs)
+
+    def _natural_reference(
+        self,
+        optimised: nn.Module,
+        pool: ImageDataset,
+        targets: list[int],
+        known: bool,
+        identity: dict[str, Any],
+        *,
+        checkpoint: str | os.PathLike[str] | None,
+        resume: bool,
+        saver: Callable[[Path | None, dict[str, Any]], Callable[[StepSnapshot], None]],
+        notes: list[str],
+    ) -> Reference:
+        """Every label optimised again on the scan's images with its pattern fixed to its mean clean image
+        (:mod:`.natural`); those norms are the reference of the relative statistic. Checkpoints in
+        ``checkpoint/natural``."""
+        if known:
+            classes = pool.labels
+        else:
+            with torch.no_grad():
+                classes = torch.cat(
+                    [
+                        optimised(chunk.to(self.device)).argmax(1).cpu()
+                        for chunk in torch.split(pool.images, 256)
+                    ]
+                )
+        patterns, missing = mean_patterns(pool.images, classes, targets)
+        ident = {**identity, "natural": True}
+        where = None if checkpoint is None else Path(checkpoint) / "natural"
+        done = load_checkpoint(where, ident) if where and resume and has_checkpoint(where) else []
+        log.info("optimising every label again with its mean image as the pattern (natural reference)")
+        states = reverse_engineer(
+            optimised, pool.images, targets, self.settings, device=self.device, resume=done,
+            on_step=saver(where, ident), on_note=notes.append, patterns=patterns,
+        )  # fmt: skip
+        norms = {s.label: s.l1_norm() for s in states}
+        bad = [k for k, v in norms.items() if not math.isfinite(v)]
+        if bad:
+            raise DataError(f"the natural reference's optimisation of labels {bad} produced NaN/inf")
+        notes.append(natural_note(known=known, missing=missing))
+        unreached = [s.label for s in states if not s.reached]
+        source = {"model": NATURAL, "labels": targets, "unreached": unreached}
+        return Reference(norms, [source])
 
     def _self_reference(
         self,
@@ -697,7 +755,7 @@ class NeuralCleanse:
                     f"reference scan with other settings ({diff}): rescan it with this scan's settings"
                 )
             alarmed = [s.get("path", s.get("model")) for s in refs if s.get("flagged")]
-            if alarmed and not reference.self_made:  # a student is not a statement of trust
+            if alarmed and reference.trusted:  # a student is not a statement of trust
                 extra.append(f"the paper's test flags labels in reference scans {alarmed} (used as trusted)")
         extra.append(
             f"misclassification loss: {'cross-entropy' if settings.loss == 'ce' else 'original linear-probability term'}"

@@ -383,8 +383,7 @@ class RelativeStatistic(OutlierStatistic):
         ref = report.reference
         if ref is None:
             return super().versus(report, row)
-        where = "the distilled student" if ref.self_made else "the reference"
-        return f"L1 {row.l1_norm:.1f} vs {ref.l1_norms.get(row.label, math.nan):.1f} in {where}"
+        return f"L1 {row.l1_norm:.1f} vs {ref.l1_norms.get(row.label, math.nan):.1f} in {ref.where()}"
 
     def against(self, report: DetectionReport, row: LabelResult) -> str:
         ref = report.reference
