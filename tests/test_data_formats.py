@@ -48,6 +48,20 @@ def test_image_folder_round_trip_and_class_order(tmp_path: Path) -> None:
     assert named.class_names == ("cat", "bee", "ant") and int(named.labels[0]) == 2  # ant first on disk
 
 
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    raw = _write_folder(tmp_path / "f8", ["a", "b"], 2)
+    for c, i in ((c, i) for c in ("a", "b") for i in range(2)):
+        eight = np.asarray(Image.open(tmp_path / "f8" / c / f"{i:03d}.png"))
+        (tmp_path / "f16" / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "f16" / c / f"{i:03d}.png")
+        (tmp_path / "f16" / c / f"._{i:03d}.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    assert Image.open(tmp_path / "f16" / "a" / "000.png").mode.startswith("I")
+    sixteen, eight_bit = load_images(tmp_path / "f16"), load_images(tmp_path / "f8")
+    assert len(sixteen) == 4  # the "._" files beside them are skipped, not read as images
+    assert torch.equal(sixteen.images, eight_bit.images) and float(sixteen.images.mean()) < 0.9
+    assert raw.shape == (4, 10, 10)
+
+
 def test_numeric_class_folders_are_their_labels(tmp_path: Path) -> None:
     _write_folder(tmp_path / "f", ["2", "10", "0"], 1)
     data = load_images(tmp_path / "f")

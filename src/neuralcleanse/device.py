@@ -28,7 +28,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if dev.type == "cpu" and dev.index not in (None, 0):
         raise SettingsError(f"unknown device {name!r}: the CPU is one device; use cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= max(torch.cuda.device_count(), 1):
-        raise SettingsError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPUs")
+        raise SettingsError(
+            f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPUs"
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SettingsError(f"device {name!r} requested but CUDA is not available on this machine")
     if dev.type == "mps" and not torch.backends.mps.is_available():

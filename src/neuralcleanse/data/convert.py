@@ -78,6 +78,7 @@ def read_image(
                 img = img.crop(box)
             if read_as is not None:
                 read_as.append((1 if img.mode in _GREY_MODES else 3, img.size[1], img.size[0]))
+            img = _eight_bit(img, path)
             mode = (
                 "L"
                 if channels == 1
@@ -94,6 +95,28 @@ def read_image(
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"{path}: cannot read image ({first_line(exc)})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _eight_bit(img: Image.Image, path: Path) -> Image.Image:
+    """Grey images of more than 8 bits scaled to 8 (Pillow's own conversion clips them: every pixel above
+    255 of 65,535 would become white); 16-bit PNGs open as ``I;16``, other 16-bit files as ``I``."""
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: the image has NaN or infinite pixels")
+    top = float(values.max()) if values.size else 0.0
+    if float(values.min(initial=0.0)) < 0:
+        raise DataError(
+            f"{path}: the image has negative pixel values ({img.mode} mode); store 0-255 or 0-65535"
+        )
+    if img.mode == "F":
+        scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+    else:
+        scale = 65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0
+    if top > scale:
+        raise DataError(f"{path}: pixel values up to {top:g} in a {img.mode} image; store 0-255 or 0-65535")
+    return Image.fromarray(np.rint(values / scale * 255.0).astype(np.uint8), mode="L")
 
 
 def read_class_names(path: str | Path) -> list[str]:

@@ -68,7 +68,10 @@ def load_image_folder(
     size = (input_shape[1], input_shape[2]) if input_shape else None
     for folder in folders:
         files = sorted(
-            p for p in (r / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            p
+            for p in (r / folder).iterdir()
+            # hidden files are not images of the class (macOS writes "._name.png" metadata beside each file)
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
         )
         if not files:
             raise DataError(f"{r / folder}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
