@@ -175,6 +175,8 @@ def test_aoti_members_added_to_a_plain_program(
         ("/etc/evil", b"x", "absolute path"),
         ("plain/extra/notes.txt", b"\x7fELF\x02\x01\x01" + bytes(57), "native code"),
         ("plain/extra/helper.so", b"not elf", "shared library"),
+        ("plain/extra/model.cpp", b'extern "C" int f() { return 0; }', "source code"),
+        ("plain/extra/hook.py", b"import os", "source code"),
         ("plain/data/constants/custom_obj_0", b"\x80\x04N.", "pickled Python object"),
         ("plain/data/executorch/model.pte", b"x", "ExecuTorch"),
         ("plain/unexpected.bin", b"x", "shared library or binary"),

@@ -34,6 +34,8 @@ __all__ = ["ZipLimits", "ZipArchive", "open_archive", "archive_kind", "allowed_m
 
 _MiB = 1 << 20
 _NATIVE_SUFFIXES = (".so", ".dll", ".dylib", ".pyd", ".o", ".a", ".exe", ".bin")
+# source code a compiler or interpreter would turn into native code: never part of a plain program
+_SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".cu", ".h", ".hpp", ".py", ".pyc", ".sh", ".ptx", ".cubin")
 _NATIVE_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
 # raw tensor storages hold arbitrary bytes: a 2-byte magic (PE's "MZ") is only looked for in other members
 _STORAGE = re.compile(r"(data/weights/weight_\d+|data/constants/tensor_\d+|data/\d+|constants/\d+)\Z")
@@ -238,6 +240,10 @@ def _refuse_native_code(archive: ZipArchive) -> None:
                 raise ModelError(f"{archive.source}: refused: member {full} belongs to {what}")
         if PurePosixPath(name).suffix.lower() in _NATIVE_SUFFIXES or ".so." in PurePosixPath(name).name:
             raise ModelError(f"{archive.source}: refused: member {full} is a shared library or binary")
+        if PurePosixPath(name).suffix.lower() in _SOURCE_SUFFIXES:
+            raise ModelError(
+                f"{archive.source}: refused: member {full} is source code (compiled or run by loaders)"
+            )
         if info.file_size >= 4:
             with archive._zip.open(info) as fh:
                 head = fh.read(4)
