@@ -50,3 +50,18 @@ def test_natural_reference_flags_the_planted_label(
     )
     assert "its mean image's trigger" in report.summary() or "mean clean image" in report.summary()
     assert report.outlier_test(statistic="l1").statistic == "l1"  # the paper's test from the same norms
+
+
+def test_validate_and_mitigate_refuse_images_of_another_task(mnist_sample: nc.DatasetSplits) -> None:
+    # the check validate and mitigate run on their images (scan refuses the same data in _check_task)
+    from types import SimpleNamespace
+
+    from neuralcleanse.cli.case import Case
+    from neuralcleanse.errors import DataError
+
+    case = Case(SimpleNamespace(path="m.pt2"), SimpleNamespace(model={"num_classes": 8}), None, None)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="the images have 10 classes, the model m.pt2 has 8 outputs"):
+        case.check_images(mnist_sample.test, "data/x")
+    Case(SimpleNamespace(path="m.pt2"), SimpleNamespace(model={"num_classes": 10}), None, None).check_images(  # type: ignore[arg-type]
+        mnist_sample.test, "data/x"
+    )

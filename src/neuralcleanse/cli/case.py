@@ -29,6 +29,17 @@ class Case:
     def label(self) -> int:
         return self.backdoor.label
 
+    def check_images(self, images: Any, where: object) -> None:
+        """The clean images are of the model's task: their classes fit its outputs (as ``scan`` checks)."""
+        outputs = self.report.model.get("num_classes")
+        if not isinstance(outputs, int):
+            return
+        if images.num_classes > outputs or (len(images) and int(images.labels.max()) >= outputs):
+            raise DataError(
+                f"{where}: the images have {images.num_classes} classes, the model {self.loaded.path} has "
+                f"{outputs} outputs (its scan report says so): images of another task?"
+            )
+
 
 def open_case(source: ModelSource, report_path: Path, label: int | None, device: str) -> Case:
     """The model (any format ``load_model`` reads), its scan report (checked to be of this model), the

@@ -89,6 +89,8 @@ def mitigate(
     measured = ""
     if method == "unlearn":
         train, test, data_note = source.splits(case.loaded, case.names)
+        for part in (train, test):
+            case.check_images(part, source.data or data_note.split(":")[0])
         measured = (
             f"{len(test)} images: the whole test split (filter and prune measure on a held-out half of it)"
             if source.data is None
@@ -99,7 +101,8 @@ def mitigate(
             stamp_fraction=stamp_fraction, epochs=epochs, **kw,
         )  # fmt: skip
     else:
-        images, _ = source.images(case.loaded, case.names)
+        images, info = source.images(case.loaded, case.names)
+        case.check_images(images, info.get("path") or info.get("dataset"))
         if method == "filter":
             _, result = filter_inputs(case.loaded.model, images, case.backdoor, fpr=fpr, layer=layer, **kw)
         else:

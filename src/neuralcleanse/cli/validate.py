@@ -39,7 +39,8 @@ def validate(
     out = out or default_out("validations", source.model)
     check_output_dir(out, force=force, option="--out", inputs=(*source.inputs, report_path))
     case = open_case(source, report_path, label, device)
-    images, _ = source.images(case.loaded, case.names)
+    images, info = source.images(case.loaded, case.names)
+    case.check_images(images, info.get("path") or info.get("dataset"))
     result = validate_trigger(
         case.loaded.model, case.backdoor, images, layer=layer, top_fraction=top, device=device
     )
