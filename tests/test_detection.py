@@ -159,6 +159,17 @@ class _NaNModel(nn.Module):
         return torch.full((x.shape[0], 10), math.nan)
 
 
+class _BatchStatistics(nn.Module):  # what a network exported with BatchNorm in training mode does
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        out: torch.Tensor = self.fc((flat - flat.mean(0)) / (flat.std(0) + 1e-3))
+        return out
+
+
 class _FlatModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)[:, :10].unsqueeze(1)
@@ -170,6 +181,8 @@ def test_bad_inputs(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> No
         nc.scan(_NaNModel(), test)
     with pytest.raises(DataError, match=r"must be \(N, classes\)"):
         nc.scan(_FlatModel(), test)
+    with pytest.raises(DataError, match="scores for an image change with the other images in its batch"):
+        nc.scan(_BatchStatistics(), test)
     with pytest.raises(DataError, match="model failed on images of shape"):
         nc.scan(m, torch.rand(10, 3, 32, 32))
     with pytest.raises(DataError, match=r"pixels in \[0, 1\]"):

@@ -145,7 +145,30 @@ def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.d
         raise DataError("model produced NaN or infinite outputs on clean images")
     if out.shape[1] < 2:
         raise DataError(f"model output has {out.shape[1]} class; a classifier needs at least 2")
+    _check_batch_independent(model, images, out, device=device)
     return int(out.shape[1])
+
+
+def _check_batch_independent(
+    model: nn.Module, images: torch.Tensor, out: torch.Tensor, *, device: torch.device
+) -> None:
+    """An image's scores must not depend on the other images of its batch: a network exported or loaded
+    with BatchNorm in training mode (batch statistics) or with active dropout would give every trigger
+    a meaning that changes with the batch."""
+    n = min(4, len(out) // 2)
+    if n < 1:
+        return
+    first = images[:n]
+    others = images[n : 2 * n].flip(-1)  # other images: other batch statistics
+    with frozen_eval(model), torch.no_grad():
+        again = model(torch.cat([first, others]).to(device))[:n]
+    diff = float((again.float() - out[:n].float()).abs().max())
+    if diff > 1e-3 * float(out.float().abs().max()) + 1e-4:
+        raise DataError(
+            "the model's scores for an image change with the other images in its batch (by up to "
+            f"{diff:.3g}): BatchNorm in training mode or active dropout? put the model in eval mode "
+            "(model.eval()) before saving or exporting it"
+        )
 
 
 def _check_images(images: torch.Tensor) -> None:

@@ -240,7 +240,8 @@ def _refuse_native_code(archive: ZipArchive) -> None:
                 raise ModelError(f"{archive.source}: refused: member {full} belongs to {what}")
         if PurePosixPath(name).suffix.lower() in _NATIVE_SUFFIXES or ".so." in PurePosixPath(name).name:
             raise ModelError(f"{archive.source}: refused: member {full} is a shared library or binary")
-        if PurePosixPath(name).suffix.lower() in _SOURCE_SUFFIXES:
+        # TorchScript's own code/ folder is TorchScript (refused without --allow-torchscript)
+        if PurePosixPath(name).suffix.lower() in _SOURCE_SUFFIXES and not name.startswith("code/"):
             raise ModelError(
                 f"{archive.source}: refused: member {full} is source code (compiled or run by loaders)"
             )
