@@ -25,6 +25,7 @@ import statistics
 from pathlib import Path
 
 from fidelity import group  # benchmarks/fidelity.py: clean, small, large, source
+from starts import outcome  # benchmarks/starts.py: exact, correct, false alarm, other, missed
 
 import neuralcleanse as nc
 from neuralcleanse.detection import DetectionReport, NeuralCleanse, ReverseSettings
@@ -55,14 +56,6 @@ def flags(report: DetectionReport) -> dict[str, list[int]]:
         "effect|natural": sorted(set(effect) | set(natural)),
         "effect&natural": sorted(set(effect) & set(natural)),
     }
-
-
-def outcome(flagged: list[int], planted: list[int]) -> str:
-    if flagged == planted:
-        return "exact" if planted else "correct"
-    if not planted:
-        return "false alarm"
-    return "other" if flagged else "missed"
 
 
 def main() -> None:

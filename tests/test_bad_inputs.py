@@ -80,6 +80,14 @@ class Case:
     names: str  # the file or option the line must name ({tmp}, {model}, {scan} are filled in)
 
 
+#: a well-formed validation result whose model is not the scanned one
+_FOREIGN_VALIDATION = {
+    "label": 0, "layer": "fc", "neurons": [1], "reversed_l1": 9.0, "reversed_attack_success": 0.99,
+    "clean_activation": 0.1, "reversed_activation": 2.0, "reversed_success_top_only": 0.9,
+    "model_fingerprint": "f" * 16,
+}  # fmt: skip
+
+
 def _scan(env: Env, *args: str, data: Path | None = None) -> list[str]:
     base = ["scan", str(env.model), "--out", str(env.out), "--max-steps", "2", "--samples", "40"]
     return base + (["--data", str(data)] if data is not None else []) + list(args)
@@ -1236,6 +1244,21 @@ CASES: list[Case] = [
         "cannot read validation result",
         1,
         "{tmp}/v/validation.json",
+    ),
+    Case(
+        "report-validation-of-another-model",
+        "report --validation made for another model",
+        lambda e: [
+            "report",
+            str(e.scan),
+            "--out",
+            str(e.out),
+            "--validation",
+            str(_write(e.tmp / "v" / "validation.json", json.dumps(_FOREIGN_VALIDATION)).parent),
+        ],
+        "this result belongs to another model",
+        1,
+        "{tmp}/v",
     ),
     Case(
         "report-mitigation-garbage",

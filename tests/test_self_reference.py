@@ -83,7 +83,7 @@ def test_distill_settings_are_checked() -> None:
         DistillSettings(arch="vgg")
     with pytest.raises(SettingsError, match="mixup"):
         DistillSettings(mixup=1.5)
-    with pytest.raises(SettingsError, match="not both"):
+    with pytest.raises(SettingsError, match="give one reference"):
         NeuralCleanse(nn.Linear(2, 2), self_reference=True, reference=nc.Reference({0: 1.0, 1: 1.0}))
     for statistic in ("l1", "log"):  # a student only the relative statistic would use: refused, not wasted
         with pytest.raises(SettingsError, match=f"the {statistic} statistic does not, so the student"):

@@ -60,6 +60,8 @@ class ValidationResult:
     shared_top_neurons: float | None = None
     images: int = 0
     notes: list[str] = field(default_factory=list)
+    #: the fingerprint of the model validated (its scan report's ``model.fingerprint``), when known
+    model_fingerprint: str | None = None
 
     def rows(self) -> list[tuple[str, str, str]]:
         """``(what, reversed, real)`` cells of the comparison table (``-`` where the real trigger is unknown)."""

@@ -109,6 +109,7 @@ def mitigate(
             repaired, result = prune_neurons(
                 case.loaded.model, images, case.backdoor, max_fraction=max_prune, layer=layer, **kw
             )
+    result = dataclasses.replace(result, model_fingerprint=case.report.model.get("fingerprint"))
     with atomic_directory(out, force=force) as tmp:
         result.save(tmp)
         saved = None

@@ -35,7 +35,7 @@ def report(
     verbose: int,
 ) -> None:
     """Write a self-contained HTML report (figures inline, no network) for a scan's result directory."""
-    from .._io import check_output_file
+    from .._io import check_output_file, read_result
     from ..detection.report import REPORT_FILE
     from ..mitigation import MitigationResult
     from ..report import write_html_report
@@ -50,5 +50,16 @@ def report(
     check_output_file(out if out is not None else result_dir / "report.html", option="--out")
     validation = ValidationResult.load(validation_dir) if validation_dir else None
     mitigations = [MitigationResult.load(d) for d in mitigation_dirs]
+    scan = read_result(result_dir, REPORT_FILE, what="scan report")[1]
+    model = scan.get("model") if isinstance(scan, dict) else None
+    scanned = model.get("fingerprint") if isinstance(model, dict) else None
+    made = [(validation_dir, validation.model_fingerprint)] if validation is not None else []
+    made += [(d, m.model_fingerprint) for d, m in zip(mitigation_dirs, mitigations, strict=True)]
+    for where, theirs in made:
+        if scanned and theirs and theirs != scanned:
+            raise DataError(
+                f"{where}: this result belongs to another model (fingerprint {theirs[:12]}..., the scan "
+                f"{result_dir} is of {str(scanned)[:12]}...)"
+            )
     path = write_html_report(result_dir, out, validation=validation, mitigations=mitigations)
     click.echo(f"report written to {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -44,6 +45,7 @@ def validate(
     result = validate_trigger(
         case.loaded.model, case.backdoor, images, layer=layer, top_fraction=top, device=device
     )
+    result = dataclasses.replace(result, model_fingerprint=case.report.model.get("fingerprint"))
     b = case.backdoor
     result.save(
         out,

@@ -88,6 +88,8 @@ class MitigationResult:
     after: Measure
     details: MitigationDetails = field(default_factory=RawDetails)
     notes: list[str] = field(default_factory=list)
+    #: the fingerprint of the model repaired (its scan report's ``model.fingerprint``), when known
+    model_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.details, MitigationDetails):
@@ -128,6 +130,7 @@ class MitigationResult:
             "after": self.after.to_dict(),
             "details": self.details.to_dict(),
             "notes": self.notes,
+            "model_fingerprint": self.model_fingerprint,
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -151,6 +154,7 @@ class MitigationResult:
                 after=Measure(**d["after"]),
                 details=d.get("details", {}),
                 notes=d.get("notes", []),
+                model_fingerprint=d.get("model_fingerprint"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{file}: cannot read mitigation result ({exc})") from None
