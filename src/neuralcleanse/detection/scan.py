@@ -687,7 +687,8 @@ class NeuralCleanse:
                 raise DataError(
                     f"the model classifies only images of label {int(right[0])} correctly ({len(keep)} of "
                     f"{len(pool)}); a scan needs correctly classified images of at least 2 classes (is it the "
-                    "model for these images, with the right preprocessing?)"
+                    "model for these images, with the right preprocessing? pixels go in as [0, 1]: a model that "
+                    "expects 0-255 needs --input-range 0-255, one that expects normalised input --mean/--std)"
                 )
             pool = pool.subset(keep)
         if samples is not None and len(pool) > samples:
