@@ -61,7 +61,8 @@ def test_validate_and_mitigate_refuse_images_of_another_task(mnist_sample: nc.Da
 
     case = Case(SimpleNamespace(path="m.pt2"), SimpleNamespace(model={"num_classes": 8}), None, None)  # type: ignore[arg-type]
     with pytest.raises(DataError, match="the images have 10 classes, the model m.pt2 has 8 outputs"):
-        case.check_images(mnist_sample.test, "data/x")
+        case.check_images(mnist_sample.test, SimpleNamespace(data="data/x"))  # type: ignore[arg-type]
     Case(SimpleNamespace(path="m.pt2"), SimpleNamespace(model={"num_classes": 10}), None, None).check_images(  # type: ignore[arg-type]
-        mnist_sample.test, "data/x"
+        mnist_sample.test,
+        SimpleNamespace(data="data/x"),  # type: ignore[arg-type]
     )

@@ -29,16 +29,35 @@ class Case:
     def label(self) -> int:
         return self.backdoor.label
 
-    def check_images(self, images: Any, where: object) -> None:
+    def images(self, source: ModelSource) -> Any:
+        """The clean images (:meth:`ModelSource.images`), checked to be of the model's task."""
+        images, _ = source.images(self.loaded, self.names)
+        self.check_images(images, source)
+        return images
+
+    def splits(self, source: ModelSource) -> tuple[Any, Any, str]:
+        """The fine-tuning and measuring images (:meth:`ModelSource.splits`), checked like :meth:`images`."""
+        train, test, how = source.splits(self.loaded, self.names)
+        for part in (train, test):
+            self.check_images(part, source)
+        return train, test, how
+
+    def check_images(self, images: Any, source: ModelSource) -> None:
         """The clean images are of the model's task: their classes fit its outputs (as ``scan`` checks)."""
         outputs = self.report.model.get("num_classes")
         if not isinstance(outputs, int):
             return
         if images.num_classes > outputs or (len(images) and int(images.labels.max()) >= outputs):
+            where = source.data if source.data is not None else source.dataset_name(self.loaded)
             raise DataError(
                 f"{where}: the images have {images.num_classes} classes, the model {self.loaded.path} has "
                 f"{outputs} outputs (its scan report says so): images of another task?"
             )
+
+    def stamped(self, result: Any) -> Any:
+        """``result`` (a validation or mitigation result) recording which model it is of: the scan
+        report's model fingerprint, which ``report`` checks."""
+        return dataclasses.replace(result, model_fingerprint=self.report.model.get("fingerprint"))
 
 
 def open_case(source: ModelSource, report_path: Path, label: int | None, device: str) -> Case:

@@ -116,7 +116,7 @@ class ModelSource:
                 "split": split,
             }
         else:
-            name = self._dataset_name(loaded)
+            name = self.dataset_name(loaded)
             splits = load_dataset(name, root=self.data_dir)
             images = splits.train if split == "train" else splits.test
             if shape is not None:
@@ -137,7 +137,7 @@ class ModelSource:
         from ..data.registry import load_dataset
 
         if self.data is None:
-            name = self._dataset_name(loaded)
+            name = self.dataset_name(loaded)
             data = load_dataset(name.split("/")[0], root=self.data_dir)
             train, test = data.train, data.test
             shape = loaded.input_shape
@@ -154,7 +154,8 @@ class ModelSource:
         how = f"{self.data}: {len(first)} images fine-tuned, the other {len(test)} measured (seeded halves)"
         return first, test, how
 
-    def _dataset_name(self, loaded: Any) -> str:
+    def dataset_name(self, loaded: Any) -> str:
+        """The built-in data set the clean images come from without ``--data`` (``--dataset``, else the card's)."""
         name = self.dataset or (loaded.card.dataset if loaded.card is not None else None)
         if name is None:
             raise SettingsError("no clean images: pass --data PATH (or --dataset NAME)")

@@ -88,9 +88,7 @@ def mitigate(
     data_note = ""
     measured = ""
     if method == "unlearn":
-        train, test, data_note = source.splits(case.loaded, case.names)
-        for part in (train, test):
-            case.check_images(part, source.data or data_note.split(":")[0])
+        train, test, data_note = case.splits(source)
         measured = (
             f"{len(test)} images: the whole test split (filter and prune measure on a held-out half of it)"
             if source.data is None
@@ -101,15 +99,14 @@ def mitigate(
             stamp_fraction=stamp_fraction, epochs=epochs, **kw,
         )  # fmt: skip
     else:
-        images, info = source.images(case.loaded, case.names)
-        case.check_images(images, info.get("path") or info.get("dataset"))
+        images = case.images(source)
         if method == "filter":
             _, result = filter_inputs(case.loaded.model, images, case.backdoor, fpr=fpr, layer=layer, **kw)
         else:
             repaired, result = prune_neurons(
                 case.loaded.model, images, case.backdoor, max_fraction=max_prune, layer=layer, **kw
             )
-    result = dataclasses.replace(result, model_fingerprint=case.report.model.get("fingerprint"))
+    result = case.stamped(result)
     with atomic_directory(out, force=force) as tmp:
         result.save(tmp)
         saved = None

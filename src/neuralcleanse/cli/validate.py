@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
@@ -40,12 +39,12 @@ def validate(
     out = out or default_out("validations", source.model)
     check_output_dir(out, force=force, option="--out", inputs=(*source.inputs, report_path))
     case = open_case(source, report_path, label, device)
-    images, info = source.images(case.loaded, case.names)
-    case.check_images(images, info.get("path") or info.get("dataset"))
-    result = validate_trigger(
-        case.loaded.model, case.backdoor, images, layer=layer, top_fraction=top, device=device
+    images = case.images(source)
+    result = case.stamped(
+        validate_trigger(
+            case.loaded.model, case.backdoor, images, layer=layer, top_fraction=top, device=device
+        )
     )
-    result = dataclasses.replace(result, model_fingerprint=case.report.model.get("fingerprint"))
     b = case.backdoor
     result.save(
         out,

@@ -26,7 +26,10 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 )
-_GREY_MODES = frozenset({"L", "1", "I;16", "I", "LA"})
+#: grey modes of more than 8 bits, which Pillow's conversion to "L" clips (scaled by _eight_bit instead)
+_HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+#: grey modes once _eight_bit has run
+_GREY_MODES = frozenset({"L", "1", "LA"})
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
@@ -76,9 +79,9 @@ def read_image(
             img: Image.Image = opened
             if box is not None:
                 img = img.crop(box)
+            img = _eight_bit(img, path)
             if read_as is not None:
                 read_as.append((1 if img.mode in _GREY_MODES else 3, img.size[1], img.size[0]))
-            img = _eight_bit(img, path)
             mode = (
                 "L"
                 if channels == 1
@@ -100,7 +103,7 @@ def read_image(
 def _eight_bit(img: Image.Image, path: Path) -> Image.Image:
     """Grey images of more than 8 bits scaled to 8 (Pillow's own conversion clips them: every pixel above
     255 of 65,535 would become white); 16-bit PNGs open as ``I;16``, other 16-bit files as ``I``."""
-    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if img.mode not in _HIGH_BIT_MODES:
         return img
     values = np.asarray(img, dtype=np.float64)
     if not np.isfinite(values).all():

@@ -454,6 +454,22 @@ class NeuralCleanse:
                 last_save[0] = now
                 finished_saved[where] = len(snap.finished)
 
+        def extra_pass(
+            run_labels: list[int],
+            run_settings: ReverseSettings,
+            ident: dict[str, Any],
+            folder: str,
+            patterns: dict[int, torch.Tensor] | None,
+        ) -> list[LabelState]:
+            """Another optimisation after the scan's own (more starts, the natural reference) on the same
+            images, checkpointed in ``checkpoint/folder`` and resumed from it."""
+            where = None if checkpoint is None else Path(checkpoint) / folder
+            known = load_checkpoint(where, ident) if where and resume and has_checkpoint(where) else []
+            return reverse_engineer(
+                optimised, pool.images, run_labels, run_settings, device=self.device, resume=known,
+                on_step=saver(where, ident), on_note=notes.append, patterns=patterns,
+            )  # fmt: skip
+
         stat = get_statistic(self.statistic)
         states = reverse_engineer(
             optimised,
@@ -469,15 +485,13 @@ class NeuralCleanse:
             compact_ratio=stat.compact_ratio,
         )
         if settings.starts > 1:
-            states = self._more_starts(
-                optimised, pool.images, states, settings, identity, checkpoint=checkpoint, resume=resume,
-                saver=saver, notes=notes,
-            )  # fmt: skip
+            states = _more_starts(states, settings, identity, extra_pass, notes)
         if self.natural_reference:
-            reference = self._natural_reference(
-                optimised, pool, targets, labels is not None, identity, checkpoint=checkpoint, resume=resume,
-                saver=saver, notes=notes,
-            )  # fmt: skip
+            known = labels is not None
+            classes = pool.labels if known else predict(self.model, pool.images, device=self.device)
+            reference = _natural_reference(
+                pool.images, classes, targets, known, settings, identity, extra_pass, notes
+            )
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
         seconds = time.perf_counter() - start
@@ -522,83 +536,6 @@ class NeuralCleanse:
             triggers=report["triggers"],
             example=pool.images[0].clone(),
         )
-
-    def _more_starts(
-        self,
-        optimised: nn.Module,
-        images: torch.Tensor,
-        states: list[LabelState],
-        settings: ReverseSettings,
-        identity: dict[str, Any],
-        *,
-        checkpoint: str | os.PathLike[str] | None,
-        resume: bool,
-        saver: Callable[[Path | None, dict[str, Any]], Callable[[StepSnapshot], None]],
-        notes: list[str],
-    ) -> list[LabelState]:
-        """The labels near the verdict's line optimised from ``settings.starts`` random starts each, every
-        start to the end (:mod:`.starts`); each keeps its smallest trigger. Each start checkpoints in its
-        own directory inside ``checkpoint``."""
-        candidates = start_candidates(states, ratio=settings.start_ratio)
-        runs: list[list[LabelState]] = []
-        for k in range(2, settings.starts + 1) if candidates else ():
-            again = settings.replace(seed=start_seed(settings.seed, k), screening=False)
-            ident = {**identity, "labels": candidates, "settings": again.to_dict(), "start": k}
-            where = None if checkpoint is None else Path(checkpoint) / f"start-{k}"
-            known = load_checkpoint(where, ident) if where and resume and has_checkpoint(where) else []
-            run = reverse_engineer(
-                optimised, images, candidates, again, device=self.device, resume=known,
-                on_step=saver(where, ident), on_note=notes.append,
-            )  # fmt: skip
-            runs.append(run)
-        every = [*states, *(s for run in runs for s in run)]
-        norms = {k: [s.l1_norm() for s in every if s.label == k] for k in candidates}
-        notes.append(starts_note(candidates, norms, starts=settings.starts, ratio=settings.start_ratio))
-        return keep_smallest(states, runs)
-
-    def _natural_reference(
-        self,
-        optimised: nn.Module,
-        pool: ImageDataset,
-        targets: list[int],
-        known: bool,
-        identity: dict[str, Any],
-        *,
-        checkpoint: str | os.PathLike[str] | None,
-        resume: bool,
-        saver: Callable[[Path | None, dict[str, Any]], Callable[[StepSnapshot], None]],
-        notes: list[str],
-    ) -> Reference:
-        """Every label optimised again on the scan's images with its pattern fixed to its mean clean image
-        (:mod:`.natural`); those norms are the reference of the relative statistic. Checkpoints in
-        ``checkpoint/natural``."""
-        if known:
-            classes = pool.labels
-        else:
-            with torch.no_grad():
-                classes = torch.cat(
-                    [
-                        optimised(chunk.to(self.device)).argmax(1).cpu()
-                        for chunk in torch.split(pool.images, 256)
-                    ]
-                )
-        patterns, missing = mean_patterns(pool.images, classes, targets)
-        ident = {**identity, "natural": True}
-        where = None if checkpoint is None else Path(checkpoint) / "natural"
-        done = load_checkpoint(where, ident) if where and resume and has_checkpoint(where) else []
-        log.info("optimising every label again with its mean image as the pattern (natural reference)")
-        states = reverse_engineer(
-            optimised, pool.images, targets, self.settings, device=self.device, resume=done,
-            on_step=saver(where, ident), on_note=notes.append, patterns=patterns,
-        )  # fmt: skip
-        norms = {s.label: s.l1_norm() for s in states}
-        bad = [k for k, v in norms.items() if not math.isfinite(v)]
-        if bad:
-            raise DataError(f"the natural reference's optimisation of labels {bad} produced NaN/inf")
-        notes.append(natural_note(known=known, missing=missing))
-        unreached = [s.label for s in states if not s.reached]
-        source = {"model": NATURAL, "labels": targets, "unreached": unreached}
-        return Reference(norms, [source])
 
     def _self_reference(
         self,
@@ -800,6 +737,60 @@ class NeuralCleanse:
             "notes": extra,
             "triggers": triggers,
         }
+
+
+#: :meth:`NeuralCleanse.scan`'s extra optimisation after its own: labels, settings, checkpoint identity,
+#: checkpoint sub-folder, fixed patterns
+_ExtraPass = Callable[
+    [list[int], ReverseSettings, dict[str, Any], str, "dict[int, torch.Tensor] | None"], list[LabelState]
+]
+
+
+def _more_starts(
+    states: list[LabelState],
+    settings: ReverseSettings,
+    identity: dict[str, Any],
+    extra_pass: _ExtraPass,
+    notes: list[str],
+) -> list[LabelState]:
+    """The labels near the verdict's line optimised from ``settings.starts`` random starts each, every
+    start to the end (:mod:`.starts`); each keeps its smallest trigger. Each start checkpoints in its own
+    directory inside the scan's checkpoint."""
+    candidates = start_candidates(states, ratio=settings.start_ratio)
+    runs: list[list[LabelState]] = []
+    for k in range(2, settings.starts + 1) if candidates else ():
+        again = settings.replace(seed=start_seed(settings.seed, k), screening=False)
+        ident = {**identity, "labels": candidates, "settings": again.to_dict(), "start": k}
+        runs.append(extra_pass(candidates, again, ident, f"start-{k}", None))
+    every = [*states, *(s for run in runs for s in run)]
+    norms = {k: [s.l1_norm() for s in every if s.label == k] for k in candidates}
+    notes.append(starts_note(candidates, norms, starts=settings.starts, ratio=settings.start_ratio))
+    return keep_smallest(states, runs)
+
+
+def _natural_reference(
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    targets: list[int],
+    known: bool,
+    settings: ReverseSettings,
+    identity: dict[str, Any],
+    extra_pass: _ExtraPass,
+    notes: list[str],
+) -> Reference:
+    """Every label optimised again on the scan's images with its pattern fixed to the mean of its clean
+    images (``classes``: their labels, or the model's predictions; :mod:`.natural`); those norms are the
+    reference of the relative statistic. Checkpoints in ``checkpoint/natural``."""
+    patterns, missing = mean_patterns(images, classes, targets)
+    log.info("optimising every label again with its mean image as the pattern (natural reference)")
+    states = extra_pass(targets, settings, {**identity, "natural": True}, "natural", patterns)
+    norms = {s.label: s.l1_norm() for s in states}
+    bad = [k for k, v in norms.items() if not math.isfinite(v)]
+    if bad:
+        raise DataError(f"the natural reference's optimisation of labels {bad} produced NaN/inf")
+    notes.append(natural_note(known=known, missing=missing))
+    unreached = [s.label for s in states if not s.reached]
+    return Reference(norms, [{"model": NATURAL, "labels": targets, "unreached": unreached}])
 
 
 def scan(
