@@ -1829,3 +1829,22 @@ def test_the_installed_command_prints_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "none.pt2" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_off_a_terminal_each_log_record_is_one_line(tmp_path: Path) -> None:
+    """In a pipe or CI log the user-code warning and the error are one line each, never wrapped."""
+    import subprocess
+
+    from safetensors.torch import save_file
+
+    (tmp_path / "archs.py").write_text("X = 1\n")
+    save_file({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    arch = f"{tmp_path / 'archs.py'}:{'Long' * 12}"
+    done = subprocess.run(
+        [sys.executable, "-m", "neuralcleanse", "scan", str(tmp_path / "w.safetensors"), "--arch", arch],
+        capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "60"},
+    )  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 2, done.stderr
+    assert lines[0].startswith("WARNING: importing ") and lines[0].endswith("(your choice)")
+    assert lines[1].startswith("error: architecture ") and "is not an nn.Module class" in lines[1]

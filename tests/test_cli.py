@@ -151,6 +151,24 @@ def test_scan_cli_more_starts(
     assert any("from 2 random starts each" in n and "label 0: " in n for n in d["notes"])
 
 
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_is_kept(
+    saved_models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import neuralcleanse.cli.scan as scan_cli
+
+    def interrupted(*_a: Any, **_k: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_cli, "scan_model", interrupted)
+    out = tmp_path / "s"
+    code, _, err = run(capsys, "scan", str(saved_models["bad"]), "--out", str(out), "--device", "cpu")
+    assert code == 130 and "interrupted before the first checkpoint" in err and "nothing is kept" in err
+    assert err.rstrip("\n").splitlines()[-1] in ("error: interrupted", "error: aborted") and not out.exists()
+
+
 def test_scan_cli_table_for_a_clean_model(
     saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,7 @@ through the command line; the repaired model is saved in its input's format, loa
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,28 @@ def test_torchscript_is_refused_in_one_line(
         capsys, "validate", str(files["ts"]), "--data", str(files["data"]), "--report", str(report)
     )
     assert code == 1 and "refused: a TorchScript archive runs code" in err and err.count("\n") == 1
+
+
+def test_layers_of_an_exported_program_by_their_own_names(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    report = _scan(capsys, files, "pt2")
+    args = [*_load_args(files, "pt2"), "--report", str(report), "--label", "0", "--device", "cpu"]
+    # the name the model was written with, without the prefix the loader's wrapper adds
+    out = files["root"] / "validation-fc"
+    code, _, err = run(capsys, "validate", *args, "--layer", "fc.0", "--out", str(out))
+    assert code == 0 and "Warning" not in err, err
+    assert (out / "validation.json").is_file()
+    # a convolution was inlined by torch.export: one line that names the layers that can be read
+    out = files["root"] / "validation-conv"
+    code, _, err = run(capsys, "validate", *args, "--layer", "features.0.0", "--out", str(out))
+    assert code == 2 and err.count("\n") == 1 and "inlined in the exported program" in err, err
+    assert "fc.0" in err and "head" in err and not out.exists()
+    # pruning copies the program: torch's own FutureWarning about its pytree is not shown
+    out = files["root"] / "prune-quiet"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, _, err = run(capsys, "mitigate", *args, "--method", "prune", "--out", str(out))
+    assert code == 0, err
+    shown = [str(w.message) for w in seen] + [r.getMessage() for r in caplog.records]
+    assert not [s for s in shown if "LeafSpec" in s], shown

@@ -65,7 +65,7 @@ def test_scan_exported_model_on_an_image_folder_matches_the_api(
     norm = ["--mean", "0.1307", "--std", "0.3081"]
     code, stdout, stderr = run(
         capsys, "scan", str(user_files["pt2"]), "--data", str(user_files["images"]), *norm, "--seed", "1",
-        "--out", str(out), "--json",
+        "--labels", "0-5", "--out", str(out), "--json",
     )  # fmt: skip
     assert code == 0, stderr
     d = json.loads(stdout)

@@ -62,6 +62,18 @@ def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     assert raw.shape == (4, 10, 10)
 
 
+def test_images_in_subfolders_of_a_class_belong_to_it(tmp_path: Path) -> None:
+    raw = _write_folder(tmp_path / "f", ["a", "b"], 2)
+    (tmp_path / "f" / "a" / "indoor" / "dark").mkdir(parents=True)
+    (tmp_path / "f" / "a" / "001.png").rename(tmp_path / "f" / "a" / "indoor" / "dark" / "001.png")
+    (tmp_path / "f" / "b" / ".cache").mkdir()  # hidden folders are not the class's images
+    Image.fromarray(raw[0]).save(tmp_path / "f" / "b" / ".cache" / "x.png")
+    data = load_images(tmp_path / "f")
+    assert len(data) == 4 and data.labels.tolist() == [0, 0, 1, 1]
+    # sorted by path: a/000.png, then a/indoor/dark/001.png
+    assert torch.equal((data.images[1, 0] * 255).round().to(torch.uint8), torch.from_numpy(raw[1]))
+
+
 def test_numeric_class_folders_are_their_labels(tmp_path: Path) -> None:
     _write_folder(tmp_path / "f", ["2", "10", "0"], 1)
     data = load_images(tmp_path / "f")

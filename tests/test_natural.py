@@ -38,7 +38,7 @@ def test_natural_reference_flags_the_planted_label(
     badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
 ) -> None:
     detector = NeuralCleanse(badnets_model.model, settings=ReverseSettings(seed=0), natural_reference=True)
-    report = detector.scan(mnist_sample.test, samples=300, scan_labels=[0, 1, 2, 3, 4, 5])
+    report = detector.scan(mnist_sample.test, samples=300, scan_labels=[0, 1, 2, 3])
     assert report.verdict == "backdoored" and report.flagged == [0]
     ref = report.reference
     assert ref is not None and ref.natural and not ref.trusted and ref.where() == "its mean image's trigger"

@@ -15,6 +15,7 @@ line that says what to load instead.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from torch import nn
 
 from .errors import DataError, ModelError, SettingsError, first_line
 from .modes import frozen_eval
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FeatureLayer",
@@ -159,10 +162,8 @@ def find_feature_layer(
         return FeatureLayer(
             f"input of {last_name}", last, last, read_input_of_consumer=True, consumer_name=last_name
         )
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        raise SettingsError(f"layer {name!r} does not exist in the model") from None
+    name = _resolve_layer_name(names, name)
+    module = model.get_submodule(name)
     inside = [n for n, _ in linears if n.startswith(name + ".") or n == name]
     if example is not None:
         order = _call_order(
@@ -170,9 +171,7 @@ def find_feature_layer(
         )
         after = order[order.index(name) + 1 :] if name in order else []
         if name not in order:
-            raise SettingsError(
-                f"layer {name!r} does not run in the model's forward pass; name another layer"
-            )
+            raise SettingsError(_not_run(model, name, linears))
     else:
         after = [n for n, _ in linears if names.index(n) > names.index(name) and n not in inside]
     if not after:
@@ -180,6 +179,34 @@ def find_feature_layer(
     consumer = model.get_submodule(after[0])
     assert isinstance(consumer, nn.Linear)
     return FeatureLayer(name, module, consumer, consumer_name=after[0])
+
+
+def _resolve_layer_name(names: list[str], name: str) -> str:
+    """``name`` if the model has a module of that name, else the one module whose path ends with it (a
+    wrapper adds a prefix: an exported program is held as ``module``); one-line errors otherwise."""
+    if name in names:
+        return name
+    matches = [n for n in names if n.endswith("." + name)]
+    if len(matches) == 1:
+        log.info("layer %r is %r in the loaded model", name, matches[0])
+        return matches[0]
+    if matches:
+        raise SettingsError(f"layer {name!r} is ambiguous: name one of {', '.join(matches[:6])}")
+    raise SettingsError(f"layer {name!r} does not exist in the model")
+
+
+def _not_run(model: nn.Module, name: str, linears: list[tuple[str, nn.Linear]]) -> str:
+    """The error for a named layer whose forward never runs: inside an exported program (its layers are
+    inlined into one graph, only the linear layers lifted back into modules run as such) or unused."""
+    for prefix, m in model.named_modules():
+        if isinstance(m, torch.fx.GraphModule) and name.startswith(prefix + "." if prefix else ""):
+            runnable = [n for n, _ in linears if n.startswith(prefix + "." if prefix else "")]
+            return (
+                f"layer {name!r} is inlined in the exported program, where hooks cannot read it; name one of "
+                f"its linear layers ({', '.join(runnable[:6])}), or leave --layer out to use the input of "
+                "the last one"
+            )
+    return f"layer {name!r} does not run in the model's forward pass; name another layer"
 
 
 @contextmanager

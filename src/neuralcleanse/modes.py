@@ -4,11 +4,24 @@ and its parameters' ``requires_grad`` flags are saved and restored."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import warnings
 from collections.abc import Iterator
+from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["frozen_eval", "requires_grad", "train_mode"]
+__all__ = ["copy_model", "frozen_eval", "requires_grad", "train_mode"]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def copy_model(model: M) -> M:
+    """A deep copy of ``model``. Copying an exported program's module makes torch's pytree warn that its
+    own ``LeafSpec`` check is deprecated (a FutureWarning about torch's code, not the user's): silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
+        return copy.deepcopy(model)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,39 @@ the square. blend:pattern=random|checkerboard|file:PATH,alpha=0.1,seed=0 mixes a
 
 
 def setup_logging(verbose: int) -> None:
+    """Log records on stderr: rich lines on a terminal; elsewhere (a CI log, a pipe) one plain line per
+    record, never wrapped, so a log stays greppable. Python warnings (a library's FutureWarning) become
+    one-line log records too, instead of two lines with the warned-about source line."""
     progress_interval()  # a bad $NEURALCLEANSE_PROGRESS_INTERVAL fails before any work
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    console = Console(stderr=True)
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_OneLine("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    warnings.showwarning = _log_warning
+
+
+class _OneLine(logging.Formatter):
+    """A record's message on one line (a message with a newline keeps its first line and says so)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        head, _, rest = text.partition("\n")
+        return head + (" [...]" if rest.strip() else "")
+
+
+def _log_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any
+) -> None:
+    """``warnings.showwarning`` for the command line: one log line naming the warning's kind and origin."""
+    where = Path(filename).name
+    text = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    logging.getLogger("py.warnings").warning("%s (%s:%d): %s", category.__name__, where, lineno, text)
 
 
 #: seconds between plain progress lines when stderr is not a terminal; the environment variable

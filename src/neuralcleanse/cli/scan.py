@@ -400,6 +400,12 @@ def scan(
                 "continues the scan",
                 err=True,
             )
+        else:
+            click.echo(
+                "interrupted before the first checkpoint (written 30 s into the scan and whenever a label "
+                "finishes): nothing is kept, the same command starts again",
+                err=True,
+            )
         raise
     out = request.out
     page = out / "report.html"

@@ -26,6 +26,20 @@ def folder_classes(root: Path) -> list[str]:
     return sorted(dirs)
 
 
+def _class_images(folder: Path) -> list[Path]:
+    """The image files of one class folder, its subfolders included (``cat/indoor/1.png``), sorted by
+    path. Hidden files and folders are skipped (macOS writes ``._name.png`` metadata beside each file);
+    linked folders are not followed, so the walk stays inside the class folder."""
+    files: list[Path] = []
+    for here, dirs, names in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            p = Path(here) / name
+            if p.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and p.is_file():
+                files.append(p)
+    return sorted(files)
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
@@ -33,7 +47,7 @@ def load_image_folder(
     input_shape: tuple[int, int, int] | None = None,
     max_per_class: int | None = None,
 ) -> ImageDataset:
-    """Read every image under ``root/<class>/``.
+    """Read every image under ``root/<class>/`` (and its subfolders).
 
     Labels follow ``class_names`` (a names file's order; every folder must be one of them) or, without
     it, the folder order of :func:`folder_classes`; numeric folder names (``0``, ``7``, ``00042``) are
@@ -67,12 +81,7 @@ def load_image_folder(
     channels = input_shape[0] if input_shape else None
     size = (input_shape[1], input_shape[2]) if input_shape else None
     for folder in folders:
-        files = sorted(
-            p
-            for p in (r / folder).iterdir()
-            # hidden files are not images of the class (macOS writes "._name.png" metadata beside each file)
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        )
+        files = _class_images(r / folder)
         if not files:
             raise DataError(f"{r / folder}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files[:max_per_class]:

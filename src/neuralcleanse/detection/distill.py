@@ -17,7 +17,6 @@ gives (no trusted model needed).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from torch.nn import functional as F
 from ..errors import DataError, SettingsError
 from ..models.architectures import ARCHITECTURES, build_model
 from ..models.outputs import OutputKind, as_logits
-from ..modes import frozen_eval
+from ..modes import copy_model, frozen_eval
 
 __all__ = ["DistillSettings", "Student", "distil_student"]
 
@@ -127,7 +126,7 @@ class Student:
 def _fresh_copy(model: nn.Module, seed: int) -> nn.Module | None:
     """The teacher's architecture with new weights, or None when a layer cannot be re-initialised."""
     try:
-        student = copy.deepcopy(model)
+        student = copy_model(model)
     except Exception:  # noqa: BLE001 - some modules (compiled, exported, foreign) do not copy
         return None
     with torch.random.fork_rng(devices=[]):

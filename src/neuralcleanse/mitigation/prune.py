@@ -9,7 +9,6 @@ consumer set to zero, which is exactly the same function and saves as an ordinar
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from .._format import pct
 from ..data.dataset import ImageDataset
 from ..errors import SettingsError
 from ..features import feature_activations, find_feature_layer, neuron_mask, top_neurons
+from ..modes import copy_model
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
@@ -126,7 +126,7 @@ def prune_neurons(
         if float(curve[-1]["attack_success"] or 0.0) < stop_success:
             stopped = True
             break
-    pruned = model if inplace else copy.deepcopy(model)
+    pruned = model if inplace else copy_model(model)
     target_feat = feat.in_copy(pruned)
     with torch.no_grad():
         target_feat.consumer.weight[:, ranking[:k].to(target_feat.consumer.weight.device)] = 0.0

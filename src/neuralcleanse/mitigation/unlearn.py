@@ -21,7 +21,6 @@ images only, and (when the model card knows it) unlearning with the real trigger
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..features import refuse_opaque
 from ..lab.training import TrainSettings, train_classifier
-from ..modes import requires_grad
+from ..modes import copy_model, requires_grad
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
@@ -186,10 +185,10 @@ def unlearn(
         for name, trig in (("clean fine-tuning", None), ("real trigger", real_trigger)):
             if name == "real trigger" and trig is None:
                 continue
-            m = copy.deepcopy(model)
+            m = copy_model(model)
             _fine_tune(m, with_trigger(trig), settings, device, batchnorm)
             others[name] = evaluate(m).to_dict()
-    repaired = model if inplace else copy.deepcopy(model)
+    repaired = model if inplace else copy_model(model)
     _fine_tune(repaired, with_trigger(reversed_trigger), settings, device, batchnorm)
     after = evaluate(repaired)
     details = UnlearnDetails(

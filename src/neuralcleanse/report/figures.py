@@ -106,7 +106,7 @@ def norm_chart(
     ax1.set_title(f"{quantity} of each label's smallest trigger")
     if not many:
         ax1.set_ylabel(quantity)
-    ax1.legend(fontsize=8, loc="upper center" if many else "upper left")
+    _legend(ax1, loc="upper center" if many else "upper left")
     below = [r for r in rows if r[2] < median]
     if not many:
         xs = range(len(rows))
@@ -132,9 +132,15 @@ def norm_chart(
     )
     what = ("log L1" if log_units else "L1") if quantity == "L1 norm" else f"log({quantity})"
     ax2.set_title(f"anomaly index |{what} − median| / MAD (blue: below the median)")
-    ax2.legend(fontsize=8, loc="upper center" if many else "upper right")
+    _legend(ax2, loc="upper center" if many else "upper right")
     fig.tight_layout()
     return _png(fig)
+
+
+def _legend(ax: Any, *, loc: str = "best") -> None:
+    """A legend when something on ``ax`` has a label (matplotlib warns about an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc=loc)
 
 
 def pruning_curve(curve: Sequence[dict[str, Any]]) -> bytes:
@@ -158,7 +164,7 @@ def pruning_curve(curve: Sequence[dict[str, Any]]) -> bytes:
     ax.set_ylabel("%")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax.set_title("neuron pruning")
     fig.tight_layout()
     return _png(fig)
