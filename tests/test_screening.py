@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralcleanse import NeuralCleanse, ReverseSettings, SettingsError
+from neuralcleanse import DetectionReport, NeuralCleanse, ReverseSettings, SettingsError
 from neuralcleanse.detection.engine import LabelState, _compact_in_reach, reverse_engineer
 from neuralcleanse.detection.outlier import mad_outlier_test
 from neuralcleanse.detection.schedule import (
@@ -344,16 +344,28 @@ class _Stop(Exception):
     pass
 
 
+def _resumable_detector(classes: int) -> NeuralCleanse:
+    if classes == 8:
+        return NeuralCleanse(planted_model(), settings=TINY.replace(screening=True, parallel_labels=3))
+    return NeuralCleanse(many_label_model(classes), settings=MANY_FAST.replace(parallel_labels=3))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> dict[int, DetectionReport]:
+    return {}
+
+
 @pytest.mark.parametrize(
     ("kill_at", "classes"),
     [(10, 8), (60, 8), (80, 8), (312, 30), (330, 30)],  # first pass, after it, candidates; sample, after it
 )
-def test_killed_screened_scan_resumes_to_the_same_result(tmp_path: Path, kill_at: int, classes: int) -> None:
-    if classes == 8:
-        nc = NeuralCleanse(planted_model(), settings=TINY.replace(screening=True, parallel_labels=3))
-    else:
-        nc = NeuralCleanse(many_label_model(classes), settings=MANY_FAST.replace(parallel_labels=3))
-    reference = nc.scan(IMAGES, samples=None)
+def test_killed_screened_scan_resumes_to_the_same_result(
+    tmp_path: Path, kill_at: int, classes: int, uninterrupted: dict[int, DetectionReport]
+) -> None:
+    nc = _resumable_detector(classes)
+    if classes not in uninterrupted:  # one uninterrupted scan per detector, shared by its kill points
+        uninterrupted[classes] = nc.scan(IMAGES, samples=None)
+    reference = uninterrupted[classes]
     calls = [0]
 
     def kill(_p: object) -> None:
