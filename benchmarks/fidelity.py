@@ -203,6 +203,10 @@ def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[],
         "seconds": report.run.get("seconds"),
         "methods": {m: {"verdict": v, "flagged": f} for m, (v, f) in judge(report).items()},
         "to_median": {str(r.label): round(r.l1_norm / report.median_l1, 4) for r in report.labels},
+        # the planted trigger's own norm (what the attack stamped) over the median: the paper's premise
+        "planted_to_median": {
+            str(b.target): round(b.l1_norm / report.median_l1, 4) for b in bundle.card.backdoors if b.l1_norm
+        },
         "ratios": {
             str(r.label): round(r.l1_norm / report.reference.l1_norms[r.label], 3)
             for r in report.labels
@@ -234,6 +238,19 @@ def ratio_table(rows: list[dict]) -> list[str]:
             lines.append(f"  {grp:6} planted labels          {spread(planted)}")
         lines.append(f"  {grp:6} cheapest natural label  {spread([v for v in natural if np.isfinite(v)])}")
     return [*lines, ""]
+
+
+#: a planted trigger at most this share of the scan's median norm is one the paper's premise covers
+PREMISE = 0.5
+
+
+def premise_scope(row: dict) -> str | None:
+    """ "holds" when every planted trigger of an infected model costs at most ``PREMISE`` of the scan's
+    median norm, "fails" when one costs more, None for clean models and rows recorded without it."""
+    values = list(row.get("planted_to_median", {}).values())
+    if row["group"] == "clean" or not values:
+        return None
+    return "holds" if max(values) <= PREMISE else "fails"
 
 
 def outcome(row: dict, method: str) -> str:
@@ -270,10 +287,14 @@ def table(rows: list[dict]) -> str:
     archs = sorted({r["arch"] for r in rows}) if len({r["arch"] for r in rows}) > 1 else []
     header = f"{'method':10} {'scope':22} {'exact (small)':>15} {'exact (large)':>15} {'false alarm':>13} {'inconclusive':>13}"
     lines += [header, "-" * len(header)]
+    premise = [f"premise {p}" for p in ("holds", "fails") if any(premise_scope(r) == p for r in rows)]
     for method in METHODS:
-        for scope in ["all", *datasets, *(f"arch {a}" for a in archs)]:
-            part = [r for r in rows if scope in ("all", r["dataset"], f"arch {r['arch']}")]
-
+        for scope in ["all", *datasets, *(f"arch {a}" for a in archs), *premise]:
+            part = [
+                r
+                for r in rows
+                if scope in ("all", r["dataset"], f"arch {r['arch']}", f"premise {premise_scope(r)}")
+            ]
             lines.append(f"{method:10} {scope:22} {rates(part, method)}")
         lines.append("")
     lines += ratio_table(rows)
