@@ -248,6 +248,10 @@ def test_the_default_verdict_says_how_strong_its_evidence_is(
     page = write_html_report(tmp_path / "scan").read_text(encoding="utf-8")
     assert f"<i>{strength.capitalize()} evidence: on the fidelity benchmark" in page
     assert _report("l1", norms=norms).outlier_statistic.strength(report) is None  # the paper's test: silent
+    if report.verdict == "clean" and strength == "weak":  # a next step, unless the scan took it already
+        assert "scan again with more random starts (--starts 3" in text
+        report.settings["starts"] = 3
+        assert "--starts" not in report.summary() and "look at label" in report.summary()
 
 
 def test_checks_and_sentences_live_in_one_module() -> None:

@@ -315,11 +315,17 @@ class EffectStatistic(LogStatistic):
                 f"strong evidence: on the fidelity benchmark every planted trigger of at most 10% of the "
                 f"image came to at most {PLANTED_CEILING:g} of its median"
             )
+        again = (
+            ", or scan again with more random starts (--starts 3 / starts=3), which found planted triggers "
+            "a first start had missed"
+            if int(report.settings.get("starts", 1) or 1) == 1
+            else ""
+        )
         return (
             f"weak evidence: on the fidelity benchmark planted triggers the scan did not recover (Trojan "
             "watermarks, BadNets on a residual network) came to as much "
             f"as {PLANTED_CEILING:g} of their median, so a label this cheap may still hide one; look at "
-            f"label {row.label}'s trigger"
+            f"label {row.label}'s trigger{again}"
         )
 
 
