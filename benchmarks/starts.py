@@ -70,7 +70,7 @@ def main() -> None:
             ratio = {r.label: r.l1_norm / median for r in report.labels}
             natural = min(v for k, v in ratio.items() if k not in planted)
             shown = ",".join(f"{ratio[k]:.2f}" for k in planted) or "-"
-            flags = sorted(report.flagged)
+            flags = sorted(report.outlier_test(statistic="effect").flagged)  # whatever the scan's statistic
             images = report.run["images_processed"]
             totals[n] += images
             print(
