@@ -67,6 +67,18 @@ def npz(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
+def npz_declaring(path: Path, shape: tuple[int, ...]) -> Path:
+    """An .npz whose ``x.npy`` header declares ``shape`` (uint8) but holds 16 bytes, with valid labels."""
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    labels = io.BytesIO()
+    np.save(labels, np.arange(4))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", head.getvalue() + bytes(16))
+        zf.writestr("y.npy", labels.getvalue())
+    return path
+
+
 def npz_with_member(path: Path, member: str, array: np.ndarray) -> Path:
     """A zip holding a valid ``.npy`` array under an arbitrary member name (e.g. ``../evil.npy``)."""
     buf = io.BytesIO()

@@ -37,6 +37,7 @@ from bad_input_files import (
     idx_dir,
     image_folder,
     npz,
+    npz_declaring,
     npz_with_member,
     pickled_object_npz,
     png_declaring,
@@ -91,6 +92,11 @@ _FOREIGN_VALIDATION = {
 def _scan(env: Env, *args: str, data: Path | None = None) -> list[str]:
     base = ["scan", str(env.model), "--out", str(env.out), "--max-steps", "2", "--samples", "40"]
     return base + (["--data", str(data)] if data is not None else []) + list(args)
+
+
+def _self_link(path: Path) -> Path:
+    path.symlink_to(path)
+    return path
 
 
 def _grey(n: int, size: int = 28) -> np.ndarray:
@@ -500,6 +506,32 @@ CASES: list[Case] = [
         "NaN or infinite",
         1,
         "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-huge-label",
+        ".npz with a label of 2**62 for weights without a card (it used to build 2**62 class names)",
+        lambda e: _scan_file(
+            e, e.weights, data=npz(e.tmp / "d.npz", images=_grey(4), labels=np.array([0, 1, 2, 2**62]))
+        ),
+        "is not a class index",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "npz-lying-header",
+        ".npz whose .npy header declares 1e9 images in a few bytes",
+        lambda e: _scan(e, data=npz_declaring(e.tmp / "d.npz", (10**9, 28, 28))),
+        "declares 784000000000 bytes",
+        1,
+        "{tmp}/d.npz",
+    ),
+    Case(
+        "data-symlink-loop",
+        "--data is a symbolic link to itself",
+        lambda e: _scan(e, data=_self_link(e.tmp / "loop")),
+        "leads back to itself",
+        1,
+        "{tmp}/loop",
     ),
     Case(
         "npz-out-of-range",

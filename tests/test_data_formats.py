@@ -191,3 +191,11 @@ def test_idx_directory(tmp_path: Path) -> None:
     data = load_images(tmp_path, input_shape=(1, 14, 14))
     assert data.input_shape == (1, 14, 14) and data.labels.tolist() == [1, 2, 3]
     assert data.converted_from == (1, 28, 28)
+
+
+def test_big_endian_npz_arrays_are_read_as_their_numbers(tmp_path: Path) -> None:
+    x = RNG.integers(0, 256, size=(4, 9, 9)).astype(">f4") / 255
+    np.savez(tmp_path / "be.npz", x=x, y=np.array([0, 1, 2, 1], dtype=">i8"))
+    data = load_images(tmp_path / "be.npz")
+    assert data.labels.tolist() == [0, 1, 2, 1]
+    assert torch.allclose(data.images[:, 0], torch.from_numpy(x.astype("<f4")), atol=1e-6)

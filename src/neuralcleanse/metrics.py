@@ -12,10 +12,19 @@ from .errors import DataError, SettingsError
 from .modes import frozen_eval
 from .triggers import Trigger
 
-__all__ = ["predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success"]
+__all__ = ["check_rows", "predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success"]
 
 
 @torch.no_grad()
+def check_rows(scores: torch.Tensor, images: int) -> None:
+    """One-line :class:`DataError` unless ``scores`` holds one row of class scores per image."""
+    if scores.ndim != 2 or len(scores) != images:
+        raise DataError(
+            f"model returned scores of shape {tuple(scores.shape)} for a batch of {images} images "
+            "(one row of class scores per image expected)"
+        )
+
+
 def predict(
     model: nn.Module, images: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
@@ -23,7 +32,9 @@ def predict(
     out = []
     with frozen_eval(model):
         for start in range(0, len(images), batch_size):
-            logits = model(images[start : start + batch_size].to(device))
+            batch = images[start : start + batch_size]
+            logits = model(batch.to(device))
+            check_rows(logits, len(batch))
             if not torch.isfinite(logits).all():
                 raise DataError("model produced NaN or infinite outputs")
             out.append(logits.argmax(dim=1).cpu())

@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:  # e.g. a file click could not open
         print(f"error: {first_line(exc.format_message())}", file=sys.stderr)
         return EXIT_INPUT
+    except RuntimeError as exc:
+        if str(exc).startswith("Symlink loop"):  # pathlib's resolve() on a link that points at itself
+            print(f"error: {first_line(exc)}: a symbolic link that leads back to itself", file=sys.stderr)
+            return EXIT_INPUT
+        return _internal(exc, args)
     except OSError as exc:
         if exc.filename is not None:  # the disk, not the code: a file that cannot be read or written
             print(f"error: {exc.filename}: {exc.strerror or type(exc).__name__}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ def open_case(source: ModelSource, report_path: Path, label: int | None, device:
         if not report.flagged:
             raise SettingsError(f"{report_path}: the scan flagged no label; name one with --label")
         label = min(report.flagged, key=lambda k: report.label(k).l1_norm)
+        if len(report.flagged) > 1:  # a natural shortcut can be flagged beside the planted label
+            logging.getLogger(__name__).warning(
+                "the scan flagged labels %s: working on label %d (the smallest L1); name another with --label",
+                sorted(report.flagged), label,
+            )  # fmt: skip
     if label not in report.triggers:
         known = sorted(r.label for r in report.labels)
         if label in known:

@@ -6,6 +6,7 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -18,6 +19,9 @@ __all__ = ["load_npz", "IMAGE_KEYS", "LABEL_KEYS"]
 IMAGE_KEYS = ("images", "x", "X", "x_test", "X_test", "data")
 LABEL_KEYS = ("labels", "y", "Y", "y_test", "Y_test", "targets")
 
+
+#: labels at or above this are not class indices (a corrupt or hostile label array)
+MAX_CLASSES = 1_000_000
 
 #: an .npz member's declared size above which it must not be much smaller compressed (a zip bomb)
 _MAX_MEMBER = 1 << 30
@@ -53,6 +57,27 @@ def _check_archive(p: Path) -> None:
                 f"{p}: refused: archive member {name!r} expands {m.file_size // max(m.compress_size, 1)}x "
                 f"to {m.file_size} bytes (a zip bomb?)"
             )
+        with zipfile.ZipFile(p) as zf, zf.open(m) as fh:
+            _check_npy_header(p, name, fh, m.file_size)
+
+
+def _check_npy_header(p: Path, name: str, fh: IO[bytes], size: int) -> None:
+    """Refuse a member whose ``.npy`` header declares more data than the member holds (numpy would
+    allocate the declared size before reading a byte of it)."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        reader = (
+            np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+        )
+        shape, _, dtype = reader(fh)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{p}: archive member {name!r} is not a readable .npy array ({exc})") from None
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > size:
+        raise DataError(
+            f"{p}: refused: archive member {name!r} declares {declared} bytes of {dtype} {tuple(shape)} "
+            f"but holds {size}"
+        )
 
 
 def load_npz(
@@ -101,6 +126,14 @@ def load_npz(
         raise DataError(f"{p}: images {ik!r} must be (N,H,W), (N,H,W,C) or (N,C,H,W), got {x.shape}")
     if len(y) and y.min() < 0:
         raise DataError(f"{p}: negative labels in {lk!r}")
+    if len(y) and int(y.max()) >= MAX_CLASSES and not (num_classes or class_names):
+        raise DataError(
+            f"{p}: label {int(y.max())} in {lk!r} is not a class index (at most {MAX_CLASSES} classes)"
+        )
+    if not x.dtype.isnative:  # big-endian arrays: the same numbers in this machine's byte order
+        x = x.astype(x.dtype.newbyteorder("="))
+    if not y.dtype.isnative:
+        y = y.astype(y.dtype.newbyteorder("="))
     n = num_classes or (len(class_names) if class_names else int(y.max()) + 1 if len(y) else 0)
     names = list(class_names) if class_names else [str(i) for i in range(n)]
     if len(y) and int(y.max()) >= len(names):

@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DataError
+from ..metrics import check_rows
 from ..modes import frozen_eval
 from .memory import plan_parallel_labels
 from .schedule import (
@@ -399,6 +400,7 @@ def reverse_engineer(
                 stamped = stamped.contiguous(memory_format=torch.channels_last)
             with autocast():
                 logits = model(stamped)
+            check_rows(logits, len(stamped))
             logits = logits.float().reshape(k, x.shape[1], -1)
             mis = _misclassification(logits, targets, cfg.loss)
             reg = mask.abs().sum((1, 2))

@@ -18,7 +18,7 @@ from ..data.dataset import ImageDataset
 from ..device import resolve_device
 from ..errors import DataError, SettingsError, first_line
 from ..fingerprint import model_fingerprint, tensor_fingerprint
-from ..metrics import predict
+from ..metrics import check_rows, predict
 from ..models.outputs import OUTPUT_KINDS, OutputKind, as_logits
 from ..modes import frozen_eval
 from ..triggers import Trigger
@@ -141,11 +141,19 @@ def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.d
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise DataError(f"model output must be (N, classes), got {shape}")
+    check_rows(out, min(8, len(images)))
     if not torch.isfinite(out).all():
         raise DataError("model produced NaN or infinite outputs on clean images")
     if out.shape[1] < 2:
         raise DataError(f"model output has {out.shape[1]} class; a classifier needs at least 2")
     _check_batch_independent(model, images, out, device=device)
+    x = images[:2].to(device).clone().requires_grad_(True)
+    with frozen_eval(model), torch.enable_grad():
+        if not model(x).requires_grad:
+            raise DataError(
+                "the model's scores carry no gradient with respect to its input (a forward under "
+                "torch.no_grad(), or a detached input?): reverse-engineering a trigger needs them"
+            )
     return int(out.shape[1])
 
 

@@ -233,7 +233,15 @@ def _import_class(spec: str) -> type[nn.Module]:
             if unit is None or unit.loader is None:
                 raise SettingsError(f"architecture {spec!r}: cannot import {file}")
             module = importlib.util.module_from_spec(unit)
-            unit.loader.exec_module(module)
+            folder = str(file.resolve().parent)  # like `python file.py`: its own folder's modules import
+            added = folder not in sys.path
+            if added:
+                sys.path.insert(0, folder)
+            try:
+                unit.loader.exec_module(module)
+            finally:
+                if added and folder in sys.path:
+                    sys.path.remove(folder)
         else:
             if os.getcwd() not in sys.path and "" not in sys.path:
                 sys.path.append(os.getcwd())  # like `python -m`: the working directory's packages
