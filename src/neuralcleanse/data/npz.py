@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .convert import arrays_to_dataset, check_input_shape
 from .dataset import ImageDataset
 
@@ -57,8 +58,11 @@ def _check_archive(p: Path) -> None:
                 f"{p}: refused: archive member {name!r} expands {m.file_size // max(m.compress_size, 1)}x "
                 f"to {m.file_size} bytes (a zip bomb?)"
             )
-        with zipfile.ZipFile(p) as zf, zf.open(m) as fh:
-            _check_npy_header(p, name, fh, m.file_size)
+        try:
+            with zipfile.ZipFile(p) as zf, zf.open(m) as fh:
+                _check_npy_header(p, name, fh, m.file_size)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
+            raise DataError(f"{p}: corrupt .npz archive ({first_line(exc)})") from None
 
 
 def _check_npy_header(p: Path, name: str, fh: IO[bytes], size: int) -> None:
