@@ -94,6 +94,12 @@ def _scan(env: Env, *args: str, data: Path | None = None) -> list[str]:
     return base + (["--data", str(data)] if data is not None else []) + list(args)
 
 
+def _report_with_validation(env: Env, text: str) -> list[str]:
+    """``report`` of the scan with ``--validation`` a folder whose validation.json holds ``text``."""
+    folder = _write(env.tmp / "v" / "validation.json", text).parent
+    return ["report", str(env.scan), "--out", str(env.out), "--validation", str(folder)]
+
+
 def _self_link(path: Path) -> Path:
     path.symlink_to(path)
     return path
@@ -1265,14 +1271,7 @@ CASES: list[Case] = [
     Case(
         "report-validation-garbage",
         "report --validation whose validation.json is garbage",
-        lambda e: [
-            "report",
-            str(e.scan),
-            "--out",
-            str(e.out),
-            "--validation",
-            str(_write(e.tmp / "v" / "validation.json", "{").parent),
-        ],
+        lambda e: _report_with_validation(e, "{"),
         "cannot read validation result",
         1,
         "{tmp}/v/validation.json",
@@ -1280,14 +1279,7 @@ CASES: list[Case] = [
     Case(
         "report-validation-of-another-model",
         "report --validation made for another model",
-        lambda e: [
-            "report",
-            str(e.scan),
-            "--out",
-            str(e.out),
-            "--validation",
-            str(_write(e.tmp / "v" / "validation.json", json.dumps(_FOREIGN_VALIDATION)).parent),
-        ],
+        lambda e: _report_with_validation(e, json.dumps(_FOREIGN_VALIDATION)),
         "this result belongs to another model",
         1,
         "{tmp}/v",

@@ -146,30 +146,32 @@ def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.d
         raise DataError("model produced NaN or infinite outputs on clean images")
     if out.shape[1] < 2:
         raise DataError(f"model output has {out.shape[1]} class; a classifier needs at least 2")
-    _check_batch_independent(model, images, out, device=device)
-    x = images[:2].to(device).clone().requires_grad_(True)
-    with frozen_eval(model), torch.enable_grad():
-        if not model(x).requires_grad:
-            raise DataError(
-                "the model's scores carry no gradient with respect to its input (a forward under "
-                "torch.no_grad(), or a detached input?): reverse-engineering a trigger needs them"
-            )
+    _check_second_pass(model, images, out, device=device)
     return int(out.shape[1])
 
 
-def _check_batch_independent(
+def _check_second_pass(
     model: nn.Module, images: torch.Tensor, out: torch.Tensor, *, device: torch.device
 ) -> None:
-    """An image's scores must not depend on the other images of its batch: a network exported or loaded
+    """A second forward pass, with input gradients, checks two things a scan relies on. The scores must
+    carry a gradient with respect to the input (not so under ``torch.no_grad()`` or a detached input).
+    An image's scores must not depend on the other images of its batch: a network exported or loaded
     with BatchNorm in training mode (batch statistics) or with active dropout would give every trigger
     a meaning that changes with the batch."""
-    n = min(4, len(out) // 2)
-    if n < 1:
-        return
+    n = max(1, min(4, len(out) // 2))
     first = images[:n]
     others = images[n : 2 * n].flip(-1)  # other images: other batch statistics
-    with frozen_eval(model), torch.no_grad():
-        again = model(torch.cat([first, others]).to(device))[:n]
+    x = torch.cat([first, others]).to(device).requires_grad_(True)
+    with frozen_eval(model), torch.enable_grad():
+        scores = model(x)
+    if not scores.requires_grad:
+        raise DataError(
+            "the model's scores carry no gradient with respect to its input (a forward under "
+            "torch.no_grad(), or a detached input?): reverse-engineering a trigger needs them"
+        )
+    if len(others) == 0:
+        return
+    again = scores.detach()[:n]
     diff = float((again.float() - out[:n].float()).abs().max())
     if diff > 1e-3 * float(out.float().abs().max()) + 1e-4:
         raise DataError(
