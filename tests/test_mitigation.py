@@ -3,6 +3,7 @@ the input model left alone, no hooks left behind (also after an error), and one-
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,71 @@ def test_mitigate_cli_refuses_a_report_of_another_model(
     )
     err = capsys.readouterr().err
     assert "belongs to another model" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_real_trigger_for_a_model_without_a_card(
+    model_dir: tuple[Path, Path],
+    badnets_model: nc.ModelBundle,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same model as weights only (no card): ``--real-trigger`` given as the card's spec, as the card's
+    trigger file, or drawn as two images, gives the card's validation; mitigations measure it too."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    model, scan = model_dir
+    weights = tmp_path / "weights.safetensors"
+    save_file(badnets_model.model.state_dict(), weights)
+    real = badnets_model.triggers[0]
+    Image.fromarray((real.mask.numpy() * 255).astype("uint8")).save(tmp_path / "mask.png")
+    Image.fromarray((real.pattern[0].numpy() * 255).astype("uint8")).save(tmp_path / "pattern.png")
+    real.save(tmp_path / "real.safetensors")
+    common = ["--report", str(scan), "--label", "0", "--device", "cpu"]
+    own = [str(weights), "--arch", "mnist", "--dataset", "mnist-sample", *common]
+
+    assert main(["validate", str(model), *common, "--out", str(tmp_path / "card")]) == 0
+    expected = json.loads((tmp_path / "card" / "validation.json").read_text())
+    assert expected["real_attack_success"] > 0.9 and expected["mask_iou"] > 0.2
+    drawn = f"image:mask={tmp_path / 'mask.png'},pattern={tmp_path / 'pattern.png'}"
+    for i, given in enumerate([real.spec, str(tmp_path / "real.safetensors"), drawn]):
+        out = tmp_path / f"own-{i}"
+        assert main(["validate", *own, "--real-trigger", given, "--out", str(out)]) == 0, capsys.readouterr().err
+        got = json.loads((out / "validation.json").read_text())
+        for key in ("real_l1", "real_attack_success", "mask_iou", "mass_inside_real", "shared_top_neurons"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-4), key
+    # without it there is nothing to compare with
+    assert main(["validate", *own, "--out", str(tmp_path / "none")]) == 0
+    assert json.loads((tmp_path / "none" / "validation.json").read_text())["real_attack_success"] is None
+    # a mitigation measures the real trigger's attack success before and after
+    out = tmp_path / "filter"
+    code = main(["mitigate", *own, "--method", "filter", "--real-trigger", real.spec, "--out", str(out)])
+    assert code == 0 and "attack success (real trigger)" in capsys.readouterr().out
+    assert MitigationResult.load(out).before.real_attack_success > 0.9
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--real-trigger", "square:size=40"], "larger than the 28x28 image"),
+        (["--real-trigger", "circle:r=3"], "unknown kind 'circle'"),
+        (["--real-trigger", "missing.safetensors"], "trigger file not found"),
+        (["--real-trigger", "image:mask=missing.png"], "give pattern=PATH"),
+        (["--real-trigger", "square:size=4", "--real-sources", "12"], "label 12 is not one of the model's 10"),
+        (["--real-trigger", "square:size=4", "--real-sources", "0"], "label 0 is the target itself"),
+        (["--real-sources", "x"], "--real-sources: 'x' is not a label"),
+    ],
+)
+def test_real_trigger_bad_input(
+    model_dir: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    model, scan = model_dir
+    out = tmp_path / "o"
+    code = main(["validate", str(model), "--report", str(scan), "--label", "0", "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("error:") and message in err and err.count("\n") == 1, err
+    assert not out.exists()

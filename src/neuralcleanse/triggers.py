@@ -12,6 +12,9 @@ Spec strings (the CLI's ``--trigger``) have the form ``KIND:key=value,key=value`
     ``file:PATH`` (an image resized to the square). ``alpha`` < 1 blends the square into the image.
 ``blend:pattern=random,alpha=0.1,seed=0``
     A whole-image pattern mixed in with weight ``alpha`` (``random``, ``checkerboard`` or ``file:PATH``).
+``image:mask=MASK.png,pattern=PATTERN.png``
+    A trigger of any shape drawn as two images of the images' own size: the mask in grey (white stamps
+    the pattern, black keeps the pixel, grey blends) and the pattern in the images' colours.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_bytes
-from .errors import TriggerError
+from .errors import TriggerError, first_line
 
 __all__ = ["Trigger", "parse_trigger_spec"]
 
@@ -235,11 +238,28 @@ class Trigger:
                     alpha=float(opts.get("alpha", "0.1")),
                     seed=int(opts.get("seed", "0")),
                 )
+            if kind == "image":
+                _reject_unknown(spec, opts, {"mask", "pattern"})
+                missing = sorted({"mask", "pattern"} - set(opts))
+                if missing:
+                    raise TriggerError(f"trigger spec {spec!r}: give {' and '.join(missing)}=PATH")
+                return cls.from_images(image_shape, mask=Path(opts["mask"]), pattern=Path(opts["pattern"]))
         except ValueError as exc:
             if isinstance(exc, TriggerError):
                 raise
             raise TriggerError(f"trigger spec {spec!r}: {exc}") from None
-        raise TriggerError(f"trigger spec {spec!r}: unknown kind {kind!r}; use square or blend")
+        raise TriggerError(f"trigger spec {spec!r}: unknown kind {kind!r}; use square, blend or image")
+
+    @classmethod
+    def from_images(cls, image_shape: tuple[int, int, int], *, mask: Path, pattern: Path) -> Trigger:
+        """A trigger drawn as two image files of the images' size: a grey ``mask`` (255 stamps the pattern,
+        0 keeps the pixel) and a ``pattern`` in the images' colours."""
+        c, h, w = _check_shape(image_shape)
+        m = _read_image(mask, "L", size=(h, w))[0]
+        p = _read_image(pattern, "L" if c == 1 else "RGB", size=(h, w))
+        if len(p) != c:
+            raise TriggerError(f"{pattern}: the images have {c} channels; a pattern can be grey or RGB")
+        return cls(m, p, f"image:mask={mask},pattern={pattern}")
 
 
 def parse_trigger_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -303,16 +323,31 @@ def _make_pattern(kind: str, shape: tuple[int, int, int], seed: int) -> torch.Te
 
 
 def _image_pattern(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
+    c, h, w = shape
+    return _read_image(path, "L" if c == 1 else "RGB", size=(h, w), resize=True)
+
+
+def _read_image(path: Path, mode: str, *, size: tuple[int, int], resize: bool = False) -> torch.Tensor:
+    """An image file as a float ``(C, H, W)`` tensor in ``[0, 1]``, converted to ``mode``; resized to
+    ``size`` with ``resize``, otherwise refused when it is not of that size."""
     from PIL import Image, UnidentifiedImageError
 
-    c, h, w = shape
+    h, w = size
     try:
         with Image.open(path) as src:
-            img = src.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
+            if not resize and src.size != (w, h):
+                raise TriggerError(
+                    f"{path}: the trigger image is {src.size[1]}x{src.size[0]}, the images are {h}x{w}"
+                )
+            img = src.convert(mode).resize((w, h), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise TriggerError(f"{path}: trigger image not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise TriggerError(f"{path}: cannot read trigger image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise TriggerError(f"{path}: refused: a decompression bomb? ({first_line(exc)})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        if isinstance(exc, TriggerError):
+            raise
+        raise TriggerError(f"{path}: cannot read trigger image ({first_line(exc)})") from None
     t = torch.from_numpy(arr)
-    return t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1).contiguous()
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()

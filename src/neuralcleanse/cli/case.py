@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 
-from ..errors import DataError, ModelError, SettingsError
+from ..errors import DataError, ModelError, SettingsError, TriggerError
 from ..fingerprint import report_weights_sha256
 from ..suspect import SuspectedBackdoor
+from ..triggers import Trigger
 from .loading import ModelSource, model_options
 
 __all__ = ["Case", "case_options", "open_case"]
@@ -61,13 +62,16 @@ class Case:
         return dataclasses.replace(result, model_fingerprint=self.report.model.get("fingerprint"))
 
 
-def open_case(source: ModelSource, report_path: Path, label: int | None, device: str) -> Case:
+def open_case(
+    source: ModelSource, report_path: Path, label: int | None, device: str, *,
+    real_trigger: str | None = None, real_sources: str | None = None,
+) -> Case:  # fmt: skip
     """The model (any format ``load_model`` reads), its scan report (checked to be of this model), the
-    label, its reversed and (from a card) real trigger, and the clean images."""
+    label, its reversed and real trigger (``real_trigger``, a spec or a trigger file, or the card's), and
+    the clean images."""
     from ..detection import DetectionReport
     from ..fingerprint import model_fingerprint
     from ..models.store import trigger_path
-    from ..triggers import Trigger
 
     model = source.model
     if not model.exists():
@@ -103,11 +107,47 @@ def open_case(source: ModelSource, report_path: Path, label: int | None, device:
             real = Trigger.load(trigger_path(model, b))
             sources = b.source_labels
             break
+    if real_trigger is not None:
+        if real is not None:
+            logging.getLogger(__name__).info(
+                "--real-trigger replaces the model card's trigger of label %d", label
+            )
+        real, sources = _real_trigger(real_trigger, report.triggers[label].image_shape), None
+    if real_sources is not None:
+        if real is None:
+            raise SettingsError("--real-sources needs a real trigger (--real-trigger, or a model card's)")
+        sources = _real_sources(real_sources, label, report.model.get("num_classes"))
     names, _ = source.names(loaded)
     backdoor = SuspectedBackdoor(
         label, report.triggers[label], real, None if sources is None else tuple(sources)
     )
     return Case(loaded, report, backdoor, names)
+
+
+def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:
+    """``--real-trigger``: a trigger ``.safetensors`` file (as a model card or a scan writes), or a spec
+    (``square:...``, ``blend:...``, ``image:mask=...,pattern=...``) built for the scanned images."""
+    if Path(text).suffix.lower() == ".safetensors":
+        trigger = Trigger.load(text)
+        if trigger.image_shape != tuple(image_shape):
+            shape, want = "x".join(map(str, trigger.image_shape)), "x".join(map(str, image_shape))
+            raise TriggerError(
+                f"--real-trigger {text}: the trigger is for images {shape}, the scan's are {want}"
+            )
+        return trigger
+    return Trigger.from_spec(text, image_shape)
+
+
+def _real_sources(text: str, label: int, num_classes: Any) -> tuple[int, ...]:
+    """``--real-sources``: the labels whose images a source-specific real trigger works on."""
+    from .common import parse_labels
+
+    sources = tuple(sorted(set(parse_labels(text, option="--real-sources") or ())))
+    if isinstance(num_classes, int) and (bad := [k for k in sources if not 0 <= k < num_classes]):
+        raise SettingsError(f"--real-sources: label {bad[0]} is not one of the model's {num_classes} labels")
+    if label in sources:
+        raise SettingsError(f"--real-sources: label {label} is the target itself")
+    return sources
 
 
 _common = [
@@ -123,6 +163,16 @@ _common = [
         "--label", type=int, help="Label to work on (default: the flagged label with the smallest L1)."
     ),
     click.option("--layer", help="Feature layer (a get_submodule path; default: the penultimate layer)."),
+    click.option(
+        "--real-trigger",
+        help="The trigger actually planted, for a model without a card: a spec as `train --trigger` takes "
+        "(square:size=4,at=bottom-right; blend:...; image:mask=MASK.png,pattern=PATTERN.png) or a trigger "
+        ".safetensors file. Validation compares with it; mitigations measure it too.",
+    ),
+    click.option(
+        "--real-sources",
+        help="The labels a source-specific real trigger works on (e.g. 1,2 or 1-4; default: every other label).",
+    ),
     click.option("--out", type=click.Path(path_type=Path), help="Result directory."),
     click.option("--force", is_flag=True, help="Replace a non-empty result directory."),
 ]

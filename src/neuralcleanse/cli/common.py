@@ -22,7 +22,9 @@ from ..errors import SettingsError
 TRIGGER_HELP = """Trigger spec KIND:key=value,...  Default square:size=4,at=bottom-right,margin=1,pattern=white.
 square: size=N or HxW; at=bottom-right|bottom-left|top-right|top-left (with margin=M), or row=R,col=C for
 the top-left pixel; pattern=white|black|checkerboard|random|file:PATH; seed=S for random; alpha=A<1 blends
-the square. blend:pattern=random|checkerboard|file:PATH,alpha=0.1,seed=0 mixes a whole-image pattern in."""
+the square. blend:pattern=random|checkerboard|file:PATH,alpha=0.1,seed=0 mixes a whole-image pattern in.
+image:mask=MASK.png,pattern=PATTERN.png draws any trigger as two images of the images' size (white in the
+mask stamps the pattern)."""
 
 
 def setup_logging(verbose: int) -> None:
@@ -295,8 +297,8 @@ def check_fraction_option(value: float, option: str, *, closed_low: bool = False
         raise SettingsError(f"{option} must be in {'[' if closed_low else '('}0, 1], got {value:g}")
 
 
-def parse_labels(text: str | None) -> list[int] | None:
-    """``0,3,5`` or ``0-9`` or a mix; ``None`` means all labels."""
+def parse_labels(text: str | None, *, option: str = "--labels") -> list[int] | None:
+    """``0,3,5`` or ``0-9`` or a mix; ``None`` means all labels. Errors name ``option``."""
     if text is None:
         return None
     out: list[int] = []
@@ -307,12 +309,12 @@ def parse_labels(text: str | None) -> list[int] | None:
         try:
             first, last = (int(lo), int(hi)) if dash else (int(part), int(part))
         except ValueError:
-            raise SettingsError(f"--labels: {part!r} is not a label or a range like 0-9") from None
+            raise SettingsError(f"{option}: {part!r} is not a label or a range like 0-9") from None
         if last < first:
-            raise SettingsError(f"--labels: {part!r} is an empty range (write it low-high, e.g. 0-9)")
+            raise SettingsError(f"{option}: {part!r} is an empty range (write it low-high, e.g. 0-9)")
         if last - first >= MAX_LABELS:
-            raise SettingsError(f"--labels: {part!r} spans more than {MAX_LABELS} labels")
+            raise SettingsError(f"{option}: {part!r} spans more than {MAX_LABELS} labels")
         out.extend(range(first, last + 1))
     if not out:
-        raise SettingsError("--labels is empty: give labels like 0,3,5 or 0-9")
+        raise SettingsError(f"{option} is empty: give labels like 0,3,5 or 0-9")
     return out

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 @device_option
 @verbose_option
 def mitigate(
-    source: ModelSource, report_path: Path, label: int | None, layer: str | None, out: Path | None,
+    source: ModelSource, report_path: Path, label: int | None, layer: str | None,
+    real_trigger: str | None, real_sources: str | None, out: Path | None,
     force: bool, method: str, as_html: bool, fpr: float, max_prune: float, fraction: float | None,
     stamp_fraction: float, epochs: int | None, seed: int, device: str, verbose: int,
 ) -> None:  # fmt: skip
@@ -88,7 +89,7 @@ def mitigate(
     model = source.model
     out = out or default_out("mitigations", model, f"-{method}")
     check_output_dir(out, force=force, option="--out", inputs=(*source.inputs, report_path))
-    case = open_case(source, report_path, label, device)
+    case = open_case(source, report_path, label, device, real_trigger=real_trigger, real_sources=real_sources)
     kw: dict[str, Any] = {"seed": seed, "device": device}
     repaired = None
     data_note = ""

@@ -21,10 +21,11 @@ from .loading import ModelSource, default_out
 @device_option
 @verbose_option
 def validate(
-    source: ModelSource, report_path: Path, label: int | None, layer: str | None, out: Path | None,
+    source: ModelSource, report_path: Path, label: int | None, layer: str | None,
+    real_trigger: str | None, real_sources: str | None, out: Path | None,
     force: bool, top: float, device: str, verbose: int,
 ) -> None:  # fmt: skip
-    """Compare the reversed trigger of a flagged label with the real one (when the card knows it).
+    """Compare the reversed trigger of a flagged label with the real one (a card's, or --real-trigger).
 
     MODEL is any model `scan` reads (a .pt2 program, weights with --arch, a model directory); the clean
     images are --data (or --dataset, or the card's data set's test split), as for `scan`.
@@ -38,7 +39,7 @@ def validate(
     device = str(resolve_device(device))
     out = out or default_out("validations", source.model)
     check_output_dir(out, force=force, option="--out", inputs=(*source.inputs, report_path))
-    case = open_case(source, report_path, label, device)
+    case = open_case(source, report_path, label, device, real_trigger=real_trigger, real_sources=real_sources)
     images = case.images(source)
     result = case.stamped(
         validate_trigger(
