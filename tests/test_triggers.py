@@ -60,6 +60,34 @@ def test_image_file_pattern(tmp_path: Path) -> None:
         Trigger.from_spec(f"square:size=4,pattern=file:{tmp_path / 'none.png'}", (3, 16, 16))
 
 
+def test_a_trigger_drawn_as_two_images(tmp_path: Path) -> None:
+    from bad_input_files import png_declaring
+
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[2:5, 3:9] = 255  # an L-shaped trigger, half-transparent in one row
+    mask[5, 3] = 128
+    pattern = np.zeros((16, 16, 3), dtype=np.uint8)
+    pattern[..., 2] = 255  # blue
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(pattern).save(tmp_path / "pattern.png")
+    spec = f"image:mask={tmp_path / 'mask.png'},pattern={tmp_path / 'pattern.png'}"
+    t = Trigger.from_spec(spec, (3, 16, 16))
+    assert t.l1_norm == pytest.approx(18 + 128 / 255) and t.mask[5, 3] == pytest.approx(128 / 255)
+    stamped = t.apply(torch.zeros(1, 3, 16, 16))[0]
+    assert float(stamped[2, 2:5, 3:9].min()) == 1.0 and float(stamped[:2].abs().max()) == 0.0
+    assert t.spec == spec
+    with pytest.raises(TriggerError, match="the trigger image is 16x16, the images are 28x28"):
+        Trigger.from_spec(spec, (3, 28, 28))
+    with pytest.raises(TriggerError, match="give pattern=PATH"):
+        Trigger.from_spec(f"image:mask={tmp_path / 'mask.png'}", (3, 16, 16))
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(TriggerError, match="junk.png: cannot read trigger image"):
+        Trigger.from_spec(f"image:mask={tmp_path / 'junk.png'},pattern={tmp_path / 'pattern.png'}", (3, 16, 16))
+    bomb = png_declaring(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(TriggerError, match="bomb.png: refused: a decompression bomb"):
+        Trigger.from_spec(f"image:mask={bomb},pattern={tmp_path / 'pattern.png'}", (3, 16, 16))
+
+
 def test_blended_trigger_covers_the_image() -> None:
     t = Trigger.from_spec("blend:pattern=random,alpha=0.2,seed=1", (1, 8, 8))
     assert torch.allclose(t.mask, torch.full((8, 8), 0.2)) and abs(t.l1_norm - 12.8) < 1e-5
