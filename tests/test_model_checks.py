@@ -56,3 +56,30 @@ def test_an_architecture_file_imports_its_neighbours(tmp_path: Path) -> None:
     cls = _import_class(f"{tmp_path / 'net.py'}:Net")
     assert cls().fc.in_features == 5
     assert str(tmp_path) not in __import__("sys").path  # the folder is on the path only while importing
+
+
+class _BrightCorner(_Small):
+    """NaN scores for images whose bottom-right pixel is bright: a few clean ones, every stamped one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return torch.where((x[:, :, -1, -1] > 0.95).any(1)[:, None], torch.nan, out)
+
+
+def test_nan_scores_name_the_images_and_the_first_one() -> None:
+    from neuralcleanse.metrics import attack_success_rate, predict
+
+    model = _BrightCorner()
+    dim = IMAGES.clone()
+    dim[:, :, -1, -1] = 0.5
+    bright = dim.clone()
+    bright[[11, 13], :, -1, -1] = 1.0
+    with pytest.raises(
+        DataError, match=r"on the clean images \(first at index 11 of 30; 2 of the 8 in its batch\)"
+    ):
+        predict(model, bright, what="the clean images", batch_size=8)
+    data = nc.ImageDataset(dim, torch.arange(30) % 3, 3, ("a", "b", "c"), "dim")
+    assert len(predict(model, dim)) == 30
+    trigger = nc.Trigger.square((1, 8, 8), size=2, margin=0)
+    with pytest.raises(DataError, match="on dim's images stamped with the trigger"):
+        attack_success_rate(model, data, trigger, target=0)

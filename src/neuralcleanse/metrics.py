@@ -26,17 +26,30 @@ def check_rows(scores: torch.Tensor, images: int) -> None:
 
 
 def predict(
-    model: nn.Module, images: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu"
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    what: str = "images",
 ) -> torch.Tensor:
-    """Predicted labels for ``images`` (run in eval mode; the model's mode is restored afterwards)."""
+    """Predicted labels for ``images`` (run in eval mode; the model's mode is restored afterwards).
+
+    Non-finite scores are a one-line :class:`DataError` that names ``what`` the images are and the first
+    image (its index in ``images``) the model failed on."""
     out = []
     with frozen_eval(model):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             logits = model(batch.to(device))
             check_rows(logits, len(batch))
-            if not torch.isfinite(logits).all():
-                raise DataError("model produced NaN or infinite outputs")
+            finite = torch.isfinite(logits).all(1)
+            if not finite.all():
+                first = start + int((~finite).nonzero()[0])
+                raise DataError(
+                    f"model produced NaN or infinite outputs on {what} (first at index {first} of "
+                    f"{len(images)}; {int((~finite).sum())} of the {len(batch)} in its batch)"
+                )
             out.append(logits.argmax(dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
@@ -77,7 +90,10 @@ def attack_success_rate(
     victims = attack_victims(data, target=target, source_labels=source_labels)
     if len(victims) == 0:
         raise DataError(f"{data.name}: no images outside the target label to measure attack success on")
-    pred = predict(model, trigger.apply(victims.images), batch_size=batch_size, device=device)
+    pred = predict(
+        model, trigger.apply(victims.images), batch_size=batch_size, device=device,
+        what=f"{data.name}'s images stamped with the trigger",
+    )  # fmt: skip
     return float((pred == target).float().mean())
 
 
@@ -90,4 +106,7 @@ def stamped_success(
     device: torch.device | str = "cpu",
 ) -> float:
     """Fraction of ``images`` sent to ``target`` once stamped with ``trigger`` (the caller picks the victims)."""
-    return float((predict(model, trigger.apply(images), device=device) == target).float().mean())
+    pred = predict(
+        model, trigger.apply(images), device=device, what=f"images stamped with the trigger of label {target}"
+    )
+    return float((pred == target).float().mean())

@@ -498,7 +498,11 @@ class NeuralCleanse:
             states = _more_starts(states, settings, identity, extra_pass, notes)
         if self.natural_reference:
             known = labels is not None
-            classes = pool.labels if known else predict(self.model, pool.images, device=self.device)
+            classes = (
+                pool.labels
+                if known
+                else predict(self.model, pool.images, device=self.device, what="the clean images")
+            )
             reference = _natural_reference(
                 pool.images, classes, targets, known, settings, identity, extra_pass, notes
             )
@@ -624,7 +628,7 @@ class NeuralCleanse:
             if skipped_source:
                 notes.append(f"label {source} itself was not scanned: its images need no trigger to reach it")
         if labels is not None and correct_only:
-            pred = predict(self.model, pool.images, device=self.device)
+            pred = predict(self.model, pool.images, device=self.device, what="the clean images")
             keep = torch.nonzero(pred == pool.labels).flatten()
             notes.append(f"{len(keep)} of the {len(pool)} images given were classified correctly")
             if len(keep) == 0:
@@ -679,9 +683,9 @@ class NeuralCleanse:
             for s in states:
                 victims = pool.images[pool.labels != s.label] if known else pool.images
                 if len(victims) and s.stop_reason != "nan":
-                    hits = (
-                        predict(self.model, triggers[s.label].apply(victims), device=self.device) == s.label
-                    )
+                    stamped = triggers[s.label].apply(victims)
+                    what = f"clean images stamped with label {s.label}'s reversed trigger"
+                    hits = predict(self.model, stamped, device=self.device, what=what) == s.label
                     success[s.label] = float(hits.float().mean())
         verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
         unsettled = unsettled_reason(
