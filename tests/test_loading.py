@@ -321,6 +321,21 @@ def test_state_dict_that_does_not_fit_names_the_first_key(files: dict[str, Path]
         load_model(files["safetensors"], arch="no_such_module_xyz:Net")
 
 
+def test_integer_weights_are_refused_half_precision_is_read(
+    badnets_model: nc.ModelBundle, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    state = badnets_model.model.state_dict()
+    save_file({k: (v * 100).to(torch.int32) for k, v in state.items()}, tmp_path / "int.safetensors")
+    with pytest.raises(ModelError, match=r"holds int32 values where the architecture has float32"):
+        load_model(tmp_path / "int.safetensors", arch="mnist")
+    save_file({k: v.half() for k, v in state.items()}, tmp_path / "half.safetensors")
+    loaded = load_model(tmp_path / "half.safetensors", arch="mnist")
+    images = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(loaded.model(images), badnets_model.model(images), atol=0.05)
+
+
 def test_model_whose_output_is_not_class_scores(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 3)).eval()  # (N, 2, 10, 10), not (N, classes)
     path = _export(net, tmp_path / "conv.pt2", static=False)

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralcleanse import ModelBundle, ModelError
+from neuralcleanse import ModelBundle, ModelError, SettingsError
 from neuralcleanse.cli import main
 from neuralcleanse.models.archive import ZipLimits, open_archive
 from neuralcleanse.models.card import ModelCard
@@ -258,9 +258,13 @@ def test_pickled_state_dict_never_runs(tmp_path: Path, zipped: bool) -> None:
     marker = tmp_path / "marker"
     path = tmp_path / "weights.pth"
     torch.save({"w": torch.ones(2), "x": _Marker(marker)}, path, _use_new_zipfile_serialization=zipped)
-    with pytest.raises(ModelError, match="would run code if unpickled"):
-        load_model(path, arch="mnist")
+    for arch in ("mnist", None):  # without --arch too: refused for what it is, not "holds only weights"
+        with pytest.raises(ModelError, match="would run code if unpickled"):
+            load_model(path, arch=arch)
     assert not marker.exists()
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(SettingsError, match=r"holds only weights \(state-dict, 1 tensors\)"):
+        load_model(path)
 
 
 def test_torchscript_renamed_pt2_needs_the_opt_in(

@@ -374,12 +374,12 @@ def load_model(
             first = first_line(exc, limit=160)
             raise ModelError(f"{p}: cannot load TorchScript archive ({first})") from None
     else:
+        state = _state_from_bytes(p, data, fmt, archive)  # read (safely) first: is it weights at all?
         if arch is None:
             raise SettingsError(
-                f"{p} holds only weights ({fmt}): name the architecture with --arch "
+                f"{p} holds only weights ({fmt}, {len(state)} tensors): name the architecture with --arch "
                 f"({', '.join(ARCHITECTURES)} or package.module:Class)"
             )
-        state = _state_from_bytes(p, data, fmt, archive)
         if arch in ARCHITECTURES:
             channels, size, classes = _builtin_shape(arch, state, p)
             if shape is None and size is not None:

@@ -138,6 +138,11 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, 
                 f"{source}: weights do not fit the architecture: {key!r} has shape {tuple(state[key].shape)}, "
                 f"expected {tuple(value.shape)}"
             )
+        if value.is_floating_point() and not state[key].is_floating_point():
+            raise ModelError(
+                f"{source}: weights do not fit the architecture: {key!r} holds {str(state[key].dtype)[6:]} values "
+                f"where the architecture has {str(value.dtype)[6:]} (quantized or corrupt weights?)"
+            )
     extra = sorted(set(state) - set(expected))
     if extra:
         raise ModelError(f"{source}: weights do not fit the architecture: unexpected key {extra[0]!r}")
