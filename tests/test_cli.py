@@ -151,7 +151,7 @@ def test_scan_cli_more_starts(
     assert any("from 2 random starts each" in n and "label 0: " in n for n in d["notes"])
 
 
-def test_ctrl_c_before_the_first_checkpoint_says_nothing_is_kept(
+def test_ctrl_c_says_in_one_line_what_is_kept(
     saved_models: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -165,8 +165,20 @@ def test_ctrl_c_before_the_first_checkpoint_says_nothing_is_kept(
     monkeypatch.setattr(scan_cli, "scan_model", interrupted)
     out = tmp_path / "s"
     code, _, err = run(capsys, "scan", str(saved_models["bad"]), "--out", str(out), "--device", "cpu")
-    assert code == 130 and "interrupted before the first checkpoint" in err and "nothing is kept" in err
-    assert err.rstrip("\n").splitlines()[-1] in ("error: interrupted", "error: aborted") and not out.exists()
+    assert code == 130 and err.count("\n") == 1 and not out.exists()  # one line, what was kept in it
+    assert err.startswith("error: interrupted: before the first checkpoint") and "nothing is kept" in err
+
+    def interrupted_later(request: Any, **_k: Any) -> None:  # after a checkpoint was written
+        from neuralcleanse.detection.checkpoint import _STATE
+
+        request.checkpoint.mkdir(parents=True)
+        (request.checkpoint / _STATE).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_cli, "scan_model", interrupted_later)
+    code, _, err = run(capsys, "scan", str(saved_models["bad"]), "--out", str(out), "--device", "cpu")
+    assert code == 130 and err.count("\n") == 1 and err.startswith("error: interrupted: the checkpoint ")
+    assert err.rstrip().endswith("is kept; the same command with --resume continues the scan")
 
 
 def test_scan_cli_table_for_a_clean_model(

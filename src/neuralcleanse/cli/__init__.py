@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
+    except click.exceptions.Abort as exc:  # Ctrl-C, or a command's own account of what was kept
+        print(f"error: {first_line(str(exc)) or 'aborted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

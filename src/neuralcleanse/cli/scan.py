@@ -395,18 +395,13 @@ def scan(
         report = scan_model(request, bar=not as_json)
     except (KeyboardInterrupt, click.exceptions.Abort):
         if has_checkpoint(request.checkpoint):
-            click.echo(
-                f"interrupted: the checkpoint {request.checkpoint} is kept; the same command with --resume "
-                "continues the scan",
-                err=True,
-            )
+            what = f"the checkpoint {request.checkpoint} is kept; the same command with --resume continues the scan"
         else:
-            click.echo(
-                "interrupted before the first checkpoint (written 30 s into the scan and whenever a label "
-                "finishes): nothing is kept, the same command starts again",
-                err=True,
+            what = (
+                "before the first checkpoint (written 30 s into the scan and whenever a label finishes): "
+                "nothing is kept, the same command starts again"
             )
-        raise
+        raise click.exceptions.Abort(f"interrupted: {what}") from None
     out = request.out
     page = out / "report.html"
     if as_json:
