@@ -27,6 +27,18 @@ image:mask=MASK.png,pattern=PATTERN.png draws any trigger as two images of the i
 mask stamps the pattern)."""
 
 
+#: the width of printed results off a terminal (a pipe, a file, a CI log): wide enough that no table is
+#: squeezed and no line is wrapped, so the output stays greppable
+PIPE_WIDTH = 400
+
+
+def output_console() -> Console:
+    """Where commands print their results: stdout, wrapped to the terminal; off a terminal nothing is
+    wrapped or cut (rich would otherwise assume 80 columns)."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=PIPE_WIDTH)
+
+
 def setup_logging(verbose: int) -> None:
     """Log records on stderr: rich lines on a terminal; elsewhere (a CI log, a pipe) one plain line per
     record, never wrapped, so a log stays greppable. Python warnings (a library's FutureWarning) become
@@ -239,7 +251,7 @@ def print_scan(report: Any, out: Path) -> None:
             f"{100 * r.attack_success:.1f}%", str(r.steps), r.stop, f"{r.anomaly_index:.2f}", flag,
             style="bold red" if r.flagged else None,
         )  # fmt: skip
-    console = Console(highlight=False)
+    console = output_console()
     console.print(table)
     stat = report.outlier_statistic
     console.print(f"median L1 {report.median_l1:.2f}, {stat.spread(report.mad)}; report written to {out}")

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from . import app
 from .common import (
     check_count,
     check_seed,
     device_option,
+    output_console,
     print_scan,
     run_scan,
     setup_logging,
@@ -61,7 +61,7 @@ def demo(out: Path, epochs: int, seed: int, device: str, force: bool, verbose: i
     for sub in ("badnets", "badnets-scan", "clean", "clean-scan"):
         check_output_dir(out / sub, force=True, option="--out")
     data = load_dataset("mnist-sample")
-    console = Console(highlight=False)
+    console = output_console()
     training = TrainSettings(epochs=epochs, seed=seed)
     cases = {"badnets": BadNets(target=0), "clean": None}
     outcome: list[tuple[str, list[int], Any]] = []

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from .._format import pct
@@ -15,7 +14,7 @@ from ..device import resolve_device
 from ..errors import ModelError, SettingsError, first_line
 from . import app
 from .case import Case, case_options, open_case
-from .common import check_seed, device_option, setup_logging, verbose_option
+from .common import check_seed, device_option, output_console, setup_logging, verbose_option
 from .loading import ModelSource, default_out
 
 if TYPE_CHECKING:
@@ -216,7 +215,7 @@ def _print(result: MitigationResult, out: Path, data_note: str, measured: str) -
         table.add_column(col, justify="right")
     for what, before, after in result.rows():
         table.add_row(what, pct(before, 2), pct(after, 2))
-    console = Console(highlight=False)
+    console = output_console()
     console.print(table)
     details = result.details
     for line in details.lines():

@@ -20,7 +20,15 @@ from rich.console import Console
 
 from ..errors import DataError, SettingsError
 from . import app
-from .common import ProgressBar, check_count, device_option, format_duration, setup_logging, verbose_option
+from .common import (
+    ProgressBar,
+    check_count,
+    device_option,
+    format_duration,
+    output_console,
+    setup_logging,
+    verbose_option,
+)
 from .loading import _KEYS, _OPTIONS, ModelSource  # the model-loading options, defined once
 from .scan import ScanRequest, request_fields, scan_model, scan_options
 
@@ -141,7 +149,7 @@ def _print_table(summary: Any, out: Path, sort: str) -> None:
             "-" if r.images_processed is None else f"{r.images_processed:,}",
             note, style=style,
         )  # fmt: skip
-    console = Console(highlight=False)
+    console = output_console()
     console.print(table)
     for r in summary.sorted(sort):
         if r.failed:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..data.registry import DATASETS
@@ -21,6 +20,7 @@ from .common import (
     check_seed,
     device_option,
     format_duration,
+    output_console,
     parse_labels,
     setup_logging,
     verbose_option,
@@ -159,7 +159,7 @@ def train(
         if isinstance(value, float) and key != "seconds":
             value = f"{100 * value:.2f}%"
         table.add_row(key.replace("_", " "), "-" if value is None else str(value))
-    Console(highlight=False).print(table)
+    output_console().print(table)
 
 
 def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: bool, data: Any = None) -> Any:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..device import resolve_device
 from . import app
 from .case import case_options, open_case
-from .common import check_fraction_option, device_option, setup_logging, verbose_option
+from .common import check_fraction_option, device_option, output_console, setup_logging, verbose_option
 from .loading import ModelSource, default_out
 
 
@@ -61,7 +60,7 @@ def validate(
         table.add_column(col, justify="right")
     for row in result.rows():
         table.add_row(*row)
-    console = Console(highlight=False)
+    console = output_console()
     console.print(table)
     for line in result.lines():
         console.print(line)

@@ -8,13 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from .._format import pct
 from ..errors import SettingsError
 from . import app
-from .common import check_count, check_seed, device_option, run_scan, setup_logging, verbose_option
+from .common import (
+    check_count,
+    check_seed,
+    device_option,
+    output_console,
+    run_scan,
+    setup_logging,
+    verbose_option,
+)
 from .train import train_and_save
 
 
@@ -81,7 +88,7 @@ def zoo(
             raise SettingsError(f"--only: no model named {missing[0]!r} in {spec.source}")
         spec = type(spec)([e for e in spec.entries if e.name in wanted], spec.source)
     data_for = dataset_cache()
-    console = Console(highlight=False)
+    console = output_console()
 
     def announce(i: int, e: Any) -> None:
         console.print(f"[{i + 1}/{len(spec.entries)}] building {e.name} ({e.attack_name})")
