@@ -127,7 +127,7 @@ def open_case(
 def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:
     """``--real-trigger``: a trigger ``.safetensors`` file (as a model card or a scan writes), or a spec
     (``square:...``, ``blend:...``, ``image:mask=...,pattern=...``) built for the scanned images."""
-    if Path(text).suffix.lower() == ".safetensors":
+    if Path(text).suffix.lower() == ".safetensors" or Path(text).is_file():
         trigger = Trigger.load(text)
         if trigger.image_shape != tuple(image_shape):
             shape, want = "x".join(map(str, trigger.image_shape)), "x".join(map(str, image_shape))
