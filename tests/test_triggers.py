@@ -82,7 +82,9 @@ def test_a_trigger_drawn_as_two_images(tmp_path: Path) -> None:
         Trigger.from_spec(f"image:mask={tmp_path / 'mask.png'}", (3, 16, 16))
     (tmp_path / "junk.png").write_bytes(b"not an image")
     with pytest.raises(TriggerError, match="junk.png: cannot read trigger image"):
-        Trigger.from_spec(f"image:mask={tmp_path / 'junk.png'},pattern={tmp_path / 'pattern.png'}", (3, 16, 16))
+        Trigger.from_spec(
+            f"image:mask={tmp_path / 'junk.png'},pattern={tmp_path / 'pattern.png'}", (3, 16, 16)
+        )
     bomb = png_declaring(tmp_path / "bomb.png", 20000, 20000)
     with pytest.raises(TriggerError, match="bomb.png: refused: a decompression bomb"):
         Trigger.from_spec(f"image:mask={bomb},pattern={tmp_path / 'pattern.png'}", (3, 16, 16))
