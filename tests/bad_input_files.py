@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -21,6 +22,7 @@ __all__ = [
     "npz_with_member",
     "pickled_object_npz",
     "idx_dir",
+    "fifo",
     "gtsrb_dir",
     "cifar_batch",
 ]
@@ -103,18 +105,32 @@ def pickled_object_npz(path: Path, marker: Path) -> Path:
     return path
 
 
-def idx_dir(root: Path, *, n_test: int = 20, n_labels: int | None = None) -> Path:
-    """The four MNIST IDX files (plain, not gzip'd), with ``n_labels`` test labels (default ``n_test``)."""
+def idx_dir(
+    root: Path, *, n_test: int = 20, n_labels: int | None = None, splits: tuple[str, ...] = ("train", "test")
+) -> Path:
+    """The four MNIST IDX files (plain, not gzip'd), with ``n_labels`` test labels (default ``n_test``);
+    only the ``train-*`` or ``t10k-*`` pair with ``splits=("train",)`` or ``("test",)``."""
     from neuralcleanse.data import write_idx
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (10, 28, 28), dtype=np.uint8))
-    write_idx(root / "train-labels-idx1-ubyte", np.arange(10, dtype=np.uint8))
-    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8))
-    labels = np.arange(n_labels if n_labels is not None else n_test, dtype=np.uint8) % 10
-    write_idx(root / "t10k-labels-idx1-ubyte", labels)
+    train_images = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    test_images = rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
+    if "train" in splits:
+        write_idx(root / "train-images-idx3-ubyte", train_images)
+        write_idx(root / "train-labels-idx1-ubyte", np.arange(10, dtype=np.uint8))
+    if "test" in splits:
+        write_idx(root / "t10k-images-idx3-ubyte", test_images)
+        labels = np.arange(n_labels if n_labels is not None else n_test, dtype=np.uint8) % 10
+        write_idx(root / "t10k-labels-idx1-ubyte", labels)
     return root
+
+
+def fifo(path: Path) -> Path:
+    """A named pipe (opening it for reading would block until a writer comes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
 
 
 def gtsrb_dir(root: Path, csv: str | None, *, images: dict[str, bytes] | None = None) -> Path:

@@ -33,6 +33,7 @@ from bad_input_files import (
     Payload,
     cifar_batch,
     edit_report,
+    fifo,
     gtsrb_dir,
     idx_dir,
     image_folder,
@@ -340,6 +341,22 @@ CASES: list[Case] = [
         1,
         "{tmp}/d.txt",
     ),
+    Case(
+        "data-device",
+        "--data a character device (/dev/null)",
+        lambda e: _scan(e, data=Path("/dev/null")),
+        "a character device, not a regular file or a directory",
+        1,
+        "/dev/null",
+    ),
+    Case(
+        "data-fifo",
+        "--data a named pipe (FIFO)",
+        lambda e: _scan(e, data=fifo(e.tmp / "pipe")),
+        "a named pipe (FIFO), not a regular file or a directory",
+        1,
+        "{tmp}/pipe",
+    ),
     # ---- data: GTSRB ---------------------------------------------------------------------------------
     Case(
         "gtsrb-no-labels",
@@ -601,6 +618,14 @@ CASES: list[Case] = [
         1,
         "{tmp}/d.npz",
     ),
+    Case(
+        "npz-1x1-images",
+        ".npz of 1x1 images for a 28x28 model",
+        lambda e: _scan(e, data=npz(e.tmp / "d.npz", images=_grey(4, size=1), labels=np.arange(4))),
+        "images of 1x1 pixels cannot be resized to the model's 28x28 input",
+        1,
+        "{tmp}/d.npz",
+    ),
     # ---- data: IDX -----------------------------------------------------------------------------------
     Case(
         "idx-empty",
@@ -639,6 +664,22 @@ CASES: list[Case] = [
         "do not match labels",
         1,
         "{tmp}/m/t10k-images-idx3-ubyte",
+    ),
+    Case(
+        "idx-no-train-split",
+        "--split train on an IDX folder with only the t10k files",
+        lambda e: _scan(e, "--split", "train", data=idx_dir(e.tmp / "m", splits=("test",))),
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte[.gz] not found in",
+        1,
+        "{tmp}/m (it holds only the test split)",
+    ),
+    Case(
+        "idx-no-test-split",
+        "IDX folder with only the train files (the test split by default)",
+        lambda e: _scan(e, data=idx_dir(e.tmp / "m", splits=("train",))),
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte[.gz] not found in",
+        1,
+        "{tmp}/m (it holds only the train split)",
     ),
     # ---- models --------------------------------------------------------------------------------------
     Case(

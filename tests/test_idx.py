@@ -13,7 +13,8 @@ from neuralcleanse.data import (
     read_idx,
     write_idx,
 )
-from neuralcleanse.data.mnist import FASHION_MNIST_DEFAULT_DIR
+from neuralcleanse.data.files import load_images
+from neuralcleanse.data.mnist import FASHION_MNIST_DEFAULT_DIR, load_idx_split
 from neuralcleanse.errors import DataError
 
 
@@ -119,3 +120,43 @@ def test_real_fashion_mnist_from_debian_package() -> None:
     assert len(splits.train) == 60000 and len(splits.test) == 10000
     assert splits.train.class_counts() == [6000] * 10 and splits.test.class_counts() == [1000] * 10
     assert float(splits.train.images.min()) == 0.0 and float(splits.train.images.max()) == 1.0
+
+
+@pytest.mark.parametrize("present", ["test", "train"])
+def test_a_folder_of_one_split_serves_that_split_and_names_the_other_s_files(
+    tmp_path: Path, present: str
+) -> None:
+    """Only ``t10k-*`` (or only ``train-*``) files: ``--data`` reads that split; the other split is one line
+    naming its missing files and saying which split the folder holds."""
+    arrays = _fake_mnist_dir(tmp_path)
+    absent = "train" if present == "test" else "test"
+    prefix = {"train": "train", "test": "t10k"}
+    for stem in (f"{prefix[absent]}-images-idx3-ubyte", f"{prefix[absent]}-labels-idx1-ubyte"):
+        (tmp_path / f"{stem}.gz").unlink()
+    data = load_images(tmp_path, split=present)
+    np.testing.assert_array_equal(data.labels.numpy(), arrays[f"{prefix[present]}-labels-idx1-ubyte"])
+    assert data.name == f"{tmp_path.name}/{present}" and data.input_shape == (1, 28, 28)
+    with pytest.raises(DataError) as info:
+        load_images(tmp_path, split=absent)
+    assert str(info.value) == (
+        f"{tmp_path.name}: {prefix[absent]}-images-idx3-ubyte, {prefix[absent]}-labels-idx1-ubyte[.gz] not "
+        f"found in {tmp_path} (it holds only the {present} split)"
+    )
+    # the data sets that need both splits still name every missing file
+    with pytest.raises(DataError, match=f"{prefix[absent]}-images-idx3-ubyte.*not found"):
+        load_idx_directory(tmp_path, name="fake", class_names=tuple("abcdefghij"))
+
+
+def test_a_missing_label_file_of_the_split_is_named_alone(tmp_path: Path) -> None:
+    _fake_mnist_dir(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert len(load_idx_split(tmp_path, "train", name="fake", class_names=tuple("abcdefghij"))) == 12
+    with pytest.raises(DataError) as info:
+        load_images(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path.name}: t10k-labels-idx1-ubyte[.gz] not found in {tmp_path} (it holds only the train split)"
+    )
+    (tmp_path / "train-labels-idx1-ubyte.gz").unlink()  # neither split complete: no hint
+    with pytest.raises(DataError) as info:
+        load_images(tmp_path)
+    assert str(info.value) == f"{tmp_path.name}: t10k-labels-idx1-ubyte[.gz] not found in {tmp_path}"

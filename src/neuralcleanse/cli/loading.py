@@ -102,7 +102,9 @@ class ModelSource:
 
     def images(self, loaded: Any, names: Any, *, split: str = "test") -> tuple[Any, dict[str, Any]]:
         """Clean labelled images shaped for the model (``--data``, else ``--dataset`` or the card's data
-        set; ``split`` of either) and a description for reports."""
+        set; ``split`` of either) and a description for reports: its ``split`` is the one read, or
+        ``"single"`` for ``--data`` without train/test parts (an image folder, an ``.npz`` file), whatever
+        ``split`` asked for; an ``.npz`` file's ``keys`` (and ``ignored_keys``) are recorded too."""
         from ..data.convert import conformed
         from ..data.files import detect_data_format, load_images
         from ..data.registry import load_dataset
@@ -114,6 +116,7 @@ class ModelSource:
                 "path": str(self.data),
                 "format": detect_data_format(self.data),
                 "split": split,
+                **images.source_info,  # the split a source without train/test parts has, .npz keys
             }
         else:
             name = self.dataset_name(loaded)

@@ -211,7 +211,7 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
         type=click.Choice(["test", "train"]),
         default="test",
         show_default=True,
-        help="Split of --data or of the built-in --dataset.",
+        help="Split of --data (IDX, CIFAR, GTSRB; an image folder or .npz has one) or of the built-in --dataset.",
     ),
     click.option("--all-images", is_flag=True, help="Also use images the model misclassifies."),
     click.option(

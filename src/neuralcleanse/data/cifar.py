@@ -8,6 +8,7 @@ fine label bytes + 3,072 pixel bytes; files ``train.bin``, ``test.bin``, names i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = ["load_cifar", "write_cifar_binary", "cifar_kind", "CIFAR10_CLASSES"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _PIXELS = 3 * 32 * 32
 _PICKLED = ("data_batch_1", "test_batch", "train", "test")
+_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
 def cifar_kind(root: Path) -> str | None:
@@ -77,7 +79,8 @@ def load_cifar(
     input_shape: tuple[int, int, int] | None = None,
     class_names: Sequence[str] | None = None,
 ) -> ImageDataset:
-    """A split of CIFAR-10/100 binary batches in ``root`` (or one ``.bin`` batch file)."""
+    """A split of CIFAR-10/100 binary batches in ``root`` (or one ``.bin`` batch file: ``split`` has no
+    effect on it, and its ``source_info`` records the split its name says, or ``"single"``)."""
     r = Path(root)
     if r.is_file():
         kind = "cifar100" if r.name in ("train.bin", "test.bin") else "cifar10"
@@ -107,9 +110,16 @@ def load_cifar(
     names = list(class_names) if class_names else names
     if int(y.max()) >= len(names):
         raise DataError(f"{files[0]}: label {int(y.max())} but only {len(names)} class names")
-    return arrays_to_dataset(
+    data = arrays_to_dataset(
         x, y, class_names=names, name=f"{r}/{split}" if r.is_dir() else str(r), input_shape=input_shape
     )
+    if r.is_dir():
+        return data
+    # one batch file is the split its name says (test_batch.bin, data_batch_N.bin, train.bin, test.bin)
+    own = (
+        "test" if r.stem in ("test_batch", "test") else "train" if r.stem in ("train", *_TRAIN) else "single"
+    )
+    return dataclasses.replace(data, source_info={"split": own})
 
 
 def write_cifar_binary(

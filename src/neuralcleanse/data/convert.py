@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,9 +20,15 @@ __all__ = [
     "read_image",
     "read_class_names",
     "check_input_shape",
+    "check_resize",
+    "warn_resized",
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
+    "MIN_RESIZED_SIDE",
+    "MAX_UPSCALE",
 ]
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
@@ -37,6 +44,43 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 MAX_SIDE = 4096
 #: images declaring more pixels than this are refused before decoding (PIL's own limit is ~179M)
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+#: images to be resized to the model's input must have sides of at least this many pixels
+MIN_RESIZED_SIDE = 4
+#: and are enlarged at most this many times in either dimension (downscaling has no limit)
+MAX_UPSCALE = 8
+
+
+def check_resize(name: str | Path, read: tuple[int, int], model: tuple[int, int]) -> None:
+    """Refuse images of ``read`` ``(H, W)`` that cannot carry the task once resized to the model's
+    ``model`` ``(H, W)``: a side under :data:`MIN_RESIZED_SIDE` pixels, or an enlargement of more than
+    :data:`MAX_UPSCALE` times in either dimension (images of another task, or not images at all).
+    Images of the model's own size are never refused."""
+    (h0, w0), (h, w) = read, model
+    if (h0, w0) == (h, w):
+        return
+    if min(h0, w0) < MIN_RESIZED_SIDE:
+        raise DataError(
+            f"{name}: images of {h0}x{w0} pixels cannot be resized to the model's {h}x{w} input "
+            f"(a side under {MIN_RESIZED_SIDE} pixels carries no image)"
+        )
+    factor = max(h / h0, w / w0)
+    if factor > MAX_UPSCALE:
+        raise DataError(
+            f"{name}: images of {h0}x{w0} pixels would be enlarged {factor:.3g}x to the model's {h}x{w} "
+            f"input (at most {MAX_UPSCALE}x): images of another task?"
+        )
+
+
+def warn_resized(name: str | Path, read: tuple[int, int], model: tuple[int, int], *, count: str = "") -> None:
+    """Log (a warning) that images of ``read`` ``(H, W)`` were resized to the model's ``model`` ``(H, W)``;
+    ``count`` says how many when not all were (``"3 of 40 "``)."""
+    (h0, w0), (h, w) = read, model
+    if (h0, w0) != (h, w):
+        log.warning(
+            "%s: %simages resized from %dx%d to the model's %dx%d (antialiased bilinear): a trigger found on "
+            "resized images may differ from one on the model's own data",
+            name, count, h0, w0, h, w,
+        )  # fmt: skip
 
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -200,5 +244,8 @@ def conform(x: torch.Tensor, input_shape: tuple[int, int, int], *, name: str) ->
         else:
             raise DataError(f"{name}: images have {x.shape[1]} channels, the model takes {c}")
     if tuple(x.shape[2:]) != (h, w):
+        read = (int(x.shape[2]), int(x.shape[3]))
+        check_resize(name, read, (h, w))
+        warn_resized(name, read, (h, w))
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
     return x.contiguous()

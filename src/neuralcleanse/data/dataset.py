@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,10 @@ class ImageDataset:
         name: a short identifier (``"mnist-sample/train"``).
         converted_from: ``(C, H, W)`` of the images as they were read, when they were converted to the
             model's input shape (grey↔RGB, resized); ``None`` when they were used as read.
+        source_info: what the loader records about how the images were read, for the data section of a
+            report: the arrays of an ``.npz`` file (``{"keys": {"images": ..., "labels": ...}}``, with
+            ``"ignored_keys"`` when others were there), ``{"split": "single"}`` for a source without
+            train/test parts (an image folder, an ``.npz`` file, one CIFAR batch file); empty by default.
     """
 
     images: torch.Tensor
@@ -35,6 +40,7 @@ class ImageDataset:
     class_names: tuple[str, ...]
     name: str
     converted_from: tuple[int, int, int] | None = None
+    source_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -122,6 +128,7 @@ class ImageDataset:
             class_names=self.class_names,
             name=self.name if name is None else name,
             converted_from=self.converted_from,
+            source_info=self.source_info,
         )
 
     def sample(

@@ -3,7 +3,9 @@ MNIST-style IDX files, and read it shaped for the model."""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,18 +15,43 @@ from .convert import check_input_shape
 from .dataset import ImageDataset
 from .folder import load_image_folder
 from .gtsrb import is_gtsrb, load_gtsrb
-from .mnist import _IDX_STEMS, _find, load_idx_directory
+from .mnist import _IDX_STEMS, _find, load_idx_split
 from .npz import load_npz
 
 __all__ = ["load_images", "detect_data_format", "DATA_FORMATS"]
 
 DATA_FORMATS = ("folder", "gtsrb", "cifar", "npz", "idx")
 
+log = logging.getLogger(__name__)
+
+#: what a path that is neither a regular file nor a directory is, by its stat mode
+_SPECIAL = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _special_kind(path: Path) -> str | None:
+    """What ``path`` is when it is neither a regular file nor a directory (``None`` when it is one of
+    them). Only ``stat``: a FIFO is never opened (opening one blocks until a writer comes)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL if test(mode)), "a special file")
+
 
 def detect_data_format(path: Path) -> str:
     """Which of :data:`DATA_FORMATS` ``path`` holds; a one-line :class:`DataError` if none."""
     if not path.exists():
         raise DataError(f"{path}: data path not found")
+    kind = _special_kind(path)
+    if kind is not None:
+        raise DataError(f"{path}: {kind}, not a regular file or a directory of images")
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return "npz"
@@ -54,7 +81,11 @@ def load_images(
 ) -> ImageDataset:
     """Clean labelled images from ``path`` in any of :data:`DATA_FORMATS`, converted to ``input_shape``.
 
-    ``split`` picks ``train`` or ``test`` where the format has both (GTSRB, CIFAR, IDX).
+    ``split`` picks ``train`` or ``test`` where the format has both (GTSRB, CIFAR, IDX: a folder of only one
+    split's IDX files serves that split). A source without train/test parts (an image folder, an ``.npz``
+    file, one CIFAR batch file) is read whole, and its ``source_info`` records its own split
+    (``"single"``, or ``"test"``/``"train"`` when its names say so); asked for ``train``, it logs a warning
+    that ``split`` had no effect.
     """
     p = Path(path)
     if input_shape is not None:
@@ -66,6 +97,13 @@ def load_images(
     if len(data) == 0:
         where = f" in the {split} split" if fmt in ("gtsrb", "cifar", "idx") else ""
         raise DataError(f"{p}: no images{where}")
+    own = data.source_info.get("split")
+    if split == "train" and own is not None and own != "train":
+        what = "has a single split (no train/test parts)" if own == "single" else f"holds only {own} images"
+        log.warning(
+            "--split train has no effect: %s %s; all its images were read (recorded as split %r)",
+            p, what, own,
+        )  # fmt: skip
     return data
 
 
@@ -86,8 +124,7 @@ def _load(
     if fmt == "npz":
         return load_npz(p, class_names=class_names, num_classes=num_classes, input_shape=input_shape)
     names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes or 10))
-    splits = load_idx_directory(p, name=p.name, class_names=names)
-    data = splits.test if split == "test" else splits.train
+    data = load_idx_split(p, split, name=p.name, class_names=names)
     if input_shape is not None:
         from .convert import conformed
 

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .convert import IMAGE_SUFFIXES, arrays_to_dataset, check_input_shape, read_image
+from .convert import (
+    IMAGE_SUFFIXES,
+    arrays_to_dataset,
+    check_input_shape,
+    check_resize,
+    read_image,
+    warn_resized,
+)
 from .dataset import ImageDataset
 
 __all__ = ["load_image_folder", "folder_classes"]
@@ -86,12 +93,21 @@ def load_image_folder(
             raise DataError(f"{r / folder}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files[:max_per_class]:
             arr = read_image(f, channels=channels, size=size, read_as=read_as)
+            if size is not None:
+                check_resize(f, read_as[-1][1:], size)
             if channels is None:  # the first image fixes mode and size for the rest
                 channels, size = arr.shape[2], (arr.shape[0], arr.shape[1])
             images.append(arr)
             labels.append(label_of[folder])
     data = arrays_to_dataset(np.stack(images), np.asarray(labels), class_names=names, name=str(r))
+    data = dataclasses.replace(data, source_info={"split": "single"})
     changed = Counter(shape for shape in read_as if shape != data.input_shape)
     if not changed:
         return data
+    resized = Counter(shape[1:] for shape in read_as if shape[1:] != data.input_shape[1:])
+    if resized:
+        (hw, _), n = resized.most_common(1)[0], sum(resized.values())
+        warn_resized(
+            r, hw, data.input_shape[1:], count="" if n == len(read_as) else f"{n} of {len(read_as)} "
+        )
     return dataclasses.replace(data, converted_from=changed.most_common(1)[0][0])

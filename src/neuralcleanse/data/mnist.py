@@ -18,6 +18,7 @@ __all__ = [
     "FASHION_MNIST_DEFAULT_DIR",
     "load_mnist_sample",
     "load_idx_directory",
+    "load_idx_split",
     "load_fashion_mnist",
 ]
 
@@ -64,29 +65,47 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def load_idx_split(
+    directory: str | os.PathLike[str],
+    split: str,
+    *,
+    name: str,
+    class_names: tuple[str, ...],
+) -> ImageDataset:
+    """Read one split (``train``: ``train-*``, ``test``: ``t10k-*``) of an MNIST-like dataset's IDX(.gz)
+    files from ``directory``; the other split's files need not be there."""
+    d = Path(directory)
+    if split not in ("train", "test"):
+        raise DataError(f"{name}: IDX split must be train or test, got {split!r}")
+    stems = (_IDX_STEMS[f"{split}_images"], _IDX_STEMS[f"{split}_labels"])
+    images_path, labels_path = _find(d, stems[0]), _find(d, stems[1])
+    if images_path is None or labels_path is None:
+        missing = [stem for stem, path in zip(stems, (images_path, labels_path), strict=True) if path is None]
+        other = "test" if split == "train" else "train"
+        only = all(_find(d, _IDX_STEMS[f"{other}_{kind}"]) for kind in ("images", "labels"))
+        hint = f" (it holds only the {other} split)" if only else ""
+        raise DataError(f"{name}: {', '.join(missing)}[.gz] not found in {d}{hint}")
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{images_path}: {split} images {images.shape} do not match labels {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise DataError(f"{labels_path}: labels outside [0, {len(class_names)})")
+    return _to_dataset(images, labels, class_names, f"{name}/{split}")
+
+
 def load_idx_directory(
     directory: str | os.PathLike[str], *, name: str, class_names: tuple[str, ...], how_to_get: str = ""
 ) -> DatasetSplits:
     """Read the four standard IDX(.gz) files of an MNIST-like dataset from ``directory``."""
     d = Path(directory)
-    found = {key: _find(d, stem) for key, stem in _IDX_STEMS.items()}
-    missing = [_IDX_STEMS[k] for k, v in found.items() if v is None]
+    missing = [stem for stem in _IDX_STEMS.values() if _find(d, stem) is None]
     if missing:
         hint = f"; {how_to_get}" if how_to_get else ""
         raise DataError(f"{name}: {', '.join(missing)}[.gz] not found in {d}{hint}")
-    arrays = {key: read_idx(path) for key, path in found.items() if path is not None}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(
-                f"{found[f'{split}_images']}: {split} images {images.shape} do not match labels {labels.shape}"
-            )
-        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-            raise DataError(f"{found[f'{split}_labels']}: labels outside [0, {len(class_names)})")
     return DatasetSplits(
         name=name,
-        train=_to_dataset(arrays["train_images"], arrays["train_labels"], class_names, f"{name}/train"),
-        test=_to_dataset(arrays["test_images"], arrays["test_labels"], class_names, f"{name}/test"),
+        train=load_idx_split(d, "train", name=name, class_names=class_names),
+        test=load_idx_split(d, "test", name=name, class_names=class_names),
         info={"source": str(d)},
     )
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -19,6 +21,10 @@ __all__ = ["load_npz", "IMAGE_KEYS", "LABEL_KEYS"]
 
 IMAGE_KEYS = ("images", "x", "X", "x_test", "X_test", "data")
 LABEL_KEYS = ("labels", "y", "Y", "y_test", "Y_test", "targets")
+#: image and label keys that belong together, in the order they are looked for
+_PAIRS = tuple(zip(IMAGE_KEYS, LABEL_KEYS, strict=True))
+
+log = logging.getLogger(__name__)
 
 
 #: labels at or above this are not class indices (a corrupt or hostile label array)
@@ -92,7 +98,11 @@ def load_npz(
     input_shape: tuple[int, int, int] | None = None,
 ) -> ImageDataset:
     """Images under one of :data:`IMAGE_KEYS` (``uint8`` 0–255 or float 0–1; ``(N,H,W)``, ``(N,H,W,C)`` or
-    ``(N,C,H,W)``) and integer labels under one of :data:`LABEL_KEYS`. Never unpickles."""
+    ``(N,C,H,W)``) and integer labels under one of :data:`LABEL_KEYS`. Never unpickles.
+
+    The first pair present (``images``/``labels``, ``x``/``y``, ...) is read; a file holding several logs a
+    warning naming the keys read and those ignored. The dataset's ``source_info`` records the keys read and
+    the split: ``"test"`` for ``x_test``/``X_test``, else ``"single"`` (the file has no train/test parts)."""
     p = Path(path)
     if input_shape is not None:
         check_input_shape(input_shape)
@@ -100,8 +110,7 @@ def load_npz(
     try:
         with np.load(p, allow_pickle=False) as z:
             keys = list(z.keys())
-            ik = next((k for k in IMAGE_KEYS if k in keys), None)
-            lk = next((k for k in LABEL_KEYS if k in keys), None)
+            ik, lk = _pick_keys(keys)
             if ik is None or lk is None:
                 raise DataError(
                     f"{p}: needs an image array ({'/'.join(IMAGE_KEYS)}) and a label array "
@@ -142,4 +151,26 @@ def load_npz(
     names = list(class_names) if class_names else [str(i) for i in range(n)]
     if len(y) and int(y.max()) >= len(names):
         raise DataError(f"{p}: label {int(y.max())} but only {len(names)} classes")
-    return arrays_to_dataset(x, y, class_names=names, name=str(p), input_shape=input_shape, layout=layout)
+    data = arrays_to_dataset(x, y, class_names=names, name=str(p), input_shape=input_shape, layout=layout)
+    ignored = [k for k in keys if k in IMAGE_KEYS + LABEL_KEYS and k not in (ik, lk)]
+    if ignored:
+        log.warning(
+            "%s: holds more than one image/label array: read %r and %r, ignored %s",
+            p, ik, lk, ", ".join(repr(k) for k in ignored),
+        )  # fmt: skip
+    info: dict[str, Any] = {
+        "keys": {"images": ik, "labels": lk},
+        "split": "test" if ik.endswith("_test") else "single",
+    }
+    if ignored:
+        info["ignored_keys"] = ignored
+    return dataclasses.replace(data, source_info=info)
+
+
+def _pick_keys(keys: Sequence[str]) -> tuple[str | None, str | None]:
+    """The image and label keys to read: the first pair of :data:`IMAGE_KEYS`/:data:`LABEL_KEYS` that is
+    complete, else the first image key and the first label key present (``None`` where there is none)."""
+    pair = next(((i, lab) for i, lab in _PAIRS if i in keys and lab in keys), None)
+    if pair is not None:
+        return pair
+    return next((k for k in IMAGE_KEYS if k in keys), None), next((k for k in LABEL_KEYS if k in keys), None)
