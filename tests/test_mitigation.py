@@ -196,6 +196,7 @@ def test_mitigate_cli_writes_a_repaired_model_directory(
     ("extra", "message"),
     [
         (["--label", "42"], "label 42 is not in the report"),
+        (["--label", "42"], "(it scanned labels 0-9)"),
         (["--layer", "fc.9"], "layer 'fc.9' does not exist"),
         (["--fpr", "1.5"], "--fpr must be in (0, 1]"),
         (["--method", "prune", "--max-prune", "0"], "--max-prune must be in (0, 1]"),
@@ -261,6 +262,7 @@ def test_a_real_trigger_for_a_model_without_a_card(
     badnets_model: nc.ModelBundle,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The same model as weights only (no card): ``--real-trigger`` given as the card's spec, as the card's
     trigger file, or drawn as two images, gives the card's validation; mitigations measure it too."""
@@ -289,6 +291,22 @@ def test_a_real_trigger_for_a_model_without_a_card(
         got = json.loads((out / "validation.json").read_text())
         for key in ("real_l1", "real_attack_success", "mask_iou", "mass_inside_real", "shared_top_neurons"):
             assert got[key] == pytest.approx(expected[key], abs=1e-4), key
+    # a whole-image real trigger: no mask IoU (any mask lies inside it), the neurons are still compared
+    out = tmp_path / "blend"
+    assert main(["validate", *own, "--real-trigger", "blend:alpha=0.2", "--out", str(out)]) == 0
+    got = json.loads((out / "validation.json").read_text())
+    assert got["mask_iou"] is None and got["shared_top_neurons"] is not None
+    assert any("says nothing, so no mask IoU" in n for n in got["notes"])
+    # a label the scan did not flag is worked on, with a warning
+    l3 = ["validate", *own[:-4], "--label", "3", "--device", "cpu", "--out", str(tmp_path / "l3")]
+    assert main(l3) == 0
+    assert any("label 3 was not flagged by the scan" in r.getMessage() for r in caplog.records)
+    # an unreadable trigger file is bad input data (exit 1), a bad spec a usage error (exit 2)
+    assert main(["validate", *own, "--real-trigger", str(tmp_path / "none.safetensors")]) == 1
+    assert main(["validate", *own, "--real-trigger", "square:size=99"]) == 2
+    nc.Trigger(torch.zeros(28, 28), torch.ones(1, 28, 28)).save(tmp_path / "empty.safetensors")
+    assert main(["validate", *own, "--real-trigger", str(tmp_path / "empty.safetensors")]) == 2
+    assert "the trigger's mask is empty" in capsys.readouterr().err
     # without it there is nothing to compare with
     assert main(["validate", *own, "--out", str(tmp_path / "none")]) == 0
     assert json.loads((tmp_path / "none" / "validation.json").read_text())["real_attack_success"] is None

@@ -90,6 +90,33 @@ def test_a_trigger_drawn_as_two_images(tmp_path: Path) -> None:
         Trigger.from_spec(f"image:mask={bomb},pattern={tmp_path / 'pattern.png'}", (3, 16, 16))
 
 
+def test_trigger_images_keep_their_meaning(tmp_path: Path) -> None:
+    """16-bit grey keeps its depth; a mask in colour or with transparency is refused, never guessed."""
+    from neuralcleanse.errors import DataError
+
+    grey16 = np.full((16, 16), 1000, dtype=np.uint16)  # 1.5% grey, not white
+    Image.fromarray(grey16).save(tmp_path / "dark16.png")
+    assert Image.open(tmp_path / "dark16.png").mode.startswith("I;16")
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:8, 4:8] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    t = Trigger.from_spec(
+        f"image:mask={tmp_path / 'mask.png'},pattern={tmp_path / 'dark16.png'}", (3, 16, 16)
+    )
+    assert float(t.pattern.max()) == pytest.approx(1000 / 65535)
+    red = np.zeros((16, 16, 3), dtype=np.uint8)
+    red[4:8, 4:8, 0] = 255
+    Image.fromarray(red).save(tmp_path / "red.png")
+    clear = np.full((16, 16, 4), 255, dtype=np.uint8)
+    clear[..., 3] = 0
+    clear[4:8, 4:8, 3] = 255
+    Image.fromarray(clear).save(tmp_path / "alpha.png")
+    for name, message in [("red.png", "the mask is in colour"), ("alpha.png", "the mask has transparency")]:
+        with pytest.raises(TriggerError, match=message) as info:
+            Trigger.from_spec(f"image:mask={tmp_path / name},pattern={tmp_path / 'dark16.png'}", (3, 16, 16))
+        assert isinstance(info.value, DataError)  # bad input data: exit code 1 on the command line
+
+
 def test_blended_trigger_covers_the_image() -> None:
     t = Trigger.from_spec("blend:pattern=random,alpha=0.2,seed=1", (1, 8, 8))
     assert torch.allclose(t.mask, torch.full((8, 8), 0.2)) and abs(t.l1_norm - 12.8) < 1e-5

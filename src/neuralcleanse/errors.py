@@ -46,6 +46,11 @@ class TriggerError(SettingsError):
     """A trigger cannot be built (too large, outside the image, bad spec)."""
 
 
+class TriggerFileError(TriggerError, DataError):
+    """A trigger file or image cannot be read (missing, corrupt, not a trigger): bad input data, so the
+    command line exits with 1 like for any other unreadable file; still a :class:`TriggerError`."""
+
+
 def first_line(error: BaseException | str, *, limit: int | None = None) -> str:
     """The first non-blank line of an exception's message (or of a text), cut to ``limit`` characters: what
     a one-line error quotes from an error it wraps. An exception with no message gives its type's name; a

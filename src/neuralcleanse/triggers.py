@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_bytes
-from .errors import TriggerError, first_line
+from .errors import TriggerError, TriggerFileError, first_line
 
 __all__ = ["Trigger", "parse_trigger_spec"]
 
@@ -119,12 +119,15 @@ class Trigger:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
         except FileNotFoundError:
-            raise TriggerError(f"{p}: trigger file not found") from None
+            raise TriggerFileError(f"{p}: trigger file not found") from None
         except (SafetensorError, OSError, ValueError) as exc:
-            raise TriggerError(f"{p}: not a valid trigger file ({exc})") from None
+            raise TriggerFileError(f"{p}: not a valid trigger file ({exc})") from None
         if set(tensors) != {"mask", "pattern"}:
-            raise TriggerError(f"{p}: a trigger file holds 'mask' and 'pattern', found {sorted(tensors)}")
-        return cls(tensors["mask"].float(), tensors["pattern"].float(), meta.get("spec", ""))
+            raise TriggerFileError(f"{p}: a trigger file holds 'mask' and 'pattern', found {sorted(tensors)}")
+        try:
+            return cls(tensors["mask"].float(), tensors["pattern"].float(), meta.get("spec", ""))
+        except TriggerError as exc:
+            raise TriggerFileError(f"{p}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Summary for JSON cards (the arrays themselves are saved with :meth:`save`)."""
@@ -328,26 +331,48 @@ def _image_pattern(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
 
 
 def _read_image(path: Path, mode: str, *, size: tuple[int, int], resize: bool = False) -> torch.Tensor:
-    """An image file as a float ``(C, H, W)`` tensor in ``[0, 1]``, converted to ``mode``; resized to
-    ``size`` with ``resize``, otherwise refused when it is not of that size."""
+    """An image file as a float ``(C, H, W)`` tensor in ``[0, 1]``, converted to ``mode`` (``L``: one grey
+    channel, ``RGB``); resized to ``size`` with ``resize``, otherwise refused when it is not of that size.
+    16-bit grey images keep their depth; a colour or transparent image read as ``L`` is refused (a mask
+    is grey: converting colour to luminance or dropping transparency would silently change it)."""
     from PIL import Image, UnidentifiedImageError
 
     h, w = size
     try:
         with Image.open(path) as src:
             if not resize and src.size != (w, h):
-                raise TriggerError(
+                raise TriggerFileError(
                     f"{path}: the trigger image is {src.size[1]}x{src.size[0]}, the images are {h}x{w}"
                 )
-            img = src.convert(mode).resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+            if src.mode in ("I", "F"):
+                raise TriggerFileError(f"{path}: 32-bit image (mode {src.mode}): save it with 8 or 16 bits")
+            if src.mode.startswith("I;16"):  # 16-bit grey: PIL's convert("L") would clip it to 0 or 255
+                img = src.resize((w, h), Image.Resampling.BILINEAR) if src.size != (w, h) else src
+                grey = np.asarray(img, dtype=np.float32) / 65535.0
+                arr = grey if mode == "L" else np.repeat(grey[:, :, None], 3, axis=2)
+            else:
+                if mode == "L" and src.mode not in ("L", "1"):
+                    _check_grey(path, src.convert("RGBA"))
+                img = src.convert(mode).resize((w, h), Image.Resampling.BILINEAR)
+                arr = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError:
-        raise TriggerError(f"{path}: trigger image not found") from None
+        raise TriggerFileError(f"{path}: trigger image not found") from None
     except Image.DecompressionBombError as exc:
-        raise TriggerError(f"{path}: refused: a decompression bomb? ({first_line(exc)})") from None
+        raise TriggerFileError(f"{path}: refused: a decompression bomb? ({first_line(exc)})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         if isinstance(exc, TriggerError):
             raise
-        raise TriggerError(f"{path}: cannot read trigger image ({first_line(exc)})") from None
-    t = torch.from_numpy(arr)
+        raise TriggerFileError(f"{path}: cannot read trigger image ({first_line(exc)})") from None
+    t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def _check_grey(path: Path, rgba: Any) -> None:
+    """A mask drawn in colour or with transparency is refused: it is not clear what it means."""
+    arr = np.asarray(rgba)
+    if (arr[:, :, 3] < 255).any():
+        raise TriggerFileError(
+            f"{path}: the mask has transparency; draw it in grey (white stamps the pattern)"
+        )
+    if (arr[:, :, 0] != arr[:, :, 1]).any() or (arr[:, :, 1] != arr[:, :, 2]).any():
+        raise TriggerFileError(f"{path}: the mask is in colour; draw it in grey (white stamps the pattern)")

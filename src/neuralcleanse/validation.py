@@ -82,12 +82,14 @@ class ValidationResult:
 
     def lines(self) -> list[str]:
         """How the reversed trigger's mask and neurons match the real trigger's (empty without one)."""
-        if self.mask_iou is None:
+        if self.shared_top_neurons is None:
             return []
+        neurons = f"{pct(self.shared_top_neurons)} of the top neurons are the same for both triggers"
+        if self.mask_iou is None:  # a whole-image real trigger
+            return [neurons]
         return [
             f"mask IoU with the real trigger {self.mask_iou:.2f}; {pct(self.mass_inside_real)} of the reversed "
-            f"mask lies inside it; {pct(self.shared_top_neurons)} of the top neurons are the same for both "
-            "triggers"
+            f"mask lies inside it; {neurons}"
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,7 +227,15 @@ def validate_trigger(
         stamped_real = real_trigger.apply(x)
         real = feature_activations(model, feat, stamped_real, device=device)
         real_top = top_neurons(clean, real, top_fraction)
+        iou: float | None
+        mass: float | None
         iou, mass = _iou(reversed_trigger.mask, real_trigger.region)
+        if float(real_trigger.region.float().mean()) > 0.5:  # a blend: any mask lies "inside" it
+            iou = mass = None
+            notes.append(
+                f"the real trigger touches {real_trigger.region.float().mean():.0%} of the image: where the "
+                "masks lie says nothing, so no mask IoU is given"
+            )
         result.update(
             real_l1=real_trigger.l1_norm,
             real_attack_success=stamped_success(model, real_trigger, x, target=label, device=device),

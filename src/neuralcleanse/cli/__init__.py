@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import NeuralCleanseError, SettingsError, exception_line, first_line
+from ..errors import DataError, NeuralCleanseError, SettingsError, exception_line, first_line
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]
 
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         app.main(args=args, prog_name="neuralcleanse", standalone_mode=False)
+    except DataError as exc:  # before SettingsError: an unreadable trigger file is both
+        print(f"error: {first_line(str(exc))}", file=sys.stderr)
+        return EXIT_INPUT
     except SettingsError as exc:
         print(f"error: {first_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

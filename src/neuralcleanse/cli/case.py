@@ -99,8 +99,16 @@ def open_case(
         known = sorted(r.label for r in report.labels)
         if label in known:
             raise DataError(f"{report_path}: trigger file triggers/label_{label:04d}.safetensors is missing")
-        span = f"labels {known[0]}-{known[-1]}" if known else "no labels"
-        raise SettingsError(f"--label: label {label} is not in the report {report_path} ({span})")
+        from .._format import label_ranges
+
+        span = f"labels {label_ranges(known)}" if known else "no labels"
+        raise SettingsError(f"--label: label {label} is not in the report {report_path} (it scanned {span})")
+    if label not in report.flagged:
+        logging.getLogger(__name__).warning(
+            "label %d was not flagged by the scan (verdict: %s): working on it as asked",
+            label,
+            report.verdict,
+        )
     real, sources = None, None
     for b in loaded.card.backdoors if loaded.card is not None else ():
         if b.target == label:
@@ -134,8 +142,11 @@ def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:
             raise TriggerError(
                 f"--real-trigger {text}: the trigger is for images {shape}, the scan's are {want}"
             )
-        return trigger
-    return Trigger.from_spec(text, image_shape)
+    else:
+        trigger = Trigger.from_spec(text, image_shape)
+    if trigger.l1_norm == 0:
+        raise TriggerError(f"--real-trigger {text}: the trigger's mask is empty (it stamps nothing)")
+    return trigger
 
 
 def _real_sources(text: str, label: int, num_classes: Any) -> tuple[int, ...]:
