@@ -143,7 +143,10 @@ def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:
                 f"--real-trigger {text}: the trigger is for images {shape}, the scan's are {want}"
             )
     else:
-        trigger = Trigger.from_spec(text, image_shape)
+        try:
+            trigger = Trigger.from_spec(text, image_shape)
+        except TriggerError as exc:
+            raise type(exc)(f"--real-trigger: {exc}") from None
     if trigger.l1_norm == 0:
         raise TriggerError(f"--real-trigger {text}: the trigger's mask is empty (it stamps nothing)")
     return trigger
