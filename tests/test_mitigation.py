@@ -291,6 +291,15 @@ def test_a_real_trigger_for_a_model_without_a_card(
         got = json.loads((out / "validation.json").read_text())
         for key in ("real_l1", "real_attack_success", "mask_iou", "mass_inside_real", "shared_top_neurons"):
             assert got[key] == pytest.approx(expected[key], abs=1e-4), key
+        assert any(n.startswith("real trigger from --real-trigger: ") for n in got["notes"]), got["notes"]
+    assert any(n.startswith(f"real trigger from the model card: {real.spec}") for n in expected["notes"])
+    # a source-specific real trigger: measured on those labels only, and the result says so
+    out = tmp_path / "sources"
+    code = main(["validate", *own, "--real-trigger", real.spec, "--real-sources", "1-3", "--out", str(out)])
+    assert code == 0
+    got = json.loads((out / "validation.json").read_text())
+    assert "attack success measured on images of the source labels 1-3 only" in got["notes"]
+    assert got["real_attack_success"] > 0.9 and 0 < got["images"] < expected["images"] / 2
     # a whole-image real trigger: no mask IoU (any mask lies inside it), the neurons are still compared
     out = tmp_path / "blend"
     assert main(["validate", *own, "--real-trigger", "blend:alpha=0.2", "--out", str(out)]) == 0

@@ -26,6 +26,8 @@ class Case:
     report: Any
     backdoor: SuspectedBackdoor
     names: list[str] | None
+    #: where the real trigger came from ("the model card", "--real-trigger"), when there is one
+    real_from: str | None = None
 
     @property
     def label(self) -> int:
@@ -59,7 +61,26 @@ class Case:
     def stamped(self, result: Any) -> Any:
         """``result`` (a validation or mitigation result) recording which model it is of: the scan
         report's model fingerprint, which ``report`` checks."""
-        return dataclasses.replace(result, model_fingerprint=self.report.model.get("fingerprint"))
+        return dataclasses.replace(
+            result,
+            model_fingerprint=self.report.model.get("fingerprint"),
+            notes=[*result.notes, *self.real_notes()],
+        )
+
+    def real_notes(self) -> list[str]:
+        """What the real trigger was and where it came from; the source labels it was measured on."""
+        from .._format import label_ranges
+
+        b = self.backdoor
+        if b.real_trigger is None:
+            return []
+        t = b.real_trigger
+        notes = [f"real trigger from {self.real_from}: {t.spec or 'no spec recorded'} (L1 {t.l1_norm:.1f})"]
+        if b.source_labels is not None:
+            notes.append(
+                f"attack success measured on images of the source labels {label_ranges(list(b.source_labels))} only"
+            )
+        return notes
 
 
 def open_case(
@@ -109,13 +130,14 @@ def open_case(
             label,
             report.verdict,
         )
-    real, sources = None, None
+    real, sources, real_from = None, None, None
     for b in loaded.card.backdoors if loaded.card is not None else ():
         if b.target == label:
             real = Trigger.load(trigger_path(model, b))
-            sources = b.source_labels
+            sources, real_from = b.source_labels, "the model card"
             break
     if real_trigger is not None:
+        real_from = "--real-trigger"
         if real is not None:
             logging.getLogger(__name__).info(
                 "--real-trigger replaces the model card's trigger of label %d", label
@@ -129,7 +151,7 @@ def open_case(
     backdoor = SuspectedBackdoor(
         label, report.triggers[label], real, None if sources is None else tuple(sources)
     )
-    return Case(loaded, report, backdoor, names)
+    return Case(loaded, report, backdoor, names, real_from)
 
 
 def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:
