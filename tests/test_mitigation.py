@@ -56,6 +56,9 @@ def test_reversed_trigger_matches_the_real_one(
     assert v.shared_top_neurons is not None and v.shared_top_neurons >= 0.6
     assert v.reversed_activation > 2 * v.clean_activation and v.real_activation is not None
     assert v.real_activation > 2 * v.clean_activation
+    # the baseline of the "only those neurons" figures: clean images do not go to label 0 that way
+    assert v.clean_success_top_only is not None and v.clean_success_top_only < 0.2
+    assert not any("already go to label" in n for n in v.notes)
     assert _hooks(model) == 0 and _same(model, before) and not model.training
     v.save(tmp_path / "v", reversed_trigger=rev, real_trigger=real, example=mnist_sample.test.images[0])
     assert (

@@ -51,6 +51,8 @@ class ValidationResult:
     clean_activation: float
     reversed_activation: float
     reversed_success_top_only: float
+    #: the baseline of ``*_success_top_only``: clean images, unstamped, with only the top neurons kept
+    clean_success_top_only: float | None = None
     real_l1: float | None = None
     real_attack_success: float | None = None
     real_activation: float | None = None
@@ -74,7 +76,7 @@ class ValidationResult:
                 _num(self.real_activation, 2),
             ),
             (
-                "attack success with only those neurons",
+                f"attack success with only those neurons (clean images: {pct(self.clean_success_top_only)})",
                 pct(self.reversed_success_top_only),
                 pct(self.real_success_top_only),
             ),
@@ -220,9 +222,16 @@ def validate_trigger(
         "reversed_success_top_only": _success_top_only(
             model, feat, top, clean_mean, stamped_rev, label, device
         ),
+        "clean_success_top_only": _success_top_only(model, feat, top, clean_mean, x, label, device),
         "images": len(x),
     }
     notes = [f"top {len(top)} of {feat.width} neurons ({top_fraction:.0%}) of layer {feat.name!r}"]
+    if result["clean_success_top_only"] > 0.5:
+        notes.append(
+            f"with only the top neurons kept, {pct(result['clean_success_top_only'])} of the clean images already "
+            f"go to label {label}: the 'only those neurons' figures do not show that these neurons carry the "
+            "backdoor (try a larger --top)"
+        )
     if real_trigger is not None:
         stamped_real = real_trigger.apply(x)
         real = feature_activations(model, feat, stamped_real, device=device)

@@ -64,6 +64,6 @@ def validate(
     console.print(table)
     for line in result.lines():
         console.print(line)
-    for note in case.real_notes():
+    for note in result.notes:
         console.print(f"note: {note}")
     console.print(f"written to {out}")
