@@ -85,6 +85,9 @@ def test_a_trigger_drawn_as_two_images(tmp_path: Path) -> None:
         Trigger.from_spec(
             f"image:mask={tmp_path / 'junk.png'},pattern={tmp_path / 'pattern.png'}", (3, 16, 16)
         )
+    big = png_declaring(tmp_path / "big.png", 9500, 9500)  # under PIL's own error, over its warning
+    with pytest.raises(TriggerError, match="big.png: refused: the image declares 9500x9500 pixels"):
+        Trigger.from_spec(f"square:size=4,pattern=file:{big}", (3, 16, 16))
     bomb = png_declaring(tmp_path / "bomb.png", 20000, 20000)
     with pytest.raises(TriggerError, match="bomb.png: refused: a decompression bomb"):
         Trigger.from_spec(f"image:mask={bomb},pattern={tmp_path / 'pattern.png'}", (3, 16, 16))

@@ -20,6 +20,7 @@ Spec strings (the CLI's ``--trigger``) have the form ``KIND:key=value,key=value`
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,9 +338,19 @@ def _read_image(path: Path, mode: str, *, size: tuple[int, int], resize: bool = 
     is grey: converting colour to luminance or dropping transparency would silently change it)."""
     from PIL import Image, UnidentifiedImageError
 
+    from .data.convert import MAX_IMAGE_PIXELS
+
     h, w = size
     try:
-        with Image.open(path) as src:
+        with warnings.catch_warnings():  # PIL's bomb warning: the size is refused below, in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as src:
+            if src.size[0] * src.size[1] > MAX_IMAGE_PIXELS:  # refused before decoding, as --data's images
+                raise TriggerFileError(
+                    f"{path}: refused: the image declares {src.size[0]}x{src.size[1]} pixels "
+                    f"(more than {MAX_IMAGE_PIXELS} pixels; a decompression bomb?)"
+                )
             if not resize and src.size != (w, h):
                 raise TriggerFileError(
                     f"{path}: the trigger image is {src.size[1]}x{src.size[0]}, the images are {h}x{w}"
