@@ -230,7 +230,7 @@ def validate_trigger(
         notes.append(
             f"with only the top neurons kept, {pct(result['clean_success_top_only'])} of the clean images already "
             f"go to label {label}: the 'only those neurons' figures do not show that these neurons carry the "
-            "backdoor (try a larger --top)"
+            "backdoor (try a larger --top / top_fraction)"
         )
     if real_trigger is not None:
         stamped_real = real_trigger.apply(x)
@@ -238,13 +238,15 @@ def validate_trigger(
         real_top = top_neurons(clean, real, top_fraction)
         iou: float | None
         mass: float | None
-        iou, mass = _iou(reversed_trigger.mask, real_trigger.region)
-        if float(real_trigger.region.float().mean()) > 0.5:  # a blend: any mask lies "inside" it
+        touched = float(real_trigger.region.float().mean())
+        if touched > 0.5:  # a blend: any mask lies "inside" it
             iou = mass = None
             notes.append(
-                f"the real trigger touches {real_trigger.region.float().mean():.0%} of the image: where the "
-                "masks lie says nothing, so no mask IoU is given"
+                f"the real trigger touches {touched:.0%} of the image: where the masks lie says nothing, so no "
+                "mask IoU is given"
             )
+        else:
+            iou, mass = _iou(reversed_trigger.mask, real_trigger.region)
         result.update(
             real_l1=real_trigger.l1_norm,
             real_attack_success=stamped_success(model, real_trigger, x, target=label, device=device),

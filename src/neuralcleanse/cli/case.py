@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .._format import label_ranges
 from ..errors import DataError, ModelError, SettingsError, TriggerError
 from ..fingerprint import report_weights_sha256
 from ..suspect import SuspectedBackdoor
@@ -69,8 +70,6 @@ class Case:
 
     def real_notes(self) -> list[str]:
         """What the real trigger was and where it came from; the source labels it was measured on."""
-        from .._format import label_ranges
-
         b = self.backdoor
         if b.real_trigger is None:
             return []
@@ -120,8 +119,6 @@ def open_case(
         known = sorted(r.label for r in report.labels)
         if label in known:
             raise DataError(f"{report_path}: trigger file triggers/label_{label:04d}.safetensors is missing")
-        from .._format import label_ranges
-
         span = f"labels {label_ranges(known)}" if known else "no labels"
         raise SettingsError(f"--label: label {label} is not in the report {report_path} (it scanned {span})")
     if label not in report.flagged:

@@ -49,26 +49,26 @@ def _check_archive(p: Path) -> None:
     if head != b"PK\x03\x04":
         raise DataError(f"{p}: not an .npz file (not a zip archive of .npy arrays)")
     try:
-        with zipfile.ZipFile(p) as zf:
-            members = zf.infolist()
+        archive = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{p}: corrupt .npz archive ({exc})") from None
-    for m in members:
-        name = m.filename
-        if name.startswith(("/", "\\")) or "\\" in name or ".." in Path(name).parts or ":" in name:
-            raise DataError(f"{p}: refused: archive member {name!r} has an absolute or '..' path")
-        if m.is_dir() or not name.endswith(".npy") or "/" in name:
-            raise DataError(f"{p}: refused: archive member {name!r} is not a top-level .npy array")
-        if m.file_size > _MAX_MEMBER and m.file_size > _MAX_RATIO * max(m.compress_size, 1):
-            raise DataError(
-                f"{p}: refused: archive member {name!r} expands {m.file_size // max(m.compress_size, 1)}x "
-                f"to {m.file_size} bytes (a zip bomb?)"
-            )
-        try:
-            with zipfile.ZipFile(p) as zf, zf.open(m) as fh:
-                _check_npy_header(p, name, fh, m.file_size)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
-            raise DataError(f"{p}: corrupt .npz archive ({first_line(exc)})") from None
+    with archive:  # opened once: the members' names, sizes and .npy headers
+        for m in archive.infolist():
+            name = m.filename
+            if name.startswith(("/", "\\")) or "\\" in name or ".." in Path(name).parts or ":" in name:
+                raise DataError(f"{p}: refused: archive member {name!r} has an absolute or '..' path")
+            if m.is_dir() or not name.endswith(".npy") or "/" in name:
+                raise DataError(f"{p}: refused: archive member {name!r} is not a top-level .npy array")
+            if m.file_size > _MAX_MEMBER and m.file_size > _MAX_RATIO * max(m.compress_size, 1):
+                raise DataError(
+                    f"{p}: refused: archive member {name!r} expands {m.file_size // max(m.compress_size, 1)}x "
+                    f"to {m.file_size} bytes (a zip bomb?)"
+                )
+            try:
+                with archive.open(m) as fh:
+                    _check_npy_header(p, name, fh, m.file_size)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
+                raise DataError(f"{p}: corrupt .npz archive ({first_line(exc)})") from None
 
 
 def _check_npy_header(p: Path, name: str, fh: IO[bytes], size: int) -> None:
