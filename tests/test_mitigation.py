@@ -313,6 +313,10 @@ def test_a_real_trigger_for_a_model_without_a_card(
     l3 = ["validate", *own[:-4], "--label", "3", "--device", "cpu", "--out", str(tmp_path / "l3")]
     assert main(l3) == 0
     assert any("label 3 was not flagged by the scan" in r.getMessage() for r in caplog.records)
+    capsys.readouterr()
+    assert main([*l3[:-2], "--real-trigger", "circle:r=1", "--out", str(tmp_path / "l3-bad")]) == 2
+    err = capsys.readouterr().err  # the warning comes only once the work is done: the error is one line
+    assert err.startswith("error: --real-trigger: ") and err.count("\n") == 1, err
     # an unreadable trigger file is bad input data (exit 1), a bad spec a usage error (exit 2)
     assert main(["validate", *own, "--real-trigger", str(tmp_path / "none.safetensors")]) == 1
     assert main(["validate", *own, "--real-trigger", "square:size=99"]) == 2

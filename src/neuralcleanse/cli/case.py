@@ -61,7 +61,15 @@ class Case:
 
     def stamped(self, result: Any) -> Any:
         """``result`` (a validation or mitigation result) recording which model it is of: the scan
-        report's model fingerprint, which ``report`` checks."""
+        report's model fingerprint, which ``report`` checks; and the real trigger it was measured against.
+        Says here, once the work is done, if the label was not flagged (so that an error in any input
+        before it stays one line)."""
+        if self.label not in self.report.flagged:
+            logging.getLogger(__name__).warning(
+                "label %d was not flagged by the scan (verdict: %s): worked on it as asked",
+                self.label,
+                self.report.verdict,
+            )
         return dataclasses.replace(
             result,
             model_fingerprint=self.report.model.get("fingerprint"),
@@ -121,12 +129,6 @@ def open_case(
             raise DataError(f"{report_path}: trigger file triggers/label_{label:04d}.safetensors is missing")
         span = f"labels {label_ranges(known)}" if known else "no labels"
         raise SettingsError(f"--label: label {label} is not in the report {report_path} (it scanned {span})")
-    if label not in report.flagged:
-        logging.getLogger(__name__).warning(
-            "label %d was not flagged by the scan (verdict: %s): working on it as asked",
-            label,
-            report.verdict,
-        )
     real, sources, real_from = None, None, None
     for b in loaded.card.backdoors if loaded.card is not None else ():
         if b.target == label:
