@@ -53,7 +53,9 @@ def main() -> None:
         start = time.perf_counter()
         v = validate_trigger(bundle.model, rev, data.test, **kw)
         _, f = filter_inputs(bundle.model, data.test, rev, **kw)
-        _, pr = prune_neurons(bundle.model, data.test, rev, **kw)
+        _, pr = prune_neurons(
+            bundle.model, data.test, rev, max_accuracy_drop=None, **kw
+        )  # as the paper: no budget
         _, u = unlearn(bundle.model, data.train, data.test, rev, **kw)
         seconds = time.perf_counter() - start
         base = u.details["baselines"]["clean fine-tuning"]

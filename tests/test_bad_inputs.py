@@ -1098,6 +1098,30 @@ CASES: list[Case] = [
         "--epochs",
     ),
     Case(
+        "train-trigger-without-attack",
+        "train --trigger without --attack (it used to train a clean model silently)",
+        lambda e: ["train", "--out", str(e.out), "--epochs", "1", "--trigger", "square:size=3"],
+        "--trigger given without --attack: it applies to --attack badnets",
+        2,
+        "--trigger",
+    ),
+    Case(
+        "train-trojan-mask-with-badnets",
+        "train --attack badnets --trojan-mask",
+        lambda e: [
+            "train",
+            "--out",
+            str(e.out),
+            "--epochs",
+            "1",
+            *("--attack", "badnets", "--target", "1"),
+            *("--trojan-mask", "watermark"),
+        ],  # fmt: skip
+        "--trojan-mask given with --attack badnets: it applies to --attack trojan",
+        2,
+        "--trojan-mask",
+    ),
+    Case(
         "train-seed-negative",
         "train --seed -1",
         lambda e: ["train", "--out", str(e.out), "--seed", "-1"],

@@ -107,7 +107,9 @@ def test_pruning_stops_the_backdoor_and_leaves_the_input_alone(
 ) -> None:
     model, rev, real = case
     before = _state(model)
-    pruned, r = prune_neurons(model, mnist_sample.test, rev, label=0, real_trigger=real, max_fraction=0.5)
+    pruned, r = prune_neurons(
+        model, mnist_sample.test, rev, label=0, real_trigger=real, max_fraction=0.5, max_accuracy_drop=None
+    )  # the paper's pruning: no accuracy budget
     curve = r.details["curve"]
     assert curve[0]["fraction"] == 0 and curve[0]["attack_success"] == pytest.approx(
         r.before.attack_success, abs=1e-6
@@ -115,10 +117,32 @@ def test_pruning_stops_the_backdoor_and_leaves_the_input_alone(
     assert r.after.attack_success < 0.05 and r.before.attack_success > 0.9
     assert r.after.real_attack_success is not None and r.after.real_attack_success < 0.2
     assert 0 < r.details["fraction_pruned"] <= 0.5 and r.after.clean_accuracy > 0.6
+    drop = r.before.clean_accuracy - r.after.clean_accuracy
+    assert (drop >= 0.02) == any("clean accuracy fell from" in n for n in r.notes)
     assert pruned is not model and _same(model, before) and _hooks(model) == 0 and _hooks(pruned) == 0
     # the pruned neurons are zero columns of the logits layer, so the model saves as an ordinary one
     cols = r.details["pruned"]
     assert torch.all(pruned.logits.weight[:, cols] == 0)  # type: ignore[index]
+
+
+def test_pruning_keeps_to_its_clean_accuracy_budget(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
+) -> None:
+    model, rev, _ = case
+    free, r = prune_neurons(model, mnist_sample.test, rev, label=0, max_fraction=0.5, max_accuracy_drop=None)
+    drops = [r.before.clean_accuracy - p["clean_accuracy"] for p in r.details["curve"]]
+    budget = max(drops) / 2  # a budget the unlimited search overshoots
+    assert budget > 0
+    _, b = prune_neurons(model, mnist_sample.test, rev, label=0, max_fraction=0.5, max_accuracy_drop=budget)
+    assert b.details["stopped"] == "clean-accuracy budget" and b.details["max_accuracy_drop"] == budget
+    curve = b.details["curve"]
+    # the last step measured broke the budget and is not in the model; every step kept is within it
+    assert b.before.clean_accuracy - curve[-1]["clean_accuracy"] > budget
+    assert all(b.before.clean_accuracy - p["clean_accuracy"] <= budget for p in curve[:-1])
+    assert b.details["fraction_pruned"] == curve[-2]["fraction"]
+    assert b.after.clean_accuracy == pytest.approx(curve[-2]["clean_accuracy"], abs=1e-6)
+    assert any("budget, --max-accuracy-drop" in n for n in b.notes)
+    assert b.details["fraction_pruned"] < r.details["fraction_pruned"]
 
 
 def test_unlearning_removes_the_backdoor_and_keeps_accuracy(

@@ -111,23 +111,17 @@ class ValidationResult:
         force: bool = False,
     ) -> Path:
         """Write ``validation.json`` and, given the triggers, ``comparison.png`` (side by side)."""
-        from .report.images import save_png
-
         with atomic_directory(path, force=force) as tmp:
             atomic_write_json(tmp / VALIDATION_FILE, self.to_dict())
             if reversed_trigger is not None:
-                panels = [reversed_trigger.mask[None].expand_as(reversed_trigger.pattern),
-                          reversed_trigger.mask[None] * reversed_trigger.pattern]  # fmt: skip
-                if example is not None:
-                    panels.append(reversed_trigger.apply(example))
+                from .report.figures import trigger_comparison
+
+                rows = [(f"reversed: L1 {self.reversed_l1:.1f}, success {pct(self.reversed_attack_success)}",
+                         _panels(reversed_trigger, example))]  # fmt: skip
                 if real_trigger is not None:
-                    panels = [real_trigger.mask[None].expand_as(real_trigger.pattern),
-                              real_trigger.mask[None] * real_trigger.pattern] + (
-                        [real_trigger.apply(example)] if example is not None else []
-                    ) + panels  # fmt: skip
-                gap = torch.ones(panels[0].shape[0], panels[0].shape[1], 1) * 0.5
-                row = torch.cat([t for p in panels for t in (p, gap)][:-1], dim=2)
-                save_png(row, tmp / "comparison.png")
+                    rows.insert(0, (f"real: L1 {_num(self.real_l1, 1)}, success {pct(self.real_attack_success)}",
+                                    _panels(real_trigger, example)))  # fmt: skip
+                (tmp / "comparison.png").write_bytes(trigger_comparison(rows, label=self.label))
         return Path(path)
 
     @classmethod
@@ -144,6 +138,12 @@ class ValidationResult:
             return cls(**fields)
         except (ValueError, TypeError) as exc:
             raise DataError(f"{file}: cannot read validation result ({exc})") from None
+
+
+def _panels(trigger: Trigger, example: torch.Tensor | None) -> list[torch.Tensor]:
+    """The trigger's mask, mask × pattern and, given an image, that image stamped."""
+    panels = [trigger.mask[None].expand_as(trigger.pattern), trigger.mask[None] * trigger.pattern]
+    return panels + ([trigger.apply(example)] if example is not None else [])
 
 
 def _num(x: float | None, digits: int) -> str:

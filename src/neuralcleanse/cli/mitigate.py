@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     "--max-prune", default=0.3, show_default=True, help="prune: largest fraction of neurons pruned."
 )
 @click.option(
+    "--max-accuracy-drop",
+    default=0.1,
+    show_default=True,
+    help="prune: stop before a step that takes clean accuracy more than this (a fraction) below the start.",
+)
+@click.option(
     "--fraction",
     type=float,
     help="unlearn: fraction of the fine-tuning images used (default: 0.1 of a built-in data set's training "
@@ -56,7 +62,8 @@ if TYPE_CHECKING:
 def mitigate(
     source: ModelSource, report_path: Path, label: int | None, layer: str | None,
     real_trigger: str | None, real_sources: str | None, out: Path | None,
-    force: bool, method: str, as_html: bool, fpr: float, max_prune: float, fraction: float | None,
+    force: bool, method: str, as_html: bool, fpr: float, max_prune: float,
+    max_accuracy_drop: float, fraction: float | None,
     stamp_fraction: float, epochs: int | None, seed: int, device: str, verbose: int,
 ) -> None:  # fmt: skip
     """Filter inputs, prune neurons or unlearn the backdoor; print a before/after table.
@@ -77,6 +84,7 @@ def mitigate(
     for value, what in (
         (fpr, "--fpr"),
         (max_prune, "--max-prune"),
+        (max_accuracy_drop, "--max-accuracy-drop"),
         (fraction, "--fraction"),
         (stamp_fraction, "--stamp-fraction"),
     ):
@@ -111,8 +119,9 @@ def mitigate(
             _, result = filter_inputs(case.loaded.model, images, case.backdoor, fpr=fpr, layer=layer, **kw)
         else:
             repaired, result = prune_neurons(
-                case.loaded.model, images, case.backdoor, max_fraction=max_prune, layer=layer, **kw
-            )
+                case.loaded.model, images, case.backdoor, max_fraction=max_prune,
+                max_accuracy_drop=max_accuracy_drop, layer=layer, **kw,
+            )  # fmt: skip
     result = case.stamped(result)
     with atomic_directory(out, force=force) as tmp:
         result.save(tmp)
@@ -210,20 +219,25 @@ def _save_repaired(
 
 
 def _print(result: MitigationResult, out: Path, data_note: str, measured: str) -> None:
-    table = Table(title=f"{result.method} (label {result.label})", caption=f"measured on {measured}")
+    table = Table(title=f"{result.method} (label {result.label})")
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
     for what, before, after in result.rows():
         table.add_row(what, pct(before, 2), pct(after, 2))
     console = output_console()
     console.print(table)
+    console.print(f"measured on {measured}")
     details = result.details
     for line in details.lines():
         console.print(line)
     extra = details.table()
     if extra is not None:
+        curve = Table(title=extra.title)
+        for col in extra.columns:
+            curve.add_column(col, justify="right")
         for row in extra.rows:
-            console.print("  " + "  ".join(f"{c:>8}" for c in row))
+            curve.add_row(*row)
+        console.print(curve)
     for note in result.notes:
         console.print(f"note: {note}")
     if data_note:

@@ -2,7 +2,8 @@
 
 Neurons are ranked by their activation gap (reversed-trigger inputs minus clean inputs) and switched off
 in that order, a ``step`` fraction at a time, until the reversed trigger's attack success falls under
-``stop_success`` or ``max_fraction`` of the layer is off. During the search the neurons are masked at the
+``stop_success``, ``max_fraction`` of the layer is off, or one more step would take clean accuracy more
+than ``max_accuracy_drop`` below the unpruned model's (that step is then not kept). During the search the neurons are masked at the
 input of the layer's consumer (weights untouched); the returned model has those input columns of the
 consumer set to zero, which is exactly the same function and saves as an ordinary model.
 """
@@ -41,6 +42,8 @@ class PruneDetails(MitigationDetails):
     stopped: str = ""
     stop_success: float | None = None
     max_fraction: float | None = None
+    #: the clean-accuracy budget (absent in results of earlier versions, which had none)
+    max_accuracy_drop: float | None = None
     #: one point per step: fraction and number of neurons off, clean accuracy, attack success(es)
     curve: list[dict[str, Any]] = field(default_factory=list)
     ranking_images: int = 0
@@ -83,6 +86,7 @@ def prune_neurons(
     step: float = 0.02,
     max_fraction: float = 0.3,
     stop_success: float = 0.05,
+    max_accuracy_drop: float | None = 0.1,
     seed: int = 0,
     inplace: bool = False,
     device: torch.device | str = "cpu",
@@ -91,7 +95,8 @@ def prune_neurons(
 
     ``data`` holds clean labelled images: a random half of it (drawn with ``seed``) ranks the neurons, the
     other half measures clean accuracy and attack success after every step (the curve in
-    ``details["curve"]``).
+    ``details["curve"]``). A step that takes clean accuracy more than ``max_accuracy_drop`` (a fraction,
+    0.1 = ten points) below the unpruned model's ends the search and is not kept; ``None`` has no budget.
 
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
@@ -100,6 +105,8 @@ def prune_neurons(
     check_fraction(step, "pruning step")
     check_fraction(max_fraction, "largest pruned fraction")
     check_fraction(stop_success, "stopping attack success")
+    if max_accuracy_drop is not None:
+        check_fraction(max_accuracy_drop, "largest clean-accuracy drop")
     if len(data) < 4:
         raise SettingsError(f"{data.name}: too few images to rank and measure neurons")
     rank_set, eval_set = random_halves(data, seed)
@@ -117,14 +124,21 @@ def prune_neurons(
         return {"fraction": round(k / width, 6), "neurons": k, **m.to_dict()}
 
     curve = [point(0)]
+    floor = (
+        None if max_accuracy_drop is None else float(curve[0]["clean_accuracy"] or 0.0) - max_accuracy_drop
+    )
     per_step = max(1, round(step * width))
     k = 0
-    stopped = False
+    stopped = "reached the largest fraction"
     while k < round(max_fraction * width):
-        k = min(k + per_step, round(max_fraction * width))
-        curve.append(point(k))
+        nxt = min(k + per_step, round(max_fraction * width))
+        curve.append(point(nxt))
+        if floor is not None and float(curve[-1]["clean_accuracy"] or 0.0) < floor:
+            stopped = "clean-accuracy budget"  # the step that broke it is in the curve, not in the model
+            break
+        k = nxt
         if float(curve[-1]["attack_success"] or 0.0) < stop_success:
-            stopped = True
+            stopped = "attack success below threshold"
             break
     pruned = model if inplace else copy_model(model)
     target_feat = feat.in_copy(pruned)
@@ -137,19 +151,33 @@ def prune_neurons(
         width=width,
         pruned=[int(i) for i in ranking[:k]],
         fraction_pruned=round(k / width, 6),
-        stopped="attack success below threshold" if stopped else "reached the largest fraction",
+        stopped=stopped,
         stop_success=stop_success,
         max_fraction=max_fraction,
+        max_accuracy_drop=max_accuracy_drop,
         curve=curve,
         ranking_images=len(rank_set),
         eval_images=len(eval_set),
         seed=seed,
     )
     notes = []
-    if not stopped:
+    if stopped == "clean-accuracy budget":
+        notes.append(
+            f"pruning stopped at {k / width:.1%} of the layer: the next step took clean accuracy to "
+            f"{pct(curve[-1]['clean_accuracy'], 1)}, more than {100 * (max_accuracy_drop or 0):.0f} points "
+            f"below {pct(before.clean_accuracy, 1)} (the budget, --max-accuracy-drop); the reversed trigger "
+            f"still succeeds {pct(after.attack_success, 1)}: raise the budget to prune further, or unlearn "
+            "(--method unlearn)"
+        )
+    elif stopped != "attack success below threshold":
         notes.append(
             f"the reversed trigger still succeeds {100 * after.attack_success:.1f}% after pruning "
             f"{max_fraction:.0%} of the layer: pruning alone does not remove this backdoor"
+        )
+    if before.clean_accuracy - after.clean_accuracy >= 0.02:
+        notes.append(
+            f"clean accuracy fell from {pct(before.clean_accuracy, 1)} to {pct(after.clean_accuracy, 1)} "
+            "on the held-out half: check the repaired model on your own data before using it"
         )
     return pruned, MitigationResult("prune", label, before, after, details, notes)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..detection.statistics import get_statistic
 
-__all__ = ["norm_chart", "pruning_curve", "MANY_LABELS"]
+__all__ = ["norm_chart", "pruning_curve", "trigger_comparison", "MANY_LABELS"]
 
 #: above this many labels the L1 chart shows distributions with the flagged labels annotated
 MANY_LABELS = 60
@@ -166,5 +166,32 @@ def pruning_curve(curve: Sequence[dict[str, Any]]) -> bytes:
     ax.grid(alpha=0.3)
     _legend(ax)
     ax.set_title("neuron pruning")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def trigger_comparison(rows: Sequence[tuple[str, Sequence[Any]]], *, label: int) -> bytes:
+    """Triggers side by side, one captioned row each: ``(caption, [mask, mask × pattern, stamped])``, each
+    image a ``(C, H, W)`` tensor in [0, 1] (the stamped example may be missing)."""
+    plt = _plt()
+    columns = ("mask", "mask × pattern", "stamped clean image")
+    width = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), width, figsize=(2.2 * width, 2.5 * len(rows)), squeeze=False)
+    for r, (caption, images) in enumerate(rows):
+        for c in range(width):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            img = images[c].detach().float().clamp(0, 1).cpu()
+            grey = img.shape[0] == 1
+            ax.imshow(img[0] if grey else img.permute(1, 2, 0), cmap="gray" if grey else None,
+                      vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
+            ax.set_title(columns[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(caption, fontsize=9)
+    fig.suptitle(f"label {label}: triggers compared", fontsize=10)
     fig.tight_layout()
     return _png(fig)
