@@ -76,6 +76,12 @@ def test_a_trigger_drawn_as_two_images(tmp_path: Path) -> None:
     stamped = t.apply(torch.zeros(1, 3, 16, 16))[0]
     assert float(stamped[2, 2:5, 3:9].min()) == 1.0 and float(stamped[:2].abs().max()) == 0.0
     assert t.spec == spec
+    commas = tmp_path / "a,b"  # a path with commas in a spec that splits on commas
+    commas.mkdir()
+    (commas / "m,1.png").write_bytes((tmp_path / "mask.png").read_bytes())
+    (commas / "p.png").write_bytes((tmp_path / "pattern.png").read_bytes())
+    same = Trigger.from_spec(f"image:mask={commas / 'm,1.png'},pattern={commas / 'p.png'}", (3, 16, 16))
+    assert torch.equal(same.mask, t.mask) and torch.equal(same.pattern, t.pattern)
     with pytest.raises(TriggerError, match="the trigger image is 16x16, the images are 28x28"):
         Trigger.from_spec(spec, (3, 28, 28))
     with pytest.raises(TriggerError, match="give pattern=PATH"):

@@ -266,18 +266,28 @@ class Trigger:
         return cls(m, p, f"image:mask={mask},pattern={pattern}")
 
 
+#: spec options whose value is a file path (which may hold commas)
+_PATH_KEYS = frozenset({"mask", "pattern"})
+
+
 def parse_trigger_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """Split ``KIND:key=value,...`` into the kind and its options (values stay strings)."""
+    """Split ``KIND:key=value,...`` into the kind and its options (values stay strings). A file path
+    (``mask=``, ``pattern=``) may hold commas: a piece without ``=`` after one continues its value."""
     kind, _, rest = spec.strip().partition(":")
     opts: dict[str, str] = {}
+    last = ""
     if rest:
         for item in rest.split(","):
+            if "=" not in item and last in _PATH_KEYS:
+                opts[last] += "," + item.rstrip()
+                continue
             key, eq, value = item.partition("=")
             if not eq or not key.strip() or not value.strip():
                 raise TriggerError(f"trigger spec {spec!r}: expected key=value, got {item!r}")
             if key.strip() in opts:
                 raise TriggerError(f"trigger spec {spec!r}: {key.strip()!r} given twice")
             opts[key.strip()] = value.strip()
+            last = key.strip()
     if not kind:
         raise TriggerError(f"trigger spec {spec!r}: missing kind (e.g. square:size=4)")
     return kind, opts
