@@ -83,11 +83,13 @@ def test_clean_report_and_mitigation_sections(tmp_path: Path) -> None:
     curve = [{"fraction": f / 10, "neurons": f, "clean_accuracy": 0.97 - f / 100, "attack_success": 1 - f / 5,
               "real_attack_success": 1 - f / 5} for f in range(5)]  # fmt: skip
     prune = MitigationResult("prune", 3, Measure(0.97, 1.0, 1.0), Measure(0.93, 0.2, 0.2),
-                             {"curve": curve, "fraction_pruned": 0.4, "width": 10, "stopped": "x"})  # fmt: skip
+                             {"curve": curve, "fraction_pruned": 0.4, "width": 10, "stopped": "x"},
+                             ["pruning stopped <here> & there"])  # fmt: skip
     path = write_html_report(tmp_path / "scan", tmp_path / "out.html", mitigations=[prune])
     page = path.read_text(encoding="utf-8")
     _check_self_contained(page)
     assert "Clean." in page and "Mitigation: prune" in page
+    assert "<li>pruning stopped &lt;here&gt; &amp; there</li>" in page  # the result's notes, escaped
     assert (tmp_path / "figures" / "pruning_label_3.png").is_file()
 
 

@@ -68,7 +68,9 @@ class PruneDetails(MitigationDetails):
             return {}
         from ..report.figures import pruning_curve
 
-        return {f"pruning_label_{label}.png": pruning_curve(self.curve)}
+        start = self.curve[0].get("clean_accuracy")
+        floor = None if self.max_accuracy_drop is None or start is None else start - self.max_accuracy_drop
+        return {f"pruning_label_{label}.png": pruning_curve(self.curve, accuracy_floor=floor)}
 
     def measured_on(self) -> str:
         return f"{self.eval_images} held-out images (the other {self.ranking_images} rank the neurons)"

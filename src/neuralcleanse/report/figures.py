@@ -143,11 +143,14 @@ def _legend(ax: Any, *, loc: str = "best") -> None:
         ax.legend(fontsize=8, loc=loc)
 
 
-def pruning_curve(curve: Sequence[dict[str, Any]]) -> bytes:
-    """Fraction of neurons pruned → clean accuracy and attack success."""
+def pruning_curve(curve: Sequence[dict[str, Any]], *, accuracy_floor: float | None = None) -> bytes:
+    """Fraction of neurons pruned → clean accuracy and attack success; ``accuracy_floor`` (a fraction)
+    draws the clean-accuracy budget's line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     xs = [100 * p["fraction"] for p in curve]
+    if accuracy_floor is not None:
+        ax.axhline(100 * accuracy_floor, color=_BLUE, ls=":", lw=1, label="clean-accuracy budget")
     ax.plot(xs, [100 * p["clean_accuracy"] for p in curve], "o-", color=_BLUE, label="clean accuracy")
     ax.plot(
         xs, [100 * p["attack_success"] for p in curve], "s-", color=_RED, label="attack success (reversed)"

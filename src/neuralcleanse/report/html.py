@@ -209,7 +209,7 @@ def _validation_html(v: ValidationResult) -> str:
         f"<tr><td class=l>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
         for a, b, c in v.rows()
     )
-    extra = "".join(_paragraph(line) for line in v.lines())
+    extra = "".join(_paragraph(line) for line in v.lines()) + _notes(v.notes)
     return (
         f"<h2>Is the reversed trigger the real one? (label {v.label}, layer <code>{html.escape(v.layer)}</code>)</h2>"
         f"<table><thead><tr><th class=l></th><th>reversed</th><th>real</th></tr></thead><tbody>{body}</tbody></table>{extra}"
@@ -227,6 +227,11 @@ def _details_table(t: DetailsTable) -> str:
     return f"{title}<table><thead><tr>{cells(t.columns, 'th')}</tr></thead><tbody>{rows}</tbody></table>"
 
 
+def _notes(notes: Sequence[str]) -> str:
+    """A result's notes (where it stopped, what it was measured on, its caveats) as a list."""
+    return "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
+
+
 def _mitigation_html(m: MitigationResult, figures: dict[str, bytes]) -> str:
     body = "".join(
         f"<tr><td class=l>{html.escape(k)}</td><td>{pct(x, missing=_MISSING)}</td><td>{pct(y, missing=_MISSING)}</td></tr>"
@@ -240,6 +245,7 @@ def _mitigation_html(m: MitigationResult, figures: dict[str, bytes]) -> str:
     for name, png in d.figures(m.label).items():
         figures[name] = png
         extra += _img(png, name.removesuffix(".png").replace("_", " "), "fig")
+    extra += _notes(m.notes)
     return (
         f"<h2>Mitigation: {html.escape(m.method)} (label {m.label})</h2><table><thead><tr><th class=l></th><th>before</th>"
         f"<th>after</th></tr></thead><tbody>{body}</tbody></table>{extra}"
@@ -314,7 +320,7 @@ def render_html(
     parts += [
         f"<h2>Every label ({len(report.labels)}; click a column to sort)</h2>",
         _label_table(report),
-        "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>",
+        "<h2>Notes</h2>" + _notes(report.notes),
         "<h2>Run facts</h2>",
         _kv(facts),
         "<details><summary>all settings</summary>" + _kv(settings) + "</details>",
