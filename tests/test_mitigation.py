@@ -61,6 +61,11 @@ def test_reversed_trigger_matches_the_real_one(
     # the baseline of the "only those neurons" figures: clean images do not go to label 0 that way
     assert v.clean_success_top_only is not None and v.clean_success_top_only < 0.2
     assert not any("already go to label" in n for n in v.notes)
+    # the baseline of attack success: the model's own errors into label 0, the same images unstamped
+    victims = mnist_sample.test.images[mnist_sample.test.labels != 0][: v.images]
+    own = float((model(victims).argmax(1) == 0).float().mean())
+    assert v.clean_to_label is not None and v.clean_to_label == pytest.approx(own, abs=1e-6) and own < 0.05
+    assert f"attack success (without a trigger: {100 * own:.1f}%)" == v.rows()[1][0]
     assert _hooks(model) == 0 and _same(model, before) and not model.training
     v.save(tmp_path / "v", reversed_trigger=rev, real_trigger=real, example=mnist_sample.test.images[0])
     assert (

@@ -53,6 +53,8 @@ class ValidationResult:
     reversed_success_top_only: float
     #: the baseline of ``*_success_top_only``: clean images, unstamped, with only the top neurons kept
     clean_success_top_only: float | None = None
+    #: the baseline of the attack success: the same images, unstamped, that the model already puts in the label
+    clean_to_label: float | None = None
     real_l1: float | None = None
     real_attack_success: float | None = None
     real_activation: float | None = None
@@ -69,7 +71,14 @@ class ValidationResult:
         """``(what, reversed, real)`` cells of the comparison table (``-`` where the real trigger is unknown)."""
         return [
             ("L1 norm", _num(self.reversed_l1, 1), _num(self.real_l1, 1)),
-            ("attack success", pct(self.reversed_attack_success), pct(self.real_attack_success)),
+            (
+                "attack success"
+                + (
+                    "" if self.clean_to_label is None else f" (without a trigger: {pct(self.clean_to_label)})"
+                ),
+                pct(self.reversed_attack_success),
+                pct(self.real_attack_success),
+            ),  # fmt: skip
             (
                 f"mean activation of the top {len(self.neurons)} neurons (clean: {self.clean_activation:.2f})",
                 _num(self.reversed_activation, 2),
@@ -223,6 +232,9 @@ def validate_trigger(
             model, feat, top, clean_mean, stamped_rev, label, device
         ),
         "clean_success_top_only": _success_top_only(model, feat, top, clean_mean, x, label, device),
+        "clean_to_label": float(
+            (predict(model, x, device=device, what="the clean images") == label).float().mean()
+        ),
         "images": len(x),
     }
     notes = [f"top {len(top)} of {feat.width} neurons ({top_fraction:.0%}) of layer {feat.name!r}"]
