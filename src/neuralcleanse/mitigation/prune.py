@@ -3,8 +3,8 @@
 Neurons are ranked by their activation gap (reversed-trigger inputs minus clean inputs) and switched off
 in that order, a ``step`` fraction at a time, until the reversed trigger's attack success falls under
 ``stop_success``, ``max_fraction`` of the layer is off, or one more step would take clean accuracy more
-than ``max_accuracy_drop`` below the unpruned model's (that step is then not kept). During the search the neurons are masked at the
-input of the layer's consumer (weights untouched); the returned model has those input columns of the
+than ``max_accuracy_drop`` below the unpruned model's (that step is then not kept). During the search the
+neurons are masked at the input of the layer's consumer (weights untouched); the returned model has those input columns of the
 consumer set to zero, which is exactly the same function and saves as an ordinary model.
 """
 
@@ -166,7 +166,7 @@ def prune_neurons(
     if stopped == "clean-accuracy budget":
         notes.append(
             f"pruning stopped at {k / width:.1%} of the layer: the next step took clean accuracy to "
-            f"{pct(curve[-1]['clean_accuracy'], 1)}, more than {100 * (max_accuracy_drop or 0):.0f} points "
+            f"{pct(curve[-1]['clean_accuracy'], 1)}, more than {100 * (max_accuracy_drop or 0):g} points "
             f"below {pct(before.clean_accuracy, 1)} (the budget, --max-accuracy-drop); the reversed trigger "
             f"still succeeds {pct(after.attack_success, 1)}: raise the budget to prune further, or unlearn "
             "(--method unlearn)"
