@@ -4,8 +4,9 @@ Neurons are ranked by their activation gap (reversed-trigger inputs minus clean 
 in that order, a ``step`` fraction at a time, until the reversed trigger's attack success falls under
 ``stop_success``, ``max_fraction`` of the layer is off, or one more step would take clean accuracy more
 than ``max_accuracy_drop`` below the unpruned model's (that step is then not kept). During the search the
-neurons are masked at the input of the layer's consumer (weights untouched); the returned model has those input columns of the
-consumer set to zero, which is exactly the same function and saves as an ordinary model.
+neurons are masked at the input of the layer's consumer (weights untouched); the returned model has those
+input columns of the consumer set to zero, which is exactly the same function and saves as an ordinary
+model.
 """
 
 from __future__ import annotations
