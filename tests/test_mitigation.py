@@ -234,6 +234,11 @@ def test_mitigate_cli_writes_a_repaired_model_directory(
         (["--layer", "fc.9"], "layer 'fc.9' does not exist"),
         (["--fpr", "1.5"], "--fpr must be in (0, 1]"),
         (["--method", "prune", "--max-prune", "0"], "--max-prune must be in (0, 1]"),
+        (["--max-prune", "0.5"], "--max-prune given with --method filter: it applies to --method prune"),
+        (
+            ["--method", "unlearn", "--fpr", "0.1"],
+            "--fpr given with --method unlearn: it applies to --method filter",
+        ),
         (["--real-trigger", "square:size=40"], "larger than the 28x28 image"),
         (["--real-trigger", "circle:r=3"], "unknown kind 'circle'"),
         (["--real-trigger", "missing.safetensors"], "trigger file not found"),

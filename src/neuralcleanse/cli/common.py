@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,24 @@ MAX_LABELS = 100_000
 
 #: seeds feed numpy and torch generators, which take non-negative 64-bit integers
 MAX_SEED = 2**63 - 1
+
+
+def check_options_apply(
+    choice: str, options: Mapping[str, tuple[str, tuple[str, ...]]], *, switch: str, none: str | None = None
+) -> None:
+    """One line when an option that applies only to some values of ``switch`` (``--attack``, ``--method``)
+    is given on the command line with another value. ``options`` maps a parameter name to its option and
+    the values it applies to; ``none`` is the value that means the switch was not used."""
+    from click.core import ParameterSource
+
+    if choice not in {*(v for _, values in options.values() for v in values), none}:
+        return  # an unknown value: its own check names it
+    ctx = click.get_current_context()
+    for name, (option, values) in options.items():
+        if choice not in values and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            needs = " or ".join(f"{switch} {v}" for v in values)
+            given = f"without {switch}" if choice == none else f"with {switch} {choice}"
+            raise SettingsError(f"{option} given {given}: it applies to {needs}")
 
 
 def check_count(value: int, option: str, *, minimum: int = 1, maximum: int | None = None) -> None:

@@ -14,7 +14,14 @@ from ..device import resolve_device
 from ..errors import ModelError, SettingsError, first_line
 from . import app
 from .case import Case, case_options, open_case
-from .common import check_seed, device_option, output_console, setup_logging, verbose_option
+from .common import (
+    check_options_apply,
+    check_seed,
+    device_option,
+    output_console,
+    setup_logging,
+    verbose_option,
+)
 from .loading import ModelSource, default_out
 
 if TYPE_CHECKING:
@@ -79,6 +86,7 @@ def mitigate(
     from ..mitigation.result import check_fraction
 
     setup_logging(verbose)
+    check_options_apply(method, _METHOD_OPTIONS, switch="--method")
     check_seed(seed, "--seed")
     device = str(resolve_device(device))
     for value, what in (
@@ -140,6 +148,17 @@ def mitigate(
         click.echo(
             f"repaired model saved to {out / saved[0]} ({saved[1]}); re-check it with `neuralcleanse scan`"
         )
+
+
+#: the options of one method each (given with another method they are an error, not silently ignored)
+_METHOD_OPTIONS = {
+    "fpr": ("--fpr", ("filter",)),
+    "max_prune": ("--max-prune", ("prune",)),
+    "max_accuracy_drop": ("--max-accuracy-drop", ("prune",)),
+    "fraction": ("--fraction", ("unlearn",)),
+    "stamp_fraction": ("--stamp-fraction", ("unlearn",)),
+    "epochs": ("--epochs", ("unlearn",)),
+}
 
 
 def _network(repaired: Any) -> Any:

@@ -17,6 +17,7 @@ from .common import (
     TRIGGER_HELP,
     ProgressBar,
     check_count,
+    check_options_apply,
     check_seed,
     device_option,
     format_duration,
@@ -118,7 +119,7 @@ def train(
     if not (math.isfinite(lr) and lr > 0):
         raise SettingsError(f"--lr must be a positive number, got {lr:g}")
     check_output_dir(out, force=force, option="--out")  # fail before training, not after
-    _check_attack_options(attack)
+    check_options_apply(attack, _ATTACK_OPTIONS, switch="--attack", none="none")
     bad = None
     if attack != "none":
         if target is None:
@@ -187,25 +188,11 @@ def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: boo
     return bundle.save(out, force=force)
 
 
-#: the attack options and the attacks each applies to (an option given for another attack is an error)
+#: the attack options and the attacks each applies to (an option given for another attack is an error;
+#: before, ``train --trigger ...`` without ``--attack`` trained a clean model and said nothing)
 _ATTACK_OPTIONS = {
     "trigger": ("--trigger", ("badnets",)),
     "source_labels": ("--source-labels", ("badnets",)),
     "trojan_mask": ("--trojan-mask", ("trojan",)),
     "poison_rate": ("--poison-rate", ("badnets", "trojan")),
 }
-
-
-def _check_attack_options(attack: str) -> None:
-    """One line when an attack's option is given on the command line for an attack that does not use it
-    (before, ``train --trigger ...`` without ``--attack`` trained a clean model and said nothing)."""
-    from click.core import ParameterSource
-
-    if attack not in {"none", *(a for _, attacks in _ATTACK_OPTIONS.values() for a in attacks)}:
-        return  # an unknown attack: build_attack names it
-    ctx = click.get_current_context()
-    for name, (option, attacks) in _ATTACK_OPTIONS.items():
-        if attack not in attacks and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-            needs = " or ".join(f"--attack {a}" for a in attacks)
-            given = "without --attack" if attack == "none" else f"with --attack {attack}"
-            raise SettingsError(f"{option} given {given}: it applies to {needs}")
