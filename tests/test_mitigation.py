@@ -349,6 +349,9 @@ def test_a_real_trigger_for_a_model_without_a_card(
     l3 = ["validate", *own[:-4], "--label", "3", "--device", "cpu", "--out", str(tmp_path / "l3")]
     assert main(l3) == 0
     assert any("label 3 was not flagged by the scan" in r.getMessage() for r in caplog.records)
+    assert any(
+        "label 3 was not flagged by the scan" in n for n in ValidationResult.load(tmp_path / "l3").notes
+    )
     # the warning comes only once the work is done: an error in an input stays one line (a real process:
     # in-process, log records do not reach the captured stderr)
     bad = [*l3[:-2], "--real-trigger", "circle:r=1", "--out", str(tmp_path / "l3-bad")]

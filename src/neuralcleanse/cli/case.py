@@ -64,16 +64,17 @@ class Case:
         report's model fingerprint, which ``report`` checks; and the real trigger it was measured against.
         Says here, once the work is done, if the label was not flagged (so that an error in any input
         before it stays one line)."""
+        unflagged = []
         if self.label not in self.report.flagged:
-            logging.getLogger(__name__).warning(
-                "label %d was not flagged by the scan (verdict: %s): worked on it as asked",
-                self.label,
-                self.report.verdict,
+            unflagged.append(
+                f"label {self.label} was not flagged by the scan (verdict: {self.report.verdict}): worked on "
+                "it as asked"
             )
+            logging.getLogger(__name__).warning("%s", unflagged[0])
         return dataclasses.replace(
             result,
             model_fingerprint=self.report.model.get("fingerprint"),
-            notes=[*result.notes, *self.real_notes()],
+            notes=[*unflagged, *result.notes, *self.real_notes()],
         )
 
     def real_notes(self) -> list[str]:
