@@ -171,6 +171,50 @@ def test_unlearning_removes_the_backdoor_and_keeps_accuracy(
     assert MitigationResult.load(tmp_path).to_dict() == r.to_dict()
 
 
+def _of_labels(
+    data: nc.ImageDataset, labels: list[int], *, num_classes: int | None = None
+) -> nc.ImageDataset:
+    """The images of ``labels`` only; ``num_classes`` declares a smaller task than the model's."""
+    part = data.subset(torch.nonzero(torch.isin(data.labels, torch.tensor(labels))).flatten())
+    if num_classes is None:
+        return part
+    return nc.ImageDataset(
+        images=part.images, labels=part.labels, num_classes=num_classes,
+        class_names=part.class_names[:num_classes], name="fewer classes",
+    )  # fmt: skip
+
+
+def test_unlearning_refuses_images_of_a_few_labels_and_notes_them_when_allowed(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
+) -> None:
+    """Fine-tuning on two labels breaks the model on the others while a measure on those two looks fine."""
+    model, rev, _ = case
+    train, test = (_of_labels(d, [0, 1]) for d in (mnist_sample.train, mnist_sample.test))
+    with pytest.raises(
+        nc.DataError, match=r"no image of 8 of the model's 10 labels \(2-9\).*--allow-missing"
+    ):
+        unlearn(model, train, test, rev, label=0, fraction=1.0)
+    _, r = unlearn(model, train, test, rev, label=0, fraction=1.0, allow_missing_labels=True, baselines=False)
+    assert any("no image of 8 of the model's 10 labels (2-9): fine-tuning" in n for n in r.notes)
+    _, p = prune_neurons(model, test, rev, label=0, max_fraction=0.04)
+    assert any("no image of 8 of the model's 10 labels (2-9): clean accuracy" in n for n in p.notes)
+    _, full = prune_neurons(model, mnist_sample.test, rev, label=0, max_fraction=0.04)
+    assert not any("no image of" in n for n in full.notes)
+
+
+def test_a_label_beyond_the_data_classes_is_measured_on_the_model_outputs(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
+) -> None:
+    """A model with more outputs than the data's classes: its label 7 is measured on images of labels
+    0-4 (a task declared with 5 classes); a label beyond its outputs is one line."""
+    model, rev, _ = case
+    five = _of_labels(mnist_sample.test, [0, 1, 2, 3, 4], num_classes=5)
+    assert 0 <= nc.attack_success_rate(model, five, rev, target=7) <= 1
+    assert validate_trigger(model, rev, five, label=7, samples=100).label == 7
+    with pytest.raises(nc.SettingsError, match="label 10 is not one of the model's 10 outputs"):
+        nc.attack_success_rate(model, five, rev, target=10)
+
+
 def test_hooks_are_removed_after_an_error(
     case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
 ) -> None:

@@ -12,7 +12,9 @@ from .errors import DataError, SettingsError
 from .modes import frozen_eval
 from .triggers import Trigger
 
-__all__ = ["check_rows", "predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success"]
+__all__ = [
+    "check_rows", "output_count", "predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success",
+]  # fmt: skip
 
 
 @torch.no_grad()
@@ -25,6 +27,15 @@ def check_rows(scores: torch.Tensor, images: int) -> None:
         )
 
 
+@torch.no_grad()
+def output_count(model: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu") -> int:
+    """How many class scores ``model`` returns per image (one forward pass of two of ``images``)."""
+    with frozen_eval(model):
+        scores = model(images[:2].to(device))
+    check_rows(scores, len(images[:2]))
+    return int(scores.shape[1])
+
+
 def predict(
     model: nn.Module,
     images: torch.Tensor,
@@ -32,17 +43,21 @@ def predict(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     what: str = "images",
+    label: int | None = None,
 ) -> torch.Tensor:
     """Predicted labels for ``images`` (run in eval mode; the model's mode is restored afterwards).
 
     Non-finite scores are a one-line :class:`DataError` that names ``what`` the images are and the first
-    image (its index in ``images``) the model failed on."""
+    image (its index in ``images``) the model failed on. ``label``, if given, must be one of the model's
+    outputs (a :class:`SettingsError` otherwise): the label the caller will compare predictions with."""
     out = []
     with frozen_eval(model):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             logits = model(batch.to(device))
             check_rows(logits, len(batch))
+            if label is not None and not 0 <= label < logits.shape[1]:
+                raise SettingsError(f"label {label} is not one of the model's {logits.shape[1]} outputs")
             finite = torch.isfinite(logits).all(1)
             if not finite.all():
                 first = start + int((~finite).nonzero()[0])
@@ -67,9 +82,12 @@ def accuracy(
 def attack_victims(
     data: ImageDataset, *, target: int, source_labels: Sequence[int] | None = None
 ) -> ImageDataset:
-    """Images an attack toward ``target`` is measured on: true label ≠ target (and in ``source_labels``)."""
-    if not 0 <= target < data.num_classes:
-        raise SettingsError(f"target label {target} is outside [0, {data.num_classes})")
+    """Images an attack toward ``target`` is measured on: true label ≠ target (and in ``source_labels``).
+
+    ``target`` may be beyond the labels ``data`` holds (a model with more outputs than the data's
+    classes); the functions that run the model check it against the model's outputs."""
+    if target < 0:
+        raise SettingsError(f"target label {target} is negative")
     keep = data.labels != target
     if source_labels is not None:
         keep &= torch.isin(data.labels, torch.as_tensor(list(source_labels), dtype=torch.int64))
@@ -92,7 +110,7 @@ def attack_success_rate(
         raise DataError(f"{data.name}: no images outside the target label to measure attack success on")
     pred = predict(
         model, trigger.apply(victims.images), batch_size=batch_size, device=device,
-        what=f"{data.name}'s images stamped with the trigger",
+        what=f"{data.name}'s images stamped with the trigger", label=target,
     )  # fmt: skip
     return float((pred == target).float().mean())
 
@@ -107,6 +125,10 @@ def stamped_success(
 ) -> float:
     """Fraction of ``images`` sent to ``target`` once stamped with ``trigger`` (the caller picks the victims)."""
     pred = predict(
-        model, trigger.apply(images), device=device, what=f"images stamped with the trigger of label {target}"
+        model,
+        trigger.apply(images),
+        device=device,
+        what=f"images stamped with the trigger of label {target}",
+        label=target,
     )
     return float((pred == target).float().mean())

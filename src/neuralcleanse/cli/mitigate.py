@@ -54,6 +54,12 @@ if TYPE_CHECKING:
 )
 @click.option("--stamp-fraction", default=0.2, show_default=True, help="unlearn: share of it stamped.")
 @click.option(
+    "--allow-missing-labels",
+    is_flag=True,
+    help="unlearn: fine-tune even when the clean images hold no image of some of the model's labels "
+    "(the model can forget them; refused without this).",
+)
+@click.option(
     "--epochs",
     type=int,
     help="unlearn: fine-tuning epochs (default: enough for 100 optimiser steps, at least 1).",
@@ -71,7 +77,8 @@ def mitigate(
     real_trigger: str | None, real_sources: str | None, out: Path | None,
     force: bool, method: str, as_html: bool, fpr: float, max_prune: float,
     max_accuracy_drop: float, fraction: float | None,
-    stamp_fraction: float, epochs: int | None, seed: int, device: str, verbose: int,
+    stamp_fraction: float, allow_missing_labels: bool, epochs: int | None, seed: int, device: str,
+    verbose: int,
 ) -> None:  # fmt: skip
     """Filter inputs, prune neurons or unlearn the backdoor; print a before/after table.
 
@@ -119,7 +126,7 @@ def mitigate(
         repaired, result = unlearn(
             case.loaded.model, train, test, case.backdoor,
             fraction=fraction if fraction is not None else 0.1 if source.data is None else 1.0,
-            stamp_fraction=stamp_fraction, epochs=epochs, **kw,
+            stamp_fraction=stamp_fraction, epochs=epochs, allow_missing_labels=allow_missing_labels, **kw,
         )  # fmt: skip
     else:
         images = case.images(source)
@@ -158,6 +165,7 @@ _METHOD_OPTIONS = {
     "fraction": ("--fraction", ("unlearn",)),
     "stamp_fraction": ("--stamp-fraction", ("unlearn",)),
     "epochs": ("--epochs", ("unlearn",)),
+    "allow_missing_labels": ("--allow-missing-labels", ("unlearn",)),
 }
 
 

@@ -23,7 +23,15 @@ from ..metrics import attack_victims, predict
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import MitigationDetails, register_details
-from .result import Measure, MitigationResult, check_fraction, measure, random_halves
+from .result import (
+    Measure,
+    MitigationResult,
+    check_fraction,
+    coverage_note,
+    measure,
+    missing_labels,
+    random_halves,
+)  # fmt: skip
 
 __all__ = ["FilterDetails", "InputFilter", "filter_inputs"]
 
@@ -167,4 +175,11 @@ def filter_inputs(
     notes = [
         f"threshold set on {len(calib)} clean images at {fpr:.0%} false positives; rates measured on {len(held)} others"
     ]
+    missing, outputs = missing_labels(model, data, device=device)
+    if missing:
+        notes.append(
+            coverage_note(
+                missing, outputs, what="clean accuracy and false positives are measured without them"
+            )
+        )
     return guard, MitigationResult("filter", label, before, after, details, notes)

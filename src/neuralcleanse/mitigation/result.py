@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._format import label_ranges
 from .._io import atomic_write_json, format_version, read_result
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
-from ..metrics import accuracy, attack_victims, stamped_success
+from ..metrics import accuracy, attack_victims, output_count, stamped_success
 from ..suspect import SuspectedBackdoor
 from .details import MitigationDetails, RawDetails, details_from_dict
 
-__all__ = ["Measure", "MitigationResult", "measure", "check_fraction", "random_halves", "RESULT_FILE"]
+__all__ = [
+    "Measure",
+    "MitigationResult",
+    "measure",
+    "check_fraction",
+    "missing_labels",
+    "random_halves",
+    "RESULT_FILE",
+]
 
 RESULT_FILE = "mitigation.json"
 RESULT_FORMAT_VERSION = 1
@@ -28,6 +38,23 @@ def check_fraction(value: float, what: str) -> float:
     if not (isinstance(value, (int, float)) and 0 < value <= 1 and math.isfinite(value)):
         raise SettingsError(f"{what} must be in (0, 1], got {value}")
     return float(value)
+
+
+def missing_labels(
+    model: nn.Module, data: ImageDataset, *, device: torch.device | str = "cpu"
+) -> tuple[list[int], int]:
+    """The model's labels that ``data`` holds no image of, and the model's number of labels."""
+    outputs = output_count(model, data.images, device=device)
+    present = set(torch.unique(data.labels).tolist())
+    return [k for k in range(outputs) if k not in present], outputs
+
+
+def coverage_note(missing: Sequence[int], outputs: int, *, what: str) -> str:
+    """What a mitigation measured on (or fine-tuned on) images of some of the model's labels can hide."""
+    return (
+        f"the clean images hold no image of {len(missing)} of the model's {outputs} labels "
+        f"({label_ranges(list(missing))}): {what}"
+    )
 
 
 def random_halves(data: ImageDataset, seed: int) -> tuple[ImageDataset, ImageDataset]:

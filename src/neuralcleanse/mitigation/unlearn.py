@@ -39,7 +39,7 @@ from ..modes import copy_model, requires_grad
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
-from .result import Measure, MitigationResult, check_fraction, measure
+from .result import Measure, MitigationResult, check_fraction, coverage_note, measure, missing_labels
 
 __all__ = ["BatchNormMode", "UnlearnDetails", "unlearn"]
 
@@ -138,9 +138,14 @@ def unlearn(
     baselines: bool = True,
     batchnorm: BatchNormMode = "frozen",
     inplace: bool = False,
+    allow_missing_labels: bool = False,
     device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, MitigationResult]:
     """Fine-tune away the backdoor; returns the repaired model (a copy unless ``inplace``) and the result.
+
+    The fine-tuning images must hold every label of the model: fine-tuning on some labels teaches the
+    model to forget the others, and a measure on the same labels cannot show it. ``allow_missing_labels``
+    goes ahead anyway (a model with outputs its task never uses) and records it in the notes.
 
     ``batchnorm``: ``"frozen"`` keeps BatchNorm running statistics as they are (see the module docstring),
     ``"update"`` lets fine-tuning update them.
@@ -160,6 +165,17 @@ def unlearn(
     if batchnorm == "update" and norms and n % batch_size == 1 and n > 1:
         n -= 1  # a last mini-batch of one image cannot be batch-normalised in training mode
     subset = train.subset(torch.randperm(len(train), generator=gen)[:n])
+    missing, outputs = missing_labels(model, subset, device=device)
+    coverage = coverage_note(
+        missing, outputs,
+        what="fine-tuning on the others teaches the model to forget them, and clean accuracy measured "
+        "without them cannot show it",
+    )  # fmt: skip
+    if missing and not allow_missing_labels:
+        raise DataError(
+            f"{train.name}: {coverage}; give images of every label "
+            "(or --allow-missing-labels / allow_missing_labels=True)"
+        )
     stamped_idx = torch.randperm(n, generator=gen)[: round(stamp_fraction * n)]
     if len(stamped_idx) == 0:
         raise DataError(
@@ -202,6 +218,8 @@ def unlearn(
         batchnorm=batchnorm if norms else None,
     )
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
+    if missing:
+        notes.append(coverage)
     if norms:
         notes.append(
             f"running statistics of {norms} BatchNorm layers "
