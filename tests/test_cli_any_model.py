@@ -85,7 +85,10 @@ def test_validate_and_mitigate_any_model_file(
         ("filter", []),
         ("prune", []),
         # the few images hold two of the ten labels: unlearning is refused without the opt-in
-        ("unlearn", ["--fraction", "1", "--stamp-fraction", "0.5", "--epochs", "1", "--allow-missing-labels"]),
+        (
+            "unlearn",
+            ["--fraction", "1", "--stamp-fraction", "0.5", "--epochs", "1", "--allow-missing-labels"],
+        ),
     ]:
         out = files["root"] / f"{method}-{fmt}"
         code, stdout, err = run(capsys, "mitigate", *args, "--method", method, "--out", str(out), *extra)
