@@ -130,6 +130,21 @@ def test_too_few_clean_images_are_said_in_the_notes(
     assert not any("clean images for" in n or "clean images cover" in n for n in enough.notes)
 
 
+def test_labels_in_another_order_than_the_model_are_said_in_the_notes(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    """Class folders named by words are sorted by name: a model's labels in another order send the images
+    of several labels to one other label each, and the scan says so."""
+    test = mnist_sample.test.subset(range(300))
+    swapped = test.replace(labels=torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 9, 8])[test.labels])  # 8 ↔ 9
+    r = nc.scan(clean_model.model, swapped, scan_labels=[0, 1], seed=0, max_steps=2)
+    order = [n for n in r.notes if "probably not in the model's order" in n]
+    assert len(order) == 1 and "the images of 2 labels go mostly to one other label each" in order[0]
+    assert "label 8 (8) → 9" in order[0] and "label 9 (9) → 8" in order[0]
+    right = nc.scan(clean_model.model, test, scan_labels=[0, 1], seed=0, max_steps=2)
+    assert not any("model's order" in n for n in right.notes)
+
+
 def test_images_converted_to_fit_the_model_are_said_in_the_notes(
     clean_model: ModelBundle, mnist_sample: DatasetSplits
 ) -> None:

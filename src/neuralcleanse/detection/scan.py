@@ -197,6 +197,30 @@ def _check_images(images: torch.Tensor) -> None:
         )
 
 
+def _order_notes(pred: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """A warning when the images of two or more labels go mostly to one other label each: the data's
+    labels are then probably not in the model's order (class folders named by words, sorted by name)."""
+    moved: list[str] = []
+    for k in torch.unique(labels).tolist():
+        got = pred[labels == k]
+        if len(got) < 3:
+            continue
+        top = int(torch.mode(got).values)
+        count = int((got == top).sum())
+        if top != k and count >= len(got) / 2:
+            moved.append(f"label {k} ({names[k]}) → {top}: {count} of {len(got)}")
+    if len(moved) < 2:
+        return []
+    shown = "; ".join(moved[:4]) + ("; ..." if len(moved) > 4 else "")
+    note = (
+        f"the images of {len(moved)} labels go mostly to one other label each ({shown}): the data's labels are "
+        "probably not in the model's order (class folders named by words are sorted by name; give "
+        "--class-names in the model's order)"
+    )
+    log.warning(note)
+    return [note]
+
+
 def _coverage_notes(pool: ImageDataset, *, num_classes: int, labelled: bool, source: int | None) -> list[str]:
     """Warnings when the clean images are too few for the labels: a trigger reversed on a handful of
     images, or on images of a few classes only, says little about the model as a whole."""
@@ -631,6 +655,7 @@ class NeuralCleanse:
             pred = predict(self.model, pool.images, device=self.device, what="the clean images")
             keep = torch.nonzero(pred == pool.labels).flatten()
             notes.append(f"{len(keep)} of the {len(pool)} images given were classified correctly")
+            notes += _order_notes(pred, pool.labels, names)
             if len(keep) == 0:
                 raise DataError("the model classifies none of the given images correctly")
             right = torch.unique(pool.labels[keep])
