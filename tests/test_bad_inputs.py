@@ -1050,6 +1050,19 @@ CASES: list[Case] = [
         "--out {tmp}/f/r.html",
     ),
     Case(
+        "report-figures-of-user",
+        "report --out r.html beside a folder r_figures of other files",
+        lambda e: [
+            "report",
+            str(e.scan),
+            "--out",
+            str(_write(e.tmp / "r_figures" / "a.txt", "x").parent.parent / "r.html"),
+        ],
+        "the report's figures would replace it, and it holds a.txt",
+        2,
+        "{tmp}/r_figures",
+    ),
+    Case(
         "validate-out-under-file",
         "validate --out under an existing file",
         lambda e: [

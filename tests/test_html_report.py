@@ -14,6 +14,7 @@ import neuralcleanse as nc
 from neuralcleanse.cli import main
 from neuralcleanse.detection import DetectionReport, mad_outlier_test
 from neuralcleanse.detection.report import LabelResult
+from neuralcleanse.errors import SettingsError
 from neuralcleanse.mitigation import Measure, MitigationResult
 from neuralcleanse.report import write_html_report
 
@@ -90,7 +91,23 @@ def test_clean_report_and_mitigation_sections(tmp_path: Path) -> None:
     _check_self_contained(page)
     assert "Clean." in page and "Mitigation: prune" in page
     assert "<li>pruning stopped &lt;here&gt; &amp; there</li>" in page  # the result's notes, escaped
-    assert (tmp_path / "figures" / "pruning_label_3.png").is_file()
+    assert sorted(f.name for f in (tmp_path / "out_figures").iterdir()) == [
+        "l1_norms.png",
+        "pruning_label_3.png",
+    ]
+    # a second page in the same folder keeps its own figures; rewriting one drops its stale figures
+    write_html_report(tmp_path / "scan", tmp_path / "other.html")
+    assert (tmp_path / "out_figures" / "pruning_label_3.png").is_file()
+    assert [f.name for f in (tmp_path / "other_figures").iterdir()] == ["l1_norms.png"]
+    write_html_report(tmp_path / "scan", tmp_path / "out.html")
+    assert [f.name for f in (tmp_path / "out_figures").iterdir()] == ["l1_norms.png"]
+    # a folder of that name with the user's other files in it is not replaced
+    (tmp_path / "mine_figures").mkdir()
+    (tmp_path / "mine_figures" / "notes.txt").write_text("keep me")
+    with pytest.raises(SettingsError, match="mine_figures: the report's figures would replace it"):
+        write_html_report(tmp_path / "scan", tmp_path / "mine.html")
+    assert (tmp_path / "mine_figures" / "notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "mine.html").exists()
 
 
 def test_broken_result_directories_give_one_line_errors(

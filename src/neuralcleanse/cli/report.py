@@ -34,11 +34,15 @@ def report(
     mitigation_dirs: tuple[Path, ...],
     verbose: int,
 ) -> None:
-    """Write a self-contained HTML report (figures inline, no network) for a scan's result directory."""
+    """Write a self-contained HTML report (figures inline, no network) for a scan's result directory.
+
+    The figures are also written as PNGs beside the page: in figures/ for report.html, in NAME_figures/
+    for a page NAME.html."""
     from .._io import check_output_file, read_result
     from ..detection.report import REPORT_FILE
     from ..mitigation import MitigationResult
     from ..report import write_html_report
+    from ..report.html import figures_folder
     from ..validation import ValidationResult
 
     setup_logging(verbose)
@@ -47,7 +51,7 @@ def report(
             "the directory does not exist" if not result_dir.exists() else "is it a scan's result directory?"
         )
         raise DataError(f"{result_dir}: no {REPORT_FILE} here ({why})")
-    check_output_file(out if out is not None else result_dir / "report.html", option="--out")
+    figures_folder(check_output_file(out if out is not None else result_dir / "report.html", option="--out"))
     validation = ValidationResult.load(validation_dir) if validation_dir else None
     mitigations = [MitigationResult.load(d) for d in mitigation_dirs]
     scan = read_result(result_dir, REPORT_FILE, what="scan report")[1]

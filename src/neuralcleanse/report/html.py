@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .._format import pct
-from .._io import atomic_write_bytes
+from .._io import atomic_directory, atomic_write_bytes
 from ..detection.report import REPORT_FILE, DetectionReport
-from ..errors import DataError
+from ..errors import DataError, SettingsError
 from ..fingerprint import report_weights_sha256
 from ..mitigation import DetailsTable, MitigationResult
 from ..triggers import Trigger
@@ -342,7 +342,10 @@ def write_html_report(
     validation: Any = None,
     mitigations: Sequence[Any] = (),
 ) -> Path:
-    """Write ``report.html`` (default: in ``result_dir``) and the figures as PNGs in ``figures/`` beside it.
+    """Write ``report.html`` (default: in ``result_dir``) and the figures as PNGs beside it: in ``figures/``
+    for a page named ``report.html``, in ``<name>_figures/`` for another name (two reports in one folder
+    keep their own figures). The figures folder is replaced as a whole, so no figure of an earlier report
+    stays; a folder of that name holding anything but PNG files is a one-line :class:`SettingsError`.
 
     One-line :class:`DataError` when the directory lacks the report or a flagged label's trigger; the HTML
     file appears complete or not at all.
@@ -354,9 +357,28 @@ def write_html_report(
     missing = [r.label for r in report.labels if r.label not in report.triggers]
     if missing:
         raise DataError(f"{root}: trigger file triggers/label_{missing[0]:04d}.safetensors is missing")
-    page, figures = render_html(report, root, validation=validation, mitigations=mitigations)
     target = Path(out) if out is not None else root / "report.html"
-    for name, png in figures.items():
-        atomic_write_bytes(target.parent / "figures" / name, png)
-    atomic_write_bytes(target, page.encode("utf-8"))
+    figures_dir = figures_folder(target)
+    page, figures = render_html(report, root, validation=validation, mitigations=mitigations)
+    with atomic_directory(figures_dir, force=True) as tmp:
+        for name, png in figures.items():
+            (tmp / name).write_bytes(png)
+        atomic_write_bytes(target, page.encode("utf-8"))
     return target
+
+
+def figures_folder(page: Path) -> Path:
+    """Where the figures of the HTML page ``page`` are written (see :func:`write_html_report`), checked to
+    hold nothing but figures: it is replaced as a whole."""
+    folder = page.parent / ("figures" if page.name == "report.html" else f"{page.stem}_figures")
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise SettingsError(f"{folder}: the report's figures go in a folder of that name, and it is a file")
+    other = next((f for f in sorted(folder.iterdir()) if f.is_dir() or f.suffix != ".png"), None)
+    if other is not None:
+        raise SettingsError(
+            f"{folder}: the report's figures would replace it, and it holds {other.name}, not a PNG figure "
+            "(move it, or write the report under another name)"
+        )
+    return folder
