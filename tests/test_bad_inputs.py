@@ -110,6 +110,15 @@ def _grey(n: int, size: int = 28) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
 
 
+def _grey_png(path: Path, value: int) -> Path:
+    """A 28x28 grey PNG of one value."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((28, 28), value, dtype=np.uint8)).save(path)
+    return path
+
+
 def _write(path: Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
@@ -1565,6 +1574,20 @@ CASES: list[Case] = [
         "--real-trigger",
     ),
     Case(
+        "validate-real-trigger-empty-mask",
+        "validate --real-trigger image:mask=M,pattern=P with an all-black mask image",
+        lambda e: _validate(
+            e,
+            "--label",
+            "0",
+            "--real-trigger",
+            f"image:mask={_grey_png(e.tmp / 'zero.png', 0)},pattern={_grey_png(e.tmp / 'p.png', 255)}",
+        ),  # fmt: skip
+        "the trigger's mask is empty",
+        1,
+        "--real-trigger",
+    ),
+    Case(
         "mitigate-real-sources-target",
         "mitigate --real-sources naming the target label",
         lambda e: _mitigate(e, "--label", "0", "--real-trigger", "square:size=4", "--real-sources", "0,3"),
@@ -1655,6 +1678,13 @@ API_CASES: list[ApiCase] = [
         lambda e, m: nc.NeuralCleanse(m, threshold=0),
         SettingsError,
         "threshold",
+    ),
+    ApiCase(
+        "api-labels-fractional",
+        "scan(labels=[0.0, 1.7, ...]) (fractional float labels were truncated)",
+        lambda e, m: nc.scan(m, _images(4), torch.tensor([0.0, 1.7, 2.0, 3.0])),
+        DataError,
+        "labels must be whole numbers, got 1.7 at index 1",
     ),
     ApiCase(
         "api-seed-negative",

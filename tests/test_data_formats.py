@@ -55,6 +55,21 @@ def test_image_folder_round_trip_and_class_order(tmp_path: Path) -> None:
     assert named.class_names == ("cat", "bee", "ant") and int(named.labels[0]) == 2  # ant first on disk
 
 
+def test_a_class_names_file_with_a_byte_order_mark_or_windows_line_ends(tmp_path: Path) -> None:
+    """Notepad writes UTF-8 with a byte-order mark and CRLF: the first name must not carry the mark."""
+    from neuralcleanse.data.convert import read_class_names
+
+    path = tmp_path / "names.txt"
+    path.write_bytes("\ufeffcat\r\nbee\r\n\r\nant\r\n".encode())
+    assert read_class_names(path) == ["cat", "bee", "ant"]
+    _write_folder(tmp_path / "f", ["cat", "ant", "bee"], 1)
+    assert load_images(tmp_path / "f", class_names=read_class_names(path)).class_names == (
+        "cat",
+        "bee",
+        "ant",
+    )
+
+
 def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     raw = _write_folder(tmp_path / "f8", ["a", "b"], 2)
     for c, i in ((c, i) for c in ("a", "b") for i in range(2)):

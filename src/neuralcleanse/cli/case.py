@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .._format import label_ranges
-from ..errors import DataError, ModelError, SettingsError, TriggerError
+from ..errors import DataError, ModelError, SettingsError, TriggerError, TriggerFileError
 from ..fingerprint import report_weights_sha256
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
@@ -157,11 +157,12 @@ def open_case(
 def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:
     """``--real-trigger``: a trigger ``.safetensors`` file (as a model card or a scan writes), or a spec
     (``square:...``, ``blend:...``, ``image:mask=...,pattern=...``) built for the scanned images."""
-    if Path(text).suffix.lower() == ".safetensors" or Path(text).is_file():
+    from_file = Path(text).suffix.lower() == ".safetensors" or Path(text).is_file()
+    if from_file:
         trigger = Trigger.load(text)
         if trigger.image_shape != tuple(image_shape):
             shape, want = "x".join(map(str, trigger.image_shape)), "x".join(map(str, image_shape))
-            raise TriggerError(
+            raise TriggerFileError(
                 f"--real-trigger {text}: the trigger is for images {shape}, the scan's are {want}"
             )
     else:
@@ -169,8 +170,9 @@ def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:
             trigger = Trigger.from_spec(text, image_shape)
         except TriggerError as exc:
             raise type(exc)(f"--real-trigger: {exc}") from None
-    if trigger.l1_norm == 0:
-        raise TriggerError(f"--real-trigger {text}: the trigger's mask is empty (it stamps nothing)")
+    if trigger.l1_norm == 0:  # a file's content is bad input (exit 1); a spec's text, usage (exit 2)
+        empty = TriggerFileError if from_file or "mask=" in text else TriggerError
+        raise empty(f"--real-trigger {text}: the trigger's mask is empty (it stamps nothing)")
     return trigger
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from .dataset import ImageDataset
 
 __all__ = [
     "arrays_to_dataset",
+    "integer_labels",
     "read_image",
     "read_class_names",
     "check_input_shape",
@@ -170,7 +172,7 @@ def read_class_names(path: str | Path) -> list[str]:
     """A names file: one class name per line, in label order (blank lines ignored)."""
     p = Path(path)
     try:
-        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: cannot read class names ({exc})") from None
     if not names:
@@ -179,6 +181,23 @@ def read_class_names(path: str | Path) -> list[str]:
         dup = next(n for n in names if names.count(n) > 1)
         raise DataError(f"{p}: class name {dup!r} appears twice")
     return names
+
+
+def integer_labels(labels: Any, *, name: str | None = None) -> torch.Tensor:
+    """``labels`` (any array of whole numbers, float ones included) as int64; a one-line
+    :class:`DataError` for a fractional, non-finite or boolean label instead of a silent truncation."""
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    where = f"{name}: " if name else ""
+    if y.dtype == torch.bool or y.is_complex():
+        raise DataError(f"{where}labels must be integers, got {y.dtype}")
+    if y.is_floating_point():
+        bad = ~torch.isfinite(y) | (y != torch.round(y))
+        if bad.any():
+            i = int(bad.flatten().nonzero()[0])
+            raise DataError(
+                f"{where}labels must be whole numbers, got {float(y.flatten()[i]):g} at index {i}"
+            )
+    return y.to(torch.int64)
 
 
 def arrays_to_dataset(
@@ -215,7 +234,7 @@ def arrays_to_dataset(
     read_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
     if input_shape is not None:
         x = conform(x, input_shape, name=name)
-    y = torch.as_tensor(np.asarray(labels)).to(torch.int64).flatten()
+    y = integer_labels(labels, name=name).flatten()
     if len(y) != len(x):
         raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
     converted = read_shape if len(x) and read_shape != tuple(x.shape[1:]) else None

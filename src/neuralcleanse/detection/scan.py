@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.convert import integer_labels
 from ..data.dataset import ImageDataset
 from ..device import resolve_device
 from ..errors import DataError, SettingsError, first_line
@@ -378,7 +379,7 @@ class NeuralCleanse:
             images = images.images
         _check_images(images)
         if labels is not None:
-            labels = torch.as_tensor(labels, dtype=torch.int64)
+            labels = integer_labels(labels, name=where.removesuffix(": "))
             if labels.shape != (len(images),):
                 raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
         if samples is not None and samples < 1:
