@@ -70,6 +70,8 @@ def test_scan_exported_model_on_an_image_folder_matches_the_api(
     assert code == 0, stderr
     d = json.loads(stdout)
     assert d["verdict"] == "backdoored" and d["flagged"] == [0] and d["anomaly_index"]["0"] > 2
+    # the printed summary carries the notes: here, that the verdict is over labels 0-5 only
+    assert any("only 6 of the model's 10 labels were scanned" in n for n in d["notes"])
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["format"] == "export" and report["model"]["static_batch"] == 64
     assert any("fixed batch size of 64" in n for n in report["notes"])

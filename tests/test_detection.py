@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,21 @@ def test_labels_in_another_order_than_the_model_are_said_in_the_notes(
     assert "label 8 (8) → 9" in order[0] and "label 9 (9) → 8" in order[0]
     right = nc.scan(clean_model.model, test, scan_labels=[0, 1], seed=0, max_steps=2)
     assert not any("model's order" in n for n in right.notes)
+
+
+def test_clean_images_that_mostly_go_to_one_label_are_said_in_the_notes(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    """Unlabelled images that the model puts mostly in one label (here: all images of a 3) are not a fair
+    sample of the task, and the scan says so; a fair sample gets no such note."""
+    test = mnist_sample.test
+    threes = test.images[test.labels == 3][:60]
+    r = nc.scan(clean_model.model, threes, scan_labels=[0, 1], seed=0, max_steps=2)
+    assert any(
+        re.match(r"the model puts (\d\d)% of the clean images in label 3 \(3\): are they", n) for n in r.notes
+    )
+    fair = nc.scan(clean_model.model, test.images[:200], scan_labels=[0, 1], seed=0, max_steps=2)
+    assert not any("the model puts" in n for n in fair.notes)
 
 
 def test_images_converted_to_fit_the_model_are_said_in_the_notes(

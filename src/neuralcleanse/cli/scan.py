@@ -406,7 +406,7 @@ def scan(
     page = out / "report.html"
     if as_json:
         d = report.to_dict()
-        keys = ("verdict", "flagged", "summary", "anomaly_index", "l1_norms", "attack_success")
+        keys = ("verdict", "flagged", "summary", "anomaly_index", "l1_norms", "attack_success", "notes")
         extra = {"out": str(out)} | ({"html": str(page)} if as_html else {})
         click.echo(json.dumps({k: d[k] for k in keys} | extra))
         return

@@ -198,6 +198,28 @@ def _check_images(images: torch.Tensor) -> None:
         )
 
 
+def _dominant_notes(pred: torch.Tensor, labels: torch.Tensor | None, names: Sequence[str]) -> list[str]:
+    """A warning when the model puts half or more of the clean images in one label that far fewer of them
+    belong to (a quarter or less; unknown without labels): a trigger already in the images, images of
+    another task or a wrong preprocessing look like this, and the norms would mean little."""
+    if len(pred) < 10:
+        return []
+    top = int(torch.mode(pred).values)
+    share = float((pred == top).float().mean())
+    if share < 0.5 or (labels is not None and float((labels == top).float().mean()) > 0.25):
+        return []
+    truth = (
+        "" if labels is None else f" ({float((labels == top).float().mean()):.0%} of them are of that label)"
+    )
+    note = (
+        f"the model puts {share:.0%} of the clean images in label {top} ({names[top]}){truth}: are they clean "
+        "images of its task, read as it expects? A trigger already in the images, images of another task or "
+        "a wrong preprocessing (--input-range, --mean/--std) look like this"
+    )
+    log.warning(note)
+    return [note]
+
+
 def _order_notes(pred: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> list[str]:
     """A warning when the images of two or more labels go mostly to one other label each: the data's
     labels are then probably not in the model's order (class folders named by words, sorted by name)."""
@@ -418,6 +440,11 @@ class NeuralCleanse:
             twice = next(k for k in targets if targets.count(k) > 1)
             raise SettingsError(f"the labels to scan (--labels) name label {twice} twice")
         notes: list[str] = [*extra_notes, *self._notes, *([converted] if converted else [])]
+        if scan_labels is not None and len(targets) < num_classes - int(source is not None):
+            notes.append(
+                f"only {len(targets)} of the model's {num_classes} labels were scanned (--labels, scan_labels): "
+                "the median and MAD, and so the verdict, are over these labels only"
+            )
         input_fingerprint = tensor_fingerprint(images.float())
         if self.reference is not None:  # fail before optimising, not after
             self.reference.norms_for(targets)
@@ -656,7 +683,7 @@ class NeuralCleanse:
             pred = predict(self.model, pool.images, device=self.device, what="the clean images")
             keep = torch.nonzero(pred == pool.labels).flatten()
             notes.append(f"{len(keep)} of the {len(pool)} images given were classified correctly")
-            notes += _order_notes(pred, pool.labels, names)
+            notes += _order_notes(pred, pool.labels, names) + _dominant_notes(pred, pool.labels, names)
             if len(keep) == 0:
                 raise DataError("the model classifies none of the given images correctly")
             right = torch.unique(pool.labels[keep])
@@ -668,6 +695,8 @@ class NeuralCleanse:
                     "expects 0-255 needs --input-range 0-255, one that expects normalised input --mean/--std)"
                 )
             pool = pool.subset(keep)
+        if labels is None and num_classes >= 3:
+            notes += _dominant_notes(predict(self.model, pool.images, device=self.device), None, names)
         if samples is not None and len(pool) > samples:
             pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
             kind = "seeded, class-stratified" if labels is not None else "seeded"
