@@ -9,7 +9,13 @@ from torch.nn import functional as F
 
 import neuralcleanse as nc
 from arch_corpus import BatchNormCNN, SoftmaxCNN
-from neuralcleanse.models.outputs import LogProbabilities, are_probabilities, as_logits
+from neuralcleanse.models.outputs import (
+    LogProbabilities,
+    SigmoidLogits,
+    are_probabilities,
+    are_sigmoid,
+    as_logits,
+)
 
 X = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -50,7 +56,7 @@ def test_declared_probabilities_are_wrapped_and_checked_when_images_are_given() 
         as_logits(plain, X, outputs="probabilities")
     with pytest.raises(nc.SettingsError, match="needs a batch of images"):
         as_logits(soft)
-    with pytest.raises(nc.SettingsError, match="one of logits, probabilities, auto"):
+    with pytest.raises(nc.SettingsError, match="one of logits, probabilities, sigmoid, auto"):
         as_logits(soft, X, outputs="softmax")  # type: ignore[arg-type]
 
 
@@ -90,6 +96,46 @@ def test_the_detection_rule() -> None:
     assert not are_probabilities(torch.tensor([[float("nan"), 1.0]]))
     with pytest.raises(nc.DataError):
         are_probabilities(torch.zeros(3))
+
+
+class _Sigmoid(nn.Module):
+    """A multi-label head: one sigmoid per class."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(x))
+
+
+def test_sigmoid_outputs_are_detected_and_optimised_on_their_logit() -> None:
+    _, plain = _models()
+    sig = _Sigmoid(plain).eval()
+    wrapped, note = as_logits(sig, X)
+    assert note == "outputs are one sigmoid probability per class (detected): optimising on their logit"
+    assert isinstance(wrapped, SigmoidLogits) and not wrapped.training
+    with torch.no_grad():
+        assert torch.allclose(wrapped(X), plain(X), atol=1e-4)  # the scores before the sigmoid
+    assert are_sigmoid(torch.tensor([[0.2, 0.7]])) and not are_sigmoid(torch.tensor([[0.2, 0.8]]))
+    assert not are_sigmoid(torch.tensor([[0.2, 1.7]]))
+    assert isinstance(as_logits(sig, X, outputs="sigmoid")[0], SigmoidLogits)
+    with pytest.raises(nc.SettingsError, match="declared sigmoid, but on these images some are outside"):
+        as_logits(plain, X, outputs="sigmoid")
+
+
+def test_a_sigmoid_head_model_is_scanned_as_its_logits(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+) -> None:
+    """Cross-entropy on raw sigmoid outputs barely moves (an outsider's model ended "inconclusive, rerun
+    with more steps"); on their logit the scan is the plain model's: same flags, same norms."""
+    kw = {"scan_labels": [0, 1, 2, 3, 4], "samples": 100, "seed": 0}
+    report = nc.scan(_Sigmoid(badnets_model.model).eval(), mnist_sample.test, **kw)  # type: ignore[arg-type]
+    plain = nc.scan(badnets_model.model, mnist_sample.test, **kw)  # type: ignore[arg-type]
+    assert report.flagged == plain.flagged == [0] and report.verdict == "backdoored"
+    assert any("one sigmoid probability per class (detected)" in n for n in report.notes)
+    for r in plain.labels:
+        assert abs(report.label(r.label).l1_norm - r.l1_norm) <= 0.05 * r.l1_norm
 
 
 def test_optimising_on_log_probabilities_gives_stronger_gradients() -> None:

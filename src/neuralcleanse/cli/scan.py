@@ -263,11 +263,11 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--outputs",
-        type=click.Choice(["auto", "logits", "probabilities"]),
+        type=click.Choice(["auto", "logits", "probabilities", "sigmoid"]),
         default="auto",
         show_default=True,
-        help="What the model returns: probabilities (a final softmax) are optimised on their logarithm; "
-        "auto detects them on the clean images.",
+        help="What the model returns: probabilities (a final softmax) are optimised on their logarithm, "
+        "sigmoid outputs (one per class) on their logit; auto detects both on the clean images.",
     ),
     click.option(
         "--statistic",

@@ -20,7 +20,7 @@ from ..device import resolve_device
 from ..errors import DataError, SettingsError, first_line
 from ..fingerprint import model_fingerprint, tensor_fingerprint
 from ..metrics import check_rows, predict
-from ..models.outputs import OUTPUT_KINDS, OutputKind, as_logits
+from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
 from ..triggers import Trigger
 from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
@@ -480,7 +480,7 @@ class NeuralCleanse:
             "settings": settings.to_dict(),
         }
         if optimised is not self.model:
-            identity["outputs"] = "probabilities"
+            identity["outputs"] = "sigmoid" if isinstance(optimised, SigmoidLogits) else "probabilities"
         resumed: list[LabelState] = []
         if checkpoint is not None and resume:
             resumed = load_checkpoint(checkpoint, identity)
@@ -894,8 +894,9 @@ def scan(
             test then measures each label against itself in those models (``statistic="relative"``).
         self_reference: no trusted model: distil a student from the model on ``images`` and use it as the
             reference (``True`` or :class:`~neuralcleanse.detection.distill.DistillSettings`).
-        outputs: ``"auto"`` (detect probabilities on the clean images), ``"logits"`` or
-            ``"probabilities"``: probabilities are optimised on their logarithm (the report says so).
+        outputs: ``"auto"`` (detect probabilities on the clean images), ``"logits"``, ``"probabilities"``
+            or ``"sigmoid"``: probabilities are optimised on their logarithm; ``"sigmoid"``: one sigmoid
+            probability per class, optimised on its logit (the report says so).
         settings: :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
             ``sequential=True`` starts from the original code's schedule instead of the batched default.
     """

@@ -152,7 +152,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Any, str, str, Path], Any]]] = {
     "split": ("split", _choice("test", "train")),
     "labels": ("labels", _labels),
     "source": ("source_label", _integer),
-    "outputs": ("outputs", _choice("auto", "logits", "probabilities")),
+    "outputs": ("outputs", _choice("auto", "logits", "probabilities", "sigmoid")),
     "reference": ("references", _paths),
 }
 _SPECIAL = ("path", "name")

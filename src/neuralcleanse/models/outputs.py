@@ -1,14 +1,18 @@
-"""Models that return probabilities (a final softmax, the Keras habit) instead of logits.
+"""Models that return probabilities (a final softmax, the Keras habit; or a sigmoid per class) instead of
+logits.
 
 Trigger reverse engineering minimises cross-entropy on the model's outputs, which must be logits: on
 probabilities, ``log_softmax(p)`` is nearly flat (every ``p`` is in ``[0, 1]``) and the optimisation
 barely moves. The logarithm of the probabilities is a valid set of logits for the same distribution
-(``softmax(log p) = p``), so such a model is wrapped to return ``log(clamp(p, min=tiny))``.
+(``softmax(log p) = p``), so such a model is wrapped to return ``log(clamp(p, min=tiny))``. A sigmoid head
+(one independent probability per class, a multi-label habit) is wrapped to return ``logit(p)``: the scores
+before its sigmoid, whose arg-max is the model's prediction.
 
-Whether a model's outputs are probabilities is either declared (``"logits"``, ``"probabilities"``) or
-detected (``"auto"``) on a batch of clean images: every output non-negative and every row summing to 1
-within a tolerance. Logits almost never pass that test by accident (it needs every score ``≥ 0`` and
-their sum exactly 1 on every image). The decision is returned as a sentence for the report.
+The kind of outputs is either declared (``"logits"``, ``"probabilities"``, ``"sigmoid"``) or detected
+(``"auto"``) on a batch of clean images: probabilities when every output is non-negative and every row
+sums to 1 within a tolerance; sigmoid outputs when every output is in ``[0, 1]`` but the rows do not all
+sum to 1. Logits almost never pass either test by accident (every score of every image would have to lie
+in ``[0, 1]``). The decision is returned as a sentence for the report.
 
 Examples::
 
@@ -28,12 +32,12 @@ from torch import nn
 from ..errors import DataError, SettingsError
 from ..modes import frozen_eval
 
-__all__ = ["OutputKind", "LogProbabilities", "are_probabilities", "as_logits"]
+__all__ = ["OutputKind", "LogProbabilities", "SigmoidLogits", "are_probabilities", "are_sigmoid", "as_logits"]
 
 log = logging.getLogger(__name__)
 
-OutputKind = Literal["logits", "probabilities", "auto"]
-OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "auto")
+OutputKind = Literal["logits", "probabilities", "sigmoid", "auto"]
+OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "sigmoid", "auto")
 
 #: smallest probability whose logarithm is taken (float32's smallest normal number: log ≈ -87.3)
 TINY = float(torch.finfo(torch.float32).tiny)
@@ -61,6 +65,31 @@ class LogProbabilities(nn.Module):
         return torch.log(p.clamp(min=self.tiny))
 
 
+class SigmoidLogits(nn.Module):
+    """Wraps a model with a sigmoid per class so that it returns ``logit(p)``, the scores before the sigmoid
+    (``p`` clamped to ``[eps, 1 - eps]``). ``train()``/``eval()`` and parameters pass through."""
+
+    def __init__(self, model: nn.Module, *, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.model = model
+        self.eps = float(eps)
+
+    def __repr__(self) -> str:
+        return f"SigmoidLogits({self.model.__class__.__name__}, eps={self.eps:g})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.model(x), eps=self.eps)
+
+
+def are_sigmoid(outputs: torch.Tensor, *, atol: float = 1e-3) -> bool:
+    """Whether every entry of ``outputs`` ``(N, classes)`` is in ``[0, 1]`` (within ``atol``) while the rows
+    are not all probability vectors (see :func:`are_probabilities`): one sigmoid per class."""
+    out = outputs.detach().double()
+    if not torch.isfinite(out).all() or are_probabilities(outputs, atol=atol):
+        return False
+    return bool(((out >= -atol) & (out <= 1 + atol)).all())
+
+
 def are_probabilities(outputs: torch.Tensor, *, atol: float = 1e-3) -> bool:
     """Whether every row of ``outputs`` ``(N, classes)`` is a probability vector: all entries ``≥ -atol``
     and each row's sum within ``atol`` of 1."""
@@ -84,13 +113,15 @@ def _outputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def as_logits(
     model: nn.Module, images: torch.Tensor | None = None, *, outputs: OutputKind = "auto", atol: float = 1e-3
 ) -> tuple[nn.Module, str]:
-    """``model`` itself if its outputs are logits, else wrapped in :class:`LogProbabilities`; and a note.
+    """``model`` itself if its outputs are logits, else wrapped in :class:`LogProbabilities` or
+    :class:`SigmoidLogits`; and a note.
 
     Args:
         model: maps the images to class scores.
         images: a batch of clean images the model takes (needed for ``"auto"``; a few dozen suffice).
-        outputs: ``"logits"``, ``"probabilities"`` (declared) or ``"auto"`` (detected on ``images``, see
-            :func:`are_probabilities`). Declared probabilities are checked on ``images`` when given.
+        outputs: ``"logits"``, ``"probabilities"``, ``"sigmoid"`` (declared) or ``"auto"`` (detected on
+            ``images``, see :func:`are_probabilities` and :func:`are_sigmoid`). Declared probabilities and
+            sigmoid outputs are checked on ``images`` when given.
         atol: tolerance of the detection.
 
     Returns:
@@ -102,19 +133,32 @@ def as_logits(
     if outputs == "auto":
         if images is None or len(images) == 0:
             raise SettingsError("detecting whether the outputs are probabilities needs a batch of images")
-        probabilities = are_probabilities(_outputs(model, images), atol=atol)
+        scores = _outputs(model, images)
+        kind = (
+            "probabilities"
+            if are_probabilities(scores, atol=atol)
+            else "sigmoid"
+            if are_sigmoid(scores, atol=atol)
+            else "logits"
+        )
         how = "detected"
     else:
-        probabilities = outputs == "probabilities"
+        kind = outputs
         how = "declared"
         if images is not None and len(images) > 0:
-            found = are_probabilities(_outputs(model, images), atol=atol)
-            if probabilities and not found:
+            scores = _outputs(model, images)
+            found = are_probabilities(scores, atol=atol)
+            if kind == "probabilities" and not found:
                 raise SettingsError(
                     "the model's outputs were declared probabilities, but on these images they are not "
                     "(negative scores, or rows that do not sum to 1): declare logits or auto"
                 )
-            if not probabilities and found:
+            if kind == "sigmoid" and not (found or are_sigmoid(scores, atol=atol)):
+                raise SettingsError(
+                    "the model's outputs were declared sigmoid, but on these images some are outside [0, 1]: "
+                    "declare logits or auto"
+                )
+            if kind == "logits" and found:
                 note = (
                     "outputs were declared logits, but on these images every row is a probability vector "
                     "(a final softmax?): optimising on them as they are, which is weak for probabilities; "
@@ -122,8 +166,18 @@ def as_logits(
                 )
                 log.warning(note)
                 return model, note
-    if probabilities:
-        wrapped = LogProbabilities(model)
-        wrapped.training = model.training  # a new module starts in training mode: match the model's
-        return wrapped, f"outputs are probabilities ({how}): optimising on their logarithm"
-    return model, f"outputs are logits ({how}): optimising on them as they are"
+    wrapped: nn.Module
+    if kind == "probabilities":
+        wrapped, note = (
+            LogProbabilities(model),
+            f"outputs are probabilities ({how}): optimising on their logarithm",
+        )
+    elif kind == "sigmoid":
+        wrapped, note = (
+            SigmoidLogits(model),
+            f"outputs are one sigmoid probability per class ({how}): optimising on their logit",
+        )
+    else:
+        return model, f"outputs are logits ({how}): optimising on them as they are"
+    wrapped.training = model.training  # a new module starts in training mode: match the model's
+    return wrapped, note
