@@ -268,6 +268,14 @@ def test_mitigate_cli_writes_a_repaired_model_directory(
     )
     assert main(["validate", str(model), "--report", str(scan), "--out", str(tmp_path / "val")]) == 0
     assert (tmp_path / "val" / "validation.json").is_file()
+    # another label than the card's target: validated as asked, and the result says the real trigger is not its
+    other = ["validate", str(model), "--report", str(scan), "--label", "4", "--out", str(tmp_path / "v4")]
+    assert main(other) == 0
+    notes = ValidationResult.load(tmp_path / "v4").notes
+    assert (
+        "the model card's backdoor targets label 0, not label 4: no real trigger is known for this label"
+        in notes
+    )
 
 
 @pytest.mark.parametrize(

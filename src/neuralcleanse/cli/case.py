@@ -29,6 +29,8 @@ class Case:
     names: list[str] | None
     #: where the real trigger came from ("the model card", "--real-trigger"), when there is one
     real_from: str | None = None
+    #: the labels the model card's backdoors target (empty without a card)
+    card_targets: tuple[int, ...] = ()
 
     @property
     def label(self) -> int:
@@ -70,7 +72,13 @@ class Case:
                 f"label {self.label} was not flagged by the scan (verdict: {self.report.verdict}): worked on "
                 "it as asked"
             )
-            logging.getLogger(__name__).warning("%s", unflagged[0])
+        if self.card_targets and self.label not in self.card_targets:
+            unflagged.append(
+                f"the model card's backdoor targets label {label_ranges(list(self.card_targets))}, not label "
+                f"{self.label}: no real trigger is known for this label"
+            )
+        for note in unflagged:
+            logging.getLogger(__name__).warning("%s", note)
         return dataclasses.replace(
             result,
             model_fingerprint=self.report.model.get("fingerprint"),
@@ -151,7 +159,8 @@ def open_case(
     backdoor = SuspectedBackdoor(
         label, report.triggers[label], real, None if sources is None else tuple(sources)
     )
-    return Case(loaded, report, backdoor, names, real_from)
+    targets = tuple(b.target for b in loaded.card.backdoors) if loaded.card is not None else ()
+    return Case(loaded, report, backdoor, names, real_from, targets if real_trigger is None else ())
 
 
 def _real_trigger(text: str, image_shape: tuple[int, int, int]) -> Trigger:

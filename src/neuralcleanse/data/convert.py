@@ -261,7 +261,13 @@ def conform(x: torch.Tensor, input_shape: tuple[int, int, int], *, name: str) ->
         elif x.shape[1] == 3 and c == 1:
             x = (x * _LUMA).sum(1, keepdim=True)
         else:
-            raise DataError(f"{name}: images have {x.shape[1]} channels, the model takes {c}")
+            hint = (
+                " (RGBA? an array does not say what its fourth channel is: store the colour channels only; "
+                "image files in RGBA are read as colour)"
+                if x.shape[1] == 4
+                else ""
+            )
+            raise DataError(f"{name}: images have {x.shape[1]} channels, the model takes {c}{hint}")
     if tuple(x.shape[2:]) != (h, w):
         read = (int(x.shape[2]), int(x.shape[3]))
         check_resize(name, read, (h, w))
