@@ -84,6 +84,10 @@ def test_log_statistic_scan_reports_in_its_units(
         float(torch.tensor(list(r.l1_norms.values())).log().median().exp()), rel=0.3
     )
     assert "log" in repr(nc.NeuralCleanse(clean_model.model, statistic="log"))
+    d = r.to_dict()  # report.json: the test's median in log units, and the median norm beside it
+    assert d["median"] == pytest.approx(r.median, abs=1e-6) and d["median_l1"] == pytest.approx(
+        r.median_l1, rel=1e-6
+    )
 
 
 def test_report_save_and_load(badnets_report: DetectionReport, tmp_path: Path) -> None:

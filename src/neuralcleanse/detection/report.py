@@ -353,8 +353,9 @@ class DetectionReport:
             "anomaly_index": {str(r["label"]): r["anomaly_index"] for r in rows},
             "l1_norms": {str(r["label"]): r["l1_norm"] for r in rows},
             "attack_success": {str(r["label"]): r["attack_success"] for r in rows},
-            "median": _num(self.median),
+            "median": _num(self.median),  # in the statistic's units (the log statistics: log L1)
             "mad": _num(self.mad),
+            "median_l1": _num(self.median_l1),
             "threshold": self.threshold,
             "statistic": self.statistic,
             "reference": self.reference.to_dict() if self.reference is not None else None,
