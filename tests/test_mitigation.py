@@ -413,11 +413,12 @@ def test_a_real_trigger_for_a_model_without_a_card(
         and done.stderr.startswith("error: --real-trigger: ")
         and done.stderr.count("\n") == 1
     )
-    # an unreadable trigger file is bad input data (exit 1), a bad spec a usage error (exit 2)
+    # an unreadable trigger file, or one of another size or with an empty mask, is bad input data (exit 1);
+    # a bad spec a usage error (exit 2)
     assert main(["validate", *own, "--real-trigger", str(tmp_path / "none.safetensors")]) == 1
     assert main(["validate", *own, "--real-trigger", "square:size=99"]) == 2
     nc.Trigger(torch.zeros(28, 28), torch.ones(1, 28, 28)).save(tmp_path / "empty.safetensors")
-    assert main(["validate", *own, "--real-trigger", str(tmp_path / "empty.safetensors")]) == 2
+    assert main(["validate", *own, "--real-trigger", str(tmp_path / "empty.safetensors")]) == 1
     assert "the trigger's mask is empty" in capsys.readouterr().err
     # without it there is nothing to compare with
     assert main(["validate", *own, "--out", str(tmp_path / "none")]) == 0

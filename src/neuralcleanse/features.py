@@ -272,11 +272,19 @@ def neuron_mask(layer: FeatureLayer, keep: torch.Tensor, fill: torch.Tensor | No
         handle.remove()
 
 
-def top_neurons(clean: torch.Tensor, stamped: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Indices of the ``fraction`` (at least one) of neurons whose mean activation rises most from
-    ``clean`` to ``stamped`` inputs, largest gap first."""
+#: the fewest neurons a "top fraction" holds: the paper's 1% of its 512-neuron layer. On a narrow layer (64
+#: neurons) 1% is one neuron, too few to carry a backdoor or to filter on.
+MIN_TOP_NEURONS = 5
+
+
+def top_neurons(
+    clean: torch.Tensor, stamped: torch.Tensor, fraction: float, *, minimum: int = MIN_TOP_NEURONS
+) -> torch.Tensor:
+    """Indices of the ``fraction`` of neurons (at least ``minimum``, or all of a narrower layer) whose mean
+    activation rises most from ``clean`` to ``stamped`` inputs, largest gap first."""
     if not 0 < fraction <= 1:
         raise SettingsError(f"neuron fraction must be in (0, 1], got {fraction}")
-    k = max(1, round(fraction * clean.shape[1]))
+    width = clean.shape[1]
+    k = min(width, max(minimum, 1, round(fraction * width)))
     gap = stamped.mean(0) - clean.mean(0)
     return torch.argsort(gap, descending=True)[:k]

@@ -29,7 +29,14 @@ from ._format import pct
 from ._io import atomic_directory, atomic_write_json, read_result
 from .data.dataset import ImageDataset
 from .errors import DataError
-from .features import FeatureLayer, feature_activations, find_feature_layer, neuron_mask, top_neurons
+from .features import (
+    MIN_TOP_NEURONS,
+    FeatureLayer,
+    feature_activations,
+    find_feature_layer,
+    neuron_mask,
+    top_neurons,
+)  # fmt: skip
 from .metrics import attack_victims, predict, stamped_success
 from .suspect import SuspectedBackdoor
 from .triggers import Trigger
@@ -237,7 +244,14 @@ def validate_trigger(
         ),
         "images": len(x),
     }
-    notes = [f"top {len(top)} of {feat.width} neurons ({top_fraction:.0%}) of layer {feat.name!r}"]
+    share = (
+        f"{top_fraction:.0%}"
+        if len(top) == max(1, round(top_fraction * feat.width))
+        else (
+            f"{top_fraction:.0%} would be {max(1, round(top_fraction * feat.width))}; at least {MIN_TOP_NEURONS}"
+        )
+    )
+    notes = [f"top {len(top)} of {feat.width} neurons ({share}) of layer {feat.name!r}"]
     if result["clean_success_top_only"] > 0.5:
         notes.append(
             f"with only the top neurons kept, {pct(result['clean_success_top_only'])} of the clean images already "
