@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import neuralcleanse as nc
 from arch_corpus import BatchNormCNN
@@ -112,6 +112,24 @@ def test_validate_and_mitigate_any_model_file(
             loaded, torch.rand(8, 3, 32, 32), scan_labels=[0], max_steps=1, batch_size=4, batches_per_step=1
         )
         assert [r.label for r in again.labels] == [0]
+
+
+def test_the_same_weights_in_another_file_format_are_the_scanned_model(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A scan of the exported program validates the same weights saved as safetensors with --arch (the
+    names differ: the program's carry a ``module.`` prefix); other weights are still another model."""
+    report = _scan(capsys, files, "pt2")
+    args = [*_load_args(files, "safetensors"), "--report", str(report), "--label", "0", "--device", "cpu"]
+    code, _, err = run(capsys, "validate", *args, "--out", str(tmp_path / "v"))
+    assert code == 0, err
+    state = load_file(files["safetensors"])
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1e-3
+    save_file(state, tmp_path / "other.safetensors")
+    args[0] = str(tmp_path / "other.safetensors")
+    code, _, err = run(capsys, "validate", *args, "--out", str(tmp_path / "o"))
+    assert code == 1 and "this scan report belongs to another model" in err
 
 
 def test_torchscript_is_refused_in_one_line(

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["model_fingerprint", "report_weights_sha256", "tensor_fingerprint"]
+__all__ = ["model_fingerprint", "report_weights_sha256", "tensor_fingerprint", "weights_fingerprint"]
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -39,6 +39,18 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(_raw_bytes(t))
     return h.hexdigest()
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's tensors by value (shape, dtype, bytes), sorted, their names left out: the
+    same weights in another file format — an exported program's ``module.`` names, a module tree built by
+    ``--arch`` — give the same value, where :func:`model_fingerprint` and a file's sha256 differ."""
+    digests = sorted(
+        hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}|".encode() + _raw_bytes(t)).hexdigest()
+        for t in model.state_dict().values()
+        if isinstance(t, torch.Tensor)
+    )
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:

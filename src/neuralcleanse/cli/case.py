@@ -107,7 +107,7 @@ def open_case(
     label, its reversed and real trigger (``real_trigger``, a spec or a trigger file, or the card's), and
     the clean images."""
     from ..detection import DetectionReport
-    from ..fingerprint import model_fingerprint
+    from ..fingerprint import model_fingerprint, weights_fingerprint
     from ..models.store import trigger_path
 
     model = source.model
@@ -116,7 +116,11 @@ def open_case(
     loaded = source.load(device)
     report = DetectionReport.load(report_path)
     recorded = report_weights_sha256(report.model)
-    same = loaded.sha256 == recorded or report.model.get("fingerprint") == model_fingerprint(loaded.model)
+    same = (
+        loaded.sha256 == recorded
+        or report.model.get("fingerprint") == model_fingerprint(loaded.model)
+        or report.model.get("weights_fingerprint") == weights_fingerprint(loaded.model)
+    )
     if not same:
         theirs = recorded or "unknown"
         raise DataError(

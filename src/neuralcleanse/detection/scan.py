@@ -18,7 +18,7 @@ from ..data.convert import integer_labels
 from ..data.dataset import ImageDataset
 from ..device import resolve_device
 from ..errors import DataError, SettingsError, first_line
-from ..fingerprint import model_fingerprint, tensor_fingerprint
+from ..fingerprint import model_fingerprint, tensor_fingerprint, weights_fingerprint
 from ..metrics import check_rows, predict
 from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
@@ -575,7 +575,12 @@ class NeuralCleanse:
         from ..versions import software_versions
 
         run["software"] = software_versions()
-        model_meta = {"fingerprint": identity["model"], "num_classes": num_classes, **(model_info or {})}
+        model_meta = {
+            "fingerprint": identity["model"],
+            "weights_fingerprint": weights_fingerprint(self.model),
+            "num_classes": num_classes,
+            **(model_info or {}),
+        }
         data_meta = {
             "images": len(pool),
             "fingerprint": identity["images"],
