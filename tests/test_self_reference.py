@@ -14,7 +14,7 @@ from neuralcleanse.cli import main
 from neuralcleanse.detection import NeuralCleanse, ReverseSettings
 from neuralcleanse.detection.distill import DistillSettings, Student, _fresh_copy, distil_student
 from neuralcleanse.detection.engine import LabelState, new_label_state
-from neuralcleanse.detection.report import unsettled_reason
+from neuralcleanse.detection.report import unreachable_labels, unsettled_reason
 from neuralcleanse.errors import SettingsError
 from neuralcleanse.metrics import attack_success_rate
 from neuralcleanse.models.architectures import build_model
@@ -125,6 +125,17 @@ def test_labels_stopped_by_the_step_limit_leave_the_verdict_unsettled() -> None:
     reason = _unsettled(unreached, [], cfg)
     assert reason is not None and "only 4 of 10 labels" in reason
     assert _unsettled([_state(k, reached=k < 5, stop="early_stop") for k in range(10)], [], cfg) is None
+    # a label stopped by the limit that no trigger reaches (an output the task never uses: its trigger
+    # sends 0% of the images there) does not unsettle the others' verdict; one that almost works does
+    unused = settled[:9] + [_state(9, reached=False, stop="max_steps")]
+    success = {k: 1.0 for k in range(9)}
+    assert unreachable_labels(unused, success | {9: 0.0}) == [9]
+    assert (
+        unsettled_reason(unused, [0], max_steps=50, attack_threshold=0.99, success=success | {9: 0.0}) is None
+    )
+    almost = unsettled_reason(unused, [0], max_steps=50, attack_threshold=0.99, success=success | {9: 0.9})
+    assert almost is not None and "[9]" in almost
+    assert _unsettled(unused, [0], cfg) is not None  # without the measured success: unsettled, as before
 
 
 def test_a_three_step_scan_of_an_untrained_network_is_inconclusive(mnist_sample: nc.DatasetSplits) -> None:

@@ -245,8 +245,12 @@ def print_scan(report: Any, out: Path) -> None:
     for col in [*cols, "anomaly index", ""]:
         left = col in ("name", "stop", "")
         table.add_column(col, justify="left" if left else "right", no_wrap=col == "stop")
+    threshold = float(report.settings.get("attack_threshold", 0.99))
     for r in sorted(report.labels, key=lambda r: (r.l1_norm != r.l1_norm, r.l1_norm)):
-        flag = "FLAGGED" if r.flagged else ("" if r.reached else "not reached")
+        # "reached" is the optimisation's: the threshold held over its last steps, which a trigger
+        # that works at the end of a too-short run has not shown yet
+        unreached = "not reached" if not r.attack_success >= threshold else "too few steps"
+        flag = "FLAGGED" if r.flagged else ("" if r.reached else unreached)
         table.add_row(
             str(r.label), r.name, f"{r.l1_norm:.2f}", *([f"{ref.get(r.label, float('nan')):.2f}"] if ref else []),
             f"{100 * r.attack_success:.1f}%", str(r.steps), r.stop, f"{r.anomaly_index:.2f}", flag,
@@ -255,7 +259,10 @@ def print_scan(report: Any, out: Path) -> None:
     console = output_console()
     console.print(table)
     stat = report.outlier_statistic
-    console.print(f"median L1 {report.median_l1:.2f}, {stat.spread(report.mad)}; report written to {out}")
+    if math.isfinite(report.median_l1):
+        console.print(f"median L1 {report.median_l1:.2f}, {stat.spread(report.mad)}; report written to {out}")
+    else:
+        console.print(f"no median: fewer than 3 labels have a finite norm; report written to {out}")
     for note in report.notes:
         console.print(f"note: {note}")
     capped = [r.label for r in report.labels if r.capped]

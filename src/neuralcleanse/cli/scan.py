@@ -190,10 +190,15 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         "model_info": loaded.describe(),
     }
     report: DetectionReport
-    if bar is None:
-        report = detector.scan(images, **options)
-    else:
-        report = run_scan(detector, images, bar=bar, **options)
+    try:
+        if bar is None:
+            report = detector.scan(images, **options)
+        else:
+            report = run_scan(detector, images, bar=bar, **options)
+    except DataError as exc:  # what the model did ("model produced NaN ...") names the model file
+        if not str(exc).startswith("model "):
+            raise
+        raise type(exc)(f"{source.model}: {exc}") from None
     report.save(request.out, force=request.force)
     remove_checkpoint(request.checkpoint)
     if request.html:

@@ -77,25 +77,34 @@ class ImageDataset:
 
     def conversion_note(self) -> str | None:
         """What was done to the images to fit the model, for a report's notes (``None``: nothing)."""
-        if self.converted_from is None or self.converted_from == self.input_shape:
+        channels, size = self.conversions()
+        done = [part for part in (channels, size) if part is not None]
+        if not done:
             return None
-        (c0, h0, w0), (c, h, w) = self.converted_from, self.input_shape
-        done = []
-        if c0 == 1 and c == 3:
-            done.append(
-                "grey images were given to a colour model: each image's one channel was copied to R, G and B"
-            )
-        elif c0 == 3 and c == 1:
-            done.append("colour images were given to a grey model: each was converted to grey (luma)")
-        if (h0, w0) != (h, w):
-            done.append(
-                f"the images were resized from {h0}x{w0} to the model's {h}x{w} (antialiased bilinear)"
-            )
         return (
             f"{self.name}: "
             + "; ".join(done)
             + "; a trigger found on converted images may differ from one on the model's own data"
         )
+
+    def conversions(self) -> tuple[str | None, str | None]:
+        """The channel conversion (grey↔colour) and the resize done to fit the model, each a phrase or None."""
+        if self.converted_from is None or self.converted_from == self.input_shape:
+            return None, None
+        (c0, h0, w0), (c, h, w) = self.converted_from, self.input_shape
+        channels = None
+        if c0 == 1 and c == 3:
+            channels = (
+                "grey images were given to a colour model: each image's one channel was copied to R, G and B"
+            )
+        elif c0 == 3 and c == 1:
+            channels = "colour images were given to a grey model: each was converted to grey (luma)"
+        size = (
+            f"the images were resized from {h0}x{w0} to the model's {h}x{w} (antialiased bilinear)"
+            if (h0, w0) != (h, w)
+            else None
+        )
+        return channels, size
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()

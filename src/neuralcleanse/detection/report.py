@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,17 +144,47 @@ class _Settling(Protocol):
     def reached(self) -> bool: ...
 
 
+#: below this attack success a label stopped by the step limit without reaching the attack threshold is
+#: unreachable from the clean images (an output the model never uses), not a trigger still shrinking
+UNREACHABLE_SUCCESS = 0.5
+
+
+def unreachable_labels(rows: Sequence[_Settling], success: Mapping[int, float]) -> list[int]:
+    """Labels stopped by the step limit that never reached the attack threshold and whose trigger still
+    sends fewer than half of the images there (``success``: label → measured attack success): no trigger
+    of any size was found, so their norm is not an upper value of one that matters to the verdict (only a
+    small norm can be flagged, and such a label's norm is the cost of a mask that does not work)."""
+    return [
+        s.label
+        for s in rows
+        if s.stop_reason == "max_steps"
+        and not s.reached
+        and success.get(s.label, math.nan) < UNREACHABLE_SUCCESS  # NaN (not measured) compares False
+    ]
+
+
 def unsettled_reason(
-    rows: Sequence[_Settling], flagged: Sequence[int], *, max_steps: int, attack_threshold: float
+    rows: Sequence[_Settling],
+    flagged: Sequence[int],
+    *,
+    max_steps: int,
+    attack_threshold: float,
+    success: Mapping[int, float] | None = None,
 ) -> str | None:
     """Why a verdict over these labels' norms (label states or report rows) would not be sound, or None.
 
     A label stopped by the step limit was still shrinking its trigger: its norm is only an upper value.
     The flags hold if only flagged labels are in that state (a smaller norm below the median flags them
-    all the more), not otherwise. A verdict where most labels never reached the attack threshold rests
-    on masks that are not triggers at all.
+    all the more), not otherwise; nor do labels that no trigger reached at all (:func:`unreachable_labels`,
+    given the measured ``success``) unsettle them. A verdict where most labels never reached the attack
+    threshold rests on masks that are not triggers at all.
     """
-    capped = [s.label for s in rows if s.stop_reason == "max_steps" and s.label not in flagged]
+    unreachable = set(unreachable_labels(rows, success or {}))
+    capped = [
+        s.label
+        for s in rows
+        if s.stop_reason == "max_steps" and s.label not in flagged and s.label not in unreachable
+    ]
     if capped:
         return (
             f"labels {capped} stopped at the step limit ({max_steps} steps) while their triggers "
@@ -270,6 +300,7 @@ class DetectionReport:
             self.flagged,
             max_steps=int(self.settings.get("max_steps", 0)),
             attack_threshold=float(self.settings.get("attack_threshold", 0.99)),
+            success={r.label: r.attack_success for r in self.labels},
         )
 
     # ---- views --------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .natural import NATURAL, mean_patterns, natural_note
 from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
-from .report import DetectionReport, LabelResult, unsettled_reason
+from .report import DetectionReport, LabelResult, unreachable_labels, unsettled_reason
 from .settings import ReverseSettings
 from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
@@ -398,6 +398,9 @@ class NeuralCleanse:
             data_names = list(images.class_names)
             where = f"{images.name}: "
             converted = images.conversion_note()
+            channels, _ = images.conversions()
+            if channels is not None:  # warned as a resize is (where the images are read)
+                log.warning("%s: %s", images.name, channels)
             images = images.images
         _check_images(images)
         if labels is not None:
@@ -485,7 +488,8 @@ class NeuralCleanse:
         if checkpoint is not None and resume:
             resumed = load_checkpoint(checkpoint, identity)
             log.info("resuming from %s: %d labels started", checkpoint, len(resumed))
-            notes.append(f"resumed from a checkpoint with {sum(s.done for s in resumed)} labels finished")
+            finished = sum(s.done for s in resumed)
+            notes.append(f"resumed from a checkpoint with {finished} label{'' if finished == 1 else 's'} finished")
         last_save = [time.perf_counter()]
         finished_saved: dict[Path | None, int] = {}  # labels finished at each checkpoint's last save
 
@@ -749,8 +753,9 @@ class NeuralCleanse:
                     success[s.label] = float(hits.float().mean())
         verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
         unsettled = unsettled_reason(
-            states, outlier.flagged, max_steps=settings.max_steps, attack_threshold=settings.attack_threshold
-        )
+            states, outlier.flagged, max_steps=settings.max_steps, attack_threshold=settings.attack_threshold,
+            success=success,
+        )  # fmt: skip
         # an unsettled verdict flags nothing: flagged labels and "backdoored" go together
         flagged = [] if unsettled is not None else outlier.flagged
         rows = []
@@ -775,8 +780,16 @@ class NeuralCleanse:
                     screened_upper=s.screened_upper,
                 )
             )
-        unreached = [s.label for s in states if not s.reached]
+        unreachable = unreachable_labels(states, success)
+        unreached = [s.label for s in states if not s.reached and s.label not in unreachable]
         extra = list(outlier.notes)
+        if unreachable:
+            extra.append(
+                f"labels {unreachable} were never reached: after {settings.max_steps} steps their triggers "
+                f"send {', '.join(f'{success[k]:.0%}' for k in unreachable)} of the images there; the model "
+                "hardly ever gives them from these images (outputs its task does not use?), so their norms are "
+                "those of masks that do not work and cannot be flagged (leave them out with --labels)"
+            )
         if unreached:
             extra.append(
                 f"labels {unreached} never reached {settings.attack_threshold:.0%} attack success; "

@@ -45,6 +45,9 @@ __all__ = ["BatchNormMode", "UnlearnDetails", "unlearn"]
 
 BatchNormMode = Literal["frozen", "update"]
 
+#: attack success after unlearning from which a note says the backdoor is not removed
+_STILL_WORKS = 0.2
+
 
 class _FrozenStatistics(nn.Module):
     """Trains ``model`` with every BatchNorm layer kept in inference mode (running statistics untouched)."""
@@ -220,6 +223,14 @@ def unlearn(
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
     if missing:
         notes.append(coverage)
+    left = {"reversed": after.attack_success, "real": after.real_attack_success}
+    left = {k: v for k, v in left.items() if v is not None and v >= _STILL_WORKS}
+    if left:
+        notes.append(
+            "after unlearning the "
+            + " and the ".join(f"{k} trigger still succeeds {pct(v, 1)}" for k, v in left.items())
+            + f" of the time: fine-tune longer (--epochs, now {epochs}) or on more images (--fraction), or prune"
+        )
     if norms:
         notes.append(
             f"running statistics of {norms} BatchNorm layers "

@@ -334,7 +334,7 @@ def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, E
     lifted = _lift_linears(module)
     if lifted:
         log.debug("%s: linear layers %s lifted into modules", source, ", ".join(lifted))
-    info = _input_info(program)
+    info = _input_info(program, source)
     for p in module.parameters():
         p.requires_grad_(False)
     return module, info
@@ -398,11 +398,11 @@ def _lift_linears(gm: Any) -> list[str]:
     return lifted
 
 
-def _input_info(program: Any) -> ExportInfo:
+def _input_info(program: Any, source: str) -> ExportInfo:
     user_inputs = list(program.graph_signature.user_inputs)
     if len(user_inputs) != 1:
         raise ModelError(
-            f"the exported program takes {len(user_inputs)} inputs; a classifier takes one image batch"
+            f"{source}: the exported program takes {len(user_inputs)} inputs; a classifier takes one image batch"
         )
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name == user_inputs[0]:
@@ -412,7 +412,10 @@ def _input_info(program: Any) -> ExportInfo:
     else:
         return ExportInfo(None, None)
     if len(shape) != 4:
-        raise ModelError(f"the exported program's input has shape {shape}; expected (N, C, H, W)")
+        raise ModelError(
+            f"{source}: the exported program's input has shape {shape}; expected (N, C, H, W) "
+            "(export the model with its image input, not a flattened one: --input-shape cannot change it)"
+        )
     static = shape[0] if isinstance(shape[0], int) else None
     chw = shape[1:]
     fixed = tuple(int(d) for d in chw) if all(isinstance(d, int) for d in chw) else None

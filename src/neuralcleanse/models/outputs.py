@@ -43,42 +43,58 @@ OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "sigmoid", "auto")
 TINY = float(torch.finfo(torch.float32).tiny)
 
 
-class LogProbabilities(nn.Module):
-    """Wraps a model that returns probabilities so that it returns their logarithm (valid logits).
+class _ScoreTransform(nn.Module):
+    """A model whose outputs pass through ``transform``, with one clamping constant (``bound``).
+    ``train()``/``eval()`` and parameters pass through to the wrapped model (``self.model``)."""
 
-    ``train()``/``eval()`` and parameters pass through to the wrapped model (``self.model``).
+    bound_name = "bound"
+
+    def __init__(self, model: nn.Module, bound: float) -> None:
+        super().__init__()
+        self.model = model
+        self.bound = float(bound)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model.__class__.__name__}, {self.bound_name}={self.bound:g})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(self.model(x))
+
+    def transform(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LogProbabilities(_ScoreTransform):
+    """Wraps a model that returns probabilities so that it returns their logarithm (valid logits).
 
     Shape:
         input: whatever the model takes; output: ``(N, classes)`` log-probabilities, ``≥ log(tiny)``.
     """
 
+    bound_name = "tiny"
+
     def __init__(self, model: nn.Module, *, tiny: float = TINY) -> None:
-        super().__init__()
-        self.model = model
-        self.tiny = float(tiny)
+        super().__init__(model, tiny)
 
-    def __repr__(self) -> str:
-        return f"LogProbabilities({self.model.__class__.__name__}, tiny={self.tiny:g})"
+    @property
+    def tiny(self) -> float:
+        return self.bound
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p: torch.Tensor = self.model(x)
-        return torch.log(p.clamp(min=self.tiny))
+    def transform(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.log(scores.clamp(min=self.bound))
 
 
-class SigmoidLogits(nn.Module):
+class SigmoidLogits(_ScoreTransform):
     """Wraps a model with a sigmoid per class so that it returns ``logit(p)``, the scores before the sigmoid
-    (``p`` clamped to ``[eps, 1 - eps]``). ``train()``/``eval()`` and parameters pass through."""
+    (``p`` clamped to ``[eps, 1 - eps]``)."""
+
+    bound_name = "eps"
 
     def __init__(self, model: nn.Module, *, eps: float = 1e-7) -> None:
-        super().__init__()
-        self.model = model
-        self.eps = float(eps)
+        super().__init__(model, eps)
 
-    def __repr__(self) -> str:
-        return f"SigmoidLogits({self.model.__class__.__name__}, eps={self.eps:g})"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.logit(self.model(x), eps=self.eps)
+    def transform(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.logit(scores, eps=self.bound)
 
 
 def are_sigmoid(outputs: torch.Tensor, *, atol: float = 1e-3) -> bool:
