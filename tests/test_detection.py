@@ -165,6 +165,30 @@ def test_clean_images_that_mostly_go_to_one_label_are_said_in_the_notes(
     assert not any("the model puts" in n for n in fair.notes)
 
 
+class _WithUnusedOutput(torch.nn.Module):
+    """The model with an eleventh output that never wins (an "unknown" class its task does not use)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.model(x)
+        return torch.cat([scores, torch.full_like(scores[:, :1], -1e4)], dim=1)
+
+
+def test_an_output_no_trigger_reaches_does_not_leave_the_verdict_unsettled(
+    badnets_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    """An outsider's model with an unused output was "inconclusive: rerun with more steps" at any step
+    limit: the unused label runs to the limit with a trigger that reaches 0% of the images."""
+    model = _WithUnusedOutput(badnets_model.model).eval()
+    r = nc.scan(model, mnist_sample.test, scan_labels=[0, 1, 2, 3, 4, 10], samples=200, max_steps=150, seed=0)
+    assert r.label(10).stop_reason == "max_steps" and r.label(10).attack_success < 0.5
+    assert r.unsettled is None and r.verdict == "backdoored" and r.flagged == [0]
+    assert any(n.startswith("labels [10] were never reached: after 150 steps") for n in r.notes)
+
+
 def test_images_converted_to_fit_the_model_are_said_in_the_notes(
     clean_model: ModelBundle, mnist_sample: DatasetSplits
 ) -> None:

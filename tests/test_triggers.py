@@ -174,3 +174,14 @@ def test_apply_rejects_wrong_image_shape() -> None:
     t = Trigger.square((1, 28, 28), size=4)
     with pytest.raises(TriggerError, match="images"):
         t.apply(torch.zeros(2, 3, 28, 28))
+
+
+def test_a_weights_file_given_as_a_trigger_is_named_briefly(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({f"layer{i}.weight": torch.zeros(2) for i in range(30)}, tmp_path / "w.safetensors")
+    with pytest.raises(TriggerError) as err:
+        Trigger.load(tmp_path / "w.safetensors")
+    message = str(err.value)
+    assert "found 30 tensors (model weights?): layer0.weight, layer1.weight, layer10.weight" in message
+    assert message.endswith("and 26 more") and len(message) < 250

@@ -124,7 +124,12 @@ class Trigger:
         except (SafetensorError, OSError, ValueError) as exc:
             raise TriggerFileError(f"{p}: not a valid trigger file ({exc})") from None
         if set(tensors) != {"mask", "pattern"}:
-            raise TriggerFileError(f"{p}: a trigger file holds 'mask' and 'pattern', found {sorted(tensors)}")
+            found = sorted(tensors)
+            shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            kind = " (model weights?)" if len(found) > 4 else ""
+            raise TriggerFileError(
+                f"{p}: a trigger file holds 'mask' and 'pattern', found {len(found)} tensors{kind}: {shown}"
+            )
         try:
             return cls(tensors["mask"].float(), tensors["pattern"].float(), meta.get("spec", ""))
         except TriggerError as exc:

@@ -236,6 +236,8 @@ def run_scan(detector: Any, images: Any, *, bar: bool, **kwargs: Any) -> Any:
 def print_scan(report: Any, out: Path) -> None:
     from rich import box
 
+    from ..detection.report import unreachable_labels
+
     table = Table(
         box=box.SIMPLE_HEAD,
         title=f"Neural Cleanse scan ({report.settings['mode']}, {report.run['seconds']:.0f} s)",
@@ -265,7 +267,8 @@ def print_scan(report: Any, out: Path) -> None:
         console.print(f"no median: fewer than 3 labels have a finite norm; report written to {out}")
     for note in report.notes:
         console.print(f"note: {note}")
-    capped = [r.label for r in report.labels if r.capped]
+    unreachable = unreachable_labels(report.labels, {r.label: r.attack_success for r in report.labels})
+    capped = [r.label for r in report.labels if r.capped and r.label not in unreachable]  # those: a note
     if capped:
         cap = report.settings.get("max_steps", "--max-steps")
         console.print(

@@ -489,7 +489,9 @@ class NeuralCleanse:
             resumed = load_checkpoint(checkpoint, identity)
             log.info("resuming from %s: %d labels started", checkpoint, len(resumed))
             finished = sum(s.done for s in resumed)
-            notes.append(f"resumed from a checkpoint with {finished} label{'' if finished == 1 else 's'} finished")
+            notes.append(
+                f"resumed from a checkpoint with {finished} label{'' if finished == 1 else 's'} finished"
+            )
         last_save = [time.perf_counter()]
         finished_saved: dict[Path | None, int] = {}  # labels finished at each checkpoint's last save
 
