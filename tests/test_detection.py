@@ -165,28 +165,35 @@ def test_clean_images_that_mostly_go_to_one_label_are_said_in_the_notes(
     assert not any("the model puts" in n for n in fair.notes)
 
 
-class _WithUnusedOutput(torch.nn.Module):
-    """The model with an eleventh output that never wins (an "unknown" class its task does not use)."""
+class _WithUnusedOutputs(torch.nn.Module):
+    """The model with extra outputs that never win (an "unknown" class, a head wider than the task)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, extra: int) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.extra = model, extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.model(x)
-        return torch.cat([scores, torch.full_like(scores[:, :1], -1e4)], dim=1)
+        return torch.cat([scores, torch.full_like(scores[:, :1], -1e4).expand(-1, self.extra)], dim=1)
 
 
-def test_an_output_no_trigger_reaches_does_not_leave_the_verdict_unsettled(
+def test_outputs_no_trigger_reaches_are_left_out_of_the_verdict(
     badnets_model: ModelBundle, mnist_sample: DatasetSplits
 ) -> None:
     """An outsider's model with an unused output was "inconclusive: rerun with more steps" at any step
-    limit: the unused label runs to the limit with a trigger that reaches 0% of the images."""
-    model = _WithUnusedOutput(badnets_model.model).eval()
-    r = nc.scan(model, mnist_sample.test, scan_labels=[0, 1, 2, 3, 4, 10], samples=200, max_steps=150, seed=0)
-    assert r.label(10).stop_reason == "max_steps" and r.label(10).attack_success < 0.5
+    limit: the unused label runs to the limit with a trigger that reaches 0% of the images. With more
+    unused outputs than used ones their norms would also set the median; they are left out of the test."""
+    model = _WithUnusedOutputs(badnets_model.model, 6).eval()
+    unused = list(range(10, 16))
+    r = nc.scan(
+        model, mnist_sample.test, scan_labels=[0, 1, 2, 3, 4, *unused], samples=200, max_steps=150, seed=0
+    )
+    assert all(r.label(k).stop_reason == "max_steps" and r.label(k).attack_success < 0.5 for k in unused)
     assert r.unsettled is None and r.verdict == "backdoored" and r.flagged == [0]
-    assert any(n.startswith("labels [10] were never reached: after 150 steps") for n in r.notes)
+    assert all(math.isnan(r.anomaly_index[k]) for k in unused)
+    assert r.outlier_test().flagged == [0]  # re-judged from the saved rows, the same
+    assert any(n.startswith(f"labels {unused} were never reached: after 150 steps") for n in r.notes), r.notes
+    assert not any("no finite L1 norm" in n for n in r.notes)
 
 
 def test_images_converted_to_fit_the_model_are_said_in_the_notes(

@@ -151,9 +151,13 @@ UNREACHABLE_SUCCESS = 0.5
 
 def unreachable_labels(rows: Sequence[_Settling], success: Mapping[int, float]) -> list[int]:
     """Labels stopped by the step limit that never reached the attack threshold and whose trigger still
-    sends fewer than half of the images there (``success``: label → measured attack success): no trigger
-    of any size was found, so their norm is not an upper value of one that matters to the verdict (only a
-    small norm can be flagged, and such a label's norm is the cost of a mask that does not work)."""
+    sends fewer than half of the images there (``success``: label → measured attack success), in a scan
+    where at least three labels stopped before the limit (so the limit was enough for a label that can be
+    reached): no trigger of any size was found — an output the model never gives — so their norm is the
+    cost of a mask that does not work, neither an upper value of a trigger nor a part of the task's spread
+    of norms."""
+    if sum(s.stop_reason in ("early_stop", "screened") for s in rows) < 3:
+        return []
     return [
         s.label
         for s in rows
@@ -161,6 +165,16 @@ def unreachable_labels(rows: Sequence[_Settling], success: Mapping[int, float]) 
         and not s.reached
         and success.get(s.label, math.nan) < UNREACHABLE_SUCCESS  # NaN (not measured) compares False
     ]
+
+
+def test_norms(
+    rows: Sequence[_Settling], norms: Sequence[float], success: Mapping[int, float]
+) -> list[float]:
+    """``norms`` (one per row) as the outlier test takes them: NaN for the unreachable labels
+    (:func:`unreachable_labels`), which the test leaves out (their norms would set the median of a model
+    with many unused outputs)."""
+    skip = set(unreachable_labels(rows, success))
+    return [math.nan if s.label in skip else n for s, n in zip(rows, norms, strict=True)]
 
 
 def unsettled_reason(
@@ -192,7 +206,7 @@ def unsettled_reason(
             "not settled; rerun with more steps (max_steps)"
         )
     reached = sum(s.reached for s in rows)
-    if 2 * reached < len(rows):
+    if 2 * reached < len(rows) - len(unreachable):
         return (
             f"only {reached} of {len(rows)} labels reached {attack_threshold:.0%} attack success; "
             "the others' norms are those of masks that are not triggers, so the outlier test's outcome "
@@ -334,7 +348,11 @@ class DetectionReport:
         stat.check(reference=ref is not None)
         labels = [r.label for r in self.labels]
         return mad_outlier_test(
-            [r.l1_norm for r in self.labels],
+            test_norms(
+                self.labels,
+                [r.l1_norm for r in self.labels],
+                {r.label: r.attack_success for r in self.labels},
+            ),
             threshold=self.threshold if threshold is None else threshold,
             eligible=[r.reached for r in self.labels],
             names=labels,

@@ -29,7 +29,7 @@ from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .natural import NATURAL, mean_patterns, natural_note
 from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
-from .report import DetectionReport, LabelResult, unreachable_labels, unsettled_reason
+from .report import DetectionReport, LabelResult, test_norms, unreachable_labels, unsettled_reason
 from .settings import ReverseSettings
 from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
@@ -731,8 +731,17 @@ class NeuralCleanse:
         norms = [s.test_norm() for s in states]  # the clamped mask's sum (NaN after a NaN stop) or estimate
         labels = [s.label for s in states]
         stat = get_statistic(self.statistic)
+        success: dict[int, float] = {}  # each trigger's attack success, measured as the scan ran the model
+        with scan_mode(self.model, settings, self.device):
+            for s in states:
+                victims = pool.images[pool.labels != s.label] if known else pool.images
+                if len(victims) and s.stop_reason != "nan":
+                    stamped = triggers[s.label].apply(victims)
+                    what = f"clean images stamped with label {s.label}'s reversed trigger"
+                    hits = predict(self.model, stamped, device=self.device, what=what) == s.label
+                    success[s.label] = float(hits.float().mean())
         outlier = mad_outlier_test(
-            norms,
+            test_norms(states, norms, success),
             threshold=self.threshold,
             eligible=[s.reached for s in states],
             names=labels,
@@ -744,15 +753,6 @@ class NeuralCleanse:
                 screened=[s.label for s in states if s.stop_reason == "screened"],
             ),
         )
-        success: dict[int, float] = {}  # each trigger's attack success, measured as the scan ran the model
-        with scan_mode(self.model, settings, self.device):
-            for s in states:
-                victims = pool.images[pool.labels != s.label] if known else pool.images
-                if len(victims) and s.stop_reason != "nan":
-                    stamped = triggers[s.label].apply(victims)
-                    what = f"clean images stamped with label {s.label}'s reversed trigger"
-                    hits = predict(self.model, stamped, device=self.device, what=what) == s.label
-                    success[s.label] = float(hits.float().mean())
         verdict = "inconclusive" if not outlier.conclusive else ("backdoored" if outlier.flagged else "clean")
         unsettled = unsettled_reason(
             states, outlier.flagged, max_steps=settings.max_steps, attack_threshold=settings.attack_threshold,
@@ -784,13 +784,14 @@ class NeuralCleanse:
             )
         unreachable = unreachable_labels(states, success)
         unreached = [s.label for s in states if not s.reached and s.label not in unreachable]
-        extra = list(outlier.notes)
+        # the test's "no finite norm" note, when those are the unreachable labels: theirs below says why
+        extra = [n for n in outlier.notes if not n.startswith(f"labels {unreachable} have no finite")]
         if unreachable:
             extra.append(
                 f"labels {unreachable} were never reached: after {settings.max_steps} steps their triggers "
                 f"send {', '.join(f'{success[k]:.0%}' for k in unreachable)} of the images there; the model "
                 "hardly ever gives them from these images (outputs its task does not use?), so their norms are "
-                "those of masks that do not work and cannot be flagged (leave them out with --labels)"
+                "those of masks that do not work: they are left out of the outlier test (or leave them out with --labels)"
             )
         if unreached:
             extra.append(
