@@ -167,7 +167,7 @@ def unreachable_labels(rows: Sequence[_Settling], success: Mapping[int, float]) 
     ]
 
 
-def test_norms(
+def outlier_norms(
     rows: Sequence[_Settling], norms: Sequence[float], success: Mapping[int, float]
 ) -> list[float]:
     """``norms`` (one per row) as the outlier test takes them: NaN for the unreachable labels
@@ -348,7 +348,7 @@ class DetectionReport:
         stat.check(reference=ref is not None)
         labels = [r.label for r in self.labels]
         return mad_outlier_test(
-            test_norms(
+            outlier_norms(
                 self.labels,
                 [r.l1_norm for r in self.labels],
                 {r.label: r.attack_success for r in self.labels},

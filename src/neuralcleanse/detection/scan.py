@@ -29,7 +29,7 @@ from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .natural import NATURAL, mean_patterns, natural_note
 from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
-from .report import DetectionReport, LabelResult, test_norms, unreachable_labels, unsettled_reason
+from .report import DetectionReport, LabelResult, outlier_norms, unreachable_labels, unsettled_reason
 from .settings import ReverseSettings
 from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
@@ -741,7 +741,7 @@ class NeuralCleanse:
                     hits = predict(self.model, stamped, device=self.device, what=what) == s.label
                     success[s.label] = float(hits.float().mean())
         outlier = mad_outlier_test(
-            test_norms(states, norms, success),
+            outlier_norms(states, norms, success),
             threshold=self.threshold,
             eligible=[s.reached for s in states],
             names=labels,
