@@ -192,7 +192,10 @@ def test_outputs_no_trigger_reaches_are_left_out_of_the_verdict(
     assert r.unsettled is None and r.verdict == "backdoored" and r.flagged == [0]
     assert all(math.isnan(r.anomaly_index[k]) for k in unused)
     assert r.outlier_test().flagged == [0]  # re-judged from the saved rows, the same
-    assert any(n.startswith(f"labels {unused} were never reached: after 150 steps") for n in r.notes), r.notes
+    assert any(
+        n.startswith("labels 10-15 were never reached: after 150 steps their triggers send at most 0%")
+        for n in r.notes
+    ), r.notes
     assert not any("no finite L1 norm" in n for n in r.notes)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._format import label_ranges
 from ..data.convert import integer_labels
 from ..data.dataset import ImageDataset
 from ..device import resolve_device
@@ -788,8 +789,8 @@ class NeuralCleanse:
         extra = [n for n in outlier.notes if not n.startswith(f"labels {unreachable} have no finite")]
         if unreachable:
             extra.append(
-                f"labels {unreachable} were never reached: after {settings.max_steps} steps their triggers "
-                f"send {', '.join(f'{success[k]:.0%}' for k in unreachable)} of the images there; the model "
+                f"labels {label_ranges(unreachable)} were never reached: after {settings.max_steps} steps their "
+                f"triggers send at most {max(success[k] for k in unreachable):.0%} of the images there; the model "
                 "hardly ever gives them from these images (outputs its task does not use?), so their norms are "
                 "those of masks that do not work: they are left out of the outlier test (or leave them out with --labels)"
             )
