@@ -707,12 +707,12 @@ class NeuralCleanse:
                     "expects 0-255 needs --input-range 0-255, one that expects normalised input --mean/--std)"
                 )
             pool = pool.subset(keep)
-        if labels is None and num_classes >= 3:
-            notes += _dominant_notes(predict(self.model, pool.images, device=self.device), None, names)
         if samples is not None and len(pool) > samples:
             pool = pool.sample(samples, seed=self.settings.seed, stratified=labels is not None)
             kind = "seeded, class-stratified" if labels is not None else "seeded"
             notes.append(f"a {kind} sample of {samples} of them was used")
+        if labels is None and num_classes >= 3:  # on the images used: the sample, not every image given
+            notes += _dominant_notes(predict(self.model, pool.images, device=self.device), None, names)
         notes += _coverage_notes(pool, num_classes=num_classes, labelled=labels is not None, source=source)
         return pool, notes
 

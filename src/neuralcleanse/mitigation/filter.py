@@ -23,15 +23,7 @@ from ..metrics import attack_victims, predict
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import MitigationDetails, register_details
-from .result import (
-    Measure,
-    MitigationResult,
-    check_fraction,
-    coverage_note,
-    measure,
-    missing_labels,
-    random_halves,
-)  # fmt: skip
+from .result import Measure, MitigationResult, check_fraction, coverage_notes, measure, random_halves
 
 __all__ = ["FilterDetails", "InputFilter", "filter_inputs"]
 
@@ -175,11 +167,7 @@ def filter_inputs(
     notes = [
         f"threshold set on {len(calib)} clean images at {fpr:.0%} false positives; rates measured on {len(held)} others"
     ]
-    missing, outputs = missing_labels(model, data, device=device)
-    if missing:
-        notes.append(
-            coverage_note(
-                missing, outputs, what="clean accuracy and false positives are measured without them"
-            )
-        )
+    notes += coverage_notes(
+        model, data, what="clean accuracy and false positives are measured without them", device=device
+    )
     return guard, MitigationResult("filter", label, before, after, details, notes)

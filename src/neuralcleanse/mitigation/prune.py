@@ -26,15 +26,7 @@ from ..modes import copy_model
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
-from .result import (
-    Measure,
-    MitigationResult,
-    check_fraction,
-    coverage_note,
-    measure,
-    missing_labels,
-    random_halves,
-)  # fmt: skip
+from .result import Measure, MitigationResult, check_fraction, coverage_notes, measure, random_halves
 
 __all__ = ["PruneDetails", "prune_neurons"]
 
@@ -190,15 +182,12 @@ def prune_neurons(
             f"clean accuracy fell from {pct(before.clean_accuracy, 1)} to {pct(after.clean_accuracy, 1)} "
             "on the held-out half: check the repaired model on your own data before using it"
         )
-    missing, outputs = missing_labels(model, data, device=device)
-    if missing:
-        notes.append(
-            coverage_note(
-                missing,
-                outputs,
-                what="clean accuracy is measured without them, and pruning can cost them more",
-            )
-        )
+    notes += coverage_notes(
+        model,
+        data,
+        what="clean accuracy is measured without them, and pruning can cost them more",
+        device=device,
+    )
     return pruned, MitigationResult("prune", label, before, after, details, notes)
 
 

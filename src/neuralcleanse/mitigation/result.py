@@ -57,6 +57,14 @@ def coverage_note(missing: Sequence[int], outputs: int, *, what: str) -> str:
     )
 
 
+def coverage_notes(
+    model: nn.Module, data: ImageDataset, *, what: str, device: torch.device | str = "cpu"
+) -> list[str]:
+    """A :func:`coverage_note` when ``data`` holds no image of some of the model's labels, else none."""
+    missing, outputs = missing_labels(model, data, device=device)
+    return [coverage_note(missing, outputs, what=what)] if missing else []
+
+
 def random_halves(data: ImageDataset, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """A random half of ``data`` (drawn with ``seed``) and the other half: one to build a mitigation on
     (calibrate a filter, rank neurons), one to measure it on."""
