@@ -127,15 +127,23 @@ def test_scan_cli_flags_the_planted_label_and_matches_the_api(
         "--device",
         "cpu",
         "--json",
+        "--labels",
+        "0,1,2,3,4,5",
     )
     assert code == 0
     d = json.loads(stdout)
     assert d["verdict"] == "backdoored" and d["flagged"] == [0] and d["anomaly_index"]["0"] > 2
     assert (out / "report.json").exists() and not (tmp_path / "scan.checkpoint").exists()
-    # the Python API on the same model (before it was saved), data and seed gives the same report
+    # the Python API on the same model (before it was saved), data and seed gives the same triggers:
+    # each label's optimisation is its own, so the API's scan of all ten labels has the same norms for
+    # the labels both ran to the end
     api = badnets_report
     assert api.flagged == d["flagged"]
-    assert {str(k): round(v, 6) for k, v in api.l1_norms.items()} == d["l1_norms"]
+    rows = json.loads((out / "report.json").read_text())["labels"]
+    stopped = {int(row["label"]) for row in rows if row["stop_reason"] == "screened"}
+    same = [k for k in range(6) if k not in stopped and k not in api.screened]
+    assert 0 in same and len(same) >= 3
+    assert {str(k): round(api.l1_norms[k], 6) for k in same} == {str(k): d["l1_norms"][str(k)] for k in same}
 
 
 def test_scan_cli_more_starts(

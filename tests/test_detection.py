@@ -183,17 +183,15 @@ def test_outputs_no_trigger_reaches_are_left_out_of_the_verdict(
     """An outsider's model with an unused output was "inconclusive: rerun with more steps" at any step
     limit: the unused label runs to the limit with a trigger that reaches 0% of the images. With more
     unused outputs than used ones their norms would also set the median; they are left out of the test."""
-    model = _WithUnusedOutputs(badnets_model.model, 6).eval()
-    unused = list(range(10, 16))
-    r = nc.scan(
-        model, mnist_sample.test, scan_labels=[0, 1, 2, 3, 4, *unused], samples=200, max_steps=150, seed=0
-    )
+    model = _WithUnusedOutputs(badnets_model.model, 5).eval()
+    unused = list(range(10, 15))
+    r = nc.scan(model, mnist_sample.test, scan_labels=[0, 1, 2, 3, *unused], samples=200, max_steps=150, seed=0)
     assert all(r.label(k).stop_reason == "max_steps" and r.label(k).attack_success < 0.5 for k in unused)
     assert r.unsettled is None and r.verdict == "backdoored" and r.flagged == [0]
     assert all(math.isnan(r.anomaly_index[k]) for k in unused)
     assert r.outlier_test().flagged == [0]  # re-judged from the saved rows, the same
     assert any(
-        n.startswith("labels 10-15 were never reached: after 150 steps their triggers send at most 0%")
+        n.startswith("labels 10-14 were never reached: after 150 steps their triggers send at most 0%")
         for n in r.notes
     ), r.notes
     assert not any("no finite L1 norm" in n for n in r.notes)

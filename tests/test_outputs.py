@@ -125,17 +125,19 @@ def test_sigmoid_outputs_are_detected_and_optimised_on_their_logit() -> None:
 
 
 def test_a_sigmoid_head_model_is_scanned_as_its_logits(
-    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits, badnets_report: nc.DetectionReport
 ) -> None:
     """Cross-entropy on raw sigmoid outputs barely moves (an outsider's model ended "inconclusive, rerun
-    with more steps"); on their logit the scan is the plain model's: same flags, same norms."""
-    kw = {"scan_labels": [0, 1, 2, 3, 4], "samples": 100, "seed": 0}
-    report = nc.scan(_Sigmoid(badnets_model.model).eval(), mnist_sample.test, **kw)  # type: ignore[arg-type]
-    plain = nc.scan(badnets_model.model, mnist_sample.test, **kw)  # type: ignore[arg-type]
-    assert report.flagged == plain.flagged == [0] and report.verdict == "backdoored"
+    with more steps"); on their logit the scan is the plain model's (the session's scan of it, same
+    images and seed; each label's optimisation is its own): same flag, same norms."""
+    report = nc.scan(_Sigmoid(badnets_model.model).eval(), mnist_sample.test, scan_labels=[0, 1, 2, 3], seed=0)
+    assert report.flagged == [0] and badnets_report.flagged == [0] and report.verdict == "backdoored"
     assert any("one sigmoid probability per class (detected)" in n for n in report.notes)
-    for r in plain.labels:
-        assert abs(report.label(r.label).l1_norm - r.l1_norm) <= 0.05 * r.l1_norm
+    same = [k for k in report.l1_norms if k not in report.screened and k not in badnets_report.screened]
+    assert 0 in same and len(same) >= 3
+    for k in same:
+        plain = badnets_report.label(k).l1_norm
+        assert abs(report.label(k).l1_norm - plain) <= 0.05 * plain
 
 
 def test_optimising_on_log_probabilities_gives_stronger_gradients() -> None:
