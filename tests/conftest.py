@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 import neuralcleanse as nc
 from neuralcleanse import (
@@ -15,6 +18,29 @@ from neuralcleanse import (
     load_dataset,
     train_recipe,
 )
+
+#: at most this many test processes (pytest-xdist's ``-n auto``): each trains its own session models
+MAX_WORKERS = 4
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity, not every core of the host)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(MAX_WORKERS, _cores()))
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each test process takes its share of the cores: two processes of two threads
+    each on two cores wait on each other far longer than they compute."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, _cores() // workers))
+
+
+_share_the_cores()
 
 #: few epochs on the embedded sample: seconds on 2 CPU cores, still > 93% clean accuracy
 FAST = TrainSettings(epochs=4, batch_size=64, seed=0)

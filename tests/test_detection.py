@@ -147,7 +147,35 @@ def test_labels_in_another_order_than_the_model_are_said_in_the_notes(
     assert len(order) == 1 and "the images of 2 labels go mostly to one other label each" in order[0]
     assert "label 8 (8) → 9" in order[0] and "label 9 (9) → 8" in order[0]
     right = nc.scan(clean_model.model, test, scan_labels=[0, 1], seed=0, max_steps=2)
-    assert not any("model's order" in n for n in right.notes)
+    assert not any("model's order" in n or "almost none" in n for n in right.notes)
+
+
+def test_labels_the_model_no_longer_gives_are_not_called_a_wrong_order(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    """A pruned model that lost a label sends its images (and a second label's) to one other label; the
+    scan blamed the folders' order. Several labels into the same one is not a reordering."""
+    test = mnist_sample.test.subset(range(300))
+    merged = nn.Sequential(clean_model.model, _Merge({2: 6, 4: 6})).eval()
+    r = nc.scan(merged, test, scan_labels=[0, 1], seed=0, max_steps=2)
+    assert not any("model's order" in n for n in r.notes), r.notes
+    lost = [n for n in r.notes if n.startswith("the model gets almost none of the images of 2 labels right")]
+    assert len(lost) == 1 and "label 2 (2): 0 of" in lost[0] and "most to 6" in lost[0], r.notes
+
+
+class _Merge(nn.Module):
+    """Scores of some labels given to others: a model that no longer gives those labels."""
+
+    def __init__(self, into: dict[int, int]) -> None:
+        super().__init__()
+        self.into = into
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        out = scores.clone()
+        for k, to in self.into.items():
+            out[:, to] = torch.maximum(scores[:, to], scores[:, k])
+            out[:, k] = -1e4
+        return out
 
 
 def test_clean_images_that_mostly_go_to_one_label_are_said_in_the_notes(
@@ -185,7 +213,9 @@ def test_outputs_no_trigger_reaches_are_left_out_of_the_verdict(
     unused outputs than used ones their norms would also set the median; they are left out of the test."""
     model = _WithUnusedOutputs(badnets_model.model, 5).eval()
     unused = list(range(10, 15))
-    r = nc.scan(model, mnist_sample.test, scan_labels=[0, 1, 2, 3, *unused], samples=200, max_steps=150, seed=0)
+    r = nc.scan(
+        model, mnist_sample.test, scan_labels=[0, 1, 2, 3, *unused], samples=200, max_steps=150, seed=0
+    )
     assert all(r.label(k).stop_reason == "max_steps" and r.label(k).attack_success < 0.5 for k in unused)
     assert r.unsettled is None and r.verdict == "backdoored" and r.flagged == [0]
     assert all(math.isnan(r.anomaly_index[k]) for k in unused)

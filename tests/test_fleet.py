@@ -573,6 +573,14 @@ def test_manifests_csv_and_jsonl(tmp_path: Path) -> None:
     )
     c, d = read_manifest(jsonl)
     assert c.options == {"input_shape": "3x32x32", "mean": "0.5,0.25,0.0", "arch_kwargs": '{"classes": 43}'}
+    # an architecture's file is relative to the manifest's folder too (it was to the working directory)
+    csv.write_text("path,arch\na.pt,../arch/net.py:Net\nb.pt,mnist\nc.pt,pkg.nets:Net\nd.pt,/abs/n.py:N\n")
+    assert [e.options["arch"] for e in read_manifest(csv)] == [
+        f"{tmp_path / 'm' / '..' / 'arch' / 'net.py'}:Net",
+        "mnist",
+        "pkg.nets:Net",
+        "/abs/n.py:N",
+    ]
     assert d.options == {"labels": "0,3", "references": (tmp_path / "r",)}
     refused = [
         (csv, "path,colour\na.pt2,red\n", "unknown column 'colour'"),

@@ -342,3 +342,35 @@ def test_model_whose_output_is_not_class_scores(tmp_path: Path) -> None:
     loaded = load_model(path)
     with pytest.raises(nc.DataError, match=r"must be \(N, classes\)"):
         nc.scan(loaded.model, X, samples=None)
+
+
+class _ChannelsLast(nn.Module):
+    """A program taking (N, H, W, C) images, as a Keras-minded exporter might write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(200, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x.permute(0, 3, 1, 2))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("net", "shape", "message"),
+    [
+        (
+            _ChannelsLast(),
+            (12, 12, 1),
+            r"takes channels-last images \(N, H, W, C\).*export the model with a permute",
+        ),
+        (nn.Sequential(nn.Conv2d(4, 2, 3), nn.Flatten(), nn.Linear(200, 10)), (4, 12, 12), "has 4 channels"),
+    ],
+)
+def test_a_program_without_a_channels_first_image_input_is_a_model_error(
+    tmp_path: Path, net: nn.Module, shape: tuple[int, ...], message: str
+) -> None:
+    """A channels-last program was refused as if the user had given a bad --input-shape (exit 2)."""
+    path = _export(net.eval(), tmp_path / "m.pt2", static=False, shape=shape)
+    with pytest.raises(nc.ModelError, match=message):
+        load_model(path)

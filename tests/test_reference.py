@@ -88,7 +88,11 @@ def test_scan_against_a_reference(
     assert r.reference is not None and r.reference.l1_norms == pytest.approx(ref.l1_norms)
     assert any("screening is off" in n for n in r.notes)
     # same optimisation as the plain scan (the reference only changes the test), a different statistic
-    full = {k: v for k, v in badnets_report.l1_norms.items() if k in r.l1_norms and k not in badnets_report.screened}
+    full = {
+        k: v
+        for k, v in badnets_report.l1_norms.items()
+        if k in r.l1_norms and k not in badnets_report.screened
+    }
     assert {k: r.l1_norms[k] for k in full} == pytest.approx(full)
     assert r.statistic == "relative" and r.verdict == "backdoored" and r.flagged == [0]
     assert r.label(0).anomaly_index > badnets_report.label(0).anomaly_index

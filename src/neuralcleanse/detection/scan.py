@@ -199,6 +199,10 @@ def _check_images(images: torch.Tensor) -> None:
         )
 
 
+#: a label whose images the model gets right less often than this is "almost never right"
+LOST_SHARE = 0.1
+
+
 def _dominant_notes(pred: torch.Tensor, labels: torch.Tensor | None, names: Sequence[str]) -> list[str]:
     """A warning when the model puts half or more of the clean images in one label that far fewer of them
     belong to (a quarter or less; unknown without labels): a trigger already in the images, images of
@@ -222,25 +226,41 @@ def _dominant_notes(pred: torch.Tensor, labels: torch.Tensor | None, names: Sequ
 
 
 def _order_notes(pred: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> list[str]:
-    """A warning when the images of two or more labels go mostly to one other label each: the data's
-    labels are then probably not in the model's order (class folders named by words, sorted by name)."""
-    moved: list[str] = []
+    """A warning when the images of two or more labels go mostly to one other label each while the model
+    still gives those labels to other images: the data's labels are then probably not in the model's order
+    (class folders named by words, sorted by name). Labels whose images the model gets almost never right,
+    without that pattern, get a note of their own (a label the model no longer gives to any image: a
+    pruned or damaged model)."""
+    moved: list[tuple[int, int, int, int]] = []
+    lost: list[str] = []
     for k in torch.unique(labels).tolist():
         got = pred[labels == k]
         if len(got) < 3:
             continue
         top = int(torch.mode(got).values)
         count = int((got == top).sum())
-        if top != k and count >= len(got) / 2:
-            moved.append(f"label {k} ({names[k]}) → {top}: {count} of {len(got)}")
-    if len(moved) < 2:
+        given = int((pred == k).sum())  # images of any label the model puts in k
+        if top != k and count >= len(got) / 2 and given >= LOST_SHARE * len(got):
+            moved.append((k, top, count, len(got)))
+        right = int((got == k).sum())
+        if right < LOST_SHARE * len(got):
+            lost.append(f"label {k} ({names[k]}): {right} of {len(got)}, most to {top}")
+    if len(moved) >= 2:
+        shown = "; ".join(f"label {k} ({names[k]}) → {top}: {c} of {n}" for k, top, c, n in moved[:4])
+        note = (
+            f"the images of {len(moved)} labels go mostly to one other label each "
+            f"({shown}{'; ...' if len(moved) > 4 else ''}): the data's labels are probably not in the model's "
+            "order (class folders named by words are sorted by name; give --class-names in the model's order)"
+        )
+    elif lost:
+        note = (
+            f"the model gets almost none of the images of {len(lost)} label{'s' if len(lost) > 1 else ''} right "
+            f"({'; '.join(lost[:4])}{'; ...' if len(lost) > 4 else ''}): it may no longer give "
+            f"{'them' if len(lost) > 1 else 'that label'} (a pruned or damaged model), or those images are "
+            "mislabelled; such a label's trigger is optimised on the other labels' images"
+        )
+    else:
         return []
-    shown = "; ".join(moved[:4]) + ("; ..." if len(moved) > 4 else "")
-    note = (
-        f"the images of {len(moved)} labels go mostly to one other label each ({shown}): the data's labels are "
-        "probably not in the model's order (class folders named by words are sorted by name; give "
-        "--class-names in the model's order)"
-    )
     log.warning(note)
     return [note]
 

@@ -81,6 +81,16 @@ def _path(value: Any, where: str, column: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _arch(value: Any, where: str, column: str, base: Path) -> str:
+    """A built-in name, ``package.module:Class``, or ``path/to/file.py:Class`` with the file's path
+    relative to the manifest's folder like every other path."""
+    text = _text(value, where, column).strip()
+    file, sep, name = text.rpartition(":")
+    if not sep or not file.endswith(".py"):
+        return text
+    return f"{_path(file, where, column, base)}:{name}"
+
+
 def _paths(value: Any, where: str, column: str, base: Path) -> tuple[Path, ...]:
     items = value if isinstance(value, list) else _text(value, where, column).split(";")
     return tuple(_path(v, where, column, base) for v in items if not isinstance(v, str) or v.strip())
@@ -140,7 +150,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Any, str, str, Path], Any]]] = {
     "data": ("data", _path),
     "dataset": ("dataset", _plain),
     "data_dir": ("data_dir", _path),
-    "arch": ("arch", _plain),
+    "arch": ("arch", _arch),
     "arch_kwargs": ("arch_kwargs", _json_object),
     "allow_torchscript": ("allow_torchscript", _flag),
     "input_shape": ("input_shape", _shape),

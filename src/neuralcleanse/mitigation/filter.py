@@ -23,7 +23,15 @@ from ..metrics import attack_victims, predict
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import MitigationDetails, register_details
-from .result import Measure, MitigationResult, check_fraction, coverage_notes, measure, random_halves
+from .result import (
+    Measure,
+    MitigationResult,
+    check_fraction,
+    coverage_notes,
+    label_loss_notes,
+    measure,
+    random_halves,
+)
 
 __all__ = ["FilterDetails", "InputFilter", "filter_inputs"]
 
@@ -148,9 +156,11 @@ def filter_inputs(
         stamped = trig.apply(victims)
         return float((guard.predict(stamped, device=device) == label).float().mean())
 
-    kept_correct = (guard.predict(held.images, device=device) == held.labels).float().mean()
+    kept_correct = (guard.predict(held.images, device=device) == held.labels).float()
+    own = held.labels == label
     after = Measure(
-        clean_accuracy=float(kept_correct),
+        clean_accuracy=float(kept_correct.mean()),
+        label_accuracy=float(kept_correct[own].mean()) if bool(own.any()) else None,
         attack_success=passed_success(reversed_trigger),
         real_attack_success=None if real_trigger is None else passed_success(real_trigger),
     )
@@ -167,6 +177,7 @@ def filter_inputs(
     notes = [
         f"threshold set on {len(calib)} clean images at {fpr:.0%} false positives; rates measured on {len(held)} others"
     ]
+    notes += label_loss_notes(label, before, after)
     notes += coverage_notes(
         model, data, what="clean accuracy and false positives are measured without them", device=device
     )

@@ -3,7 +3,10 @@
 Neurons are ranked by their activation gap (reversed-trigger inputs minus clean inputs) and switched off
 in that order, a ``step`` fraction at a time, until the reversed trigger's attack success falls under
 ``stop_success``, ``max_fraction`` of the layer is off, or one more step would take clean accuracy more
-than ``max_accuracy_drop`` below the unpruned model's (that step is then not kept). During the search the
+than ``max_accuracy_drop`` below the unpruned model's, or the suspected label's own clean accuracy under
+half of the unpruned model's (that step is then not kept: a label the model no longer gives cannot be
+attacked, so its attack success would fall with the label, not with the backdoor; without a budget,
+``max_accuracy_drop=None``, only a note says so). During the search the
 neurons are masked at the input of the layer's consumer (weights untouched); the returned model has those
 input columns of the consumer set to zero, which is exactly the same function and saves as an ordinary
 model.
@@ -26,7 +29,16 @@ from ..modes import copy_model
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
-from .result import Measure, MitigationResult, check_fraction, coverage_notes, measure, random_halves
+from .result import (
+    LABEL_KEPT,
+    Measure,
+    MitigationResult,
+    check_fraction,
+    coverage_notes,
+    label_loss_notes,
+    measure,
+    random_halves,
+)
 
 __all__ = ["PruneDetails", "prune_neurons"]
 
@@ -130,6 +142,8 @@ def prune_neurons(
     floor = (
         None if max_accuracy_drop is None else float(curve[0]["clean_accuracy"] or 0.0) - max_accuracy_drop
     )
+    own = curve[0].get("label_accuracy")
+    label_floor = None if own is None or max_accuracy_drop is None else LABEL_KEPT * float(own)
     per_step = max(1, round(step * width))
     k = 0
     stopped = "reached the largest fraction"
@@ -138,6 +152,9 @@ def prune_neurons(
         curve.append(point(nxt))
         if floor is not None and float(curve[-1]["clean_accuracy"] or 0.0) < floor:
             stopped = "clean-accuracy budget"  # the step that broke it is in the curve, not in the model
+            break
+        if label_floor is not None and float(curve[-1]["label_accuracy"] or 0.0) < label_floor:
+            stopped = f"label {label}'s accuracy"  # likewise
             break
         k = nxt
         if float(curve[-1]["attack_success"] or 0.0) < stop_success:
@@ -172,6 +189,13 @@ def prune_neurons(
             f"still succeeds {pct(after.attack_success, 1)}: raise the budget to prune further, or unlearn "
             "(--method unlearn)"
         )
+    elif stopped == f"label {label}'s accuracy":
+        notes.append(
+            f"pruning stopped at {k / width:.1%} of the layer: the next step took the clean accuracy of label "
+            f"{label} itself to {pct(curve[-1]['label_accuracy'], 1)}, less than half of "
+            f"{pct(before.label_accuracy, 1)}: pruning further removes the label, not the backdoor; the "
+            f"reversed trigger still succeeds {pct(after.attack_success, 1)}: unlearn instead (--method unlearn)"
+        )
     elif stopped != "attack success below threshold":
         notes.append(
             f"the reversed trigger still succeeds {100 * after.attack_success:.1f}% after pruning "
@@ -182,6 +206,7 @@ def prune_neurons(
             f"clean accuracy fell from {pct(before.clean_accuracy, 1)} to {pct(after.clean_accuracy, 1)} "
             "on the held-out half: check the repaired model on your own data before using it"
         )
+    notes += label_loss_notes(label, before, after)
     notes += coverage_notes(
         model,
         data,
@@ -192,9 +217,10 @@ def prune_neurons(
 
 
 def _from_point(p: dict[str, float | int | None]) -> Measure:
-    real = p["real_attack_success"]
+    real, own = p["real_attack_success"], p.get("label_accuracy")
     return Measure(
         float(p["clean_accuracy"] or 0.0),
         float(p["attack_success"] or 0.0),
         None if real is None else float(real),
+        None if own is None else float(own),
     )

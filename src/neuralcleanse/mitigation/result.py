@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._format import label_ranges
+from .._format import label_ranges, pct
 from .._io import atomic_write_json, format_version, read_result
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
@@ -25,6 +25,7 @@ __all__ = [
     "MitigationResult",
     "measure",
     "check_fraction",
+    "label_loss_notes",
     "missing_labels",
     "random_halves",
     "RESULT_FILE",
@@ -32,6 +33,11 @@ __all__ = [
 
 RESULT_FILE = "mitigation.json"
 RESULT_FORMAT_VERSION = 1
+
+#: a repaired model that gets the suspected label's clean images right less than this share as often as
+#: before has lost the label, not only the backdoor: its attack success falls because it no longer gives
+#: the label at all (pruning the neurons a label shares with its trigger does that)
+LABEL_KEPT = 0.5
 
 
 def check_fraction(value: float, what: str) -> float:
@@ -80,6 +86,9 @@ class Measure:
     clean_accuracy: float
     attack_success: float
     real_attack_success: float | None = None
+    #: clean accuracy on the images of the suspected label alone (``None``: the data holds none, or a
+    #: result of an earlier version)
+    label_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
         return {k: None if v is None else round(v, 6) for k, v in self.__dict__.items()}
@@ -99,8 +108,10 @@ def measure(
     if len(victims) == 0:
         raise DataError(f"no images outside label {label} to measure attack success on")
     real = backdoor.real_trigger
+    own = data.subset(torch.nonzero(data.labels == label).flatten())
     return Measure(
         clean_accuracy=accuracy(model, data, device=device),
+        label_accuracy=accuracy(model, own, device=device) if len(own) else None,
         attack_success=stamped_success(
             model, backdoor.reversed_trigger, victims, target=label, device=device
         ),
@@ -108,6 +119,19 @@ def measure(
         if real is None
         else stamped_success(model, real, victims, target=label, device=device),
     )
+
+
+def label_loss_notes(label: int, before: Measure, after: Measure) -> list[str]:
+    """A note when the repaired model gets the suspected label's own clean images right less than
+    :data:`LABEL_KEPT` as often as before: its lower attack success then says little."""
+    b, a = before.label_accuracy, after.label_accuracy
+    if b is None or a is None or b < 0.2 or a >= LABEL_KEPT * b:
+        return []
+    return [
+        f"the repaired model gets {pct(a, 1)} of label {label}'s own clean images right (before: {pct(b, 1)}): "
+        f"its attack success fell at least partly because it no longer gives label {label}, which removes "
+        "the label, not only the backdoor; check it with the real trigger, or unlearn instead"
+    ]
 
 
 @dataclass(frozen=True)
@@ -139,6 +163,8 @@ class MitigationResult:
         ]
         if b.real_attack_success is not None:
             rows.append(("attack success (real trigger)", b.real_attack_success, a.real_attack_success))
+        if b.label_accuracy is not None:
+            rows.insert(1, (f"clean accuracy, label {self.label}", b.label_accuracy, a.label_accuracy))
         return rows
 
     def lines(self) -> list[str]:

@@ -39,7 +39,15 @@ from ..modes import copy_model, requires_grad
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
-from .result import Measure, MitigationResult, check_fraction, coverage_note, measure, missing_labels
+from .result import (
+    Measure,
+    MitigationResult,
+    check_fraction,
+    coverage_note,
+    label_loss_notes,
+    measure,
+    missing_labels,
+)
 
 __all__ = ["BatchNormMode", "UnlearnDetails", "unlearn"]
 
@@ -221,6 +229,7 @@ def unlearn(
         batchnorm=batchnorm if norms else None,
     )
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
+    notes += label_loss_notes(label, before, after)
     if missing:
         notes.append(coverage)
     left = {"reversed": after.attack_success, "real": after.real_attack_success}
@@ -229,7 +238,9 @@ def unlearn(
         notes.append(
             "after unlearning the "
             + " and the ".join(f"{k} trigger still succeeds {pct(v, 1)}" for k, v in left.items())
-            + f" of the time: fine-tune longer (--epochs, now {epochs}) or on more images (--fraction), or prune"
+            + f" of the time: fine-tune longer (--epochs, now {epochs})"
+            + (" or on more images (--fraction)" if fraction < 1 else " or on more images")
+            + ", or prune"
         )
     if norms:
         notes.append(

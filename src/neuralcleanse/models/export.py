@@ -419,4 +419,16 @@ def _input_info(program: Any, source: str) -> ExportInfo:
     static = shape[0] if isinstance(shape[0], int) else None
     chw = shape[1:]
     fixed = tuple(int(d) for d in chw) if all(isinstance(d, int) for d in chw) else None
+    channels = chw[0] if isinstance(chw[0], int) else None
+    if channels is not None and channels not in (1, 3):
+        if isinstance(chw[2], int) and chw[2] in (1, 3):
+            raise ModelError(
+                f"{source}: the exported program takes channels-last images (N, H, W, C) of shape {shape}; "
+                "PyTorch programs are run on channels-first images (N, C, H, W): export the model with a "
+                "permute in front of it (only Keras files are read channels-last)"
+            )
+        raise ModelError(
+            f"{source}: the exported program's input has {channels} channels (shape {shape}); an image "
+            "input is (N, C, H, W) with 1 (grey) or 3 (RGB) channels"
+        )
     return ExportInfo(fixed, static)  # type: ignore[arg-type]
