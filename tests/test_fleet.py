@@ -635,6 +635,13 @@ def test_folders_are_searched_and_names_are_unique(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("path\na/model.pt2\nnone.pt2\n")
     with pytest.raises(ModelError, match=r"m.csv line 3: .*none.pt2: model file not found"):
         collect_models([tmp_path / "m.csv"])
+    # an architecture file is checked before any scan starts, relative to the manifest
+    (tmp_path / "m.csv").write_text("path,arch\na/model.pt2,nets/net.py:Net\n")
+    with pytest.raises(SettingsError, match=r"m.csv line 2: architecture file .*nets/net.py not found"):
+        collect_models([tmp_path / "m.csv"])
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "net.py").write_text("")
+    assert collect_models([tmp_path / "m.csv"])[0].options["arch"] == f"{tmp_path / 'nets' / 'net.py'}:Net"
 
 
 def test_summary_sorts_and_round_trips(tmp_path: Path) -> None:

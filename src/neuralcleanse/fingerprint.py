@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["model_fingerprint", "report_weights_sha256", "tensor_fingerprint", "weights_fingerprint"]
+__all__ = [
+    "Fingerprints",
+    "fingerprints",
+    "model_fingerprint",
+    "report_weights_sha256",
+    "tensor_fingerprint",
+    "weights_fingerprint",
+]
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -29,28 +37,40 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
     return x.view(torch.uint8).numpy().tobytes()
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of the model's state dict."""
-    h = hashlib.sha256()
+@dataclass(frozen=True)
+class Fingerprints:
+    """A model's two fingerprints, from one pass over its tensors: ``model`` (:func:`model_fingerprint`)
+    and ``weights`` (:func:`weights_fingerprint`)."""
+
+    model: str
+    weights: str
+
+
+def fingerprints(model: nn.Module) -> Fingerprints:
+    """Both fingerprints of ``model``, reading each tensor's bytes once."""
+    named = hashlib.sha256()
+    digests: list[str] = []
     for name, t in model.state_dict().items():
         if not isinstance(t, torch.Tensor):  # extra state of a module (get_extra_state) is not hashed
-            h.update(f"{name}|extra|".encode())
+            named.update(f"{name}|extra|".encode())
             continue
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(_raw_bytes(t))
-    return h.hexdigest()
+        raw = _raw_bytes(t)
+        named.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        named.update(raw)
+        digests.append(hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}|".encode() + raw).hexdigest())
+    return Fingerprints(named.hexdigest(), hashlib.sha256("".join(sorted(digests)).encode()).hexdigest())
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of the model's state dict."""
+    return fingerprints(model).model
 
 
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 over the model's tensors by value (shape, dtype, bytes), sorted, their names left out: the
     same weights in another file format — an exported program's ``module.`` names, a module tree built by
     ``--arch`` — give the same value, where :func:`model_fingerprint` and a file's sha256 differ."""
-    digests = sorted(
-        hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}|".encode() + _raw_bytes(t)).hexdigest()
-        for t in model.state_dict().values()
-        if isinstance(t, torch.Tensor)
-    )
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
+    return fingerprints(model).weights
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:

@@ -19,7 +19,7 @@ from ..data.convert import integer_labels
 from ..data.dataset import ImageDataset
 from ..device import resolve_device
 from ..errors import DataError, SettingsError, first_line
-from ..fingerprint import model_fingerprint, tensor_fingerprint, weights_fingerprint
+from ..fingerprint import fingerprints, tensor_fingerprint
 from ..metrics import check_rows, predict
 from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
@@ -497,8 +497,9 @@ class NeuralCleanse:
                 "precision fp32: the model returns probabilities, whose logarithm bf16 rounds too coarsely"
             )
 
+        prints = fingerprints(self.model)  # both from one pass over the weights
         identity = {
-            "model": model_fingerprint(self.model),
+            "model": prints.model,
             "images": tensor_fingerprint(pool.images),
             "labels": targets,
             "settings": settings.to_dict(),
@@ -604,7 +605,7 @@ class NeuralCleanse:
         run["software"] = software_versions()
         model_meta = {
             "fingerprint": identity["model"],
-            "weights_fingerprint": weights_fingerprint(self.model),
+            "weights_fingerprint": prints.weights,
             "num_classes": num_classes,
             **(model_info or {}),
         }

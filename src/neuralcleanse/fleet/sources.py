@@ -43,6 +43,13 @@ def find_models(folder: Path) -> list[Path]:
     return found
 
 
+def _arch_file(entry: ModelEntry) -> Path | None:
+    """The Python file a manifest row's ``arch`` names (``path/to/file.py:Class``), if any."""
+    arch = entry.options.get("arch")
+    file, sep, _ = str(arch).rpartition(":") if arch is not None else ("", "", "")
+    return Path(file) if sep and file.endswith(".py") else None
+
+
 def collect_models(sources: Sequence[str | Path]) -> list[ModelEntry]:
     """The models the sources name: a manifest (``.csv``, ``.jsonl``: :func:`read_manifest`), a model
     file, a model directory, or a folder searched by :func:`find_models`. A repeated model (same path,
@@ -58,6 +65,10 @@ def collect_models(sources: Sequence[str | Path]) -> list[ModelEntry]:
             missing = next((e for e in listed if not e.path.exists()), None)
             if missing is not None:
                 raise ModelError(f"{missing.origin}: {missing.path}: model file not found")
+            for entry in listed:
+                file = _arch_file(entry)
+                if file is not None and not file.is_file():
+                    raise SettingsError(f"{entry.origin}: architecture file {file} not found")
             entries += listed
         elif not source.exists():
             raise ModelError(f"{source}: model file not found")

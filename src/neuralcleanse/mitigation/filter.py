@@ -177,7 +177,7 @@ def filter_inputs(
     notes = [
         f"threshold set on {len(calib)} clean images at {fpr:.0%} false positives; rates measured on {len(held)} others"
     ]
-    notes += label_loss_notes(label, before, after)
+    notes += label_loss_notes(label, before, after, instead="lower the filter's false-positive rate (--fpr)")
     notes += coverage_notes(
         model, data, what="clean accuracy and false positives are measured without them", device=device
     )

@@ -206,7 +206,7 @@ def prune_neurons(
             f"clean accuracy fell from {pct(before.clean_accuracy, 1)} to {pct(after.clean_accuracy, 1)} "
             "on the held-out half: check the repaired model on your own data before using it"
         )
-    notes += label_loss_notes(label, before, after)
+    notes += label_loss_notes(label, before, after, instead="unlearn instead (--method unlearn)")
     notes += coverage_notes(
         model,
         data,

@@ -121,16 +121,17 @@ def measure(
     )
 
 
-def label_loss_notes(label: int, before: Measure, after: Measure) -> list[str]:
+def label_loss_notes(label: int, before: Measure, after: Measure, *, instead: str) -> list[str]:
     """A note when the repaired model gets the suspected label's own clean images right less than
-    :data:`LABEL_KEPT` as often as before: its lower attack success then says little."""
+    :data:`LABEL_KEPT` as often as before: its lower attack success then says little. ``instead``: what
+    to try instead."""
     b, a = before.label_accuracy, after.label_accuracy
     if b is None or a is None or b < 0.2 or a >= LABEL_KEPT * b:
         return []
     return [
         f"the repaired model gets {pct(a, 1)} of label {label}'s own clean images right (before: {pct(b, 1)}): "
         f"its attack success fell at least partly because it no longer gives label {label}, which removes "
-        "the label, not only the backdoor; check it with the real trigger, or unlearn instead"
+        f"the label, not only the backdoor; check it with the real trigger, or {instead}"
     ]
 
 

@@ -229,7 +229,7 @@ def unlearn(
         batchnorm=batchnorm if norms else None,
     )
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
-    notes += label_loss_notes(label, before, after)
+    notes += label_loss_notes(label, before, after, instead="fine-tune for fewer epochs (--epochs)")
     if missing:
         notes.append(coverage)
     left = {"reversed": after.attack_success, "real": after.real_attack_success}
