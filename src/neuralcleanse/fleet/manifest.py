@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import SettingsError
 
-__all__ = ["ModelEntry", "read_manifest", "MANIFEST_SUFFIXES", "COLUMNS"]
+__all__ = ["ModelEntry", "arch_file", "read_manifest", "MANIFEST_SUFFIXES", "COLUMNS"]
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
@@ -81,14 +81,21 @@ def _path(value: Any, where: str, column: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def arch_file(arch: str) -> Path | None:
+    """The Python file an architecture names (``path/to/file.py:Class``); ``None`` for a built-in name
+    or ``package.module:Class``."""
+    file, sep, _ = arch.rpartition(":")
+    return Path(file) if sep and file.endswith(".py") else None
+
+
 def _arch(value: Any, where: str, column: str, base: Path) -> str:
     """A built-in name, ``package.module:Class``, or ``path/to/file.py:Class`` with the file's path
     relative to the manifest's folder like every other path."""
     text = _text(value, where, column).strip()
-    file, sep, name = text.rpartition(":")
-    if not sep or not file.endswith(".py"):
+    file = arch_file(text)
+    if file is None:
         return text
-    return f"{_path(file, where, column, base)}:{name}"
+    return f"{_path(str(file), where, column, base)}:{text.rpartition(':')[2]}"
 
 
 def _paths(value: Any, where: str, column: str, base: Path) -> tuple[Path, ...]:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ModelError, SettingsError
-from .manifest import MANIFEST_SUFFIXES, ModelEntry, read_manifest
+from .manifest import MANIFEST_SUFFIXES, ModelEntry, arch_file, read_manifest
 
 __all__ = ["collect_models", "find_models", "unique_names", "MODEL_SUFFIXES"]
 
@@ -43,13 +43,6 @@ def find_models(folder: Path) -> list[Path]:
     return found
 
 
-def _arch_file(entry: ModelEntry) -> Path | None:
-    """The Python file a manifest row's ``arch`` names (``path/to/file.py:Class``), if any."""
-    arch = entry.options.get("arch")
-    file, sep, _ = str(arch).rpartition(":") if arch is not None else ("", "", "")
-    return Path(file) if sep and file.endswith(".py") else None
-
-
 def collect_models(sources: Sequence[str | Path]) -> list[ModelEntry]:
     """The models the sources name: a manifest (``.csv``, ``.jsonl``: :func:`read_manifest`), a model
     file, a model directory, or a folder searched by :func:`find_models`. A repeated model (same path,
@@ -66,7 +59,8 @@ def collect_models(sources: Sequence[str | Path]) -> list[ModelEntry]:
             if missing is not None:
                 raise ModelError(f"{missing.origin}: {missing.path}: model file not found")
             for entry in listed:
-                file = _arch_file(entry)
+                arch = entry.options.get("arch")
+                file = None if arch is None else arch_file(str(arch))
                 if file is not None and not file.is_file():
                     raise SettingsError(f"{entry.origin}: architecture file {file} not found")
             entries += listed
