@@ -130,3 +130,18 @@ def test_relative_statistic_needs_matching_reference_norms() -> None:
     r = mad_outlier_test(FMNIST_BADNETS, statistic="relative", reference=holes)
     assert r.used[0] is False and r.used[9] is False and math.isnan(r.anomaly_index[0])
     assert any("reference norm" in n and "[0, 9]" in n for n in r.notes)
+
+
+def test_labels_left_out_are_outside_the_statistics_without_a_nan_note() -> None:
+    """A scan's unreachable labels (outputs the task never uses) are left out like a NaN norm, but the
+    scan says why in its own note, so the test adds none."""
+    norms = [10.0, 60.0, 62.0, 65.0, 70.0, 500.0, 600.0]
+    r = mad_outlier_test(norms, left_out=[False] * 5 + [True, True])
+    plain = mad_outlier_test(norms[:5])
+    assert r.flagged == plain.flagged == [0] and r.median == plain.median and r.mad == plain.mad
+    assert math.isnan(r.anomaly_index[5]) and math.isnan(r.anomaly_index[6]) and not r.used[5]
+    assert not any("finite" in n for n in r.notes)
+    nan = mad_outlier_test([*norms[:5], math.nan, 600.0], left_out=[False] * 6 + [True])
+    assert any(n.startswith("labels [5] have no finite L1 norm") for n in nan.notes)
+    with pytest.raises(SettingsError, match="2 left-out flags for 7 labels"):
+        mad_outlier_test(norms, left_out=[True, False])

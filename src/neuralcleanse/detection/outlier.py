@@ -74,6 +74,7 @@ def mad_outlier_test(
     max_ratio: float | None = None,
     compact: Sequence[bool] | None = None,
     compact_ratio: float | None = None,
+    left_out: Sequence[bool] | None = None,
 ) -> OutlierResult:
     """Run the outlier test on L1 norms.
 
@@ -102,6 +103,8 @@ def mad_outlier_test(
             be flagged up to ``compact_ratio`` of the median instead of ``max_ratio``.
         compact_ratio: default: the statistic's own (``effect``: :data:`~.statistics.COMPACT_RATIO`;
             the others: none, ``max_ratio`` for every label).
+        left_out: one flag per label: left out of the statistics and never flagged, like a NaN norm,
+            for a reason the caller gives in its own notes (a scan's unreachable labels).
     """
     if not (math.isfinite(threshold) and threshold > 0):
         raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
@@ -121,17 +124,20 @@ def mad_outlier_test(
         raise SettingsError(f"{len(ref)} reference norms for {len(values)} labels")
     if compact is not None and len(compact) != len(values):
         raise SettingsError(f"{len(compact)} compactness flags for {len(values)} labels")
+    if left_out is not None and len(left_out) != len(values):
+        raise SettingsError(f"{len(left_out)} left-out flags for {len(values)} labels")
     with np.errstate(invalid="ignore", divide="ignore"):
         values = stat.values(values, ref)
     labels = list(names) if names is not None else list(range(len(values)))
     can_flag = np.ones(len(values), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     finite = np.isfinite(values)
+    kept = np.ones(len(values), dtype=bool) if left_out is None else ~np.asarray(left_out, dtype=bool)
     notes: list[str] = []
-    if (~finite).any():
-        bad = [labels[i] for i in np.flatnonzero(~finite)]
+    if (~finite & kept).any():
+        bad = [labels[i] for i in np.flatnonzero(~finite & kept)]
         what = "no finite L1 norm or reference norm" if reference is not None else "no finite L1 norm"
         notes.append(f"labels {bad} have {what} (NaN/inf); left out of the test")
-    used = finite.copy()
+    used = finite & kept
     index = np.full(len(values), math.nan)
     if used.sum() < 3:
         notes.append(f"only {int(used.sum())} finite norms: the outlier test needs at least 3 labels")

@@ -167,14 +167,11 @@ def unreachable_labels(rows: Sequence[_Settling], success: Mapping[int, float]) 
     ]
 
 
-def outlier_norms(
-    rows: Sequence[_Settling], norms: Sequence[float], success: Mapping[int, float]
-) -> list[float]:
-    """``norms`` (one per row) as the outlier test takes them: NaN for the unreachable labels
-    (:func:`unreachable_labels`), which the test leaves out (their norms would set the median of a model
-    with many unused outputs)."""
+def unreachable_flags(rows: Sequence[_Settling], success: Mapping[int, float]) -> list[bool]:
+    """One flag per row: the outlier test leaves the label out (``mad_outlier_test(left_out=...)``), as
+    it is unreachable (:func:`unreachable_labels`): many unused outputs would set the median."""
     skip = set(unreachable_labels(rows, success))
-    return [math.nan if s.label in skip else n for s, n in zip(rows, norms, strict=True)]
+    return [s.label in skip for s in rows]
 
 
 def unsettled_reason(
@@ -348,11 +345,8 @@ class DetectionReport:
         stat.check(reference=ref is not None)
         labels = [r.label for r in self.labels]
         return mad_outlier_test(
-            outlier_norms(
-                self.labels,
-                [r.l1_norm for r in self.labels],
-                {r.label: r.attack_success for r in self.labels},
-            ),
+            [r.l1_norm for r in self.labels],
+            left_out=unreachable_flags(self.labels, {r.label: r.attack_success for r in self.labels}),
             threshold=self.threshold if threshold is None else threshold,
             eligible=[r.reached for r in self.labels],
             names=labels,

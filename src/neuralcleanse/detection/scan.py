@@ -30,7 +30,7 @@ from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .natural import NATURAL, mean_patterns, natural_note
 from .outlier import mad_outlier_test
 from .reference import SELF_MADE, Reference
-from .report import DetectionReport, LabelResult, outlier_norms, unreachable_labels, unsettled_reason
+from .report import DetectionReport, LabelResult, unreachable_labels, unsettled_reason
 from .settings import ReverseSettings
 from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
@@ -762,8 +762,10 @@ class NeuralCleanse:
                     what = f"clean images stamped with label {s.label}'s reversed trigger"
                     hits = predict(self.model, stamped, device=self.device, what=what) == s.label
                     success[s.label] = float(hits.float().mean())
+        unreachable = unreachable_labels(states, success)  # left out of the test: a note below says why
         outlier = mad_outlier_test(
-            outlier_norms(states, norms, success),
+            norms,
+            left_out=[s.label in unreachable for s in states],
             threshold=self.threshold,
             eligible=[s.reached for s in states],
             names=labels,
@@ -804,10 +806,8 @@ class NeuralCleanse:
                     screened_upper=s.screened_upper,
                 )
             )
-        unreachable = unreachable_labels(states, success)
         unreached = [s.label for s in states if not s.reached and s.label not in unreachable]
-        # the test's "no finite norm" note, when those are the unreachable labels: theirs below says why
-        extra = [n for n in outlier.notes if not n.startswith(f"labels {unreachable} have no finite")]
+        extra = list(outlier.notes)
         if unreachable:
             extra.append(
                 f"labels {label_ranges(unreachable)} were never reached: after {settings.max_steps} steps their "
