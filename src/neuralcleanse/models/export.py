@@ -398,6 +398,11 @@ def _lift_linears(gm: Any) -> list[str]:
     return lifted
 
 
+def _dims(dims: tuple[Any, ...]) -> str:
+    """Sizes for a message, a symbolic (dynamic) one as ``?``: ``28x28x1``."""
+    return "x".join(str(d) if isinstance(d, int) else "?" for d in dims)
+
+
 def _input_info(program: Any, source: str) -> ExportInfo:
     user_inputs = list(program.graph_signature.user_inputs)
     if len(user_inputs) != 1:
@@ -423,12 +428,13 @@ def _input_info(program: Any, source: str) -> ExportInfo:
     if channels is not None and channels not in (1, 3):
         if isinstance(chw[2], int) and chw[2] in (1, 3):
             raise ModelError(
-                f"{source}: the exported program takes channels-last images (N, H, W, C) of shape {shape}; "
+                f"{source}: the exported program takes channels-last images (N, H, W, C), {_dims(chw)} after the "
+                "batch; "
                 "PyTorch programs are run on channels-first images (N, C, H, W): export the model with a "
                 "permute in front of it (only Keras files are read channels-last)"
             )
         raise ModelError(
-            f"{source}: the exported program's input has {channels} channels (shape {shape}); an image "
+            f"{source}: the exported program's input has {channels} channels ({_dims(chw)} after the batch); an image "
             "input is (N, C, H, W) with 1 (grey) or 3 (RGB) channels"
         )
     return ExportInfo(fixed, static)  # type: ignore[arg-type]
