@@ -28,7 +28,7 @@ problem and the file or option, with one of these exit codes:
 | 1 | a problem with the input data, model or files (`DataError`, `ModelError`, `CheckpointError`, a file that cannot be read or written) |
 | 2 | usage error: a bad option value or combination, an unusable output path (click's usage errors, `SettingsError`) |
 | 3 | internal error — a bug: `error: internal error (<ExceptionType>: <first line>); full traceback in <log file>` (the log is written under `$XDG_CACHE_HOME/neuralcleanse/`, else the temp directory; `-v` also prints the traceback) |
-| 130 | interrupted (Ctrl-C) |
+| 130 | interrupted: Ctrl-C, or SIGTERM (`kill`, a batch scheduler, `docker stop`); the line says what was kept (a scan's checkpoint: `--resume` continues) |
 
 Everything that can be checked before the work is checked before it: option values, output paths
 (not a file, not occupied without `--force`, writable), zoo spec fields, the model running on the images

@@ -189,6 +189,33 @@ def test_ctrl_c_says_in_one_line_what_is_kept(
     assert err.rstrip().endswith("is kept; the same command with --resume continues the scan")
 
 
+def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    # a real process and a real signal: what `kill`, a batch scheduler or `docker stop` sends
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "neuralcleanse", "scan", str(saved_models["bad"]), "--out", str(out)]
+    cmd += ["--device", "cpu", "--labels", "0,1,2,3", "--samples", "100", "--seed", "0", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out.with_name("s.checkpoint") / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the scan ended before its first checkpoint"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]  # off a terminal the progress is printed as lines before it
+    assert proc.returncode == 130 and err.count("error:") == 1, err
+    assert last.startswith("error: terminated (SIGTERM): the checkpoint ") and "--resume continues" in last
+    assert state.exists() and not out.exists()  # the checkpoint kept, no half-written result
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["flagged"] == [0] and not state.parent.exists()
+
+
 def test_scan_cli_table_for_a_clean_model(
     saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

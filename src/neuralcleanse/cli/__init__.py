@@ -11,7 +11,8 @@ code  meaning
 2     usage error: a bad option value or combination (click's usage errors, ``SettingsError``)
 3     internal error (a bug): one line on stderr names the exception and the log file holding the full
       traceback (``-v`` also prints it)
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C, or SIGTERM from ``kill``, a scheduler or a container stop); what was kept, such as
+      a scan's checkpoint, is said on the same line
 ====  =====================================================================================================
 
 Every error is one line on stderr, ``error: <message>``, naming the problem and the file or option.
@@ -21,14 +22,20 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import click
 
 from ..errors import DataError, NeuralCleanseError, SettingsError, exception_line, first_line
+from .common import Terminated
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]
 
@@ -81,11 +88,30 @@ def _verbose(argv: list[str]) -> bool:
     return any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
 
 
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a command the way Ctrl-C does (checkpoints kept and said, no half-written file),
+    instead of killing the process silently; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every error is one line on stderr and a documented exit code, never a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app.main(args=args, prog_name="neuralcleanse", standalone_mode=False)
+        with _sigterm_interrupts():
+            app.main(args=args, prog_name="neuralcleanse", standalone_mode=False)
     except DataError as exc:  # before SettingsError: an unreadable trigger file is both
         print(f"error: {first_line(str(exc))}", file=sys.stderr)
         return EXIT_INPUT
@@ -106,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort as exc:  # Ctrl-C, or a command's own account of what was kept
         print(f"error: {first_line(str(exc)) or 'aborted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(
+            f"error: {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except click.ClickException as exc:  # e.g. a file click could not open
         print(f"error: {first_line(exc.format_message())}", file=sys.stderr)

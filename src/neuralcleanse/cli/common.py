@@ -28,6 +28,10 @@ image:mask=MASK.png,pattern=PATTERN.png draws any trigger as two images of the i
 mask stamps the pattern)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the command line's handler: stopped like Ctrl-C, and said so."""
+
+
 #: the width of printed results off a terminal (a pipe, a file, a CI log): wide enough that no table is
 #: squeezed and no line is wrapped, so the output stays greppable
 PIPE_WIDTH = 400

@@ -20,6 +20,7 @@ from ..detection.statistics import STATISTICS, get_statistic
 from ..errors import CheckpointError, DataError, SettingsError
 from . import app
 from .common import (
+    Terminated,
     check_count,
     check_seed,
     check_threshold,
@@ -398,7 +399,8 @@ def scan(
         raise CheckpointError(f"{request.checkpoint}: no checkpoint to resume from (--resume)")
     try:
         report = scan_model(request, bar=not as_json)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         if has_checkpoint(request.checkpoint):
             what = f"the checkpoint {request.checkpoint} is kept; the same command with --resume continues the scan"
         else:
@@ -406,7 +408,7 @@ def scan(
                 "before the first checkpoint (written 30 s into the scan and whenever a label finishes): "
                 "nothing is kept, the same command starts again"
             )
-        raise click.exceptions.Abort(f"interrupted: {what}") from None
+        raise click.exceptions.Abort(f"{how}: {what}") from None
     out = request.out
     page = out / "report.html"
     if as_json:
