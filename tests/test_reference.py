@@ -87,6 +87,7 @@ def test_scan_against_a_reference(
     r = relative_report  # nc.scan(badnets_model.model, ..., reference=ref, scan_labels=RELATIVE_LABELS)
     assert r.reference is not None and r.reference.l1_norms == pytest.approx(ref.l1_norms)
     assert any("screening is off" in n for n in r.notes)
+    assert not any("another draw" in n for n in r.notes)  # both drew the same way from the same images
     # same optimisation as the plain scan (the reference only changes the test), a different statistic
     full = {
         k: v
@@ -132,3 +133,29 @@ def test_reference_scanned_with_other_settings_is_named() -> None:
     assert ref.mismatches({"mode": "sequential", "batches_per_step": 8, "loss": "ce", "seed": 2}) == []
     diff = ref.mismatches({"mode": "sequential", "batches_per_step": 31, "loss": "original"})
     assert diff == ["refscan: batches_per_step 8 vs 31, loss 'ce' vs 'original'"]
+
+
+def test_reference_scanned_on_another_draw_of_the_images_is_named() -> None:
+    # the same images given (--reference checks that), another --samples or --source drawn from them
+    rep = _report([10.0, 20.0, 30.0])
+    rep.data.update({"samples": 300, "source": None, "correct_only": True, "input_fingerprint": "all"})
+    ref = Reference.from_reports([rep], paths=["refscan"])
+    assert ref.draw_mismatches({"samples": 300, "source": None, "correct_only": True}) == []
+    assert ref.draw_mismatches({"samples": None, "source": 2, "correct_only": True}) == [
+        "refscan: samples 300 vs None, source None vs 2"
+    ]
+    old = Reference.from_dict({"l1_norms": {"0": 1.0}, "sources": [{"model": "m"}]})  # saved before it
+    assert old.draw_mismatches({"samples": 5, "source": None, "correct_only": False}) == []
+
+
+def test_a_scan_names_a_reference_that_used_other_samples(
+    badnets_model: ModelBundle, mnist_sample: DatasetSplits, clean_report_full: DetectionReport
+) -> None:
+    ref = Reference.from_reports([clean_report_full])  # every clean image of the set (the default)
+    r = nc.scan(
+        badnets_model.model, mnist_sample.test, seed=0, reference=ref, scan_labels=[0, 1, 2], samples=200,
+        max_steps=2,
+    )  # fmt: skip
+    note = next(n for n in r.notes if "another draw" in n)
+    assert "samples None vs 200" in note and "--samples" in note
+    assert r.data["samples"] == 200 and r.data["source"] is None and r.data["correct_only"] is True

@@ -53,6 +53,11 @@ _SPEED_ONLY = frozenset(
 )
 
 
+#: how a scan draws the images it optimises on from the images given (``DetectionReport.data``): a
+#: sample size (None: every image), a source label, only the correctly classified ones
+DRAW = ("samples", "source", "correct_only")
+
+
 @dataclass(frozen=True)
 class Reference:
     """Per-label reference L1 norms and where they came from.
@@ -116,6 +121,7 @@ class Reference:
                 "settings": {k: v for k, v in rep.settings.items() if k != "seed"},
                 **({"num_classes": rep.model["num_classes"]} if "num_classes" in rep.model else {}),
                 **({"images": rep.data["input_fingerprint"]} if "input_fingerprint" in rep.data else {}),
+                **({"draw": {k: rep.data.get(k) for k in DRAW}} if "samples" in rep.data else {}),
                 **({"path": paths[i]} if paths is not None else {}),
             }
             for i, rep in enumerate(reports)
@@ -215,6 +221,18 @@ class Reference:
                 for k in sorted(theirs)
                 if k not in _SPEED_ONLY and k in settings and theirs[k] != settings[k]
             ]
+            if diff:
+                out.append(f"{src.get('path', f'reference {i}')}: {', '.join(diff)}")
+        return out
+
+    def draw_mismatches(self, draw: dict[str, Any]) -> list[str]:
+        """Reference scans that optimised on another draw from the same images (``--samples``,
+        ``--source``, ``--correct-only``: :data:`DRAW`): their norms are comparable only roughly. Scans
+        saved before the draw was recorded are not compared."""
+        out = []
+        for i, src in enumerate(self.sources):
+            theirs = src.get("draw")
+            diff = [f"{k} {theirs[k]!r} vs {draw[k]!r}" for k in DRAW if theirs and theirs.get(k) != draw[k]]
             if diff:
                 out.append(f"{src.get('path', f'reference {i}')}: {', '.join(diff)}")
         return out

@@ -470,9 +470,19 @@ class NeuralCleanse:
                 "the median and MAD, and so the verdict, are over these labels only"
             )
         input_fingerprint = tensor_fingerprint(images.float())
+        draw = {  # as reference.DRAW: how the images optimised on are drawn from those given
+            "samples": samples if samples is not None and samples < len(images) else None,
+            "source": source,
+            "correct_only": bool(labels is not None and correct_only),
+        }
         if self.reference is not None:  # fail before optimising, not after
             self.reference.norms_for(targets)
             notes += self.reference.check_task(num_classes=num_classes, images=input_fingerprint)
+            notes += [
+                f"reference scan optimised on another draw of these images ({diff}): rescan it with this "
+                "scan's --samples, --source and --correct-only"
+                for diff in self.reference.draw_mismatches(draw)
+            ]
         total_images = len(images)
         pool, pool_notes = self._select_images(
             images, labels, num_classes, names, source=source, skipped_source=skipped_source,
@@ -613,8 +623,7 @@ class NeuralCleanse:
             "images": len(pool),
             "fingerprint": identity["images"],
             "input_fingerprint": input_fingerprint,
-            "source": source,
-            "correct_only": bool(labels is not None and correct_only),
+            **draw,
             "class_counts": pool.class_counts() if labels is not None else None,
             **(data_info or {}),
         }
