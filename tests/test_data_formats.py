@@ -84,6 +84,25 @@ def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     assert raw.shape == (4, 10, 10)
 
 
+def test_a_file_copied_into_two_class_folders_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_folder(tmp_path / "f", ["ant", "bee"], 3)
+    (tmp_path / "f" / "bee" / "copy.png").write_bytes((tmp_path / "f" / "ant" / "001.png").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="neuralcleanse"):
+        data = load_images(tmp_path / "f")
+    assert len(data) == 7
+    said = [r.getMessage() for r in caplog.records if "another class folder" in r.getMessage()]
+    assert len(said) == 1 and "another class folder: 1 (e.g." in said[0], said
+    assert "ant/001.png and bee/copy.png" in said[0]
+    caplog.clear()
+    (tmp_path / "f" / "bee" / "copy.png").unlink()
+    (tmp_path / "f" / "ant" / "copy.png").write_bytes((tmp_path / "f" / "ant" / "001.png").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="neuralcleanse"):
+        load_images(tmp_path / "f")  # a copy within its own class is not a label conflict
+    assert not [r for r in caplog.records if "another class folder" in r.getMessage()]
+
+
 def test_images_in_subfolders_of_a_class_belong_to_it(tmp_path: Path) -> None:
     raw = _write_folder(tmp_path / "f", ["a", "b"], 2)
     (tmp_path / "f" / "a" / "indoor" / "dark").mkdir(parents=True)

@@ -150,6 +150,27 @@ def test_labels_in_another_order_than_the_model_are_said_in_the_notes(
     assert not any("model's order" in n or "almost none" in n for n in right.notes)
 
 
+def test_copies_of_an_image_with_another_label_are_said_in_the_notes(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits
+) -> None:
+    test = mnist_sample.test.subset(range(300))
+    images, labels = test.images.clone(), test.labels.clone()
+    images[7], images[250] = images[3], images[3]  # image 3 copied twice, under other labels
+    labels[7], labels[250] = (labels[3] + 1) % 10, labels[3]  # the second copy keeps its label
+    r = nc.scan(
+        clean_model.model, test.replace(images=images, labels=labels), scan_labels=[0, 1], max_steps=2
+    )
+    note = next(n for n in r.notes if "given again with a different label" in n)
+    assert (
+        note.startswith("images given again with a different label: 1 (e.g. images 3 and 7,")
+        and "mislabelled" in note
+    )
+    assert not any(
+        "different label" in n
+        for n in nc.scan(clean_model.model, test, scan_labels=[0, 1], max_steps=2).notes
+    )
+
+
 def test_labels_the_model_no_longer_gives_are_not_called_a_wrong_order(
     clean_model: ModelBundle, mnist_sample: DatasetSplits
 ) -> None:

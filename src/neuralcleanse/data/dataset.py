@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 
 from ..errors import DataError, SettingsError
 
-__all__ = ["ImageDataset", "DatasetSplits"]
+__all__ = ["ImageDataset", "DatasetSplits", "label_conflicts"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +110,10 @@ class ImageDataset:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def label_conflicts(self) -> list[tuple[int, int]]:
+        """:func:`label_conflicts` of these images and labels."""
+        return label_conflicts(self.images, self.labels)
+
     def subset(
         self, indices: Sequence[int] | torch.Tensor | np.ndarray, *, name: str | None = None
     ) -> ImageDataset:
@@ -172,6 +177,20 @@ class ImageDataset:
         else:
             chosen = _stratified(rng, pool, labels[pool], n)
         return self.subset(chosen)
+
+
+def label_conflicts(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``, ``i < j``, of images that are identical pixel for pixel but carry different
+    labels (a file copied into two class folders, a mislabelled duplicate): ``j`` against the first image
+    with those pixels."""
+    first: dict[bytes, int] = {}
+    out = []
+    flat = images.detach().reshape(len(images), -1).cpu().contiguous().numpy()
+    for j, row in enumerate(flat):
+        i = first.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), j)
+        if i != j and int(labels[i]) != int(labels[j]):
+            out.append((i, j))
+    return out
 
 
 def _stratified(rng: np.random.Generator, pool: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

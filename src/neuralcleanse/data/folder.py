@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from .convert import (
 from .dataset import ImageDataset
 
 __all__ = ["load_image_folder", "folder_classes"]
+
+log = logging.getLogger(__name__)
 
 
 def folder_classes(root: Path) -> list[str]:
@@ -84,6 +87,7 @@ def load_image_folder(
         label_of = {f: i for i, f in enumerate(folders)}
     images: list[np.ndarray] = []
     labels: list[int] = []
+    paths: list[Path] = []
     read_as: list[tuple[int, int, int]] = []  # each file's own shape
     channels = input_shape[0] if input_shape else None
     size = (input_shape[1], input_shape[2]) if input_shape else None
@@ -99,8 +103,17 @@ def load_image_folder(
                 channels, size = arr.shape[2], (arr.shape[0], arr.shape[1])
             images.append(arr)
             labels.append(label_of[folder])
+            paths.append(f)
     data = arrays_to_dataset(np.stack(images), np.asarray(labels), class_names=names, name=str(r))
     data = dataclasses.replace(data, source_info={"split": "single"})
+    conflicts = data.label_conflicts()
+    if conflicts:
+        i, j = conflicts[0]
+        log.warning(
+            "%s: images copied into another class folder: %d (e.g. %s and %s, the same pixels): mislabelled "
+            "copies; the model can be right on only one of each",
+            r, len(conflicts), paths[i].relative_to(r), paths[j].relative_to(r),
+        )  # fmt: skip
     changed = Counter(shape for shape in read_as if shape != data.input_shape)
     if not changed:
         return data

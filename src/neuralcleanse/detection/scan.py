@@ -16,7 +16,7 @@ from torch import nn
 
 from .._format import label_ranges
 from ..data.convert import integer_labels
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageDataset, label_conflicts
 from ..device import resolve_device
 from ..errors import DataError, SettingsError, first_line
 from ..fingerprint import fingerprints, tensor_fingerprint
@@ -223,6 +223,20 @@ def _dominant_notes(pred: torch.Tensor, labels: torch.Tensor | None, names: Sequ
     )
     log.warning(note)
     return [note]
+
+
+def _conflict_notes(images: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """A note when the same image is given twice with different labels."""
+    pairs = label_conflicts(images, labels)
+    if not pairs:
+        return []
+    i, j = pairs[0]
+    a, b = int(labels[i]), int(labels[j])
+    return [
+        f"images given again with a different label: {len(pairs)} (e.g. images {i} and {j}, the same pixels: "
+        f"labels {a} ({names[a]}) and {b} ({names[b]})): mislabelled copies; the model can be right on only "
+        "one of each"
+    ]
 
 
 def _order_notes(pred: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> list[str]:
@@ -464,6 +478,8 @@ class NeuralCleanse:
             twice = next(k for k in targets if targets.count(k) > 1)
             raise SettingsError(f"the labels to scan (--labels) name label {twice} twice")
         notes: list[str] = [*extra_notes, *self._notes, *([converted] if converted else [])]
+        if labels is not None:
+            notes += _conflict_notes(images, labels, names)
         if scan_labels is not None and len(targets) < num_classes - int(source is not None):
             notes.append(
                 f"only {len(targets)} of the model's {num_classes} labels were scanned (--labels, scan_labels): "
