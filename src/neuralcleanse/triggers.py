@@ -353,7 +353,7 @@ def _read_image(path: Path, mode: str, *, size: tuple[int, int], resize: bool = 
     is grey: converting colour to luminance or dropping transparency would silently change it)."""
     from PIL import Image, UnidentifiedImageError
 
-    from .data.convert import MAX_IMAGE_PIXELS
+    from .data.convert import refuse_huge
 
     h, w = size
     try:
@@ -361,11 +361,7 @@ def _read_image(path: Path, mode: str, *, size: tuple[int, int], resize: bool = 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(path)
         with opened as src:
-            if src.size[0] * src.size[1] > MAX_IMAGE_PIXELS:  # refused before decoding, as --data's images
-                raise TriggerFileError(
-                    f"{path}: refused: the image declares {src.size[0]}x{src.size[1]} pixels "
-                    f"(more than {MAX_IMAGE_PIXELS} pixels; a decompression bomb?)"
-                )
+            refuse_huge(path, src.size, error=TriggerFileError)  # before decoding, as --data's images
             if not resize and src.size != (w, h):
                 raise TriggerFileError(
                     f"{path}: the trigger image is {src.size[1]}x{src.size[0]}, the images are {h}x{w}"

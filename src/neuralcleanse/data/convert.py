@@ -101,6 +101,17 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return int(dims[0]), int(dims[1]), int(dims[2])
 
 
+def refuse_huge(path: Path, size: tuple[int, int], *, error: type[DataError] = DataError) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels (``size`` as PIL
+    gives it, width by height), before it is decoded."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise error(
+            f"{path}: refused: the image declares {width}x{height} pixels "
+            f"(more than {MAX_IMAGE_PIXELS} pixels; a decompression bomb?)"
+        )
+
+
 def read_image(
     path: Path,
     *,
@@ -115,12 +126,7 @@ def read_image(
         raise SettingsError(f"images can be read with 1 (grey) or 3 (RGB) channels, not {channels}")
     try:
         with Image.open(path) as opened:
-            width, height = opened.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"{path}: refused: the image declares {width}x{height} pixels "
-                    f"(more than {MAX_IMAGE_PIXELS} pixels; a decompression bomb?)"
-                )
+            refuse_huge(path, opened.size)
             opened.load()
             img: Image.Image = opened
             if box is not None:
