@@ -569,7 +569,7 @@ def test_manifests_csv_and_jsonl(tmp_path: Path) -> None:
     jsonl.write_text(
         '{"path": "c.pt2", "input_shape": [3, 32, 32], "mean": [0.5, 0.25, 0], "arch_kwargs": {"classes": 43}}\n'
         "\n"
-        '{"path": "d.pt2", "labels": [0, 3], "reference": ["r"]}\n'
+        '{"path": "d.pt2", "labels": [0, 3], "reference": ["r"], "output_key": 0}\n'
     )
     c, d = read_manifest(jsonl)
     assert c.options == {"input_shape": "3x32x32", "mean": "0.5,0.25,0.0", "arch_kwargs": '{"classes": 43}'}
@@ -581,7 +581,7 @@ def test_manifests_csv_and_jsonl(tmp_path: Path) -> None:
         "pkg.nets:Net",
         "/abs/n.py:N",
     ]
-    assert d.options == {"labels": "0,3", "references": (tmp_path / "r",)}
+    assert d.options == {"labels": "0,3", "references": (tmp_path / "r",), "output_key": "0"}
     refused = [
         (csv, "path,colour\na.pt2,red\n", "unknown column 'colour'"),
         (csv, "name\nx\n", "no path column"),

@@ -374,3 +374,97 @@ def test_a_program_without_a_channels_first_image_input_is_a_model_error(
     path = _export(net.eval(), tmp_path / "m.pt2", static=False, shape=shape)
     with pytest.raises(nc.ModelError, match=message):
         load_model(path)
+
+
+class _TwoOutputs(nn.Module):
+    """Class scores beside features, as a tuple or a dict (a network with an auxiliary output)."""
+
+    def __init__(self, *, as_dict: bool) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+        self.body = _tiny()[:3]
+        self.fc = nn.Linear(4 * 10 * 10, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]:
+        z = self.body(x)
+        return {"logits": self.fc(z), "features": z} if self.as_dict else (self.fc(z), z)
+
+
+@pytest.mark.parametrize(("as_dict", "key", "wrong"), [(False, "0", "2"), (True, "logits", "scores")])
+def test_several_outputs_are_named_and_one_is_chosen_with_output(
+    tmp_path: Path, as_dict: bool, key: str, wrong: str
+) -> None:
+    net = _TwoOutputs(as_dict=as_dict).eval()
+    path = _export(net, tmp_path / "two.pt2", static=False)
+    with pytest.raises(
+        nc.DataError, match=r"returns a (tuple of 2 outputs|dict of outputs).*--output-key"
+    ) as err:
+        nc.scan(load_model(path).model, X, samples=None, max_steps=1)
+    assert "(7, 5)" in str(err.value) and "(7, 400)" in str(err.value)  # each output's shape
+    loaded = load_model(path, output_key=key)
+    scores = net(X)["logits"] if as_dict else net(X)[0]  # type: ignore[index,call-overload]
+    assert torch.allclose(loaded.model(X), scores, atol=1e-5)
+    assert torch.isfinite(_grad(loaded.model, X)).all() and any("--output-key" in n for n in loaded.notes)
+    other = load_model(path, output_key=wrong)  # an index or key the model does not have
+    with pytest.raises(
+        nc.DataError, match=f"--output-key {wrong if not as_dict else repr(wrong)}: the model"
+    ):
+        nc.scan(other.model, X, samples=None, max_steps=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_program_in_another_float_type_gets_cast_images(tmp_path: Path, dtype: torch.dtype) -> None:
+    net = _tiny().to(dtype)
+    path = tmp_path / "p.pt2"
+    dyn = ({0: torch.export.Dim("batch")},)
+    torch.export.save(
+        torch.export.export(net, (torch.rand(4, 1, 12, 12, dtype=dtype),), dynamic_shapes=dyn), path
+    )
+    loaded = load_model(path)
+    out = loaded.model(X)
+    assert out.dtype == torch.float32 and any(str(dtype).removeprefix("torch.") in n for n in loaded.notes)
+    assert torch.allclose(out, net(X.to(dtype)).float(), atol=1e-2)
+    assert torch.isfinite(_grad(loaded.model, X)).all()
+    as_int = tmp_path / "u8.pt2"  # integer pixels: no gradient reaches them
+    torch.export.save(
+        torch.export.export(
+            _Scaled(net), (torch.zeros(4, 1, 12, 12, dtype=torch.uint8),), dynamic_shapes=dyn
+        ),
+        as_int,
+    )
+    with pytest.raises(nc.ModelError, match=r"takes uint8 images.*floating-point input"):
+        load_model(as_int)
+
+
+class _Scaled(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.net.parameters()).dtype
+        out: torch.Tensor = self.net(x.to(dtype) / 255)
+        return out
+
+
+def test_a_repaired_program_keeps_its_outputs_and_input_type(tmp_path: Path) -> None:
+    from neuralcleanse.cli import main
+
+    net = _TwoOutputs(as_dict=False).to(torch.bfloat16).eval()
+    path = tmp_path / "two.pt2"
+    example = (torch.rand(4, 1, 12, 12, dtype=torch.bfloat16),)
+    torch.export.save(
+        torch.export.export(net, example, dynamic_shapes=({0: torch.export.Dim("batch")},)), path
+    )
+    data = tmp_path / "d.npz"
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.integers(0, 256, (60, 12, 12), dtype=np.uint8), y=np.arange(60) % 5)
+    common = ["--data", str(data), "--output-key", "0", "--device", "cpu"]
+    assert main(["scan", str(path), *common, "--out", str(tmp_path / "s"), "--max-steps", "20"]) == 0
+    args = [str(path), *common, "--report", str(tmp_path / "s"), "--label", "1", "--method", "prune"]
+    assert main(["mitigate", *args, "--out", str(tmp_path / "m")]) == 0
+    program = torch.export.load(tmp_path / "m" / "model.pt2")
+    out = program.module()(example[0])
+    assert isinstance(out, tuple) and len(out) == 2 and out[0].dtype == torch.bfloat16

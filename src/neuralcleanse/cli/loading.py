@@ -23,6 +23,7 @@ import numpy as np
 from .._io import read_json
 from ..data.convert import MAX_SIDE
 from ..errors import DataError, SettingsError
+from ..models.adapt import parse_output
 
 __all__ = [
     "ModelSource",
@@ -42,6 +43,7 @@ class ModelSource:
     arch: str | None = None
     arch_kwargs: str | None = None
     allow_torchscript: bool = False
+    output_key: str | None = None
     input_shape: str | None = None
     input_range: str | None = None
     mean: str | None = None
@@ -66,6 +68,8 @@ class ModelSource:
         if self.data is not None and self.dataset is not None:
             raise SettingsError("give either --data or --dataset, not both")
         parse_shape(self.input_shape)
+        if self.output_key is not None:
+            parse_output(self.output_key)
         self.parsed_arch_kwargs()
         build_preprocessing(self.input_range, self.mean, self.std, self.channel_order)
 
@@ -90,6 +94,7 @@ class ModelSource:
             preprocessing=build_preprocessing(self.input_range, self.mean, self.std, self.channel_order),
             device=device,
             allow_torchscript=self.allow_torchscript,
+            output_key=self.output_key,
         )
 
     def names(self, loaded: Any) -> tuple[list[str] | None, str]:
@@ -271,6 +276,11 @@ _OPTIONS: list[Callable[[Any], Any]] = [
         is_flag=True,
         help="Load a TorchScript archive: it runs code embedded in the file (only for files you trust).",
     ),
+    click.option(
+        "--output-key",
+        help="For a network that returns several outputs (a tuple, a dict): the index (0) or key (logits) "
+        "of the class scores.",
+    ),
     click.option("--input-shape", help="CxHxW the network takes, if the file does not say (e.g. 3x32x32)."),
     click.option(
         "--input-range",
@@ -288,7 +298,7 @@ _OPTIONS: list[Callable[[Any], Any]] = [
 ]
 
 _KEYS = (
-    "model", "data_path", "dataset", "data_dir", "arch", "arch_kwargs", "allow_torchscript", "input_shape",
+    "model", "data_path", "dataset", "data_dir", "arch", "arch_kwargs", "allow_torchscript", "output_key", "input_shape",
     "input_range", "mean", "std", "channel_order", "class_names",
 )  # fmt: skip
 

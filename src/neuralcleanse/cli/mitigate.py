@@ -170,18 +170,30 @@ _METHOD_OPTIONS = {
 
 
 def _network(repaired: Any) -> Any:
-    """The repaired network as the user's file held it: the declared preprocessing, fixed-batch chunking
-    and the exported module's holder taken off (the file took preprocessed input)."""
+    """The repaired network as the user's file held it: the declared preprocessing, fixed-batch chunking,
+    the choice among its outputs (--output-key), the cast to its input type and the exported module's holder
+    taken off (the file took preprocessed input and returned all its outputs)."""
+    from ..models.adapt import InputCast, OutputPick
     from ..models.preprocess import FixedBatchModel, PixelModel
 
     net = repaired
     while True:
         if isinstance(net, (PixelModel, FixedBatchModel)):
             net = net.model
-        elif type(net).__name__ == "_EvalOnly":  # models/loading.py: an exported program's module
-            net = net.module
+        elif isinstance(net, (OutputPick, InputCast)) or type(net).__name__ == "_EvalOnly":
+            net = net.module  # _EvalOnly (models/loading.py): an exported program's module
         else:
             return net
+
+
+def _input_dtype(repaired: Any) -> Any:
+    """The floating-point type the repaired network's file takes (float32 unless a cast holds it)."""
+    import torch
+
+    from ..models.adapt import InputCast
+
+    casts = [m for m in repaired.modules() if isinstance(m, InputCast)]
+    return casts[0].dtype if casts else torch.float32
 
 
 def _dynamic_batch(program: Any) -> bool:
@@ -218,7 +230,9 @@ def _save_repaired(
         if shape is None:
             raise ModelError(f"{loaded.path}: the program does not say its input shape; cannot re-export it")
         batch = loaded.static_batch or 2
-        example = torch.zeros(batch, *shape, device=next(network.parameters()).device)
+        example = torch.zeros(
+            batch, *shape, device=next(network.parameters()).device, dtype=_input_dtype(repaired)
+        )
         # AUTO: the batch keeps the range the input program gave it (a program exported with a bounded
         # batch, e.g. at most 4096, refuses an unbounded one)
         dynamic = None if loaded.static_batch else ({0: torch.export.Dim.AUTO},)

@@ -21,6 +21,7 @@ from ..device import resolve_device
 from ..errors import DataError, SettingsError, first_line
 from ..fingerprint import fingerprints, tensor_fingerprint
 from ..metrics import check_rows, predict
+from ..models.adapt import describe_outputs
 from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
 from ..triggers import Trigger
@@ -135,14 +136,17 @@ def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.d
     try:
         with frozen_eval(model), torch.no_grad():
             out = model(images[: min(8, len(images))].to(device))
+    except DataError:  # already one line about the model (an adapter's: --output names no output)
+        raise
     except Exception as exc:  # the user's model: any failure of its forward is a fact about the model
         kind = "" if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: "
         raise DataError(
             f"model failed on images of shape {tuple(images.shape[1:])}: {kind}{first_line(exc)}"
         ) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"model output must be (N, classes), got {shape}")
+    if not isinstance(out, torch.Tensor):
+        raise DataError(f"the model returns {describe_outputs(out)}")
+    if out.ndim != 2:
+        raise DataError(f"model output must be (N, classes), got {tuple(out.shape)}")
     check_rows(out, min(8, len(images)))
     if not torch.isfinite(out).all():
         raise DataError("model produced NaN or infinite outputs on clean images")

@@ -12,8 +12,8 @@ A manifest is CSV (a header row, then one model per row; an empty cell means "no
 Columns (``-`` and ``_`` are the same): ``path`` (required: a model file or model directory) and
 ``name`` (its report directory; default: from the path), and per model, overriding the command line's
 value: the loading options ``data``, ``dataset``, ``data_dir``, ``arch``, ``arch_kwargs``,
-``allow_torchscript``, ``input_shape``, ``input_range``, ``mean``, ``std``, ``channel_order``,
-``class_names``, and the scan options ``split``, ``labels``, ``source``, ``outputs``, ``reference``
+``allow_torchscript``, ``output_key``, ``input_shape``, ``input_range``, ``mean``, ``std``,
+``channel_order``, ``class_names``, and the scan options ``split``, ``labels``, ``source``, ``outputs``, ``reference``
 (several paths: ``;`` between them in CSV, a list in JSON). Relative paths are relative to the
 manifest's folder. An unknown column, a bad value or a missing ``path`` is refused before any work.
 """
@@ -160,6 +160,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Any, str, str, Path], Any]]] = {
     "arch": ("arch", _arch),
     "arch_kwargs": ("arch_kwargs", _json_object),
     "allow_torchscript": ("allow_torchscript", _flag),
+    "output_key": ("output_key", _plain),
     "input_shape": ("input_shape", _shape),
     "input_range": ("input_range", _choice("0-1", "0-255")),
     "mean": ("mean", _numbers),

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
+from .adapt import FLOAT_INPUTS
 from .archive import ZipArchive
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class ExportInfo:
 
     input_shape: tuple[int, int, int] | None
     static_batch: int | None
+    dtype: torch.dtype | None = None  # the input's floating-point type when it is not float32
 
 
 def _check_sympy(text: str, source: str) -> None:
@@ -413,9 +415,16 @@ def _input_info(program: Any, source: str) -> ExportInfo:
         if node.op == "placeholder" and node.name == user_inputs[0]:
             val = node.meta.get("val")
             shape = tuple(val.shape) if val is not None else ()
+            dtype = getattr(val, "dtype", torch.float32)
             break
     else:
         return ExportInfo(None, None)
+    if dtype != torch.float32 and dtype not in FLOAT_INPUTS:
+        raise ModelError(
+            f"{source}: the exported program takes {str(dtype).removeprefix('torch.')} images; the trigger is "
+            "optimised by gradients, which need floating-point input: export the model with a float input "
+            "(and its own scaling inside, or --input-range 0-255)"
+        )
     if len(shape) != 4:
         raise ModelError(
             f"{source}: the exported program's input has shape {shape}; expected (N, C, H, W) "
@@ -437,4 +446,4 @@ def _input_info(program: Any, source: str) -> ExportInfo:
             f"{source}: the exported program's input has {channels} channels ({_dims(chw)} after the batch); an image "
             "input is (N, C, H, W) with 1 (grey) or 3 (RGB) channels"
         )
-    return ExportInfo(fixed, static)  # type: ignore[arg-type]
+    return ExportInfo(fixed, static, None if dtype == torch.float32 else dtype)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import ModelError, SettingsError, first_line
+from .adapt import InputCast, OutputPick, parse_output
 from .architectures import ARCHITECTURES, WeightsShape, build_model
 from .archive import ZipArchive, archive_kind, open_archive
 from .card import ModelCard
@@ -276,6 +277,7 @@ def load_model(
     preprocessing: Preprocessing | None = None,
     device: str | torch.device = "cpu",
     allow_torchscript: bool = False,
+    output_key: int | str | None = None,
 ) -> LoadedModel:
     """Load a model file or directory for scanning.
 
@@ -292,11 +294,18 @@ def load_model(
         device: where the model runs.
         allow_torchscript: load a TorchScript archive (whatever its file name). TorchScript always runs
             code embedded in the file, so it is refused unless you opt in for a file you trust.
+        output_key: for a network that returns several outputs (a tuple or list, a dict), which one holds
+            the class scores: its index or key (``--output-key``).
     """
     p = Path(path)
     dev = resolve_device(device)
+    key = None if output_key is None else parse_output(output_key)
     if p.is_dir():
         sniff_format(p)  # a directory without a card: a one-line error
+        if key is not None:
+            raise SettingsError(
+                f"{p}: a model directory's network returns its class scores: drop --output-key"
+            )
         loaded = _from_model_dir(p, preprocessing, dev)
         if arch is not None and arch != loaded.arch:
             raise SettingsError(
@@ -325,6 +334,12 @@ def load_model(
         assert archive is not None  # an export is always a zip archive
         module, info = load_exported_program(p, archive)
         network: nn.Module = _EvalOnly(module)
+        if info.dtype is not None:
+            network = InputCast(network, info.dtype)
+            kind = str(info.dtype).removeprefix("torch.")
+            notes.append(
+                f"the exported program runs in {kind}: images are cast to it, its scores back to float32"
+            )
         if info.input_shape is not None:
             if shape is not None and tuple(shape) != info.input_shape:
                 raise SettingsError(
@@ -396,6 +411,9 @@ def load_model(
                 ) from None
         load_state_dict_strict(network, state, source=str(p))
         network = network.to(dev)
+    if key is not None:
+        network = OutputPick(network, key)
+        notes.append(f"class scores: the model's output {key!r} (--output-key)")
     network.eval().requires_grad_(False)
     model: nn.Module = FixedBatchModel(network, static) if static else network
     if shape is not None:

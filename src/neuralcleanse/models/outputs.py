@@ -122,7 +122,9 @@ def _outputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     with frozen_eval(model):
         out = model(images)
     if not isinstance(out, torch.Tensor):
-        raise DataError(f"model output must be a tensor of class scores, got {type(out).__name__}")
+        from .adapt import describe_outputs
+
+        raise DataError(f"the model returns {describe_outputs(out)}")
     return out
 
 

@@ -1,0 +1,107 @@
+"""Adapters for networks whose call is not quite "image batch in, class scores out": several outputs
+(a tuple, a dict: logits beside features or auxiliary heads) of which the class scores are one, and
+programs that run in another floating-point type than the images (float64, bfloat16, float16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DataError, SettingsError
+
+__all__ = ["OutputPick", "InputCast", "parse_output", "describe_outputs", "FLOAT_INPUTS"]
+
+#: input types of a program that images can be cast to (gradients flow through the cast)
+FLOAT_INPUTS = (torch.float64, torch.bfloat16, torch.float16)
+
+
+def parse_output(value: int | str) -> int | str:
+    """``--output-key``: an index into a tuple/list of outputs (``0``), or a key of a dict of outputs."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if not text:
+        raise SettingsError(
+            "--output-key is empty: give the index (0) or the key (logits) of the class scores"
+        )
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def describe_outputs(out: Any) -> str:
+    """What a model returned that is not one tensor, for an error that says how to choose."""
+    if isinstance(out, (tuple, list)):
+        parts = ", ".join(_shape(v) for v in out[:6])
+        return (
+            f"a {type(out).__name__} of {len(out)} outputs ({parts}), not one tensor of class scores: choose "
+            "the class scores by their index with --output-key (output_key= in the API), e.g. --output-key 0"
+        )
+    if isinstance(out, dict):
+        parts = ", ".join(f"{k!r}: {_shape(v)}" for k, v in list(out.items())[:6])
+        return (
+            f"a dict of outputs ({parts}), not one tensor of class scores: choose the class scores by their "
+            "key with --output-key (output_key= in the API)"
+        )
+    return f"{type(out).__name__}, not a tensor of class scores"
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+class OutputPick(nn.Module):
+    """Holds a network with several outputs and returns the one ``key`` names (an index or a dict key)."""
+
+    def __init__(self, module: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.module = module
+        self.key = key
+
+    def extra_repr(self) -> str:
+        return f"output={self.key!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        key = self.key
+        if isinstance(out, (tuple, list)) and isinstance(key, int):
+            if not -len(out) <= key < len(out):
+                raise DataError(
+                    f"--output-key {key}: the model returns {len(out)} outputs (indices 0-{len(out) - 1})"
+                )
+            picked = out[key]
+        elif isinstance(out, dict) and isinstance(key, str):
+            if key not in out:
+                raise DataError(f"--output-key {key!r}: the model's outputs are {', '.join(map(repr, out))}")
+            picked = out[key]
+        elif isinstance(out, torch.Tensor):
+            raise DataError(f"--output-key {key!r}: the model returns one tensor; leave --output-key out")
+        else:
+            kind = "an index" if isinstance(out, (tuple, list)) else "a key"
+            raise DataError(f"--output-key {key!r}: the model returns a {type(out).__name__}: give {kind}")
+        if not isinstance(picked, torch.Tensor):
+            raise DataError(f"--output-key {key!r}: that output is a {type(picked).__name__}, not a tensor")
+        return picked
+
+
+class InputCast(nn.Module):
+    """Holds a program that takes ``dtype`` images: the images are cast to it and the scores back to
+    float32, so the optimisation runs in float32 around it."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}"
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.module(x.to(self.dtype))
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        if isinstance(out, (tuple, list)):
+            return type(out)(v.float() if isinstance(v, torch.Tensor) else v for v in out)
+        if isinstance(out, dict):
+            return {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        return out
