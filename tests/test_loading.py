@@ -468,3 +468,18 @@ def test_a_repaired_program_keeps_its_outputs_and_input_type(tmp_path: Path) -> 
     program = torch.export.load(tmp_path / "m" / "model.pt2")
     out = program.module()(example[0])
     assert isinstance(out, tuple) and len(out) == 2 and out[0].dtype == torch.bfloat16
+
+
+def test_a_wrong_input_range_is_noticed_on_the_clean_images(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits, tmp_path: Path
+) -> None:
+    path = badnets_model.save(tmp_path / "m").path
+    assert path is not None
+    test = mnist_sample.test
+    right = load_model(path)  # the card's 0-1
+    assert right.range_note(test.images, test.labels, device=torch.device("cpu")) is None
+    wrong = load_model(path, preprocessing=Preprocessing(scale=255.0))
+    note = wrong.range_note(test.images, test.labels, device=torch.device("cpu"))
+    assert note is not None and "better with input range 0-1 than with the declared 0-255" in note
+    # the argmax alone would not have told: the model is still right on most images fed 0-255
+    assert float((nc.metrics.predict(wrong.model, test.images) == test.labels).float().mean()) > 0.5

@@ -177,6 +177,9 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         natural_reference=request.natural_reference,
     )
     _check_task(detector, source.model, images, data_info, wanted, request.source_label, names, names_from)
+    fit = loaded.range_note(
+        images.images, images.labels, device=detector.device
+    )  # a note, printed with the rest
     options: dict[str, Any] = {
         "samples": request.samples,
         "scan_labels": wanted,
@@ -186,7 +189,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         "checkpoint": request.checkpoint,
         "resume": request.resume,
         "keep_checkpoint": True,
-        "extra_notes": loaded.notes,
+        "extra_notes": [*loaded.notes, *([fit] if fit else [])],
         "data_info": data_info,
         "model_info": loaded.describe(),
     }
