@@ -189,7 +189,9 @@ def test_ctrl_c_says_in_one_line_what_is_kept(
     assert err.rstrip().endswith("is kept; the same command with --resume continues the scan")
 
 
-def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(saved_models: dict[str, Path], tmp_path: Path) -> None:
+def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(
+    saved_models: dict[str, Path], tmp_path: Path
+) -> None:
     # a real process and a real signal: what `kill`, a batch scheduler or `docker stop` sends
     import signal
     import subprocess
