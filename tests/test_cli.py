@@ -218,6 +218,35 @@ def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(
     assert json.loads(done.stdout)["flagged"] == [0] and not state.parent.exists()
 
 
+def test_sigterm_in_any_command_says_so(
+    saved_models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # click turns the interrupt into its own Abort in every command but scan: the line still names SIGTERM
+    import os
+    import signal
+    import threading
+
+    import neuralcleanse.cli.validate as validate_cli
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set in the main thread")
+
+    def terminated(*_a: Any, **_k: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, delivered to the handler main() installed
+
+    monkeypatch.setattr(validate_cli, "open_case", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "v"
+    code, _, err = run(
+        capsys, "validate", str(saved_models["bad"]), "--report", str(tmp_path), "--out", str(out)
+    )
+    assert code == 130 and err.strip().splitlines()[-1] == "error: terminated (SIGTERM)" and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # main() puts the previous handler back
+
+
 def test_scan_cli_table_for_a_clean_model(
     saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -463,7 +463,11 @@ def test_a_repaired_program_keeps_its_outputs_and_input_type(tmp_path: Path) -> 
     np.savez(data, x=rng.integers(0, 256, (60, 12, 12), dtype=np.uint8), y=np.arange(60) % 5)
     common = ["--data", str(data), "--output-key", "0", "--device", "cpu"]
     assert main(["scan", str(path), *common, "--out", str(tmp_path / "s"), "--max-steps", "20"]) == 0
-    args = [str(path), *common, "--report", str(tmp_path / "s"), "--label", "1", "--method", "prune"]
+    # validate and mitigate take the scan's --output-key from its report; another one is refused
+    report = ["--data", str(data), "--device", "cpu", "--report", str(tmp_path / "s"), "--label", "1"]
+    wrong = ["validate", str(path), *report, "--output-key", "1", "--out", str(tmp_path / "v")]
+    assert main(wrong) == 1 and not (tmp_path / "v").exists()
+    args = [str(path), *report, "--method", "prune"]
     assert main(["mitigate", *args, "--out", str(tmp_path / "m")]) == 0
     program = torch.export.load(tmp_path / "m" / "model.pt2")
     out = program.module()(example[0])
@@ -483,3 +487,17 @@ def test_a_wrong_input_range_is_noticed_on_the_clean_images(
     assert note is not None and "better with input range 0-1 than with the declared 0-255" in note
     # the argmax alone would not have told: the model is still right on most images fed 0-255
     assert float((nc.metrics.predict(wrong.model, test.images) == test.labels).float().mean()) > 0.5
+
+
+def test_a_wrong_input_range_is_noticed_behind_a_softmax_too(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+) -> None:
+    from neuralcleanse.models.loading import LoadedModel
+
+    softmax = nn.Sequential(badnets_model.model, nn.Softmax(dim=1)).eval()
+    test, cpu = mnist_sample.test, torch.device("cpu")
+    for scale, noticed in ((1.0, False), (255.0, True)):
+        pre = Preprocessing(scale=scale)
+        loaded = LoadedModel(pre.wrap(softmax, channels=1), softmax, "export", Path("m.pt2"), "0", pre)
+        note = loaded.range_note(test.images, test.labels, device=cpu)
+        assert (note is not None) == noticed, note

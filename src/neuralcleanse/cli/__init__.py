@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort as exc:  # Ctrl-C, or a command's own account of what was kept
-        print(f"error: {first_line(str(exc)) or 'aborted'}", file=sys.stderr)
+        plain = "terminated (SIGTERM)" if isinstance(exc.__context__, Terminated) else "interrupted"
+        print(f"error: {first_line(str(exc)) or plain}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt as exc:
         print(

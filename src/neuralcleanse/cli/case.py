@@ -60,6 +60,17 @@ class Case:
                 f"{where}: the images have {images.num_classes} classes, the model {self.loaded.path} has "
                 f"{outputs} outputs (its scan report says so): images of another task?"
             )
+        from ..detection.scan import infer_num_classes
+
+        try:  # the model as loaded now gives what the scan optimised on (one tensor, as many outputs)
+            now = infer_num_classes(self.loaded.model, images.images, device=_device_of(self.loaded.model))
+        except DataError as exc:
+            raise DataError(f"{self.loaded.path}: {exc}") from None
+        if now != outputs:
+            raise DataError(
+                f"{self.loaded.path}: the model gives {now} scores per image, the scan report's model "
+                f"{outputs}: load it as it was scanned (the same --output-key)"
+            )
 
     def stamped(self, result: Any) -> Any:
         """``result`` (a validation or mitigation result) recording which model it is of: the scan
@@ -99,6 +110,13 @@ class Case:
         return notes
 
 
+def _device_of(model: Any) -> Any:
+    import torch
+
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def open_case(
     source: ModelSource, report_path: Path, label: int | None, device: str, *,
     real_trigger: str | None = None, real_sources: str | None = None,
@@ -113,8 +131,12 @@ def open_case(
     model = source.model
     if not model.exists():
         raise ModelError(f"{model}: not found")
-    loaded = source.load(device)
     report = DetectionReport.load(report_path)
+    scanned_key = report.model.get("output_key")  # the model's output the scan optimised on
+    if source.output_key is None and scanned_key is not None:
+        logging.getLogger(__name__).info("--output-key %s, as the scan", scanned_key)
+        source = dataclasses.replace(source, output_key=str(scanned_key))
+    loaded = source.load(device)
     recorded = report_weights_sha256(report.model)
     same = (
         loaded.sha256 == recorded

@@ -8,6 +8,7 @@ every scan option, as the command line gave them): ``scan`` runs it once, ``scan
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +178,9 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         natural_reference=request.natural_reference,
     )
     _check_task(detector, source.model, images, data_info, wanted, request.source_label, names, names_from)
-    fit = loaded.range_note(
-        images.images, images.labels, device=detector.device
-    )  # a note, printed with the rest
+    fit = loaded.range_note(images.images, images.labels, device=detector.device)
+    if fit is not None:  # now, before the optimisation, and again with the report's notes
+        logging.getLogger(__name__).warning("%s", fit)
     options: dict[str, Any] = {
         "samples": request.samples,
         "scan_labels": wanted,

@@ -20,13 +20,15 @@ FLOAT_INPUTS = (torch.float64, torch.bfloat16, torch.float16)
 def parse_output(value: int | str) -> int | str:
     """``--output-key``: an index into a tuple/list of outputs (``0``), or a key of a dict of outputs."""
     if isinstance(value, int):
-        return value
+        return parse_output(str(value))
     text = value.strip()
     if not text:
         raise SettingsError(
             "--output-key is empty: give the index (0) or the key (logits) of the class scores"
         )
-    return int(text) if text.lstrip("-").isdigit() else text
+    if text.lstrip("-").isdigit() and text.startswith("-"):
+        raise SettingsError(f"--output-key {text}: give the index counted from 0, not from the end")
+    return int(text) if text.isdigit() else text
 
 
 def describe_outputs(out: Any) -> str:
@@ -35,7 +37,7 @@ def describe_outputs(out: Any) -> str:
         parts = ", ".join(_shape(v) for v in out[:6])
         return (
             f"a {type(out).__name__} of {len(out)} outputs ({parts}), not one tensor of class scores: choose "
-            "the class scores by their index with --output-key (output_key= in the API), e.g. --output-key 0"
+            "the (N, classes) one by its index, counted from 0, with --output-key (output_key= in the API)"
         )
     if isinstance(out, dict):
         parts = ", ".join(f"{k!r}: {_shape(v)}" for k, v in list(out.items())[:6])
@@ -65,7 +67,7 @@ class OutputPick(nn.Module):
         out = self.module(x)
         key = self.key
         if isinstance(out, (tuple, list)) and isinstance(key, int):
-            if not -len(out) <= key < len(out):
+            if not 0 <= key < len(out):
                 raise DataError(
                     f"--output-key {key}: the model returns {len(out)} outputs (indices 0-{len(out) - 1})"
                 )

@@ -49,6 +49,7 @@ from .architectures import ARCHITECTURES, WeightsShape, build_model
 from .archive import ZipArchive, archive_kind, open_archive
 from .card import ModelCard
 from .keras import HDF5_SIGNATURE, load_keras
+from .outputs import are_probabilities, are_sigmoid
 from .preprocess import FixedBatchModel, Preprocessing
 from .store import CARD_FILE, load_model_dir, load_state_dict_strict
 
@@ -85,6 +86,7 @@ class LoadedModel:
     card: ModelCard | None = None
     arch: str | None = None
     notes: list[str] = field(default_factory=list)
+    output_key: int | str | None = None
 
     def with_preprocessing(self, pre: Preprocessing, *, channels: int) -> nn.Module:
         """The loaded network behind another preprocessing than the declared one (to compare them)."""
@@ -106,6 +108,8 @@ class LoadedModel:
                 out = torch.cat([model(x[i : i + 256]).float() for i in range(0, len(x), 256)])
             if not torch.isfinite(out).all():
                 return None  # the scan's own checks say what is wrong with non-finite scores
+            if are_probabilities(out) or are_sigmoid(out):  # a softmax (sigmoid) head: its log is the score
+                out = out.clamp_min(1e-12).log()
             fits.append((float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())))
         (loss, right), (other_loss, other_right) = fits
         if other_loss > loss / 4 or other_right < right - 0.02:
@@ -127,6 +131,7 @@ class LoadedModel:
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "static_batch": self.static_batch,
             "preprocessing": self.preprocessing.to_dict(),
+            **({"output_key": self.output_key} if self.output_key is not None else {}),
         }
 
 
@@ -466,6 +471,7 @@ def load_model(
         static_batch=static,
         arch=arch,
         notes=notes,
+        output_key=key,
     )
 
 
