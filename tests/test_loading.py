@@ -501,3 +501,33 @@ def test_a_wrong_input_range_is_noticed_behind_a_softmax_too(
         loaded = LoadedModel(pre.wrap(softmax, channels=1), softmax, "export", Path("m.pt2"), "0", pre)
         note = loaded.range_note(test.images, test.labels, device=cpu)
         assert (note is not None) == noticed, note
+
+
+def test_a_program_torch_cannot_rebuild_is_one_line_naming_why(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # a namedtuple output registered where the file was written, unknown here: torch logs a traceback of
+    # its own and raises "check the warnings above"; we say what it said, in one line, and print nothing else
+    import subprocess
+    import sys
+
+    script = f"""
+import collections, torch
+Out = collections.namedtuple("Out", "logits features")
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__(); self.fc = torch.nn.Linear(144, 5)
+    def forward(self, x):
+        z = x.flatten(1); return Out(self.fc(z), z)
+torch.utils._pytree._register_namedtuple(Out, serialized_type_name="probe.Out")
+torch.export.save(torch.export.export(Net().eval(), (torch.rand(2, 1, 12, 12),)), {str(tmp_path / "nt.pt2")!r})
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    capfd.readouterr()
+    with pytest.raises(
+        ModelError, match=r"cannot load exported program \(NotImplementedError: .*namedtuple"
+    ) as err:
+        load_model(tmp_path / "nt.pt2")
+    assert "\n" not in str(err.value) and "warnings above" not in str(err.value)
+    out, errors = capfd.readouterr()
+    assert "Traceback" not in errors and "Traceback" not in out

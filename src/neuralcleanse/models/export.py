@@ -42,7 +42,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from ..errors import ModelError, first_line
+from ..errors import ModelError, exception_line, first_line
 from .adapt import FLOAT_INPUTS
 from .archive import ZipArchive
 
@@ -308,6 +308,24 @@ def _check_pickled_members(archive: ZipArchive) -> None:
             raise ModelError(f"{archive.source}: corrupt member {archive.root}/{name} ({first})") from None
 
 
+class _Kept(logging.Handler):
+    """Keeps torch's log records during a load instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def cause(self) -> str | None:
+        """The error inside the last record that carries one (its exception's own line)."""
+        for record in reversed(self.records):
+            if record.exc_info and record.exc_info[1] is not None:
+                return exception_line(record.exc_info[1])
+        return None
+
+
 def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, ExportInfo]:
     """Load the program in ``archive`` (the checked archive of ``path``) safely; returns its module and
     input facts. Only the allow-listed members of a plain ``torch.export.save`` program are accepted, and
@@ -317,9 +335,14 @@ def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, E
     _check_pickled_members(archive)
     data = archive.repack()
 
-    export_log = logging.getLogger("torch.export.pt2_archive._package")
-    previous = export_log.level
-    export_log.setLevel(logging.CRITICAL)  # its own "ran into an error" traceback would duplicate ours
+    # torch logs its own "ran into an error" traceback and then raises "check the warnings above": the
+    # records are kept from the terminal, and the error they name goes into our one line
+    seen = _Kept()
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch.export.pt2_archive._package")]
+    before = [(g.propagate, g.level, g.handlers) for g in loggers]
+    for g in loggers:  # torch gives "torch.export" a terminal handler of its own
+        g.propagate, g.handlers = False, [seen]
+        g.setLevel(logging.WARNING)
     try:
         with _restricted(source):
             program = torch.export.load(io.BytesIO(data))
@@ -328,10 +351,11 @@ def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, E
         msg = str(exc)
         raise ModelError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     except Exception as exc:  # torch raises many kinds on corrupt archives
-        first = first_line(exc)
+        first = seen.cause() or first_line(exc)
         raise ModelError(f"{source}: cannot load exported program ({first[:200]})") from None
     finally:
-        export_log.setLevel(previous)
+        for g, (propagate, level, handlers) in zip(loggers, before, strict=True):
+            g.propagate, g.level, g.handlers = propagate, level, handlers
     _check_graph(module, source)
     lifted = _lift_linears(module)
     if lifted:
