@@ -530,6 +530,8 @@ class NeuralCleanse:
         prints = fingerprints(self.model)  # both from one pass over the weights
         identity = {
             "model": prints.model,
+            # the output scanned (--output-key) changes which images the model gets right: named first
+            **({"output_key": model_info["output_key"]} if model_info and "output_key" in model_info else {}),
             "images": tensor_fingerprint(pool.images),
             "labels": targets,
             "settings": settings.to_dict(),
