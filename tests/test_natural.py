@@ -56,13 +56,24 @@ def test_validate_and_mitigate_refuse_images_of_another_task(mnist_sample: nc.Da
     # the check validate and mitigate run on their images (scan refuses the same data in _check_task)
     from types import SimpleNamespace
 
+    from torch import nn
+
     from neuralcleanse.cli.case import Case
     from neuralcleanse.errors import DataError
 
-    case = Case(SimpleNamespace(path="m.pt2"), SimpleNamespace(model={"num_classes": 8}), None, None)  # type: ignore[arg-type]
+    def loaded(outputs: int) -> SimpleNamespace:
+        return SimpleNamespace(path="m.pt2", model=nn.Sequential(nn.Flatten(), nn.Linear(784, outputs)))
+
+    case = Case(loaded(8), SimpleNamespace(model={"num_classes": 8}), None, None)  # type: ignore[arg-type]
     with pytest.raises(DataError, match="the images have 10 classes, the model m.pt2 has 8 outputs"):
         case.check_images(mnist_sample.test, SimpleNamespace(data="data/x"))  # type: ignore[arg-type]
-    Case(SimpleNamespace(path="m.pt2"), SimpleNamespace(model={"num_classes": 10}), None, None).check_images(  # type: ignore[arg-type]
+    Case(loaded(10), SimpleNamespace(model={"num_classes": 10}), None, None).check_images(  # type: ignore[arg-type]
         mnist_sample.test,
         SimpleNamespace(data="data/x"),  # type: ignore[arg-type]
     )
+    # the model as loaded now gives another number of scores than the scanned one (another --output-key)
+    wrong = Case(loaded(12), SimpleNamespace(model={"num_classes": 10}), None, None)  # type: ignore[arg-type]
+    with pytest.raises(
+        DataError, match="m.pt2: the model gives 12 scores per image, the scan report's model 10"
+    ):
+        wrong.check_images(mnist_sample.test, SimpleNamespace(data="data/x"))  # type: ignore[arg-type]
