@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import torch
@@ -22,8 +18,6 @@ from neuralcleanse import (
     load_dataset,
     train_recipe,
 )
-
-T = TypeVar("T")
 
 #: at most this many test processes (pytest-xdist's ``-n auto``): each trains its own session models
 MAX_WORKERS = 4
@@ -60,108 +54,40 @@ def mnist_sample() -> DatasetSplits:
     return load_dataset("mnist-sample")
 
 
-def _shared(factory: pytest.TempPathFactory, name: str, make: Callable[[], T], kind: type[T]) -> T:
-    """A session fixture's value made once for every test process: under pytest-xdist the first process
-    to ask makes and saves it (under a file lock), the others load it; every process, the maker
-    included, uses the saved and loaded value, so all see the same one. Without xdist: ``make()``."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return make()
-    from filelock import FileLock
-
-    path = factory.getbasetemp().parent / "shared" / name
-    path.parent.mkdir(exist_ok=True)
-    with FileLock(f"{path}.lock"):
-        if not path.exists():
-            value = make()
-            if isinstance(value, DetectionReport):
-                value.save(path, images=False)
-                if value.example is not None:  # the clean image of the stamped PNGs
-                    torch.save(value.example, f"{path}.example.pt")
-            else:
-                assert isinstance(value, ModelBundle)
-                value.save(path)
-    if kind is DetectionReport:
-        report = DetectionReport.load(path)
-        example = Path(f"{path}.example.pt")
-        if example.exists():
-            report = dataclasses.replace(report, example=torch.load(example, weights_only=True))
-        return report  # type: ignore[return-value]
-    return nc.load_model_dir(path)  # type: ignore[return-value]
+@pytest.fixture(scope="session")
+def clean_model(mnist_sample: DatasetSplits) -> ModelBundle:
+    return train_recipe(Recipe(training=FAST), data=mnist_sample, device="cpu")
 
 
 @pytest.fixture(scope="session")
-def clean_model(mnist_sample: DatasetSplits, tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return _shared(
-        tmp_path_factory,
-        "clean_model",
-        lambda: train_recipe(Recipe(training=FAST), data=mnist_sample, device="cpu"),
-        ModelBundle,
-    )
-
-
-@pytest.fixture(scope="session")
-def badnets_model(mnist_sample: DatasetSplits, tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+def badnets_model(mnist_sample: DatasetSplits) -> ModelBundle:
     recipe = Recipe(training=FAST, attack=BadNets(target=0, poison_rate=0.1))
-    return _shared(
-        tmp_path_factory,
-        "badnets_model",
-        lambda: train_recipe(recipe, data=mnist_sample, device="cpu"),
-        ModelBundle,
-    )
+    return train_recipe(recipe, data=mnist_sample, device="cpu")
 
 
 @pytest.fixture(scope="session")
-def badnets_report(
-    badnets_model: ModelBundle, mnist_sample: DatasetSplits, tmp_path_factory: pytest.TempPathFactory
-) -> DetectionReport:
-    return _shared(
-        tmp_path_factory,
-        "badnets_report",
-        lambda: nc.scan(badnets_model.model, mnist_sample.test, seed=0),
-        DetectionReport,
-    )
+def badnets_report(badnets_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    return nc.scan(badnets_model.model, mnist_sample.test, seed=0)
 
 
 @pytest.fixture(scope="session")
-def clean_report(
-    clean_model: ModelBundle, mnist_sample: DatasetSplits, tmp_path_factory: pytest.TempPathFactory
-) -> DetectionReport:
-    return _shared(
-        tmp_path_factory,
-        "clean_report",
-        lambda: nc.scan(clean_model.model, mnist_sample.test, seed=0),
-        DetectionReport,
-    )
+def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+    return nc.scan(clean_model.model, mnist_sample.test, seed=0)
 
 
 @pytest.fixture(scope="session")
-def clean_report_full(
-    clean_model: ModelBundle, mnist_sample: DatasetSplits, tmp_path_factory: pytest.TempPathFactory
-) -> DetectionReport:
+def clean_report_full(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
     """The clean model scanned with every label to the end: a scan that can serve as a reference."""
-    return _shared(
-        tmp_path_factory,
-        "clean_report_full",
-        lambda: nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False),
-        DetectionReport,
-    )
+    return nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False)
 
 
 @pytest.fixture(scope="session")
 def relative_report(
-    badnets_model: ModelBundle,
-    mnist_sample: DatasetSplits,
-    clean_report_full: DetectionReport,
-    tmp_path_factory: pytest.TempPathFactory,
+    badnets_model: ModelBundle, mnist_sample: DatasetSplits, clean_report_full: DetectionReport
 ) -> DetectionReport:
     """The BadNets model scanned against the clean model's full scan as a trusted reference, on six
     labels (each label's optimisation is its own: the others would only add time)."""
     reference = nc.Reference.from_reports([clean_report_full])
-    return _shared(
-        tmp_path_factory,
-        "relative_report",
-        lambda: nc.scan(
-            badnets_model.model, mnist_sample.test, seed=0, reference=reference, scan_labels=RELATIVE_LABELS
-        ),
-        DetectionReport,
+    return nc.scan(
+        badnets_model.model, mnist_sample.test, seed=0, reference=reference, scan_labels=RELATIVE_LABELS
     )
