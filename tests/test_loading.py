@@ -498,9 +498,10 @@ def test_a_wrong_input_range_is_noticed_behind_a_softmax_too(
     test, cpu = mnist_sample.test, torch.device("cpu")
     for scale, noticed in ((1.0, False), (255.0, True)):
         pre = Preprocessing(scale=scale)
-        loaded = LoadedModel(pre.wrap(softmax, channels=1), softmax, "export", Path("m.pt2"), "0", pre)
+        loaded = LoadedModel(pre.wrap(softmax, channels=1).eval(), softmax, "export", Path("m.pt2"), "0", pre)
         note = loaded.range_note(test.images, test.labels, device=cpu)
         assert (note is not None) == noticed, note
+        assert not softmax.training  # the check leaves the network in eval mode
 
 
 def test_a_program_torch_cannot_rebuild_is_one_line_naming_why(

@@ -91,7 +91,9 @@ class LoadedModel:
     def with_preprocessing(self, pre: Preprocessing, *, channels: int) -> nn.Module:
         """The loaded network behind another preprocessing than the declared one (to compare them)."""
         net = FixedBatchModel(self.network, self.static_batch) if self.static_batch else self.network
-        return pre.wrap(net, channels=channels)
+        # in eval mode like the network: a new wrapper is in training mode, which frozen_eval would restore
+        # onto the whole network after the block (a BatchNorm network would then scan in training mode)
+        return pre.wrap(net, channels=channels).eval()
 
     def range_note(self, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device) -> str | None:
         """A note when the other input range (0-1 against 0-255) fits the model clearly better on labelled
