@@ -3,6 +3,7 @@ gets to run code on load."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import pickle
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import neuralcleanse as nc
+from neuralcleanse.detection import DetectionReport
 from neuralcleanse.errors import ModelError, SettingsError
 from neuralcleanse.models.loading import load_model, sniff_format
 from neuralcleanse.models.preprocess import FixedBatchModel, Preprocessing
@@ -487,6 +489,36 @@ def test_a_wrong_input_range_is_noticed_on_the_clean_images(
     assert note is not None and "better with input range 0-1 than with the declared 0-255" in note
     # the argmax alone would not have told: the model is still right on most images fed 0-255
     assert float((nc.metrics.predict(wrong.model, test.images) == test.labels).float().mean()) > 0.5
+
+
+def test_the_api_scan_checks_a_loaded_models_input_range(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits, tmp_path: Path
+) -> None:
+    # nc.scan on a LoadedModel runs the same check as the command line, records it with the model, and
+    # notes it; a short scan is enough to see that (its verdict is not what is tested here)
+    path = badnets_model.save(tmp_path / "m").path
+    assert path is not None
+    test = mnist_sample.test
+    wrong = load_model(path, preprocessing=Preprocessing(scale=255.0))
+    report = nc.scan(
+        wrong, test.images[:300], test.labels[:300], samples=100, max_steps=2, scan_labels=[0, 1]
+    )
+    doubt = report.model.get("input_range_doubt")
+    assert doubt and "better with input range 0-1 than with the declared 0-255" in doubt
+    assert doubt in report.notes and report.model["path"] == str(path)
+    right = nc.scan(
+        load_model(path), test.images[:300], test.labels[:300], samples=100, max_steps=2, scan_labels=[0, 1]
+    )
+    assert "input_range_doubt" not in right.model
+
+
+def test_a_doubted_input_range_makes_the_evidence_weak(badnets_report: DetectionReport) -> None:
+    assert badnets_report.verdict == "backdoored"
+    assert "strong evidence" in badnets_report.summary()
+    doubted = dataclasses.replace(badnets_report, model={**badnets_report.model, "input_range_doubt": "x"})
+    summary = doubted.summary()
+    assert summary.startswith("BACKDOORED: label 0") and "strong evidence" not in summary
+    assert "weak evidence: the model fits the clean images far better with the other input range" in summary
 
 
 def test_a_wrong_input_range_is_noticed_behind_a_softmax_too(

@@ -192,7 +192,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         "keep_checkpoint": True,
         "extra_notes": [*loaded.notes, *([fit] if fit else [])],
         "data_info": data_info,
-        "model_info": loaded.describe(),
+        "model_info": {**loaded.describe(), **({"input_range_doubt": fit} if fit else {})},
     }
     report: DetectionReport
     try:

@@ -367,6 +367,20 @@ class DetectionReport:
     def anomaly_index(self) -> dict[int, float]:
         return {r.label: r.anomaly_index for r in self.labels}
 
+    def evidence(self) -> str | None:
+        """How strong the verdict's evidence is, as a clause (the statistic's own measure), or ``None``.
+        A scan whose model fitted its clean images far better with the other input range (0-1 against
+        0-255: ``model["input_range_doubt"]``) has weak evidence whatever the norms say: its triggers
+        were optimised in the wrong units."""
+        doubt = self.model.get("input_range_doubt")
+        if doubt and self.verdict in ("backdoored", "clean"):
+            return (
+                "weak evidence: the model fits the clean images far better with the other input range "
+                "(see the notes), so the triggers may have been optimised in the wrong units; check "
+                "--input-range and scan again"
+            )
+        return self.outlier_statistic.strength(self)
+
     def summary(self) -> str:
         """One sentence for people."""
         if self.verdict == "backdoored":
@@ -375,10 +389,10 @@ class DetectionReport:
                 f"{self.outlier_statistic.versus(self, r)}"
                 for r in sorted((self.label(k) for k in self.flagged), key=lambda r: r.l1_norm)
             )
-            strength = self.outlier_statistic.strength(self)
+            strength = self.evidence()
             return f"BACKDOORED: {parts}" + (f"; {strength}" if strength else "")
         if self.verdict == "clean":
-            strength = self.outlier_statistic.strength(self)
+            strength = self.evidence()
             return f"clean: {self.outlier_statistic.clean_reason(self)}" + (
                 f"; {strength}" if strength else ""
             )

@@ -22,6 +22,7 @@ from ..errors import DataError, SettingsError, first_line
 from ..fingerprint import fingerprints, tensor_fingerprint
 from ..metrics import check_rows, predict
 from ..models.adapt import describe_outputs
+from ..models.loading import LoadedModel
 from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
 from ..triggers import Trigger
@@ -982,6 +983,14 @@ def scan(
     notes = list(getattr(model, "notes", []))
     if not isinstance(images, (torch.Tensor, ImageDataset)):
         images, labels = _collect_batches(images)
+    model_info = None
+    if isinstance(model, LoadedModel):  # a loaded file: record it, and check its declared input range
+        model_info = model.describe()
+        doubt = _range_doubt(model, images, labels, torch.device(device))
+        if doubt is not None:
+            log.warning("%s", doubt)
+            notes.append(doubt)
+            model_info["input_range_doubt"] = doubt
     nc = NeuralCleanse(
         net,
         settings=cfg,
@@ -1002,7 +1011,21 @@ def scan(
         class_names=class_names,
         progress=progress,
         extra_notes=notes,
+        model_info=model_info,
     )
+
+
+def _range_doubt(
+    model: LoadedModel, images: torch.Tensor | ImageDataset, labels: torch.Tensor | None, device: torch.device
+) -> str | None:
+    """:meth:`LoadedModel.range_note` on the labelled clean images, if they fit the model as given (images
+    the scan must first convert, or without labels, are not checked here; the scan says what is wrong)."""
+    x, y = (images.images, images.labels) if isinstance(images, ImageDataset) else (images, labels)
+    if y is None or x.ndim != 4 or not x.is_floating_point() or len(y) != len(x):
+        return None
+    if model.input_shape is not None and tuple(x.shape[1:]) != tuple(model.input_shape):
+        return None
+    return model.range_note(x, y, device=device)
 
 
 def _settings_record(settings: ReverseSettings) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
 
 def _strength(report: DetectionReport) -> str:
     """The statistic's strength of evidence as a sentence of the verdict, or nothing."""
-    strength = report.outlier_statistic.strength(report)
+    strength = report.evidence()
     return f" <i>{html.escape(strength[:1].upper() + strength[1:])}.</i>" if strength else ""
 
 
