@@ -582,6 +582,9 @@ def test_manifests_csv_and_jsonl(tmp_path: Path) -> None:
         "/abs/n.py:N",
     ]
     assert d.options == {"labels": "0,3", "references": (tmp_path / "r",), "output_key": "0"}
+    # a JSON number that is a whole number is an index, as 0 is
+    jsonl.write_text('{"path": "e.pt2", "output_key": 0.0}\n{"path": "f.pt2", "output_key": "logits"}\n')
+    assert [e.options["output_key"] for e in read_manifest(jsonl)] == ["0", "logits"]
     refused = [
         (csv, "path,colour\na.pt2,red\n", "unknown column 'colour'"),
         (csv, "name\nx\n", "no path column"),
@@ -596,6 +599,8 @@ def test_manifests_csv_and_jsonl(tmp_path: Path) -> None:
         (jsonl, '{"path": "a.pt2", "mean": []}\n', r"line 1: mean must be numbers like 0.5,0.5,0.5 .*, got \[\]"),
         (jsonl, '{"path": "a.pt2", "labels": [1.5]}\n', r"line 1: labels must be labels like 0,3,5 .*, got \[1.5\]"),
         (jsonl, '{"path": "a.pt2", "input_shape": [1, true, 28]}\n', "line 1: input_shape must be CxHxW"),
+        (jsonl, '{"path": "a.pt2", "output_key": 1.5}\n', "line 1: output_key must be an integer, got '1.5'"),
+        (jsonl, '{"path": "a.pt2", "output_key": -1}\n', "line 1: --output-key -1: give the index counted from 0"),
     ]  # fmt: skip
     for manifest, text, message in refused:
         manifest.write_text(text)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SettingsError
+from ..models.adapt import parse_output
 
 __all__ = ["ModelEntry", "arch_file", "read_manifest", "MANIFEST_SUFFIXES", "COLUMNS"]
 
@@ -136,6 +137,21 @@ def _integer(value: Any, where: str, column: str, base: Path) -> int:
         raise SettingsError(f"{where}: {column} must be an integer, got {text!r}") from None
 
 
+def _output_key(value: Any, where: str, column: str, base: Path) -> str:
+    """An output's index (a number of a JSON/YAML manifest, ``0.0`` included, is one) or a dict key,
+    checked here so a bad one names its row before any model is scanned."""
+    if isinstance(value, bool):
+        raise SettingsError(f"{where}: {column} must be an index (0) or a key (logits), got {value!r}")
+    if isinstance(value, (int, float)):
+        value = _integer(value, where, column, base)
+    text = _text(value, where, column)
+    try:
+        parse_output(text)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+    return text
+
+
 def _flag(value: Any, where: str, column: str, base: Path) -> bool:
     if isinstance(value, bool):
         return value
@@ -160,7 +176,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Any, str, str, Path], Any]]] = {
     "arch": ("arch", _arch),
     "arch_kwargs": ("arch_kwargs", _json_object),
     "allow_torchscript": ("allow_torchscript", _flag),
-    "output_key": ("output_key", _plain),
+    "output_key": ("output_key", _output_key),
     "input_shape": ("input_shape", _shape),
     "input_range": ("input_range", _choice("0-1", "0-255")),
     "mean": ("mean", _numbers),
