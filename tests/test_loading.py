@@ -414,7 +414,7 @@ def test_several_outputs_are_named_and_one_is_chosen_with_output(
         nc.scan(other.model, X, samples=None, max_steps=1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 def test_a_program_in_another_float_type_gets_cast_images(tmp_path: Path, dtype: torch.dtype) -> None:
     net = _tiny().to(dtype)
     path = tmp_path / "p.pt2"
@@ -425,6 +425,8 @@ def test_a_program_in_another_float_type_gets_cast_images(tmp_path: Path, dtype:
     loaded = load_model(path)
     out = loaded.model(X)
     assert out.dtype == torch.float32 and any(str(dtype).removeprefix("torch.") in n for n in loaded.notes)
+    # float16 is emulated on most CPUs: the note says to expect a slow scan
+    assert any("several times slower" in n for n in loaded.notes) == (dtype == torch.float16)
     assert torch.allclose(out, net(X.to(dtype)).float(), atol=1e-2)
     assert torch.isfinite(_grad(loaded.model, X)).all()
     as_int = tmp_path / "u8.pt2"  # integer pixels: no gradient reaches them
@@ -471,6 +473,8 @@ def test_a_repaired_program_keeps_its_outputs_and_input_type(tmp_path: Path) -> 
     assert main(wrong) == 1 and not (tmp_path / "v").exists()
     args = [str(path), *report, "--method", "prune"]
     assert main(["mitigate", *args, "--out", str(tmp_path / "m")]) == 0
+    notes = json.loads((tmp_path / "m" / "mitigation.json").read_text())["notes"]
+    assert any("runs in bfloat16: images are cast to it" in n for n in notes)  # the loader's note too
     program = torch.export.load(tmp_path / "m" / "model.pt2")
     out = program.module()(example[0])
     assert isinstance(out, tuple) and len(out) == 2 and out[0].dtype == torch.bfloat16

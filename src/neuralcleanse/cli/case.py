@@ -93,7 +93,7 @@ class Case:
         return dataclasses.replace(
             result,
             model_fingerprint=self.report.model.get("fingerprint"),
-            notes=[*unflagged, *result.notes, *self.real_notes()],
+            notes=[*unflagged, *self.loaded.notes, *result.notes, *self.real_notes()],
         )
 
     def real_notes(self) -> list[str]:

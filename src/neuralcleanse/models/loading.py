@@ -378,8 +378,14 @@ def load_model(
         if info.dtype is not None:
             network = InputCast(network, info.dtype)
             kind = str(info.dtype).removeprefix("torch.")
+            slow = (
+                "; float16 arithmetic is emulated on most CPUs, so expect the scan to be several times "
+                "slower than in float32 there (a GPU runs it natively: --device cuda)"
+                if info.dtype == torch.float16
+                else ""
+            )
             notes.append(
-                f"the exported program runs in {kind}: images are cast to it, its scores back to float32"
+                f"the exported program runs in {kind}: images are cast to it, its scores back to float32{slow}"
             )
         if info.input_shape is not None:
             if shape is not None and tuple(shape) != info.input_shape:
