@@ -3,12 +3,14 @@ gets to run code on load."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -412,6 +414,43 @@ def test_several_outputs_are_named_and_one_is_chosen_with_output(
         nc.DataError, match=f"--output-key {wrong if not as_dict else repr(wrong)}: the model"
     ):
         nc.scan(other.model, X, samples=None, max_steps=1)
+
+
+class _NamedOutputs(nn.Module):
+    """Class scores in a named tuple, and features nested in a dict beside them."""
+
+    Out = collections.namedtuple("Out", "features logits")
+
+    def __init__(self, *, nested: bool) -> None:
+        super().__init__()
+        self.nested = nested
+        self.net = _TwoOutputs(as_dict=False)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        logits, z = self.net(x)
+        return {"heads": (z, {"cls": logits})} if self.nested else self.Out(z, logits)
+
+
+def test_outputs_are_chosen_by_field_name_and_by_path() -> None:
+    from neuralcleanse.models.adapt import OutputPick, describe_outputs, parse_output
+
+    named, nested = _NamedOutputs(nested=False).eval(), _NamedOutputs(nested=True).eval()
+    scores = named.net(X)[0]
+    assert "features: (7, 400), logits: (7, 5)" in describe_outputs(named(X))
+    for net, key in ((named, "logits"), (named, "1"), (nested, "heads.1.cls")):
+        assert torch.allclose(OutputPick(net, parse_output(key))(X), scores)
+    for net, key, message in (
+        (
+            named,
+            "scores",
+            r"'scores': the model returns 2 outputs \(indices 0-1; by name: features, logits\)",
+        ),
+        (nested, "heads.2", r"'heads.2': output 'heads' returns 2 outputs \(indices 0-1\), not '2'"),
+        (nested, "heads.0.x", r"'heads.0.x': output 'heads.0' returns a Tensor, with no outputs .*, not 'x'"),
+        (nested, "heads", r"'heads': that output is a tuple, not a tensor"),
+    ):
+        with pytest.raises(nc.DataError, match=message):
+            OutputPick(net, parse_output(key))(X)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])

@@ -278,8 +278,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--output-key",
-        help="For a network that returns several outputs (a tuple, a dict): the index (0) or key (logits) "
-        "of the class scores.",
+        help="For a network that returns several outputs (a tuple, a dict, a named tuple): the index (0), "
+        "key or field name (logits) of the class scores, or a dotted path to a nested one (heads.1.cls).",
     ),
     click.option("--input-shape", help="CxHxW the network takes, if the file does not say (e.g. 3x32x32)."),
     click.option(

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import DataError, SettingsError
 
-__all__ = ["OutputPick", "InputCast", "parse_output", "describe_outputs", "FLOAT_INPUTS"]
+__all__ = ["OutputPick", "InputCast", "parse_output", "pick_output", "describe_outputs", "FLOAT_INPUTS"]
 
 #: input types of a program that images can be cast to (gradients flow through the cast)
 FLOAT_INPUTS = (torch.float64, torch.bfloat16, torch.float16)
@@ -34,7 +34,11 @@ def parse_output(value: int | str) -> int | str:
 def describe_outputs(out: Any) -> str:
     """What a model returned that is not one tensor, for an error that says how to choose."""
     if isinstance(out, (tuple, list)):
-        parts = ", ".join(_shape(v) for v in out[:6])
+        fields = getattr(out, "_fields", None)
+        parts = ", ".join(
+            f"{name}: {_shape(v)}" if fields else _shape(v)
+            for name, v in zip(fields or [""] * len(out), out[:6], strict=False)
+        )
         return (
             f"a {type(out).__name__} of {len(out)} outputs ({parts}), not one tensor of class scores: choose "
             "the (N, classes) one by its index, counted from 0, with --output-key (output_key= in the API)"
@@ -64,26 +68,57 @@ class OutputPick(nn.Module):
         return f"output={self.key!r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.module(x)
-        key = self.key
-        if isinstance(out, (tuple, list)) and isinstance(key, int):
-            if not 0 <= key < len(out):
-                raise DataError(
-                    f"--output-key {key}: the model returns {len(out)} outputs (indices 0-{len(out) - 1})"
-                )
-            picked = out[key]
-        elif isinstance(out, dict) and isinstance(key, str):
-            if key not in out:
-                raise DataError(f"--output-key {key!r}: the model's outputs are {', '.join(map(repr, out))}")
-            picked = out[key]
-        elif isinstance(out, torch.Tensor):
-            raise DataError(f"--output-key {key!r}: the model returns one tensor; leave --output-key out")
-        else:
-            kind = "an index" if isinstance(out, (tuple, list)) else "a key"
-            raise DataError(f"--output-key {key!r}: the model returns a {type(out).__name__}: give {kind}")
+        picked = pick_output(self.module(x), self.key)
         if not isinstance(picked, torch.Tensor):
-            raise DataError(f"--output-key {key!r}: that output is a {type(picked).__name__}, not a tensor")
+            raise DataError(
+                f"--output-key {self.key!r}: that output is a {type(picked).__name__}, not a tensor"
+            )
         return picked
+
+
+def pick_output(out: Any, key: int | str) -> Any:
+    """The output ``key`` names in what a network returned: an index into a tuple or list, a key of a
+    dict, a field of a named tuple, or a dotted path through nested outputs (``aux.0``, ``1.logits``) when
+    no output has the whole key as its name."""
+    if isinstance(out, torch.Tensor):
+        raise DataError(f"--output-key {key!r}: the model returns one tensor; leave --output-key out")
+    step = _step(out, key)
+    if step is not None:
+        return step
+    if isinstance(key, str) and "." in key:
+        value, path = out, list[str]()
+        for part in key.split("."):
+            inner = _step(value, parse_output(part)) if part.strip() else None
+            if inner is None:
+                where = f"output {'.'.join(path)!r}" if path else "the model"
+                raise DataError(f"--output-key {key!r}: {where} returns {_names(value)}, not {part!r}")
+            value = inner
+            path.append(part)
+        return value
+    raise DataError(f"--output-key {key!r}: the model returns {_names(out)}")
+
+
+def _step(out: Any, key: int | str) -> Any:
+    """``out[key]`` (or the named tuple's field ``key``) when there is one, else ``None``."""
+    if isinstance(out, (tuple, list)):
+        if isinstance(key, int):
+            return out[key] if 0 <= key < len(out) else None
+        fields = getattr(out, "_fields", ())
+        return getattr(out, key) if key in fields else None
+    if isinstance(out, dict):
+        return out.get(key if key in out else str(key))
+    return None
+
+
+def _names(out: Any) -> str:
+    """What can be chosen in ``out``, for an error."""
+    if isinstance(out, (tuple, list)):
+        fields = getattr(out, "_fields", ())
+        named = f"; by name: {', '.join(fields)}" if fields else ""
+        return f"{len(out)} outputs (indices 0-{len(out) - 1}{named})"
+    if isinstance(out, dict):
+        return f"the outputs {', '.join(map(repr, out))}"
+    return f"a {type(out).__name__}, with no outputs to choose from"
 
 
 class InputCast(nn.Module):
