@@ -178,6 +178,42 @@ def test_gtsrb_round_trip(tmp_path: Path) -> None:
     assert sorted(train.labels.tolist()) == sorted(ytr.tolist())
 
 
+def test_data_folders_read_nothing_outside_themselves(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(_rgb(1)[0]).save(outside / "secret.ppm")
+    Image.fromarray(_rgb(1)[0]).save(outside / "secret.png")
+    # a GTSRB annotation naming a file by '..' or by an absolute path
+    for name in ("../../../outside/secret.ppm", str(outside / "secret.ppm")):
+        root = write_gtsrb(
+            tmp_path / f"g{len(name)}", (_rgb(2), np.array([1, 2])), (_rgb(2), np.array([1, 2]))
+        )
+        gt = root / "Final_Test" / "Images" / "GT-final_test.csv"
+        gt.write_text(gt.read_text() + f"{name};32;32;0;0;32;32;3\n")
+        with pytest.raises(
+            DataError, match=r"the image .*secret.ppm' listed in GT-final_test.csv leads outside"
+        ):
+            load_images(root)
+    # an image folder with an image, or a whole class folder, linked from elsewhere
+    _write_folder(tmp_path / "f", ["a", "b"], 2)
+    (tmp_path / "f" / "a" / "link.png").symlink_to(outside / "secret.png")
+    with pytest.raises(DataError, match=r"link.png: the image leads outside"):
+        load_images(tmp_path / "f")
+    (tmp_path / "f" / "a" / "link.png").unlink()
+    (tmp_path / "f" / "c").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError, match=r"f/c: the class folder leads outside"):
+        load_images(tmp_path / "f")
+    (tmp_path / "f" / "c").unlink()
+    (tmp_path / "f" / "a" / "inner.png").symlink_to(tmp_path / "f" / "b" / "000.png")  # inside: fine
+    assert len(load_images(tmp_path / "f")) == 5
+    # CIFAR class names from a linked file
+    write_cifar_binary(tmp_path / "c10" / "test_batch.bin", _rgb(3), np.array([0, 1, 2]))
+    (outside / "names.txt").write_text("root:x:0:0\n" * 10)
+    (tmp_path / "c10" / "batches.meta.txt").symlink_to(outside / "names.txt")
+    with pytest.raises(DataError, match=r"batches.meta.txt: the class names file leads outside"):
+        load_images(tmp_path / "c10")
+
+
 def test_gtsrb_missing_annotations(tmp_path: Path) -> None:
     (tmp_path / "g" / "Final_Training" / "Images" / "00000").mkdir(parents=True)
     with pytest.raises(DataError, match="GT-00000.csv missing"):

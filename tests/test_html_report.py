@@ -132,6 +132,30 @@ def test_broken_result_directories_give_one_line_errors(
     assert not list(tmp_path.glob("**/report.html"))
 
 
+def test_a_scan_folder_linking_outside_itself_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a scan folder is read by report, validate and mitigate: a picture or trigger file that is a link to
+    # a file elsewhere would carry that file's bytes into the page (or the work)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not the scan's")
+    for linked in ("images/example.png", "triggers/label_0003.safetensors"):
+        scan = tmp_path / f"scan-{linked.split('/')[0]}"
+        _report(10, {3: 5.0}).save(scan)
+        (scan / linked).unlink()
+        (scan / linked).symlink_to(secret)
+        assert main(["report", str(scan)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"leads outside {scan}" in err, err
+        assert not (scan / "report.html").exists()
+    inner = tmp_path / "scan-ok"  # a link inside the folder is fine
+    _report(10, {3: 5.0}).save(inner)
+    (inner / "images" / "copy.png").write_bytes((inner / "images" / "example.png").read_bytes())
+    (inner / "images" / "example.png").unlink()
+    (inner / "images" / "example.png").symlink_to(inner / "images" / "copy.png")
+    assert main(["report", str(inner)]) == 0
+
+
 def test_report_relative_to_a_reference(tmp_path: Path) -> None:
     import dataclasses
 

@@ -66,6 +66,9 @@ def test_gzip_is_detected_from_content_not_name(tmp_path: Path) -> None:
         (bytes([0, 0, 0x08, 3, 0, 0]), "truncated dimensions"),
         (bytes([0, 0, 0x08, 1, 0, 0, 0, 9, 1, 2, 3]), "header says"),
         (b"\x1f\x8b\x08\x00garbage", "corrupt gzip"),
+        # four dimensions of 65536: their product overflowed a 64-bit count to 0, which an empty body met
+        (bytes([0, 0, 0x08, 4]) + bytes([0, 1, 0, 0]) * 4, r"= 18446744073709551616 bytes of data, found 0"),
+        (bytes([0, 0, 0x08, 100]) + bytes([0, 0, 0, 1]) * 100 + b"\x00", "100 dimensions"),
     ],
 )
 def test_corrupt_idx_files_raise_one_line_errors(tmp_path: Path, payload: bytes, message: str) -> None:
@@ -108,8 +111,29 @@ def test_fashion_loader_reads_any_directory_and_names_missing_files(tmp_path: Pa
 def test_label_count_mismatch_is_reported(tmp_path: Path) -> None:
     _fake_mnist_dir(tmp_path)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(3, dtype=np.uint8))
-    with pytest.raises(DataError, match="do not match labels"):
+    with pytest.raises(DataError, match="12 train images but 3 labels"):
         load_idx_directory(tmp_path, name="fake", class_names=tuple("abcdefghij"))
+
+
+def test_idx_images_of_other_types_keep_their_values_or_are_refused(tmp_path: Path) -> None:
+    _fake_mnist_dir(tmp_path, n_test=4)
+    rng = np.random.default_rng(0)
+    floats = rng.random((4, 28, 28)).astype(np.float32)  # pixels in [0, 1], as a float IDX file holds them
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", floats)
+    test = load_idx_split(tmp_path, "test", name="fake", class_names=tuple("abcdefghij"))
+    np.testing.assert_allclose(test.images[:, 0].numpy(), floats, atol=1e-7)
+    wide = (floats * 255).astype(np.int32)  # 0-255 in a wider integer type
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", wide)
+    test = load_idx_split(tmp_path, "test", name="fake", class_names=tuple("abcdefghij"))
+    np.testing.assert_allclose(test.images[:, 0].numpy(), wide / 255.0, atol=1e-6)
+    for bad, message in (
+        (np.where(floats > 0.5, np.nan, floats), "NaN or infinite values"),
+        (floats * 1000, r"pixel values run from 0\.19\d* to 999\.\d+, neither 0-1 nor 0-255"),
+        (floats.reshape(4, -1)[:, 0].copy(), r"shape \(4,\); IDX images are \(count, height, width\)"),
+    ):
+        write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", bad)
+        with pytest.raises(DataError, match=message):
+            load_idx_split(tmp_path, "test", name="fake", class_names=tuple("abcdefghij"))
 
 
 @pytest.mark.skipif(

@@ -141,6 +141,45 @@ def test_lambda_layer_is_refused_before_keras_sees_it(
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
+def test_a_lambda_activation_is_refused_before_keras_sees_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a plain Python function as an activation: Keras dumps its bytecode with no class name at all
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("NC_MARKER", str(marker))
+    inp = keras.Input((28, 28, 1))
+    x = keras.layers.Dense(10)(keras.layers.Flatten()(inp))
+    act = keras.layers.Activation(lambda t: (open(os.environ["NC_MARKER"], "w").close(), t)[1])(x)
+    path = tmp_path / "act.keras"
+    keras.Model(inp, act).save(path)
+    marker.unlink(missing_ok=True)  # building the model ran the lambda
+    code = main(["scan", str(path), "--dataset", "mnist-sample", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "refused: the config holds a Python function's bytecode" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_keras_model_with_two_heads_is_scanned_on_the_one_chosen(
+    keras_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    infected = keras.saving.load_model(keras_files["keras"], compile=False)
+    aux = keras.layers.Dense(1, name="aux")(infected.layers[-2].output)
+    for outputs, key in (([infected.output, aux], "0"), ({"logits": infected.output, "aux": aux}, "logits")):
+        path = tmp_path / f"heads-{key}.keras"
+        keras.Model(infected.input, outputs).save(path)
+        common = ["--data", str(keras_files["data"]), "--input-range", "0-255", "--samples", "100"]
+        out = tmp_path / f"s-{key}"
+        assert main(["scan", str(path), *common, "--max-steps", "2", "--out", str(out)]) == 1  # which one?
+        assert "--output-key" in capsys.readouterr().err and not out.exists()
+        loaded = load_model(path, output_key=key)
+        x = torch.rand(3, 1, 28, 28, requires_grad=True)
+        scores = loaded.model(x)
+        assert scores.shape == (3, 10)
+        (grad,) = torch.autograd.grad(scores[:, 0].sum(), x)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_keras_archive_members_and_foreign_modules(keras_files: dict[str, Path], tmp_path: Path) -> None:
     src = keras_files["keras"]
     extra = tmp_path / "extra.keras"

@@ -23,7 +23,22 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "check_writable_parent",
+    "inside",
 ]
+
+
+def inside(root: str | os.PathLike[str], path: str | os.PathLike[str], *, what: str) -> Path:
+    """``path`` when it lies inside ``root`` once symbolic links are followed (what a file names, a link
+    in a folder); otherwise a one-line :class:`DataError`: a data folder, a scan folder or an annotation
+    file may not make the tool read files elsewhere (``..``, an absolute path, a link out)."""
+    p = Path(path)
+    try:
+        real, base = p.resolve(), Path(root).resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop
+        raise DataError(f"{p}: {what} cannot be resolved ({exc})") from None
+    if not real.is_relative_to(base):
+        raise DataError(f"{p}: {what} leads outside {root} (to {real}): refused")
+    return p
 
 
 def _umask() -> int:

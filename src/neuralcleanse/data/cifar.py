@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, inside
 from ..errors import DataError
 from .convert import arrays_to_dataset
 from .dataset import ImageDataset
@@ -99,12 +99,16 @@ def load_cifar(
         missing = [f for f in files if not f.is_file()]
         if missing or not files:
             raise DataError(f"{missing[0] if missing else r}: CIFAR {split} batch not found")
+    if r.is_dir():  # a folder's files and links stay inside it
+        files = [inside(base, f, what="the CIFAR batch") for f in files]
+    meta = "batches.meta.txt" if kind == "cifar10" else "fine_label_names.txt"
+    names_file = inside(base, base / meta, what="the class names file")
     if kind == "cifar10":
         parts = [_read_batch(f, 1, False) for f in files]
-        names = _names(base / "batches.meta.txt", CIFAR10_CLASSES)
+        names = _names(names_file, CIFAR10_CLASSES)
     else:
         parts = [_read_batch(f, 2, True) for f in files]
-        names = _names(base / "fine_label_names.txt", [str(i) for i in range(100)])
+        names = _names(names_file, [str(i) for i in range(100)])
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     names = list(class_names) if class_names else names

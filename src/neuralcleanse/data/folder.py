@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import inside
 from ..errors import DataError
 from .convert import (
     IMAGE_SUFFIXES,
@@ -36,17 +37,19 @@ def folder_classes(root: Path) -> list[str]:
     return sorted(dirs)
 
 
-def _class_images(folder: Path) -> list[Path]:
+def _class_images(root: Path, folder: Path) -> list[Path]:
     """The image files of one class folder, its subfolders included (``cat/indoor/1.png``), sorted by
     path. Hidden files and folders are skipped (macOS writes ``._name.png`` metadata beside each file);
-    linked folders are not followed, so the walk stays inside the class folder."""
+    linked subfolders are not followed, and a class folder or image that is a link out of ``root`` is
+    refused (:func:`~neuralcleanse._io.inside`), so nothing outside the data folder is read."""
+    inside(root, folder, what="the class folder")
     files: list[Path] = []
     for here, dirs, names in os.walk(folder, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in names:
             p = Path(here) / name
             if p.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and p.is_file():
-                files.append(p)
+                files.append(inside(root, p, what="the image"))
     return sorted(files)
 
 
@@ -92,7 +95,7 @@ def load_image_folder(
     channels = input_shape[0] if input_shape else None
     size = (input_shape[1], input_shape[2]) if input_shape else None
     for folder in folders:
-        files = _class_images(r / folder)
+        files = _class_images(r, r / folder)
         if not files:
             raise DataError(f"{r / folder}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files[:max_per_class]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_directory
+from .._io import atomic_directory, inside
 from ..errors import DataError
 from .convert import arrays_to_dataset, read_image
 from .dataset import ImageDataset
@@ -42,6 +42,12 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _listed(root: Path, folder: Path, row: dict[str, str], csv_path: Path) -> Path:
+    """The image an annotation row names, which must lie inside the data set's folder."""
+    name = row.get("Filename") or ""
+    return inside(root, folder / name, what=f"the image {name!r} listed in {csv_path.name}")
+
+
 def _rows(root: Path, split: str) -> list[tuple[Path, dict[str, str]]]:
     out: list[tuple[Path, dict[str, str]]] = []
     if split == "train":
@@ -52,7 +58,7 @@ def _rows(root: Path, split: str) -> list[tuple[Path, dict[str, str]]]:
             gt = d / f"GT-{d.name}.csv"
             if not gt.is_file():
                 raise DataError(f"{d}: annotation file GT-{d.name}.csv missing")
-            out += [(d / r["Filename"], r) for r in _read_csv(gt)]
+            out += [(_listed(root, d, r, gt), r) for r in _read_csv(gt)]
     else:
         base = root / "Final_Test" / "Images"
         found = next(
@@ -62,7 +68,7 @@ def _rows(root: Path, split: str) -> list[tuple[Path, dict[str, str]]]:
             raise DataError(
                 f"{root}: test labels GT-final_test.csv not found (in Final_Test/Images or the root)"
             )
-        out = [(base / r["Filename"], r) for r in _read_csv(found)]
+        out = [(_listed(root, base, r, found), r) for r in _read_csv(found)]
     if not out:
         raise DataError(f"{root}: no {split} images listed")
     return out

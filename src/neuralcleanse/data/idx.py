@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -22,6 +23,8 @@ _DTYPES: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+#: the most dimensions an IDX file of images or labels has (count, height, width, channels), with room
+_MAX_DIMS = 8
 _CODES = {np.dtype(v).newbyteorder("=").str: k for k, v in _DTYPES.items()}
 
 
@@ -56,9 +59,13 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"{p}: corrupt IDX header (unknown type code 0x{code:02x})")
     if ndim == 0 or len(data) < 4 + 4 * ndim:
         raise DataError(f"{p}: corrupt IDX header (truncated dimensions)")
+    if ndim > _MAX_DIMS:
+        raise DataError(
+            f"{p}: corrupt IDX header ({ndim} dimensions; images and labels have at most {_MAX_DIMS})"
+        )
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = _DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python integers: no overflow to a small number
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
         raise DataError(

@@ -36,8 +36,28 @@ _IDX_STEMS = {
 }
 
 
-def _to_dataset(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], name: str) -> ImageDataset:
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1).float().div_(255.0)
+def _pixels(images: np.ndarray, where: Path | str) -> torch.Tensor:
+    """``(N, H, W)`` IDX images as float pixels in [0, 1]: bytes are 0-255; other integer types must hold
+    0-255 too, and floating-point ones 0-1 (or 0-255); NaN, infinities and other ranges are refused."""
+    if images.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float().div_(255.0)
+    x = images.astype(np.float64)
+    if x.size and not np.isfinite(x).all():
+        raise DataError(f"{where}: the images hold NaN or infinite values")
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if np.issubdtype(images.dtype, np.floating) and lo >= 0 and hi <= 1:
+        scale = 1.0
+    elif lo >= 0 and hi <= 255:
+        scale = 255.0
+    else:
+        raise DataError(f"{where}: pixel values run from {lo:g} to {hi:g}, neither 0-1 nor 0-255")
+    return torch.from_numpy(x / scale).float().unsqueeze(1)
+
+
+def _to_dataset(
+    images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], name: str, *, where: Path | str = ""
+) -> ImageDataset:
+    x = _pixels(images, where or name)
     y = torch.from_numpy(labels.astype(np.int64))
     return ImageDataset(images=x, labels=y, num_classes=len(classes), class_names=classes, name=name)
 
@@ -86,11 +106,19 @@ def load_idx_split(
         hint = f" (it holds only the {other} split)" if only else ""
         raise DataError(f"{name}: {', '.join(missing)}[.gz] not found in {d}{hint}")
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"{images_path}: {split} images {images.shape} do not match labels {labels.shape}")
+    if images.ndim != 3:
+        raise DataError(
+            f"{images_path}: {split} images have shape {images.shape}; IDX images are (count, height, width)"
+        )
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: {split} labels have shape {labels.shape}; IDX labels are (count,)")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path}: {len(images)} {split} images but {len(labels)} labels")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{labels_path}: labels of type {labels.dtype}, not integers")
     if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise DataError(f"{labels_path}: labels outside [0, {len(class_names)})")
-    return _to_dataset(images, labels, class_names, f"{name}/{split}")
+    return _to_dataset(images, labels, class_names, f"{name}/{split}", where=images_path)
 
 
 def load_idx_directory(

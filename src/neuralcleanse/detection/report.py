@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._io import atomic_directory, atomic_write_json, format_version, read_result
+from .._io import atomic_directory, atomic_write_json, format_version, inside, read_result
 from ..errors import DataError
 from ..triggers import Trigger
 from .outlier import OutlierResult, mad_outlier_test
@@ -464,8 +464,8 @@ class DetectionReport:
             tdir = file.parent / "triggers"
             for r in labels:
                 tfile = tdir / f"label_{r.label:04d}.safetensors"
-                if tfile.exists():
-                    triggers[r.label] = Trigger.load(tfile)
+                if tfile.exists():  # a link out of the scan folder is refused
+                    triggers[r.label] = Trigger.load(inside(file.parent, tfile, what="the trigger file"))
             return cls(
                 verdict=d["verdict"],
                 flagged=[int(x) for x in d["flagged"]],

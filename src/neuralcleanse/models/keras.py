@@ -5,7 +5,8 @@ file (HDF5 with a ``model_config`` attribute) is inspected before Keras sees it:
 
 * the ``.keras`` archive passes :func:`~neuralcleanse.models.archive.open_archive` (names, sizes, native
   code) and an allow-list of its members; Keras loads a re-packed copy;
-* the model's JSON config is walked: a ``Lambda`` layer (it carries Python bytecode) and any object whose
+* the model's JSON config is walked: a ``Lambda`` layer or a plain Python function (a lambda given as an
+  activation: both carry Python bytecode) and any object whose
   ``module`` is not Keras' own (loading it would import that module) are refused;
 * an ``.h5`` file may not link to other files (HDF5 external links or external raw data);
 * Keras then loads it with ``safe_mode=True`` and ``compile=False`` from a private temporary copy (the
@@ -54,7 +55,8 @@ class KerasClassifier(nn.Module):
     """A Keras model taking ``(N, C, H, W)`` images like every other model here.
 
     Shape:
-        input ``(N, C, H, W)``; output whatever the Keras model returns, ``(N, classes)``.
+        input ``(N, C, H, W)``; output whatever the Keras model returns: ``(N, classes)``, or a list or
+        dict of outputs (a model with several heads) of which ``--output-key`` chooses one.
     """
 
     def __init__(self, keras_model: nn.Module, *, channels_last: bool) -> None:
@@ -66,13 +68,13 @@ class KerasClassifier(nn.Module):
         self.training = mode  # Keras layers take `training` per call; ours are always called for inference
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         if self.channels_last:
             x = x.permute(0, 2, 3, 1)
         out = self.keras_model(x, training=False)
-        if not isinstance(out, torch.Tensor):
+        if not isinstance(out, (torch.Tensor, list, tuple, dict)):
             raise ModelError(f"the Keras model returned {type(out).__name__}, not a tensor of class scores")
-        return out
+        return out  # several outputs (a list, a dict) are chosen from with --output-key
 
 
 def _import_keras() -> Any:
@@ -111,11 +113,29 @@ def _check_config(node: Any, source: str) -> None:
             f"{source}: refused: layer {name or cls!r} is a {cls} layer, which carries Python code that "
             "Keras would run"
         )
+    if _is_function_dump(node):
+        raise ModelError(
+            f"{source}: refused: the config holds a Python function's bytecode (a lambda, e.g. as an "
+            "activation), which Keras would run"
+        )
     module = node.get("module")
     if isinstance(module, str) and not (module == "keras" or module.startswith("keras.")):
         raise ModelError(f"{source}: refused: the config names module {module!r}, which Keras would import")
     for value in node.values():
         _check_config(value, source)
+
+
+def _is_function_dump(node: dict[str, Any]) -> bool:
+    """Keras' dump of a plain Python function (a lambda given as an activation or a loss): ``{"value":
+    [marshalled bytecode as base64, defaults, closure]}``, with no class name to recognise it by."""
+    value = node.get("value")
+    return (
+        "class_name" not in node
+        and isinstance(value, (list, tuple))
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and len(value[0]) > 16
+    )
 
 
 def _h5_config(path: Path, data: bytes) -> dict[str, Any]:

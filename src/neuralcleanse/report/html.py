@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._format import pct
-from .._io import atomic_directory, atomic_write_bytes
+from .._io import atomic_directory, atomic_write_bytes, inside
 from ..detection.report import REPORT_FILE, DetectionReport
 from ..errors import DataError, SettingsError
 from ..fingerprint import report_weights_sha256
@@ -140,6 +140,14 @@ def _strip(items: Sequence[tuple[str, bytes]]) -> str:
     return f'<div class="strip">{figs}</div>'
 
 
+def _saved_png(root: Path, path: Path) -> bytes | None:
+    """A picture the scan saved in its folder, or ``None`` when it is not there; a link out of the scan
+    folder is refused (the page would carry another file's bytes)."""
+    if not path.is_file():
+        return None
+    return inside(root, path, what="the scan's picture").read_bytes()
+
+
 def _gallery(report: DetectionReport, root: Path, example: bytes | None) -> str:
     others = [r.label for r in sorted(report.labels, key=lambda r: (not math.isfinite(r.l1_norm), r.l1_norm))
               if r.label not in report.flagged][:GALLERY_OTHERS]  # fmt: skip
@@ -151,16 +159,16 @@ def _gallery(report: DetectionReport, root: Path, example: bytes | None) -> str:
         stem = root / "images" / f"label_{k:04d}"
 
         def png(kind: str, fallback: Any, *, _stem: Path = stem) -> bytes:
-            f = Path(f"{_stem}_{kind}.png")
-            return f.read_bytes() if f.is_file() else png_bytes(fallback)
+            saved = _saved_png(root, Path(f"{_stem}_{kind}.png"))
+            return saved if saved is not None else png_bytes(fallback)
 
         items = [("mask", png("mask", trig.mask)), ("pattern", png("pattern", trig.pattern)),
                  ("mask × pattern", png("fusion", trig.mask[None] * trig.pattern))]  # fmt: skip
         if example is not None:
             items.append(("clean image", example))
-        stamped = Path(f"{stem}_stamped.png")
-        if stamped.is_file():
-            items.append(("stamped", stamped.read_bytes()))
+        stamped = _saved_png(root, Path(f"{stem}_stamped.png"))
+        if stamped is not None:
+            items.append(("stamped", stamped))
         body = _strip(items)
         if k in real:
             t = real[k]
@@ -273,8 +281,7 @@ def render_html(
             estimated=report.estimated,
         )  # fmt: skip
     }
-    example_file = root / "images" / "example.png"
-    example = example_file.read_bytes() if example_file.is_file() else None
+    example = _saved_png(root, root / "images" / "example.png")
     cls, verdict = _verdict(report)
     if not report.outlier_statistic.paper:
         verdict += f"<br><small>Beside it, {html.escape(report.paper_test())}.</small>"
