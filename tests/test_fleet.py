@@ -676,3 +676,16 @@ def test_summary_sorts_and_round_trips(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text('{"format_version": 1')
     with pytest.raises(DataError, match=r"summary.json: cannot read fleet summary \(Expecting"):
         FleetSummary.load(tmp_path)
+
+
+def test_worker_threads_share_the_cores_within_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuralcleanse.fleet import available_cpus, worker_threads
+
+    cores = available_cpus()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert worker_threads(1) == cores and worker_threads(cores * 4) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's per-process limit holds for each worker
+    assert worker_threads(1) == 1
+    for ignored in ("0", "two", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert worker_threads(1) == cores

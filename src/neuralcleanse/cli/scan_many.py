@@ -193,7 +193,8 @@ def _print_table(summary: Any, out: Path, sort: str) -> None:
 @click.option(
     "--threads-per-worker",
     type=int,
-    help="Torch threads of each worker (default with --workers: the CPU cores shared out; without: as set).",
+    help="Torch threads of each worker (default with --workers: the CPU cores shared out, at most "
+    "OMP_NUM_THREADS if set; without: as set).",
 )
 @click.option(
     "--ray", "use_ray", is_flag=True, help="One Ray task per model on a local Ray started for the run."
@@ -247,6 +248,7 @@ def scan_many(
         run_in_process,
         run_processes,
         run_ray,
+        worker_threads,
     )
 
     setup_logging(verbose)
@@ -274,7 +276,7 @@ def scan_many(
         }
         where = f"on Ray ({runner['address']}, {_count(cpus, 'CPU')} per task)"
     elif workers is not None:
-        threads = threads_per_worker or max(1, available_cpus() // workers)
+        threads = threads_per_worker or worker_threads(workers)
         runner = {"backend": "processes", "workers": workers, "threads": threads}
         where = f"in {_count(workers, 'worker process')} of {_count(threads, 'thread')}"
     else:

@@ -8,7 +8,7 @@ per model, failed ones included; :class:`FleetSummary` saves them as ``summary.j
 """
 
 from .jobs import STATUSES, VERDICT_ORDER, FleetJob, ModelResult, Work, run_job
-from .local import available_cpus, run_in_process, run_processes
+from .local import available_cpus, run_in_process, run_processes, worker_threads
 from .manifest import COLUMNS, MANIFEST_SUFFIXES, ModelEntry, read_manifest
 from .ray_runner import RAY_INSTALL_HINT, check_task_fits, import_ray, ray_session, run_ray
 from .sources import MODEL_SUFFIXES, collect_models, find_models, unique_names
@@ -30,6 +30,7 @@ __all__ = [
     "ModelResult",
     "Work",
     "available_cpus",
+    "worker_threads",
     "check_task_fits",
     "collect_models",
     "find_models",

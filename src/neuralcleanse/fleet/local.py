@@ -35,6 +35,14 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def worker_threads(workers: int) -> int:
+    """Torch threads of each of ``workers`` worker processes: the CPU cores shared out, at most
+    ``OMP_NUM_THREADS`` when it is set to a positive count (the user's per-process limit)."""
+    share = max(1, available_cpus() // workers)
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(share, int(limit)) if limit.isdigit() and int(limit) > 0 else share
+
+
 def run_in_process(
     jobs: Sequence[FleetJob],
     work: Work,
