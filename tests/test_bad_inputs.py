@@ -147,6 +147,21 @@ def _foreign_checkpoint(env: Env) -> None:
     save_checkpoint(env.tmp / "out.checkpoint", {"model": "another model", "labels": [0]}, [])
 
 
+def _nan_idx(env: Env) -> Path:
+    from neuralcleanse.data import write_idx
+
+    images = np.full((20, 28, 28), np.nan)
+    write_idx(idx_dir(env.tmp / "m") / "t10k-images-idx3-ubyte", images)
+    return env.tmp / "m"
+
+
+def _linked_out(env: Env) -> Path:
+    """An image folder with one image that is a link to a file outside it."""
+    root = image_folder(env.tmp / "f", {"0": 3, "1": 3})
+    (root / "0" / "link.png").symlink_to(_grey_png(env.tmp / "secret.png", 9))
+    return root
+
+
 def _nan_model(env: Env) -> Path:
     from safetensors.torch import load_file, save_file
 
@@ -281,6 +296,14 @@ CASES: list[Case] = [
         "cannot read image",
         1,
         "{tmp}/d/1/bad.png",
+    ),
+    Case(
+        "folder-link-outside",
+        "image folder holding a link to an image outside it",
+        lambda e: _scan(e, data=_linked_out(e)),
+        "the image leads outside",
+        1,
+        "{tmp}/f/0/link.png",
     ),
     Case(
         "folder-class-without-images",
@@ -426,6 +449,20 @@ CASES: list[Case] = [
         "cannot read image",
         1,
         "{tmp}/g/Final_Test/Images/a.ppm",
+    ),
+    Case(
+        "gtsrb-path-outside",
+        "GTSRB annotation naming an image outside the folder (../../../outside.ppm)",
+        lambda e: _scan(
+            e,
+            data=gtsrb_dir(
+                _write(e.tmp / "outside.ppm", ppm()).parent / "g",
+                "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n../../../outside.ppm;8;8;0;0;7;7;1\n",
+            ),
+        ),
+        "listed in GT-final_test.csv leads outside",
+        1,
+        "{tmp}/g/Final_Test/Images/../../../outside.ppm",
     ),
     # ---- data: CIFAR binary --------------------------------------------------------------------------
     Case(
@@ -667,10 +704,31 @@ CASES: list[Case] = [
         "{tmp}/m/t10k-labels-idx1-ubyte.gz",
     ),
     Case(
+        "idx-size-overflow",
+        "IDX header of 4 dimensions of 65536 (a 64-bit byte count overflows to 0) and no data",
+        lambda e: _scan(
+            e,
+            data=_write(
+                idx_dir(e.tmp / "m") / "t10k-images-idx3-ubyte", bytes([0, 0, 8, 4]) + bytes([0, 1, 0, 0]) * 4
+            ).parent,
+        ),
+        "= 18446744073709551616 bytes of data, found 0",
+        1,
+        "{tmp}/m/t10k-images-idx3-ubyte",
+    ),
+    Case(
+        "idx-nan-images",
+        "IDX images of type float64 holding NaN",
+        lambda e: _scan(e, data=_nan_idx(e)),
+        "the images hold NaN or infinite values",
+        1,
+        "{tmp}/m/t10k-images-idx3-ubyte",
+    ),
+    Case(
         "idx-count-mismatch",
         "IDX with 20 test images and 7 labels",
         lambda e: _scan(e, data=idx_dir(e.tmp / "m", n_labels=7)),
-        "do not match labels",
+        "20 test images but 7 labels",
         1,
         "{tmp}/m/t10k-images-idx3-ubyte",
     ),
