@@ -27,13 +27,16 @@ def copy_model(model: M) -> M:
 @contextlib.contextmanager
 def train_mode(model: nn.Module, mode: bool = True) -> Iterator[nn.Module]:
     """Within the block ``model`` is in training mode (``mode=False``: eval mode); afterwards, even after
-    an error, in the mode it was."""
-    was_training = model.training
+    an error, every submodule is in the mode it was (a model in training with a frozen BatchNorm part in
+    eval mode comes back so)."""
+    modules = list(model.modules())
+    flags = [m.training for m in modules]
     model.train(mode)
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, was in zip(modules, flags, strict=True):
+            m.training = was
 
 
 @contextlib.contextmanager

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
 
 from .errors import SettingsError
 from .triggers import Trigger
+
+if TYPE_CHECKING:
+    from .data.dataset import ImageDataset
 
 __all__ = ["SuspectedBackdoor"]
 
@@ -60,8 +67,35 @@ class SuspectedBackdoor:
                     "source_labels=, not both"
                 )
             return backdoor
+        if not isinstance(backdoor, Trigger):
+            raise SettingsError(
+                f"the backdoor must be a SuspectedBackdoor or a reversed Trigger (report.triggers[label]), "
+                f"not a {type(backdoor).__name__}"
+            )
         if label is None:
             raise SettingsError("a reversed trigger needs the label it targets (label=)")
-        return cls(
-            int(label), backdoor, real_trigger, None if source_labels is None else tuple(source_labels)
-        )
+        sources = None if source_labels is None else tuple(_label(k, "source label") for k in source_labels)
+        return cls(_label(label, "label"), backdoor, real_trigger, sources)
+
+    @staticmethod
+    def work(data: Any, device: torch.device | str) -> tuple[ImageDataset, torch.device]:
+        """What validation and the mitigations work on, checked: labelled clean images (an
+        :class:`ImageDataset`) and an available device; one-line errors otherwise."""
+        from .data.dataset import DatasetSplits, ImageDataset
+        from .device import resolve_device
+
+        if isinstance(data, DatasetSplits):
+            raise SettingsError("give one split of the data set (data.test), not the whole DatasetSplits")
+        if not isinstance(data, ImageDataset):
+            raise SettingsError(
+                f"the clean images must be an ImageDataset with labels (nc.load_images, nc.load_dataset(...)"
+                f".test, or ImageDataset(images=..., labels=..., num_classes=...)), not a {type(data).__name__}"
+            )
+        return data, resolve_device(device)
+
+
+def _label(value: Any, what: str) -> int:
+    """A label given as an integer (a whole number of another type is not guessed at)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SettingsError(f"{what} must be an integer, got {value!r}")
+    return int(value)

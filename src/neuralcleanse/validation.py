@@ -213,6 +213,7 @@ def validate_trigger(
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
+    data, device = SuspectedBackdoor.work(data, device)
     label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger
     sources = suspect.sources
     feat = find_feature_layer(model, layer, example=data.images[:2])

@@ -464,8 +464,9 @@ class DetectionReport:
             tdir = file.parent / "triggers"
             for r in labels:
                 tfile = tdir / f"label_{r.label:04d}.safetensors"
-                if tfile.exists():  # a link out of the scan folder is refused
-                    triggers[r.label] = Trigger.load(inside(file.parent, tfile, what="the trigger file"))
+                if not tfile.exists():  # a report is whole or refused: every label has its trigger
+                    raise DataError(f"{file.parent}: trigger file triggers/{tfile.name} is missing")
+                triggers[r.label] = Trigger.load(inside(file.parent, tfile, what="the trigger file"))
             return cls(
                 verdict=d["verdict"],
                 flagged=[int(x) for x in d["flagged"]],

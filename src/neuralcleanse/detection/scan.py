@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,10 +19,10 @@ from .._format import label_ranges
 from ..data.convert import integer_labels
 from ..data.dataset import ImageDataset, label_conflicts
 from ..device import resolve_device
-from ..errors import DataError, SettingsError, first_line
+from ..errors import DataError, ModelError, SettingsError, first_line
 from ..fingerprint import fingerprints, tensor_fingerprint
 from ..metrics import check_rows, predict
-from ..models.adapt import describe_outputs
+from ..models.adapt import OutputPick, describe_outputs, parse_output
 from ..models.loading import LoadedModel
 from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
@@ -351,6 +352,11 @@ class NeuralCleanse:
             raise SettingsError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
             raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
+        if reference is not None and not isinstance(reference, Reference):
+            raise SettingsError(
+                f"reference must be a Reference of trusted models' scans (Reference.from_reports([...])), "
+                f"not a {type(reference).__name__}"
+            )
         if sum((self_reference is not False, reference is not None, bool(natural_reference))) > 1:
             raise SettingsError(
                 "give one reference: trusted models (reference), self_reference or natural_reference"
@@ -447,8 +453,17 @@ class NeuralCleanse:
             labels = integer_labels(labels, name=where.removesuffix(": "))
             if labels.shape != (len(images),):
                 raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
-        if samples is not None and samples < 1:
-            raise SettingsError(f"samples must be at least 1, got {samples}")
+        if samples is not None and (_not_int(samples) or samples < 1):
+            raise SettingsError(f"samples must be a whole number of images, at least 1, got {samples!r}")
+        if isinstance(scan_labels, (torch.Tensor, np.ndarray)):
+            scan_labels = scan_labels.tolist()
+        if source is not None and _not_int(source):
+            raise SettingsError(f"source must be a label (an integer), got {source!r}")
+        if scan_labels is not None and (
+            isinstance(scan_labels, (str, bytes)) or not isinstance(scan_labels, Iterable)
+            or any(_not_int(k) for k in scan_labels)
+        ):  # fmt: skip
+            raise SettingsError(f"scan_labels must be a list of labels (integers), got {scan_labels!r}")
         if labels is not None and len(present := torch.unique(labels)) < 2:
             raise DataError(
                 f"{where}the images are all of one class ({int(present[0]) if len(present) else 'none'}); "
@@ -939,8 +954,8 @@ def _natural_reference(
 
 def scan(
     model: nn.Module | Any,
-    images: torch.Tensor | ImageDataset | Iterable[Any],
-    labels: torch.Tensor | None = None,
+    images: torch.Tensor | np.ndarray | ImageDataset | Iterable[Any],
+    labels: torch.Tensor | np.ndarray | Sequence[int] | None = None,
     *,
     device: str | torch.device = "cpu",
     threshold: float = 2.0,
@@ -954,6 +969,7 @@ def scan(
     class_names: Sequence[str] | None = None,
     correct_only: bool = True,
     outputs: OutputKind = "auto",
+    output_key: int | str | None = None,
     progress: Callable[[ScanProgress], None] | None = None,
     **settings: Any,
 ) -> DetectionReport:
@@ -972,6 +988,8 @@ def scan(
         outputs: ``"auto"`` (detect probabilities on the clean images), ``"logits"``, ``"probabilities"``
             or ``"sigmoid"``: probabilities are optimised on their logarithm; ``"sigmoid"``: one sigmoid
             probability per class, optimised on its logit (the report says so).
+        output_key: for a network returning several outputs (a tuple, a dict, a named tuple), which one
+            holds the class scores: an index, a key or a dotted path (as ``--output-key``).
         settings: :class:`ReverseSettings` fields (``seed``, ``loss``, ``max_steps``...);
             ``sequential=True`` starts from the original code's schedule instead of the batched default.
     """
@@ -979,10 +997,24 @@ def scan(
         cfg = ReverseSettings.original(**settings) if sequential else ReverseSettings(**settings)
     except TypeError as exc:
         raise SettingsError(f"unknown scan setting: {exc}") from None
+    if isinstance(model, (str, os.PathLike)):
+        raise ModelError(f"{model}: nc.scan takes a model, not a path: load it with nc.load_model first")
     net = getattr(model, "model", model) if not isinstance(model, nn.Module) else model
+    if not isinstance(net, nn.Module):
+        raise ModelError(
+            f"nc.scan takes a torch nn.Module or nc.load_model's result, not a {type(model).__name__}"
+        )
+    if output_key is not None:  # an in-memory network with several outputs: the class scores are one
+        net = OutputPick(net, parse_output(output_key))
     notes = list(getattr(model, "notes", []))
+    if isinstance(images, np.ndarray):  # one array of images, as a tensor would be
+        images = _tensor(images, "the images")
+    if labels is not None and not isinstance(labels, torch.Tensor):
+        labels = _tensor(np.asarray(labels), "the labels")
     if not isinstance(images, (torch.Tensor, ImageDataset)):
         images, labels = _collect_batches(images)
+    if isinstance(images, torch.Tensor) and images.dtype in (torch.float64, torch.float16, torch.bfloat16):
+        images = images.float()  # the optimisation runs in float32; a model in another type casts itself
     model_info = None
     if isinstance(model, LoadedModel):  # a loaded file: record it, and check its declared input range
         model_info = model.describe()
@@ -1028,6 +1060,21 @@ def _range_doubt(
     return model.range_note(x, y, device=device)
 
 
+def _not_int(value: Any) -> bool:
+    """Not a whole number of Python's or numpy's integer types (``True``, ``2.5`` and ``"3"`` are not)."""
+    return isinstance(value, bool) or not isinstance(value, (int, np.integer))
+
+
+def _tensor(value: Any, what: str) -> torch.Tensor:
+    """A batch's images or labels as a tensor, or a one-line error saying what they are."""
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(
+            f"a batch's {what} are not numbers ({type(value).__name__}: {first_line(exc)})"
+        ) from None
+
+
 def _settings_record(settings: ReverseSettings) -> dict[str, Any]:
     """The settings as a report records them."""
     return {**settings.to_dict(), "mode": "sequential" if settings.sequential else "batched"}
@@ -1037,12 +1084,17 @@ def _collect_batches(batches: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor
     """``(images, labels)`` batches (a DataLoader) or bare image batches → one tensor each."""
     xs, ys = [], []
     for batch in batches:
+        if isinstance(batch, dict):
+            raise DataError(
+                f"the data loader yields dicts (keys {', '.join(map(repr, batch))}): give batches of images "
+                "or (images, labels) pairs"
+            )
         if isinstance(batch, (tuple, list)):
-            xs.append(torch.as_tensor(batch[0]))
+            xs.append(_tensor(batch[0], "a batch's images"))
             if len(batch) > 1:
-                ys.append(torch.as_tensor(batch[1]))
+                ys.append(_tensor(batch[1], "a batch's labels"))
         else:
-            xs.append(torch.as_tensor(batch))
+            xs.append(_tensor(batch, "a batch's images"))
     if not xs:
         raise DataError("the data loader yielded no batches")
     if ys and len(ys) != len(xs):

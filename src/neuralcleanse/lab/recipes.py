@@ -15,6 +15,7 @@ from .._io import check_output_dir
 from ..data.dataset import DatasetSplits
 from ..data.registry import load_dataset
 from ..device import resolve_device
+from ..errors import SettingsError
 from ..metrics import accuracy, attack_success_rate
 from ..models.architectures import build_model
 from ..models.card import ModelCard, PlantedBackdoor
@@ -39,6 +40,17 @@ class Recipe:
     training: TrainSettings = field(default_factory=TrainSettings)
     attack: Attack | None = None
     data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.attack is not None and not (
+            callable(getattr(self.attack, "check", None)) and callable(getattr(self.attack, "plant", None))
+        ):
+            raise SettingsError(
+                f"attack must be an attack object (BadNets(...), Trojan(...), MultiBackdoor(...)), not "
+                f"{self.attack!r}"
+            )
+        if not isinstance(self.training, TrainSettings):
+            raise SettingsError(f"training must be TrainSettings(...), not {self.training!r}")
 
 
 def train_recipe(

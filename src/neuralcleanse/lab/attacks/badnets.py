@@ -18,7 +18,7 @@ from ...errors import SettingsError
 from ...triggers import Trigger
 from ..training import TrainProgress, TrainSettings
 from .base import Planting, PoisonSpec, poison_and_train
-from .poison import PoisonedData, check_rate, poison_dataset
+from .poison import PoisonedData, check_label, check_rate, poison_dataset
 
 __all__ = ["BadNets", "MultiBackdoor", "DEFAULT_BADNETS_TRIGGER"]
 
@@ -56,9 +56,10 @@ class BadNets:
         check_rate(self.poison_rate)
         if self.cover_rate is not None and self.cover_rate != 0:
             check_rate(self.cover_rate, what="cover rate")
-        if self.target < 0:
-            raise SettingsError(f"target label must be non-negative, got {self.target}")
+        check_label(self.target)
         if self.source_labels is not None:
+            for k in self.source_labels:
+                check_label(k, what="source label")
             if not self.source_labels:
                 raise SettingsError("source_labels is empty: give at least one source label or none")
             if self.target in self.source_labels:

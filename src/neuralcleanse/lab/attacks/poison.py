@@ -33,6 +33,16 @@ def check_rate(rate: float, *, what: str = "poison rate") -> float:
     return float(rate)
 
 
+def check_label(value: object, *, what: str = "target label") -> int:
+    """A label of an attack: a non-negative integer (``2.5``, ``"3"`` or ``True`` are refused, not
+    guessed at)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{what} must be an integer, got {value!r}")
+    if value < 0:
+        raise SettingsError(f"{what} must be non-negative, got {value}")
+    return value
+
+
 def poison_dataset(
     data: ImageDataset,
     trigger: Trigger,

@@ -29,7 +29,7 @@ from ...modes import frozen_eval
 from ...triggers import Trigger
 from ..training import TrainProgress, TrainSettings, train_classifier
 from .base import PlantedTrigger, Planting, PoisonSpec, poison_many
-from .poison import check_rate
+from .poison import check_label, check_rate
 
 __all__ = ["Trojan", "watermark_mask", "square_mask", "select_neurons"]
 
@@ -135,8 +135,7 @@ class Trojan:
             raise SettingsError(f"Trojan trigger area must be in (0, 0.5), got {self.area}")
         if self.neurons < 1 or self.retrain_epochs < 1 or self.steps < 1:
             raise SettingsError("neurons, retrain_epochs and steps must be at least 1")
-        if self.target < 0:
-            raise SettingsError(f"target label must be non-negative, got {self.target}")
+        check_label(self.target)
 
     @property
     def targets(self) -> list[int]:
