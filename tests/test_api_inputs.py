@@ -67,9 +67,9 @@ def test_an_in_memory_network_with_several_outputs_is_scanned_on_the_one_named(
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"samples": "100"}, SettingsError, "samples must be a whole number"),
-        ({"samples": 2.5}, SettingsError, "samples must be a whole number"),
-        ({"samples": True}, SettingsError, "samples must be a whole number"),
+        ({"samples": "100"}, SettingsError, "samples must be at least 1, a whole number"),
+        ({"samples": 2.5}, SettingsError, "samples must be at least 1, a whole number"),
+        ({"samples": True}, SettingsError, "samples must be at least 1, a whole number"),
         ({"scan_labels": 3}, SettingsError, "scan_labels must be a list of labels"),
         ({"scan_labels": [1.5]}, SettingsError, "scan_labels must be a list of labels"),
         ({"source": "1"}, SettingsError, "source must be a label"),

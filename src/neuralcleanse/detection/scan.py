@@ -454,7 +454,7 @@ class NeuralCleanse:
             if labels.shape != (len(images),):
                 raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
         if samples is not None and (_not_int(samples) or samples < 1):
-            raise SettingsError(f"samples must be a whole number of images, at least 1, got {samples!r}")
+            raise SettingsError(f"samples must be at least 1, a whole number of images; got {samples!r}")
         if isinstance(scan_labels, (torch.Tensor, np.ndarray)):
             scan_labels = scan_labels.tolist()
         if source is not None and _not_int(source):
