@@ -23,16 +23,15 @@ feature might still work a little way off, a planted one only where it was plant
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from scans_on_disk import scans_on_disk
 
 import neuralcleanse as nc
-from neuralcleanse.detection import DetectionReport
 from neuralcleanse.modes import frozen_eval
 
 
@@ -100,30 +99,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="clean test images")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
-    datasets: dict[str, nc.DatasetSplits] = {}
     rows = []
     print(
         f"{'model':40} {'label':>5} {'kind':8} {'/median':>7} {'ASR':>5} {'paste':>6} {'paste1':>6} {'shift1':>6} {'shift2':>6} {'shift3':>6}"
     )
-    for scan in sorted((args.out / "scans-plain").iterdir()):
-        name = scan.name
-        if not fnmatch.fnmatch(name, args.only) or not (scan / "report.json").exists():
-            continue
-        bundle = nc.load_model_dir(args.out / "models" / name)
-        data = datasets.setdefault(bundle.card.dataset, nc.load_dataset(bundle.card.dataset))
-        gen = torch.Generator().manual_seed(0)
-        pick = torch.randperm(len(data.test.images), generator=gen)[: args.images]
-        images, labels = data.test.images[pick], data.test.labels[pick]
-        report = DetectionReport.load(scan)
-        planted = sorted({b.target for b in bundle.card.backdoors})
-        median = report.median_l1
-        natural = sorted(
-            (r for r in report.labels if r.label not in planted and r.reached), key=lambda r: r.l1_norm
-        )
-        for r, kind in [
-            *((report.label(k), "planted") for k in planted),
-            *((r, "natural") for r in natural[:3]),
-        ]:
+    for found in scans_on_disk(args.out, args.only, args.images):
+        name, bundle, report, planted = found.name, found.bundle, found.report, found.planted
+        images, labels, median = found.images, found.labels, report.median_l1
+        for r, kind in found.probed():
             trig = report.triggers[r.label]
             asr = _hits(bundle.model, trig.apply(images[labels != r.label]), r.label)
             soft = paste_success(bundle.model, trig.mask, images, labels, r.label)

@@ -20,7 +20,6 @@ their ratio.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import math
 import sys
@@ -28,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scans_on_disk import scans_on_disk
 
 import neuralcleanse as nc
-from neuralcleanse.detection import DetectionReport
 from neuralcleanse.detection.distill import DistillSettings, distil_student
 from neuralcleanse.modes import frozen_eval
 
@@ -55,32 +54,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     torch.manual_seed(0)
-    datasets: dict[str, nc.DatasetSplits] = {}
     rows = []
     print(
         f"{'model':38} {'planted':9} {'label':>5} {'kind':8} {'/median':>7} {'ASR model':>9} {'ASR student':>11} {'ratio':>6}"
     )
-    for scan in sorted((args.out / "scans-plain").iterdir()):
-        name = scan.name
-        if not fnmatch.fnmatch(name, args.only) or not (scan / "report.json").exists():
-            continue
-        bundle = nc.load_model_dir(args.out / "models" / name)
-        data = datasets.setdefault(bundle.card.dataset, nc.load_dataset(bundle.card.dataset))
-        gen = torch.Generator().manual_seed(0)
-        pick = torch.randperm(len(data.test.images), generator=gen)[: args.images]
-        images, labels = data.test.images[pick], data.test.labels[pick]
+    for found in scans_on_disk(args.out, args.only, args.images):
+        name, bundle, report, planted = found.name, found.bundle, found.report, found.planted
+        images, labels, median = found.images, found.labels, report.median_l1
         student = distil_student(bundle.model, images, settings=DistillSettings(seed=bundle.card.seed))
         student_model = student.model
-        report = DetectionReport.load(scan)
-        planted = sorted({b.target for b in bundle.card.backdoors})
-        median = report.median_l1
-        natural = sorted(
-            (r for r in report.labels if r.label not in planted and r.reached), key=lambda r: r.l1_norm
-        )
-        for r, kind in [
-            *((report.label(k), "planted") for k in planted),
-            *((r, "natural") for r in natural[:3]),
-        ]:
+        for r, kind in found.probed():
             trig = report.triggers[r.label]
             on_model = attack_success(bundle.model, trig, images, labels, r.label)
             on_student = attack_success(student_model, trig, images, labels, r.label)

@@ -1,0 +1,58 @@
+"""The fidelity benchmark's scans on disk, with what the probes of ``docs/fidelity.md`` need of each:
+the model, its scan, a seeded draw of clean test images, and the labels to look at (the planted ones and
+the cheapest others). Shared by ``transfer.py`` and ``paste.py``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import neuralcleanse as nc
+from neuralcleanse.detection import DetectionReport
+from neuralcleanse.detection.report import LabelResult
+
+
+@dataclass(frozen=True)
+class ScanOnDisk:
+    name: str
+    bundle: nc.ModelBundle
+    report: DetectionReport
+    images: torch.Tensor  # a seeded draw of the data set's clean test images
+    labels: torch.Tensor
+    planted: list[int]
+
+    def probed(self, natural: int = 3) -> list[tuple[LabelResult, str]]:
+        """The planted labels, then the ``natural`` cheapest labels that were not planted (and reached the
+        attack threshold), each with its kind."""
+        others = sorted(
+            (r for r in self.report.labels if r.label not in self.planted and r.reached),
+            key=lambda r: r.l1_norm,
+        )
+        return [
+            *((self.report.label(k), "planted") for k in self.planted),
+            *((r, "natural") for r in others[:natural]),
+        ]
+
+
+def scans_on_disk(out: Path, only: str, images: int) -> Iterator[ScanOnDisk]:
+    """Every scan of ``fidelity.py --no-self`` under ``out`` whose name matches the glob ``only``."""
+    datasets: dict[str, nc.DatasetSplits] = {}
+    for scan in sorted((out / "scans-plain").iterdir()):
+        if not fnmatch.fnmatch(scan.name, only) or not (scan / "report.json").exists():
+            continue
+        bundle = nc.load_model_dir(out / "models" / scan.name)
+        data = datasets.setdefault(bundle.card.dataset, nc.load_dataset(bundle.card.dataset))
+        pick = torch.randperm(len(data.test.images), generator=torch.Generator().manual_seed(0))[:images]
+        planted = sorted({b.target for b in bundle.card.backdoors})
+        yield ScanOnDisk(
+            scan.name,
+            bundle,
+            DetectionReport.load(scan),
+            data.test.images[pick],
+            data.test.labels[pick],
+            planted,
+        )
