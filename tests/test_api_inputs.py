@@ -74,6 +74,8 @@ def test_an_in_memory_network_with_several_outputs_is_scanned_on_the_one_named(
         ({"scan_labels": [1.5]}, SettingsError, "scan_labels must be a list of labels"),
         ({"source": "1"}, SettingsError, "source must be a label"),
         ({"reference": "scans/x"}, SettingsError, "reference must be a Reference"),
+        ({"threshold": True}, SettingsError, "threshold must be a positive, finite anomaly index"),
+        ({"correct_only": "no"}, SettingsError, "correct_only must be True or False"),
     ],
 )
 def test_settings_of_the_wrong_type_are_refused(
@@ -92,6 +94,8 @@ def test_inputs_that_are_not_data_or_a_model_are_refused(net: nn.Module, mnist_s
         nc.scan(net, x, [str(int(k)) for k in y], **QUICK)
     with pytest.raises(ModelError, match="takes a model, not a path"):
         nc.scan("model.pt2", x, y, **QUICK)
+    with pytest.raises(DataError, match=r"look channels-last, \(N, H, W, C\).*permute\(0, 3, 1, 2\)"):
+        nc.scan(net, x.permute(0, 2, 3, 1), y, **QUICK)
 
 
 def test_validation_and_mitigation_inputs_are_checked(
@@ -103,12 +107,18 @@ def test_validation_and_mitigation_inputs_are_checked(
         (lambda: nc.validate_trigger(net, trigger, mnist_sample, label=0), r"one split .*data.test"),
         (lambda: nc.validate_trigger(net, trigger, test, label=2.7), "label must be an integer, got 2.7"),
         (lambda: nc.validate_trigger(net, badnets_report, test, label=0), "not a DetectionReport"),
+        (
+            lambda: nc.validate_trigger(net, trigger, test, label=0, source_labels=[1.5]),
+            "source label must be",
+        ),
         (lambda: nc.prune_neurons(net, test, trigger, label=0, device="cuda:3"), "device 'cuda:3'"),
         (lambda: nc.filter_inputs(net, test, trigger, label=0, device="cpu:7"), "the CPU is one device"),
     ]
     for call, message in refused:
         with pytest.raises(SettingsError, match=message):
             call()
+    with pytest.raises(DataError, match="no image of source label 99 to validate on"):
+        nc.validate_trigger(net, trigger, test, label=0, source_labels=[99])
 
 
 def test_attack_settings_and_recipes_of_the_wrong_type_are_refused() -> None:
@@ -126,3 +136,23 @@ def test_a_report_missing_a_trigger_file_is_refused(badnets_report: DetectionRep
     (tmp_path / "r" / "triggers" / "label_0003.safetensors").unlink()
     with pytest.raises(DataError, match="trigger file triggers/label_0003.safetensors is missing"):
         DetectionReport.load(tmp_path / "r")
+
+
+def test_train_names_the_option_of_a_bad_source_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neuralcleanse.cli import main
+
+    args = [
+        "train",
+        "--attack",
+        "badnets",
+        "--target",
+        "0",
+        "--source-labels",
+        "a,b",
+        "--out",
+        str(tmp_path / "m"),
+    ]
+    assert main(args) == 2
+    assert "--source-labels: 'a' is not a label" in capsys.readouterr().err and not (tmp_path / "m").exists()

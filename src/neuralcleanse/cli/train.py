@@ -128,7 +128,7 @@ def train(
         if attack == "badnets":
             params["trigger"] = trigger
             if source_labels:
-                params["source_labels"] = parse_labels(source_labels)
+                params["source_labels"] = parse_labels(source_labels, option="--source-labels")
         elif attack == "trojan":
             params["mask"] = trojan_mask
         bad = build_attack(attack, params, where="--attack")

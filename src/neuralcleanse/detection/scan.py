@@ -142,9 +142,14 @@ def infer_num_classes(model: nn.Module, images: torch.Tensor, *, device: torch.d
         raise
     except Exception as exc:  # the user's model: any failure of its forward is a fact about the model
         kind = "" if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: "
-        raise DataError(
-            f"model failed on images of shape {tuple(images.shape[1:])}: {kind}{first_line(exc)}"
-        ) from None
+        shape = tuple(images.shape[1:])
+        hint = (
+            " (the images look channels-last, (N, H, W, C): give them as (N, C, H, W), e.g. "
+            "images.permute(0, 3, 1, 2))"
+            if len(shape) == 3 and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)
+            else ""
+        )
+        raise DataError(f"model failed on images of shape {shape}: {kind}{first_line(exc)}{hint}") from None
     if not isinstance(out, torch.Tensor):
         raise DataError(f"the model returns {describe_outputs(out)}")
     if out.ndim != 2:
@@ -350,7 +355,9 @@ class NeuralCleanse:
     ) -> None:
         if outputs not in OUTPUT_KINDS:
             raise SettingsError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
-        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+        if isinstance(threshold, bool) or not (
+            isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0
+        ):
             raise SettingsError(f"threshold must be a positive, finite anomaly index, got {threshold!r}")
         if reference is not None and not isinstance(reference, Reference):
             raise SettingsError(
@@ -455,6 +462,8 @@ class NeuralCleanse:
                 raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
         if samples is not None and (_not_int(samples) or samples < 1):
             raise SettingsError(f"samples must be at least 1, a whole number of images; got {samples!r}")
+        if not isinstance(correct_only, bool):
+            raise SettingsError(f"correct_only must be True or False, got {correct_only!r}")
         if isinstance(scan_labels, (torch.Tensor, np.ndarray)):
             scan_labels = scan_labels.tolist()
         if source is not None and _not_int(source):
