@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
+from ._values import is_integer
 from .errors import SettingsError
 from .triggers import Trigger
 
@@ -96,6 +96,6 @@ class SuspectedBackdoor:
 
 def _label(value: Any, what: str) -> int:
     """A label given as an integer (a whole number of another type is not guessed at)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         raise SettingsError(f"{what} must be an integer, got {value!r}")
     return int(value)

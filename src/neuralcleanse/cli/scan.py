@@ -8,7 +8,6 @@ every scan option, as the command line gave them): ``scan`` runs it once, ``scan
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,9 +177,8 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         natural_reference=request.natural_reference,
     )
     _check_task(detector, source.model, images, data_info, wanted, request.source_label, names, names_from)
-    fit = loaded.range_note(images.images, images.labels, device=detector.device)
-    if fit is not None:  # now, before the optimisation, and again with the report's notes
-        logging.getLogger(__name__).warning("%s", fit)
+    # a doubted input range is warned about now, before the optimisation, and noted with the report
+    model_info, fit = loaded.scan_info(images.images, images.labels, device=detector.device)
     options: dict[str, Any] = {
         "samples": request.samples,
         "scan_labels": wanted,
@@ -192,7 +190,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         "keep_checkpoint": True,
         "extra_notes": [*loaded.notes, *([fit] if fit else [])],
         "data_info": data_info,
-        "model_info": {**loaded.describe(), **({"input_range_doubt": fit} if fit else {})},
+        "model_info": model_info,
     }
     report: DetectionReport
     try:

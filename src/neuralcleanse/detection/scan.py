@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._format import label_ranges
+from .._values import is_integer
 from ..data.convert import integer_labels
 from ..data.dataset import ImageDataset, label_conflicts
 from ..device import resolve_device
@@ -460,17 +461,17 @@ class NeuralCleanse:
             labels = integer_labels(labels, name=where.removesuffix(": "))
             if labels.shape != (len(images),):
                 raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
-        if samples is not None and (_not_int(samples) or samples < 1):
+        if samples is not None and (not is_integer(samples) or samples < 1):
             raise SettingsError(f"samples must be at least 1, a whole number of images; got {samples!r}")
         if not isinstance(correct_only, bool):
             raise SettingsError(f"correct_only must be True or False, got {correct_only!r}")
         if isinstance(scan_labels, (torch.Tensor, np.ndarray)):
             scan_labels = scan_labels.tolist()
-        if source is not None and _not_int(source):
+        if source is not None and not is_integer(source):
             raise SettingsError(f"source must be a label (an integer), got {source!r}")
         if scan_labels is not None and (
             isinstance(scan_labels, (str, bytes)) or not isinstance(scan_labels, Iterable)
-            or any(_not_int(k) for k in scan_labels)
+            or any(not is_integer(k) for k in scan_labels)
         ):  # fmt: skip
             raise SettingsError(f"scan_labels must be a list of labels (integers), got {scan_labels!r}")
         if labels is not None and len(present := torch.unique(labels)) < 2:
@@ -1026,12 +1027,9 @@ def scan(
         images = images.float()  # the optimisation runs in float32; a model in another type casts itself
     model_info = None
     if isinstance(model, LoadedModel):  # a loaded file: record it, and check its declared input range
-        model_info = model.describe()
-        doubt = _range_doubt(model, images, labels, torch.device(device))
-        if doubt is not None:
-            log.warning("%s", doubt)
-            notes.append(doubt)
-            model_info["input_range_doubt"] = doubt
+        model_info = _loaded_info(model, images, labels, torch.device(device))
+        if "input_range_doubt" in model_info:
+            notes.append(model_info["input_range_doubt"])
     nc = NeuralCleanse(
         net,
         settings=cfg,
@@ -1056,32 +1054,25 @@ def scan(
     )
 
 
-def _range_doubt(
+def _loaded_info(
     model: LoadedModel, images: torch.Tensor | ImageDataset, labels: torch.Tensor | None, device: torch.device
-) -> str | None:
-    """:meth:`LoadedModel.range_note` on the labelled clean images, if they fit the model as given (images
+) -> dict[str, Any]:
+    """:meth:`LoadedModel.scan_info` on the labelled clean images when they fit the model as given (images
     the scan must first convert, or without labels, are not checked here; the scan says what is wrong)."""
     x, y = (images.images, images.labels) if isinstance(images, ImageDataset) else (images, labels)
     if y is None or x.ndim != 4 or not x.is_floating_point() or len(y) != len(x):
-        return None
+        return model.describe()
     if model.input_shape is not None and tuple(x.shape[1:]) != tuple(model.input_shape):
-        return None
-    return model.range_note(x, y, device=device)
-
-
-def _not_int(value: Any) -> bool:
-    """Not a whole number of Python's or numpy's integer types (``True``, ``2.5`` and ``"3"`` are not)."""
-    return isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        return model.describe()
+    return model.scan_info(x, y, device=device)[0]
 
 
 def _tensor(value: Any, what: str) -> torch.Tensor:
-    """A batch's images or labels as a tensor, or a one-line error saying what they are."""
+    """Images or labels as a tensor, or a one-line error saying what they are (``what``: "the labels")."""
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(
-            f"a batch's {what} are not numbers ({type(value).__name__}: {first_line(exc)})"
-        ) from None
+        raise DataError(f"{what} are not numbers ({type(value).__name__}: {first_line(exc)})") from None
 
 
 def _settings_record(settings: ReverseSettings) -> dict[str, Any]:

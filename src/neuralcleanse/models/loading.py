@@ -123,6 +123,19 @@ class LoadedModel:
             f"{right:.0%}): is --input-range (or the card's input_range) right?"
         )
 
+    def scan_info(
+        self, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device
+    ) -> tuple[dict[str, Any], str | None]:
+        """What a scan's report records of the model (:meth:`describe`), checked against its labelled clean
+        images: the :meth:`range_note`, if any, is warned about at once and recorded as
+        ``input_range_doubt`` (the verdict then says its evidence is weak); returns both."""
+        doubt = self.range_note(images, labels, device=device)
+        info = self.describe()
+        if doubt is not None:
+            log.warning("%s", doubt)
+            info["input_range_doubt"] = doubt
+        return info, doubt
+
     def describe(self) -> dict[str, Any]:
         """What was loaded, for reports."""
         return {
