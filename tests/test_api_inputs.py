@@ -4,6 +4,7 @@ that it hands the model back in the modes it was in, submodule by submodule."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,42 @@ def test_validation_and_mitigation_inputs_are_checked(
     for call, message in refused:
         with pytest.raises(SettingsError, match=message):
             call()
-    with pytest.raises(DataError, match="no image of source label 99 to validate on"):
-        nc.validate_trigger(net, trigger, test, label=0, source_labels=[99])
+    absent: list[Any] = [
+        lambda: nc.validate_trigger(net, trigger, test, label=0, source_labels=[99]),
+        lambda: nc.filter_inputs(net, test, trigger, label=0, source_labels=[7, 99]),
+        lambda: nc.prune_neurons(net, test, trigger, label=0, source_labels=[99]),
+        lambda: nc.unlearn(net, test, test, trigger, label=0, source_labels=[99]),
+    ]
+    for call in absent:  # refused before any work: the attack could not be measured
+        with pytest.raises(DataError, match="no image of source label 99 to measure the attack on"):
+            call()
+
+
+class _FailsOnLargeBatches(nn.Module):
+    """A user's model with a bug that shows only on batches larger than the first probes."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > 16:
+            raise IndexError("index 16 is out of bounds for dimension 0 with size 16")
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+def test_a_model_failing_on_later_batches_gets_a_one_line_error(
+    net: nn.Module, mnist_sample: DatasetSplits
+) -> None:
+    test = mnist_sample.test
+    model = _FailsOnLargeBatches(net).eval()
+    message = r"the model failed on a batch of \d+ images of shape \(1, 28, 28\): IndexError: index 16"
+    with pytest.raises(ModelError, match=message) as caught:
+        nc.scan(model, test.images[:200], test.labels[:200], **QUICK)
+    assert isinstance(caught.value.__cause__, IndexError)  # the model's own error stays reachable
+    with pytest.raises(ModelError, match=message):
+        nc.accuracy(model, test)
 
 
 def test_attack_settings_and_recipes_of_the_wrong_type_are_refused() -> None:
@@ -156,3 +191,38 @@ def test_train_names_the_option_of_a_bad_source_label(
     ]
     assert main(args) == 2
     assert "--source-labels: 'a' is not a label" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_a_saved_report_keeps_its_norms_to_the_last_digit(
+    badnets_report: DetectionReport, tmp_path: Path
+) -> None:
+    badnets_report.save(tmp_path / "r", images=False)
+    loaded = DetectionReport.load(tmp_path / "r")
+    assert loaded.l1_norms == badnets_report.l1_norms
+    assert [r.anomaly_index for r in loaded.labels] == [r.anomaly_index for r in badnets_report.labels]
+
+
+def test_a_result_file_that_is_not_an_object_is_named_so(tmp_path: Path) -> None:
+    for value, kind in (([1, 2], "a list"), ("x", "a string"), (3, "a number"), (None, "null")):
+        file = tmp_path / "report.json"
+        file.write_text(json.dumps(value))
+        with pytest.raises(
+            DataError, match=f"not a scan report \\(the file holds {kind}, not a JSON object\\)"
+        ):
+            DetectionReport.load(tmp_path)
+
+
+def test_several_backdoors_are_named_when_one_is_not_a_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neuralcleanse.cli import main
+    from neuralcleanse.lab.attacks import build_attack
+
+    with pytest.raises(
+        SettingsError, match=r"zoo, backdoor 1: expected a table \{target, trigger, ...\}, got 5"
+    ):
+        build_attack("multi", {"backdoors": [{"target": 1}, 5]}, where="zoo")
+    assert main(["train", "--attack", "multi", "--target", "1", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown attack 'multi'; train takes none, badnets, trojan" in err and "neuralcleanse zoo" in err
+    assert not (tmp_path / "m").exists()

@@ -83,10 +83,17 @@ def read_json(path: str | os.PathLike[str], *, what: str, error: type[NeuralClea
 
 def read_result(path: str | os.PathLike[str], file_name: str, *, what: str) -> tuple[Path, Any]:
     """Where a saved result is and its JSON value: ``path`` is the JSON file itself or the directory that
-    holds it as ``file_name``; read with :func:`read_json` (one-line :class:`DataError`)."""
+    holds it as ``file_name``; read with :func:`read_json` (one-line :class:`DataError`). Every result is a
+    JSON object: any other value is refused naming what the file holds."""
     p = Path(path)
     file = p / file_name if p.is_dir() else p
-    return file, read_json(file, what=what)
+    value = read_json(file, what=what)
+    if not isinstance(value, dict):
+        kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(value), "a number"
+        )
+        raise DataError(f"{file}: not a {what} (the file holds {kind}, not a JSON object)")
+    return file, value
 
 
 def format_version(value: Any) -> Any:

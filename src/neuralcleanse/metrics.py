@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from .data.dataset import ImageDataset
-from .errors import DataError, SettingsError
+from .errors import DataError, ModelError, NeuralCleanseError, SettingsError, exception_line
 from .modes import frozen_eval
 from .triggers import Trigger
 
 __all__ = [
-    "check_rows", "output_count", "predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success",
+    "check_rows", "model_failures", "output_count", "predict", "accuracy", "attack_success_rate", "attack_victims", "stamped_success",
 ]  # fmt: skip
+
+
+@contextmanager
+def model_failures(batch: torch.Tensor) -> Iterator[None]:
+    """Run the user's model on ``batch`` inside this block: whatever its forward (or backward) raises
+    becomes a one-line :class:`ModelError` naming the batch, so that a model that fails only on some
+    batches (a larger one, a stamped one) gets the same clear error as one that fails on the first.
+    Our own errors and running out of memory pass through (callers plan memory with the latter); the
+    model's exception is kept as the cause."""
+    try:
+        yield
+    except (NeuralCleanseError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"the model failed on a batch of {len(batch)} images of shape {tuple(batch.shape[1:])}: "
+            f"{exception_line(exc)}"
+        ) from exc
 
 
 @torch.no_grad()
@@ -54,7 +73,8 @@ def predict(
     with frozen_eval(model):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            logits = model(batch.to(device))
+            with model_failures(batch):
+                logits = model(batch.to(device))
             check_rows(logits, len(batch))
             if label is not None and not 0 <= label < logits.shape[1]:
                 raise SettingsError(f"label {label} is not one of the model's {logits.shape[1]} outputs")

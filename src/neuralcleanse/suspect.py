@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._values import is_integer
-from .errors import SettingsError
+from .errors import DataError, SettingsError
 from .triggers import Trigger
 
 if TYPE_CHECKING:
@@ -77,10 +77,12 @@ class SuspectedBackdoor:
         sources = None if source_labels is None else tuple(_label(k, "source label") for k in source_labels)
         return cls(_label(label, "label"), backdoor, real_trigger, sources)
 
-    @staticmethod
-    def work(data: Any, device: torch.device | str) -> tuple[ImageDataset, torch.device]:
+    def work(
+        self, data: Any, device: torch.device | str, *, measured: bool = True
+    ) -> tuple[ImageDataset, torch.device]:
         """What validation and the mitigations work on, checked: labelled clean images (an
-        :class:`ImageDataset`) and an available device; one-line errors otherwise."""
+        :class:`ImageDataset`) and an available device; one-line errors otherwise. Where the attack is
+        ``measured`` on ``data``, each of the backdoor's source labels must have images there."""
         from .data.dataset import DatasetSplits, ImageDataset
         from .device import resolve_device
 
@@ -90,6 +92,11 @@ class SuspectedBackdoor:
             raise SettingsError(
                 f"the clean images must be an ImageDataset with labels (nc.load_images, nc.load_dataset(...)"
                 f".test, or ImageDataset(images=..., labels=..., num_classes=...)), not a {type(data).__name__}"
+            )
+        absent = sorted(set(self.source_labels or ()) - set(torch.unique(data.labels).tolist()))
+        if measured and absent:
+            raise DataError(
+                f"{data.name}: no image of source label {', '.join(map(str, absent))} to measure the attack on"
             )
         return data, resolve_device(device)
 

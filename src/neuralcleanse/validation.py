@@ -213,13 +213,10 @@ def validate_trigger(
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
-    data, device = SuspectedBackdoor.work(data, device)
+    data, device = suspect.work(data, device)
     label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger
     sources = suspect.sources
     feat = find_feature_layer(model, layer, example=data.images[:2])
-    absent = sorted(set(sources or ()) - set(torch.unique(data.labels).tolist()))
-    if absent:
-        raise DataError(f"{data.name}: no image of source label {', '.join(map(str, absent))} to validate on")
     victims_ds = attack_victims(data, target=label, source_labels=sources)
     if len(victims_ds) == 0:
         raise DataError(f"no images outside label {label} to validate on")

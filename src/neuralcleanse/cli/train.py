@@ -119,6 +119,11 @@ def train(
     if not (math.isfinite(lr) and lr > 0):
         raise SettingsError(f"--lr must be a positive number, got {lr:g}")
     check_output_dir(out, force=force, option="--out")  # fail before training, not after
+    if attack not in _TRAIN_ATTACKS:
+        hint = " (several backdoors per model: use `neuralcleanse zoo`)" if attack == "multi" else ""
+        raise SettingsError(
+            f"--attack: unknown attack {attack!r}; train takes {', '.join(_TRAIN_ATTACKS)}{hint}"
+        )
     check_options_apply(attack, _ATTACK_OPTIONS, switch="--attack", none="none")
     bad = None
     if attack != "none":
@@ -190,6 +195,7 @@ def train_and_save(recipe: Any, out: Path, *, device: str, force: bool, bar: boo
 
 #: the attack options and the attacks each applies to (an option given for another attack is an error;
 #: before, ``train --trigger ...`` without ``--attack`` trained a clean model and said nothing)
+_TRAIN_ATTACKS = ("none", "badnets", "trojan")
 _ATTACK_OPTIONS = {
     "trigger": ("--trigger", ("badnets",)),
     "source_labels": ("--source-labels", ("badnets",)),

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DataError
-from ..metrics import check_rows
+from ..metrics import check_rows, model_failures
 from ..modes import frozen_eval
 from .memory import plan_parallel_labels
 from .schedule import (
@@ -398,7 +398,7 @@ def reverse_engineer(
             stamped = ((1 - m5) * x + m5 * pattern[:, None]).reshape(-1, *shape)
             if cfg.channels_last:
                 stamped = stamped.contiguous(memory_format=torch.channels_last)
-            with autocast():
+            with autocast(), model_failures(stamped):
                 logits = model(stamped)
             check_rows(logits, len(stamped))
             logits = logits.float().reshape(k, x.shape[1], -1)

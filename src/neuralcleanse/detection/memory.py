@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, SettingsError
+from ..metrics import model_failures
 
 __all__ = ["MemoryPlan", "available_bytes", "measure_bytes_per_image", "plan_parallel_labels"]
 
@@ -79,11 +80,12 @@ def measure_bytes_per_image(
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             start = torch.cuda.memory_allocated(dev)
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            out = model(x)
-        if not isinstance(out, torch.Tensor):
-            raise ModelError(f"the model returned {type(out).__name__}, not a tensor of class scores")
-        out.float().logsumexp(-1).sum().backward()  # type: ignore[no-untyped-call]
+        with model_failures(x):
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                out = model(x)
+            if not isinstance(out, torch.Tensor):
+                raise ModelError(f"the model returned {type(out).__name__}, not a tensor of class scores")
+            out.float().logsumexp(-1).sum().backward()  # type: ignore[no-untyped-call]
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             measured = torch.cuda.max_memory_allocated(dev) - start

@@ -26,8 +26,9 @@ REPORT_FILE = "report.json"
 
 
 def _num(x: float) -> float | None:
-    """JSON has no NaN/inf: they are written as null (the notes say why)."""
-    return round(x, 6) if math.isfinite(x) else None
+    """JSON has no NaN/inf: they are written as null (the notes say why). Finite values are written in
+    full, so a loaded report gives the same verdict as the one in memory, to the last digit."""
+    return float(x) if math.isfinite(x) else None
 
 
 def _unnum(x: float | None) -> float:

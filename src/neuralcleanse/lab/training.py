@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
+from ..metrics import model_failures
 from ..modes import train_mode
 
 __all__ = ["TrainSettings", "TrainProgress", "TrainHistory", "random_shift", "train_classifier"]
@@ -129,7 +130,8 @@ def train_classifier(
                     if settings.shift:
                         x = random_shift(x, settings.shift, generator=gen)
                     x, y = x.to(device), data.labels[idx].to(device)
-                    logits = model(x)
+                    with model_failures(x):
+                        logits = model(x)
                     loss = F.cross_entropy(logits, y)
                     if not torch.isfinite(loss):
                         raise DataError(

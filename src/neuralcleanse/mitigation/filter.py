@@ -129,7 +129,7 @@ def filter_inputs(
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
-    data, device = SuspectedBackdoor.work(data, device)
+    data, device = suspect.work(data, device)
     label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger
     sources = suspect.sources
     check_fraction(fpr, "false-positive rate")

@@ -116,7 +116,7 @@ def prune_neurons(
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
-    data, device = SuspectedBackdoor.work(data, device)
+    data, device = suspect.work(data, device)
     label, reversed_trigger = suspect.label, suspect.reversed_trigger
     check_fraction(step, "pruning step")
     check_fraction(max_fraction, "largest pruned fraction")

@@ -164,8 +164,8 @@ def unlearn(
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
-    train, device = SuspectedBackdoor.work(train, device)
-    test, device = SuspectedBackdoor.work(test, device)
+    train, device = suspect.work(train, device, measured=False)
+    test, device = suspect.work(test, device)
     label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger
     check_fraction(fraction, "fraction of training data")
     check_fraction(stamp_fraction, "stamped fraction")

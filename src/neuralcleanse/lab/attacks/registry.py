@@ -61,6 +61,11 @@ def build_attack(kind: str, params: Mapping[str, Any], *, where: str = "attack")
                 raise SettingsError(
                     f"{where}: multi needs backdoors = a list of {{target, trigger, ...}} tables"
                 )
+            for i, b in enumerate(items):
+                if not isinstance(b, Mapping):
+                    raise SettingsError(
+                        f"{where}, backdoor {i}: expected a table {{target, trigger, ...}}, got {b!r}"
+                    )
             return MultiBackdoor(
                 backdoors=tuple(_badnets(b, f"{where}, backdoor {i}") for i, b in enumerate(items))
             )
