@@ -368,3 +368,13 @@ def test_train_help_lists_every_dataset_and_plain_percent(capsys: pytest.Capture
     assert code == 0 and "%%" not in out and "7%" in out
     flat = re.sub(r"-\s+", "-", " ".join(out.split()))
     assert all(name in flat for name in DATASETS)
+
+
+def test_quoted_errors_are_cut_at_a_word_with_a_mark() -> None:
+    from neuralcleanse.errors import first_line, shorten
+
+    line = "Could not deserialize class 'Sneaky' because its parent module evil.layers cannot be imported"
+    cut = first_line(f"\n{line}\nsecond line", limit=50)
+    assert cut == "Could not deserialize class 'Sneaky' because..." and len(cut) <= 50
+    assert shorten(line, len(line)) == line
+    assert shorten("x" * 80, 20) == "x" * 17 + "..."  # one long word: cut inside it

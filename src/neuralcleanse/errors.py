@@ -59,7 +59,17 @@ def first_line(error: BaseException | str, *, limit: int | None = None) -> str:
     line = next((s.strip() for s in text.splitlines() if s.strip()), "")
     if not line and not isinstance(error, str):
         line = type(error).__name__
-    return line if limit is None else line[:limit]
+    return line if limit is None else shorten(line, limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word's end, with "..." where it was cut (a word
+    longer than the whole limit is cut inside)."""
+    if len(text) <= limit:
+        return text
+    room = max(0, limit - 3)
+    cut = text.rfind(" ", 0, room + 1)
+    return text[: cut if cut > room // 2 else room].rstrip(" ,;:") + "..."
 
 
 def exception_line(error: BaseException) -> str:

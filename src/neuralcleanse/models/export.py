@@ -42,7 +42,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from ..errors import ModelError, exception_line, first_line
+from ..errors import ModelError, exception_line, first_line, shorten
 from .adapt import FLOAT_INPUTS
 from .archive import ZipArchive
 
@@ -352,7 +352,7 @@ def load_exported_program(path: Path, archive: ZipArchive) -> tuple[nn.Module, E
         raise ModelError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     except Exception as exc:  # torch raises many kinds on corrupt archives
         first = seen.cause() or first_line(exc)
-        raise ModelError(f"{source}: cannot load exported program ({first[:200]})") from None
+        raise ModelError(f"{source}: cannot load exported program ({shorten(first, 200)})") from None
     finally:
         for g, (propagate, level, handlers) in zip(loggers, before, strict=True):
             g.propagate, g.level, g.handlers = propagate, level, handlers
