@@ -22,14 +22,12 @@ feature might still work a little way off, a planted one only where it was plant
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from scans_on_disk import scans_on_disk
+from scans_on_disk import probe_parser, scans_on_disk
 
 import neuralcleanse as nc
 from neuralcleanse.modes import frozen_eval
@@ -93,12 +91,7 @@ def paste_success(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
-    ap.add_argument("--only", default="*", help="a glob over the scans' names")
-    ap.add_argument("--images", type=int, default=2000, help="clean test images")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = ap.parse_args()
+    args = probe_parser(__doc__).parse_args()
     rows = []
     print(
         f"{'model':40} {'label':>5} {'kind':8} {'/median':>7} {'ASR':>5} {'paste':>6} {'paste1':>6} {'shift1':>6} {'shift2':>6} {'shift3':>6}"

@@ -24,14 +24,12 @@ the scan's triggers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from scans_on_disk import scans_on_disk
+from scans_on_disk import probe_parser, scans_on_disk
 from torch.nn import functional as F
 
 from neuralcleanse.modes import frozen_eval
@@ -70,12 +68,7 @@ def occlusion_drop(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
-    ap.add_argument("--only", default="*", help="a glob over the scans' names")
-    ap.add_argument("--images", type=int, default=2000, help="clean test images")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = ap.parse_args()
+    args = probe_parser(__doc__).parse_args()
     rows = []
     print(f"{'model':44} {'label':>5} {'kind':8} {'/median':>7} {'grad':>6} {'occl':>7}")
     for found in scans_on_disk(args.out, args.only, args.images):

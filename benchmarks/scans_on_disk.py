@@ -1,9 +1,10 @@
 """The fidelity benchmark's scans on disk, with what the probes of ``docs/fidelity.md`` need of each:
 the model, its scan, a seeded draw of clean test images, and the labels to look at (the planted ones and
-the cheapest others). Shared by ``transfer.py`` and ``paste.py``."""
+the cheapest others). Shared by ``transfer.py``, ``paste.py`` and ``saliency.py``."""
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,16 @@ class ScanOnDisk:
             *((self.report.label(k), "planted") for k in self.planted),
             *((r, "natural") for r in others[:natural]),
         ]
+
+
+def probe_parser(doc: str, *, images: str = "clean test images") -> argparse.ArgumentParser:
+    """The probes' common options: ``--out``, ``--only``, ``--images`` and ``--json``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
+    ap.add_argument("--only", default="*", help="a glob over the scans' names")
+    ap.add_argument("--images", type=int, default=2000, help=images)
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    return ap
 
 
 def scans_on_disk(out: Path, only: str, images: int) -> Iterator[ScanOnDisk]:

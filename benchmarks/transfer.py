@@ -19,15 +19,13 @@ their ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from scans_on_disk import scans_on_disk
+from scans_on_disk import probe_parser, scans_on_disk
 
 import neuralcleanse as nc
 from neuralcleanse.detection.distill import DistillSettings, distil_student
@@ -47,12 +45,7 @@ def attack_success(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
-    ap.add_argument("--only", default="*", help="a glob over the scans' names")
-    ap.add_argument("--images", type=int, default=2000, help="clean test images for the student")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = ap.parse_args()
+    args = probe_parser(__doc__, images="clean test images for the student").parse_args()
     torch.manual_seed(0)
     rows = []
     print(
