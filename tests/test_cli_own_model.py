@@ -90,7 +90,7 @@ def test_python_api_gives_the_cli_report(
     loaded = load_model(user_files["pt2"], preprocessing=nc.Preprocessing(mean=(0.1307,), std=(0.3081,)))
     images = load_images(user_files["images"], input_shape=loaded.input_shape)
     api = nc.scan(loaded, images, scan_labels=[0, 5], max_steps=15, seed=3, samples=200)
-    assert {str(k): round(v, 6) for k, v in api.l1_norms.items()} == json.loads(stdout)["l1_norms"]
+    assert {str(k): v for k, v in api.l1_norms.items()} == json.loads(stdout)["l1_norms"]
 
 
 def test_scan_weights_with_a_builtin_architecture(

@@ -88,15 +88,26 @@ def opaque_kind(model: nn.Module) -> str | None:
     return None
 
 
-def refuse_opaque(model: nn.Module, what: str) -> None:
+def refuse_opaque(model: nn.Module, what: str, *, programs: bool = False) -> None:
     """One-line :class:`ModelError` if ``model`` is an exported program, TorchScript or Keras (see
-    :func:`opaque_kind`); ``what`` starts the sentence ("unlearning fine-tunes the weights, and the model is")."""
+    :func:`opaque_kind`); ``what`` starts the sentence ("unlearning fine-tunes the weights, and the model is").
+    ``programs``: exported programs are accepted (their weights are parameters an optimiser can reach;
+    only their layers are out of hooks' reach)."""
     kind = opaque_kind(model)
+    if programs and kind == "an exported program (.pt2)":
+        return
     if kind == "a Keras model":
         raise ModelError(
             f"{what} {kind}: Keras calls its layers itself, where PyTorch hooks and optimisers cannot reach "
             "them; scanning works, validation and mitigation need a PyTorch model (export it with "
             "torch.export, or its weights with the architecture in PyTorch + --arch)"
+        )
+    if kind == "an exported program (.pt2)":
+        raise ModelError(
+            f"{what} {kind}: its layers are compiled into one graph that hooks cannot reach, and it has no "
+            "linear classifier that could be lifted out of it; load the weights with their architecture "
+            "instead (safetensors or a state dict + --arch / arch=), or unlearn (--method unlearn), which "
+            "needs no layer"
         )
     if kind is not None:
         raise ModelError(
@@ -139,7 +150,11 @@ def find_feature_layer(
         example = None
     linears = _linears(model)
     if not linears:
-        raise SettingsError("the model has no linear layer: name the feature layer to use (--layer / layer=)")
+        raise SettingsError(
+            "the model has no linear layer (nn.Linear): validation, the filter and pruning read the features "
+            "that feed a linear classifier (the paper's second-to-last layer), which this model does not have "
+            "(a convolution or another operation makes its scores); unlearning (--method unlearn) needs no layer"
+        )
     names = [n for n, _ in model.named_modules()]
     if name is None:
         for prefix, m in model.named_modules():

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from ._values import is_integer
-from .errors import DataError, SettingsError
+from .errors import DataError, ModelError, SettingsError
 from .triggers import Trigger
 
 if TYPE_CHECKING:
@@ -99,6 +101,22 @@ class SuspectedBackdoor:
                 f"{data.name}: no image of source label {', '.join(map(str, absent))} to measure the attack on"
             )
         return data, resolve_device(device)
+
+
+def as_network(model: Any, what: str) -> nn.Module:
+    """The network to work on: an ``nn.Module`` as given, or the one :func:`~neuralcleanse.load_model`
+    returned (its declared preprocessing included); a one-line :class:`ModelError` for anything else."""
+    from .models.loading import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return model.model
+    if isinstance(model, (str, os.PathLike)):
+        raise ModelError(f"{model}: {what} takes a model, not a path: load it with nc.load_model first")
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"{what} takes a torch nn.Module or nc.load_model's result, not a {type(model).__name__}"
+        )
+    return model
 
 
 def _label(value: Any, what: str) -> int:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -38,8 +38,11 @@ from .features import (
     top_neurons,
 )  # fmt: skip
 from .metrics import attack_victims, predict, stamped_success
-from .suspect import SuspectedBackdoor
+from .suspect import SuspectedBackdoor, as_network
 from .triggers import Trigger
+
+if TYPE_CHECKING:
+    from .models.loading import LoadedModel
 
 __all__ = ["ValidationResult", "validate_trigger", "top_neurons", "VALIDATION_FILE"]
 
@@ -195,7 +198,7 @@ def _iou(reversed_mask: torch.Tensor, real_region: torch.Tensor) -> tuple[float,
 
 
 def validate_trigger(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     backdoor: SuspectedBackdoor | Trigger,
     data: ImageDataset,
     *,
@@ -212,6 +215,7 @@ def validate_trigger(
 
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
+    model = as_network(model, "nc.validate_trigger")
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
     data, device = suspect.work(data, device)
     label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger

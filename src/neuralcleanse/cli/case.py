@@ -14,7 +14,7 @@ from ..errors import DataError, ModelError, SettingsError, TriggerError, Trigger
 from ..fingerprint import report_weights_sha256
 from ..suspect import SuspectedBackdoor
 from ..triggers import Trigger
-from .loading import ModelSource, model_options
+from .loading import ModelSource, build_preprocessing, model_options
 
 __all__ = ["Case", "case_options", "open_case"]
 
@@ -110,6 +110,44 @@ class Case:
         return notes
 
 
+def _describe_pre(pre: dict[str, Any]) -> str:
+    """A recorded preprocessing (``Preprocessing.to_dict()``) in the command line's words."""
+    parts = [f"input range {pre.get('input_range')}"]
+    for key in ("mean", "std"):
+        if pre.get(key) is not None:
+            parts.append(f"{key} {','.join(f'{v:g}' for v in pre[key])}")
+    if pre.get("channel_order", "rgb") != "rgb":
+        parts.append(f"channel order {pre['channel_order']}")
+    return ", ".join(parts)
+
+
+def _same_pre(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recorded preprocessings are the same function (one mean or std is every channel's)."""
+
+    def channels(v: Any, n: int) -> Any:
+        return v * n if isinstance(v, list) and len(v) == 1 else v
+
+    n = max(
+        len(v) for v in (a.get("mean"), a.get("std"), b.get("mean"), b.get("std"), [0]) if isinstance(v, list)
+    )
+    return {k: channels(v, n) for k, v in a.items()} == {k: channels(v, n) for k, v in b.items()}
+
+
+def _with_pre(source: ModelSource, pre: dict[str, Any]) -> ModelSource:
+    """``source`` declaring a recorded preprocessing (``Preprocessing.to_dict()``) as its options."""
+
+    def floats(key: str) -> str | None:
+        return None if pre.get(key) is None else ",".join(repr(float(v)) for v in pre[key])
+
+    return dataclasses.replace(
+        source,
+        input_range=str(pre.get("input_range", "0-1")),
+        mean=floats("mean"),
+        std=floats("std"),
+        channel_order=str(pre.get("channel_order", "rgb")),
+    )
+
+
 def _device_of(model: Any) -> Any:
     import torch
 
@@ -136,7 +174,22 @@ def open_case(
     if source.output_key is None and scanned_key is not None:
         logging.getLogger(__name__).info("--output-key %s, as the scan", scanned_key)
         source = dataclasses.replace(source, output_key=str(scanned_key))
+    scanned_pre = report.model.get("preprocessing")  # what the scan ran the network behind
+    declared = build_preprocessing(source.input_range, source.mean, source.std, source.channel_order)
+    if isinstance(scanned_pre, dict) and declared is None:  # as the output key: the scan's
+        source = _with_pre(source, scanned_pre)
     loaded = source.load(device)
+    if isinstance(scanned_pre, dict) and not _same_pre(loaded.preprocessing.to_dict(), scanned_pre):
+        raise SettingsError(
+            f"{report_path}: the scan ran the model with {_describe_pre(scanned_pre)}, this run with "
+            f"{_describe_pre(loaded.preprocessing.to_dict())}: give the scan's --input-range, --mean, --std "
+            "and --channel-order (or leave them all out to use the scan's)"
+        )
+    if isinstance(scanned_pre, dict) and declared is None and _describe_pre(scanned_pre) != "input range 0-1":
+        note = (
+            f"the model was run behind the scan's preprocessing ({_describe_pre(scanned_pre)}; {report_path})"
+        )
+        loaded = dataclasses.replace(loaded, notes=[*loaded.notes, note])
     recorded = report_weights_sha256(report.model)
     same = (
         loaded.sha256 == recorded

@@ -468,9 +468,13 @@ class DetectionReport:
                 if not tfile.exists():  # a report is whole or refused: every label has its trigger
                     raise DataError(f"{file.parent}: trigger file triggers/{tfile.name} is missing")
                 triggers[r.label] = Trigger.load(inside(file.parent, tfile, what="the trigger file"))
+            flagged = [int(x) for x in d["flagged"]]
+            unknown = sorted(set(flagged) - set(triggers))
+            if unknown:
+                raise DataError(f"{file}: malformed scan report (flagged label {unknown[0]} was not scanned)")
             return cls(
                 verdict=d["verdict"],
-                flagged=[int(x) for x in d["flagged"]],
+                flagged=flagged,
                 labels=labels,
                 median=_unnum(d["median"]),
                 mad=_unnum(d["mad"]),

@@ -20,13 +20,14 @@ from .._values import is_integer
 from ..data.convert import integer_labels
 from ..data.dataset import ImageDataset, label_conflicts
 from ..device import resolve_device
-from ..errors import DataError, ModelError, SettingsError, first_line
+from ..errors import DataError, SettingsError, first_line
 from ..fingerprint import fingerprints, tensor_fingerprint
 from ..metrics import check_rows, predict
 from ..models.adapt import OutputPick, describe_outputs, parse_output
 from ..models.loading import LoadedModel
 from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
+from ..suspect import as_network
 from ..triggers import Trigger
 from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from .distill import DistillSettings, distil_student
@@ -1007,13 +1008,7 @@ def scan(
         cfg = ReverseSettings.original(**settings) if sequential else ReverseSettings(**settings)
     except TypeError as exc:
         raise SettingsError(f"unknown scan setting: {exc}") from None
-    if isinstance(model, (str, os.PathLike)):
-        raise ModelError(f"{model}: nc.scan takes a model, not a path: load it with nc.load_model first")
-    net = getattr(model, "model", model) if not isinstance(model, nn.Module) else model
-    if not isinstance(net, nn.Module):
-        raise ModelError(
-            f"nc.scan takes a torch nn.Module or nc.load_model's result, not a {type(model).__name__}"
-        )
+    net = as_network(model, "nc.scan")
     if output_key is not None:  # an in-memory network with several outputs: the class scores are one
         net = OutputPick(net, parse_output(output_key))
     notes = list(getattr(model, "notes", []))

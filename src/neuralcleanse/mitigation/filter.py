@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from ..data.dataset import ImageDataset
 from ..errors import DataError
 from ..features import FeatureLayer, feature_activations, find_feature_layer, top_neurons
 from ..metrics import attack_victims, predict
-from ..suspect import SuspectedBackdoor
+from ..suspect import SuspectedBackdoor, as_network
 from ..triggers import Trigger
 from .details import MitigationDetails, register_details
 from .result import (
@@ -32,6 +33,9 @@ from .result import (
     measure,
     random_halves,
 )
+
+if TYPE_CHECKING:
+    from ..models.loading import LoadedModel
 
 __all__ = ["FilterDetails", "InputFilter", "filter_inputs"]
 
@@ -106,7 +110,7 @@ class FilterDetails(MitigationDetails):
 
 
 def filter_inputs(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     data: ImageDataset,
     backdoor: SuspectedBackdoor | Trigger,
     *,
@@ -128,6 +132,7 @@ def filter_inputs(
 
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
+    model = as_network(model, "nc.filter_inputs")
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
     data, device = suspect.work(data, device)
     label, reversed_trigger, real_trigger = suspect.label, suspect.reversed_trigger, suspect.real_trigger

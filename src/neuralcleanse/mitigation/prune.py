@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .._format import pct
 from ..data.dataset import ImageDataset
-from ..errors import SettingsError
+from ..errors import DataError, SettingsError
 from ..features import feature_activations, find_feature_layer, neuron_mask, top_neurons
 from ..modes import copy_model
-from ..suspect import SuspectedBackdoor
+from ..suspect import SuspectedBackdoor, as_network
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
 from .result import (
@@ -39,6 +39,9 @@ from .result import (
     measure,
     random_halves,
 )
+
+if TYPE_CHECKING:
+    from ..models.loading import LoadedModel
 
 __all__ = ["PruneDetails", "prune_neurons"]
 
@@ -90,7 +93,7 @@ class PruneDetails(MitigationDetails):
 
 
 def prune_neurons(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     data: ImageDataset,
     backdoor: SuspectedBackdoor | Trigger,
     *,
@@ -115,6 +118,7 @@ def prune_neurons(
 
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
+    model = as_network(model, "nc.prune_neurons")
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
     data, device = suspect.work(data, device)
     label, reversed_trigger = suspect.label, suspect.reversed_trigger
@@ -126,6 +130,11 @@ def prune_neurons(
     if len(data) < 4:
         raise SettingsError(f"{data.name}: too few images to rank and measure neurons")
     rank_set, eval_set = random_halves(data, seed)
+    if max_accuracy_drop is not None and not bool((eval_set.labels == label).any()):
+        raise DataError(  # the guard on the label's own accuracy would be off without a word
+            f"{data.name}: no clean image of label {label} among the {len(eval_set)} images pruning is measured "
+            "on: pruning stops before it halves that label's own accuracy, which needs images of it"
+        )
     feat = find_feature_layer(model, layer, example=data.images[:2])
     clean = feature_activations(model, feat, rank_set.images, device=device)
     stamped = feature_activations(model, feat, reversed_trigger.apply(rank_set.images), device=device)

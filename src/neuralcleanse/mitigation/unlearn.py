@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ from ..errors import DataError, SettingsError
 from ..features import refuse_opaque
 from ..lab.training import TrainSettings, train_classifier
 from ..modes import copy_model, requires_grad
-from ..suspect import SuspectedBackdoor
+from ..suspect import SuspectedBackdoor, as_network
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
 from .result import (
@@ -48,6 +48,9 @@ from .result import (
     measure,
     missing_labels,
 )
+
+if TYPE_CHECKING:
+    from ..models.loading import LoadedModel
 
 __all__ = ["BatchNormMode", "UnlearnDetails", "unlearn"]
 
@@ -131,7 +134,7 @@ class UnlearnDetails(MitigationDetails):
 
 
 def unlearn(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     train: ImageDataset,
     test: ImageDataset,
     backdoor: SuspectedBackdoor | Trigger,
@@ -163,6 +166,7 @@ def unlearn(
 
     ``backdoor``: a :class:`SuspectedBackdoor`, or its reversed trigger with the other fields as keywords.
     """
+    model = as_network(model, "nc.unlearn")
     suspect = SuspectedBackdoor.of(backdoor, label, real_trigger, source_labels)
     train, device = suspect.work(train, device, measured=False)
     test, device = suspect.work(test, device)
@@ -171,7 +175,7 @@ def unlearn(
     check_fraction(stamp_fraction, "stamped fraction")
     if batchnorm not in ("frozen", "update"):
         raise SettingsError(f"batchnorm must be 'frozen' or 'update', got {batchnorm!r}")
-    refuse_opaque(model, "unlearning fine-tunes the weights, and the model is")
+    refuse_opaque(model, "unlearning fine-tunes the weights, and the model is", programs=True)
     norms = _batchnorms(model)
     gen = torch.Generator().manual_seed(seed)
     n = max(1, round(fraction * len(train)))
