@@ -1251,6 +1251,22 @@ CASES: list[Case] = [
         "{tmp}/out.checkpoint",
     ),
     Case(
+        "checkpoint-place-taken",
+        "scan whose <out>.checkpoint is a folder of the user's (not a checkpoint)",
+        lambda e: _write(e.tmp / "out.checkpoint" / "mine.txt", "keep me") and _scan(e),
+        "exists and is not a scan checkpoint",
+        1,
+        "{tmp}/out.checkpoint",
+    ),
+    Case(
+        "checkpoint-stale",
+        "scan (no --resume, no --force) where an unfinished scan left its checkpoint",
+        lambda e: _foreign_checkpoint(e) or _scan(e),
+        "an unfinished scan's checkpoint is there: the same command with --resume continues",
+        1,
+        "{tmp}/out.checkpoint",
+    ),
+    Case(
         "resume-foreign",
         "scan --resume from another model's checkpoint",
         lambda e: _foreign_checkpoint(e) or _scan(e, "--resume"),
@@ -1962,6 +1978,33 @@ def test_corpus_size() -> None:
     assert len(CASES) + len(API_CASES) >= 50
     commands = {c.id.split("-")[0] for c in CASES}
     assert {"scan", "train", "zoo", "validate", "mitigate", "report", "demo", "scanmany"} <= commands
+
+
+def test_a_full_disk_is_an_input_error_not_a_bug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails for lack of space (a library's, naming no file) is exit 1, one line, no log."""
+    import errno
+
+    import neuralcleanse.cli.report as report_cli
+    from neuralcleanse.fleet.jobs import _describe
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report_cli, "setup_logging", full)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    code = main(["report", str(tmp_path)])
+    _, err = capsys.readouterr()
+    assert (
+        code == 1
+        and err
+        == "error: writing the results failed: No space left on device (nothing half-written is kept)\n"
+    )
+    assert not (tmp_path / "cache").exists()
+    assert _describe(OSError(errno.ENOSPC, "No space left on device")).startswith(
+        "writing the results failed"
+    )
 
 
 def test_internal_error_is_one_line_and_logged(

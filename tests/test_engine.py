@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -225,3 +226,21 @@ def test_auto_precision_is_resolved_for_the_device() -> None:
     assert ReverseSettings.exhaustive().for_device("cpu").precision == "fp32"
     nc = NeuralCleanse(tiny_model(), settings=ReverseSettings(max_steps=2), device="cpu")
     assert nc.settings.precision == resolved.precision  # what the report records
+
+
+def test_a_checkpointed_state_of_the_wrong_types_is_refused(tmp_path: Path) -> None:
+    """A hand-edited checkpoint (a step that is not a number) is a corrupt checkpoint, not a crash later."""
+    from neuralcleanse.detection.checkpoint import load_checkpoint, save_checkpoint
+    from neuralcleanse.errors import CheckpointError
+
+    s = _state()
+    identity = {"model": "m", "labels": [0]}
+    save_checkpoint(tmp_path / "ck", identity, [s])
+    assert load_checkpoint(tmp_path / "ck", identity)[0].step == s.step
+    state = json.loads((tmp_path / "ck" / "state.json").read_text())
+    for field, bad in (("step", "abc"), ("step", True), ("done", 1)):
+        edited = json.loads(json.dumps(state))
+        edited["labels"][0][field] = bad
+        (tmp_path / "ck" / "state.json").write_text(json.dumps(edited))
+        with pytest.raises(CheckpointError, match=f"corrupt checkpoint .TypeError: {field} must be"):
+            load_checkpoint(tmp_path / "ck", identity)

@@ -422,6 +422,39 @@ def test_a_killed_driver_resumes(
     _check_resumes(cli, fleet, references)
 
 
+def test_resume_keeps_only_reports_of_the_same_settings_and_weights(
+    world: dict[str, Path], tmp_path: Path, cli: Cli
+) -> None:
+    """--resume reuses a finished report only if the run's settings and the model's weights are those
+    it was made with: otherwise the summary would describe a scan that was not run."""
+    import shutil
+
+    model = tmp_path / "models" / "m"
+    shutil.copytree(world["bad"], model)
+    out = tmp_path / "fleet"
+    fleet = [
+        "scan-many",
+        str(model),
+        "--data",
+        str(world["data"]),
+        *SCAN,
+        "--labels",
+        "0,1",
+        "--out",
+        str(out),
+    ]
+    code, _, stderr = cli(*fleet)
+    assert code == 0, stderr
+    first = (out / "m" / "report.json").read_text()
+    code, _, stderr = cli(*fleet, "--resume", "--seed", "7")
+    assert code == 2 and "its run scanned with seed = 0, this one with 7" in stderr
+    shutil.rmtree(model)
+    shutil.copytree(world["clean"], model)  # another model in the same place
+    code, _, stderr = cli(*fleet, "--resume")
+    assert code == 2 and "holds the scan of an earlier version of" in stderr and "--force" in stderr
+    assert (out / "m" / "report.json").read_text() == first  # nothing replaced by a refused run
+
+
 # ---- Ray ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_instance() -> Any:
@@ -633,6 +666,11 @@ def test_folders_are_searched_and_names_are_unique(tmp_path: Path) -> None:
         unique_names([ModelEntry(tmp_path / "x", name="m"), ModelEntry(tmp_path / "y", name="m")])
     with pytest.raises(SettingsError, match="name '../up' must be"):
         unique_names([ModelEntry(tmp_path / "x", name="../up")])
+    for taken in ("x.checkpoint", "summary.json", "INDEX.html"):  # the fleet folder's own files
+        with pytest.raises(SettingsError, match=f"name '{re.escape(taken)}' is the fleet's own"):
+            unique_names([ModelEntry(tmp_path / "x", name=taken)])
+    (tmp_path / "e" / "x.checkpoint").mkdir(parents=True)  # a model folder of that name gets another
+    assert unique_names([ModelEntry(tmp_path / "e" / "x.checkpoint")]) == ["x_checkpoint"]
     with pytest.raises(ModelError, match="no model files"):
         collect_models([tmp_path / "scans"])
     with pytest.raises(ModelError, match="model file not found"):

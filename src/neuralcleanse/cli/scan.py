@@ -143,6 +143,29 @@ class ScanRequest:
         return None
 
 
+def _check_checkpoint_place(request: ScanRequest) -> None:
+    """``<out>.checkpoint`` is the scan's while it runs: a checkpoint there is continued (``resume``) or,
+    with ``force``, started over; anything else there is not the scan's to overwrite or delete."""
+    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
+
+    place = request.checkpoint
+    if not (place.exists() or place.is_symlink()):
+        return
+    if not has_checkpoint(place) or place.is_symlink():
+        raise CheckpointError(
+            f"{place}: exists and is not a scan checkpoint; a scan keeps its checkpoint there while it runs: "
+            "move it away, or choose another output path"
+        )
+    if request.resume:
+        return
+    if not request.force:
+        raise CheckpointError(
+            f"{place}: an unfinished scan's checkpoint is there: the same command with --resume continues "
+            "that scan, --force starts over"
+        )
+    remove_checkpoint(place)
+
+
 def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionReport:
     """Load the model, check it against the images, scan it, save the report (and with ``html`` its
     page) in ``request.out``, and return the report.
@@ -155,6 +178,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
     from ..detection.checkpoint import remove_checkpoint
 
     wanted = request.check()
+    _check_checkpoint_place(request)
     settings = request.settings()
     reference = request.reference()
     source, device = request.source, request.device

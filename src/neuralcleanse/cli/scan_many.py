@@ -261,6 +261,8 @@ def scan_many(
         )
     check_output_dir(out, force=True, option="--out")
     jobs, settings = _jobs(sources, out, options, device)
+    if resume:
+        _check_same_run(out, settings)
     results, todo = _finished(jobs, resume=resume)
 
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -405,19 +407,64 @@ def _jobs(
     return jobs, {k: _jsonable(v) for k, v in {**base, **fields, "device": device}.items()}
 
 
+#: settings that do not change a scan's outcome: a run may be continued with others
+_FREE_SETTINGS = frozenset({"device"})
+
+
+def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
+    """``--resume`` keeps the reports of the run in ``out``: its settings (as its summary recorded them)
+    must be this run's, or the summary would describe reports made otherwise."""
+    from .._io import read_result
+    from ..fleet.summary import SUMMARY_FILE
+
+    if not (out / SUMMARY_FILE).is_file():
+        return
+    earlier = read_result(out, SUMMARY_FILE, what="fleet summary")[1].get("settings")
+    if not isinstance(earlier, dict):
+        return
+    for key in sorted((set(earlier) | set(settings)) - _FREE_SETTINGS):
+        if earlier.get(key) != settings.get(key):
+            raise SettingsError(
+                f"--out {out}: its run scanned with {key} = {earlier.get(key)!r}, this one with "
+                f"{settings.get(key)!r}: --resume continues a run with the same settings (--force replaces "
+                "its reports)"
+            )
+
+
+def _weights_sha256(model: Path) -> str | None:
+    """The sha256 a scan records for the weights of ``model`` as it is now (a model directory: its
+    card's), or None if it cannot be read (the scan will say why)."""
+    import hashlib
+
+    from ..errors import NeuralCleanseError
+    from ..models.card import ModelCard
+
+    try:
+        if model.is_dir():
+            return ModelCard.load(model / "card.json").weights_sha256 or None
+        digest = hashlib.sha256()
+        with model.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except (OSError, NeuralCleanseError):
+        return None
+
+
 def _finished(jobs: list[Any], *, resume: bool) -> tuple[dict[str, Any], list[Any]]:
     """Every job's result so far (``pending``, or with ``resume`` the finished report found in its
     directory) and the jobs still to run. Without ``resume``, a previous run's checkpoints are removed
     (``--force``: every model is scanned again)."""
     from ..detection import DetectionReport
-    from ..detection.checkpoint import remove_checkpoint
+    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
+    from ..fingerprint import report_weights_sha256
     from ..fleet import ModelResult
 
     results = {job.name: ModelResult.pending(job) for job in jobs}
     todo = []
     for job in jobs:
         if not (resume and (job.out / "report.json").is_file()):  # reports are saved whole or not at all
-            if not resume:
+            if not resume and has_checkpoint(job.request.checkpoint):  # what is not one, the scan refuses
                 remove_checkpoint(job.request.checkpoint)
             todo.append(job)
             continue
@@ -426,6 +473,12 @@ def _finished(jobs: list[Any], *, resume: bool) -> tuple[dict[str, Any], list[An
         if recorded is not None and Path(recorded).resolve() != Path(job.model).resolve():
             raise SettingsError(
                 f"--out {job.out} holds the scan of another model ({recorded}); --resume needs the same models"
+            )
+        scanned, now = report_weights_sha256(report.model), _weights_sha256(Path(job.model))
+        if scanned and now and scanned != now:
+            raise SettingsError(
+                f"--out {job.out} holds the scan of an earlier version of {job.model} (weights sha256 "
+                f"{scanned[:12]}..., the file now {now[:12]}...): --force scans every model again"
             )
         if not (job.out / "report.html").is_file():  # the run was killed between the report and its page
             from ..report import write_html_report

@@ -166,8 +166,10 @@ class LabelState:
             if name in cls._TENSORS + cls._BEST:
                 values[name] = tensors.get(name)
             elif name in scalars:
-                v = scalars[name]
-                values[name] = _decode_float(v) if hints[name] is float else v
+                v, expected = scalars[name], hints[name]
+                if expected in (int, bool, str) and type(v) is not expected:  # as JSON gives them back
+                    raise TypeError(f"{name} must be {expected.__name__}, got {v!r}")
+                values[name] = _decode_float(v) if expected is float else v
         return cls(**values)
 
 

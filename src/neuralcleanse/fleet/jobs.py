@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .._io import DISK_ERRORS
 from ..errors import NeuralCleanseError, exception_line, first_line
 
 __all__ = ["FleetJob", "ModelResult", "Work", "run_job", "STATUSES", "VERDICT_ORDER"]
@@ -176,6 +177,8 @@ def _describe(exc: BaseException) -> str:
         return first_line(exc)
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+        return f"writing the results failed: {exc.strerror} (nothing half-written is kept)"
     return f"internal error ({exception_line(exc)})"
 
 

@@ -86,9 +86,20 @@ def collect_models(sources: Sequence[str | Path]) -> list[ModelEntry]:
     return unique
 
 
+#: names a fleet's folder holds besides the models' report directories: a model may not take them
+_RESERVED = ("summary.json", "index.html")
+#: a model's report directory ``NAME`` has its checkpoint beside it as ``NAME.checkpoint`` while it runs
+_CHECKPOINT_SUFFIX = ".checkpoint"
+
+
+def _reserved(name: str) -> bool:
+    return name.lower() in _RESERVED or name.lower().endswith(_CHECKPOINT_SUFFIX)
+
+
 def _base_name(path: Path) -> str:
     stem = path.name if path.is_dir() else path.name.split(".")[0] or path.name
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".-_") or "model"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".-_") or "model"
+    return name.replace(".", "_") if _reserved(name) else name
 
 
 def unique_names(entries: Sequence[ModelEntry]) -> list[str]:
@@ -101,6 +112,11 @@ def unique_names(entries: Sequence[ModelEntry]) -> list[str]:
             raise SettingsError(
                 f"{entry.origin}: name {entry.name!r} must be 1-100 letters, digits, '.', '_' or '-' "
                 "(it names the model's report directory)"
+            )
+        if entry.name is not None and _reserved(entry.name):
+            raise SettingsError(
+                f"{entry.origin}: name {entry.name!r} is the fleet's own: {', '.join(_RESERVED)} and names "
+                f"ending in {_CHECKPOINT_SUFFIX} (a running scan's checkpoint) name files of the fleet's folder"
             )
     dupes = sorted({n for n in explicit if explicit.count(n) > 1})
     if dupes:
