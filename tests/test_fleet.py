@@ -7,6 +7,7 @@ fast; Ray is started once for the module (a local instance, as ``--ray`` starts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -453,6 +454,65 @@ def test_resume_keeps_only_reports_of_the_same_settings_and_weights(
     code, _, stderr = cli(*fleet, "--resume")
     assert code == 2 and "holds the scan of an earlier version of" in stderr and "--force" in stderr
     assert (out / "m" / "report.json").read_text() == first  # nothing replaced by a refused run
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux: /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _is_worker(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a zombie is dead, only not yet reaped
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker through /proc")
+def test_workers_end_with_a_driver_killed_with_sigkill(world: dict[str, Path], tmp_path: Path) -> None:
+    """``kill -9`` of ``scan-many --workers``: its worker stops mid-model instead of finishing it and
+    writing a report the summary never records."""
+    out = tmp_path / "fleet"
+    long_scan = ["--samples", "30", "--seed", "0", "--device", "cpu"]
+    args = ["scan-many", str(world["bad"]), "--data", str(world["data"]), *long_scan, "--workers", "1"]
+    driver = _python("import sys; from neuralcleanse.cli import main; sys.exit(main(sys.argv[1:]))",
+                     *args, "--threads-per-worker", "1", "--out", str(out))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := [w for w in _children(driver.pid) if _is_worker(w)]):
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no worker process started in 2 minutes"
+            time.sleep(0.2)
+        time.sleep(4)  # into its model
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker outlived its killed driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.communicate()
+        for w in _children(driver.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else None
+    if summary is not None:  # what the driver last recorded is still true: no report came after it
+        assert [m["status"] for m in summary["models"]] == ["done" if (out / "bad").exists() else "pending"]
 
 
 # ---- Ray ----------------------------------------------------------------------------------------------

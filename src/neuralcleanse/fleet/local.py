@@ -60,14 +60,36 @@ def run_in_process(
     return results
 
 
+#: a worker's exit code when its parent is gone (killed with SIGKILL: nothing stopped the worker)
+ORPHANED = 75
+
+
+def _exit_with_parent() -> None:
+    """End this worker as soon as the process that started it is gone, also mid-model: a driver killed
+    with SIGKILL cannot stop its workers, and a worker that finished its model then would write a report
+    the driver's summary never records (the model's checkpoint stays, so ``--resume`` continues it)."""
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(ORPHANED)
+
+    threading.Thread(target=watch, name="neuralcleanse-parent-watch", daemon=True).start()
+
+
 def _serve(conn: multiprocessing.connection.Connection, threads: int) -> None:
     """A worker process: run the jobs it is sent until it is sent ``None``. Ctrl-C is the parent's to
-    handle (it stops the workers), so the worker ignores it."""
+    handle (it stops the workers), so the worker ignores it; it ends with its parent."""
     import signal
 
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     torch.set_num_threads(threads)
     while True:
         try:
