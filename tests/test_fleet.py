@@ -787,3 +787,21 @@ def test_worker_threads_share_the_cores_within_omp_num_threads(monkeypatch: pyte
     for ignored in ("0", "two", ""):
         monkeypatch.setenv("OMP_NUM_THREADS", ignored)
         assert worker_threads(1) == cores
+
+
+def test_one_run_at_a_time_writes_an_output(world: dict[str, Path], tmp_path: Path, cli: Cli) -> None:
+    """A second run writing the same --out while the first runs is refused at once (not after its work)."""
+    from neuralcleanse._io import run_lock
+
+    scan_out, fleet_out = tmp_path / "scan", tmp_path / "fleet"
+    with run_lock(scan_out, option="--out"), run_lock(fleet_out, option="--out"):  # the first runs
+        code, _, err = cli(
+            "scan", str(world["bad"]), "--data", str(world["data"]), *SCAN, "--out", str(scan_out)
+        )
+        assert code == 2 and f"--out {scan_out}: another neuralcleanse run is writing it now" in err
+        code, _, err = cli(*_fleet(world, fleet_out))
+        assert code == 2 and f"--out {fleet_out}: another neuralcleanse run is writing it now" in err
+        assert not scan_out.exists() and not (fleet_out.exists() and any(fleet_out.iterdir()))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")]  # no lock left behind
+    code, _, err = cli("scan", str(world["bad"]), "--data", str(world["data"]), *SCAN, "--out", str(scan_out))
+    assert code == 0, err

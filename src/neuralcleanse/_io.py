@@ -48,6 +48,39 @@ DISK_ERRORS = frozenset(
 )
 
 
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike[str], *, option: str) -> Iterator[None]:
+    """Within the block this process is the only neuralcleanse run writing the result ``path``: an
+    exclusive lock on ``.NAME.lock`` beside it (removed at the end); a second run is refused at once with
+    a one-line :class:`SettingsError` naming ``option``, instead of doing its work and then failing or
+    doing the first one's again. Where no lock can be taken (no such folder yet, no ``fcntl``) it runs
+    without one."""
+    out = Path(path)
+    lock = out.parent / f".{out.name}.lock"
+    try:
+        import fcntl
+
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SettingsError(
+                f"{option} {out}: another neuralcleanse run is writing it now; wait for that one to end, or "
+                f"choose another {option}"
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from .._io import run_lock
 from ..detection.settings import MAX_STARTS
 from ..detection.statistics import STATISTICS, get_statistic
 from ..errors import CheckpointError, DataError, SettingsError
@@ -424,7 +425,8 @@ def scan(
     if resume and not has_checkpoint(request.checkpoint):
         raise CheckpointError(f"{request.checkpoint}: no checkpoint to resume from (--resume)")
     try:
-        report = scan_model(request, bar=not as_json)
+        with run_lock(request.out, option="--out"):
+            report = scan_model(request, bar=not as_json)
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         if has_checkpoint(request.checkpoint):

@@ -238,7 +238,7 @@ def scan_many(
     summary says why, the others are scanned), 2 for a usage error, 130 when interrupted (--resume
     continues).
     """
-    from .._io import check_output_dir
+    from .._io import check_output_dir, run_lock
     from ..fleet import (
         FleetSummary,
         ModelResult,
@@ -260,84 +260,89 @@ def scan_many(
             "replaces its reports)"
         )
     check_output_dir(out, force=True, option="--out")
-    jobs, settings = _jobs(sources, out, options, device)
-    if resume:
-        _check_same_run(out, settings)
-    results, todo = _finished(jobs, resume=resume)
+    with run_lock(out, option="--out"):  # one run at a time writes a fleet folder
+        jobs, settings = _jobs(sources, out, options, device)
+        if resume:
+            _check_same_run(out, settings)
+        results, todo = _finished(jobs, resume=resume)
 
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    start = time.monotonic()
-    if on_ray:
-        cpus = cpus_per_task or 1
-        runner: dict[str, Any] = {
-            "backend": "ray",
-            "address": ray_address or "local instance",
-            "cpus_per_task": cpus,
-            "gpus_per_task": gpus_per_task or 0,
-            "threads": cpus,
-        }
-        where = f"on Ray ({runner['address']}, {_count(cpus, 'CPU')} per task)"
-    elif workers is not None:
-        threads = threads_per_worker or worker_threads(workers)
-        runner = {"backend": "processes", "workers": workers, "threads": threads}
-        where = f"in {_count(workers, 'worker process')} of {_count(threads, 'thread')}"
-    else:
-        import torch
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        start = time.monotonic()
+        if on_ray:
+            cpus = cpus_per_task or 1
+            runner: dict[str, Any] = {
+                "backend": "ray",
+                "address": ray_address or "local instance",
+                "cpus_per_task": cpus,
+                "gpus_per_task": gpus_per_task or 0,
+                "threads": cpus,
+            }
+            where = f"on Ray ({runner['address']}, {_count(cpus, 'CPU')} per task)"
+        elif workers is not None:
+            threads = threads_per_worker or worker_threads(workers)
+            runner = {"backend": "processes", "workers": workers, "threads": threads}
+            where = f"in {_count(workers, 'worker process')} of {_count(threads, 'thread')}"
+        else:
+            import torch
 
-        threads = threads_per_worker or torch.get_num_threads()
-        runner = {"backend": "in-process", "workers": 1, "threads": threads}
-        where = "in this process, one at a time"
+            threads = threads_per_worker or torch.get_num_threads()
+            runner = {"backend": "in-process", "workers": 1, "threads": threads}
+            where = "in this process, one at a time"
 
-    def summary() -> FleetSummary:
-        return FleetSummary(
-            [results[job.name] for job in jobs], runner, settings, started, time.monotonic() - start
-        )
-
-    progress = _Progress(len(jobs), len(jobs) - len(todo))
-
-    def on_result(result: ModelResult) -> None:
-        results[result.name] = result
-        progress.update(result)
-        summary().save(out)  # a look at the run while it goes on
-
-    with contextlib.ExitStack() as stack:
-        if todo and on_ray:  # connected (or started) before anything is written
-            stack.enter_context(
-                ray_session(address=ray_address, num_cpus=None if ray_address else available_cpus())
+        def summary() -> FleetSummary:
+            return FleetSummary(
+                [results[job.name] for job in jobs], runner, settings, started, time.monotonic() - start
             )
-            check_task_fits(runner["cpus_per_task"], runner["gpus_per_task"], wait=ray_address is not None)
-        reused = len(jobs) - len(todo)
-        click.echo(
-            f"scan-many: {_count(len(jobs), 'model')}" + (f" ({reused} finished earlier)" if reused else "")
-            + f", {where}",
-            err=True,
-        )  # fmt: skip
-        progress.show()
-        try:
-            summary().save(out)
-            if todo and on_ray:
-                run_ray(
-                    todo, _scan_job, cpus_per_task=runner["cpus_per_task"], gpus_per_task=runner["gpus_per_task"],
-                    retries=retries, wait_for_resources=ray_address is not None, on_result=on_result,
-                )  # fmt: skip
-            elif todo and workers is not None:
-                run_processes(
-                    todo, _scan_job, workers=workers, threads=runner["threads"], retries=retries,
-                    on_result=on_result,
-                )  # fmt: skip
-            elif todo:
-                run_in_process(todo, _scan_job, threads=threads_per_worker, on_result=on_result)
-        finally:
-            progress.close()
-            final = summary()
-            final.save(out)  # also when interrupted: the models not finished are pending, --resume continues
-    _print_table(final, out, sort)
-    failed = final.failed
-    if failed:
-        raise DataError(
-            f"{len(failed)} of {len(jobs)} models failed ({failed[0].name}: {failed[0].error}); "
-            f"every model's outcome is in {out / 'summary.json'}"
-        )
+
+        progress = _Progress(len(jobs), len(jobs) - len(todo))
+
+        def on_result(result: ModelResult) -> None:
+            results[result.name] = result
+            progress.update(result)
+            summary().save(out)  # a look at the run while it goes on
+
+        with contextlib.ExitStack() as stack:
+            if todo and on_ray:  # connected (or started) before anything is written
+                stack.enter_context(
+                    ray_session(address=ray_address, num_cpus=None if ray_address else available_cpus())
+                )
+                check_task_fits(
+                    runner["cpus_per_task"], runner["gpus_per_task"], wait=ray_address is not None
+                )
+            reused = len(jobs) - len(todo)
+            click.echo(
+                f"scan-many: {_count(len(jobs), 'model')}" + (f" ({reused} finished earlier)" if reused else "")
+                + f", {where}",
+                err=True,
+            )  # fmt: skip
+            progress.show()
+            try:
+                summary().save(out)
+                if todo and on_ray:
+                    run_ray(
+                        todo, _scan_job, cpus_per_task=runner["cpus_per_task"], gpus_per_task=runner["gpus_per_task"],
+                        retries=retries, wait_for_resources=ray_address is not None, on_result=on_result,
+                    )  # fmt: skip
+                elif todo and workers is not None:
+                    run_processes(
+                        todo, _scan_job, workers=workers, threads=runner["threads"], retries=retries,
+                        on_result=on_result,
+                    )  # fmt: skip
+                elif todo:
+                    run_in_process(todo, _scan_job, threads=threads_per_worker, on_result=on_result)
+            finally:
+                progress.close()
+                final = summary()
+                final.save(
+                    out
+                )  # also when interrupted: the models not finished are pending, --resume continues
+        _print_table(final, out, sort)
+        failed = final.failed
+        if failed:
+            raise DataError(
+                f"{len(failed)} of {len(jobs)} models failed ({failed[0].name}: {failed[0].error}); "
+                f"every model's outcome is in {out / 'summary.json'}"
+            )
 
 
 def _check_runner(
