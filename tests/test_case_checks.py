@@ -181,3 +181,19 @@ def test_pruning_refuses_data_without_the_label_it_guards(
     nc.prune_neurons(
         badnets_model.model, without, badnets_report.triggers[0], label=0, max_accuracy_drop=None
     )
+
+
+def test_a_real_trigger_that_does_not_work_is_said_to_be_doubtful(
+    badnets_model: ModelBundle, badnets_report: DetectionReport, mnist_sample: DatasetSplits
+) -> None:
+    test = mnist_sample.test.subset(range(400))
+    reversed_trigger = badnets_report.triggers[0]
+    right = nc.Trigger.from_spec("square:size=4,at=bottom-right,margin=1,pattern=white", (1, 28, 28))
+    wrong = nc.Trigger.from_spec("square:size=4,at=top-left,margin=1,pattern=white", (1, 28, 28))
+    doubt = "probably not the backdoor's trigger"
+    for real, doubted in ((right, False), (wrong, True)):
+        v = nc.validate_trigger(badnets_model.model, reversed_trigger, test, label=0, real_trigger=real)
+        assert (v.real_attack_success or 0) < 0.5 if doubted else (v.real_attack_success or 0) > 0.9
+        assert any(doubt in n for n in v.notes) == doubted
+        _, m = nc.filter_inputs(badnets_model.model, test, reversed_trigger, label=0, real_trigger=real)
+        assert any(doubt in n for n in m.notes) == doubted

@@ -38,6 +38,7 @@ from .features import (
     top_neurons,
 )  # fmt: skip
 from .metrics import attack_victims, predict, stamped_success
+from .mitigation.result import real_trigger_notes
 from .suspect import SuspectedBackdoor, as_network
 from .triggers import Trigger
 
@@ -289,6 +290,7 @@ def validate_trigger(
             mass_inside_real=mass,
             shared_top_neurons=len(set(top.tolist()) & set(real_top.tolist())) / len(top),
         )
+        notes += real_trigger_notes(result["real_attack_success"])
     else:
         notes.append("no real trigger known: only the reversed trigger is measured")
     return ValidationResult(**result, notes=notes)

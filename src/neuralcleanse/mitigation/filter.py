@@ -32,6 +32,7 @@ from .result import (
     label_loss_notes,
     measure,
     random_halves,
+    real_trigger_notes,
 )
 
 if TYPE_CHECKING:
@@ -183,7 +184,14 @@ def filter_inputs(
     notes = [
         f"threshold set on {len(calib)} clean images at {fpr:.0%} false positives; rates measured on {len(held)} others"
     ]
-    notes += label_loss_notes(label, before, after, instead="lower the filter's false-positive rate (--fpr)")
+    notes += label_loss_notes(
+        label,
+        before,
+        after,
+        instead="lower the filter's false-positive rate (--fpr)",
+        subject="behind the filter, the model",
+    )
+    notes += real_trigger_notes(before.real_attack_success)
     notes += coverage_notes(
         model, data, what="clean accuracy and false positives are measured without them", device=device
     )

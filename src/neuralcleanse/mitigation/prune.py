@@ -38,6 +38,7 @@ from .result import (
     label_loss_notes,
     measure,
     random_halves,
+    real_trigger_notes,
 )
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ def prune_neurons(
             "on the held-out half: check the repaired model on your own data before using it"
         )
     notes += label_loss_notes(label, before, after, instead="unlearn instead (--method unlearn)")
+    notes += real_trigger_notes(before.real_attack_success)
     notes += coverage_notes(
         model,
         data,

@@ -26,6 +26,7 @@ __all__ = [
     "measure",
     "check_fraction",
     "label_loss_notes",
+    "real_trigger_notes",
     "missing_labels",
     "random_halves",
     "RESULT_FILE",
@@ -121,15 +122,33 @@ def measure(
     )
 
 
-def label_loss_notes(label: int, before: Measure, after: Measure, *, instead: str) -> list[str]:
-    """A note when the repaired model gets the suspected label's own clean images right less than
-    :data:`LABEL_KEPT` as often as before: its lower attack success then says little. ``instead``: what
-    to try instead."""
+#: below this attack success on the model as given, a real trigger probably is not the backdoor's
+REAL_TRIGGER_WORKS = 0.5
+
+
+def real_trigger_notes(success: float | None) -> list[str]:
+    """A note when the real trigger hardly works on the model as given (``success``, its attack success
+    before any repair): then the spec is probably not the backdoor's, and its figures say little."""
+    if success is None or success >= REAL_TRIGGER_WORKS:
+        return []
+    return [
+        f"the real trigger succeeds on only {pct(success, 1)} of the images on the model as given: it is "
+        "probably not the backdoor's trigger (check --real-trigger's position, size and pattern), and its "
+        "figures say little"
+    ]
+
+
+def label_loss_notes(
+    label: int, before: Measure, after: Measure, *, instead: str, subject: str = "the repaired model"
+) -> list[str]:
+    """A note when the repaired model (``subject``) gets the suspected label's own clean images right less
+    than :data:`LABEL_KEPT` as often as before: its lower attack success then says little. ``instead``:
+    what to try instead."""
     b, a = before.label_accuracy, after.label_accuracy
     if b is None or a is None or b < 0.2 or a >= LABEL_KEPT * b:
         return []
     return [
-        f"the repaired model gets {pct(a, 1)} of label {label}'s own clean images right (before: {pct(b, 1)}): "
+        f"{subject} gets {pct(a, 1)} of label {label}'s own clean images right (before: {pct(b, 1)}): "
         f"its attack success fell at least partly because it no longer gives label {label}, which removes "
         f"the label, not only the backdoor; check it with the real trigger, or {instead}"
     ]

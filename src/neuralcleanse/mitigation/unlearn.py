@@ -47,6 +47,7 @@ from .result import (
     label_loss_notes,
     measure,
     missing_labels,
+    real_trigger_notes,
 )
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ def unlearn(
     )
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
     notes += label_loss_notes(label, before, after, instead="fine-tune for fewer epochs (--epochs)")
+    notes += real_trigger_notes(before.real_attack_success)
     if missing:
         notes.append(coverage)
     left = {"reversed": after.attack_success, "real": after.real_attack_success}
