@@ -2088,6 +2088,29 @@ def test_the_installed_command_prints_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr + done.stdout and list(tmp_path.iterdir()) == []
 
 
+def test_a_signal_while_the_command_starts_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM while torch is still being imported (the first second or two): the interrupted
+    exit code and one line, not a traceback of the import."""
+    import signal
+    import subprocess
+    import time
+
+    exe = Path(sys.executable).with_name("neuralcleanse")
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "neuralcleanse"])]
+    for sig, said in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")):
+        started = subprocess.Popen(
+            [*cmd, "scan", str(tmp_path / "none.pt2")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.3)
+        started.send_signal(sig)
+        out, err = started.communicate(timeout=60)
+        assert started.returncode == 130 and err == f"error: {said} while starting: nothing was done\n", err
+        assert "Traceback" not in out + err
+
+
 def test_off_a_terminal_each_log_record_is_one_line(tmp_path: Path) -> None:
     """In a pipe or CI log the user-code warning and the error are one line each, never wrapped."""
     import subprocess

@@ -4,37 +4,100 @@ Implements Neural Cleanse (Wang et al., "Neural Cleanse: Identifying and Mitigat
 Neural Networks", IEEE S&P 2019) for PyTorch.
 """
 
-from .data import DatasetSplits, ImageDataset, load_dataset  # noqa: E402
-from .data.files import load_images  # noqa: E402
-from .detection import (  # noqa: E402
-    DetectionReport,
-    NeuralCleanse,
-    Reference,
-    ReverseSettings,
-    mad_outlier_test,
-    scan,
-)
-from .errors import CheckpointError, DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError  # noqa: E402
-from .lab import (  # noqa: E402
-    BadNets,
-    MultiBackdoor,
-    Recipe,
-    TrainSettings,
-    Trojan,
-    poison_dataset,
-    train_classifier,
-    train_recipe,
-)
-from .metrics import accuracy, attack_success_rate  # noqa: E402
-from .mitigation import InputFilter, MitigationResult, filter_inputs, prune_neurons, unlearn  # noqa: E402
-from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir  # noqa: E402
-from .models.loading import LoadedModel, load_model  # noqa: E402
-from .models.preprocess import Preprocessing  # noqa: E402
-from .report import write_html_report  # noqa: E402
-from .suspect import SuspectedBackdoor  # noqa: E402
-from .triggers import Trigger  # noqa: E402
-from .validation import ValidationResult, validate_trigger  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# the version and the error types are light; everything else is imported when first used
+# (``nc.scan``, ``from neuralcleanse import scan``), so that the command line's entry point can catch a
+# Ctrl-C or SIGTERM that arrives while torch is still being imported
+from .errors import CheckpointError, DataError, ModelError, NeuralCleanseError, SettingsError, TriggerError
 from .versions import __version__
+
+if TYPE_CHECKING:
+    from .data import DatasetSplits, ImageDataset, load_dataset
+    from .data.files import load_images
+    from .detection import (
+        DetectionReport,
+        NeuralCleanse,
+        Reference,
+        ReverseSettings,
+        mad_outlier_test,
+        scan,
+    )
+    from .lab import (
+        BadNets,
+        MultiBackdoor,
+        Recipe,
+        TrainSettings,
+        Trojan,
+        poison_dataset,
+        train_classifier,
+        train_recipe,
+    )
+    from .metrics import accuracy, attack_success_rate
+    from .mitigation import InputFilter, MitigationResult, filter_inputs, prune_neurons, unlearn
+    from .models import ModelBundle, ModelCard, build_model, load_model_dir, save_model_dir
+    from .models.loading import LoadedModel, load_model
+    from .models.preprocess import Preprocessing
+    from .report import write_html_report
+    from .suspect import SuspectedBackdoor
+    from .triggers import Trigger
+    from .validation import ValidationResult, validate_trigger
+
+_WHERE = {
+    "BadNets": ".lab",
+    "DatasetSplits": ".data",
+    "DetectionReport": ".detection",
+    "ImageDataset": ".data",
+    "InputFilter": ".mitigation",
+    "LoadedModel": ".models.loading",
+    "MitigationResult": ".mitigation",
+    "ModelBundle": ".models",
+    "ModelCard": ".models",
+    "MultiBackdoor": ".lab",
+    "NeuralCleanse": ".detection",
+    "Preprocessing": ".models.preprocess",
+    "Recipe": ".lab",
+    "Reference": ".detection",
+    "ReverseSettings": ".detection",
+    "SuspectedBackdoor": ".suspect",
+    "TrainSettings": ".lab",
+    "Trigger": ".triggers",
+    "Trojan": ".lab",
+    "ValidationResult": ".validation",
+    "accuracy": ".metrics",
+    "attack_success_rate": ".metrics",
+    "build_model": ".models",
+    "filter_inputs": ".mitigation",
+    "load_dataset": ".data",
+    "load_images": ".data.files",
+    "load_model": ".models.loading",
+    "load_model_dir": ".models",
+    "mad_outlier_test": ".detection",
+    "poison_dataset": ".lab",
+    "prune_neurons": ".mitigation",
+    "save_model_dir": ".models",
+    "scan": ".detection",
+    "train_classifier": ".lab",
+    "train_recipe": ".lab",
+    "unlearn": ".mitigation",
+    "validate_trigger": ".validation",
+    "write_html_report": ".report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'neuralcleanse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "BadNets",

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import platform
 
-import numpy as np
-import torch
-
 __all__ = ["__version__", "software_versions"]
 
 __version__ = "0.1.0"
@@ -15,6 +12,9 @@ __version__ = "0.1.0"
 
 def software_versions() -> dict[str, str]:
     """The versions recorded in model cards and scan reports."""
+    import numpy as np  # imported here: ``import neuralcleanse`` reads the version without torch
+    import torch
+
     return {
         "neuralcleanse": __version__,
         "torch": torch.__version__,
