@@ -1251,6 +1251,14 @@ CASES: list[Case] = [
         "{tmp}/out.checkpoint",
     ),
     Case(
+        "resume-finished",
+        "scan --resume where the scan is finished (report.json, no checkpoint)",
+        lambda e: _write(e.out / "report.json", "{}") and _scan(e, "--resume"),
+        "the scan there is finished (report.json); nothing to resume",
+        2,
+        "--out {tmp}/out",
+    ),
+    Case(
         "checkpoint-place-taken",
         "scan whose <out>.checkpoint is a folder of the user's (not a checkpoint)",
         lambda e: _write(e.tmp / "out.checkpoint" / "mine.txt", "keep me") and _scan(e),

@@ -415,6 +415,11 @@ def scan(
     )
     # everything knowable is checked before the model is loaded and long before any optimisation
     request.check()
+    if resume and (request.out / "report.json").is_file() and not has_checkpoint(request.checkpoint):
+        raise SettingsError(
+            f"--out {request.out}: the scan there is finished (report.json); nothing to resume (--force scans "
+            "again)"
+        )
     check_result_dir(
         request.out,
         model,

@@ -279,6 +279,7 @@ def scan_many(
             }
             where = f"on Ray ({runner['address']}, {_count(cpus, 'CPU')} per task)"
         elif workers is not None:
+            workers = min(workers, max(1, len(todo)))  # a worker per model at most: the others would idle
             threads = threads_per_worker or worker_threads(workers)
             runner = {"backend": "processes", "workers": workers, "threads": threads}
             where = f"in {_count(workers, 'worker process')} of {_count(threads, 'thread')}"

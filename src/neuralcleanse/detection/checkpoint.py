@@ -53,7 +53,7 @@ def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> l
     for key, value in identity.items():
         if saved.get(key) != value:
             raise CheckpointError(
-                f"{d}: checkpoint belongs to another scan ({key} differs); remove it or drop --resume"
+                f"{d}: checkpoint belongs to another scan ({key} differs); resume it with the settings it was made with, or start over (--force)"
             )
     out = []
     try:
