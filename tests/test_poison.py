@@ -61,6 +61,10 @@ def test_impossible_poisoning_requests() -> None:
     trig = Trigger.square((1, 8, 8), size=2)
     with pytest.raises(SettingsError, match="only 25 are eligible"):
         poison_dataset(_tiny(), trig, target=0, rate=0.5, seed=0, source_labels=[1])
+    with pytest.raises(
+        SettingsError, match="relabels all 25 eligible images .every image of the source labels"
+    ):
+        poison_dataset(_tiny(), trig, target=0, rate=0.25, seed=0, source_labels=[1])  # no clean 1 left
     with pytest.raises(SettingsError, match="poisons no image"):
         poison_dataset(_tiny(), trig, target=0, rate=0.001, seed=0)
     with pytest.raises(SettingsError, match="outside"):

@@ -132,7 +132,7 @@ def _header(scanned: bool) -> list[str]:
     cols = ["model", "dataset", "attack", "trigger", "area", "target", "clean acc", "Δ acc", "ASR"]
     if scanned:
         cols += [
-            "flagged",
+            "verdict (effect): flagged",
             "index(target)",
             "L1(target)/median",
             "detected",

@@ -92,7 +92,7 @@ class Reference:
             if rep.screened:
                 raise SettingsError(
                     f"{where}: labels {sorted(rep.screened)} were screened (their norms are only upper "
-                    "values); scan the trusted model without screening (scan --no-screening)"
+                    "values); scan the trusted model without screening (scan --no-screening, or screening=False)"
                 )
             for r in rep.labels:
                 if r.l1_norm < 0:

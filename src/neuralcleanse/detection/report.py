@@ -201,7 +201,7 @@ def unsettled_reason(
         return (
             f"labels {capped} stopped at the step limit ({max_steps} steps) while their triggers "
             "were still shrinking, so their norms are only upper values and the outlier test's outcome is "
-            "not settled; rerun with more steps (max_steps)"
+            "not settled; rerun with more steps (--max-steps, or max_steps=)"
         )
     reached = sum(s.reached for s in rows)
     if 2 * reached < len(rows) - len(unreachable):

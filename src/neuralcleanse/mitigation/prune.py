@@ -14,6 +14,7 @@ model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from torch import nn
 
 from .._format import pct
 from ..data.dataset import ImageDataset
-from ..errors import DataError, SettingsError
+from ..errors import SettingsError
 from ..features import feature_activations, find_feature_layer, neuron_mask, top_neurons
 from ..modes import copy_model
 from ..suspect import SuspectedBackdoor, as_network
@@ -43,6 +44,8 @@ from .result import (
 
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PruneDetails", "prune_neurons"]
 
@@ -131,11 +134,14 @@ def prune_neurons(
     if len(data) < 4:
         raise SettingsError(f"{data.name}: too few images to rank and measure neurons")
     rank_set, eval_set = random_halves(data, seed)
+    unguarded = []  # the stop that keeps the label's own accuracy needs images of it: said, not silent
     if max_accuracy_drop is not None and not bool((eval_set.labels == label).any()):
-        raise DataError(  # the guard on the label's own accuracy would be off without a word
-            f"{data.name}: no clean image of label {label} among the {len(eval_set)} images pruning is measured "
-            "on: pruning stops before it halves that label's own accuracy, which needs images of it"
+        unguarded.append(
+            f"no clean image of label {label} among the {len(eval_set)} images pruning was measured on: its stop "
+            f"before halving label {label}'s own accuracy could not run; check that accuracy on images of the "
+            "label before using the pruned model"
         )
+        log.warning("%s", unguarded[0])
     feat = find_feature_layer(model, layer, example=data.images[:2])
     clean = feature_activations(model, feat, rank_set.images, device=device)
     stamped = feature_activations(model, feat, reversed_trigger.apply(rank_set.images), device=device)
@@ -191,7 +197,7 @@ def prune_neurons(
         eval_images=len(eval_set),
         seed=seed,
     )
-    notes = []
+    notes = list(unguarded)
     if stopped == "clean-accuracy budget":
         notes.append(
             f"pruning stopped at {k / width:.1%} of the layer: the next step took clean accuracy to "

@@ -87,6 +87,12 @@ def poison_dataset(
         raise SettingsError(
             f"poison rate {rate} needs {count} images but only {len(pool)} are eligible in {data.name}"
         )
+    if count == len(pool):
+        whose = "the source labels" if source_labels is not None else f"labels other than {target}"
+        raise SettingsError(
+            f"poison rate {rate} stamps and relabels all {count} eligible images (every image of {whose} in "
+            f"{data.name}): the model would never see a clean one; lower the poison rate"
+        )
     rng = np.random.default_rng(seed)
     chosen = torch.as_tensor(np.sort(rng.choice(pool, size=count, replace=False)))
     images = data.images.clone()
