@@ -1584,6 +1584,17 @@ CASES: list[Case] = [
         "{tmp}/nocard",
     ),
     Case(
+        "validate-report-preprocessing",
+        "validate with a report whose model.preprocessing was edited to nonsense",
+        lambda e: _validate(
+            e,
+            scan=edit_report(e.scan, e.tmp / "s", lambda d: d["model"].update(preprocessing={"mean": "abc"})),
+        ),
+        "malformed scan report (model.preprocessing is",
+        1,
+        "{tmp}/s",
+    ),
+    Case(
         "validate-broken-report",
         "validate with a report.json missing its labels",
         lambda e: _validate(e, scan=edit_report(e.scan, e.tmp / "s", lambda d: d.pop("labels"))),

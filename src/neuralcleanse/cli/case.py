@@ -110,6 +110,27 @@ class Case:
         return notes
 
 
+def _recorded_pre(value: Any, report_path: Path) -> dict[str, Any] | None:
+    """A report's ``model.preprocessing``, checked (a hand-edited report is refused in one line); None for a
+    report from before it was recorded."""
+    if value is None:
+        return None
+
+    def numbers(v: Any) -> bool:
+        return v is None or (isinstance(v, list) and bool(v) and all(type(x) in (int, float) for x in v))
+
+    ok = (
+        isinstance(value, dict)
+        and value.get("input_range", "0-1") in ("0-1", "0-255")
+        and value.get("channel_order", "rgb") in ("rgb", "bgr")
+        and numbers(value.get("mean"))
+        and numbers(value.get("std"))
+    )
+    if not ok:
+        raise DataError(f"{report_path}: malformed scan report (model.preprocessing is {value!r:.120})")
+    return dict(value)
+
+
 def _describe_pre(pre: dict[str, Any]) -> str:
     """A recorded preprocessing (``Preprocessing.to_dict()``) in the command line's words."""
     parts = [f"input range {pre.get('input_range')}"]
@@ -174,18 +195,18 @@ def open_case(
     if source.output_key is None and scanned_key is not None:
         logging.getLogger(__name__).info("--output-key %s, as the scan", scanned_key)
         source = dataclasses.replace(source, output_key=str(scanned_key))
-    scanned_pre = report.model.get("preprocessing")  # what the scan ran the network behind
+    scanned_pre = _recorded_pre(report.model.get("preprocessing"), report_path)  # what the scan ran behind
     declared = build_preprocessing(source.input_range, source.mean, source.std, source.channel_order)
-    if isinstance(scanned_pre, dict) and declared is None:  # as the output key: the scan's
+    if scanned_pre is not None and declared is None:  # as the output key: the scan's
         source = _with_pre(source, scanned_pre)
     loaded = source.load(device)
-    if isinstance(scanned_pre, dict) and not _same_pre(loaded.preprocessing.to_dict(), scanned_pre):
+    if scanned_pre is not None and not _same_pre(loaded.preprocessing.to_dict(), scanned_pre):
         raise SettingsError(
             f"{report_path}: the scan ran the model with {_describe_pre(scanned_pre)}, this run with "
             f"{_describe_pre(loaded.preprocessing.to_dict())}: give the scan's --input-range, --mean, --std "
             "and --channel-order (or leave them all out to use the scan's)"
         )
-    if isinstance(scanned_pre, dict) and declared is None and _describe_pre(scanned_pre) != "input range 0-1":
+    if scanned_pre is not None and declared is None and _describe_pre(scanned_pre) != "input range 0-1":
         note = (
             f"the model was run behind the scan's preprocessing ({_describe_pre(scanned_pre)}; {report_path})"
         )
