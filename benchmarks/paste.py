@@ -22,12 +22,11 @@ feature might still work a little way off, a planted one only where it was plant
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 import torch
-from scans_on_disk import probe_parser, scans_on_disk
+from scans_on_disk import print_ranges, probe_parser, scans_on_disk
 
 import neuralcleanse as nc
 from neuralcleanse.modes import frozen_eval
@@ -127,16 +126,7 @@ def main() -> None:
                 + " ".join(f"{v:6.2f}" for v in moved)
             )
         sys.stdout.flush()
-    for kind in ("planted", "natural"):
-        for key in ("paste", "paste1", "shift1", "shift2", "shift3"):
-            part = [r[key] for r in rows if r["kind"] == kind and r["to_median"] <= 0.45]
-            if part:
-                print(
-                    f"{kind} (<= 0.45 of the median): {key} median {np.median(part):.2f}, "
-                    f"range {min(part):.2f}-{max(part):.2f} ({len(part)} labels)"
-                )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    print_ranges(rows, ("paste", "paste1", "shift1", "shift2", "shift3"), args.json)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,10 @@ the scan's triggers.
 
 from __future__ import annotations
 
-import json
 import sys
 
-import numpy as np
 import torch
-from scans_on_disk import probe_parser, scans_on_disk
+from scans_on_disk import print_ranges, probe_parser, scans_on_disk
 from torch.nn import functional as F
 
 from neuralcleanse.modes import frozen_eval
@@ -98,16 +96,7 @@ def main() -> None:
             rows.append(row)
             print(f"{found.name:44} {r.label:5d} {kind:8} {row['to_median']:7.2f} {grad:6.2f} {occl:7.2f}")
         sys.stdout.flush()
-    for kind in ("planted", "natural"):
-        for key in ("grad", "occl"):
-            part = [r[key] for r in rows if r["kind"] == kind and r["to_median"] <= 0.45]
-            if part:
-                print(
-                    f"{kind} (<= 0.45 of the median): {key} median {np.median(part):.2f}, "
-                    f"range {min(part):.2f}-{max(part):.2f} ({len(part)} labels)"
-                )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    print_ranges(rows, ("grad", "occl"), args.json)
 
 
 def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

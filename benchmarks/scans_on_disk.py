@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 import neuralcleanse as nc
@@ -47,6 +50,21 @@ def probe_parser(doc: str, *, images: str = "clean test images") -> argparse.Arg
     ap.add_argument("--images", type=int, default=2000, help=images)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return ap
+
+
+def print_ranges(rows: list[dict[str, Any]], keys: tuple[str, ...], json_path: Path | None) -> None:
+    """Each measure's median and range by kind, over the labels at most 0.45 of the median (where the bag
+    and many planted triggers sit); the rows also to ``json_path`` if given."""
+    for kind in ("planted", "natural"):
+        for key in keys:
+            part = [r[key] for r in rows if r["kind"] == kind and r["to_median"] <= 0.45]
+            if part:
+                print(
+                    f"{kind} (<= 0.45 of the median): {key} median {np.median(part):.2f}, "
+                    f"range {min(part):.2f}-{max(part):.2f} ({len(part)} labels)"
+                )
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=1))
 
 
 def scans_on_disk(out: Path, only: str, images: int) -> Iterator[ScanOnDisk]:
