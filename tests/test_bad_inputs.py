@@ -2122,6 +2122,8 @@ def test_a_signal_while_the_command_starts_is_one_line(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # as from a terminal: a test worker may ignore Ctrl-C, and a child inherits that
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         time.sleep(0.3)
         started.send_signal(sig)
