@@ -151,6 +151,8 @@ def test_the_api_takes_what_load_model_returns(
     assert result.reversed_attack_success > 0.5
     _, pruned = nc.prune_neurons(loaded, test, trigger, label=0)
     assert pruned.after.attack_success < pruned.before.attack_success
+    report = nc.scan(badnets_model, test, scan_labels=[0, 1], max_steps=2, samples=60)  # a trained bundle
+    assert [r.label for r in report.labels] == [0, 1]
     for call in (nc.validate_trigger, nc.filter_inputs, nc.prune_neurons):
         with pytest.raises(nc.ModelError, match="takes a model, not a path"):
             call(str(tmp_path / "m.pt2"), test, trigger, label=0)  # type: ignore[operator]

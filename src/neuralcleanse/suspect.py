@@ -104,11 +104,13 @@ class SuspectedBackdoor:
 
 
 def as_network(model: Any, what: str) -> nn.Module:
-    """The network to work on: an ``nn.Module`` as given, or the one :func:`~neuralcleanse.load_model`
-    returned (its declared preprocessing included); a one-line :class:`ModelError` for anything else."""
+    """The network to work on: an ``nn.Module`` as given, the one :func:`~neuralcleanse.load_model`
+    returned (its declared preprocessing included) or a trained :class:`~neuralcleanse.ModelBundle`'s; a
+    one-line :class:`ModelError` for anything else."""
+    from .models import ModelBundle
     from .models.loading import LoadedModel
 
-    if isinstance(model, LoadedModel):
+    if isinstance(model, (LoadedModel, ModelBundle)):
         return model.model
     if isinstance(model, (str, os.PathLike)):
         raise ModelError(f"{model}: {what} takes a model, not a path: load it with nc.load_model first")
