@@ -30,6 +30,7 @@ import torch
 from scans_on_disk import print_ranges, probe_parser, scans_on_disk
 from torch.nn import functional as F
 
+from neuralcleanse.metrics import predict
 from neuralcleanse.modes import frozen_eval
 
 
@@ -71,7 +72,7 @@ def main() -> None:
     print(f"{'model':44} {'label':>5} {'kind':8} {'/median':>7} {'grad':>6} {'occl':>7}")
     for found in scans_on_disk(args.out, args.only, args.images):
         model, report, images, labels = found.bundle.model, found.report, found.images, found.labels
-        correct = _correct(model, images, labels)
+        correct = predict(model, images) == labels  # each image is judged on its own label
         images, labels = images[correct], labels[correct]
         for r, kind in found.probed():
             mask = report.triggers[r.label].mask.to(images.dtype)
@@ -97,13 +98,6 @@ def main() -> None:
             print(f"{found.name:44} {r.label:5d} {kind:8} {row['to_median']:7.2f} {grad:6.2f} {occl:7.2f}")
         sys.stdout.flush()
     print_ranges(rows, ("grad", "occl"), args.json)
-
-
-def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Which images the model classifies right (the measures judge each image on its own label)."""
-    with frozen_eval(model), torch.no_grad():
-        pred = torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
-    return pred == labels
 
 
 if __name__ == "__main__":

@@ -48,6 +48,17 @@ DISK_ERRORS = frozenset(
 )
 
 
+def disk_error_line(exc: OSError) -> str | None:
+    """The one line for an error the disk caused, not the code: a file that cannot be read or written
+    (named), or a write that failed for lack of space, quota or access (by a library that names no file);
+    None for any other (a bug). The command line and the fleet's failures say it alike."""
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+    if exc.errno in DISK_ERRORS:
+        return f"writing the results failed: {exc.strerror} (nothing half-written is kept)"
+    return None
+
+
 @contextlib.contextmanager
 def run_lock(path: str | os.PathLike[str], *, option: str) -> Iterator[None]:
     """Within the block this process is the only neuralcleanse run writing the result ``path``: an

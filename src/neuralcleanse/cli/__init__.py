@@ -34,7 +34,7 @@ from types import FrameType
 
 import click
 
-from .._io import DISK_ERRORS
+from .._io import disk_error_line
 from ..errors import DataError, NeuralCleanseError, SettingsError, exception_line, first_line
 from .common import Terminated
 
@@ -149,14 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INPUT
         return _internal(exc, args)
     except OSError as exc:
-        if exc.filename is not None:  # the disk, not the code: a file that cannot be read or written
-            print(f"error: {exc.filename}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
-            return EXIT_INPUT
-        if exc.errno in DISK_ERRORS:  # written by a library that did not name its file
-            print(
-                f"error: writing the results failed: {exc.strerror} (nothing half-written is kept)",
-                file=sys.stderr,
-            )
+        line = disk_error_line(exc)
+        if line is not None:
+            print(f"error: {line}", file=sys.stderr)
             return EXIT_INPUT
         return _internal(exc, args)
     except Exception as exc:  # noqa: BLE001 (anything else is a bug: one line, the trace in a file)

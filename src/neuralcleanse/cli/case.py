@@ -185,6 +185,7 @@ def open_case(
     the clean images."""
     from ..detection import DetectionReport
     from ..fingerprint import model_fingerprint, weights_fingerprint
+    from ..models.preprocess import Preprocessing
     from ..models.store import trigger_path
 
     model = source.model
@@ -197,19 +198,21 @@ def open_case(
         source = dataclasses.replace(source, output_key=str(scanned_key))
     scanned_pre = _recorded_pre(report.model.get("preprocessing"), report_path)  # what the scan ran behind
     declared = build_preprocessing(source.input_range, source.mean, source.std, source.channel_order)
-    if scanned_pre is not None and declared is None:  # as the output key: the scan's
-        source = _with_pre(source, scanned_pre)
+    adopted = scanned_pre if declared is None else None  # as the output key: the scan's
+    if adopted is not None:
+        source = _with_pre(source, adopted)
     loaded = source.load(device)
-    if scanned_pre is not None and not _same_pre(loaded.preprocessing.to_dict(), scanned_pre):
+    now = loaded.preprocessing.to_dict()
+    if scanned_pre is not None and not _same_pre(now, scanned_pre):
         raise SettingsError(
             f"{report_path}: the scan ran the model with {_describe_pre(scanned_pre)}, this run with "
-            f"{_describe_pre(loaded.preprocessing.to_dict())}: give the scan's --input-range, --mean, --std "
-            "and --channel-order (or leave them all out to use the scan's)"
+            f"{_describe_pre(now)}: give the scan's --input-range, --mean, --std and --channel-order (or leave "
+            "them all out to use the scan's)"
         )
-    if scanned_pre is not None and declared is None and _describe_pre(scanned_pre) != "input range 0-1":
-        note = (
-            f"the model was run behind the scan's preprocessing ({_describe_pre(scanned_pre)}; {report_path})"
-        )
+    if adopted is not None and not _same_pre(
+        adopted, Preprocessing().to_dict()
+    ):  # said only when it did something
+        note = f"the model was run behind the scan's preprocessing ({_describe_pre(now)}; {report_path})"
         loaded = dataclasses.replace(loaded, notes=[*loaded.notes, note])
     recorded = report_weights_sha256(report.model)
     same = (

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .._io import DISK_ERRORS
+from .._io import disk_error_line
 from ..errors import NeuralCleanseError, exception_line, first_line
 
 __all__ = ["FleetJob", "ModelResult", "Work", "run_job", "STATUSES", "VERDICT_ORDER"]
@@ -175,11 +175,8 @@ def _describe(exc: BaseException) -> str:
     line for anything else (a bug; its traceback is logged)."""
     if isinstance(exc, NeuralCleanseError):
         return first_line(exc)
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
-    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
-        return f"writing the results failed: {exc.strerror} (nothing half-written is kept)"
-    return f"internal error ({exception_line(exc)})"
+    line = disk_error_line(exc) if isinstance(exc, OSError) else None
+    return line if line is not None else f"internal error ({exception_line(exc)})"
 
 
 def run_job(work: Work, job: FleetJob, *, threads: int | None = None, attempt: int | None = 1) -> ModelResult:
