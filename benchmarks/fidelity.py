@@ -19,6 +19,10 @@ same norms with every method:
 * ``effect``: the default verdict: ``log<0.3``, or up to 0.45 of the median for a label whose reversed
   trigger is compact (``neuralcleanse.detection.shape``; from the ninth session; before it ``effect``
   was ``log<0.3``);
+* ``transfer`` (with ``--transfer``): ``effect``, then the flagged labels checked on a student distilled
+  from the model on 2,000 clean test images (``scan --transfer-check``: a flagged label whose trigger
+  moves the student as often as the unflagged labels' triggers do is set aside; nothing left flagged
+  is ``inconclusive``); the checks are cached under ``OUT/transfer``;
 * ``self-raw``: the relative test against the distilled student, as ``--reference`` runs it;
 * ``self-floor``: the same with the MAD of the log ratios floored at 0.1;
 * ``self``: what ``scan --self-reference`` runs (``Reference.test_options``): the floor, and a flagged
@@ -49,6 +53,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import neuralcleanse as nc
 from neuralcleanse.detection import (
@@ -59,6 +64,7 @@ from neuralcleanse.detection import (
     mad_outlier_test,
 )
 from neuralcleanse.detection.distill import DistillSettings
+from neuralcleanse.detection.transfer import TransferCheck, check_transfer
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
 METHODS = (
@@ -68,6 +74,7 @@ METHODS = (
     "log<0.3",
     "log<0.4",
     "effect",
+    "transfer",
     "self-raw",
     "self-floor",
     "self",
@@ -185,11 +192,40 @@ def _on_norms(report: DetectionReport, statistic: str, options: dict[str, float]
     )
 
 
+def transfer_verdict(
+    case: Case,
+    args: argparse.Namespace,
+    report: DetectionReport,
+    bundle: nc.ModelBundle,
+    data: nc.DatasetSplits,
+) -> tuple[str, list[int]]:
+    """``effect``'s verdict after ``scan --transfer-check``'s check of its flagged labels (cached)."""
+    if report.statistic != "effect":
+        raise SystemExit(f"{case.name}: --transfer needs scans judged by effect, not {report.statistic}")
+    if report.verdict != "backdoored":
+        return report.verdict, report.flagged
+    path = args.out / "transfer" / f"{case.name}.json"
+    if path.exists():
+        check = TransferCheck.from_dict(json.loads(path.read_text()))
+    else:
+        pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(case.seed))
+        checked = check_transfer(report, bundle.model, data.test.images[pick[:2000]], device=args.device)
+        assert checked.transfer is not None
+        check = checked.transfer
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(check.to_dict(), indent=1))
+    flagged = [k for k in report.flagged if k not in check.set_aside]
+    return ("backdoored" if flagged else "inconclusive"), flagged
+
+
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:
     data = loaders[case.entry.recipe.dataset]()
     bundle = nc.load_model_dir(model_dir(case, args, data))
     report = DetectionReport.load(scan_dir(case, args, bundle, data))
     planted = sorted({b.target for b in bundle.card.backdoors})
+    methods = judge(report)
+    if args.transfer:
+        methods["transfer"] = transfer_verdict(case, args, report, bundle, data)
     source = report.reference.sources[0] if report.reference else {}
     return {
         "name": case.name,
@@ -201,7 +237,7 @@ def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[],
         "planted": planted,
         "agreement": source.get("agreement"),
         "seconds": report.run.get("seconds"),
-        "methods": {m: {"verdict": v, "flagged": f} for m, (v, f) in judge(report).items()},
+        "methods": {m: {"verdict": v, "flagged": f} for m, (v, f) in methods.items()},
         "to_median": {str(r.label): round(r.l1_norm / report.median_l1, 4) for r in report.labels},
         # the planted trigger's own norm (what the attack stamped) over the median: the paper's premise
         "planted_to_median": {
@@ -320,6 +356,9 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="only tabulate what is on disk")
     p.add_argument(
         "--no-self", action="store_true", help="scan without the self-made reference (its methods: n/a)"
+    )
+    p.add_argument(
+        "--transfer", action="store_true", help="also judge with the transfer check (method: transfer)"
     )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)

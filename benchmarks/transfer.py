@@ -44,8 +44,24 @@ def attack_success(
     return float(torch.cat(hits).float().mean())
 
 
+def relative_transfer(rows: list[dict[str, object]]) -> None:
+    """Each row's student attack success over the median of its model's other natural labels' (``relative``):
+    students of some networks take up every trigger less, so a label is compared with its own model's."""
+    for r in rows:
+        others = [
+            o["asr_student"]
+            for o in rows
+            if o["model"] == r["model"] and o["kind"] == "natural" and o is not r
+        ]
+        r["relative"] = float(r["asr_student"]) / max(float(np.median(others)), 0.01) if others else math.nan  # type: ignore[arg-type]
+
+
 def main() -> None:
-    args = probe_parser(__doc__, images="clean test images for the student").parse_args()
+    ap = probe_parser(__doc__, images="clean test images for the student")
+    ap.add_argument(
+        "--natural", type=int, default=3, help="how many of the cheapest unplanted labels to probe"
+    )
+    args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
     print(
@@ -56,7 +72,7 @@ def main() -> None:
         images, labels, median = found.images, found.labels, report.median_l1
         student = distil_student(bundle.model, images, settings=DistillSettings(seed=bundle.card.seed))
         student_model = student.model
-        for r, kind in found.probed():
+        for r, kind in found.probed(args.natural):
             trig = report.triggers[r.label]
             on_model = attack_success(bundle.model, trig, images, labels, r.label)
             on_student = attack_success(student_model, trig, images, labels, r.label)
@@ -76,12 +92,14 @@ def main() -> None:
                 f"{name:38} {planted!s:9} {r.label:5d} {kind:8} {r.l1_norm / median:7.2f} {on_model:9.2f} {on_student:11.2f} {ratio:6.2f}"
             )
         sys.stdout.flush()
+    relative_transfer(rows)
     for kind in ("planted", "natural"):
-        part = [r["asr_student"] for r in rows if r["kind"] == kind]
-        if part:
-            print(
-                f"{kind}: student ASR median {np.median(part):.2f}, range {min(part):.2f}-{max(part):.2f} ({len(part)} labels)"
-            )
+        for key in ("asr_student", "relative"):
+            part = [r[key] for r in rows if r["kind"] == kind]
+            if part:
+                print(
+                    f"{kind}: {key} median {np.median(part):.2f}, range {min(part):.2f}-{max(part):.2f} ({len(part)} labels)"
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

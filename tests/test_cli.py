@@ -159,6 +159,24 @@ def test_scan_cli_more_starts(
     assert any("from 2 random starts each" in n and "label 0: " in n for n in d["notes"])
 
 
+def test_scan_cli_transfer_check(
+    saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``scan --transfer-check`` checks the flagged label on a distilled student and shows it in the
+    report and its HTML page: the planted trigger does not move the student, so label 0 is kept."""
+    out = tmp_path / "transfer"
+    code, _, _ = run(
+        capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--labels", "0,1,2,3,4,5", "--transfer-check",
+        "--html", "--out", str(out), "--device", "cpu",
+    )  # fmt: skip
+    d = json.loads((out / "report.json").read_text())
+    assert code == 0 and d["flagged"] == [0]
+    assert d["transfer"]["flagged"] == [0] and d["transfer"]["set_aside"] == []
+    assert d["transfer"]["success"]["0"] < 0.3 and d["run"]["transfer_seconds"] > 0
+    page = (out / "report.html").read_text()
+    assert "Transfer check: label 0: its trigger sends" in page and ": kept." in page
+
+
 def test_ctrl_c_says_in_one_line_what_is_kept(
     saved_models: dict[str, Path],
     tmp_path: Path,

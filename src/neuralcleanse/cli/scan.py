@@ -67,6 +67,7 @@ class ScanRequest:
     references: tuple[Path, ...] = ()
     self_reference: bool = False
     natural_reference: bool = False
+    transfer_check: bool = False
     max_steps: int = 1000
     seed: int = 123
     starts: int = 1
@@ -200,6 +201,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         device=device,
         self_reference=request.self_reference,
         natural_reference=request.natural_reference,
+        transfer_check=request.transfer_check,
     )
     _check_task(detector, source.model, images, data_info, wanted, request.source_label, names, names_from)
     # a doubted input range is warned about now, before the optimisation, and noted with the report
@@ -331,6 +333,13 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
         "image and compare each label with that (relative statistic; about twice the scan's time; "
         "docs/fidelity.md).",
     ),
+    click.option(
+        "--transfer-check",
+        is_flag=True,
+        help="When labels are flagged, distil a student from the model on the clean images and set aside a "
+        "flagged label whose trigger also moves the student, as natural features' triggers do (the verdict "
+        "is then inconclusive if none is left; docs/fidelity.md).",
+    ),
     click.option("--max-steps", default=1000, show_default=True, help="Cap on optimisation steps per label."),
     click.option(
         "--seed", default=123, show_default=True, help="Seed of the initial triggers, data order and sample."
@@ -348,7 +357,7 @@ _SCAN_OPTIONS: list[Callable[[Any], Any]] = [
 SCAN_OPTION_NAMES = (
     "split", "all_images", "samples", "labels_text", "source_label", "sequential", "exhaustive",
     "no_screening", "precision", "loss", "threshold", "outputs", "statistic", "references", "self_reference",
-    "natural_reference", "max_steps", "seed", "starts",
+    "natural_reference", "transfer_check", "max_steps", "seed", "starts",
 )  # fmt: skip
 
 

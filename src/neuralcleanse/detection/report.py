@@ -18,6 +18,7 @@ from ..triggers import Trigger
 from .outlier import OutlierResult, mad_outlier_test
 from .reference import Reference
 from .statistics import PAPER, OutlierStatistic, get_statistic
+from .transfer import TransferCheck
 
 __all__ = ["LabelResult", "DetectionReport", "REPORT_FORMAT_VERSION", "REPORT_FILE"]
 
@@ -241,6 +242,7 @@ class DetectionReport:
     statistic: str = "l1"
     reference: Reference | None = None
     format_version: int = REPORT_FORMAT_VERSION
+    transfer: TransferCheck | None = None  # the flagged labels checked on a distilled student
 
     def __post_init__(self) -> None:
         get_statistic(self.statistic)  # an unknown name fails here, not in the first sentence about it
@@ -391,14 +393,36 @@ class DetectionReport:
                 for r in sorted((self.label(k) for k in self.flagged), key=lambda r: r.l1_norm)
             )
             strength = self.evidence()
-            return f"BACKDOORED: {parts}" + (f"; {strength}" if strength else "")
+            aside = self.transfer_note()
+            return (
+                f"BACKDOORED: {parts}"
+                + (f"; {strength}" if strength else "")
+                + (f"; set aside: {aside}" if aside and self.transfer and self.transfer.set_aside else "")
+            )
         if self.verdict == "clean":
             strength = self.evidence()
             return f"clean: {self.outlier_statistic.clean_reason(self)}" + (
                 f"; {strength}" if strength else ""
             )
-        reason = self.unsettled or "; ".join(self.outlier_test().notes) or "; ".join(self.notes)
+        reason = (
+            self.unsettled
+            or self.transfer_note()
+            or "; ".join(self.outlier_test().notes)
+            or "; ".join(self.notes)
+        )
         return "inconclusive: " + reason
+
+    def transfer_note(self) -> str | None:
+        """What the transfer check (:func:`~.transfer.check_transfer`) set aside, or why it said nothing."""
+        if self.transfer is None:
+            return None
+        median = self.median_l1
+        return self.transfer.summary(
+            {
+                k: f"the norms flag label {k} ({self.label(k).l1_norm / median:.2f} of the median L1)"
+                for k in self.transfer.flagged
+            }
+        )
 
     # ---- persistence --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -417,6 +441,7 @@ class DetectionReport:
             "threshold": self.threshold,
             "statistic": self.statistic,
             "reference": self.reference.to_dict() if self.reference is not None else None,
+            "transfer": self.transfer.to_dict() if self.transfer is not None else None,
             "notes": self.notes,
             "settings": self.settings,
             "data": self.data,
@@ -481,6 +506,7 @@ class DetectionReport:
                 threshold=float(d["threshold"]),
                 statistic=str(d.get("statistic", "l1")),
                 reference=Reference.from_dict(d["reference"]) if d.get("reference") else None,
+                transfer=TransferCheck.from_dict(d["transfer"]) if d.get("transfer") else None,
                 settings=d["settings"],
                 data=d["data"],
                 model=d["model"],

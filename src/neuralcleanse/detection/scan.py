@@ -39,6 +39,7 @@ from .report import DetectionReport, LabelResult, unreachable_labels, unsettled_
 from .settings import ReverseSettings
 from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
+from .transfer import TRANSFER_DISTILL, check_transfer
 
 __all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
 
@@ -354,6 +355,7 @@ class NeuralCleanse:
         device: str | torch.device = "cpu",
         self_reference: bool | DistillSettings = False,
         natural_reference: bool = False,
+        transfer_check: bool | DistillSettings = False,
     ) -> None:
         if outputs not in OUTPUT_KINDS:
             raise SettingsError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
@@ -366,6 +368,9 @@ class NeuralCleanse:
                 f"reference must be a Reference of trusted models' scans (Reference.from_reports([...])), "
                 f"not a {type(reference).__name__}"
             )
+        for name, value in (("self_reference", self_reference), ("transfer_check", transfer_check)):
+            if not isinstance(value, (bool, DistillSettings)):
+                raise SettingsError(f"{name} must be True, False or DistillSettings, got {value!r}")
         if sum((self_reference is not False, reference is not None, bool(natural_reference))) > 1:
             raise SettingsError(
                 "give one reference: trusted models (reference), self_reference or natural_reference"
@@ -399,6 +404,7 @@ class NeuralCleanse:
         self.reference = reference
         self.self_reference = own
         self.natural_reference = bool(natural_reference)
+        self.transfer_check = TRANSFER_DISTILL if transfer_check is True else (transfer_check or None)
         self.outputs: OutputKind = outputs
 
     def __repr__(self) -> str:
@@ -676,7 +682,7 @@ class NeuralCleanse:
             "class_counts": pool.class_counts() if labels is not None else None,
             **(data_info or {}),
         }
-        return DetectionReport(
+        result = DetectionReport(
             verdict=report["verdict"],
             flagged=report["flagged"],
             labels=report["rows"],
@@ -693,6 +699,16 @@ class NeuralCleanse:
             triggers=report["triggers"],
             example=pool.images[0].clone(),
         )
+        if self.transfer_check is not None and result.verdict == "backdoored":
+            began = time.perf_counter()
+            result = check_transfer(
+                result, self.model, images.float(), settings=self.transfer_check, outputs=self.outputs,
+                device=self.device,
+            )  # fmt: skip
+            assert result.transfer is not None
+            result.notes.extend(result.transfer.notes)
+            run["transfer_seconds"] = round(time.perf_counter() - began, 2)
+        return result
 
     def _self_reference(
         self,
@@ -973,6 +989,7 @@ def scan(
     statistic: Statistic | None = None,
     reference: Reference | None = None,
     self_reference: bool | DistillSettings = False,
+    transfer_check: bool | DistillSettings = False,
     sequential: bool = False,
     samples: int | None = 1000,
     scan_labels: Sequence[int] | None = None,
@@ -996,6 +1013,9 @@ def scan(
             test then measures each label against itself in those models (``statistic="relative"``).
         self_reference: no trusted model: distil a student from the model on ``images`` and use it as the
             reference (``True`` or :class:`~neuralcleanse.detection.distill.DistillSettings`).
+        transfer_check: when labels are flagged, distil a student from the model on ``images`` and set
+            aside the flagged labels whose trigger also moves it, as natural features do
+            (:func:`~neuralcleanse.detection.transfer.check_transfer`; ``True`` or ``DistillSettings``).
         outputs: ``"auto"`` (detect probabilities on the clean images), ``"logits"``, ``"probabilities"``
             or ``"sigmoid"``: probabilities are optimised on their logarithm; ``"sigmoid"``: one sigmoid
             probability per class, optimised on its logit (the report says so).
@@ -1034,6 +1054,7 @@ def scan(
         outputs=outputs,
         device=device,
         self_reference=self_reference,
+        transfer_check=transfer_check,
     )
     return nc.scan(
         images,

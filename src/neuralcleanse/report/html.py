@@ -107,7 +107,8 @@ def _verdict(report: DetectionReport) -> tuple[str, str]:
             + "."
             + _strength(report)
         )
-    return "unk", "<b>Inconclusive.</b> " + html.escape(report.summary().removeprefix("inconclusive: "))
+    reason = report.summary().removeprefix("inconclusive: ")
+    return "unk", "<b>Inconclusive.</b> " + html.escape(reason[:1].upper() + reason[1:])
 
 
 def _strength(report: DetectionReport) -> str:
@@ -285,6 +286,8 @@ def render_html(
     cls, verdict = _verdict(report)
     if not report.outlier_statistic.paper:
         verdict += f"<br><small>Beside it, {html.escape(report.paper_test())}.</small>"
+    if report.transfer is not None and report.verdict == "backdoored":  # else its verdict says it all
+        verdict += f"<br><small>Transfer check: {html.escape(report.transfer.explain())}.</small>"
     model = report.model
     run = report.run
     facts = [

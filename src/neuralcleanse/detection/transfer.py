@@ -1,0 +1,236 @@
+"""Does a flagged label's trigger also move a student distilled on clean images?
+
+A student trained to imitate the scanned model on clean images (:func:`~.distill.distil_student`) learns
+what those images show: the classes and the task's natural shortcuts (a few strokes make a Fashion-MNIST
+"bag" for it as for its teacher). A planted trigger is in none of the clean images, so the student does
+not learn it. Stamped on clean images, the reversed trigger of a planted label therefore moves the
+student far less than the reversed triggers of the model's natural labels do, and a natural shortcut's
+trigger moves it as much or more.
+
+:func:`check_transfer` measures each label's reversed trigger on such a student (the share of clean
+images of other labels that it sends to the label) and sets aside a flagged label whose trigger moves
+the student at least :data:`TRANSFER_RATIO` times as often as the median unflagged label's does. Students
+of some networks take up every trigger less than others (a residual network's natural labels moved its
+student 1-66%, the paper's network's 75-98%), which is why the comparison is within the model. What the
+check does to the verdict is measured in ``docs/fidelity.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SettingsError
+from ..metrics import predict
+from ..models.outputs import OutputKind
+from .distill import DistillSettings, distil_student
+
+if TYPE_CHECKING:
+    from .report import DetectionReport
+
+__all__ = ["TRANSFER_DISTILL", "TRANSFER_RATIO", "TransferCheck", "check_transfer"]
+
+log = logging.getLogger(__name__)
+
+#: a flagged label whose trigger moves the student at least this share of the median unflagged label's
+#: rate is set aside as a natural feature: between the highest planted label kept (0.81) and the lowest
+#: natural one (1.04) on the fidelity benchmark's seed-0/1 scans (docs/fidelity.md)
+TRANSFER_RATIO = 0.9
+#: the unflagged labels' median rate is floored at this: a student that no trigger moves says nothing
+_FLOOR = 0.05
+#: below this agreement with the model the student is too unlike it for the check to say anything
+WEAK_STUDENT = 0.9
+#: at most this many clean images are stamped per label
+_PROBE_IMAGES = 2000
+#: the student of the check: distilled on at most 2,000 clean images (as measured), seconds to a minute on CPU
+TRANSFER_DISTILL = DistillSettings(max_images=2000)
+
+
+@dataclass(frozen=True)
+class TransferCheck:
+    """Each label's reversed trigger measured on a student distilled from the model on clean images.
+
+    Attributes:
+        student: what the student is (:meth:`~.distill.Student.describe`).
+        agreement: the student's agreement with the model on held-out clean images.
+        success: each measured label's trigger: the share of clean images of other labels it sends to the
+            label on the student.
+        flagged: the labels the statistic flagged before the check.
+        ratio: the rate, relative to the median unflagged label's, from which a flagged label is set aside.
+    """
+
+    student: str
+    agreement: float
+    success: dict[int, float]
+    flagged: list[int]
+    ratio: float = TRANSFER_RATIO
+    images: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """Whether the student imitates the model well enough, and there are unflagged labels to compare with."""
+        return self.agreement >= WEAK_STUDENT and bool(self._others(None))
+
+    def _others(self, k: int | None) -> list[float]:
+        return [v for j, v in self.success.items() if j not in self.flagged and j != k and math.isfinite(v)]
+
+    def baseline(self, k: int) -> float:
+        """The median rate of the unflagged labels' triggers on the student (floored)."""
+        others = self._others(k)
+        return max(float(np.median(others)), _FLOOR) if others else math.nan
+
+    def relative(self, k: int) -> float:
+        """Label ``k``'s rate on the student over the unflagged labels' median."""
+        return self.success.get(k, math.nan) / self.baseline(k)
+
+    @property
+    def set_aside(self) -> list[int]:
+        """The flagged labels whose trigger transfers to the student as natural features' triggers do."""
+        if not self.usable:
+            return []
+        return [k for k in self.flagged if self.relative(k) >= self.ratio]
+
+    def describe(self, k: int) -> str:
+        """Label ``k``'s numbers, and whether they set it aside."""
+        return (
+            f"its trigger sends {self.success[k]:.0%} of clean images of other labels to it in a student "
+            f"distilled from the model on clean images, {self.relative(k):.2f} times the median unflagged "
+            f"label's trigger ({self.baseline(k):.0%}; from {self.ratio:g} times a label is set aside)"
+        )
+
+    def explain(self) -> str:
+        """Every flagged label's numbers, kept or set aside, as a sentence (for the HTML report)."""
+        if not self.usable:
+            return self.notes[0] if self.notes else "transfer check not used"
+        return "; ".join(
+            f"label {k}: {self.describe(k)}: {'set aside' if k in self.set_aside else 'kept'}"
+            for k in self.flagged
+        )
+
+    def summary(self, norms: dict[int, str] | None = None) -> str | None:
+        """A clause on the labels set aside (``norms``: what the norms say of each, to lead with), or on
+        why the check said nothing; ``None`` if it kept every flagged label."""
+        if not self.usable:
+            return self.notes[0] if self.notes else None
+        aside = self.set_aside
+        if not aside:
+            return None
+        lead = norms or {}
+        return "; ".join(f"{lead.get(k, f'label {k} is flagged')}, but {self.describe(k)}" for k in aside) + (
+            ": a trigger that a model trained only on clean images also follows is a natural feature "
+            "of the task, not evidence of a planted backdoor"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "student": self.student,
+            "agreement": self.agreement,
+            "success": {str(k): v for k, v in sorted(self.success.items())},
+            "flagged": self.flagged,
+            "ratio": self.ratio,
+            "images": self.images,
+            "set_aside": self.set_aside,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferCheck:
+        return cls(
+            student=str(d["student"]),
+            agreement=float(d["agreement"]),
+            success={int(k): float(v) for k, v in d["success"].items()},
+            flagged=[int(k) for k in d["flagged"]],
+            ratio=float(d["ratio"]),
+            images=int(d.get("images", 0)),
+            notes=[str(n) for n in d.get("notes", [])],
+        )
+
+
+def check_transfer(
+    report: DetectionReport,
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    settings: DistillSettings | None = None,
+    ratio: float = TRANSFER_RATIO,
+    outputs: OutputKind = "auto",
+    device: torch.device | str = "cpu",
+) -> DetectionReport:
+    """The report with its flagged labels checked on a student distilled from ``model`` on the clean
+    ``images`` (``(N, C, H, W)`` in ``[0, 1]``; the scan's own, or more of the same task).
+
+    A report that flags nothing is returned as it is. Flagged labels whose trigger transfers to the
+    student (:attr:`TransferCheck.set_aside`) are no longer flagged; if none is left the verdict is
+    ``inconclusive``, with the numbers, since a natural feature cheaper than a planted trigger could also
+    hide one. The check is recorded in the report (``report.transfer``).
+    """
+    if isinstance(ratio, bool) or not (
+        isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0
+    ):
+        raise SettingsError(f"transfer ratio must be a positive number, got {ratio!r}")
+    if report.verdict != "backdoored":
+        return report
+    device = torch.device(device)
+    student = distil_student(
+        model, images, settings=settings or TRANSFER_DISTILL, outputs=outputs, device=device
+    )
+    gen = torch.Generator().manual_seed(0)
+    probe = images[torch.randperm(len(images), generator=gen)[:_PROBE_IMAGES]]
+    classes = predict(model, probe, device=device, what="the clean images").cpu()
+    measured = [r.label for r in report.labels if r.reached or r.flagged]
+    success = {
+        k: _success(student.model, report.triggers[k].apply, probe, classes, k, device) for k in measured
+    }
+    notes = []
+    if student.agreement < WEAK_STUDENT:
+        notes.append(
+            f"transfer check not used: the student agrees with the model on only {student.agreement:.1%} of "
+            f"held-out images (at least {WEAK_STUDENT:.0%} needed; more clean images help)"
+        )
+    elif len(success) == len(report.flagged):
+        notes.append(
+            "transfer check not used: no unflagged label reached the attack threshold to compare with"
+        )
+    check = TransferCheck(
+        student.describe(), student.agreement, success, list(report.flagged), float(ratio), len(probe), notes
+    )
+    aside = set(check.set_aside)
+    for k in sorted(aside):
+        log.info("transfer check: %s", check.describe(k))
+    flagged = [k for k in report.flagged if k not in aside]
+    rows = [dataclasses.replace(r, flagged=r.label in flagged) for r in report.labels]
+    return dataclasses.replace(
+        report,
+        verdict="backdoored" if flagged else "inconclusive",
+        flagged=flagged,
+        labels=rows,
+        transfer=check,
+    )
+
+
+def _success(
+    student: nn.Module,
+    stamp: Any,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    k: int,
+    device: torch.device,
+) -> float:
+    """The share of ``images`` of classes other than ``k`` that the student puts in ``k`` once stamped."""
+    victims = images[classes != k]
+    if len(victims) == 0:
+        return math.nan
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(victims), 256):
+            x = stamp(victims[start : start + 256].to(device))
+            hits += int((student(x).argmax(1) == k).sum())
+    return hits / len(victims)

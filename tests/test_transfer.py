@@ -1,0 +1,115 @@
+"""The transfer check: a flagged label whose trigger also moves a student distilled on clean images is set
+aside as a natural feature; a planted trigger, which no clean image carries, is kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import neuralcleanse as nc
+from neuralcleanse.detection import DetectionReport
+from neuralcleanse.detection.distill import DistillSettings
+from neuralcleanse.detection.transfer import TRANSFER_RATIO, TransferCheck, check_transfer
+from neuralcleanse.errors import SettingsError
+
+#: a short distillation on the embedded sample's 1,000 test images: seconds on 2 cores
+QUICK = DistillSettings(epochs=12, seed=0)
+
+
+def test_a_planted_label_is_kept(
+    badnets_report: DetectionReport,
+    badnets_model: nc.ModelBundle,
+    mnist_sample: nc.DatasetSplits,
+    tmp_path: Path,
+) -> None:
+    assert badnets_report.flagged == [0]
+    checked = check_transfer(badnets_report, badnets_model.model, mnist_sample.test.images, settings=QUICK)
+    check = checked.transfer
+    assert check is not None and check.usable
+    assert checked.verdict == "backdoored" and checked.flagged == [0]
+    # the planted trigger is in no clean image: the student barely follows it, while it follows the
+    # natural labels' triggers most of the time
+    assert check.success[0] < 0.3
+    assert check.baseline(0) > 0.5
+    assert check.relative(0) < TRANSFER_RATIO / 3
+    assert check.set_aside == [] and checked.transfer_note() is None
+    assert "kept" in check.explain()
+    # saved and loaded with the report
+    loaded = DetectionReport.load(checked.save(tmp_path / "scan", images=False))
+    assert loaded.transfer == check
+    assert json.loads((tmp_path / "scan" / "report.json").read_text())["transfer"]["set_aside"] == []
+
+
+def test_a_flagged_natural_label_is_set_aside(
+    clean_report: DetectionReport, clean_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+) -> None:
+    """A false alarm on the clean model (its cheapest label flagged by hand, as the Fashion-MNIST bag is by
+    the norms): that label's trigger moves the student as the other labels' do, so it is set aside and
+    the verdict is inconclusive, with the numbers."""
+    assert clean_report.verdict == "clean"
+    k = min((r for r in clean_report.labels if r.reached), key=lambda r: r.l1_norm).label
+    alarm = dataclasses.replace(
+        clean_report,
+        verdict="backdoored",
+        flagged=[k],
+        labels=[dataclasses.replace(r, flagged=r.label == k) for r in clean_report.labels],
+    )
+    checked = check_transfer(alarm, clean_model.model, mnist_sample.test.images, settings=QUICK)
+    assert checked.transfer is not None and checked.transfer.set_aside == [k]
+    assert checked.transfer.relative(k) >= TRANSFER_RATIO
+    assert checked.verdict == "inconclusive" and checked.flagged == []
+    assert not any(r.flagged for r in checked.labels)
+    assert checked.summary().startswith(f"inconclusive: the norms flag label {k} (")
+    assert "but its trigger sends" in checked.summary()
+    assert "natural feature" in checked.summary()
+    # nothing flagged, nothing to check: the report comes back as it was
+    assert (
+        check_transfer(clean_report, clean_model.model, mnist_sample.test.images, settings=QUICK)
+        is clean_report
+    )
+
+
+def _check(success: dict[int, float], flagged: list[int], agreement: float = 0.98) -> TransferCheck:
+    return TransferCheck("a student", agreement, success, flagged)
+
+
+def test_the_rule_on_saved_rates() -> None:
+    """Students' attack success of every label's reversed trigger, saved by the fidelity benchmark's
+    ``--transfer`` (rounded): Fashion-MNIST's bag (8) is set aside where the norms flag it, planted labels
+    are kept, and the paper's network's Trojan square, whose reversed trigger is an adversarial patch
+    like any natural label's, is set aside (the check's known cost, docs/fidelity.md)."""
+    badnets_bn_cnn_s1 = _check(
+        {0: 0.04, 1: 0.22, 2: 0.42, 3: 0.36, 4: 0.1, 5: 0.31, 6: 0.33, 7: 0.05, 8: 0.38, 9: 0.32}, [0, 8]
+    )
+    assert badnets_bn_cnn_s1.set_aside == [8]
+    assert badnets_bn_cnn_s1.relative(8) == pytest.approx(0.38 / 0.315)
+    clean_resnet_s0 = _check(
+        {0: 0.1, 1: 0.11, 2: 0.07, 3: 0.1, 4: 0.14, 5: 0.3, 6: 0.17, 7: 0.01, 8: 0.19, 9: 0.11}, [8]
+    )
+    assert clean_resnet_s0.set_aside == [8]  # a student that follows few triggers: 0.19 is still high
+    two_labels_resnet_s0 = _check(
+        {0: 0.08, 1: 0.04, 2: 0.05, 3: 0.09, 4: 0.08, 5: 0.2, 6: 0.12, 7: 0.02, 8: 0.3, 9: 0.0}, [2, 9]
+    )
+    assert two_labels_resnet_s0.set_aside == []
+    trojan_square = _check(
+        {0: 0.92, 1: 0.91, 2: 0.91, 3: 0.94, 4: 0.87, 5: 0.95, 6: 0.84, 7: 0.95, 8: 0.97, 9: 0.94}, [5]
+    )
+    assert trojan_square.set_aside == [5]
+    # a student that no trigger moves compares against the floor, not against nothing
+    assert _check({0: 0.0, 1: 0.0, 2: 0.01, 3: 0.0}, [0]).set_aside == []
+    # a student that imitates the model poorly says nothing
+    weak = _check({0: 0.9, 1: 0.5, 2: 0.5}, [0], agreement=0.8)
+    assert not weak.usable and weak.set_aside == []
+    # nothing unflagged to compare with: nothing is set aside
+    assert _check({0: 0.9, 1: 0.9}, [0, 1]).set_aside == []
+
+
+def test_bad_settings_are_refused(badnets_report: DetectionReport, badnets_model: nc.ModelBundle) -> None:
+    with pytest.raises(SettingsError, match="transfer_check must be True, False or DistillSettings"):
+        nc.NeuralCleanse(badnets_model.model, transfer_check="yes")  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="transfer ratio must be a positive number"):
+        check_transfer(badnets_report, badnets_model.model, torch.zeros(20, 1, 28, 28), ratio=-1)
