@@ -876,6 +876,18 @@ CASES: list[Case] = [
         "--natural-reference",
     ),
     Case(
+        "scan-transfer-check-few-images",
+        "--transfer-check on 15 images",
+        lambda e: _scan(
+            e,
+            "--transfer-check",
+            data=npz(e.tmp / "few.npz", images=_grey(15), labels=np.arange(15) % 10),
+        ),
+        "transfer_check (--transfer-check) distils a student on the clean images and needs at least 20 of them, got 15",
+        1,
+        "--transfer-check",
+    ),
+    Case(
         "scan-threshold-nan",
         "--threshold nan",
         lambda e: _scan(e, "--threshold", "nan"),

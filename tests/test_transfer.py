@@ -113,3 +113,10 @@ def test_bad_settings_are_refused(badnets_report: DetectionReport, badnets_model
         nc.NeuralCleanse(badnets_model.model, transfer_check="yes")  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match="transfer ratio must be a positive number"):
         check_transfer(badnets_report, badnets_model.model, torch.zeros(20, 1, 28, 28), ratio=-1)
+
+
+def test_too_few_images_are_refused_before_the_scan(
+    badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
+) -> None:
+    with pytest.raises(nc.DataError, match="needs at least 20 of them, got 15"):
+        nc.scan(badnets_model.model, mnist_sample.test.images[:15], transfer_check=True)

@@ -537,6 +537,11 @@ class NeuralCleanse:
                 for diff in self.reference.draw_mismatches(draw)
             ]
         total_images = len(images)
+        if self.transfer_check is not None and total_images < 20:  # fail before optimising, not after
+            raise DataError(
+                f"transfer_check (--transfer-check) distils a student on the clean images and needs at least "
+                f"20 of them, got {total_images}"
+            )
         pool, pool_notes = self._select_images(
             images, labels, num_classes, names, source=source, skipped_source=skipped_source,
             correct_only=correct_only, samples=samples,
