@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,13 @@ def test_too_few_images_are_refused_before_the_scan(
 ) -> None:
     with pytest.raises(nc.DataError, match="needs at least 20 of them, got 15"):
         nc.scan(badnets_model.model, mnist_sample.test.images[:15], transfer_check=True)
+
+
+def test_a_label_without_a_rate_is_saved_as_null() -> None:
+    """A label whose trigger had no image of another label to be stamped on has no rate: the report's
+    JSON holds null (it has no NaN), and it reads back as NaN, left out of the median."""
+    check = _check({0: 0.1, 1: math.nan, 2: 0.5, 3: 0.4}, [0])
+    saved = json.loads(json.dumps(check.to_dict(), allow_nan=False))
+    assert saved["success"]["1"] is None
+    back = TransferCheck.from_dict(saved)
+    assert math.isnan(back.success[1]) and back.baseline(0) == pytest.approx(0.45)

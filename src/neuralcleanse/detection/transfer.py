@@ -10,8 +10,9 @@ trigger moves it as much or more.
 :func:`check_transfer` measures each label's reversed trigger on such a student (the share of clean
 images of other labels that it sends to the label) and sets aside a flagged label whose trigger moves
 the student at least :data:`TRANSFER_RATIO` times as often as the median unflagged label's does. Students
-of some networks take up every trigger less than others (a residual network's natural labels moved its
-student 1-66%, the paper's network's 75-98%), which is why the comparison is within the model. What the
+of some networks take up every trigger less than others (on the fidelity benchmark the residual
+network's natural labels moved its students 0-74% of the time, the paper's network's 62-98%), which is
+why the comparison is within the model. What the
 check does to the verdict is measured in ``docs/fidelity.md``.
 """
 
@@ -133,7 +134,8 @@ class TransferCheck:
         return {
             "student": self.student,
             "agreement": self.agreement,
-            "success": {str(k): v for k, v in sorted(self.success.items())},
+            # a label with no image of another label to stamp has no rate: null, as JSON has no NaN
+            "success": {str(k): (v if math.isfinite(v) else None) for k, v in sorted(self.success.items())},
             "flagged": self.flagged,
             "ratio": self.ratio,
             "images": self.images,
@@ -146,7 +148,7 @@ class TransferCheck:
         return cls(
             student=str(d["student"]),
             agreement=float(d["agreement"]),
-            success={int(k): float(v) for k, v in d["success"].items()},
+            success={int(k): math.nan if v is None else float(v) for k, v in d["success"].items()},
             flagged=[int(k) for k in d["flagged"]],
             ratio=float(d["ratio"]),
             images=int(d.get("images", 0)),
