@@ -1418,6 +1418,14 @@ CASES: list[Case] = [
         "{tmp}/r",
     ),
     Case(
+        "report-fleet-folder",
+        "report of a scan-many folder",
+        lambda e: ["report", str(_write(e.tmp / "fleet" / "summary.json", "{}").parent)],
+        "a scan-many folder, whose page is",
+        1,
+        "{tmp}/fleet/index.html",
+    ),
+    Case(
         "report-missing-dir",
         "report of a directory that does not exist",
         lambda e: ["report", str(e.tmp / "none")],

@@ -42,15 +42,11 @@ def report(
     from ..detection.report import REPORT_FILE
     from ..mitigation import MitigationResult
     from ..report import write_html_report
-    from ..report.html import figures_folder
+    from ..report.html import figures_folder, require_scan_dir
     from ..validation import ValidationResult
 
     setup_logging(verbose)
-    if not (result_dir / REPORT_FILE).is_file():
-        why = (
-            "the directory does not exist" if not result_dir.exists() else "is it a scan's result directory?"
-        )
-        raise DataError(f"{result_dir}: no {REPORT_FILE} here ({why})")
+    require_scan_dir(result_dir)
     figures_folder(check_output_file(out if out is not None else result_dir / "report.html", option="--out"))
     validation = ValidationResult.load(validation_dir) if validation_dir else None
     mitigations = [MitigationResult.load(d) for d in mitigation_dirs]

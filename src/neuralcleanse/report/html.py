@@ -345,6 +345,21 @@ def render_html(
     return page, figures
 
 
+def require_scan_dir(root: Path) -> None:
+    """One-line :class:`DataError` unless ``root`` holds a scan's ``report.json``, saying what it is instead
+    (a missing directory, a scan-many folder)."""
+    if (root / REPORT_FILE).is_file():
+        return
+    if not root.exists():
+        raise DataError(f"{root}: no {REPORT_FILE} here (the directory does not exist)")
+    if (root / "summary.json").is_file():  # a fleet's folder (scan-many): its page is already there
+        raise DataError(
+            f"{root}: a scan-many folder, whose page is {root / 'index.html'}; give one model's folder "
+            "inside it for that model's report"
+        )
+    raise DataError(f"{root}: no {REPORT_FILE} here (is it a scan's result directory?)")
+
+
 def write_html_report(
     result_dir: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -361,8 +376,7 @@ def write_html_report(
     file appears complete or not at all.
     """
     root = Path(result_dir)
-    if not (root / REPORT_FILE).is_file():
-        raise DataError(f"{root}: no {REPORT_FILE} here (is it a scan's result directory?)")
+    require_scan_dir(root)
     report = DetectionReport.load(root)  # refuses a report missing a trigger file
     target = Path(out) if out is not None else root / "report.html"
     figures_dir = figures_folder(target)
