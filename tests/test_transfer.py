@@ -110,6 +110,10 @@ def test_the_rule_on_saved_rates() -> None:
 
 
 def test_bad_settings_are_refused(badnets_report: DetectionReport, badnets_model: nc.ModelBundle) -> None:
+    # None is "no" (as the benchmark scripts pass it), not a setting to refuse
+    assert (
+        nc.NeuralCleanse(badnets_model.model, self_reference=None, transfer_check=None).transfer_check is None
+    )  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match="transfer_check must be True, False or DistillSettings"):
         nc.NeuralCleanse(badnets_model.model, transfer_check="yes")  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match="transfer ratio must be a positive number"):

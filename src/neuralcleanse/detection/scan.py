@@ -369,9 +369,9 @@ class NeuralCleanse:
                 f"not a {type(reference).__name__}"
             )
         for name, value in (("self_reference", self_reference), ("transfer_check", transfer_check)):
-            if not isinstance(value, (bool, DistillSettings)):
+            if value is not None and not isinstance(value, (bool, DistillSettings)):
                 raise SettingsError(f"{name} must be True, False or DistillSettings, got {value!r}")
-        if sum((self_reference is not False, reference is not None, bool(natural_reference))) > 1:
+        if sum((bool(self_reference), reference is not None, bool(natural_reference))) > 1:
             raise SettingsError(
                 "give one reference: trusted models (reference), self_reference or natural_reference"
             )
