@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -135,3 +136,50 @@ def test_a_label_without_a_rate_is_saved_as_null() -> None:
     assert saved["success"]["1"] is None
     back = TransferCheck.from_dict(saved)
     assert math.isnan(back.success[1]) and back.baseline(0) == pytest.approx(0.45)
+
+
+def test_distillation_needs_images_to_train_on() -> None:
+    with pytest.raises(SettingsError, match="max_images must be at least 20, got 5"):
+        DistillSettings(max_images=5)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.update(success=[0.1, 0.2]), "success must be an object"),
+        (lambda t: t.update(flagged=[99]), "flagged label 99 has no rate"),
+        (lambda t: t.update(notes="a note"), "notes lists"),
+        (lambda t: t["success"].update({"0": 0.99}), "is not what its rates give"),
+    ],
+)
+def test_a_malformed_check_in_a_saved_report_is_refused(
+    badnets_report: DetectionReport, tmp_path: Path, edit: Any, message: str
+) -> None:
+    rates = {r.label: 0.5 for r in badnets_report.labels} | {0: 0.02}
+    report = dataclasses.replace(badnets_report, transfer=_check(rates, [0]))
+    folder = report.save(tmp_path / "scan", images=False)
+    assert DetectionReport.load(folder).transfer == report.transfer
+    saved = json.loads((folder / "report.json").read_text())
+    edit(saved["transfer"])
+    (folder / "report.json").write_text(json.dumps(saved))
+    with pytest.raises(nc.DataError, match=f"malformed scan report .*{message}"):
+        DetectionReport.load(folder)
+
+
+def test_bad_inputs_to_the_check_are_named(
+    badnets_report: DetectionReport, badnets_model: nc.ModelBundle, clean_model: nc.ModelBundle
+) -> None:
+    images = torch.rand(40, 1, 28, 28)
+    model = badnets_model.model
+    with pytest.raises(nc.DataError, match="needs float images in \\[0, 1\\], got a torch.uint8 tensor"):
+        check_transfer(badnets_report, model, (images * 255).to(torch.uint8))
+    with pytest.raises(nc.DataError, match="needs images in \\[0, 1\\], got values from"):
+        check_transfer(badnets_report, model, images * 255)
+    with pytest.raises(
+        nc.DataError, match="needs the scan's images, \\(N, 1, 28, 28\\), got shape \\(40, 3, 32, 32\\)"
+    ):
+        check_transfer(badnets_report, model, torch.rand(40, 3, 32, 32))
+    with pytest.raises(nc.DataError, match="a scan of another model"):
+        check_transfer(badnets_report, clean_model.model, images)
+    with pytest.raises(nc.ModelError, match="takes a model, not a path"):
+        check_transfer(badnets_report, "model.pt2", images)  # type: ignore[arg-type]

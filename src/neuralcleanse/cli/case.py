@@ -228,7 +228,9 @@ def open_case(
         )
     if label is None:
         if not report.flagged:
-            raise SettingsError(f"{report_path}: the scan flagged no label; name one with --label")
+            aside = report.transfer.set_aside if report.transfer is not None else []
+            why = f" (the transfer check set aside label {label_ranges(aside)})" if aside else ""
+            raise SettingsError(f"{report_path}: the scan flagged no label{why}; name one with --label")
         label = min(report.flagged, key=lambda k: report.label(k).l1_norm)
         if len(report.flagged) > 1:  # a natural shortcut can be flagged beside the planted label
             logging.getLogger(__name__).warning(

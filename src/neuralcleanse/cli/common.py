@@ -244,7 +244,12 @@ def print_scan(report: Any, out: Path) -> None:
 
     table = Table(
         box=box.SIMPLE_HEAD,
-        title=f"Neural Cleanse scan ({report.settings['mode']}, {report.run['seconds']:.0f} s)",
+        title=f"Neural Cleanse scan ({report.settings['mode']}, {report.run['seconds']:.0f} s"
+        + (
+            f" + {report.run['transfer_seconds']:.0f} s transfer check)"
+            if "transfer_seconds" in report.run
+            else ")"
+        ),
     )
     ref = report.reference.l1_norms if report.reference is not None else None
     cols = ["label", "name", "L1 norm", *(["reference L1"] if ref else []), "attack success", "steps", "stop"]

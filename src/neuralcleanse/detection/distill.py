@@ -81,6 +81,10 @@ class DistillSettings:
                 raise SettingsError(
                     f"distillation {name} must be a {'non-negative' if name in ('shift', 'seed') else 'positive'} integer, got {value!r}"
                 )
+        if (
+            self.max_images < 20
+        ):  # ten or more are held out to measure the student: some must be left to train
+            raise SettingsError(f"distillation max_images must be at least 20, got {self.max_images}")
         if self.arch != "same" and self.arch not in ARCHITECTURES:
             raise SettingsError(
                 f"unknown student architecture {self.arch!r}; use same or {', '.join(ARCHITECTURES)}"
@@ -115,11 +119,12 @@ class Student:
     agreement: float
     images: int
     settings: DistillSettings
+    held_out: int = 0
 
     def describe(self) -> str:
         return (
             f"a student ({self.arch}) distilled from the model on {self.images} clean images; it agrees "
-            f"with the model on {self.agreement:.1%} of held-out images"
+            f"with the model on {self.agreement:.1%} of {self.held_out or 'the'} held-out images"
         )
 
 
@@ -212,7 +217,7 @@ def distil_student(
     log.info(
         "student %s: %.1f%% agreement with the model on %d held-out images", arch, 100 * agreement, n_held
     )
-    return Student(student, arch, agreement, len(train), cfg)
+    return Student(student, arch, agreement, len(train), cfg, n_held)
 
 
 def _train(

@@ -710,8 +710,6 @@ class NeuralCleanse:
                 result, self.model, images.float(), settings=self.transfer_check, outputs=self.outputs,
                 device=self.device,
             )  # fmt: skip
-            assert result.transfer is not None
-            result.notes.extend(result.transfer.notes)
             run["transfer_seconds"] = round(time.perf_counter() - began, 2)
         return result
 

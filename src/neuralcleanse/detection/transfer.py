@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SettingsError
+from ..errors import DataError, SettingsError
+from ..fingerprint import fingerprints
 from ..metrics import predict
 from ..models.outputs import OutputKind
+from ..suspect import as_network
 from .distill import DistillSettings, distil_student
 
 if TYPE_CHECKING:
@@ -110,7 +112,9 @@ class TransferCheck:
     def explain(self) -> str:
         """Every flagged label's numbers, kept or set aside, as a sentence (for the HTML report)."""
         if not self.usable:
-            return self.notes[0] if self.notes else "transfer check not used"
+            return (self.notes[0] if self.notes else "transfer check not used").removeprefix(
+                "transfer check "
+            )
         return "; ".join(
             f"label {k}: {self.describe(k)}: {'set aside' if k in self.set_aside else 'kept'}"
             for k in self.flagged
@@ -145,15 +149,28 @@ class TransferCheck:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransferCheck:
-        return cls(
+        """Read :meth:`to_dict`'s value; ``ValueError``/``TypeError`` (a malformed report) for anything else,
+        including a saved ``set_aside`` that its own numbers do not give."""
+        success, flagged, notes = d["success"], d["flagged"], d.get("notes", [])
+        if not isinstance(success, dict) or not isinstance(flagged, list) or not isinstance(notes, list):
+            raise TypeError("transfer: success must be an object, flagged and notes lists")
+        check = cls(
             student=str(d["student"]),
             agreement=float(d["agreement"]),
-            success={int(k): math.nan if v is None else float(v) for k, v in d["success"].items()},
-            flagged=[int(k) for k in d["flagged"]],
+            success={int(k): math.nan if v is None else float(v) for k, v in success.items()},
+            flagged=[int(k) for k in flagged],
             ratio=float(d["ratio"]),
             images=int(d.get("images", 0)),
-            notes=[str(n) for n in d.get("notes", [])],
+            notes=[str(n) for n in notes],
         )
+        unknown = sorted(set(check.flagged) - set(check.success))
+        if unknown:
+            raise ValueError(f"transfer: flagged label {unknown[0]} has no rate")
+        if "set_aside" in d and sorted(int(k) for k in d["set_aside"]) != check.set_aside:
+            raise ValueError(
+                f"transfer: set_aside {d['set_aside']} is not what its rates give ({check.set_aside})"
+            )
+        return check
 
 
 def check_transfer(
@@ -180,13 +197,21 @@ def check_transfer(
         raise SettingsError(f"transfer ratio must be a positive number, got {ratio!r}")
     if report.verdict != "backdoored":
         return report
+    net = as_network(model, "check_transfer")
+    images = _clean_images(images, report)
+    prints = fingerprints(net)
+    recorded = report.model.get("fingerprint"), report.model.get("weights_fingerprint")
+    if any(recorded) and prints.model != recorded[0] and prints.weights != recorded[1]:
+        raise DataError(
+            "the report is a scan of another model (its fingerprint differs): check the model it scanned"
+        )
     device = torch.device(device)
     student = distil_student(
-        model, images, settings=settings or TRANSFER_DISTILL, outputs=outputs, device=device
+        net, images, settings=settings or TRANSFER_DISTILL, outputs=outputs, device=device
     )
     gen = torch.Generator().manual_seed(0)
     probe = images[torch.randperm(len(images), generator=gen)[:_PROBE_IMAGES]]
-    classes = predict(model, probe, device=device, what="the clean images").cpu()
+    classes = predict(net, probe, device=device, what="the clean images").cpu()
     measured = [r.label for r in report.labels if r.reached or r.flagged]
     success = {
         k: _success(student.model, report.triggers[k].apply, probe, classes, k, device) for k in measured
@@ -195,7 +220,7 @@ def check_transfer(
     if student.agreement < WEAK_STUDENT:
         notes.append(
             f"transfer check not used: the student agrees with the model on only {student.agreement:.1%} of "
-            f"held-out images (at least {WEAK_STUDENT:.0%} needed; more clean images help)"
+            f"{student.held_out} held-out images (at least {WEAK_STUDENT:.0%} needed; more clean images help)"
         )
     elif len(success) == len(report.flagged):
         notes.append(
@@ -206,7 +231,7 @@ def check_transfer(
     )
     aside = set(check.set_aside)
     for k in sorted(aside):
-        log.info("transfer check: %s", check.describe(k))
+        log.info("transfer check: label %d: %s", k, check.describe(k))
     flagged = [k for k in report.flagged if k not in aside]
     rows = [dataclasses.replace(r, flagged=r.label in flagged) for r in report.labels]
     return dataclasses.replace(
@@ -215,7 +240,36 @@ def check_transfer(
         flagged=flagged,
         labels=rows,
         transfer=check,
+        notes=[*report.notes, notes[0] if notes else f"transfer check: {check.explain()}"],
     )
+
+
+def _clean_images(images: Any, report: DetectionReport) -> torch.Tensor:
+    """The clean images as the check needs them: float ``(N, C, H, W)`` in ``[0, 1]`` of the report's
+    image shape (an ``ImageDataset``'s images are taken); one-line :class:`DataError` otherwise."""
+    from ..data.dataset import ImageDataset
+
+    if isinstance(images, ImageDataset):
+        images = images.images
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        kind = (
+            f"a {images.dtype} tensor" if isinstance(images, torch.Tensor) else f"a {type(images).__name__}"
+        )
+        raise DataError(f"the transfer check needs float images in [0, 1], got {kind}")
+    shape = next(iter(report.triggers.values())).image_shape if report.triggers else None
+    if images.ndim != 4 or (shape is not None and tuple(images.shape[1:]) != tuple(shape)):
+        want = ", ".join(str(d) for d in shape) if shape is not None else "C, H, W"
+        raise DataError(
+            f"the transfer check needs the scan's images, (N, {want}), got shape {tuple(images.shape)}"
+        )
+    if len(images) < 20:
+        raise DataError(
+            f"the transfer check distils a student and needs at least 20 clean images, got {len(images)}"
+        )
+    low, high = float(images.min()), float(images.max())
+    if not (low >= 0.0 and high <= 1.0):
+        raise DataError(f"the transfer check needs images in [0, 1], got values from {low:g} to {high:g}")
+    return images.float()
 
 
 def _success(

@@ -287,7 +287,10 @@ def render_html(
     if not report.outlier_statistic.paper:
         verdict += f"<br><small>Beside it, {html.escape(report.paper_test())}.</small>"
     if report.transfer is not None and report.verdict == "backdoored":  # else its verdict says it all
-        verdict += f"<br><small>Transfer check: {html.escape(report.transfer.explain())}.</small>"
+        check = report.transfer
+        verdict += (
+            f"<br><small>Transfer check{': ' if check.usable else ' '}{html.escape(check.explain())}.</small>"
+        )
     model = report.model
     run = report.run
     facts = [
