@@ -166,7 +166,7 @@ def test_scan_cli_transfer_check(
     report and its HTML page: the planted trigger does not move the student, so label 0 is kept."""
     out = tmp_path / "transfer"
     code, _, _ = run(
-        capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--labels", "0,1,2,3,4,5", "--transfer-check",
+        capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--labels", "0,1,2,3", "--transfer-check",
         "--html", "--out", str(out), "--device", "cpu",
     )  # fmt: skip
     d = json.loads((out / "report.json").read_text())
