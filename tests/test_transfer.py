@@ -183,3 +183,17 @@ def test_bad_inputs_to_the_check_are_named(
         check_transfer(badnets_report, clean_model.model, images)
     with pytest.raises(nc.ModelError, match="takes a model, not a path"):
         check_transfer(badnets_report, "model.pt2", images)  # type: ignore[arg-type]
+
+
+def test_a_fleet_counts_the_check_in_a_models_seconds(
+    badnets_report: DetectionReport, tmp_path: Path
+) -> None:
+    from neuralcleanse.fleet.jobs import FleetJob, ModelResult
+
+    job = FleetJob("m", "m.pt2", tmp_path / "m", None)
+    timed = dataclasses.replace(
+        badnets_report, run={**badnets_report.run, "seconds": 20.0, "transfer_seconds": 30.5}
+    )
+    assert ModelResult.from_report(job, timed).seconds == pytest.approx(50.5)
+    plain = dataclasses.replace(badnets_report, run={**badnets_report.run, "seconds": 20.0})
+    assert ModelResult.from_report(job, plain).seconds == pytest.approx(20.0)

@@ -122,6 +122,9 @@ class ModelResult:
         else:
             index = report.outlier_test().largest_below_median
         run = report.run
+        seconds = run.get("seconds")
+        if isinstance(seconds, (int, float)) and isinstance(run.get("transfer_seconds"), (int, float)):
+            seconds += run["transfer_seconds"]  # the transfer check's distillation is part of the scan's work
         return cls(
             job.name,
             job.model,
@@ -131,7 +134,7 @@ class ModelResult:
             flagged=flagged,
             flagged_names=[report.label(k).name for k in flagged],
             anomaly_index=_num(index),
-            seconds=_num(run.get("seconds")),
+            seconds=_num(seconds),
             images_processed=run.get("images_processed"),
             threads=run.get("threads"),
             resumed=any(n.startswith("resumed from a checkpoint") for n in report.notes),
