@@ -64,7 +64,7 @@ from neuralcleanse.detection import (
     mad_outlier_test,
 )
 from neuralcleanse.detection.distill import DistillSettings
-from neuralcleanse.detection.transfer import TransferCheck, check_transfer
+from neuralcleanse.detection.transfer import TRANSFER_RATIO, TransferCheck, check_transfer
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
 METHODS = (
@@ -205,8 +205,8 @@ def transfer_verdict(
     if report.verdict != "backdoored":
         return report.verdict, report.flagged
     path = args.out / "transfer" / f"{case.name}.json"
-    if path.exists():
-        check = TransferCheck.from_dict(json.loads(path.read_text()))
+    if path.exists():  # judged with today's ratio, whatever the ratio when it was cached
+        check = replace(TransferCheck.from_dict(json.loads(path.read_text())), ratio=TRANSFER_RATIO)
     else:
         pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(case.seed))
         checked = check_transfer(report, bundle.model, data.test.images[pick[:2000]], device=args.device)
