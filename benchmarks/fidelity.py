@@ -214,8 +214,7 @@ def transfer_verdict(
         check = checked.transfer
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(check.to_dict(), indent=1))
-    flagged = [k for k in report.flagged if k not in check.set_aside]
-    return ("backdoored" if flagged else "inconclusive"), flagged
+    return ("backdoored" if check.kept else "inconclusive"), check.kept
 
 
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:

@@ -209,9 +209,8 @@ def open_case(
             f"{_describe_pre(now)}: give the scan's --input-range, --mean, --std and --channel-order (or leave "
             "them all out to use the scan's)"
         )
-    if adopted is not None and not _same_pre(
-        adopted, Preprocessing().to_dict()
-    ):  # said only when it did something
+    # the adopted preprocessing is said only when it changed something
+    if adopted is not None and not _same_pre(adopted, Preprocessing().to_dict()):
         note = f"the model was run behind the scan's preprocessing ({_describe_pre(now)}; {report_path})"
         loaded = dataclasses.replace(loaded, notes=[*loaded.notes, note])
     recorded = report_weights_sha256(report.model)

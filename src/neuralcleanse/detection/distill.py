@@ -32,9 +32,13 @@ from ..models.architectures import ARCHITECTURES, build_model
 from ..models.outputs import OutputKind, as_logits
 from ..modes import copy_model, frozen_eval
 
-__all__ = ["DistillSettings", "Student", "distil_student"]
+__all__ = ["MIN_IMAGES", "DistillSettings", "Student", "distil_student"]
 
 log = logging.getLogger(__name__)
+
+#: a distillation needs at least this many clean images: ten or more are held out to measure the
+#: student, and some must be left to train it
+MIN_IMAGES = 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,10 +85,10 @@ class DistillSettings:
                 raise SettingsError(
                     f"distillation {name} must be a {'non-negative' if name in ('shift', 'seed') else 'positive'} integer, got {value!r}"
                 )
-        if (
-            self.max_images < 20
-        ):  # ten or more are held out to measure the student: some must be left to train
-            raise SettingsError(f"distillation max_images must be at least 20, got {self.max_images}")
+        if self.max_images < MIN_IMAGES:
+            raise SettingsError(
+                f"distillation max_images must be at least {MIN_IMAGES}, got {self.max_images}"
+            )
         if self.arch != "same" and self.arch not in ARCHITECTURES:
             raise SettingsError(
                 f"unknown student architecture {self.arch!r}; use same or {', '.join(ARCHITECTURES)}"
@@ -182,9 +186,9 @@ def distil_student(
     """
     cfg = settings or DistillSettings()
     device = torch.device(device)
-    if images.ndim != 4 or len(images) < 20:
+    if images.ndim != 4 or len(images) < MIN_IMAGES:
         raise DataError(
-            f"distillation needs at least 20 clean (N, C, H, W) images, got shape {tuple(images.shape)}"
+            f"distillation needs at least {MIN_IMAGES} clean (N, C, H, W) images, got shape {tuple(images.shape)}"
         )
     rng = np.random.default_rng([cfg.seed, 0xD157])
     # the student's initial weights come from a seed of its own: a student that started from the very

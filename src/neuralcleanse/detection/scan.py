@@ -30,7 +30,7 @@ from ..modes import frozen_eval
 from ..suspect import as_network
 from ..triggers import Trigger
 from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
-from .distill import DistillSettings, distil_student
+from .distill import MIN_IMAGES, DistillSettings, distil_student
 from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .natural import NATURAL, mean_patterns, natural_note
 from .outlier import mad_outlier_test
@@ -537,10 +537,10 @@ class NeuralCleanse:
                 for diff in self.reference.draw_mismatches(draw)
             ]
         total_images = len(images)
-        if self.transfer_check is not None and total_images < 20:  # fail before optimising, not after
+        if self.transfer_check is not None and total_images < MIN_IMAGES:  # fail before optimising
             raise DataError(
                 f"transfer_check (--transfer-check) distils a student on the clean images and needs at least "
-                f"20 of them, got {total_images}"
+                f"{MIN_IMAGES} of them, got {total_images}"
             )
         pool, pool_notes = self._select_images(
             images, labels, num_classes, names, source=source, skipped_source=skipped_source,

@@ -33,7 +33,7 @@ from ..fingerprint import fingerprints
 from ..metrics import predict
 from ..models.outputs import OutputKind
 from ..suspect import as_network
-from .distill import DistillSettings, distil_student
+from .distill import MIN_IMAGES, DistillSettings, distil_student
 
 if TYPE_CHECKING:
     from .report import DetectionReport
@@ -100,6 +100,12 @@ class TransferCheck:
         if not self.usable:
             return []
         return [k for k in self.flagged if self.relative(k) >= self.ratio]
+
+    @property
+    def kept(self) -> list[int]:
+        """The flagged labels the check leaves flagged."""
+        aside = self.set_aside
+        return [k for k in self.flagged if k not in aside]
 
     def describe(self, k: int) -> str:
         """Label ``k``'s numbers, and whether they set it aside."""
@@ -229,10 +235,9 @@ def check_transfer(
     check = TransferCheck(
         student.describe(), student.agreement, success, list(report.flagged), float(ratio), len(probe), notes
     )
-    aside = set(check.set_aside)
-    for k in sorted(aside):
+    for k in check.set_aside:
         log.info("transfer check: label %d: %s", k, check.describe(k))
-    flagged = [k for k in report.flagged if k not in aside]
+    flagged = check.kept
     rows = [dataclasses.replace(r, flagged=r.label in flagged) for r in report.labels]
     return dataclasses.replace(
         report,
@@ -262,9 +267,9 @@ def _clean_images(images: Any, report: DetectionReport) -> torch.Tensor:
         raise DataError(
             f"the transfer check needs the scan's images, (N, {want}), got shape {tuple(images.shape)}"
         )
-    if len(images) < 20:
+    if len(images) < MIN_IMAGES:  # before min/max below, which an empty tensor has not
         raise DataError(
-            f"the transfer check distils a student and needs at least 20 clean images, got {len(images)}"
+            f"the transfer check distils a student and needs at least {MIN_IMAGES} clean images, got {len(images)}"
         )
     low, high = float(images.min()), float(images.max())
     if not (low >= 0.0 and high <= 1.0):
