@@ -1556,6 +1556,58 @@ CASES: list[Case] = [
         "{tmp}/m.csv line 2",
     ),
     Case(
+        "scanmany-manifest-missing-data",
+        "scan-many manifest whose second row's data file does not exist",
+        lambda e: [
+            "scan-many",
+            str(_write(e.tmp / "m.csv", f"path,name,data\n{e.model},a,\n{e.model},b,gone.npz\n")),
+            "--out",
+            str(e.out),
+        ],  # fmt: skip
+        "data path not found",
+        1,
+        "{tmp}/m.csv line 3: {tmp}/gone.npz",
+    ),
+    Case(
+        "scanmany-data-missing",
+        "scan-many --data a file that does not exist",
+        lambda e: ["scan-many", str(e.model), "--data", str(e.tmp / "gone.npz"), "--out", str(e.out)],
+        "data path not found",
+        1,
+        "{tmp}/gone.npz",
+    ),
+    Case(
+        "scanmany-manifest-source-in-labels",
+        "scan-many manifest row whose source label is among its labels",
+        lambda e: ["scan-many", str(_write(e.tmp / "m.csv", f"path,labels,source\n{e.model},0-3,2\n")),
+                   "--out", str(e.out)],  # fmt: skip
+        "label 2 is the source label",
+        2,
+        "{tmp}/m.csv line 2",
+    ),
+    Case(
+        "scanmany-manifest-source-1e308",
+        "scan-many JSON manifest with source 1e308",
+        lambda e: ["scan-many", str(_write(e.tmp / "m.jsonl", f'{{"path": "{e.model}", "source": 1e308}}\n')),
+                   "--out", str(e.out)],  # fmt: skip
+        "source must be an integer",
+        2,
+        "{tmp}/m.jsonl line 1",
+    ),
+    Case(
+        "scanmany-manifest-flag-number",
+        "scan-many JSON manifest with allow_torchscript 1 (not true)",
+        lambda e: [
+            "scan-many",
+            str(_write(e.tmp / "m.jsonl", f'{{"path": "{e.model}", "allow_torchscript": 1}}\n')),
+            "--out",
+            str(e.out),
+        ],  # fmt: skip
+        "allow_torchscript must be true or false, got 1",
+        2,
+        "{tmp}/m.jsonl line 1",
+    ),
+    Case(
         "scanmany-folder-without-models",
         "scan-many of a folder without models",
         lambda e: ["scan-many", str(_write(e.tmp / "empty" / "notes.txt", "x").parent), "--out", str(e.out)],

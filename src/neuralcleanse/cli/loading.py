@@ -58,9 +58,9 @@ class ModelSource:
     def inputs(self) -> tuple[Path, ...]:
         """The files and folders the command reads: the model, ``--arch file.py``'s file, the images and
         class names (a result folder may not hold them: it is replaced as a whole)."""
-        module, sep, _ = (self.arch or "").rpartition(":")
-        code = Path(module) if sep and module.endswith(".py") else None
-        given = (self.model, code, self.data, self.data_dir, self.class_names)
+        from ..fleet.manifest import arch_file
+
+        given = (self.model, arch_file(self.arch or ""), self.data, self.data_dir, self.class_names)
         return tuple(p for p in given if p is not None)
 
     def check(self) -> None:
@@ -72,6 +72,14 @@ class ModelSource:
             parse_output(self.output_key)
         self.parsed_arch_kwargs()
         build_preprocessing(self.input_range, self.mean, self.std, self.channel_order)
+
+    def check_data_files(self) -> None:
+        """The images, the data folder and the class names exist: a fleet names a model's missing file
+        before it scans any (the model files and ``--arch`` files are checked as the fleet collects them)."""
+        given = ((self.data, "data path"), (self.data_dir, "data folder"), (self.class_names, "class names file"))
+        for path, what in given:
+            if path is not None and not path.exists():
+                raise DataError(f"{path}: {what} not found")
 
     def parsed_arch_kwargs(self) -> dict[str, Any] | None:
         try:

@@ -93,7 +93,13 @@ class ScanRequest:
         self.source.check()
         if self.source_label is not None and self.source_label < 0:
             raise SettingsError(f"--source must be a label (0 or more), got {self.source_label}")
-        return parse_labels(self.labels)
+        labels = parse_labels(self.labels)
+        if labels is not None and self.source_label in labels:
+            raise SettingsError(
+                f"--labels: label {self.source_label} is the source label: its images need no trigger to "
+                "reach it; leave it out"
+            )
+        return labels
 
     def settings(self) -> ReverseSettings:
         """The optimisation schedule the options ask for."""

@@ -393,6 +393,7 @@ def _jobs(
     # the options every model shares are checked once (their errors name only the option)
     template = ScanRequest(source=ModelSource(model=Path("."), **base), out=out, **fields, **shared)
     template.check()
+    template.source.check_data_files()
     template.settings()
     template.reference()
     entries = collect_models(sources)
@@ -405,6 +406,7 @@ def _jobs(
         if entry.options:  # a manifest row's own values: errors name its file and line
             try:
                 request.check()
+                source.check_data_files()
                 if "references" in entry.options:
                     request.reference()
             except (SettingsError, DataError) as exc:

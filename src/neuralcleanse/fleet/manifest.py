@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +124,14 @@ _labels = _joined(",", "labels like 0,3,5 or a list of integers", integers=True)
 _numbers = _joined(",", "numbers like 0.5,0.5,0.5 or a list of numbers", integers=False)
 
 
+_EXACT = 2.0**53  # the largest float below which every integer is exact
+
+
 def _integer(value: Any, where: str, column: str, base: Path) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
+    if isinstance(value, float) and abs(value) <= _EXACT and value == int(value):
+        return int(value)  # a JSON 3.0; not 1e308, which no float holds as an exact integer
     text = _text(value, where, column).strip()
     try:
         return int(text)
@@ -155,6 +157,8 @@ def _output_key(value: Any, where: str, column: str, base: Path) -> str:
 def _flag(value: Any, where: str, column: str, base: Path) -> bool:
     if isinstance(value, bool):
         return value
+    if not isinstance(value, str):  # a JSON 1 is not a yes: the flag opts into running a file's code
+        raise SettingsError(f"{where}: {column} must be true or false, got {json.dumps(value)}")
     text = _text(value, where, column).strip().lower()
     if text in ("1", "true", "yes"):
         return True
