@@ -196,6 +196,24 @@ def test_unlearning_that_leaves_the_trigger_working_says_what_to_try(
     assert "and the real trigger still succeeds" in note and hint in note, note
 
 
+def test_figures_measured_on_few_images_say_so(
+    case: tuple[nn.Module, nc.Trigger, nc.Trigger], mnist_sample: nc.DatasetSplits
+) -> None:
+    """Under 100 images each image moves a figure by over a point: unlearning and pruning say so (the
+    filter refuses fewer than 20 outright); on the full test set they do not."""
+    model, rev, real = case
+    few = mnist_sample.test.sample(60, seed=0, stratified=True)
+    for test, expected in ((few, True), (mnist_sample.test, False)):
+        _, r = unlearn(model, mnist_sample.train, test, rev, label=0, real_trigger=real, epochs=1,
+                       min_steps=1, lr=1e-7, baselines=False)  # fmt: skip
+        notes = [n for n in r.notes if "were measured on only" in n]
+        assert bool(notes) == expected, r.notes
+        assert not expected or "only 60 images (one image is 1.7 points)" in notes[0]
+    _, r = prune_neurons(model, mnist_sample.test.sample(150, seed=0, stratified=True), rev, label=0,
+                         max_fraction=0.1)  # fmt: skip
+    assert any("were measured on only 75 images" in n for n in r.notes), r.notes
+
+
 def _of_labels(
     data: nc.ImageDataset, labels: list[int], *, num_classes: int | None = None
 ) -> nc.ImageDataset:

@@ -29,6 +29,7 @@ from .result import (
     MitigationResult,
     check_fraction,
     coverage_notes,
+    few_images_notes,
     label_loss_notes,
     measure,
     random_halves,
@@ -192,6 +193,7 @@ def filter_inputs(
         subject="behind the filter, the model",
     )
     notes += real_trigger_notes(before.real_attack_success)
+    notes += few_images_notes(held)
     notes += coverage_notes(
         model, data, what="clean accuracy and false positives are measured without them", device=device
     )

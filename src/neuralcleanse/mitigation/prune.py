@@ -36,6 +36,7 @@ from .result import (
     MitigationResult,
     check_fraction,
     coverage_notes,
+    few_images_notes,
     label_loss_notes,
     measure,
     random_halves,
@@ -225,6 +226,7 @@ def prune_neurons(
         )
     notes += label_loss_notes(label, before, after, instead="unlearn instead (--method unlearn)")
     notes += real_trigger_notes(before.real_attack_success)
+    notes += few_images_notes(eval_set)
     notes += coverage_notes(
         model,
         data,

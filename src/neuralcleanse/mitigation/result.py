@@ -25,6 +25,7 @@ __all__ = [
     "MitigationResult",
     "measure",
     "check_fraction",
+    "few_images_notes",
     "label_loss_notes",
     "real_trigger_notes",
     "missing_labels",
@@ -135,6 +136,21 @@ def real_trigger_notes(success: float | None) -> list[str]:
         f"the real trigger succeeds on only {pct(success, 1)} of the images on the model as given: it is "
         "probably not the backdoor's trigger (check --real-trigger's position, size and pattern), and its "
         "figures say little"
+    ]
+
+
+#: below this many images, a before/after figure moves by over a point per image: said in a note
+FEW_IMAGES = 100
+
+
+def few_images_notes(data: ImageDataset, *, what: str = "measured") -> list[str]:
+    """A note when the figures before and after were ``what`` on fewer than :data:`FEW_IMAGES` images."""
+    if len(data) >= FEW_IMAGES:
+        return []
+    return [
+        f"clean accuracy and attack success were {what} on only {len(data)} images (one image is "
+        f"{100 / len(data):.1f} points): treat the figures before and after as rough, and measure the "
+        "repaired model on more of your own images before using it"
     ]
 
 

@@ -44,6 +44,7 @@ from .result import (
     MitigationResult,
     check_fraction,
     coverage_note,
+    few_images_notes,
     label_loss_notes,
     measure,
     missing_labels,
@@ -238,6 +239,7 @@ def unlearn(
     notes = [f"fine-tuned on {n} training images, {len(stamped_idx)} stamped with the reversed trigger"]
     notes += label_loss_notes(label, before, after, instead="fine-tune for fewer epochs (--epochs)")
     notes += real_trigger_notes(before.real_attack_success)
+    notes += few_images_notes(test)
     if missing:
         notes.append(coverage)
     left = {"reversed": after.attack_success, "real": after.real_attack_success}
