@@ -35,6 +35,13 @@ def test_submodule_modes_come_back_as_they_were(net: nn.Module, mnist_sample: Da
     nc.scan(net, test.images[:200], test.labels[:200], **QUICK)
     nc.accuracy(net, test)
     assert [m.training for m in net.modules()] == before and net.training and not frozen.training
+    # the repaired copies come back in the given modes too (unlearning returned its copy in eval mode)
+    trigger = nc.Trigger.square((1, 28, 28), size=4)
+    repaired, _ = nc.unlearn(net, mnist_sample.train, test.sample(100, seed=0), trigger, label=0,
+                             epochs=1, min_steps=1, baselines=False)  # fmt: skip
+    pruned, _ = nc.prune_neurons(net, test.sample(100, seed=0), trigger, label=0, max_fraction=0.05)
+    for copy in (repaired, pruned):
+        assert [m.training for m in copy.modules()] == before
 
 
 def test_arrays_lists_and_other_float_types_are_taken(net: nn.Module, mnist_sample: DatasetSplits) -> None:

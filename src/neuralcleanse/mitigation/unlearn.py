@@ -35,7 +35,7 @@ from ..data.dataset import ImageDataset
 from ..errors import DataError, SettingsError
 from ..features import refuse_opaque
 from ..lab.training import TrainSettings, train_classifier
-from ..modes import copy_model, requires_grad
+from ..modes import copy_model, requires_grad, train_mode
 from ..suspect import SuspectedBackdoor, as_network
 from ..triggers import Trigger
 from .details import DetailsTable, MitigationDetails, register_details
@@ -92,12 +92,10 @@ def _fine_tune(
     device: torch.device | str,
     batchnorm: BatchNormMode,
 ) -> None:
-    try:
-        with requires_grad(model, True):
-            trained = _FrozenStatistics(model) if batchnorm == "frozen" else model
-            train_classifier(trained, data, settings, device=device)
-    finally:
-        model.eval()
+    # afterwards every submodule is in the mode it was given in, as prune_neurons returns its copy
+    with train_mode(model), requires_grad(model, True):
+        trained = _FrozenStatistics(model) if batchnorm == "frozen" else model
+        train_classifier(trained, data, settings, device=device)
 
 
 @register_details("unlearn")
