@@ -177,7 +177,10 @@ def find_feature_layer(
         return FeatureLayer(
             f"input of {last_name}", last, last, read_input_of_consumer=True, consumer_name=last_name
         )
-    name = _resolve_layer_name(names, name)
+    try:
+        name = _resolve_layer_name(names, name)
+    except LookupError:
+        raise SettingsError(_not_run(model, name, linears, missing=True)) from None
     module = model.get_submodule(name)
     inside = [n for n, _ in linears if n.startswith(name + ".") or n == name]
     if example is not None:
@@ -207,20 +210,24 @@ def _resolve_layer_name(names: list[str], name: str) -> str:
         return matches[0]
     if matches:
         raise SettingsError(f"layer {name!r} is ambiguous: name one of {', '.join(matches[:6])}")
-    raise SettingsError(f"layer {name!r} does not exist in the model")
+    raise LookupError(name)
 
 
-def _not_run(model: nn.Module, name: str, linears: list[tuple[str, nn.Linear]]) -> str:
-    """The error for a named layer whose forward never runs: inside an exported program (its layers are
-    inlined into one graph, only the linear layers lifted back into modules run as such) or unused."""
+def _not_run(model: nn.Module, name: str, linears: list[tuple[str, nn.Linear]], *, missing: bool = False) -> str:
+    """The error for a named layer that is not a module (``missing``) or whose forward never runs: inside
+    an exported program (its layers are inlined into one graph, only the linear layers lifted back into
+    modules run as such) or unused."""
     for prefix, m in model.named_modules():
-        if isinstance(m, torch.fx.GraphModule) and name.startswith(prefix + "." if prefix else ""):
+        if isinstance(m, torch.fx.GraphModule) and (missing or name.startswith(prefix + "." if prefix else "")):
             runnable = [n for n, _ in linears if n.startswith(prefix + "." if prefix else "")]
             return (
-                f"layer {name!r} is inlined in the exported program, where hooks cannot read it; name one of "
-                f"its linear layers ({', '.join(runnable[:6])}), or leave --layer out to use the input of "
-                "the last one"
+                f"layer {name!r} is {'not a module of' if missing else 'inlined in'} the exported program "
+                f"({'its layers are inlined into one graph' if missing else 'hooks cannot read it there'}); "
+                f"name one of its linear layers ({', '.join(runnable[:6])}), or leave --layer out to use the "
+                "input of the last one"
             )
+    if missing:
+        return f"layer {name!r} does not exist in the model"
     return f"layer {name!r} does not run in the model's forward pass; name another layer"
 
 
