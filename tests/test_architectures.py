@@ -260,7 +260,9 @@ def test_a_named_layer_feeds_the_first_linear_layer_that_runs_after_it(
         validate_trigger(vit, trigger, dataset("vit"), label=0, layer="nope")
     # in an exported program the layer the source names is gone: the error says why, and what to name
     exported = _case(files, "mobilenet", "pt2-dynamic", root).loaded.model
-    with pytest.raises(nc.SettingsError, match="layer 'classifier.2' is not a module of the exported program"):
+    with pytest.raises(
+        nc.SettingsError, match="layer 'classifier.2' is not a module of the exported program"
+    ):
         validate_trigger(exported, trigger, dataset("mobilenet"), label=0, layer="classifier.2", samples=8)
     assert _hooks(vit) == 0 and _hooks(mobile) == 0
 

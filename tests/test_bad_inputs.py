@@ -1579,8 +1579,12 @@ CASES: list[Case] = [
     Case(
         "scanmany-manifest-source-in-labels",
         "scan-many manifest row whose source label is among its labels",
-        lambda e: ["scan-many", str(_write(e.tmp / "m.csv", f"path,labels,source\n{e.model},0-3,2\n")),
-                   "--out", str(e.out)],  # fmt: skip
+        lambda e: [
+            "scan-many",
+            str(_write(e.tmp / "m.csv", f"path,labels,source\n{e.model},0-3,2\n")),
+            "--out",
+            str(e.out),
+        ],  # fmt: skip
         "label 2 is the source label",
         2,
         "{tmp}/m.csv line 2",
@@ -1588,8 +1592,12 @@ CASES: list[Case] = [
     Case(
         "scanmany-manifest-source-1e308",
         "scan-many JSON manifest with source 1e308",
-        lambda e: ["scan-many", str(_write(e.tmp / "m.jsonl", f'{{"path": "{e.model}", "source": 1e308}}\n')),
-                   "--out", str(e.out)],  # fmt: skip
+        lambda e: [
+            "scan-many",
+            str(_write(e.tmp / "m.jsonl", f'{{"path": "{e.model}", "source": 1e308}}\n')),
+            "--out",
+            str(e.out),
+        ],  # fmt: skip
         "source must be an integer",
         2,
         "{tmp}/m.jsonl line 1",

@@ -213,12 +213,16 @@ def _resolve_layer_name(names: list[str], name: str) -> str:
     raise LookupError(name)
 
 
-def _not_run(model: nn.Module, name: str, linears: list[tuple[str, nn.Linear]], *, missing: bool = False) -> str:
+def _not_run(
+    model: nn.Module, name: str, linears: list[tuple[str, nn.Linear]], *, missing: bool = False
+) -> str:
     """The error for a named layer that is not a module (``missing``) or whose forward never runs: inside
     an exported program (its layers are inlined into one graph, only the linear layers lifted back into
     modules run as such) or unused."""
     for prefix, m in model.named_modules():
-        if isinstance(m, torch.fx.GraphModule) and (missing or name.startswith(prefix + "." if prefix else "")):
+        if isinstance(m, torch.fx.GraphModule) and (
+            missing or name.startswith(prefix + "." if prefix else "")
+        ):
             runnable = [n for n, _ in linears if n.startswith(prefix + "." if prefix else "")]
             return (
                 f"layer {name!r} is {'not a module of' if missing else 'inlined in'} the exported program "

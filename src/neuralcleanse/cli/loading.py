@@ -76,7 +76,11 @@ class ModelSource:
     def check_data_files(self) -> None:
         """The images, the data folder and the class names exist: a fleet names a model's missing file
         before it scans any (the model files and ``--arch`` files are checked as the fleet collects them)."""
-        given = ((self.data, "data path"), (self.data_dir, "data folder"), (self.class_names, "class names file"))
+        given = (
+            (self.data, "data path"),
+            (self.data_dir, "data folder"),
+            (self.class_names, "class names file"),
+        )
         for path, what in given:
             if path is not None and not path.exists():
                 raise DataError(f"{path}: {what} not found")
