@@ -23,6 +23,8 @@ same norms with every method:
   from the model on 2,000 clean test images (``scan --transfer-check``: a flagged label whose trigger
   moves the student as often as the unflagged labels' triggers do is set aside; nothing left flagged
   is ``inconclusive``); the checks are cached under ``OUT/transfer``;
+* ``log+transfer``, ``log<0.4+transfer`` (with ``--transfer``): the same check of the labels ``log`` and
+  ``log<0.4`` flag (one cached check per model measures every label, so it judges any statistic's);
 * ``self-raw``: the relative test against the distilled student, as ``--reference`` runs it;
 * ``self-floor``: the same with the MAD of the log ratios floored at 0.1;
 * ``self``: what ``scan --self-reference`` runs (``Reference.test_options``): the floor, and a flagged
@@ -75,6 +77,8 @@ METHODS = (
     "log<0.4",
     "effect",
     "transfer",
+    "log+transfer",
+    "log<0.4+transfer",
     "self-raw",
     "self-floor",
     "self",
@@ -192,29 +196,58 @@ def _on_norms(report: DetectionReport, statistic: str, options: dict[str, float]
     )
 
 
-def transfer_verdict(
+#: method -> the statistic whose flagged labels the transfer check judges (``transfer``: the default's)
+TRANSFER_BASES = {"transfer": "effect", "log+transfer": "log", "log<0.4+transfer": "log<0.4"}
+
+
+def transfer_check(
     case: Case,
     args: argparse.Namespace,
     report: DetectionReport,
     bundle: nc.ModelBundle,
     data: nc.DatasetSplits,
-) -> tuple[str, list[int]]:
-    """``effect``'s verdict after ``scan --transfer-check``'s check of its flagged labels (cached)."""
-    if report.statistic != "effect":
-        raise SystemExit(f"{case.name}: --transfer needs scans judged by effect, not {report.statistic}")
-    if report.verdict != "backdoored":
-        return report.verdict, report.flagged
+    flagged: list[int],
+) -> TransferCheck:
+    """``scan --transfer-check``'s check of the model (cached under ``OUT/transfer``; every label the scan
+    reached is measured, so one check judges any statistic's flagged labels). ``flagged``: the labels to
+    check when it is not cached yet."""
     path = args.out / "transfer" / f"{case.name}.json"
     if path.exists():  # judged with today's ratio, whatever the ratio when it was cached
-        check = replace(TransferCheck.from_dict(json.loads(path.read_text())), ratio=TRANSFER_RATIO)
-    else:
-        pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(case.seed))
-        checked = check_transfer(report, bundle.model, data.test.images[pick[:2000]], device=args.device)
-        assert checked.transfer is not None
-        check = checked.transfer
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(check.to_dict(), indent=1))
-    return ("backdoored" if check.kept else "inconclusive"), check.kept
+        return replace(TransferCheck.from_dict(json.loads(path.read_text())), ratio=TRANSFER_RATIO)
+    rows = [replace(r, flagged=r.label in flagged) for r in report.labels]
+    asked = replace(report, verdict="backdoored", flagged=flagged, labels=rows)
+    pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(case.seed))
+    checked = check_transfer(asked, bundle.model, data.test.images[pick[:2000]], device=args.device)
+    assert checked.transfer is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(checked.transfer.to_dict(), indent=1))
+    return checked.transfer
+
+
+def transfer_verdicts(
+    case: Case,
+    args: argparse.Namespace,
+    report: DetectionReport,
+    bundle: nc.ModelBundle,
+    data: nc.DatasetSplits,
+    methods: dict[str, tuple[str, list[int]]],
+) -> dict[str, tuple[str, list[int]]]:
+    """Each of :data:`TRANSFER_BASES`' verdicts after the transfer check of its flagged labels: those whose
+    trigger moves the student as the unflagged labels' do are set aside; nothing left is inconclusive."""
+    if report.statistic != "effect":
+        raise SystemExit(f"{case.name}: --transfer needs scans judged by effect, not {report.statistic}")
+    asked = [methods[base] for base in TRANSFER_BASES.values()]
+    wanted = sorted({k for verdict, flagged in asked if verdict == "backdoored" for k in flagged})
+    check = transfer_check(case, args, report, bundle, data, wanted) if wanted else None
+    out = {}
+    for method, base in TRANSFER_BASES.items():
+        verdict, flagged = methods[base]
+        if verdict != "backdoored" or check is None:
+            out[method] = (verdict, flagged)
+            continue
+        judged = replace(check, flagged=flagged)
+        out[method] = ("backdoored" if judged.kept else "inconclusive", judged.kept)
+    return out
 
 
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:
@@ -224,7 +257,7 @@ def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[],
     planted = sorted({b.target for b in bundle.card.backdoors})
     methods = judge(report)
     if args.transfer:
-        methods["transfer"] = transfer_verdict(case, args, report, bundle, data)
+        methods |= transfer_verdicts(case, args, report, bundle, data, methods)
     source = report.reference.sources[0] if report.reference else {}
     return {
         "name": case.name,
