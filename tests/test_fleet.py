@@ -454,6 +454,15 @@ def test_resume_keeps_only_reports_of_the_same_settings_and_weights(
     code, _, stderr = cli(*fleet, "--resume")
     assert code == 2 and "holds the scan of an earlier version of" in stderr and "--force" in stderr
     assert (out / "m" / "report.json").read_text() == first  # nothing replaced by a refused run
+    # --force replaces the run: the report of a model it no longer lists goes, nothing else of the folder
+    shutil.copytree(world["clean"], tmp_path / "models" / "n")
+    (out / "notes.txt").write_text("keep")
+    (out / "mine").mkdir()
+    fleet[1] = str(tmp_path / "models" / "n")
+    code, _, stderr = cli(*fleet, "--force")
+    assert code == 0 and "removed" in stderr and not (out / "m").exists(), stderr
+    assert (out / "n" / "report.json").is_file() and (out / "notes.txt").read_text() == "keep"
+    assert (out / "mine").is_dir()
 
 
 def _children(pid: int) -> list[int]:

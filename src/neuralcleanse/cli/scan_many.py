@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -264,6 +265,8 @@ def scan_many(
         jobs, settings = _jobs(sources, out, options, device)
         if resume:
             _check_same_run(out, settings)
+        if not resume:
+            _drop_stale_reports(out, {job.name for job in jobs})
         results, todo = _finished(jobs, resume=resume)
 
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -436,6 +439,33 @@ def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
                 f"--out {out}: its run scanned with {key} = {earlier.get(key)!r}, this one with "
                 f"{settings.get(key)!r}: --resume continues a run with the same settings (--force replaces "
                 "its reports)"
+            )
+
+
+def _drop_stale_reports(out: Path, names: set[str]) -> None:
+    """``--force`` replaces a run's reports: the report directories (and checkpoints) of models the run in
+    ``out`` listed in its summary and this one does not are removed, so the folder holds this run alone.
+    Only directories the summary names and that hold a report or a checkpoint are touched."""
+    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
+    from ..errors import NeuralCleanseError
+    from ..fleet.summary import SUMMARY_FILE, FleetSummary
+
+    try:
+        earlier = [r.name for r in FleetSummary.load(out / SUMMARY_FILE).models]
+    except (OSError, NeuralCleanseError):
+        return  # no summary there (or not one of ours): nothing is known to be the run's
+    for name in sorted(set(earlier) - names):
+        folder = out / name
+        if folder.parent != out or not name or name.startswith("."):
+            continue  # a name a summary of ours never holds
+        checkpoint = folder.with_name(folder.name + ".checkpoint")
+        if has_checkpoint(checkpoint):
+            remove_checkpoint(checkpoint)
+        if folder.is_dir() and not folder.is_symlink() and (folder / "report.json").is_file():
+            shutil.rmtree(folder)
+            click.echo(
+                f"scan-many: removed {folder}: the report of a model this run does not list (--force)",
+                err=True,
             )
 
 
