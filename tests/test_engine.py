@@ -203,6 +203,17 @@ def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="another scan") as caught:
         other.scan(images, samples=None, checkpoint=ckpt, resume=True)
     assert isinstance(caught.value, DataError)  # a data problem to callers that catch those
+    # resumed with another torch thread count (sums in another order): said, not only recorded
+    assert not any("torch threads" in n for n in resumed.notes)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        again = nc.scan(images, samples=None, checkpoint=ckpt, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert any(
+        f"written with {threads} torch threads, the scan resumed with {threads + 1}" in n for n in again.notes
+    )
 
 
 def test_bf16_and_channels_last_follow_fp32_and_leave_the_model_as_it_was() -> None:

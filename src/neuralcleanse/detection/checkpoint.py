@@ -13,7 +13,7 @@ from .._io import atomic_write_bytes, atomic_write_json
 from ..errors import CheckpointError, first_line
 from .engine import LabelState
 
-__all__ = ["save_checkpoint", "load_checkpoint", "remove_checkpoint", "has_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "remove_checkpoint", "has_checkpoint", "checkpoint_threads"]
 
 _STATE = "state.json"
 _TENSORS = "tensors.safetensors"
@@ -31,7 +31,24 @@ def save_checkpoint(
     # tensors first, then the JSON that refers to them: a crash in between leaves the old JSON,
     # whose labels are a subset of the new tensors file
     atomic_write_bytes(d / _TENSORS, save(tensors))
-    atomic_write_json(d / _STATE, {"identity": identity, "labels": [s.scalars() for s in states]})
+    import torch
+
+    state = {
+        "identity": identity,
+        "labels": [s.scalars() for s in states],
+        "threads": torch.get_num_threads(),
+    }
+    atomic_write_json(d / _STATE, state)
+
+
+def checkpoint_threads(path: str | os.PathLike[str]) -> int | None:
+    """The torch thread count of the run that wrote the checkpoint (``None``: not recorded, or unreadable;
+    :func:`load_checkpoint` says why)."""
+    try:
+        threads = json.loads((Path(path) / _STATE).read_text(encoding="utf-8")).get("threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
 
 
 def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> list[LabelState]:

@@ -29,7 +29,13 @@ from ..models.outputs import OUTPUT_KINDS, OutputKind, SigmoidLogits, as_logits
 from ..modes import frozen_eval
 from ..suspect import as_network
 from ..triggers import Trigger
-from .checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
+from .checkpoint import (
+    checkpoint_threads,
+    has_checkpoint,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from .distill import MIN_IMAGES, DistillSettings, distil_student
 from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .natural import NATURAL, mean_patterns, natural_note
@@ -584,6 +590,13 @@ class NeuralCleanse:
             notes.append(
                 f"resumed from a checkpoint with {finished} label{'' if finished == 1 else 's'} finished"
             )
+            started = checkpoint_threads(checkpoint)
+            if started is not None and started != torch.get_num_threads():
+                notes.append(
+                    f"the checkpoint was written with {started} torch threads, the scan resumed with "
+                    f"{torch.get_num_threads()}: CPU sums are accumulated in another order, so its norms may "
+                    "differ slightly from an uninterrupted scan's (the same thread count repeats them exactly)"
+                )
         last_save = [time.perf_counter()]
         finished_saved: dict[Path | None, int] = {}  # labels finished at each checkpoint's last save
 
