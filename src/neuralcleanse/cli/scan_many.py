@@ -265,7 +265,7 @@ def scan_many(
         jobs, settings = _jobs(sources, out, options, device)
         if resume:
             _check_same_run(out, settings)
-        if not resume:
+        else:
             _drop_stale_reports(out, {job.name for job in jobs})
         results, todo = _finished(jobs, resume=resume)
 

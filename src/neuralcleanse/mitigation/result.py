@@ -143,12 +143,12 @@ def real_trigger_notes(success: float | None) -> list[str]:
 FEW_IMAGES = 100
 
 
-def few_images_notes(data: ImageDataset, *, what: str = "measured") -> list[str]:
-    """A note when the figures before and after were ``what`` on fewer than :data:`FEW_IMAGES` images."""
+def few_images_notes(data: ImageDataset) -> list[str]:
+    """A note when the figures before and after were measured on fewer than :data:`FEW_IMAGES` images."""
     if len(data) >= FEW_IMAGES:
         return []
     return [
-        f"clean accuracy and attack success were {what} on only {len(data)} images (one image is "
+        f"clean accuracy and attack success were measured on only {len(data)} images (one image is "
         f"{100 / len(data):.1f} points): treat the figures before and after as rough, and measure the "
         "repaired model on more of your own images before using it"
     ]
