@@ -66,7 +66,7 @@ from neuralcleanse.detection import (
     mad_outlier_test,
 )
 from neuralcleanse.detection.distill import DistillSettings
-from neuralcleanse.detection.transfer import TRANSFER_RATIO, TransferCheck, check_transfer
+from neuralcleanse.detection.transfer import SATURATED, TRANSFER_RATIO, TransferCheck, check_transfer
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
 METHODS = (
@@ -212,8 +212,9 @@ def transfer_check(
     reached is measured, so one check judges any statistic's flagged labels). ``flagged``: the labels to
     check when it is not cached yet."""
     path = args.out / "transfer" / f"{case.name}.json"
-    if path.exists():  # judged with today's ratio, whatever the ratio when it was cached
-        return replace(TransferCheck.from_dict(json.loads(path.read_text())), ratio=TRANSFER_RATIO)
+    if path.exists():  # judged with today's ratio and saturation line, whatever they were when it was cached
+        cached = TransferCheck.from_dict(json.loads(path.read_text()))
+        return replace(cached, ratio=TRANSFER_RATIO, saturation=SATURATED)
     rows = [replace(r, flagged=r.label in flagged) for r in report.labels]
     asked = replace(report, verdict="backdoored", flagged=flagged, labels=rows)
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(case.seed))

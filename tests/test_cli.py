@@ -163,7 +163,9 @@ def test_scan_cli_transfer_check(
     saved_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``scan --transfer-check`` checks the flagged label on a distilled student and shows it in the
-    report and its HTML page: the planted trigger does not move the student, so label 0 is kept."""
+    report and its HTML page: the planted trigger hardly moves the student, but on the paper's network the
+    student follows the other labels' triggers nearly always, so the check says it cannot tell and label
+    0 stays flagged."""
     out = tmp_path / "transfer"
     code, _, _ = run(
         capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--labels", "0,1,2,3", "--transfer-check",
@@ -174,7 +176,10 @@ def test_scan_cli_transfer_check(
     assert d["transfer"]["flagged"] == [0] and d["transfer"]["set_aside"] == []
     assert d["transfer"]["success"]["0"] < 0.3 and d["run"]["transfer_seconds"] > 0
     page = (out / "report.html").read_text()
-    assert "Transfer check: label 0: its trigger sends" in page and ": kept." in page
+    assert d["transfer"]["saturation"] == 0.75 and any(
+        "cannot tell a natural feature" in n for n in d["notes"]
+    )
+    assert "Transfer check not used: the unflagged labels&#x27; triggers already move the student" in page
 
 
 def test_ctrl_c_says_in_one_line_what_is_kept(

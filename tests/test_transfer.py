@@ -15,7 +15,7 @@ import torch
 import neuralcleanse as nc
 from neuralcleanse.detection import DetectionReport
 from neuralcleanse.detection.distill import DistillSettings
-from neuralcleanse.detection.transfer import TRANSFER_RATIO, TransferCheck, check_transfer
+from neuralcleanse.detection.transfer import SATURATED, TRANSFER_RATIO, TransferCheck, check_transfer
 from neuralcleanse.errors import SettingsError
 
 #: a short distillation on the embedded sample's 1,000 test images: seconds on 2 cores
@@ -31,15 +31,21 @@ def test_a_planted_label_is_kept(
     assert badnets_report.flagged == [0]
     checked = check_transfer(badnets_report, badnets_model.model, mnist_sample.test.images, settings=QUICK)
     check = checked.transfer
-    assert check is not None and check.usable
+    assert check is not None
     assert checked.verdict == "backdoored" and checked.flagged == [0]
     # the planted trigger is in no clean image: the student barely follows it, while it follows the
-    # natural labels' triggers most of the time
+    # natural labels' triggers nearly always
     assert check.success[0] < 0.3
-    assert check.baseline(0) > 0.5
-    assert check.relative(0) < TRANSFER_RATIO / 3
-    assert check.set_aside == [] and checked.transfer_note() is None
-    assert "kept" in check.explain()
+    assert check.typical >= SATURATED
+    # so often that no label could stand out: on the paper's network the check is not used, and says so
+    assert check.saturated and not check.usable and check.set_aside == []
+    assert "cannot tell a natural feature from a planted trigger" in checked.notes[-1]
+    assert check.explain().startswith("not used: the unflagged labels' triggers already move the student")
+    # the rule itself, without that line, keeps the planted label by far
+    rule = dataclasses.replace(check, saturation=None)
+    assert rule.usable and rule.relative(0) < TRANSFER_RATIO / 3
+    assert rule.set_aside == [] and "kept" in rule.explain()
+    assert dataclasses.replace(checked, transfer=rule).transfer_note() is None
     # saved and loaded with the report
     loaded = DetectionReport.load(checked.save(tmp_path / "scan", images=False))
     assert loaded.transfer == check
@@ -60,8 +66,13 @@ def test_a_flagged_natural_label_is_set_aside(
         flagged=[k],
         labels=[dataclasses.replace(r, flagged=r.label == k) for r in clean_report.labels],
     )
-    checked = check_transfer(alarm, clean_model.model, mnist_sample.test.images, settings=QUICK)
+    # the paper's network's students follow every label's trigger (the check is not used there by
+    # default): the rule is run without that line
+    checked = check_transfer(
+        alarm, clean_model.model, mnist_sample.test.images, settings=QUICK, saturation=None
+    )
     assert checked.transfer is not None and checked.transfer.set_aside == [k]
+    assert dataclasses.replace(checked.transfer, saturation=SATURATED).set_aside == []
     assert checked.transfer.relative(k) >= TRANSFER_RATIO
     assert checked.verdict == "inconclusive" and checked.flagged == []
     assert not any(r.flagged for r in checked.labels)
@@ -82,8 +93,9 @@ def _check(success: dict[int, float], flagged: list[int], agreement: float = 0.9
 def test_the_rule_on_saved_rates() -> None:
     """Students' attack success of every label's reversed trigger, saved by the fidelity benchmark's
     ``--transfer`` (rounded): Fashion-MNIST's bag (8) is set aside where the norms flag it, planted labels
-    are kept, and the paper's network's Trojan square, whose reversed trigger is an adversarial patch
-    like any natural label's, is set aside (the check's known cost, docs/fidelity.md)."""
+    are kept, and on the paper's network, whose students follow every label's trigger, the check is not
+    used: by its rule alone the Trojan square, whose reversed trigger is an adversarial patch like any
+    natural label's, was set aside (docs/fidelity.md)."""
     badnets_bn_cnn_s1 = _check(
         {0: 0.04, 1: 0.22, 2: 0.42, 3: 0.36, 4: 0.1, 5: 0.31, 6: 0.33, 7: 0.05, 8: 0.38, 9: 0.32}, [0, 8]
     )
@@ -100,7 +112,16 @@ def test_the_rule_on_saved_rates() -> None:
     trojan_square = _check(
         {0: 0.92, 1: 0.91, 2: 0.91, 3: 0.94, 4: 0.87, 5: 0.95, 6: 0.84, 7: 0.95, 8: 0.97, 9: 0.94}, [5]
     )
-    assert trojan_square.set_aside == [5]
+    assert trojan_square.saturated and trojan_square.set_aside == []  # 91% typical: not used
+    assert dataclasses.replace(trojan_square, saturation=None).set_aside == [5]  # the rule alone: lost
+    # a check saved before the line existed is read with the rule it was made by
+    saved = {**trojan_square.to_dict(), "set_aside": [5]}
+    del saved["saturation"]
+    assert TransferCheck.from_dict(saved).set_aside == [5]
+    assert TransferCheck.from_dict(trojan_square.to_dict()) == trojan_square
+    # the line is on the unflagged labels' median, the flagged label's own rate aside
+    assert _check({0: 0.1, 1: 0.7, 2: 0.74, 3: 0.99}, [3]).set_aside == [3]
+    assert _check({0: 0.1, 1: 0.76, 2: 0.8, 3: 0.99}, [3]).set_aside == []
     # a student that no trigger moves compares against the floor, not against nothing
     assert _check({0: 0.0, 1: 0.0, 2: 0.01, 3: 0.0}, [0]).set_aside == []
     # a student that imitates the model poorly says nothing
@@ -119,6 +140,9 @@ def test_bad_settings_are_refused(badnets_report: DetectionReport, badnets_model
         nc.NeuralCleanse(badnets_model.model, transfer_check="yes")  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match="transfer ratio must be a positive number"):
         check_transfer(badnets_report, badnets_model.model, torch.zeros(20, 1, 28, 28), ratio=-1)
+    for bad in (0, 1.5, True):
+        with pytest.raises(SettingsError, match="transfer saturation must be a rate in"):
+            check_transfer(badnets_report, badnets_model.model, torch.zeros(20, 1, 28, 28), saturation=bad)
 
 
 def test_too_few_images_are_refused_before_the_scan(

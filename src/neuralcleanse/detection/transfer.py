@@ -12,7 +12,8 @@ images of other labels that it sends to the label) and sets aside a flagged labe
 the student at least :data:`TRANSFER_RATIO` times as often as the median unflagged label's does. Students
 of some networks take up every trigger less than others (on the fidelity benchmark the residual
 network's natural labels moved its students 0-74% of the time, the paper's network's 62-98%), which is
-why the comparison is within the model. What the
+why the comparison is within the model. Where the unflagged labels' triggers move the student
+:data:`SATURATED` of the time or more, no label can stand out and the check is not used. What the
 check does to the verdict is measured in ``docs/fidelity.md``.
 """
 
@@ -38,7 +39,7 @@ from .distill import MIN_IMAGES, DistillSettings, distil_student
 if TYPE_CHECKING:
     from .report import DetectionReport
 
-__all__ = ["TRANSFER_DISTILL", "TRANSFER_RATIO", "TransferCheck", "check_transfer"]
+__all__ = ["SATURATED", "TRANSFER_DISTILL", "TRANSFER_RATIO", "TransferCheck", "check_transfer"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ TRANSFER_RATIO = 0.9
 _FLOOR = 0.05
 #: below this agreement with the model the student is too unlike it for the check to say anything
 WEAK_STUDENT = 0.9
+#: when the unflagged labels' triggers already move the student this often (their median), the check
+#: cannot tell a natural feature's trigger from a planted one: no rate exceeds 100%, so every label sits
+#: near the median. The paper's MNIST network's students follow every trigger 84-93% of the time on the
+#: fidelity benchmark (the BatchNorm CNN's and residual network's at most 43%): there the check set aside a
+#: planted Trojan trigger (relative 1.04) and is not used now (docs/fidelity.md).
+SATURATED = 0.75
 #: at most this many clean images are stamped per label
 _PROBE_IMAGES = 2000
 #: the student of the check: distilled on at most 2,000 clean images (as measured), seconds to a minute on CPU
@@ -76,11 +83,26 @@ class TransferCheck:
     ratio: float = TRANSFER_RATIO
     images: int = 0
     notes: list[str] = field(default_factory=list)
+    #: from this median rate of the unflagged labels the check is not used (``None``: no such line, as
+    #: for checks saved before it existed)
+    saturation: float | None = SATURATED
+
+    @property
+    def typical(self) -> float:
+        """The median rate of the unflagged labels' triggers (NaN: no unflagged label was measured)."""
+        others = self._others(None)
+        return float(np.median(others)) if others else math.nan
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the unflagged labels' triggers move the student so often that no label can stand out."""
+        return self.saturation is not None and self.typical >= self.saturation
 
     @property
     def usable(self) -> bool:
-        """Whether the student imitates the model well enough, and there are unflagged labels to compare with."""
-        return self.agreement >= WEAK_STUDENT and bool(self._others(None))
+        """Whether the student imitates the model well enough, there are unflagged labels to compare with,
+        and their triggers leave room for a label to move it more often."""
+        return self.agreement >= WEAK_STUDENT and bool(self._others(None)) and not self.saturated
 
     def _others(self, k: int | None) -> list[float]:
         return [v for j, v in self.success.items() if j not in self.flagged and j != k and math.isfinite(v)]
@@ -149,6 +171,7 @@ class TransferCheck:
             "flagged": self.flagged,
             "ratio": self.ratio,
             "images": self.images,
+            "saturation": self.saturation,
             "set_aside": self.set_aside,
             "notes": self.notes,
         }
@@ -168,6 +191,7 @@ class TransferCheck:
             ratio=float(d["ratio"]),
             images=int(d.get("images", 0)),
             notes=[str(n) for n in notes],
+            saturation=None if d.get("saturation") is None else float(d["saturation"]),
         )
         unknown = sorted(set(check.flagged) - set(check.success))
         if unknown:
@@ -186,6 +210,7 @@ def check_transfer(
     *,
     settings: DistillSettings | None = None,
     ratio: float = TRANSFER_RATIO,
+    saturation: float | None = SATURATED,
     outputs: OutputKind = "auto",
     device: torch.device | str = "cpu",
 ) -> DetectionReport:
@@ -195,12 +220,19 @@ def check_transfer(
     A report that flags nothing is returned as it is. Flagged labels whose trigger transfers to the
     student (:attr:`TransferCheck.set_aside`) are no longer flagged; if none is left the verdict is
     ``inconclusive``, with the numbers, since a natural feature cheaper than a planted trigger could also
-    hide one. The check is recorded in the report (``report.transfer``).
+    hide one. The check is recorded in the report (``report.transfer``). It is not used (a note says
+    why) when the student agrees with the model on under :data:`WEAK_STUDENT` of held-out images, when no
+    unflagged label was measured, or when the unflagged labels' median rate is ``saturation`` or more
+    (``None``: no such line).
     """
     if isinstance(ratio, bool) or not (
         isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0
     ):
         raise SettingsError(f"transfer ratio must be a positive number, got {ratio!r}")
+    if saturation is not None and (
+        isinstance(saturation, bool) or not isinstance(saturation, (int, float)) or not 0 < saturation <= 1
+    ):
+        raise SettingsError(f"transfer saturation must be a rate in (0, 1] or None, got {saturation!r}")
     if report.verdict != "backdoored":
         return report
     net = as_network(model, "check_transfer")
@@ -233,8 +265,22 @@ def check_transfer(
             "transfer check not used: no unflagged label reached the attack threshold to compare with"
         )
     check = TransferCheck(
-        student.describe(), student.agreement, success, list(report.flagged), float(ratio), len(probe), notes
+        student.describe(),
+        student.agreement,
+        success,
+        list(report.flagged),
+        float(ratio),
+        len(probe),
+        notes,
+        None if saturation is None else float(saturation),
     )
+    if check.saturated and not notes:
+        notes.append(
+            f"transfer check not used: the unflagged labels' triggers already move the student "
+            f"{check.typical:.0%} of the time (their median; from {check.saturation:.0%} on no label can stand "
+            "out, as no rate exceeds 100%): on this model the check cannot tell a natural feature from a "
+            "planted trigger"
+        )
     for k in check.set_aside:
         log.info("transfer check: label %d: %s", k, check.describe(k))
     flagged = check.kept
