@@ -54,7 +54,7 @@ WEAK_STUDENT = 0.9
 #: when the unflagged labels' triggers already move the student this often (their median), the check
 #: cannot tell a natural feature's trigger from a planted one: no rate exceeds 100%, so every label sits
 #: near the median. The paper's MNIST network's students follow every trigger 84-93% of the time on the
-#: fidelity benchmark (the BatchNorm CNN's and residual network's at most 43%): there the check set aside a
+#: fidelity benchmark (the BatchNorm CNN's and residual network's at most 49%): there the check set aside a
 #: planted Trojan trigger (relative 1.04) and is not used now (docs/fidelity.md).
 SATURATED = 0.75
 #: at most this many clean images are stamped per label
