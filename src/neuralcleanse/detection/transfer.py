@@ -275,12 +275,13 @@ def check_transfer(
         None if saturation is None else float(saturation),
     )
     if check.saturated and not notes:
-        notes.append(
+        notes = [
             f"transfer check not used: the unflagged labels' triggers already move the student "
             f"{check.typical:.0%} of the time (their median; from {check.saturation:.0%} on no label can stand "
             "out, as no rate exceeds 100%): on this model the check cannot tell a natural feature from a "
             "planted trigger"
-        )
+        ]
+        check = dataclasses.replace(check, notes=notes)
     for k in check.set_aside:
         log.info("transfer check: label %d: %s", k, check.describe(k))
     flagged = check.kept

@@ -149,8 +149,8 @@ def few_images_notes(data: ImageDataset) -> list[str]:
         return []
     return [
         f"clean accuracy and attack success were measured on only {len(data)} images (one image is "
-        f"{100 / len(data):.1f} points): treat the figures before and after as rough, and measure the "
-        "repaired model on more of your own images before using it"
+        f"{100 / len(data):.1f} points): treat the figures before and after as rough, and check them on "
+        "more of your own images"
     ]
 
 
