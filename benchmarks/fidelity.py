@@ -354,7 +354,7 @@ def table(rows: list[dict]) -> str:
     lines = [f"{len(rows)} models; rates in % (count/models)", ""]
     datasets = sorted({r["dataset"] for r in rows})
     archs = sorted({r["arch"] for r in rows}) if len({r["arch"] for r in rows}) > 1 else []
-    header = f"{'method':10} {'scope':22} {'exact (small)':>15} {'exact (large)':>15} {'false alarm':>13} {'inconclusive':>13}"
+    header = f"{'method':16} {'scope':22} {'exact (small)':>15} {'exact (large)':>15} {'false alarm':>13} {'inconclusive':>13}"
     lines += [header, "-" * len(header)]
     premise = [f"premise {p}" for p in ("holds", "fails") if any(premise_scope(r) == p for r in rows)]
     for method in METHODS:
@@ -364,7 +364,7 @@ def table(rows: list[dict]) -> str:
                 for r in rows
                 if scope in ("all", r["dataset"], f"arch {r['arch']}", f"premise {premise_scope(r)}")
             ]
-            lines.append(f"{method:10} {scope:22} {rates(part, method)}")
+            lines.append(f"{method:16} {scope:22} {rates(part, method)}")
         lines.append("")
     lines += ratio_table(rows)
     lines.append(f"per model (method outcomes: {' / '.join(METHODS)}):")
