@@ -79,7 +79,9 @@ class ScanRequest:
     @property
     def checkpoint(self) -> Path:
         """Where the scan's checkpoint lives while it runs: ``<out>.checkpoint``."""
-        return self.out.with_name(self.out.name + ".checkpoint")
+        from ..detection.checkpoint import checkpoint_beside
+
+        return checkpoint_beside(self.out)
 
     def check(self) -> list[int] | None:
         """The option values, before any file is read; the labels to scan (``None``: all)."""

@@ -446,7 +446,7 @@ def _drop_stale_reports(out: Path, names: set[str]) -> None:
     """``--force`` replaces a run's reports: the report directories (and checkpoints) of models the run in
     ``out`` listed in its summary and this one does not are removed, so the folder holds this run alone.
     Only directories the summary names and that hold a report or a checkpoint are touched."""
-    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
+    from ..detection.checkpoint import checkpoint_beside, has_checkpoint, remove_checkpoint
     from ..errors import NeuralCleanseError
     from ..fleet.summary import SUMMARY_FILE, FleetSummary
 
@@ -458,7 +458,7 @@ def _drop_stale_reports(out: Path, names: set[str]) -> None:
         folder = out / name
         if folder.parent != out or not name or name.startswith("."):
             continue  # a name a summary of ours never holds
-        checkpoint = folder.with_name(folder.name + ".checkpoint")
+        checkpoint = checkpoint_beside(folder)
         if has_checkpoint(checkpoint):
             remove_checkpoint(checkpoint)
         if folder.is_dir() and not folder.is_symlink() and (folder / "report.json").is_file():

@@ -13,9 +13,26 @@ from .._io import atomic_write_bytes, atomic_write_json
 from ..errors import CheckpointError, first_line
 from .engine import LabelState
 
-__all__ = ["save_checkpoint", "load_checkpoint", "remove_checkpoint", "has_checkpoint", "checkpoint_threads"]
+__all__ = [
+    "CHECKPOINT_SUFFIX",
+    "checkpoint_beside",
+    "save_checkpoint",
+    "load_checkpoint",
+    "remove_checkpoint",
+    "has_checkpoint",
+    "checkpoint_threads",
+]
 
 _STATE = "state.json"
+#: a scan writing the report directory ``NAME`` keeps its checkpoint beside it as ``NAME.checkpoint``
+CHECKPOINT_SUFFIX = ".checkpoint"
+
+
+def checkpoint_beside(report_dir: Path) -> Path:
+    """Where the scan writing ``report_dir`` keeps its checkpoint while it runs."""
+    return report_dir.with_name(report_dir.name + CHECKPOINT_SUFFIX)
+
+
 _TENSORS = "tensors.safetensors"
 
 

@@ -254,16 +254,6 @@ def check_transfer(
     success = {
         k: _success(student.model, report.triggers[k].apply, probe, classes, k, device) for k in measured
     }
-    notes = []
-    if student.agreement < WEAK_STUDENT:
-        notes.append(
-            f"transfer check not used: the student agrees with the model on only {student.agreement:.1%} of "
-            f"{student.held_out} held-out images (at least {WEAK_STUDENT:.0%} needed; more clean images help)"
-        )
-    elif len(success) == len(report.flagged):
-        notes.append(
-            "transfer check not used: no unflagged label reached the attack threshold to compare with"
-        )
     check = TransferCheck(
         student.describe(),
         student.agreement,
@@ -271,17 +261,11 @@ def check_transfer(
         list(report.flagged),
         float(ratio),
         len(probe),
-        notes,
-        None if saturation is None else float(saturation),
+        saturation=None if saturation is None else float(saturation),
     )
-    if check.saturated and not notes:
-        notes = [
-            f"transfer check not used: the unflagged labels' triggers already move the student "
-            f"{check.typical:.0%} of the time (their median; from {check.saturation:.0%} on no label can stand "
-            "out, as no rate exceeds 100%): on this model the check cannot tell a natural feature from a "
-            "planted trigger"
-        ]
-        check = dataclasses.replace(check, notes=notes)
+    why = _not_used(check, student.held_out)
+    notes = [] if why is None else [why]
+    check = dataclasses.replace(check, notes=notes)
     for k in check.set_aside:
         log.info("transfer check: label %d: %s", k, check.describe(k))
     flagged = check.kept
@@ -294,6 +278,26 @@ def check_transfer(
         transfer=check,
         notes=[*report.notes, notes[0] if notes else f"transfer check: {check.explain()}"],
     )
+
+
+def _not_used(check: TransferCheck, held_out: int) -> str | None:
+    """Why the check cannot say anything (:attr:`TransferCheck.usable` is false), as its note; ``None``
+    when it can."""
+    if check.agreement < WEAK_STUDENT:
+        return (
+            f"transfer check not used: the student agrees with the model on only {check.agreement:.1%} of "
+            f"{held_out} held-out images (at least {WEAK_STUDENT:.0%} needed; more clean images help)"
+        )
+    if math.isnan(check.typical):
+        return "transfer check not used: no unflagged label reached the attack threshold to compare with"
+    if check.saturated:
+        return (
+            f"transfer check not used: the unflagged labels' triggers already move the student "
+            f"{check.typical:.0%} of the time (their median; from {check.saturation:.0%} on no label can stand "
+            "out, as no rate exceeds 100%): on this model the check cannot tell a natural feature from a "
+            "planted trigger"
+        )
+    return None
 
 
 def _clean_images(images: Any, report: DetectionReport) -> torch.Tensor:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..detection.checkpoint import CHECKPOINT_SUFFIX
 from ..errors import ModelError, SettingsError
 from .manifest import MANIFEST_SUFFIXES, ModelEntry, arch_file, read_manifest
 
@@ -88,12 +89,10 @@ def collect_models(sources: Sequence[str | Path]) -> list[ModelEntry]:
 
 #: names a fleet's folder holds besides the models' report directories: a model may not take them
 _RESERVED = ("summary.json", "index.html")
-#: a model's report directory ``NAME`` has its checkpoint beside it as ``NAME.checkpoint`` while it runs
-_CHECKPOINT_SUFFIX = ".checkpoint"
 
 
 def _reserved(name: str) -> bool:
-    return name.lower() in _RESERVED or name.lower().endswith(_CHECKPOINT_SUFFIX)
+    return name.lower() in _RESERVED or name.lower().endswith(CHECKPOINT_SUFFIX)
 
 
 def _base_name(path: Path) -> str:
@@ -116,7 +115,7 @@ def unique_names(entries: Sequence[ModelEntry]) -> list[str]:
         if entry.name is not None and _reserved(entry.name):
             raise SettingsError(
                 f"{entry.origin}: name {entry.name!r} is the fleet's own: {', '.join(_RESERVED)} and names "
-                f"ending in {_CHECKPOINT_SUFFIX} (a running scan's checkpoint) name files of the fleet's folder"
+                f"ending in {CHECKPOINT_SUFFIX} (a running scan's checkpoint) name files of the fleet's folder"
             )
     dupes = sorted({n for n in explicit if explicit.count(n) > 1})
     if dupes:

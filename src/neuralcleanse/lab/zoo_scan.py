@@ -16,7 +16,7 @@ from typing import Any
 
 from ..data.dataset import DatasetSplits, ImageDataset
 from ..detection import DetectionReport, NeuralCleanse, OutlierResult, Reference, ReverseSettings
-from ..detection.checkpoint import has_checkpoint, remove_checkpoint
+from ..detection.checkpoint import checkpoint_beside, has_checkpoint, remove_checkpoint
 from ..errors import CheckpointError, NeuralCleanseError
 from ..fingerprint import report_weights_sha256
 from ..models.card import ModelCard
@@ -144,7 +144,7 @@ def scan_entry(
         detector = NeuralCleanse(loaded.model, settings=settings, device=device)
         report = saved_report(report_dir, loaded.sha256, detector.settings)
         if report is None:
-            ckpt = report_dir.with_name(report_dir.name + ".checkpoint")
+            ckpt = checkpoint_beside(report_dir)
             scan = partial(
                 run,
                 detector,

@@ -351,11 +351,13 @@ def render_html(
 def require_scan_dir(root: Path) -> None:
     """One-line :class:`DataError` unless ``root`` holds a scan's ``report.json``, saying what it is instead
     (a missing directory, a scan-many folder)."""
+    from ..fleet.summary import SUMMARY_FILE
+
     if (root / REPORT_FILE).is_file():
         return
     if not root.exists():
         raise DataError(f"{root}: no {REPORT_FILE} here (the directory does not exist)")
-    if (root / "summary.json").is_file():  # a fleet's folder (scan-many): its page is already there
+    if (root / SUMMARY_FILE).is_file():  # a fleet's folder (scan-many): its page is already there
         raise DataError(
             f"{root}: a scan-many folder, whose page is {root / 'index.html'}; give one model's folder "
             "inside it for that model's report"
