@@ -20,6 +20,7 @@ from neuralcleanse.detection import STATISTICS, DetectionReport, OutlierStatisti
 from neuralcleanse.detection.report import LabelResult
 from neuralcleanse.detection.shape import COMPACT_SHARE, window_share
 from neuralcleanse.detection.statistics import PAPER
+from neuralcleanse.detection.transfer import TransferCheck
 from neuralcleanse.report import write_html_report
 
 UNKNOWN = "unknown outlier statistic 'l2'; use l1, log, effect, relative"
@@ -252,6 +253,10 @@ def test_the_default_verdict_says_how_strong_its_evidence_is(
         assert "scan again with more random starts (--starts 3" in text
         report.settings["starts"] = 3
         assert "--starts" not in report.summary() and "look at label" in report.summary()
+    if report.verdict == "backdoored" and strength == "weak":  # the check that tells natural features apart
+        assert "; scan with --transfer-check (transfer_check=True)" in text
+        checked = dataclasses.replace(report, transfer=TransferCheck("s", 0.95, {0: 0.1}, [0]))
+        assert "--transfer-check" not in checked.summary() and "validate the trigger" in checked.summary()
 
 
 def test_checks_and_sentences_live_in_one_module() -> None:

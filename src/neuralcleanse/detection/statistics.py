@@ -59,9 +59,10 @@ LOG_FLOOR = 1e-6
 
 #: on the fidelity benchmark (``docs/fidelity.md``, "How strong is the evidence"; 156 models, three seeds,
 #: three architectures and the sign set), as fractions of the scan's median L1 norm: the cheapest label
-#: that was not planted (a Fashion-MNIST bag), and the dearest planted trigger of at most 10% of the image
-#: (a Trojan watermark on the residual network, whose trigger the scan did not recover)
-NATURAL_FLOOR = 0.15
+#: that was not planted (a Fashion-MNIST bag: 0.15 there, 0.134 on the BatchNorm CNN's BadNets model of
+#: seed 1 in the 78 models of the twenty-first session), and the dearest planted trigger of at most 10% of
+#: the image (a Trojan watermark on the residual network, whose trigger the scan did not recover)
+NATURAL_FLOOR = 0.13
 PLANTED_CEILING = 0.80
 
 
@@ -303,9 +304,15 @@ class EffectStatistic(LogStatistic):
                     f"strong evidence: on the fidelity benchmark no label that was not planted came below "
                     f"{NATURAL_FLOOR:g} of its median"
                 )
+            check = (
+                "; scan with --transfer-check (transfer_check=True) to test whether a model trained only on "
+                "clean images also follows its trigger, as natural features' triggers are followed"
+                if report.transfer is None
+                else ""
+            )
             return (
                 f"weak evidence: on the fidelity benchmark labels that were not planted came as cheap as "
-                f"{NATURAL_FLOOR:g} of their median; validate the trigger before acting on it"
+                f"{NATURAL_FLOOR:g} of their median; validate the trigger before acting on it{check}"
             )
         row = _cheapest(report)
         if report.verdict != "clean" or row is None:
