@@ -113,6 +113,9 @@ def test_the_rule_on_saved_rates() -> None:
         {0: 0.92, 1: 0.91, 2: 0.91, 3: 0.94, 4: 0.87, 5: 0.95, 6: 0.84, 7: 0.95, 8: 0.97, 9: 0.94}, [5]
     )
     assert trojan_square.saturated and trojan_square.set_aside == []  # 91% typical: not used
+    assert trojan_square.unusable_reason is not None and (
+        "already move the student 92% of the time (their median; label 5's 95%;" in trojan_square.unusable_reason
+    )
     assert dataclasses.replace(trojan_square, saturation=None).set_aside == [5]  # the rule alone: lost
     # a check saved before the line existed is read with the rule it was made by
     saved = {**trojan_square.to_dict(), "set_aside": [5]}
@@ -127,6 +130,14 @@ def test_the_rule_on_saved_rates() -> None:
     # a student that imitates the model poorly says nothing
     weak = _check({0: 0.9, 1: 0.5, 2: 0.5}, [0], agreement=0.8)
     assert not weak.usable and weak.set_aside == []
+    # ... and so does one whose agreement was measured on a handful of images, however high it is
+    bag = _check({0: 0.9, 1: 0.5, 2: 0.5}, [0])
+    assert bag.set_aside == [0]
+    few = dataclasses.replace(bag, held_out=10)
+    assert few.set_aside == [] and few.unusable_reason is not None
+    assert "measured on only 10 held-out images (at least 50 needed" in few.unusable_reason
+    assert dataclasses.replace(bag, held_out=50).set_aside == [0]
+    assert TransferCheck.from_dict(few.to_dict()) == few
     # nothing unflagged to compare with: nothing is set aside
     assert _check({0: 0.9, 1: 0.9}, [0, 1]).set_aside == []
 

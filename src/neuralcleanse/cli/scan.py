@@ -95,12 +95,10 @@ class ScanRequest:
         self.source.check()
         if self.source_label is not None and self.source_label < 0:
             raise SettingsError(f"--source must be a label (0 or more), got {self.source_label}")
+        from ..detection.scan import check_source_not_scanned
+
         labels = parse_labels(self.labels)
-        if labels is not None and self.source_label in labels:
-            raise SettingsError(
-                f"--labels: label {self.source_label} is the source label: its images need no trigger to "
-                "reach it; leave it out"
-            )
+        check_source_not_scanned(self.source_label, labels)
         return labels
 
     def settings(self) -> ReverseSettings:

@@ -47,7 +47,7 @@ from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
 from .transfer import TRANSFER_DISTILL, check_transfer
 
-__all__ = ["NeuralCleanse", "ScanProgress", "scan", "infer_num_classes"]
+__all__ = ["NeuralCleanse", "ScanProgress", "check_source_not_scanned", "scan", "infer_num_classes"]
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,17 @@ def _coverage_notes(pool: ImageDataset, *, num_classes: int, labelled: bool, sou
     return notes
 
 
+def check_source_not_scanned(source: int | None, labels: list[int] | None) -> None:
+    """A one-line :class:`SettingsError` when the source label is among the labels to scan: its images
+    already have it, so its trigger is empty (the CLI checks this before any file is read, the engine
+    before optimising)."""
+    if source is not None and labels is not None and source in labels:
+        raise SettingsError(
+            f"label {source} is the source label: its images need no trigger to reach it; leave it out "
+            "of the labels to scan (--labels)"
+        )
+
+
 class NeuralCleanse:
     """Detect backdoors by reverse-engineering each label's smallest trigger (Wang et al., S&P 2019).
 
@@ -509,11 +520,8 @@ class NeuralCleanse:
             targets = [k for k in targets if k != source]
         if not targets:
             raise SettingsError("no labels to scan (empty label list)")
-        if source is not None and scan_labels is not None and source in targets:
-            raise SettingsError(
-                f"label {source} is the source label: its images need no trigger to reach it; leave it out "
-                "of the labels to scan (--labels)"
-            )
+        if scan_labels is not None:
+            check_source_not_scanned(source, targets)
         bad = [k for k in targets if not 0 <= k < num_classes]
         if bad:
             raise SettingsError(f"label {bad[0]} is outside the model's {num_classes} outputs")

@@ -51,6 +51,8 @@ TRANSFER_RATIO = 0.9
 _FLOOR = 0.05
 #: below this agreement with the model the student is too unlike it for the check to say anything
 WEAK_STUDENT = 0.9
+#: an agreement measured on fewer held-out images (a tenth of the clean images) is too noisy to trust
+MIN_HELD_OUT = 50
 #: when the unflagged labels' triggers already move the student this often (their median), the check
 #: cannot tell a natural feature's trigger from a planted one: no rate exceeds 100%, so every label sits
 #: near the median. The paper's MNIST network's students follow every trigger 84-93% of the time on the
@@ -74,6 +76,8 @@ class TransferCheck:
             label on the student.
         flagged: the labels the statistic flagged before the check.
         ratio: the rate, relative to the median unflagged label's, from which a flagged label is set aside.
+        held_out: the clean images the agreement was measured on (0: not recorded, as in checks saved
+            before it was).
     """
 
     student: str
@@ -86,6 +90,7 @@ class TransferCheck:
     #: from this median rate of the unflagged labels the check is not used (``None``: no such line, as
     #: for checks saved before it existed)
     saturation: float | None = SATURATED
+    held_out: int = 0
 
     @property
     def typical(self) -> float:
@@ -100,9 +105,39 @@ class TransferCheck:
 
     @property
     def usable(self) -> bool:
-        """Whether the student imitates the model well enough, there are unflagged labels to compare with,
-        and their triggers leave room for a label to move it more often."""
-        return self.agreement >= WEAK_STUDENT and bool(self._others(None)) and not self.saturated
+        """Whether the check can say anything (:attr:`unusable_reason` is ``None``)."""
+        return self.unusable_reason is None
+
+    @property
+    def unusable_reason(self) -> str | None:
+        """Why the check cannot say anything, as its note: the student was measured on too few images or
+        imitates the model too poorly, no unflagged label was measured to compare with, or the unflagged
+        labels' triggers leave no room for a label to move the student more often; ``None`` when it can."""
+        if 0 < self.held_out < MIN_HELD_OUT:
+            return (
+                f"transfer check not used: the student's agreement with the model was measured on only "
+                f"{self.held_out} held-out images (at least {MIN_HELD_OUT} needed, a tenth of the clean "
+                "images; more clean images help)"
+            )
+        if self.agreement < WEAK_STUDENT:
+            return (
+                f"transfer check not used: the student agrees with the model on only {self.agreement:.1%} of "
+                f"{self.held_out or 'the'} held-out images (at least {WEAK_STUDENT:.0%} needed; more clean "
+                "images help)"
+            )
+        if math.isnan(self.typical):
+            return "transfer check not used: no unflagged label reached the attack threshold to compare with"
+        if self.saturated:
+            own = ", ".join(
+                f"label {k}'s {self.success[k]:.0%}" for k in self.flagged if math.isfinite(self.success[k])
+            )
+            return (
+                f"transfer check not used: the unflagged labels' triggers already move the student "
+                f"{self.typical:.0%} of the time (their median; {own or 'no flagged label measured'}; from "
+                f"{self.saturation:.0%} on no label can stand out, as no rate exceeds 100%): on this model the "
+                "check cannot tell a natural feature from a planted trigger"
+            )
+        return None
 
     def _others(self, k: int | None) -> list[float]:
         return [v for j, v in self.success.items() if j not in self.flagged and j != k and math.isfinite(v)]
@@ -172,6 +207,7 @@ class TransferCheck:
             "ratio": self.ratio,
             "images": self.images,
             "saturation": self.saturation,
+            "held_out": self.held_out,
             "set_aside": self.set_aside,
             "notes": self.notes,
         }
@@ -192,6 +228,7 @@ class TransferCheck:
             images=int(d.get("images", 0)),
             notes=[str(n) for n in notes],
             saturation=None if d.get("saturation") is None else float(d["saturation"]),
+            held_out=int(d.get("held_out", 0)),
         )
         unknown = sorted(set(check.flagged) - set(check.success))
         if unknown:
@@ -221,9 +258,10 @@ def check_transfer(
     student (:attr:`TransferCheck.set_aside`) are no longer flagged; if none is left the verdict is
     ``inconclusive``, with the numbers, since a natural feature cheaper than a planted trigger could also
     hide one. The check is recorded in the report (``report.transfer``). It is not used (a note says
-    why) when the student agrees with the model on under :data:`WEAK_STUDENT` of held-out images, when no
-    unflagged label was measured, or when the unflagged labels' median rate is ``saturation`` or more
-    (``None``: no such line).
+    why: :attr:`TransferCheck.unusable_reason`) when the student's agreement with the model was measured on
+    fewer than :data:`MIN_HELD_OUT` held-out images or is under :data:`WEAK_STUDENT`, when no unflagged
+    label was measured, or when the unflagged labels' median rate is ``saturation`` or more (``None``: no
+    such line).
     """
     if isinstance(ratio, bool) or not (
         isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0
@@ -262,8 +300,9 @@ def check_transfer(
         float(ratio),
         len(probe),
         saturation=None if saturation is None else float(saturation),
+        held_out=student.held_out,
     )
-    why = _not_used(check, student.held_out)
+    why = check.unusable_reason
     notes = [] if why is None else [why]
     check = dataclasses.replace(check, notes=notes)
     for k in check.set_aside:
@@ -278,26 +317,6 @@ def check_transfer(
         transfer=check,
         notes=[*report.notes, notes[0] if notes else f"transfer check: {check.explain()}"],
     )
-
-
-def _not_used(check: TransferCheck, held_out: int) -> str | None:
-    """Why the check cannot say anything (:attr:`TransferCheck.usable` is false), as its note; ``None``
-    when it can."""
-    if check.agreement < WEAK_STUDENT:
-        return (
-            f"transfer check not used: the student agrees with the model on only {check.agreement:.1%} of "
-            f"{held_out} held-out images (at least {WEAK_STUDENT:.0%} needed; more clean images help)"
-        )
-    if math.isnan(check.typical):
-        return "transfer check not used: no unflagged label reached the attack threshold to compare with"
-    if check.saturated:
-        return (
-            f"transfer check not used: the unflagged labels' triggers already move the student "
-            f"{check.typical:.0%} of the time (their median; from {check.saturation:.0%} on no label can stand "
-            "out, as no rate exceeds 100%): on this model the check cannot tell a natural feature from a "
-            "planted trigger"
-        )
-    return None
 
 
 def _clean_images(images: Any, report: DetectionReport) -> torch.Tensor:
