@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
+from filelock import FileLock
 
 import neuralcleanse as nc
 from neuralcleanse import (
@@ -42,6 +47,37 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A directory every test process of this run sees (``None`` without pytest-xdist)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return None
+    return tmp_path_factory.getbasetemp().parent / "session-fixtures"
+
+
+def built_once(shared: Path | None, name: str, build: Callable[[], T]) -> T:
+    """``build()``, run by the first test process that needs it and read back by the others.
+
+    pytest-xdist gives each process its own session fixtures, so each would train and scan the same
+    seeded models again. The value is pickled into this run's own temporary directory by this test
+    session and read back only from there: no file from outside is unpickled.
+    """
+    if shared is None:
+        return build()
+    shared.mkdir(parents=True, exist_ok=True)
+    path = shared / f"{name}.pickle"
+    with FileLock(f"{path}.lock"):
+        if path.exists():
+            value: T = pickle.loads(path.read_bytes())
+            return value
+        value = build()
+        path.write_bytes(pickle.dumps(value))
+        return value
+
+
 #: few epochs on the embedded sample: seconds on 2 CPU cores, still > 93% clean accuracy
 FAST = TrainSettings(epochs=4, batch_size=64, seed=0)
 
@@ -55,39 +91,66 @@ def mnist_sample() -> DatasetSplits:
 
 
 @pytest.fixture(scope="session")
-def clean_model(mnist_sample: DatasetSplits) -> ModelBundle:
-    return train_recipe(Recipe(training=FAST), data=mnist_sample, device="cpu")
+def clean_model(mnist_sample: DatasetSplits, shared_dir: Path | None) -> ModelBundle:
+    return built_once(
+        shared_dir,
+        "clean_model",
+        lambda: train_recipe(Recipe(training=FAST), data=mnist_sample, device="cpu"),
+    )
 
 
 @pytest.fixture(scope="session")
-def badnets_model(mnist_sample: DatasetSplits) -> ModelBundle:
+def badnets_model(mnist_sample: DatasetSplits, shared_dir: Path | None) -> ModelBundle:
     recipe = Recipe(training=FAST, attack=BadNets(target=0, poison_rate=0.1))
-    return train_recipe(recipe, data=mnist_sample, device="cpu")
+    return built_once(
+        shared_dir, "badnets_model", lambda: train_recipe(recipe, data=mnist_sample, device="cpu")
+    )
 
 
 @pytest.fixture(scope="session")
-def badnets_report(badnets_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
-    return nc.scan(badnets_model.model, mnist_sample.test, seed=0)
+def badnets_report(
+    badnets_model: ModelBundle, mnist_sample: DatasetSplits, shared_dir: Path | None
+) -> DetectionReport:
+    return built_once(
+        shared_dir, "badnets_report", lambda: nc.scan(badnets_model.model, mnist_sample.test, seed=0)
+    )
 
 
 @pytest.fixture(scope="session")
-def clean_report(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
-    return nc.scan(clean_model.model, mnist_sample.test, seed=0)
+def clean_report(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits, shared_dir: Path | None
+) -> DetectionReport:
+    return built_once(
+        shared_dir, "clean_report", lambda: nc.scan(clean_model.model, mnist_sample.test, seed=0)
+    )
 
 
 @pytest.fixture(scope="session")
-def clean_report_full(clean_model: ModelBundle, mnist_sample: DatasetSplits) -> DetectionReport:
+def clean_report_full(
+    clean_model: ModelBundle, mnist_sample: DatasetSplits, shared_dir: Path | None
+) -> DetectionReport:
     """The clean model scanned with every label to the end: a scan that can serve as a reference."""
-    return nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False)
+    return built_once(
+        shared_dir,
+        "clean_report_full",
+        lambda: nc.scan(clean_model.model, mnist_sample.test, seed=0, screening=False),
+    )
 
 
 @pytest.fixture(scope="session")
 def relative_report(
-    badnets_model: ModelBundle, mnist_sample: DatasetSplits, clean_report_full: DetectionReport
+    badnets_model: ModelBundle,
+    mnist_sample: DatasetSplits,
+    clean_report_full: DetectionReport,
+    shared_dir: Path | None,
 ) -> DetectionReport:
     """The BadNets model scanned against the clean model's full scan as a trusted reference, on six
     labels (each label's optimisation is its own: the others would only add time)."""
     reference = nc.Reference.from_reports([clean_report_full])
-    return nc.scan(
-        badnets_model.model, mnist_sample.test, seed=0, reference=reference, scan_labels=RELATIVE_LABELS
+    return built_once(
+        shared_dir,
+        "relative_report",
+        lambda: nc.scan(
+            badnets_model.model, mnist_sample.test, seed=0, reference=reference, scan_labels=RELATIVE_LABELS
+        ),
     )
