@@ -180,6 +180,34 @@ def _corrupt_gzip_idx(env: Env) -> Path:
     return d
 
 
+def _gzip_bomb_idx(env: Env) -> Path:
+    """An IDX folder whose test images are 70 MB of zeros gzip'd to about 70 kB (over 1,000 times)."""
+    import gzip
+
+    d = idx_dir(env.tmp / "m")
+    (d / "t10k-images-idx3-ubyte").unlink()
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 90_000, 28, 28)
+    _write(d / "t10k-images-idx3-ubyte.gz", gzip.compress(header + bytes(90_000 * 28 * 28), mtime=0))
+    return d
+
+
+def _idx_linked_out(env: Env) -> Path:
+    """An IDX folder whose test images file is a symbolic link to a file outside it."""
+    d = idx_dir(env.tmp / "m")
+    outside = env.tmp / "elsewhere"
+    outside.mkdir()
+    (d / "t10k-images-idx3-ubyte").rename(outside / "images")
+    (d / "t10k-images-idx3-ubyte").symlink_to(outside / "images")
+    return d
+
+
+def _report_json(env: Env, text: str) -> list[str]:
+    """``report`` of a copy of the scan whose report.json is ``text``."""
+    d = edit_report(env.scan, env.tmp / "scan", lambda r: None)
+    (d / "report.json").write_text(text)
+    return ["report", str(d), "--out", str(env.out)]
+
+
 def _scan_file(env: Env, model: Path, *, data: Path | None = None) -> list[str]:
     """Scan a weights file (``--arch mnist``) on ``data`` (default: a valid .npz)."""
     args = _scan(env, "--arch", "mnist", data=data or _valid_npz(env))
@@ -748,6 +776,22 @@ CASES: list[Case] = [
         1,
         "{tmp}/m (it holds only the train split)",
     ),
+    Case(
+        "idx-gzip-bomb",
+        "IDX .gz of 70 kB that expands to 70 MB of zeros (a gzip bomb)",
+        lambda e: _scan(e, data=_gzip_bomb_idx(e)),
+        "(over 100 times: a gzip bomb?)",
+        1,
+        "{tmp}/m/t10k-images-idx3-ubyte.gz",
+    ),
+    Case(
+        "idx-linked-out",
+        "IDX folder whose images file is a symbolic link to a file outside it",
+        lambda e: _scan(e, data=_idx_linked_out(e)),
+        "an IDX file leads outside",
+        1,
+        "{tmp}/m/t10k-images-idx3-ubyte",
+    ),
     # ---- models --------------------------------------------------------------------------------------
     Case(
         "model-missing",
@@ -756,6 +800,38 @@ CASES: list[Case] = [
         "not found",
         1,
         "{tmp}/none.pt2",
+    ),
+    Case(
+        "model-fifo",
+        "model file that is a named pipe (FIFO)",
+        lambda e: _scan_file(e, fifo(e.tmp / "pipe.safetensors")),
+        "the model file is a named pipe (FIFO), not a regular file",
+        1,
+        "{tmp}/pipe.safetensors",
+    ),
+    Case(
+        "model-device",
+        "model file /dev/zero (a device without end)",
+        lambda e: _scan_file(e, Path("/dev/zero")),
+        "the model file is a character device, not a regular file",
+        1,
+        "/dev/zero",
+    ),
+    Case(
+        "class-names-fifo",
+        "--class-names a named pipe (FIFO)",
+        lambda e: _scan(e, "--class-names", str(fifo(e.tmp / "names.txt"))),
+        "the class names file is a named pipe (FIFO), not a regular file",
+        1,
+        "{tmp}/names.txt",
+    ),
+    Case(
+        "reference-report-fifo",
+        "--reference a scan folder whose report.json is a named pipe (FIFO)",
+        lambda e: _scan(e, "--reference", str(fifo(e.tmp / "ref" / "report.json").parent)),
+        "is a named pipe (FIFO), not a regular file",
+        1,
+        "{tmp}/ref/report.json",
     ),
     Case(
         "model-pickle",
@@ -1409,6 +1485,22 @@ CASES: list[Case] = [
         "--samples",
     ),
     # ---- report / validate / mitigate on broken result directories ------------------------------------
+    Case(
+        "report-json-nested",
+        "report.json of 100,000 nested arrays",
+        lambda e: _report_json(e, "[" * 100_000),
+        "cannot read scan report (maximum recursion depth exceeded",
+        1,
+        "{tmp}/scan/report.json",
+    ),
+    Case(
+        "report-json-huge-integer",
+        "report.json with a threshold of 5,001 digits",
+        lambda e: _report_json(e, '{"threshold": ' + "9" * 5001 + "}"),
+        "cannot read scan report (Exceeds the limit",
+        1,
+        "{tmp}/scan/report.json",
+    ),
     Case(
         "report-no-report-json",
         "report of a directory without report.json",

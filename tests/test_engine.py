@@ -255,3 +255,22 @@ def test_a_checkpointed_state_of_the_wrong_types_is_refused(tmp_path: Path) -> N
         (tmp_path / "ck" / "state.json").write_text(json.dumps(edited))
         with pytest.raises(CheckpointError, match=f"corrupt checkpoint .TypeError: {field} must be"):
             load_checkpoint(tmp_path / "ck", identity)
+
+
+def test_a_checkpointed_tensor_of_another_shape_is_refused(tmp_path: Path) -> None:
+    """An optimiser state whose mask or pattern is not of the checkpoint's image is a corrupt checkpoint,
+    refused when it is read (it crashed the resumed scan halfway, stacking the labels' masks)."""
+    from safetensors.torch import load_file, save_file
+
+    from neuralcleanse.detection.checkpoint import load_checkpoint, save_checkpoint
+    from neuralcleanse.errors import CheckpointError
+
+    identity = {"model": "m", "labels": [0, 1]}
+    states = [new_label_state(k, (1, 4, 4), seed=k) for k in (0, 1)]
+    save_checkpoint(tmp_path / "ck", identity, states)
+    assert [s.label for s in load_checkpoint(tmp_path / "ck", identity)] == [0, 1]
+    saved = load_file(str(tmp_path / "ck" / "tensors.safetensors"))
+    for key, bad in (("1/w_mask", torch.zeros(5, 5)), ("0/m_pattern", torch.zeros(3, 4, 4))):
+        save_file({**saved, key: bad}, str(tmp_path / "ck" / "tensors.safetensors"))
+        with pytest.raises(CheckpointError, match=f"corrupt checkpoint .tensor {key} has shape"):
+            load_checkpoint(tmp_path / "ck", identity)

@@ -7,12 +7,13 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, NeuralCleanseError, SettingsError
+from .errors import DataError, NeuralCleanseError, SettingsError, first_line
 
 __all__ = [
     "atomic_write_bytes",
@@ -25,7 +26,39 @@ __all__ = [
     "check_output_file",
     "check_writable_parent",
     "inside",
+    "refuse_special",
+    "special_kind",
 ]
+
+#: what a path that is neither a regular file nor a directory is, by its stat mode
+_SPECIAL = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a directory (``None`` otherwise:
+    a missing or unreadable path is left to the caller's own message). Only ``stat``: a FIFO is never
+    opened (opening one blocks until a writer comes), a device never read (``/dev/zero`` has no end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL if test(mode)), "a special file")
+
+
+def refuse_special(
+    path: str | os.PathLike[str], *, what: str, error: type[NeuralCleanseError] = DataError
+) -> None:
+    """A one-line ``error`` when ``path`` (``what`` it should be) is a device, a FIFO or a socket."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise error(f"{path}: {what} is {kind}, not a regular file")
 
 
 def inside(root: str | os.PathLike[str], path: str | os.PathLike[str], *, what: str) -> Path:
@@ -126,12 +159,14 @@ def read_json(path: str | os.PathLike[str], *, what: str, error: type[NeuralClea
     """The JSON value in the file at ``path``, or a one-line ``error`` naming the file and ``what`` it
     should hold (``{path}: {what} not found``, ``{path}: cannot read {what} (...)``)."""
     file = Path(path)
+    refuse_special(file, what=what, error=error)
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{file}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{file}: cannot read {what} ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: bad JSON, or an integer of more digits than Python converts; RecursionError: nesting
+        raise error(f"{file}: cannot read {what} ({first_line(exc, limit=200)})") from None
 
 
 def read_result(path: str | os.PathLike[str], file_name: str, *, what: str) -> tuple[Path, Any]:

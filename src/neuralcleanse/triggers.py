@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, refuse_special
 from .errors import TriggerError, TriggerFileError, first_line
 
 __all__ = ["Trigger", "parse_trigger_spec"]
@@ -115,6 +115,7 @@ class Trigger:
         from safetensors import SafetensorError, safe_open
 
         p = Path(path)
+        refuse_special(p, what="the trigger file", error=TriggerFileError)
         try:
             with safe_open(str(p), framework="pt") as fh:
                 meta = fh.metadata() or {}
@@ -355,6 +356,7 @@ def _read_image(path: Path, mode: str, *, size: tuple[int, int], resize: bool = 
 
     from .data.convert import refuse_huge
 
+    refuse_special(path, what="the trigger image", error=TriggerFileError)
     h, w = size
     try:
         with warnings.catch_warnings():  # PIL's bomb warning: the size is refused below, in one line

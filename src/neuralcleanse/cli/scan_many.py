@@ -474,9 +474,12 @@ def _weights_sha256(model: Path) -> str | None:
     card's), or None if it cannot be read (the scan will say why)."""
     import hashlib
 
+    from .._io import special_kind
     from ..errors import NeuralCleanseError
     from ..models.card import ModelCard
 
+    if special_kind(model) is not None:
+        return None  # a FIFO would block, a device never end: the scan refuses it
     try:
         if model.is_dir():
             return ModelCard.load(model / "card.json").weights_sha256 or None

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
+from .._io import refuse_special
 from ..errors import DataError, SettingsError, first_line
 from .dataset import ImageDataset
 
@@ -177,6 +178,7 @@ def _eight_bit(img: Image.Image, path: Path) -> Image.Image:
 def read_class_names(path: str | Path) -> list[str]:
     """A names file: one class name per line, in label order (blank lines ignored)."""
     p = Path(path)
+    refuse_special(p, what="the class names file")
     try:
         names = [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:

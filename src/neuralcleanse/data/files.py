@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._io import special_kind
 from ..errors import DataError, SettingsError
 from .cifar import cifar_kind, load_cifar
 from .convert import check_input_shape
@@ -24,32 +24,16 @@ DATA_FORMATS = ("folder", "gtsrb", "cifar", "npz", "idx")
 
 log = logging.getLogger(__name__)
 
-#: what a path that is neither a regular file nor a directory is, by its stat mode
-_SPECIAL = (
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _special_kind(path: Path) -> str | None:
-    """What ``path`` is when it is neither a regular file nor a directory (``None`` when it is one of
-    them). Only ``stat``: a FIFO is never opened (opening one blocks until a writer comes)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    return next((kind for test, kind in _SPECIAL if test(mode)), "a special file")
-
 
 def detect_data_format(path: Path) -> str:
     """Which of :data:`DATA_FORMATS` ``path`` holds; a one-line :class:`DataError` if none."""
     if not path.exists():
         raise DataError(f"{path}: data path not found")
-    kind = _special_kind(path)
+    try:
+        path.stat()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    kind = special_kind(path)
     if kind is not None:
         raise DataError(f"{path}: {kind}, not a regular file or a directory of images")
     if path.is_file():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import refuse_special
 from ..errors import DataError
 
 __all__ = ["read_idx", "write_idx"]
@@ -28,7 +29,14 @@ _MAX_DIMS = 8
 _CODES = {np.dtype(v).newbyteorder("=").str: k for k, v in _DTYPES.items()}
 
 
+#: gzip'd IDX data may expand to at most this many times its compressed size (MNIST-like files expand
+#: 2-6 times; a file of zeros over 1,000 times: a gzip bomb), or to this many bytes, whichever is more
+_MAX_RATIO = 100
+_SMALL = 64 << 20
+
+
 def _read_bytes(path: Path) -> bytes:
+    refuse_special(path, what="an IDX file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -36,11 +44,34 @@ def _read_bytes(path: Path) -> bytes:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt gzip data ({exc})") from None
+        return _gunzip(path, raw)
     return raw
+
+
+def _gunzip(path: Path, raw: bytes) -> bytes:
+    """``raw``'s gzip members decompressed a block at a time, refused once they expand past the limit
+    (before the memory is taken, unlike ``gzip.decompress``)."""
+    limit = max(_SMALL, _MAX_RATIO * len(raw))
+    out = bytearray()
+    data = raw
+    try:
+        while data:
+            member = zlib.decompressobj(wbits=31)
+            while not member.eof:
+                chunk = member.decompress(data, 1 << 20)  # with no input left, what is still pending
+                data = member.unconsumed_tail
+                if not chunk and not data:
+                    raise DataError(f"{path}: corrupt gzip data (truncated)")
+                out += chunk
+                if len(out) > limit:
+                    raise DataError(
+                        f"{path}: gzip data of {len(raw)} bytes expands to more than {limit} bytes (over "
+                        f"{_MAX_RATIO} times: a gzip bomb?)"
+                    )
+            data = member.unused_data.lstrip(b"\x00")  # concatenated members; zero padding ends them
+    except zlib.error as exc:
+        raise DataError(f"{path}: corrupt gzip data ({exc})") from None
+    return bytes(out)
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import inside
 from ..errors import DataError
 from .dataset import DatasetSplits, ImageDataset
 from .idx import read_idx
@@ -105,6 +106,8 @@ def load_idx_split(
         only = all(_find(d, _IDX_STEMS[f"{other}_{kind}"]) for kind in ("images", "labels"))
         hint = f" (it holds only the {other} split)" if only else ""
         raise DataError(f"{name}: {', '.join(missing)}[.gz] not found in {d}{hint}")
+    # a file linked from elsewhere is not read through the data folder (as image folders' files are not)
+    images_path, labels_path = (inside(d, f, what="an IDX file") for f in (images_path, labels_path))
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
         raise DataError(

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._io import atomic_write_bytes, atomic_write_json
 from ..errors import CheckpointError, first_line
 from .engine import LabelState
@@ -103,7 +105,27 @@ def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> l
             out.append(LabelState.restore(scalars, mine))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
         raise CheckpointError(f"{d}: corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    _check_tensors(d, tensors)
     return out
+
+
+def _check_tensors(d: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Every label's optimiser state of one image: masks H×W and patterns C×H×W, of the shape most of the
+    checkpoint's tensors have. A checkpoint edited or damaged otherwise is refused here, not halfway
+    through the resumed scan."""
+    from collections import Counter
+
+    def image(key: str, t: torch.Tensor) -> tuple[int, ...]:  # (C, H, W) of a pattern, (H, W) of a mask
+        return tuple(t.shape) if key.endswith("pattern") else (-1, *t.shape)
+
+    shapes = {key: image(key, t) for key, t in tensors.items()}
+    common = Counter(s[1:] for s in shapes.values()).most_common(1)
+    channels = Counter(s[0] for s in shapes.values() if s[0] != -1).most_common(1)
+    for key, shape in sorted(shapes.items()):
+        if len(shape) != 3 or shape[1:] != common[0][0] or (shape[0] != -1 and shape[0] != channels[0][0]):
+            raise CheckpointError(
+                f"{d}: corrupt checkpoint (tensor {key} has shape {tuple(tensors[key].shape)})"
+            )
 
 
 def has_checkpoint(path: str | os.PathLike[str]) -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import refuse_special
 from ..errors import SettingsError
 from ..models.adapt import parse_output
 
@@ -265,6 +266,7 @@ def read_manifest(path: str | Path) -> list[ModelEntry]:
     manifest = Path(path)
     if manifest.suffix.lower() not in MANIFEST_SUFFIXES:
         raise SettingsError(f"{manifest}: a manifest is .csv or .jsonl")
+    refuse_special(manifest, what="the manifest", error=SettingsError)
     try:
         text = manifest.read_text(encoding="utf-8-sig")
     except FileNotFoundError:

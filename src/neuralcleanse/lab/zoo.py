@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_json, read_json
+from .._io import atomic_write_json, read_json, refuse_special
 from ..data.dataset import DatasetSplits
 from ..data.registry import load_dataset
 from ..errors import DataError, NeuralCleanseError, SettingsError
@@ -138,6 +138,7 @@ class ZooSpec:
 def load_spec(path: str | os.PathLike[str]) -> ZooSpec:
     """Read and check a spec file (TOML, or JSON by its ``.json`` suffix)."""
     p = Path(path)
+    refuse_special(p, what="the zoo spec", error=SettingsError)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._io import refuse_special
 from ..device import resolve_device
 from ..errors import ModelError, SettingsError, first_line
 from ..modes import frozen_eval
@@ -214,6 +215,7 @@ def _identify(path: Path, data: bytes) -> tuple[str, ZipArchive | None]:
 
 
 def _read(path: Path) -> bytes:
+    refuse_special(path, what="the model file", error=ModelError)
     try:
         return path.read_bytes()
     except FileNotFoundError:

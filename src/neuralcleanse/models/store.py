@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._io import atomic_directory, atomic_write_json
+from .._io import atomic_directory, atomic_write_json, refuse_special
 from ..errors import ModelError
 from ..triggers import Trigger
 from .architectures import ARCHITECTURES, build_model
@@ -86,6 +86,7 @@ def load_model_dir(path: str | os.PathLike[str], *, device: str | torch.device =
             f"{root / CARD_FILE}: unknown architecture {card.arch!r}; known: {', '.join(ARCHITECTURES)}"
         )
     weights = root / WEIGHTS_FILE
+    refuse_special(weights, what="the weights file", error=ModelError)
     try:
         blob = weights.read_bytes()
         state = load(blob)
@@ -114,6 +115,7 @@ def trigger_path(root: Path, backdoor: PlantedBackdoor) -> Path:
 
 def _load_trigger(root: Path, backdoor: PlantedBackdoor) -> Trigger:
     path = trigger_path(root, backdoor)
+    refuse_special(path, what="the trigger file", error=ModelError)
     try:
         blob = path.read_bytes()
     except OSError as exc:
