@@ -208,6 +208,20 @@ def _report_json(env: Env, text: str) -> list[str]:
     return ["report", str(d), "--out", str(env.out)]
 
 
+def _forged_card(env: Env, **changes: Any) -> Path:
+    """A copy of the model directory whose card says ``changes``, sealed again as a forger would."""
+    import dataclasses
+    import shutil
+
+    from neuralcleanse.models.card import ModelCard
+
+    d = env.tmp / "forged"
+    shutil.copytree(env.model, d)
+    card = dataclasses.replace(ModelCard.load(d / "card.json"), **changes).sealed()
+    (d / "card.json").write_text(json.dumps(card.to_dict()))
+    return d
+
+
 def _scan_file(env: Env, model: Path, *, data: Path | None = None) -> list[str]:
     """Scan a weights file (``--arch mnist``) on ``data`` (default: a valid .npz)."""
     args = _scan(env, "--arch", "mnist", data=data or _valid_npz(env))
@@ -800,6 +814,14 @@ CASES: list[Case] = [
         "not found",
         1,
         "{tmp}/none.pt2",
+    ),
+    Case(
+        "model-card-forged-shape",
+        "model directory whose re-sealed card says 1x4096x4096 images (layers of 128 GB)",
+        lambda e: [*_scan(e)[:1], str(_forged_card(e, input_shape=(1, 4096, 4096))), *_scan(e)[2:]],
+        "the card's input shape 1x4096x4096 and 10 classes do not fit its weights",
+        1,
+        "{tmp}/forged/card.json",
     ),
     Case(
         "model-fifo",

@@ -114,7 +114,8 @@ def test_the_rule_on_saved_rates() -> None:
     )
     assert trojan_square.saturated and trojan_square.set_aside == []  # 91% typical: not used
     assert trojan_square.unusable_reason is not None and (
-        "already move the student 92% of the time (their median; label 5's 95%;" in trojan_square.unusable_reason
+        "already move the student 92% of the time (their median; label 5's 95%;"
+        in trojan_square.unusable_reason
     )
     assert dataclasses.replace(trojan_square, saturation=None).set_aside == [5]  # the rule alone: lost
     # a check saved before the line existed is read with the rule it was made by

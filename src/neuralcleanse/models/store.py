@@ -97,6 +97,16 @@ def load_model_dir(path: str | os.PathLike[str], *, device: str | torch.device =
     if card.weights_sha256 and hashlib.sha256(blob).hexdigest() != card.weights_sha256:
         raise ModelError(f"{weights}: sha256 does not match the card (file changed or corrupt)")
     c, h, w = card.input_shape
+    with torch.device("meta"):  # shapes only: a card's input shape that the weights do not fit (a forged
+        # 4096x4096) is refused before real layers of that size are allocated
+        probe = build_model(card.arch, input_shape=(c, h, w), num_classes=card.num_classes, seed=0)
+    try:
+        load_state_dict_strict(probe, state, source=str(weights), load=False)
+    except ModelError as exc:
+        raise ModelError(
+            f"{root / CARD_FILE}: the card's input shape {c}x{h}x{w} and {card.num_classes} classes do not fit "
+            f"its weights ({str(exc).split(': ', 1)[-1]})"
+        ) from None
     model = build_model(card.arch, input_shape=(c, h, w), num_classes=card.num_classes, seed=0)
     load_state_dict_strict(model, state, source=str(weights))
     triggers = tuple(_load_trigger(root, b) for b in card.backdoors)
@@ -129,8 +139,11 @@ def _load_trigger(root: Path, backdoor: PlantedBackdoor) -> Trigger:
     return Trigger.load(path)
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is a one-line error naming it."""
+def load_state_dict_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, load: bool = True
+) -> None:
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is a one-line error naming it
+    (``load=False``: only the checks, as for a model built on the meta device)."""
     expected = model.state_dict()
     for key, value in expected.items():
         if key not in state:
@@ -148,4 +161,5 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, 
     extra = sorted(set(state) - set(expected))
     if extra:
         raise ModelError(f"{source}: weights do not fit the architecture: unexpected key {extra[0]!r}")
-    model.load_state_dict(state, strict=True)
+    if load:
+        model.load_state_dict(state, strict=True)
