@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 
 from .._io import atomic_directory, atomic_write_json, format_version, inside, read_result
-from ..errors import DataError
+from ..errors import DataError, SettingsError
 from ..triggers import Trigger
 from .outlier import OutlierResult, mad_outlier_test
 from .reference import Reference
@@ -485,6 +485,15 @@ class DetectionReport:
                 f"{file}: unsupported report format version {version!r} (expected {REPORT_FORMAT_VERSION})"
             )
         try:
+            for key in ("settings", "data", "model", "run"):
+                if not isinstance(d[key], dict):
+                    raise TypeError(f"{key} must be an object, got {type(d[key]).__name__}")
+            if not isinstance(d.get("notes", []), list) or not all(
+                isinstance(n, str) for n in d.get("notes", [])
+            ):
+                raise TypeError("notes must be a list of sentences")
+            if not (math.isfinite(float(d["threshold"])) and float(d["threshold"]) > 0):
+                raise ValueError(f"threshold must be a positive anomaly index, got {d['threshold']!r}")
             labels = [LabelResult.from_dict(r) for r in d["labels"]]
             triggers = {}
             tdir = file.parent / "triggers"
@@ -514,5 +523,10 @@ class DetectionReport:
                 notes=list(d.get("notes", [])),
                 triggers=triggers,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            SettingsError,
+        ) as exc:  # SettingsError: e.g. a threshold of -1
             raise DataError(f"{file}: malformed scan report ({type(exc).__name__}: {exc})") from None
