@@ -38,7 +38,14 @@ def model_failures(batch: torch.Tensor) -> Iterator[None]:
 
 @torch.no_grad()
 def check_rows(scores: torch.Tensor, images: int) -> None:
-    """One-line :class:`DataError` unless ``scores`` holds one row of class scores per image."""
+    """One-line :class:`DataError` unless ``scores`` holds one row of real class scores per image."""
+    if scores.device.type == "meta":
+        raise DataError("model returned a meta tensor (shapes without values): it computes no class scores")
+    if scores.is_complex() or not scores.is_floating_point():
+        raise DataError(
+            f"model returned {str(scores.dtype).removeprefix('torch.')} scores: class scores must be real "
+            "floating-point numbers (logits or probabilities)"
+        )
     if scores.ndim != 2 or len(scores) != images:
         raise DataError(
             f"model returned scores of shape {tuple(scores.shape)} for a batch of {images} images "

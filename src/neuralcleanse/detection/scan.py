@@ -184,8 +184,16 @@ def _check_second_pass(
     first = images[:n]
     others = images[n : 2 * n].flip(-1)  # other images: other batch statistics
     x = torch.cat([first, others]).to(device).requires_grad_(True)
-    with frozen_eval(model), torch.enable_grad():
-        scores = model(x)
+    try:
+        with frozen_eval(model), torch.enable_grad():
+            scores = model(x)
+    except RuntimeError as exc:  # e.g. an in-place operation on the input, which now needs a gradient
+        raise DataError(
+            f"the model fails when its input needs a gradient, which reverse-engineering a trigger does "
+            f"(an in-place operation on its input?): {first_line(exc, limit=200)}"
+        ) from None
+    if not isinstance(scores, torch.Tensor):
+        raise DataError(f"the model returns {describe_outputs(scores)}")
     if not scores.requires_grad:
         raise DataError(
             "the model's scores carry no gradient with respect to its input (a forward under "
