@@ -1435,6 +1435,14 @@ CASES: list[Case] = [
     ),
     # ---- zoo specs -----------------------------------------------------------------------------------
     Case(
+        "zoo-name-own-file",
+        "zoo spec model named zoo.json, the zoo's own manifest",
+        lambda e: _spec(e, '[[model]]\nname = "zoo.json"\n'),
+        "the name is one of the zoo's own files or folders",
+        2,
+        "{tmp}/spec.toml",
+    ),
+    Case(
         "zoo-float-epochs",
         "zoo spec with epochs = 2.5",
         lambda e: _spec(e, '[[model]]\nname = "a"\nepochs = 2.5\n'),

@@ -49,6 +49,7 @@ import torch
 from .._io import atomic_write_json, read_json, refuse_special
 from ..data.dataset import DatasetSplits
 from ..data.registry import load_dataset
+from ..detection.checkpoint import CHECKPOINT_SUFFIX
 from ..errors import DataError, NeuralCleanseError, SettingsError
 from ..models.architectures import ARCHITECTURES
 from ..models.card import ModelCard
@@ -73,6 +74,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "zoo.json"
+#: what the zoo writes beside its models' directories: a model may not be named after them
+_OWN_NAMES = (MANIFEST_FILE, "scans", "source-scans")
 _MODEL_KEYS = {
     "name", "dataset", "arch", "data_dir", "epochs", "batch_size", "lr", "shift", "seed", "attack", "control",
     "reference",
@@ -175,6 +178,11 @@ def parse_spec(raw: dict[str, Any], *, source: str = "spec") -> ZooSpec:
         where = f"{source}: model {name!r}" if name else f"{source}: model entry {i}"
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise SettingsError(f"{where}: needs a name usable as a directory name")
+        if name.lower() in _OWN_NAMES or name.lower().endswith(CHECKPOINT_SUFFIX):
+            raise SettingsError(
+                f"{where}: the name is one of the zoo's own files or folders ({', '.join(_OWN_NAMES)}, "
+                f"*{CHECKPOINT_SUFFIX}): choose another"
+            )
         if name in seen:
             raise SettingsError(f"{where}: duplicate model name")
         seen.add(name)
