@@ -32,6 +32,10 @@ def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def _is_label(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def _unnum(x: float | None) -> float:
     return math.nan if x is None else float(x)
 
@@ -116,10 +120,13 @@ class LabelResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelResult:
+        norm = _unnum(d["l1_norm"])
+        if not (math.isnan(norm) or (math.isfinite(norm) and norm >= 0)):  # null (NaN): the model's NaN
+            raise ValueError(f"label {d['label']}: l1_norm must be a non-negative number or null, got {norm}")
         return cls(
             label=int(d["label"]),
             name=str(d["name"]),
-            l1_norm=_unnum(d["l1_norm"]),
+            l1_norm=norm,
             attack_success=_unnum(d["attack_success"]),
             reached=bool(d["reached"]),
             steps=int(d["steps"]),
@@ -502,6 +509,8 @@ class DetectionReport:
                 if not tfile.exists():  # a report is whole or refused: every label has its trigger
                     raise DataError(f"{file.parent}: trigger file triggers/{tfile.name} is missing")
                 triggers[r.label] = Trigger.load(inside(file.parent, tfile, what="the trigger file"))
+            if not isinstance(d["flagged"], list) or not all(_is_label(x) for x in d["flagged"]):
+                raise TypeError(f"flagged must be a list of labels, got {d['flagged']!r}")
             flagged = [int(x) for x in d["flagged"]]
             unknown = sorted(set(flagged) - set(triggers))
             if unknown:
