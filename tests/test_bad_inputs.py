@@ -431,6 +431,16 @@ CASES: list[Case] = [
         1,
         "{tmp}/pipe",
     ),
+    Case(
+        "npz-dates",
+        ".npz whose images are dates (datetime64)",
+        lambda e: _scan(
+            e, data=npz(e.tmp / "d.npz", x=np.zeros((4, 28, 28), dtype="datetime64[s]"), y=np.arange(4))
+        ),
+        "images 'x' must be numbers (integers or floats), got datetime64[s]",
+        1,
+        "{tmp}/d.npz",
+    ),
     # ---- data: GTSRB ---------------------------------------------------------------------------------
     Case(
         "gtsrb-no-labels",

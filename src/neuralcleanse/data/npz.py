@@ -129,6 +129,8 @@ def load_npz(
         raise DataError(f"{p}: cannot read .npz ({exc})") from None
     if x.ndim == 0 or len(x) == 0:
         raise DataError(f"{p}: no images in {ik!r}")
+    if x.dtype.kind not in "biuf":  # dates, strings, complex numbers... are no pixels
+        raise DataError(f"{p}: images {ik!r} must be numbers (integers or floats), got {x.dtype}")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
         raise DataError(f"{p}: labels {lk!r} must be a 1-D integer array, got {y.dtype} {y.shape}")
     if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
