@@ -834,6 +834,22 @@ CASES: list[Case] = [
         "{tmp}/forged/card.json",
     ),
     Case(
+        "scan-mean-empty",
+        "--mean ''",
+        lambda e: [*_scan_file(e, e.weights), "--mean", ""],
+        "--mean must be finite numbers separated by commas, got ''",
+        2,
+        "--mean",
+    ),
+    Case(
+        "scan-std-tiny",
+        "--std 1e-320 (pixels divided into infinities)",
+        lambda e: [*_scan_file(e, e.weights), "--std", "1e-320"],
+        "std must be at least 1e-6, got [1e-320]",
+        2,
+        "std",
+    ),
+    Case(
         "model-fifo",
         "model file that is a named pipe (FIFO)",
         lambda e: _scan_file(e, fifo(e.tmp / "pipe.safetensors")),

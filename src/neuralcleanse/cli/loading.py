@@ -218,8 +218,8 @@ def build_preprocessing(
         return None
     return Preprocessing(
         scale=parse_input_range(input_range or "0-1"),
-        mean=parse_floats(mean, what="--mean") if mean else None,
-        std=parse_floats(std, what="--std") if std else None,
+        mean=parse_floats(mean, what="--mean") if mean is not None else None,  # "" is refused, not ignored
+        std=parse_floats(std, what="--std") if std is not None else None,
         channel_order=channel_order or "rgb",
     )
 

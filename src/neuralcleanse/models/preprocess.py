@@ -60,8 +60,9 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.scale not in _RANGES.values():
             raise SettingsError(f"input scale must be 1 or 255, got {self.scale}")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise SettingsError(f"std must be positive, got {list(self.std)}")
+        if self.std is not None and any(not s >= 1e-6 for s in self.std):
+            # a standard deviation of 1e-320 divides the pixels into infinities: a typo, not a network
+            raise SettingsError(f"std must be at least 1e-6, got {list(self.std)}")
         if self.channel_order not in ("rgb", "bgr"):
             raise SettingsError(f"channel order must be rgb or bgr, got {self.channel_order!r}")
 
