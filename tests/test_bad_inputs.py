@@ -1266,6 +1266,14 @@ CASES: list[Case] = [
         "{tmp}/r_figures",
     ),
     Case(
+        "validate-layer-empty",
+        "validate --layer ''",
+        lambda e: _validate(e, "--label", "0", "--layer", ""),
+        "the feature layer (--layer / layer=) is empty",
+        2,
+        "--layer",
+    ),
+    Case(
         "validate-out-under-file",
         "validate --out under an existing file",
         lambda e: [

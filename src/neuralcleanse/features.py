@@ -177,6 +177,11 @@ def find_feature_layer(
         return FeatureLayer(
             f"input of {last_name}", last, last, read_input_of_consumer=True, consumer_name=last_name
         )
+    if not name.strip():  # "" is the model itself to get_submodule
+        raise SettingsError(
+            "the feature layer (--layer / layer=) is empty: name a layer (a path such as features.3) or "
+            "leave it out for the penultimate layer"
+        )
     try:
         name = _resolve_layer_name(names, name)
     except LookupError:
