@@ -2054,6 +2054,16 @@ CASES: list[Case] = [
         "in-place",
     ),
     Case(
+        "scan-model-batch-width",
+        "a model that returns 5 class scores for batches of more than 16 images, 10 otherwise",
+        lambda e: _linear_arch(
+            e, "out = self.fc(x.flatten(1))\n        return out[:, :5] if len(x) > 16 else out"
+        ),
+        "the model returns 5 class scores for some batch sizes and 10 for others",
+        1,
+        "must not depend on its batch",
+    ),
+    Case(
         "scan-model-one-class-right",
         "a model that predicts class 0 for every image",
         lambda e: _linear_arch(e, "return self.fc(x.flatten(1))", bias0=1.0),

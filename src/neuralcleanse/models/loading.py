@@ -43,7 +43,8 @@ from torch.nn import functional as F
 
 from .._io import refuse_special
 from ..device import resolve_device
-from ..errors import ModelError, SettingsError, first_line
+from ..errors import DataError, ModelError, SettingsError, first_line
+from ..metrics import check_rows
 from ..modes import frozen_eval
 from .adapt import InputCast, OutputPick, parse_output
 from .architectures import ARCHITECTURES, WeightsShape, build_model
@@ -108,7 +109,18 @@ class LoadedModel:
         fits = []
         for model in (self.model, self.with_preprocessing(other, channels=x.shape[1]).to(device)):
             with torch.no_grad(), frozen_eval(model):
-                out = torch.cat([model(x[i : i + 256]).float() for i in range(0, len(x), 256)])
+                chunks = [model(x[i : i + 256]) for i in range(0, len(x), 256)]
+                pair = model(x[:2])
+            sizes = [len(x[i : i + 256]) for i in range(0, len(x), 256)]
+            for chunk, n in zip((*chunks, pair), (*sizes, len(x[:2])), strict=True):
+                check_rows(chunk, n)
+            widths = sorted({int(t.shape[1]) for t in (*chunks, pair)})
+            if len(widths) > 1:
+                raise DataError(
+                    f"the model returns {widths[0]} class scores for some batch sizes and {widths[-1]} for "
+                    f"others ({len(x[:256])} and 2 images): an image's scores must not depend on its batch"
+                )
+            out = torch.cat(chunks).float()
             if not torch.isfinite(out).all():
                 return None  # the scan's own checks say what is wrong with non-finite scores
             if are_probabilities(out) or are_sigmoid(out):  # a softmax (sigmoid) head: its log is the score
