@@ -2064,6 +2064,14 @@ CASES: list[Case] = [
         "must not depend on its batch",
     ),
     Case(
+        "scan-model-exits",
+        "a model whose forward calls sys.exit(0)",
+        lambda e: _linear_arch(e, "raise SystemExit(0)"),
+        "called sys.exit(0) (SystemExit) before the command finished",
+        1,
+        "a model's forward",
+    ),
+    Case(
         "scan-model-one-class-right",
         "a model that predicts class 0 for every image",
         lambda e: _linear_arch(e, "return self.fc(x.flatten(1))", bias0=1.0),

@@ -154,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
             return EXIT_INPUT
         return _internal(exc, args)
+    except SystemExit as exc:  # click's own exits are Exit exceptions here: this one is the user's code
+        print(
+            f"error: code the command ran (a model's forward, an --arch file) called sys.exit({exc.code!r}) "
+            "(SystemExit) before the command finished",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 (anything else is a bug: one line, the trace in a file)
         return _internal(exc, args)
     return EXIT_OK
