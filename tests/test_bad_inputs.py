@@ -850,6 +850,22 @@ CASES: list[Case] = [
         "std",
     ),
     Case(
+        "model-card-forged-range",
+        "model directory whose re-sealed card says input_range [5, 1]",
+        lambda e: [*_scan(e)[:1], str(_forged_card(e, input_range=[5.0, 1.0])), *_scan(e)[2:]],
+        "model card input_range must be [0, 1] or [0, 255], got [5.0, 1.0]",
+        1,
+        "{tmp}/forged/card.json",
+    ),
+    Case(
+        "model-card-forged-dataset",
+        "model directory whose re-sealed card names the data set ../../etc",
+        lambda e: [*_scan(e)[:1], str(_forged_card(e, dataset="../../etc")), *_scan(e)[2:]],
+        "dataset must be a data set's name, got '../../etc'",
+        1,
+        "{tmp}/forged/card.json",
+    ),
+    Case(
         "model-fifo",
         "model file that is a named pipe (FIFO)",
         lambda e: _scan_file(e, fifo(e.tmp / "pipe.safetensors")),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import read_json
-from ..errors import ModelError
+from ..errors import ModelError, SettingsError
 
 __all__ = ["CARD_FORMAT_VERSION", "ModelCard", "PlantedBackdoor", "check_relative_path"]
 
@@ -195,6 +195,14 @@ class ModelCard:
             )
         if card.num_classes < 2:
             raise ModelError(f"{source}: num_classes must be at least 2, got {card.num_classes}")
+        if card.dataset is not None and not _SAFE_PART.match(card.dataset):
+            raise ModelError(f"{source}: dataset must be a data set's name, got {card.dataset!r}")
+        from .preprocess import Preprocessing
+
+        try:  # the declared preprocessing is checked with the card, which is named, not when it is used
+            Preprocessing.from_card(card.input_range, card.mean, card.std)
+        except SettingsError as exc:
+            raise ModelError(f"{source}: {exc}") from None
         if version == 1:
             log.warning(
                 "%s: a version-1 card: its content is not covered by a digest (re-save the model)", source
