@@ -222,6 +222,14 @@ def _forged_card(env: Env, **changes: Any) -> Path:
     return d
 
 
+def _report_linked_out(env: Env) -> Path:
+    """A copy of the scan whose report.json is a link to the same file kept outside the folder."""
+    d = edit_report(env.scan, env.tmp / "scan", lambda r: None)
+    (d / "report.json").rename(env.tmp / "elsewhere.json")
+    (d / "report.json").symlink_to(env.tmp / "elsewhere.json")
+    return d
+
+
 def _scan_file(env: Env, model: Path, *, data: Path | None = None) -> list[str]:
     """Scan a weights file (``--arch mnist``) on ``data`` (default: a valid .npz)."""
     args = _scan(env, "--arch", "mnist", data=data or _valid_npz(env))
@@ -1643,6 +1651,14 @@ CASES: list[Case] = [
             str(e.out),
         ],
         "label 0: l1_norm must be a non-negative number or null, got -5.0",
+        1,
+        "{tmp}/scan/report.json",
+    ),
+    Case(
+        "report-json-linked-out",
+        "a scan folder whose report.json is a symbolic link to a file outside it",
+        lambda e: ["report", str(_report_linked_out(e)), "--out", str(e.out)],
+        "its report.json leads outside",
         1,
         "{tmp}/scan/report.json",
     ),

@@ -174,7 +174,8 @@ def read_result(path: str | os.PathLike[str], file_name: str, *, what: str) -> t
     holds it as ``file_name``; read with :func:`read_json` (one-line :class:`DataError`). Every result is a
     JSON object: any other value is refused naming what the file holds."""
     p = Path(path)
-    file = p / file_name if p.is_dir() else p
+    # a result folder's file may not be a link out of it (its trigger files may not either)
+    file = inside(p, p / file_name, what=f"its {file_name}") if p.is_dir() else p
     value = read_json(file, what=what)
     if not isinstance(value, dict):
         kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
