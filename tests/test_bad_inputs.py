@@ -230,6 +230,15 @@ def _report_linked_out(env: Env) -> Path:
     return d
 
 
+def _colour_trigger(env: Env) -> Path:
+    """A copy of the scan whose label-0 trigger is for (3, 28, 28) images."""
+    d = edit_report(env.scan, env.tmp / "scan", lambda r: None)
+    nc.Trigger(torch.zeros(28, 28), torch.zeros(3, 28, 28), "edited").save(
+        d / "triggers" / "label_0000.safetensors"
+    )
+    return d
+
+
 def _scan_file(env: Env, model: Path, *, data: Path | None = None) -> list[str]:
     """Scan a weights file (``--arch mnist``) on ``data`` (default: a valid .npz)."""
     args = _scan(env, "--arch", "mnist", data=data or _valid_npz(env))
@@ -1661,6 +1670,14 @@ CASES: list[Case] = [
         "its report.json leads outside",
         1,
         "{tmp}/scan/report.json",
+    ),
+    Case(
+        "report-trigger-other-shape",
+        "a scan folder whose label 0 trigger is for colour images, its other triggers for grey ones",
+        lambda e: ["report", str(_colour_trigger(e)), "--out", str(e.out)],
+        "a trigger for images (3, 28, 28), where the report's other triggers are for (1, 28, 28)",
+        1,
+        "{tmp}/scan/triggers/label_0000.safetensors",
     ),
     Case(
         "report-no-report-json",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -509,6 +510,13 @@ class DetectionReport:
                 if not tfile.exists():  # a report is whole or refused: every label has its trigger
                     raise DataError(f"{file.parent}: trigger file triggers/{tfile.name} is missing")
                 triggers[r.label] = Trigger.load(inside(file.parent, tfile, what="the trigger file"))
+            shapes = Counter(t.image_shape for t in triggers.values()).most_common(1)
+            for k, t in triggers.items():  # one scan optimised every trigger on the same images
+                if t.image_shape != shapes[0][0]:
+                    raise DataError(
+                        f"{tdir / f'label_{k:04d}.safetensors'}: a trigger for images {t.image_shape}, where "
+                        f"the report's other triggers are for {shapes[0][0]}"
+                    )
             if not isinstance(d["flagged"], list) or not all(_is_label(x) for x in d["flagged"]):
                 raise TypeError(f"flagged must be a list of labels, got {d['flagged']!r}")
             flagged = [int(x) for x in d["flagged"]]
