@@ -883,6 +883,14 @@ CASES: list[Case] = [
         "{tmp}/forged/card.json",
     ),
     Case(
+        "model-dir-arch-kwargs",
+        "--arch-kwargs on a model directory",
+        lambda e: _scan(e, "--arch-kwargs", '{"x": 1}'),
+        "a model directory's card says how its network is built: drop --arch-kwargs",
+        2,
+        "{model}",
+    ),
+    Case(
         "model-fifo",
         "model file that is a named pipe (FIFO)",
         lambda e: _scan_file(e, fifo(e.tmp / "pipe.safetensors")),

@@ -374,6 +374,10 @@ def load_model(
             raise SettingsError(
                 f"{p}: a model directory's network returns its class scores: drop --output-key"
             )
+        if arch_kwargs:
+            raise SettingsError(
+                f"{p}: a model directory's card says how its network is built: drop --arch-kwargs"
+            )
         loaded = _from_model_dir(p, preprocessing, dev)
         if arch is not None and arch != loaded.arch:
             raise SettingsError(
