@@ -540,10 +540,6 @@ class DetectionReport:
                 notes=list(d.get("notes", [])),
                 triggers=triggers,
             )
-        except (
-            KeyError,
-            TypeError,
-            ValueError,
-            SettingsError,
-        ) as exc:  # SettingsError: e.g. a threshold of -1
+        # SettingsError: a value the report's own checks refuse, as a trigger's
+        except (KeyError, TypeError, ValueError, SettingsError) as exc:
             raise DataError(f"{file}: malformed scan report ({type(exc).__name__}: {exc})") from None
