@@ -108,19 +108,18 @@ class LoadedModel:
         other = dataclasses.replace(pre, scale=1.0 if pre.scale == 255.0 else 255.0)
         fits = []
         for model in (self.model, self.with_preprocessing(other, channels=x.shape[1]).to(device)):
+            batches = [*(x[i : i + 256] for i in range(0, len(x), 256)), x[:2]]  # the last: a small batch
             with torch.no_grad(), frozen_eval(model):
-                chunks = [model(x[i : i + 256]) for i in range(0, len(x), 256)]
-                pair = model(x[:2])
-            sizes = [len(x[i : i + 256]) for i in range(0, len(x), 256)]
-            for chunk, n in zip((*chunks, pair), (*sizes, len(x[:2])), strict=True):
-                check_rows(chunk, n)
-            widths = sorted({int(t.shape[1]) for t in (*chunks, pair)})
+                outs = [model(b) for b in batches]
+            for scores, batch in zip(outs, batches, strict=True):
+                check_rows(scores, len(batch))
+            widths = sorted({int(t.shape[1]) for t in outs})
             if len(widths) > 1:
                 raise DataError(
                     f"the model returns {widths[0]} class scores for some batch sizes and {widths[-1]} for "
                     f"others ({len(x[:256])} and 2 images): an image's scores must not depend on its batch"
                 )
-            out = torch.cat(chunks).float()
+            out = torch.cat(outs[:-1]).float()
             if not torch.isfinite(out).all():
                 return None  # the scan's own checks say what is wrong with non-finite scores
             if are_probabilities(out) or are_sigmoid(out):  # a softmax (sigmoid) head: its log is the score
