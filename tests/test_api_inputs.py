@@ -178,6 +178,13 @@ def test_a_report_missing_a_trigger_file_is_refused(badnets_report: DetectionRep
     (tmp_path / "r" / "triggers" / "label_0003.safetensors").unlink()
     with pytest.raises(DataError, match="trigger file triggers/label_0003.safetensors is missing"):
         DetectionReport.load(tmp_path / "r")
+    # an unreadable one is named first, not inside a "malformed scan report" about report.json
+    (tmp_path / "r" / "triggers" / "label_0003.safetensors").write_text("not a trigger")
+    with pytest.raises(DataError) as caught:
+        DetectionReport.load(tmp_path / "r")
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'r' / 'triggers' / 'label_0003.safetensors'}: not a valid"
+    )
 
 
 def test_train_names_the_option_of_a_bad_source_label(

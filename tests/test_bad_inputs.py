@@ -318,6 +318,33 @@ def _linear_arch(env: Env, forward: str, *, bias0: float = 0.0) -> list[str]:
     return [args[0], str(env.tmp / "net.safetensors"), *args[2:]]
 
 
+def _any_size_arch(env: Env, shape: str) -> list[str]:
+    """A scan of a network defined in a user file that takes images of any size (adaptive pooling)."""
+    from safetensors.torch import save_file
+
+    code = _write(
+        env.tmp / "net.py",
+        "from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(1, 4, 3)\n        self.pool = nn.AdaptiveAvgPool2d(1)\n"
+        "        self.fc = nn.Linear(4, 10)\n\n    def forward(self, x):\n"
+        "        return self.fc(self.pool(self.conv(x).relu()).flatten(1))\n",
+    )
+    weights = {"conv.weight": torch.randn(4, 1, 3, 3), "conv.bias": torch.zeros(4)}
+    save_file(
+        {**weights, "fc.weight": torch.randn(10, 4), "fc.bias": torch.zeros(10)},
+        str(env.tmp / "n.safetensors"),
+    )
+    args = _scan(env, "--arch", f"{code}:Net", "--input-shape", shape, data=_valid_npz(env))
+    return [args[0], str(env.tmp / "n.safetensors"), *args[2:]]
+
+
+def _broken_trigger(env: Env) -> Path:
+    """A copy of the scan whose label-0 trigger file is not a safetensors file."""
+    d = edit_report(env.scan, env.tmp / "scan", lambda r: None)
+    _write(d / "triggers" / "label_0000.safetensors", "not a trigger")
+    return d
+
+
 def _model_inside_out(env: Env) -> list[str]:
     env.out.mkdir()
     inside = env.out / "w.safetensors"
@@ -1212,6 +1239,14 @@ CASES: list[Case] = [
         2,
         "--input-shape",
     ),
+    Case(
+        "scan-input-shape-1x1",
+        "--input-shape 1x1x1 for a network of any input size (images would shrink to one pixel)",
+        lambda e: _any_size_arch(e, "1x1x1"),
+        "cannot be shrunk to the model's 1x1 input",
+        1,
+        "{tmp}/ok.npz",
+    ),
     # ---- output paths --------------------------------------------------------------------------------
     Case(
         "scan-out-under-file",
@@ -1688,6 +1723,14 @@ CASES: list[Case] = [
         "{tmp}/scan/triggers/label_0000.safetensors",
     ),
     Case(
+        "report-trigger-unreadable",
+        "a scan folder whose label 0 trigger file is not a trigger file",
+        lambda e: ["report", str(_broken_trigger(e)), "--out", str(e.out)],
+        "not a valid trigger file",
+        1,
+        "{tmp}/scan/triggers/label_0000.safetensors",
+    ),
+    Case(
         "report-no-report-json",
         "report of a directory without report.json",
         lambda e: ["report", str(_write(e.tmp / "r" / "x", "x").parent)],
@@ -1877,6 +1920,27 @@ CASES: list[Case] = [
             str(e.out),
         ],  # fmt: skip
         "source must be an integer",
+        2,
+        "{tmp}/m.jsonl line 1",
+    ),
+    Case(
+        "scanmany-manifest-source-huge",
+        "scan-many JSON manifest with source 10^30",
+        lambda e: [
+            "scan-many",
+            str(_write(e.tmp / "m.jsonl", f'{{"path": "{e.model}", "source": {10**30}}}\n')),
+            "--out",
+            str(e.out),
+        ],  # fmt: skip
+        "source must be a label from 0 to 999999",
+        2,
+        "{tmp}/m.jsonl line 1",
+    ),
+    Case(
+        "scanmany-manifest-path-number",
+        'scan-many JSON manifest with "path": 5',
+        lambda e: ["scan-many", str(_write(e.tmp / "m.jsonl", '{"path": 5}\n')), "--out", str(e.out)],
+        "path must be a path (text), got 5",
         2,
         "{tmp}/m.jsonl line 1",
     ),

@@ -274,3 +274,27 @@ def test_a_checkpointed_tensor_of_another_shape_is_refused(tmp_path: Path) -> No
         save_file({**saved, key: bad}, str(tmp_path / "ck" / "tensors.safetensors"))
         with pytest.raises(CheckpointError, match=f"corrupt checkpoint .tensor {key} has shape"):
             load_checkpoint(tmp_path / "ck", identity)
+
+
+def test_a_checkpointed_nan_is_refused_unless_the_scan_stopped_the_label_on_nan(tmp_path: Path) -> None:
+    """A NaN written into a label's state is a damaged checkpoint (it resumed with the label left out as
+    if the model's outputs were NaN); a label the scan itself stopped on NaN outputs keeps its NaN."""
+    from safetensors.torch import load_file, save_file
+
+    from neuralcleanse.detection.checkpoint import load_checkpoint, save_checkpoint
+    from neuralcleanse.errors import CheckpointError
+
+    identity = {"model": "m", "labels": [0, 1]}
+    states = [new_label_state(k, (1, 4, 4), seed=k) for k in (0, 1)]
+    save_checkpoint(tmp_path / "ck", identity, states)
+    saved = load_file(str(tmp_path / "ck" / "tensors.safetensors"))
+    poisoned = saved["1/w_mask"].clone()
+    poisoned[0, 0] = float("nan")
+    save_file({**saved, "1/w_mask": poisoned}, str(tmp_path / "ck" / "tensors.safetensors"))
+    with pytest.raises(CheckpointError, match="corrupt checkpoint .tensor 1/w_mask holds NaN"):
+        load_checkpoint(tmp_path / "ck", identity)
+    states[1].stop_reason, states[1].done = "nan", True
+    states[1].w_mask[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "ck", identity, states)
+    resumed = load_checkpoint(tmp_path / "ck", identity)
+    assert resumed[1].stop_reason == "nan" and math.isnan(resumed[1].l1_norm())

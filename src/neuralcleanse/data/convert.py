@@ -55,12 +55,17 @@ MAX_UPSCALE = 8
 
 def check_resize(name: str | Path, read: tuple[int, int], model: tuple[int, int]) -> None:
     """Refuse images of ``read`` ``(H, W)`` that cannot carry the task once resized to the model's
-    ``model`` ``(H, W)``: a side under :data:`MIN_RESIZED_SIDE` pixels, or an enlargement of more than
+    ``model`` ``(H, W)``: a side of either under :data:`MIN_RESIZED_SIDE` pixels, or an enlargement of more than
     :data:`MAX_UPSCALE` times in either dimension (images of another task, or not images at all).
     Images of the model's own size are never refused."""
     (h0, w0), (h, w) = read, model
     if (h0, w0) == (h, w):
         return
+    if min(h, w) < MIN_RESIZED_SIDE:  # e.g. --input-shape 1x1x1 for a network of any input size
+        raise DataError(
+            f"{name}: images of {h0}x{w0} pixels cannot be shrunk to the model's {h}x{w} input "
+            f"(a side under {MIN_RESIZED_SIDE} pixels carries no image): check the input shape"
+        )
     if min(h0, w0) < MIN_RESIZED_SIDE:
         raise DataError(
             f"{name}: images of {h0}x{w0} pixels cannot be resized to the model's {h}x{w} input "

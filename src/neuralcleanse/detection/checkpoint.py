@@ -102,11 +102,20 @@ def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> l
                     f"tensor {prefix}{lost[0]} missing" if lost else f"label {scalars['label']} not scanned"
                 )
                 raise CheckpointError(f"{d}: corrupt checkpoint ({what})")
-            out.append(LabelState.restore(scalars, mine))
+            restored = LabelState.restore(scalars, mine)
+            if restored.stop_reason != "nan" and (bad := _not_finite(mine)):
+                # a scan writes NaN only for a label it stopped on NaN outputs (and says so)
+                raise CheckpointError(f"{d}: corrupt checkpoint (tensor {prefix}{bad} holds NaN or infinity)")
+            out.append(restored)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
         raise CheckpointError(f"{d}: corrupt checkpoint ({type(exc).__name__}: {exc})") from None
     _check_tensors(d, tensors)
     return out
+
+
+def _not_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor holding a NaN or an infinity, if any."""
+    return next((k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all())), None)
 
 
 def _check_tensors(d: Path, tensors: dict[str, torch.Tensor]) -> None:

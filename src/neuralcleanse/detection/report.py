@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from .._io import atomic_directory, atomic_write_json, format_version, inside, read_result
-from ..errors import DataError, SettingsError
+from ..errors import DataError, SettingsError, TriggerFileError
 from ..triggers import Trigger
 from .outlier import OutlierResult, mad_outlier_test
 from .reference import Reference
@@ -540,6 +540,8 @@ class DetectionReport:
                 notes=list(d.get("notes", [])),
                 triggers=triggers,
             )
+        except TriggerFileError:
+            raise  # it names the trigger file itself, which is what is wrong
         # SettingsError: a value the report's own checks refuse, as a trigger's
         except (KeyError, TypeError, ValueError, SettingsError) as exc:
             raise DataError(f"{file}: malformed scan report ({type(exc).__name__}: {exc})") from None

@@ -75,7 +75,9 @@ def _plain(value: Any, where: str, column: str, base: Path) -> str:
 
 
 def _path(value: Any, where: str, column: str, base: Path) -> Path:
-    text = _text(value, where, column)
+    if not isinstance(value, str):  # a JSON number is no file name: {"path": 5} is a mistake
+        raise SettingsError(f"{where}: {column} must be a path (text), got {json.dumps(value)}")
+    text = value
     if not text.strip():
         raise SettingsError(f"{where}: {column} is empty")
     path = Path(text).expanduser()
@@ -140,6 +142,17 @@ def _integer(value: Any, where: str, column: str, base: Path) -> int:
         raise SettingsError(f"{where}: {column} must be an integer, got {text!r}") from None
 
 
+def _label(value: Any, where: str, column: str, base: Path) -> int:
+    """A label: an integer from 0 up to the most classes a data set may have (whether the model has it is
+    known only when it is loaded; a label no model can have names its row now, before any scan)."""
+    from ..data.npz import MAX_CLASSES
+
+    label = _integer(value, where, column, base)
+    if not 0 <= label < MAX_CLASSES:
+        raise SettingsError(f"{where}: {column} must be a label from 0 to {MAX_CLASSES - 1}, got {label}")
+    return label
+
+
 def _output_key(value: Any, where: str, column: str, base: Path) -> str:
     """An output's index (a number of a JSON/YAML manifest, ``0.0`` included, is one) or a dict key,
     checked here so a bad one names its row before any model is scanned."""
@@ -190,7 +203,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Any, str, str, Path], Any]]] = {
     "class_names": ("class_names", _path),
     "split": ("split", _choice("test", "train")),
     "labels": ("labels", _labels),
-    "source": ("source_label", _integer),
+    "source": ("source_label", _label),
     "outputs": ("outputs", _choice("auto", "logits", "probabilities", "sigmoid")),
     "reference": ("references", _paths),
 }
