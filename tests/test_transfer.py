@@ -11,11 +11,18 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 import neuralcleanse as nc
 from neuralcleanse.detection import DetectionReport
 from neuralcleanse.detection.distill import DistillSettings
-from neuralcleanse.detection.transfer import SATURATED, TRANSFER_RATIO, TransferCheck, check_transfer
+from neuralcleanse.detection.transfer import (
+    SATURATED,
+    TRANSFER_DISTILL,
+    TRANSFER_RATIO,
+    TransferCheck,
+    check_transfer,
+)
 from neuralcleanse.errors import SettingsError
 
 #: a short distillation on the embedded sample's 1,000 test images: seconds on 2 cores
@@ -177,6 +184,22 @@ def test_a_label_without_a_rate_is_saved_as_null() -> None:
 def test_distillation_needs_images_to_train_on() -> None:
     with pytest.raises(SettingsError, match="max_images must be at least 20, got 5"):
         DistillSettings(max_images=5)
+    with pytest.raises(SettingsError, match="per_class must be a non-negative integer, got -1"):
+        DistillSettings(per_class=-1)
+
+
+def test_the_checks_student_learns_from_more_images_when_the_task_has_more_classes() -> None:
+    """2,000 images, or 200 a class: 2,000 for 10 classes (as measured there), 8,600 for the 43-label
+    sign task, whose students of 36 images a class agreed with their models on under half the images."""
+    from neuralcleanse.detection.distill import distil_student
+
+    assert [TRANSFER_DISTILL.image_cap(k) for k in (2, 10, 43)] == [2000, 2000, 8600]
+    assert DistillSettings(max_images=20).image_cap(43) == 20  # per_class 0: the cap as given
+    # the student of a 3-class model on 100 images, capped at 10 a class: 30 images, 10 held out
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    cfg = DistillSettings(max_images=20, per_class=10, epochs=1)
+    student = distil_student(model, torch.rand(100, 1, 4, 4), settings=cfg)
+    assert (student.images, student.held_out) == (20, 10)
 
 
 @pytest.mark.parametrize(

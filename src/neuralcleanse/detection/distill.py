@@ -58,7 +58,9 @@ class DistillSettings:
             teacher's predicted label, by cross-entropy (the temperature is unused).
         shift: the largest random translation of a training image, in pixels.
         mixup: fraction of each batch replaced by mixtures of two images (the teacher labels the mixture).
-        max_images: at most this many clean images (a seeded sample) are used.
+        max_images: at most this many clean images (a seeded sample) are used...
+        per_class: ...or this many times the model's number of classes, when that is more (a student of a
+            task with many classes needs more images: 0 keeps ``max_images`` as it is).
         seed: the student's initial weights and the data order.
     """
 
@@ -72,18 +74,16 @@ class DistillSettings:
     shift: int = 2
     mixup: float = 0.5
     max_images: int = 10_000
+    per_class: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "shift", "max_images", "seed"):
+        for name in ("epochs", "batch_size", "shift", "max_images", "per_class", "seed"):
             value = getattr(self, name)
-            if (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or value < (0 if name in ("shift", "seed") else 1)
-            ):
+            zero = name in ("shift", "per_class", "seed")
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
                 raise SettingsError(
-                    f"distillation {name} must be a {'non-negative' if name in ('shift', 'seed') else 'positive'} integer, got {value!r}"
+                    f"distillation {name} must be a {'non-negative' if zero else 'positive'} integer, got {value!r}"
                 )
         if self.max_images < MIN_IMAGES:
             raise SettingsError(
@@ -108,6 +108,10 @@ class DistillSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    def image_cap(self, num_classes: int) -> int:
+        """How many clean images a student of a model with ``num_classes`` classes learns from at most."""
+        return max(self.max_images, self.per_class * num_classes)
 
 
 @dataclass(frozen=True)
@@ -195,13 +199,13 @@ def distil_student(
     # weights the model was trained from (a model trained with the same small seed) would grow the same
     # features, and a trigger tuned to the model's neurons (Trojan) would partly work on it
     init = int(rng.integers(2**62))
-    order = torch.from_numpy(rng.permutation(len(images))[: cfg.max_images])
-    n_held = min(1000, max(10, len(order) // 10))
-    held, train = images[order[:n_held]], images[order[n_held:]]
     teacher, _ = as_logits(model, images[:64].to(device), outputs=outputs)
     shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
     with frozen_eval(teacher), torch.no_grad():
         num_classes = int(teacher(images[:2].to(device)).shape[1])
+    order = torch.from_numpy(rng.permutation(len(images))[: cfg.image_cap(num_classes)])
+    n_held = min(1000, max(10, len(order) // 10))
+    held, train = images[order[:n_held]], images[order[n_held:]]
     student: nn.Module | None = None
     arch = cfg.arch
     if arch == "same":

@@ -61,8 +61,13 @@ MIN_HELD_OUT = 50
 SATURATED = 0.75
 #: at most this many clean images are stamped per label
 _PROBE_IMAGES = 2000
-#: the student of the check: distilled on at most 2,000 clean images (as measured), seconds to a minute on CPU
-TRANSFER_DISTILL = DistillSettings(max_images=2000)
+#: a student of the check learns from at most this many clean images a class (or 2,000, if more): on the
+#: 43-label sign task students of 36 images a class agreed with their models on 44-47% of images, of 190 a
+#: class on 96% (docs/fidelity.md)
+PER_CLASS = 200
+#: the student of the check: distilled on at most 2,000 clean images (as measured on 10-label tasks, seconds
+#: to a minute on CPU) or PER_CLASS a class
+TRANSFER_DISTILL = DistillSettings(max_images=2000, per_class=PER_CLASS)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ class TransferCheck:
             return (
                 f"transfer check not used: the student agrees with the model on only {self.agreement:.1%} of "
                 f"{self.held_out or 'the'} held-out images (at least {WEAK_STUDENT:.0%} needed; more clean "
-                "images help)"
+                f"images help: the check's student learns from up to {PER_CLASS} a class)"
             )
         if math.isnan(self.typical):
             return "transfer check not used: no unflagged label reached the attack threshold to compare with"
