@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 def detect_data_format(path: Path) -> str:
     """Which of :data:`DATA_FORMATS` ``path`` holds; a one-line :class:`DataError` if none."""
-    if not path.exists():
-        raise DataError(f"{path}: data path not found")
     try:
         path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{path}: data path not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     kind = special_kind(path)

@@ -500,7 +500,8 @@ class DetectionReport:
                 isinstance(n, str) for n in d.get("notes", [])
             ):
                 raise TypeError("notes must be a list of sentences")
-            if not (math.isfinite(float(d["threshold"])) and float(d["threshold"]) > 0):
+            threshold = float(d["threshold"])
+            if not (math.isfinite(threshold) and threshold > 0):
                 raise ValueError(f"threshold must be a positive anomaly index, got {d['threshold']!r}")
             labels = [LabelResult.from_dict(r) for r in d["labels"]]
             triggers = {}
@@ -529,7 +530,7 @@ class DetectionReport:
                 labels=labels,
                 median=_unnum(d["median"]),
                 mad=_unnum(d["mad"]),
-                threshold=float(d["threshold"]),
+                threshold=threshold,
                 statistic=str(d.get("statistic", "l1")),
                 reference=Reference.from_dict(d["reference"]) if d.get("reference") else None,
                 transfer=TransferCheck.from_dict(d["transfer"]) if d.get("transfer") else None,
