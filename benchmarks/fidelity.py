@@ -22,7 +22,9 @@ same norms with every method:
 * ``transfer`` (with ``--transfer``): ``effect``, then the flagged labels checked on a student distilled
   from the model on 2,000 clean test images (``scan --transfer-check``: a flagged label whose trigger
   moves the student as often as the unflagged labels' triggers do is set aside; nothing left flagged
-  is ``inconclusive``); the checks are cached under ``OUT/transfer``;
+  is ``inconclusive``); the checks are cached under ``OUT/transfer``; with ``--transfer-train`` the
+  student may also learn from training images, up to the check's cap of 200 a class (cached under
+  ``OUT/transfer-train``: the 43-label sign set has only 40 test images a class);
 * ``log+transfer``, ``log<0.4+transfer`` (with ``--transfer``): the same check of the labels ``log`` and
   ``log<0.4`` flag (one cached check per model measures every label, so it judges any statistic's);
 * ``self-raw``: the relative test against the distilled student, as ``--reference`` runs it;
@@ -66,7 +68,13 @@ from neuralcleanse.detection import (
     mad_outlier_test,
 )
 from neuralcleanse.detection.distill import DistillSettings
-from neuralcleanse.detection.transfer import SATURATED, TRANSFER_RATIO, TransferCheck, check_transfer
+from neuralcleanse.detection.transfer import (
+    SATURATED,
+    TRANSFER_DISTILL,
+    TRANSFER_RATIO,
+    TransferCheck,
+    check_transfer,
+)
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
 
 METHODS = (
@@ -211,14 +219,19 @@ def transfer_check(
     """``scan --transfer-check``'s check of the model (cached under ``OUT/transfer``; every label the scan
     reached is measured, so one check judges any statistic's flagged labels). ``flagged``: the labels to
     check when it is not cached yet."""
-    path = args.out / "transfer" / f"{case.name}.json"
+    path = args.out / ("transfer-train" if args.transfer_train else "transfer") / f"{case.name}.json"
     if path.exists():  # judged with today's ratio and saturation line, whatever they were when it was cached
         cached = TransferCheck.from_dict(json.loads(path.read_text()))
         return replace(cached, ratio=TRANSFER_RATIO, saturation=SATURATED)
     rows = [replace(r, flagged=r.label in flagged) for r in report.labels]
     asked = replace(report, verdict="backdoored", flagged=flagged, labels=rows)
-    pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(case.seed))
-    checked = check_transfer(asked, bundle.model, data.test.images[pick[:2000]], device=args.device)
+    gen = torch.Generator().manual_seed(case.seed)
+    cap = TRANSFER_DISTILL.image_cap(data.test.num_classes) if args.transfer_train else 2000
+    images = data.test.images[torch.randperm(len(data.test), generator=gen)[:cap]]
+    if len(images) < cap:  # --transfer-train: then training images, up to the student's cap
+        more = data.train.images[torch.randperm(len(data.train), generator=gen)[: cap - len(images)]]
+        images = torch.cat([images, more])
+    checked = check_transfer(asked, bundle.model, images, device=args.device)
     assert checked.transfer is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(checked.transfer.to_dict(), indent=1))
@@ -392,6 +405,11 @@ def main() -> None:
     )
     p.add_argument(
         "--transfer", action="store_true", help="also judge with the transfer check (method: transfer)"
+    )
+    p.add_argument(
+        "--transfer-train",
+        action="store_true",
+        help="with --transfer: the check's student may also learn from training images, up to its cap",
     )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
