@@ -98,6 +98,7 @@ def test_every_format_round_trips_with_input_gradients(
     loaded.model.eval()  # must not raise, even around an exported program
     if key == "static":
         assert loaded.static_batch == 4 and isinstance(loaded.model, FixedBatchModel)
+        assert loaded.model.vectorised  # its chunks ran as one vmapped call, as the outputs above checked
     if key in ("dynamic", "static"):
         assert loaded.input_shape == (1, 12, 12)
     if fmt == "torchscript":
@@ -194,6 +195,21 @@ def test_static_batch_export_is_scanned_like_the_original(
         # chunking changes the float summation order, so a few steps drift by ~1e-4
         assert a.label(k).l1_norm == pytest.approx(b.label(k).l1_norm, rel=2e-3)
         assert a.label(k).steps == b.label(k).steps
+
+
+class _ReadsAScalar(nn.Module):
+    """A fixed-batch model vmap cannot run: it reads a value out of its input (``.item()``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert len(x) == 2
+        return x.flatten(1)[:, :3] * float(x.mean().item() > -1)
+
+
+def test_a_fixed_batch_model_vmap_cannot_run_is_run_chunk_by_chunk() -> None:
+    model = FixedBatchModel(_ReadsAScalar(), 2)
+    x = torch.rand(5, 1, 4, 4)
+    assert torch.equal(model(x), x.flatten(1)[:, :3]) and model.vectorised is False
+    assert model(x[:0]).shape == (0, 3)  # an empty batch runs one padded chunk
 
 
 # ---- bad and hostile files ------------------------------------------------------------------------------

@@ -426,7 +426,9 @@ def load_model(
         static = info.static_batch
         if static is not None:
             notes.append(
-                f"the exported program has a fixed batch size of {static}: inputs are run in chunks of it"
+                f"the exported program has a fixed batch size of {static}: inputs are run in chunks of it "
+                "(all chunks in one vectorised call where that gives the same outputs; export with a dynamic "
+                "batch dimension to run faster)"
             )
         network = network.to(dev)
     elif fmt == "keras":
