@@ -12,6 +12,7 @@ import pytest
 
 from neuralcleanse.cli import main
 from neuralcleanse.data import write_idx
+from neuralcleanse.detection import DetectionReport
 from neuralcleanse.models import load_model_dir
 
 
@@ -134,6 +135,11 @@ def test_scan_cli_flags_the_planted_label_and_matches_the_api(
     d = json.loads(stdout)
     assert d["verdict"] == "backdoored" and d["flagged"] == [0] and d["anomaly_index"]["0"] > 2
     assert (out / "report.json").exists() and not (tmp_path / "scan.checkpoint").exists()
+    # the paper's test beside the verdict, as the text output prints it
+    paper = DetectionReport.load(out).outlier_test(statistic="l1")
+    assert d["paper_test"]["flagged"] == paper.flagged
+    assert d["paper_test"]["anomaly_index"]["0"] == pytest.approx(paper.anomaly_index[0], abs=1e-6)
+    assert d["paper_test"]["summary"].startswith("the paper's test")
     # the Python API on the same model (before it was saved), data and seed gives the same triggers:
     # each label's optimisation is its own, so the API's scan of all ten labels has the same norms for
     # the labels both ran to the end

@@ -8,6 +8,7 @@ every scan option, as the command line gave them): ``scan`` runs it once, ``scan
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,12 +463,26 @@ def scan(
     if as_json:
         d = report.to_dict()
         keys = ("verdict", "flagged", "summary", "anomaly_index", "l1_norms", "attack_success", "notes")
-        extra = {"out": str(out)} | ({"html": str(page)} if as_html else {})
+        extra = {"paper_test": _paper_test_json(report), "out": str(out)}
+        extra |= {"html": str(page)} if as_html else {}
         click.echo(json.dumps({k: d[k] for k in keys} | extra))
         return
     print_scan(report, out)
     if as_html:
         click.echo(f"HTML report written to {page}")
+
+
+def _paper_test_json(report: Any) -> dict[str, Any]:
+    """The paper's test beside the verdict, as the text output shows it: its sentence, flagged labels
+    and anomaly indices (null where a label was left out)."""
+    from ..detection.statistics import PAPER
+
+    res = report.outlier_test(statistic=PAPER.name)
+    index = {
+        str(r.label): (round(v, 6) if math.isfinite(v) else None)
+        for r, v in zip(report.labels, res.anomaly_index, strict=True)
+    }
+    return {"summary": report.paper_test(), "flagged": res.flagged, "anomaly_index": index}
 
 
 def _probe_outputs(loaded: Any, device: str) -> int | None:

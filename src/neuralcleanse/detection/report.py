@@ -299,7 +299,10 @@ class DetectionReport:
             index = dict(zip((r.label for r in self.labels), res.anomaly_index, strict=True))
             flags = ", ".join(f"{k} (index {index[k]:.2f})" for k in res.flagged)
             return f"{test} flags label{'s' if len(res.flagged) > 1 else ''} {flags}"
-        return f"{test} flags no label (largest index below the median {res.largest_below_median:.2f})"
+        return (
+            f"{test} flags no label (the highest anomaly index of a label below the median norm is "
+            f"{res.largest_below_median:.2f}, under its threshold {self.threshold:g})"
+        )
 
     def paper_test(self) -> str:
         """The paper's test on the same norms (the L1 statistic), in one sentence: what it flags, or that
