@@ -168,7 +168,7 @@ class _Stop(Exception):
 
 
 def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
-    from neuralcleanse.detection.checkpoint import has_checkpoint
+    from neuralcleanse.detection.checkpoint import checkpoint_seconds, has_checkpoint
 
     model, images = tiny_model(3), tiny_images(96)
     cfg = ReverseSettings(
@@ -187,8 +187,13 @@ def test_killed_scan_resumes_to_the_same_result(tmp_path: Path) -> None:
     with pytest.raises(_Stop):
         nc.scan(images, samples=None, checkpoint=ckpt, checkpoint_every=0.0, progress=kill)
     assert has_checkpoint(ckpt) and not has_checkpoint(tmp_path / "elsewhere")
+    before = checkpoint_seconds(ckpt)  # how long the killed scan ran, to its last checkpoint
+    assert before > 0
     resumed = nc.scan(images, samples=None, checkpoint=ckpt, resume=True)
     assert not ckpt.exists()  # removed after success
+    # its time is the whole scan's, so are its images per second
+    assert resumed.run["seconds"] >= before and any("before it was interrupted" in n for n in resumed.notes)
+    assert not any("before it was interrupted" in n for n in reference.notes)
     assert resumed.flagged == reference.flagged
     for a, b in zip(resumed.labels, reference.labels, strict=True):
         assert a.steps == b.steps and a.l1_norm == pytest.approx(b.l1_norm, rel=1e-6)

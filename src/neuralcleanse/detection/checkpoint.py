@@ -23,6 +23,7 @@ __all__ = [
     "remove_checkpoint",
     "has_checkpoint",
     "checkpoint_threads",
+    "checkpoint_seconds",
 ]
 
 _STATE = "state.json"
@@ -39,9 +40,14 @@ _TENSORS = "tensors.safetensors"
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], identity: dict[str, Any], states: Sequence[LabelState]
+    path: str | os.PathLike[str],
+    identity: dict[str, Any],
+    states: Sequence[LabelState],
+    *,
+    seconds: float | None = None,
 ) -> None:
-    """Write the states of all started labels; ``identity`` says which scan they belong to."""
+    """Write the states of all started labels; ``identity`` says which scan they belong to, ``seconds``
+    how long the scan has run so far (over all its runs, when it was resumed)."""
     from safetensors.torch import save
 
     d = Path(path)
@@ -57,6 +63,8 @@ def save_checkpoint(
         "labels": [s.scalars() for s in states],
         "threads": torch.get_num_threads(),
     }
+    if seconds is not None:
+        state["seconds"] = round(seconds, 2)
     atomic_write_json(d / _STATE, state)
 
 
@@ -68,6 +76,21 @@ def checkpoint_threads(path: str | os.PathLike[str]) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
+
+
+def checkpoint_seconds(path: str | os.PathLike[str]) -> float:
+    """How long the scan that wrote the checkpoint had run when it last saved, the longest of its passes'
+    checkpoints (the folder and the extra passes' folders inside it); 0 when not recorded."""
+    d = Path(path)
+    best = 0.0
+    for state in [d / _STATE, *sorted(d.glob(f"*/{_STATE}"))]:
+        try:
+            seconds = json.loads(state.read_text(encoding="utf-8")).get("seconds")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < 1e9:
+            best = max(best, float(seconds))
+    return best
 
 
 def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> list[LabelState]:

@@ -30,6 +30,7 @@ from ..modes import frozen_eval
 from ..suspect import as_network
 from ..triggers import Trigger
 from .checkpoint import (
+    checkpoint_seconds,
     checkpoint_threads,
     has_checkpoint,
     load_checkpoint,
@@ -599,8 +600,10 @@ class NeuralCleanse:
         if optimised is not self.model:
             identity["outputs"] = "sigmoid" if isinstance(optimised, SigmoidLogits) else "probabilities"
         resumed: list[LabelState] = []
+        earlier = 0.0  # seconds the scan ran before it was interrupted (its checkpoint says)
         if checkpoint is not None and resume:
             resumed = load_checkpoint(checkpoint, identity)
+            earlier = checkpoint_seconds(checkpoint)
             log.info("resuming from %s: %d labels started", checkpoint, len(resumed))
             finished = sum(s.done for s in resumed)
             notes.append(
@@ -639,7 +642,7 @@ class NeuralCleanse:
             if where is not None and (
                 now - last_save[0] >= checkpoint_every or len(snap.finished) > finished_saved.get(where, 0)
             ):
-                save_checkpoint(where, ident, snap.finished + snap.active)
+                save_checkpoint(where, ident, snap.finished + snap.active, seconds=earlier + now - start)
                 last_save[0] = now
                 finished_saved[where] = len(snap.finished)
 
@@ -687,7 +690,12 @@ class NeuralCleanse:
             )
         if checkpoint is not None and not keep_checkpoint:
             remove_checkpoint(checkpoint)
-        seconds = time.perf_counter() - start
+        seconds = earlier + time.perf_counter() - start
+        if earlier:
+            notes.append(
+                f"the scan's time includes the {earlier:.0f} s it ran before it was interrupted (up to its "
+                "last checkpoint)"
+            )
         report = self._report(states, pool, names, labels is not None, settings, reference)
         processed = sum(s.images_seen for s in states)
         run: dict[str, Any] = {
