@@ -212,6 +212,21 @@ def test_a_fixed_batch_model_vmap_cannot_run_is_run_chunk_by_chunk() -> None:
     assert model(x[:0]).shape == (0, 3)  # an empty batch runs one padded chunk
 
 
+def test_a_hook_on_a_fixed_batch_model_sees_each_chunk_as_a_plain_tensor() -> None:
+    """Hooks added by the caller (features read for validation, pruned neurons) run outside vmap: a hooked
+    call goes chunk by chunk, and the vectorised call is tried once the hook is gone."""
+    inner = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    model = FixedBatchModel(inner, 2)
+    seen: list[tuple[int, ...]] = []
+    handle = inner[1].register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    x = torch.rand(5, 1, 4, 4)
+    with torch.no_grad():
+        out = model(x)
+        handle.remove()
+        assert seen == [(2, 3)] * 3 and model.vectorised is None
+        assert torch.allclose(model(x), out, atol=1e-6) and model.vectorised is True
+
+
 # ---- bad and hostile files ------------------------------------------------------------------------------
 class _Payload:
     def __init__(self, target: Path) -> None:

@@ -156,18 +156,19 @@ class FixedBatchModel(nn.Module):
         self.model = model
         self.batch_size = batch_size
         self.vectorised: bool | None = None  # None: not tried yet
-        self._hooks: tuple[int, ...] = ()
+        self._hooks = _hooks(model)  # the program's own; one added later must see plain tensors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, b = len(x), self.batch_size
         if n == b:
             out: torch.Tensor = self.model(x)
             return out
-        if n > b and self.vectorised is None:
+        # a hook added by the caller (a layer's features read, neurons pruned) must see plain tensors, each
+        # call once: such calls run chunk by chunk
+        plain = n < b or _hooks(self.model) != self._hooks
+        if not plain and self.vectorised is None:
             self.vectorised = self._vectorises(x[: 4 * b])
-            self._hooks = _hooks(self.model)
-        # a hook added since (a layer's features read, neurons pruned) must see plain tensors, not vmap's
-        if n > b and self.vectorised and _hooks(self.model) == self._hooks:
+        if not plain and self.vectorised:
             try:
                 return self._vmapped(x)
             except Exception as exc:  # noqa: BLE001 (e.g. channels-last weights some vmapped ops refuse)
