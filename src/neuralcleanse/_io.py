@@ -28,6 +28,7 @@ __all__ = [
     "inside",
     "refuse_special",
     "special_kind",
+    "mode_kind",
 ]
 
 #: what a path that is neither a regular file nor a directory is, by its stat mode
@@ -47,6 +48,12 @@ def special_kind(path: str | os.PathLike[str]) -> str | None:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return None
+    return mode_kind(mode)
+
+
+def mode_kind(mode: int) -> str | None:
+    """What a ``stat`` mode says a path is when it is neither a regular file nor a directory (``None``
+    when it is one of them): :func:`special_kind` for a mode already read."""
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     return next((kind for test, kind in _SPECIAL if test(mode)), "a special file")

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._io import special_kind
+from .._io import mode_kind
 from ..errors import DataError, SettingsError
 from .cifar import cifar_kind, load_cifar
 from .convert import check_input_shape
@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 def detect_data_format(path: Path) -> str:
     """Which of :data:`DATA_FORMATS` ``path`` holds; a one-line :class:`DataError` if none."""
     try:
-        path.stat()
+        mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"{path}: data path not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    kind = special_kind(path)
+    kind = mode_kind(mode)
     if kind is not None:
         raise DataError(f"{path}: {kind}, not a regular file or a directory of images")
     if path.is_file():

@@ -68,29 +68,30 @@ def save_checkpoint(
     atomic_write_json(d / _STATE, state)
 
 
-def checkpoint_threads(path: str | os.PathLike[str]) -> int | None:
-    """The torch thread count of the run that wrote the checkpoint (``None``: not recorded, or unreadable;
+def _recorded(state: Path, key: str, kinds: tuple[type, ...]) -> Any:
+    """The number ``state.json`` records under ``key`` (``None``: not recorded, or unreadable;
     :func:`load_checkpoint` says why)."""
     try:
-        threads = json.loads((Path(path) / _STATE).read_text(encoding="utf-8")).get("threads")
+        value = json.loads(state.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
-    return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
+    return value if isinstance(value, kinds) and not isinstance(value, bool) else None
+
+
+def checkpoint_threads(path: str | os.PathLike[str]) -> int | None:
+    """The torch thread count of the run that wrote the checkpoint (``None``: not recorded, or unreadable)."""
+    threads: int | None = _recorded(Path(path) / _STATE, "threads", (int,))
+    return threads
 
 
 def checkpoint_seconds(path: str | os.PathLike[str]) -> float:
     """How long the scan that wrote the checkpoint had run when it last saved, the longest of its passes'
     checkpoints (the folder and the extra passes' folders inside it); 0 when not recorded."""
     d = Path(path)
-    best = 0.0
-    for state in [d / _STATE, *sorted(d.glob(f"*/{_STATE}"))]:
-        try:
-            seconds = json.loads(state.read_text(encoding="utf-8")).get("seconds")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < 1e9:
-            best = max(best, float(seconds))
-    return best
+    found = [
+        _recorded(state, "seconds", (int, float)) for state in [d / _STATE, *sorted(d.glob(f"*/{_STATE}"))]
+    ]
+    return max((float(s) for s in found if s is not None and 0 <= s < 1e9), default=0.0)
 
 
 def load_checkpoint(path: str | os.PathLike[str], identity: dict[str, Any]) -> list[LabelState]:

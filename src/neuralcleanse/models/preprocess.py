@@ -176,9 +176,12 @@ class FixedBatchModel(nn.Module):
                     "the exported program runs chunk by chunk from now on (vmap failed: %s)", first_line(exc)
                 )
                 self.vectorised = False
-        outs = []
-        for chunk, short in self._chunks(x):
-            outs.append(self.model(chunk)[: b - short])
+        return self._chunked(x)
+
+    def _chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """One call per chunk; an empty batch runs one chunk of zeros for the outputs' shape."""
+        b = self.batch_size
+        outs = [self.model(chunk)[: b - short] for chunk, short in self._chunks(x)]
         return torch.cat(outs) if outs else self.model(x.new_zeros(b, *x.shape[1:]))[:0]
 
     def _chunks(self, x: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
@@ -207,7 +210,7 @@ class FixedBatchModel(nn.Module):
     def _vectorises(self, x: torch.Tensor) -> bool:
         """Whether the vectorised call gives the chunk-by-chunk outputs on ``x`` (at least two chunks)."""
         with torch.no_grad():
-            plain = torch.cat([self.model(c)[: self.batch_size - s] for c, s in self._chunks(x)])
+            plain = self._chunked(x)
             try:
                 fast = self._vmapped(x)
             except Exception as exc:  # noqa: BLE001 (any failure of vmap means: run chunk by chunk)
