@@ -19,6 +19,9 @@ same norms with every method:
 * ``effect``: the default verdict: ``log<0.3``, or up to 0.45 of the median for a label whose reversed
   trigger is compact (``neuralcleanse.detection.shape``; from the ninth session; before it ``effect``
   was ``log<0.3``);
+* ``default``: what a default scan says since the twenty-fourth session: ``effect``, and the transfer
+  check below on a weak verdict of a task of at most 20 classes (``transfer_check="auto"``; needs
+  ``--transfer`` or a cached check there, else ``n/a``);
 * ``transfer`` (with ``--transfer``): ``effect``, then the flagged labels checked on a student distilled
   from the model on 2,000 clean test images (``scan --transfer-check``: a flagged label whose trigger
   moves the student as often as the unflagged labels' triggers do is set aside; nothing left flagged
@@ -73,6 +76,7 @@ from neuralcleanse.detection.transfer import (
     TRANSFER_DISTILL,
     TRANSFER_RATIO,
     TransferCheck,
+    auto_check,
     check_transfer,
 )
 from neuralcleanse.lab.zoo import ZooEntry, default_spec_path, load_spec
@@ -84,6 +88,7 @@ METHODS = (
     "log<0.3",
     "log<0.4",
     "effect",
+    "default",
     "transfer",
     "log+transfer",
     "log<0.4+transfer",
@@ -208,6 +213,11 @@ def _on_norms(report: DetectionReport, statistic: str, options: dict[str, float]
 TRANSFER_BASES = {"transfer": "effect", "log+transfer": "log", "log<0.4+transfer": "log<0.4"}
 
 
+def check_path(case: Case, args: argparse.Namespace) -> Path:
+    """Where a model's transfer check is cached."""
+    return args.out / ("transfer-train" if args.transfer_train else "transfer") / f"{case.name}.json"
+
+
 def transfer_check(
     case: Case,
     args: argparse.Namespace,
@@ -219,7 +229,7 @@ def transfer_check(
     """``scan --transfer-check``'s check of the model (cached under ``OUT/transfer``; every label the scan
     reached is measured, so one check judges any statistic's flagged labels). ``flagged``: the labels to
     check when it is not cached yet."""
-    path = args.out / ("transfer-train" if args.transfer_train else "transfer") / f"{case.name}.json"
+    path = check_path(case, args)
     if path.exists():  # judged with today's ratio and saturation line, whatever they were when it was cached
         cached = TransferCheck.from_dict(json.loads(path.read_text()))
         return replace(cached, ratio=TRANSFER_RATIO, saturation=SATURATED)
@@ -264,6 +274,31 @@ def transfer_verdicts(
     return out
 
 
+def default_verdict(
+    case: Case,
+    args: argparse.Namespace,
+    report: DetectionReport,
+    bundle: nc.ModelBundle,
+    data: nc.DatasetSplits,
+    methods: dict[str, tuple[str, list[int]]],
+) -> tuple[str, list[int]] | None:
+    """What a default scan says (``transfer_check="auto"``): ``effect``'s verdict, checked on a student
+    where :func:`~neuralcleanse.detection.transfer.auto_check` runs the check (a weak verdict, at most 20
+    classes); None when that check is needed and not cached without ``--transfer``."""
+    verdict, flagged = methods["effect"]
+    if verdict != "backdoored":
+        return verdict, flagged
+    rows = [replace(r, flagged=r.label in flagged) for r in report.labels]
+    judged = replace(report, verdict=verdict, flagged=flagged, labels=rows, transfer=None)
+    run, _ = auto_check(judged, images=min(2000, len(data.test)), classes=data.test.num_classes)
+    if not run:
+        return verdict, flagged
+    if not (args.transfer or check_path(case, args).exists()):
+        return None
+    check = replace(transfer_check(case, args, report, bundle, data, flagged), flagged=flagged)
+    return ("backdoored" if check.kept else "inconclusive", check.kept)
+
+
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:
     data = loaders[case.entry.recipe.dataset]()
     bundle = nc.load_model_dir(model_dir(case, args, data))
@@ -272,6 +307,10 @@ def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[],
     methods = judge(report)
     if args.transfer:
         methods |= transfer_verdicts(case, args, report, bundle, data, methods)
+    if report.statistic == "effect" and (
+        default := default_verdict(case, args, report, bundle, data, methods)
+    ):
+        methods["default"] = default
     source = report.reference.sources[0] if report.reference else {}
     return {
         "name": case.name,

@@ -158,10 +158,13 @@ def test_scan_cli_more_starts(
     out = tmp_path / "starts"
     code, _, _ = run(
         capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--labels", "0,1,2,3", "--starts", "2",
-        "--out", str(out), "--device", "cpu",
+        "--no-transfer-check", "--out", str(out), "--device", "cpu",
     )  # fmt: skip
     d = json.loads((out / "report.json").read_text())
     assert code == 0 and d["settings"]["starts"] == 2 and d["flagged"] == [0]
+    # a weak verdict the default would check (the next test), left unchecked as asked
+    assert d["transfer"] is None and "transfer_seconds" not in d["run"]
+    assert "weak evidence" in d["summary"] and "scan with --transfer-check" in d["summary"]
     assert any("from 2 random starts each" in n and "label 0: " in n for n in d["notes"])
 
 

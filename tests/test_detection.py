@@ -236,8 +236,9 @@ def test_outputs_no_trigger_reaches_are_left_out_of_the_verdict(
     model = _WithUnusedOutputs(badnets_model.model, 5).eval()
     unused = list(range(10, 15))
     r = nc.scan(
-        model, mnist_sample.test, scan_labels=[0, 1, 2, 3, *unused], samples=200, max_steps=150, seed=0
-    )
+        model, mnist_sample.test, scan_labels=[0, 1, 2, 3, *unused], samples=200, max_steps=150, seed=0,
+        transfer_check=False,  # not what this tests (tests/test_transfer.py)
+    )  # fmt: skip
     assert all(r.label(k).stop_reason == "max_steps" and r.label(k).attack_success < 0.5 for k in unused)
     assert r.unsettled is None and r.verdict == "backdoored" and r.flagged == [0]
     assert all(math.isnan(r.anomaly_index[k]) for k in unused)

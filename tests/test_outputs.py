@@ -131,8 +131,9 @@ def test_a_sigmoid_head_model_is_scanned_as_its_logits(
     with more steps"); on their logit the scan is the plain model's (the session's scan of it, same
     images and seed; each label's optimisation is its own): same flag, same norms."""
     report = nc.scan(
-        _Sigmoid(badnets_model.model).eval(), mnist_sample.test, scan_labels=[0, 1, 2, 3], seed=0
-    )
+        _Sigmoid(badnets_model.model).eval(), mnist_sample.test, scan_labels=[0, 1, 2, 3], seed=0,
+        transfer_check=False,  # not what this tests (tests/test_transfer.py)
+    )  # fmt: skip
     assert report.flagged == [0] and badnets_report.flagged == [0] and report.verdict == "backdoored"
     assert any("one sigmoid probability per class (detected)" in n for n in report.notes)
     same = [k for k in report.l1_norms if k not in report.screened and k not in badnets_report.screened]

@@ -155,7 +155,7 @@ def test_bad_settings_are_refused(badnets_report: DetectionReport, badnets_model
     assert (
         nc.NeuralCleanse(badnets_model.model, self_reference=None, transfer_check=None).transfer_check is None
     )  # type: ignore[arg-type]
-    with pytest.raises(SettingsError, match="transfer_check must be True, False or DistillSettings"):
+    with pytest.raises(SettingsError, match='transfer_check must be True, False, "auto" or DistillSettings'):
         nc.NeuralCleanse(badnets_model.model, transfer_check="yes")  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match="transfer ratio must be a positive number"):
         check_transfer(badnets_report, badnets_model.model, torch.zeros(20, 1, 28, 28), ratio=-1)
@@ -254,5 +254,55 @@ def test_a_fleet_counts_the_check_in_a_models_seconds(
         badnets_report, run={**badnets_report.run, "seconds": 20.0, "transfer_seconds": 30.5}
     )
     assert ModelResult.from_report(job, timed).seconds == pytest.approx(50.5)
-    plain = dataclasses.replace(badnets_report, run={**badnets_report.run, "seconds": 20.0})
+    run = {k: v for k, v in badnets_report.run.items() if k != "transfer_seconds"}
+    plain = dataclasses.replace(badnets_report, run={**run, "seconds": 20.0})
     assert ModelResult.from_report(job, plain).seconds == pytest.approx(20.0)
+
+
+def test_by_default_a_scan_checks_a_weak_verdict_where_the_check_was_measured(
+    badnets_report: DetectionReport,
+) -> None:
+    """``transfer_check="auto"``: the shared fixture is a default scan whose BadNets label sits above the
+    strong-evidence line, so its student was distilled (on the paper's network it follows every trigger,
+    and the check says it is not used); other reports, changed by hand, show when it is not run."""
+    from neuralcleanse.detection.statistics import NATURAL_FLOOR
+    from neuralcleanse.detection.transfer import AUTO_MAX_CLASSES, AUTO_MIN_IMAGES, auto_check
+
+    ratio = badnets_report.label(0).l1_norm / badnets_report.median_l1
+    assert badnets_report.verdict == "backdoored" and ratio >= NATURAL_FLOOR
+    check = badnets_report.transfer
+    assert check is not None and check.saturated and badnets_report.flagged == [0]
+    assert badnets_report.run["transfer_seconds"] > 0
+    assert "--transfer-check" not in badnets_report.summary()  # it ran: no advice to run it
+    unchecked = dataclasses.replace(badnets_report, transfer=None)
+    assert auto_check(unchecked, images=1000, classes=10) == (True, None)
+    assert auto_check(badnets_report, images=1000, classes=10) == (False, None)  # already checked
+    # many classes or few images: not run, and the report says why
+    run, why = auto_check(unchecked, images=1000, classes=AUTO_MAX_CLASSES + 1)
+    assert not run and why is not None and f"a model of {AUTO_MAX_CLASSES + 1} classes" in why
+    run, why = auto_check(unchecked, images=AUTO_MIN_IMAGES - 1, classes=10)
+    assert not run and why is not None and f"{AUTO_MIN_IMAGES - 1} clean images" in why
+    # strong evidence (the flagged label far under the line) and a clean verdict need no check
+    cheap = [dataclasses.replace(r, l1_norm=r.l1_norm / 4) if r.label == 0 else r for r in unchecked.labels]
+    assert auto_check(dataclasses.replace(unchecked, labels=cheap), images=1000, classes=10) == (False, None)
+    clean = dataclasses.replace(unchecked, verdict="clean", flagged=[])
+    assert auto_check(clean, images=1000, classes=10) == (False, None)
+    # nor a verdict of a statistic the check was not measured with
+    paper = dataclasses.replace(unchecked, statistic="l1")
+    assert auto_check(paper, images=1000, classes=10) == (False, None)
+
+
+def test_the_check_can_be_turned_off_or_forced(
+    badnets_report: DetectionReport, badnets_model: nc.ModelBundle
+) -> None:
+    unchecked = dataclasses.replace(badnets_report, transfer=None)
+    wanted = {
+        setting: nc.NeuralCleanse(badnets_model.model, transfer_check=setting)._transfer_wanted(
+            unchecked, images=100, classes=10
+        )
+        for setting in ("auto", False, True)
+    }
+    # 100 images are too few for the default, so it says why; True runs it anyway, False never
+    assert wanted[False] == (False, None) and wanted[True] == (True, None)
+    assert not wanted["auto"][0] and "100 clean images" in str(wanted["auto"][1])
+    assert "scan with --transfer-check" in unchecked.summary()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from .report import DetectionReport, LabelResult, unreachable_labels, unsettled_
 from .settings import ReverseSettings
 from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
-from .transfer import TRANSFER_DISTILL, check_transfer
+from .transfer import TRANSFER_DISTILL, auto_check, check_transfer
 
 __all__ = ["NeuralCleanse", "ScanProgress", "check_source_not_scanned", "scan", "infer_num_classes"]
 
@@ -360,6 +360,10 @@ class NeuralCleanse:
         reference: per-label norms of trusted models of the same task
             (:meth:`Reference.from_reports`), recorded in the report.
         device: where to run (``auto``, ``cpu``, ``cuda``...).
+        transfer_check: check flagged labels on a student distilled from the model on the clean images
+            (:func:`~neuralcleanse.detection.transfer.check_transfer`): ``True`` (or ``DistillSettings``)
+            on every flagged verdict, ``False`` never, ``"auto"`` (the default) on weak verdicts of the
+            default statistic where it was measured (:func:`~neuralcleanse.detection.transfer.auto_check`).
 
     Examples::
 
@@ -381,7 +385,7 @@ class NeuralCleanse:
         device: str | torch.device = "cpu",
         self_reference: bool | DistillSettings = False,
         natural_reference: bool = False,
-        transfer_check: bool | DistillSettings = False,
+        transfer_check: bool | DistillSettings | Literal["auto"] = "auto",
     ) -> None:
         if outputs not in OUTPUT_KINDS:
             raise SettingsError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
@@ -395,8 +399,13 @@ class NeuralCleanse:
                 f"not a {type(reference).__name__}"
             )
         for name, value in (("self_reference", self_reference), ("transfer_check", transfer_check)):
-            if value is not None and not isinstance(value, (bool, DistillSettings)):
-                raise SettingsError(f"{name} must be True, False or DistillSettings, got {value!r}")
+            if (
+                value is not None
+                and not isinstance(value, (bool, DistillSettings))
+                and (name == "self_reference" or value != "auto")
+            ):
+                also = ', "auto"' if name == "transfer_check" else ""
+                raise SettingsError(f"{name} must be True, False{also} or DistillSettings, got {value!r}")
         if sum((bool(self_reference), reference is not None, bool(natural_reference))) > 1:
             raise SettingsError(
                 "give one reference: trusted models (reference), self_reference or natural_reference"
@@ -430,7 +439,13 @@ class NeuralCleanse:
         self.reference = reference
         self.self_reference = own
         self.natural_reference = bool(natural_reference)
-        self.transfer_check = TRANSFER_DISTILL if transfer_check is True else (transfer_check or None)
+        #: ``auto``: the check runs only where :func:`~neuralcleanse.detection.transfer.auto_check` says
+        self.transfer_auto = transfer_check == "auto"
+        self.transfer_check: DistillSettings | None = (
+            transfer_check
+            if isinstance(transfer_check, DistillSettings)
+            else (TRANSFER_DISTILL if transfer_check is True or self.transfer_auto else None)
+        )
         self.outputs: OutputKind = outputs
 
     def __repr__(self) -> str:
@@ -560,7 +575,7 @@ class NeuralCleanse:
                 for diff in self.reference.draw_mismatches(draw)
             ]
         total_images = len(images)
-        if self.transfer_check is not None and total_images < MIN_IMAGES:  # fail before optimising
+        if self.transfer_check is not None and not self.transfer_auto and total_images < MIN_IMAGES:
             raise DataError(
                 f"transfer_check (--transfer-check) distils a student on the clean images and needs at least "
                 f"{MIN_IMAGES} of them, got {total_images}"
@@ -741,7 +756,10 @@ class NeuralCleanse:
             triggers=report["triggers"],
             example=pool.images[0].clone(),
         )
-        if self.transfer_check is not None and result.verdict == "backdoored":
+        check, why = self._transfer_wanted(result, images=total_images, classes=num_classes)
+        if why:
+            result.notes.append(why)
+        if self.transfer_check is not None and check:
             began = time.perf_counter()
             result = check_transfer(
                 result, self.model, images.float(), settings=self.transfer_check, outputs=self.outputs,
@@ -749,6 +767,17 @@ class NeuralCleanse:
             )  # fmt: skip
             run["transfer_seconds"] = round(time.perf_counter() - began, 2)
         return result
+
+    def _transfer_wanted(
+        self, report: DetectionReport, *, images: int, classes: int
+    ) -> tuple[bool, str | None]:
+        """Whether the transfer check runs on this scan's report, and a note when ``auto`` leaves a weak
+        verdict unchecked."""
+        if self.transfer_check is None:
+            return False, None
+        if self.transfer_auto:
+            return auto_check(report, images=images, classes=classes)
+        return report.verdict == "backdoored", None
 
     def _self_reference(
         self,
@@ -1029,7 +1058,7 @@ def scan(
     statistic: Statistic | None = None,
     reference: Reference | None = None,
     self_reference: bool | DistillSettings = False,
-    transfer_check: bool | DistillSettings = False,
+    transfer_check: bool | DistillSettings | Literal["auto"] = "auto",
     sequential: bool = False,
     samples: int | None = 1000,
     scan_labels: Sequence[int] | None = None,
@@ -1056,6 +1085,9 @@ def scan(
         transfer_check: when labels are flagged, distil a student from the model on ``images`` and set
             aside the flagged labels whose trigger also moves it, as natural features do
             (:func:`~neuralcleanse.detection.transfer.check_transfer`; ``True`` or ``DistillSettings``).
+            ``"auto"`` (the default): only a weak verdict of the default statistic, on a task of at most
+            20 classes with at least 500 clean images (:func:`~neuralcleanse.detection.transfer.
+            auto_check`); ``False``: never.
         outputs: ``"auto"`` (detect probabilities on the clean images), ``"logits"``, ``"probabilities"``
             or ``"sigmoid"``: probabilities are optimised on their logarithm; ``"sigmoid"``: one sigmoid
             probability per class, optimised on its logit (the report says so).

@@ -203,6 +203,12 @@ class OutlierStatistic(ABC):
         benchmark; None when this statistic does not say."""
         return None
 
+    def weak(self, report: DetectionReport) -> bool:
+        """A ``backdoored`` verdict whose evidence the fidelity benchmark calls weak: the verdicts a scan
+        checks on a distilled student by default (``transfer_check="auto"``). False when this statistic
+        does not say."""
+        return False
+
     @abstractmethod
     def explain(self, report: DetectionReport) -> str:
         """How the test ran, with its median and MAD, in a few sentences for the HTML page."""
@@ -296,10 +302,14 @@ class EffectStatistic(LogStatistic):
             f"{row.anomaly_index:.2f})"
         )
 
+    def weak(self, report: DetectionReport) -> bool:
+        return report.verdict == "backdoored" and (
+            max(report.label(k).l1_norm for k in report.flagged) >= NATURAL_FLOOR * report.median_l1
+        )
+
     def strength(self, report: DetectionReport) -> str | None:
         if report.verdict == "backdoored":
-            ratio = max(report.label(k).l1_norm for k in report.flagged) / report.median_l1
-            if ratio < NATURAL_FLOOR:
+            if not self.weak(report):
                 return (
                     f"strong evidence: on the fidelity benchmark no label that was not planted came below "
                     f"{NATURAL_FLOOR:g} of its median"

@@ -39,7 +39,16 @@ from .distill import MIN_IMAGES, DistillSettings, distil_student
 if TYPE_CHECKING:
     from .report import DetectionReport
 
-__all__ = ["SATURATED", "TRANSFER_DISTILL", "TRANSFER_RATIO", "TransferCheck", "check_transfer"]
+__all__ = [
+    "AUTO_MAX_CLASSES",
+    "AUTO_MIN_IMAGES",
+    "SATURATED",
+    "TRANSFER_DISTILL",
+    "TRANSFER_RATIO",
+    "TransferCheck",
+    "auto_check",
+    "check_transfer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,13 @@ PER_CLASS = 200
 #: the student of the check: distilled on at most 2,000 clean images (as measured on 10-label tasks, seconds
 #: to a minute on CPU) or PER_CLASS a class
 TRANSFER_DISTILL = DistillSettings(max_images=2000, per_class=PER_CLASS)
+#: a scan checks its flagged labels by default (``transfer_check="auto"``) on tasks of at most this many
+#: classes: measured on 10-class tasks (78 models, docs/fidelity.md); on the 43-class sign task a check
+#: costs about three scans and one of two students of one recipe followed the planted trigger
+AUTO_MAX_CLASSES = 20
+#: ...with at least this many clean images, so that its student's agreement is measured on
+#: :data:`MIN_HELD_OUT` held-out images (a tenth)
+AUTO_MIN_IMAGES = 10 * MIN_HELD_OUT
 
 
 @dataclass(frozen=True)
@@ -322,6 +338,32 @@ def check_transfer(
         transfer=check,
         notes=[*report.notes, notes[0] if notes else f"transfer check: {check.explain()}"],
     )
+
+
+def auto_check(report: DetectionReport, *, images: int, classes: int) -> tuple[bool, str | None]:
+    """Whether a scan with ``transfer_check="auto"`` checks its report, and a note when a weak verdict goes
+    unchecked (``images``: the clean images the check would distil on; ``classes``: the model's outputs).
+
+    The check runs where it was measured and where the verdict needs it: a ``backdoored`` verdict whose
+    statistic calls its evidence weak (:meth:`~neuralcleanse.detection.statistics.OutlierStatistic.weak`:
+    the default statistic's, a flagged label at or above
+    :data:`~neuralcleanse.detection.statistics.NATURAL_FLOOR` of the median norm, where natural labels
+    came on the fidelity benchmark and no set-aside label was below), on a task of at most
+    :data:`AUTO_MAX_CLASSES` classes, with at least :data:`AUTO_MIN_IMAGES` clean images.
+    """
+    if report.transfer is not None or not report.outlier_statistic.weak(report):
+        return False, None
+    why = None
+    if classes > AUTO_MAX_CLASSES:
+        why = (
+            f"a model of {classes} classes (more than {AUTO_MAX_CLASSES}: on many classes its student costs "
+            "several scans and was measured unreliable)"
+        )
+    elif images < AUTO_MIN_IMAGES:
+        why = f"{images} clean images (its student needs {AUTO_MIN_IMAGES} to be measured)"
+    if why is None:
+        return True, None
+    return False, f"the transfer check of a weak verdict was not run by default: {why}"
 
 
 def _clean_images(images: Any, report: DetectionReport) -> torch.Tensor:
