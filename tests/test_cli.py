@@ -176,12 +176,14 @@ def test_scan_cli_transfer_check(
     student follows the other labels' triggers nearly always, so the check says it cannot tell and label
     0 stays flagged."""
     out = tmp_path / "transfer"
-    code, _, _ = run(
+    code, _, err = run(
         capsys, "scan", str(saved_models["bad"]), "--seed", "0", "--labels", "0,1,2,3", "--transfer-check",
         "--html", "--out", str(out), "--device", "cpu",
     )  # fmt: skip
     d = json.loads((out / "report.json").read_text())
     assert code == 0 and d["flagged"] == [0]
+    # the distillation after the optimisation is announced, not a silent wait
+    assert "scanning: transfer check: distilling a student from the model on 1000 clean images" in err
     assert d["transfer"]["flagged"] == [0] and d["transfer"]["set_aside"] == []
     assert d["transfer"]["success"]["0"] < 0.3 and d["run"]["transfer_seconds"] > 0
     page = (out / "report.html").read_text()

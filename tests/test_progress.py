@@ -66,6 +66,14 @@ def test_line_says_estimate_and_bound() -> None:
     assert "ETA ~48s" in status
 
 
+def test_a_stage_after_the_optimisation_is_said_as_it_is() -> None:
+    import dataclasses
+
+    p = dataclasses.replace(_progress(), stage="transfer check: distilling a student")
+    done, total, status, line = ScanProgressText()(p)
+    assert done == total == p.steps_done and status == line == "transfer check: distilling a student"
+
+
 def test_durations() -> None:
     assert [format_duration(s) for s in (0.4, 59, 61, 3599, 3600, 7385)] == [
         "0s", "59s", "1m01s", "59m59s", "1h00m", "2h03m",
@@ -81,8 +89,9 @@ def test_plain_lines_at_most_every_interval(
     with ProgressBar("work", enabled=True) as bar:  # capsys: stderr is not a terminal
         for t in (1, 29, 31, 45, 62):
             clock[0] = 100.0 + t
-            bar.update(completed=t, total=100, status="s", line=f"at {t}")
-    assert capsys.readouterr().err.splitlines() == ["work: at 31", "work: at 62"]
+            bar.update(completed=t, total=100, status="s", line=f"at {t}", now=t == 45)
+    # a new stage (now=True) is said at once, and the interval counts from it
+    assert capsys.readouterr().err.splitlines() == ["work: at 31", "work: at 45"]
 
 
 # ---- a real scan through the command line ----------------------------------------------------------

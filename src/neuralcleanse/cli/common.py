@@ -133,12 +133,15 @@ class ProgressBar:
     def elapsed(self) -> float:
         return time.monotonic() - self._start
 
-    def update(self, *, completed: float, total: float, status: str, line: str | None = None) -> None:
-        """Move the bar; ``line`` (default ``status``) is what a plain progress line says."""
+    def update(
+        self, *, completed: float, total: float, status: str, line: str | None = None, now: bool = False
+    ) -> None:
+        """Move the bar; ``line`` (default ``status``) is what a plain progress line says (``now``: printed
+        at once, not at the next interval: a new stage of the work)."""
         if self._lines:
-            now = time.monotonic()
-            if now - self._last >= self._interval:
-                self._last = now
+            t = time.monotonic()
+            if now or t - self._last >= self._interval:
+                self._last = t
                 click.echo(f"{self._label}: {line or status}", err=True)
             return
         if not self._bar:
@@ -176,6 +179,8 @@ class ScanProgressText:
 
     def __call__(self, p: Any) -> tuple[float, float, str, str]:
         """``(steps done, estimated total, bar status, plain line)``."""
+        if p.stage:  # the optimisation is over
+            return float(p.steps_done), float(p.steps_done), p.stage, p.stage
         if self._first is None:
             self._first = (p.seconds, p.images)
         seconds, images = p.seconds - self._first[0], p.images - self._first[1]
@@ -232,7 +237,7 @@ def run_scan(detector: Any, images: Any, *, bar: bool, **kwargs: Any) -> Any:
 
         def on_progress(p: ScanProgress) -> None:
             done, estimate, status, line = text(p)
-            progress_bar.update(completed=done, total=estimate, status=status, line=line)
+            progress_bar.update(completed=done, total=estimate, status=status, line=line, now=bool(p.stage))
 
         return detector.scan(images, progress=on_progress, **kwargs)
 

@@ -58,7 +58,8 @@ _WEAK_STUDENT = 0.9
 
 @dataclass(frozen=True)
 class ScanProgress:
-    """Sent to the progress callback after every optimisation step.
+    """Sent to the progress callback after every optimisation step, and once more with ``stage`` set before
+    work that follows the optimisation (the transfer check's distillation).
 
     A label runs until it stops early (its best L1 no longer improves) or reaches ``max_steps``, so the
     total number of steps is only known at the end: :meth:`estimated_steps` estimates it from the labels
@@ -74,6 +75,7 @@ class ScanProgress:
     finished: tuple[tuple[int, int, str], ...] = ()  # (label, steps, stop reason)
     max_steps: int = 0  # the cap on steps per label (0: unknown)
     images_per_step: int = 0  # images one label sees in one step (0: unknown)
+    stage: str = ""  # what the scan does now that the optimisation is over ("": optimising)
 
     @property
     def finished_steps(self) -> int:
@@ -760,6 +762,12 @@ class NeuralCleanse:
         if why:
             result.notes.append(why)
         if self.transfer_check is not None and check:
+            if progress is not None:
+                n = len(states)
+                done = tuple((s.label, s.step, s.stop_reason) for s in states)
+                used = min(len(images), self.transfer_check.image_cap(num_classes))
+                stage = f"transfer check: distilling a student from the model on {used} clean images"
+                progress(ScanProgress(n, n, (), processed, seconds, done, stage=stage))
             began = time.perf_counter()
             result = check_transfer(
                 result, self.model, images.float(), settings=self.transfer_check, outputs=self.outputs,
