@@ -52,6 +52,13 @@ def test_a_planted_label_is_kept(
     rule = dataclasses.replace(check, saturation=None)
     assert rule.usable and rule.relative(0) < TRANSFER_RATIO / 3
     assert rule.set_aside == [] and "kept" in rule.explain()
+    # the verdict's sentence then says that the check kept the label, with its rate
+    kept = dataclasses.replace(checked, transfer=rule).summary()
+    assert kept.startswith("BACKDOORED: label 0") and (
+        f"the transfer check kept it: its trigger moves a student distilled on clean images "
+        f"{rule.relative(0):.2f} times as often as a typical label's does" in kept
+    )
+    assert check.kept_clause() is None  # not used: it kept nothing by judging
     assert dataclasses.replace(checked, transfer=rule).transfer_note() is None
     # saved and loaded with the report
     loaded = DetectionReport.load(checked.save(tmp_path / "scan", images=False))

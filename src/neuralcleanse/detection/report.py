@@ -405,9 +405,11 @@ class DetectionReport:
             )
             strength = self.evidence()
             aside = self.transfer_note()
+            kept = self.transfer.kept_clause() if self.transfer else None
             return (
                 f"BACKDOORED: {parts}"
                 + (f"; {strength}" if strength else "")
+                + (f"; {kept}" if kept else "")
                 + (f"; set aside: {aside}" if aside and self.transfer and self.transfer.set_aside else "")
             )
         if self.verdict == "clean":

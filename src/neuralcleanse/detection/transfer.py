@@ -218,6 +218,22 @@ class TransferCheck:
             "of the task, not evidence of a planted backdoor"
         )
 
+    def kept_clause(self) -> str | None:
+        """The flagged labels the check kept, with their rates, as a clause for the verdict's sentence;
+        ``None`` when it kept none or could not judge."""
+        kept = self.kept if self.usable else []
+        if not kept:
+            return None
+        if len(kept) == 1:
+            who, rates = "it: its trigger moves", f"{self.relative(kept[0]):.2f}"
+        else:
+            who = "them: their triggers move"
+            rates = ", ".join(f"{self.relative(k):.2f} (label {k})" for k in kept)
+        return (
+            f"the transfer check kept {who} a student distilled on clean images {rates} times as often as a "
+            f"typical label's does (a natural feature's: {self.ratio:g} times or more)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "student": self.student,
