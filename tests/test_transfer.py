@@ -93,6 +93,10 @@ def test_a_flagged_natural_label_is_set_aside(
     assert checked.summary().startswith(f"inconclusive: the norms flag label {k} (")
     assert "but its trigger sends" in checked.summary()
     assert "natural feature" in checked.summary()
+    assert checked.summary().endswith(
+        "not called clean: on the fidelity benchmark the check also set aside a "
+        "planted Trojan trigger (one optimised on the model's own neurons moves a student as natural features do)"
+    )
     # nothing flagged, nothing to check: the report comes back as it was
     assert (
         check_transfer(clean_report, clean_model.model, mnist_sample.test.images, settings=QUICK)

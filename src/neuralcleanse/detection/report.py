@@ -417,8 +417,15 @@ class DetectionReport:
             return f"clean: {self.outlier_statistic.clean_reason(self)}" + (
                 f"; {strength}" if strength else ""
             )
+        aside = self.transfer_note() if self.transfer is not None and self.transfer.set_aside else None
+        if aside is not None:  # every flagged label set aside: why that is not "clean"
+            aside += (
+                "; not called clean: on the fidelity benchmark the check also set aside a planted Trojan "
+                "trigger (one optimised on the model's own neurons moves a student as natural features do)"
+            )
         reason = (
             self.unsettled
+            or aside
             or self.transfer_note()
             or "; ".join(self.outlier_test().notes)
             or "; ".join(self.notes)
