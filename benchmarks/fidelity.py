@@ -57,6 +57,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -275,28 +276,29 @@ def transfer_verdicts(
 
 
 def default_verdict(
-    case: Case,
-    args: argparse.Namespace,
     report: DetectionReport,
-    bundle: nc.ModelBundle,
-    data: nc.DatasetSplits,
     methods: dict[str, tuple[str, list[int]]],
+    check: Callable[[list[int]], TransferCheck] | None,
+    *,
+    images: int,
+    classes: int,
 ) -> tuple[str, list[int]] | None:
     """What a default scan says (``transfer_check="auto"``): ``effect``'s verdict, checked on a student
     where :func:`~neuralcleanse.detection.transfer.auto_check` runs the check (a weak verdict, at most 20
-    classes); None when that check is needed and not cached without ``--transfer``."""
+    classes; ``check`` gives the model's check of some flagged labels); None when that check is needed and
+    ``check`` is None (not cached, no ``--transfer``)."""
     verdict, flagged = methods["effect"]
     if verdict != "backdoored":
         return verdict, flagged
     rows = [replace(r, flagged=r.label in flagged) for r in report.labels]
     judged = replace(report, verdict=verdict, flagged=flagged, labels=rows, transfer=None)
-    run, _ = auto_check(judged, images=min(2000, len(data.test)), classes=data.test.num_classes)
+    run, _ = auto_check(judged, images=images, classes=classes)
     if not run:
         return verdict, flagged
-    if not (args.transfer or check_path(case, args).exists()):
+    if check is None:
         return None
-    check = replace(transfer_check(case, args, report, bundle, data, flagged), flagged=flagged)
-    return ("backdoored" if check.kept else "inconclusive", check.kept)
+    kept = replace(check(flagged), flagged=flagged).kept
+    return ("backdoored" if kept else "inconclusive", kept)
 
 
 def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[], nc.DatasetSplits]]) -> dict:
@@ -307,8 +309,13 @@ def record(case: Case, args: argparse.Namespace, loaders: dict[str, Callable[[],
     methods = judge(report)
     if args.transfer:
         methods |= transfer_verdicts(case, args, report, bundle, data, methods)
+    checker = None
+    if args.transfer or check_path(case, args).exists():
+        checker = partial(transfer_check, case, args, report, bundle, data)
     if report.statistic == "effect" and (
-        default := default_verdict(case, args, report, bundle, data, methods)
+        default := default_verdict(
+            report, methods, checker, images=min(2000, len(data.test)), classes=data.test.num_classes
+        )
     ):
         methods["default"] = default
     source = report.reference.sources[0] if report.reference else {}
