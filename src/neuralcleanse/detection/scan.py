@@ -400,13 +400,12 @@ class NeuralCleanse:
                 f"reference must be a Reference of trusted models' scans (Reference.from_reports([...])), "
                 f"not a {type(reference).__name__}"
             )
-        for name, value in (("self_reference", self_reference), ("transfer_check", transfer_check)):
-            if (
-                value is not None
-                and not isinstance(value, (bool, DistillSettings))
-                and (name == "self_reference" or value != "auto")
-            ):
-                also = ', "auto"' if name == "transfer_check" else ""
+        for name, value, words in (
+            ("self_reference", self_reference, ()),
+            ("transfer_check", transfer_check, ("auto",)),
+        ):
+            if value is not None and not isinstance(value, (bool, DistillSettings)) and value not in words:
+                also = "".join(f', "{w}"' for w in words)
                 raise SettingsError(f"{name} must be True, False{also} or DistillSettings, got {value!r}")
         if sum((bool(self_reference), reference is not None, bool(natural_reference))) > 1:
             raise SettingsError(
