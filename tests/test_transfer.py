@@ -293,6 +293,11 @@ def test_by_default_a_scan_checks_a_weak_verdict_where_the_check_was_measured(
     assert not run and why is not None and f"a model of {AUTO_MAX_CLASSES + 1} classes" in why
     run, why = auto_check(unchecked, images=AUTO_MIN_IMAGES - 1, classes=10)
     assert not run and why is not None and f"{AUTO_MIN_IMAGES - 1} clean images" in why
+    # a scan of some labels (--labels): the unflagged labels' median would rest on few labels
+    assert len(unchecked.labels) == 10
+    part = dataclasses.replace(unchecked, labels=unchecked.labels[:4])
+    run, why = auto_check(part, images=1000, classes=10)
+    assert not run and why is not None and "a scan of 4 of the model's 10 labels" in why
     # strong evidence (the flagged label far under the line) and a clean verdict need no check
     cheap = [dataclasses.replace(r, l1_norm=r.l1_norm / 4) if r.label == 0 else r for r in unchecked.labels]
     assert auto_check(dataclasses.replace(unchecked, labels=cheap), images=1000, classes=10) == (False, None)

@@ -365,7 +365,9 @@ def auto_check(report: DetectionReport, *, images: int, classes: int) -> tuple[b
     the default statistic's, a flagged label at or above
     :data:`~neuralcleanse.detection.statistics.NATURAL_FLOOR` of the median norm, where natural labels
     came on the fidelity benchmark and no set-aside label was below), on a task of at most
-    :data:`AUTO_MAX_CLASSES` classes, with at least :data:`AUTO_MIN_IMAGES` clean images.
+    :data:`AUTO_MAX_CLASSES` classes, with at least :data:`AUTO_MIN_IMAGES` clean images, on a scan of every
+    label (the check compares a flagged label's rate with the unflagged labels' median, measured on full
+    scans; a scan of a few labels, ``--labels``, leaves a median of one or two).
     """
     if report.transfer is not None or not report.outlier_statistic.weak(report):
         return False, None
@@ -377,6 +379,11 @@ def auto_check(report: DetectionReport, *, images: int, classes: int) -> tuple[b
         )
     elif images < AUTO_MIN_IMAGES:
         why = f"{images} clean images (its student needs {AUTO_MIN_IMAGES} to be measured)"
+    elif len(report.labels) < classes:
+        why = (
+            f"a scan of {len(report.labels)} of the model's {classes} labels (a flagged label's rate is compared "
+            "with the unflagged labels' median, measured on full scans; --transfer-check runs it anyway)"
+        )
     if why is None:
         return True, None
     return False, f"the transfer check of a weak verdict was not run by default: {why}"
