@@ -1075,7 +1075,8 @@ CASES: list[Case] = [
             "--transfer-check",
             data=npz(e.tmp / "few.npz", images=_grey(15), labels=np.arange(15) % 10),
         ),
-        "transfer_check (--transfer-check) distils a student on the clean images and needs at least 20 of them, got 15",
+        "transfer_check (--transfer-check) distils a student on the clean images and measures it on a tenth of them, "
+        "so it needs at least 500 (50 held out), got 15",
         1,
         "--transfer-check",
     ),
@@ -2613,3 +2614,37 @@ def test_off_a_terminal_each_log_record_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and len(lines) == 2, done.stderr
     assert lines[0].startswith("WARNING: importing ") and lines[0].endswith("(your choice)")
     assert lines[1].startswith("error: architecture ") and "is not an nn.Module class" in lines[1]
+
+
+def test_an_existing_out_folder_this_process_cannot_change_is_refused_before_the_scan(
+    tmp_path: Path, world: dict[str, Any], capsys: pytest.CaptureFixture[str], no_work: None
+) -> None:
+    """An empty ``--out`` folder is replaced when the scan ends, so it must be writable: refused up front
+    (a reviewer's read-only mount and immutable folder were refused only after the whole scan), with no
+    checkpoint left. Made unwritable for real: ``chmod 500`` for a user, ``chattr +i`` for root."""
+    import shutil
+    import subprocess
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    if os.geteuid() != 0:
+        out.chmod(0o500)
+        undo = ["chmod", "700", str(out)]
+    elif (
+        shutil.which("chattr")
+        and subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode == 0
+    ):
+        undo = ["chattr", "-i", str(out)]
+    else:
+        pytest.skip("root without chattr +i here: no way to make a folder unwritable")
+    try:
+        code = main(["scan", str(world["model"]), "--out", str(out), "--max-steps", "3"])
+        _, err = capsys.readouterr()
+        assert (
+            code == 2
+            and err.startswith(f"error: --out {out}: cannot write in {out} (")
+            and err.count("\n") == 1
+        )
+        assert not any(tmp_path.glob("locked.checkpoint*")) and not any(out.iterdir())
+    finally:
+        subprocess.run(undo, check=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -395,6 +396,28 @@ def test_the_api_names_force_true_and_the_cli_force(tmp_path: Path) -> None:
         check_output_dir(tmp_path / "full", force=False)
     with pytest.raises(SettingsError, match=r"use --force to replace it"):
         check_output_dir(tmp_path / "full", force=False, option="--out")
+
+
+def test_a_replaced_result_folder_keeps_its_permissions(tmp_path: Path) -> None:
+    """A result directory is written beside the one it replaces and renamed over it: the folder the user
+    made (an empty one, or an old result with ``force``) keeps its mode."""
+    from neuralcleanse._io import atomic_directory
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    out.chmod(0o750)
+    with atomic_directory(out) as tmp:
+        (tmp / "report.json").write_text("{}")
+    assert (out / "report.json").exists() and out.stat().st_mode & 0o777 == 0o750
+    with atomic_directory(tmp_path / "new") as tmp:  # a new folder: the usual mode
+        (tmp / "report.json").write_text("{}")
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_train_help_lists_every_dataset_and_plain_percent(capsys: pytest.CaptureFixture[str]) -> None:

@@ -178,8 +178,11 @@ def test_bad_settings_are_refused(badnets_report: DetectionReport, badnets_model
 def test_too_few_images_are_refused_before_the_scan(
     badnets_model: nc.ModelBundle, mnist_sample: nc.DatasetSplits
 ) -> None:
-    with pytest.raises(nc.DataError, match="needs at least 20 of them, got 15"):
+    with pytest.raises(nc.DataError, match=r"needs at least 500 \(50 held out\), got 15"):
         nc.scan(badnets_model.model, mnist_sample.test.images[:15], transfer_check=True)
+    # below 500 its student would be measured on fewer than 50 held-out images and the check not used
+    with pytest.raises(nc.DataError, match=r"needs at least 500 \(50 held out\), got 499"):
+        nc.scan(badnets_model.model, mnist_sample.test.images[:499], transfer_check=True)
 
 
 def test_a_label_without_a_rate_is_saved_as_null() -> None:

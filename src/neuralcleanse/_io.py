@@ -216,13 +216,7 @@ def check_writable_parent(path: str | os.PathLike[str], *, option: str | None = 
         ancestor = ancestor.parent
     if ancestor.exists() and not ancestor.is_dir():
         raise SettingsError(f"{where}: {ancestor} is a file, not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".neuralcleanse-write-test-", dir=ancestor)
-    except OSError as exc:
-        raise SettingsError(f"{where}: cannot write in {ancestor} ({exc.strerror or exc})") from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+    _probe_write(ancestor, where)
     return out
 
 
@@ -259,7 +253,24 @@ def check_output_dir(
         if not force and any(out.iterdir()):
             how = "use --force" if option else "pass force=True"
             raise SettingsError(f"{where}: directory exists and is not empty ({how} to replace it)")
+        if os.path.ismount(out):
+            raise SettingsError(
+                f"{where} is a mount point; a result directory is replaced as a whole: name a folder inside it"
+            )
+        _probe_write(out, where)  # it is replaced, so it must be one this process may change
     return check_writable_parent(out, option=option)
+
+
+def _probe_write(folder: Path, where: str) -> None:
+    """One-line :class:`SettingsError` unless a file can be written in ``folder`` (probed with a
+    temporary file that is removed at once)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".neuralcleanse-write-test-", dir=folder)
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 def check_output_file(path: str | os.PathLike[str], *, option: str | None = None) -> Path:
@@ -283,6 +294,7 @@ def atomic_directory(path: str | os.PathLike[str], *, force: bool = False) -> It
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         if out.exists():
+            os.chmod(tmp, stat.S_IMODE(out.stat().st_mode))  # the folder it replaces keeps its permissions
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
             os.replace(tmp, out)
