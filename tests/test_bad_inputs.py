@@ -2616,27 +2616,34 @@ def test_off_a_terminal_each_log_record_is_one_line(tmp_path: Path) -> None:
     assert lines[1].startswith("error: architecture ") and "is not an nn.Module class" in lines[1]
 
 
+def _lock(folder: Path) -> list[str]:
+    """Make ``folder`` unwritable for real (``chmod 500`` for a user, ``chattr +i`` for root) and return the
+    command that undoes it; skip the test where neither works."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        return ["chmod", "700", str(folder)]
+    if (
+        shutil.which("chattr")
+        and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    ):
+        return ["chattr", "-i", str(folder)]
+    pytest.skip("root without chattr +i here: no way to make a folder unwritable")
+
+
 def test_an_existing_out_folder_this_process_cannot_change_is_refused_before_the_scan(
     tmp_path: Path, world: dict[str, Any], capsys: pytest.CaptureFixture[str], no_work: None
 ) -> None:
     """An empty ``--out`` folder is replaced when the scan ends, so it must be writable: refused up front
     (a reviewer's read-only mount and immutable folder were refused only after the whole scan), with no
-    checkpoint left. Made unwritable for real: ``chmod 500`` for a user, ``chattr +i`` for root."""
-    import shutil
+    checkpoint left."""
     import subprocess
 
     out = tmp_path / "locked"
     out.mkdir()
-    if os.geteuid() != 0:
-        out.chmod(0o500)
-        undo = ["chmod", "700", str(out)]
-    elif (
-        shutil.which("chattr")
-        and subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode == 0
-    ):
-        undo = ["chattr", "-i", str(out)]
-    else:
-        pytest.skip("root without chattr +i here: no way to make a folder unwritable")
+    undo = _lock(out)
     try:
         code = main(["scan", str(world["model"]), "--out", str(out), "--max-steps", "3"])
         _, err = capsys.readouterr()
@@ -2648,3 +2655,38 @@ def test_an_existing_out_folder_this_process_cannot_change_is_refused_before_the
         assert not any(tmp_path.glob("locked.checkpoint*")) and not any(out.iterdir())
     finally:
         subprocess.run(undo, check=True)
+
+
+def test_a_folder_that_becomes_unwritable_during_the_scan_keeps_its_checkpoint(
+    tmp_path: Path, world: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results cannot be written when the scan ends (the folder was locked while it ran): one line that
+    says the finished scan's checkpoint is kept, and --resume writes the results once it can."""
+    import subprocess
+
+    from neuralcleanse.detection import DetectionReport
+
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    out = parent / "scan"
+    save = DetectionReport.save
+    undo: list[list[str]] = []
+
+    def locked_then_save(self: DetectionReport, *args: Any, **kwargs: Any) -> Any:
+        undo.append(_lock(parent))  # for real, just before the results are written
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(DetectionReport, "save", locked_then_save)
+    args = ["scan", str(world["model"]), "--out", str(out), "--max-steps", "3", "--labels", "0,1", "--json"]
+    try:
+        code = main(args)
+    finally:
+        for cmd in undo:
+            subprocess.run(cmd, check=True)
+    _, err = capsys.readouterr()
+    assert code == 1 and err.count("\n") == 1 and "--resume writes them" in err, err
+    assert f"checkpoint {parent / 'scan.checkpoint'} is kept" in err and not out.exists()
+    monkeypatch.setattr(DetectionReport, "save", save)
+    assert main([*args, "--resume"]) == 0
+    assert json.loads(capsys.readouterr()[0])["verdict"] and (out / "report.json").is_file()
+    assert not (parent / "scan.checkpoint").exists()

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from .._io import run_lock
+from .._io import disk_error_line, run_lock
 from ..detection.settings import MAX_STARTS
 from ..detection.statistics import STATISTICS, get_statistic
-from ..errors import CheckpointError, DataError, SettingsError
+from ..errors import CheckpointError, DataError, SettingsError, exception_line
 from . import app
 from .common import (
     Terminated,
@@ -184,7 +184,7 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
     report is saved, so a killed scan resumes with ``resume``.
     """
     from ..detection import NeuralCleanse
-    from ..detection.checkpoint import remove_checkpoint
+    from ..detection.checkpoint import has_checkpoint, remove_checkpoint
 
     wanted = request.check()
     _check_checkpoint_place(request)
@@ -236,7 +236,17 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
         if not str(exc).startswith("model "):
             raise
         raise type(exc)(f"{source.model}: {exc}") from None
-    report.save(request.out, force=request.force)
+    try:
+        report.save(request.out, force=request.force)
+    except (OSError, SettingsError) as exc:  # the folder became unwritable during the scan: say what is kept
+        if not has_checkpoint(request.checkpoint):
+            raise
+        why = str(exc) if isinstance(exc, SettingsError) else disk_error_line(exc) or exception_line(exc)
+        raise DataError(
+            f"{why}: the results could not be written to {request.out}; the finished scan's checkpoint "
+            f"{request.checkpoint} is kept: once the folder can be written, the same command with --resume "
+            "writes them"
+        ) from None
     remove_checkpoint(request.checkpoint)
     if request.html:
         from ..report import write_html_report
