@@ -185,7 +185,11 @@ def test_scan_cli_transfer_check(
     d = json.loads((out / "report.json").read_text())
     assert code == 0 and d["flagged"] == [0]
     # the distillation after the optimisation is announced, not a silent wait
-    assert "scanning: transfer check: distilling a student from the model on 1000 clean images" in err
+    assert (
+        "scanning: transfer check: distilling a student from the model on 900 clean images "
+        "(100 more held out to measure it)" in err
+    )
+    assert "distilled from the model on 900 clean images" in d["transfer"]["student"]  # the same count
     assert d["transfer"]["flagged"] == [0] and d["transfer"]["set_aside"] == []
     assert d["transfer"]["success"]["0"] < 0.3 and d["run"]["transfer_seconds"] > 0
     page = (out / "report.html").read_text()

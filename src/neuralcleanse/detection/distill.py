@@ -176,6 +176,12 @@ def _shifted(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
+def held_out_count(drawn: int) -> int:
+    """Of ``drawn`` clean images, how many a student never trains on and is measured on: a tenth, at
+    least 10, at most 1,000."""
+    return min(1000, max(10, drawn // 10))
+
+
 def distil_student(
     model: nn.Module,
     images: torch.Tensor,
@@ -204,7 +210,7 @@ def distil_student(
     with frozen_eval(teacher), torch.no_grad():
         num_classes = int(teacher(images[:2].to(device)).shape[1])
     order = torch.from_numpy(rng.permutation(len(images))[: cfg.image_cap(num_classes)])
-    n_held = min(1000, max(10, len(order) // 10))
+    n_held = held_out_count(len(order))
     held, train = images[order[:n_held]], images[order[n_held:]]
     student: nn.Module | None = None
     arch = cfg.arch

@@ -37,7 +37,7 @@ from .checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
-from .distill import DistillSettings, distil_student
+from .distill import DistillSettings, distil_student, held_out_count
 from .engine import LabelState, StepSnapshot, reverse_engineer, scan_mode
 from .natural import NATURAL, mean_patterns, natural_note
 from .outlier import mad_outlier_test
@@ -765,7 +765,11 @@ class NeuralCleanse:
                 n = len(states)
                 done = tuple((s.label, s.step, s.stop_reason) for s in states)
                 used = min(len(images), self.transfer_check.image_cap(num_classes))
-                stage = f"transfer check: distilling a student from the model on {used} clean images"
+                held = held_out_count(used)
+                stage = (
+                    f"transfer check: distilling a student from the model on {used - held} clean images "
+                    f"({held} more held out to measure it)"
+                )
                 progress(ScanProgress(n, n, (), processed, seconds, done, stage=stage))
             began = time.perf_counter()
             result = check_transfer(
