@@ -266,7 +266,6 @@ def test_sigterm_in_any_command_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # click turns the interrupt into its own Abort in every command but scan: the line still names SIGTERM
-    import os
     import signal
     import threading
 
@@ -405,7 +404,7 @@ def test_the_api_names_force_true_and_the_cli_force(tmp_path: Path) -> None:
 def test_a_replaced_result_folder_keeps_its_permissions(tmp_path: Path) -> None:
     """A result directory is written beside the one it replaces and renamed over it: the folder the user
     made (an empty one, or an old result with ``force``) keeps its mode."""
-    from neuralcleanse._io import atomic_directory
+    from neuralcleanse._io import _umask, atomic_directory
 
     out = tmp_path / "shared"
     out.mkdir()
@@ -416,12 +415,6 @@ def test_a_replaced_result_folder_keeps_its_permissions(tmp_path: Path) -> None:
     with atomic_directory(tmp_path / "new") as tmp:  # a new folder: the usual mode
         (tmp / "report.json").write_text("{}")
     assert (tmp_path / "new").stat().st_mode & 0o777 == 0o777 & ~_umask()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def test_train_help_lists_every_dataset_and_plain_percent(capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ import click
 from .._io import disk_error_line, run_lock
 from ..detection.settings import MAX_STARTS
 from ..detection.statistics import STATISTICS, get_statistic
-from ..errors import CheckpointError, DataError, SettingsError, exception_line
+from ..errors import CheckpointError, DataError, SettingsError
 from . import app
 from .common import (
     Terminated,
@@ -239,9 +239,11 @@ def scan_model(request: ScanRequest, *, bar: bool | None = None) -> DetectionRep
     try:
         report.save(request.out, force=request.force)
     except (OSError, SettingsError) as exc:  # the folder became unwritable during the scan: say what is kept
-        if not has_checkpoint(request.checkpoint):
+        why = (
+            str(exc) if isinstance(exc, SettingsError) else disk_error_line(exc)
+        )  # None: a bug, not the disk
+        if why is None or not has_checkpoint(request.checkpoint):
             raise
-        why = str(exc) if isinstance(exc, SettingsError) else disk_error_line(exc) or exception_line(exc)
         raise DataError(
             f"{why}: the results could not be written to {request.out}; the finished scan's checkpoint "
             f"{request.checkpoint} is kept: once the folder can be written, the same command with --resume "

@@ -46,7 +46,7 @@ from .report import DetectionReport, LabelResult, unreachable_labels, unsettled_
 from .settings import ReverseSettings
 from .starts import keep_smallest, start_candidates, start_seed, starts_note
 from .statistics import DEFAULT_STATISTIC, Statistic, get_statistic, screening_note
-from .transfer import AUTO_MIN_IMAGES, TRANSFER_DISTILL, auto_check, check_transfer
+from .transfer import AUTO_MIN_IMAGES, MIN_HELD_OUT, TRANSFER_DISTILL, auto_check, check_transfer
 
 __all__ = ["NeuralCleanse", "ScanProgress", "check_source_not_scanned", "scan", "infer_num_classes"]
 
@@ -579,7 +579,7 @@ class NeuralCleanse:
         if self.transfer_check is not None and not self.transfer_auto and total_images < AUTO_MIN_IMAGES:
             raise DataError(
                 f"transfer_check (--transfer-check) distils a student on the clean images and measures it on a "
-                f"tenth of them, so it needs at least {AUTO_MIN_IMAGES} ({AUTO_MIN_IMAGES // 10} held out), got {total_images}"
+                f"tenth of them, so it needs at least {AUTO_MIN_IMAGES} ({MIN_HELD_OUT} held out), got {total_images}"
             )
         pool, pool_notes = self._select_images(
             images, labels, num_classes, names, source=source, skipped_source=skipped_source,
